@@ -1,0 +1,462 @@
+//! Client → server messages (tags 1–16).
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{read_body, read_tag, write_framed};
+use crate::error::DecodeError;
+
+/// Tag 1: create an account. Never logs the connection in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// 3–32 characters of `A-Z a-z 0-9 _ . -`.
+    pub username: String,
+    /// The password; at least 8 characters.
+    pub secret: String,
+    /// A non-empty local part, one `@`, and a domain containing a dot.
+    pub email: String,
+}
+
+/// Tag 2: log in with a password (`secret`) or resume a session (`session_id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    /// The account to log in as.
+    pub username: String,
+    /// The password, for a fresh login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A session id from an earlier SuccessLogin, to resume without a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// Tag 3: end this connection's session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logout {
+    /// If present, must be the logged-in user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// Tag 5: a page of one conversation's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetHistory {
+    /// The other user's username, or `g:<group_id>`.
+    pub chat_id: String,
+    /// Only messages with a smaller `message_id` (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    /// Page size, 1–200 (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// Tags 6 and 7, and 10: a request naming one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    /// The user the request is about.
+    pub username: String,
+}
+
+/// Tag 9: publish the caller's public key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishKey {
+    /// The key, as the client encodes it; at most 4 KiB.
+    pub public_key: String,
+}
+
+/// Tag 11 from a client: send a message to a user or a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessage {
+    /// The recipient's username (exactly one of `dest_id`, `group_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_id: Option<String>,
+    /// The recipient group (exactly one of `dest_id`, `group_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<i64>,
+    /// The text (or ciphertext) of the message.
+    pub content: String,
+    /// The client's own id for the message, echoed in the Ack; ≤ 64 chars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// If present, must be the logged-in username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    /// Whether `content` is end-to-end encrypted.
+    #[serde(default)]
+    pub is_encrypted: bool,
+}
+
+/// Tag 12: create a group with the caller and `members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateGroup {
+    /// The group's display name.
+    pub name: String,
+    /// Usernames to add besides the creator.
+    pub members: Vec<String>,
+}
+
+/// Tag 13: add members to a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddGroupMembers {
+    /// The group.
+    pub group_id: i64,
+    /// Usernames to add.
+    pub members: Vec<String>,
+}
+
+/// Tag 14: leave a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveGroup {
+    /// The group.
+    pub group_id: i64,
+}
+
+/// Tag 16: everything sent or received after a message id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sync {
+    /// Only messages with a larger `message_id`; 0 for everything.
+    pub since: i64,
+    /// Page size, 1–1000 (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// A body with no fields (GetDirectory, Ping, GetGroups).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// Every message a client may send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// Tag 1.
+    Register(Register),
+    /// Tag 2.
+    Login(Login),
+    /// Tag 3.
+    Logout(Logout),
+    /// Tag 4.
+    GetDirectory,
+    /// Tag 5.
+    GetHistory(GetHistory),
+    /// Tag 6.
+    AddContact(UserRef),
+    /// Tag 7.
+    RemoveContact(UserRef),
+    /// Tag 8.
+    Ping,
+    /// Tag 9.
+    PublishKey(PublishKey),
+    /// Tag 10.
+    GetKey(UserRef),
+    /// Tag 11.
+    Message(SendMessage),
+    /// Tag 12.
+    CreateGroup(CreateGroup),
+    /// Tag 13.
+    AddGroupMembers(AddGroupMembers),
+    /// Tag 14.
+    LeaveGroup(LeaveGroup),
+    /// Tag 15.
+    GetGroups,
+    /// Tag 16.
+    Sync(Sync),
+}
+
+impl ClientMessage {
+    /// The message's wire tag.
+    pub fn tag(&self) -> u8 {
+        match self {
+            ClientMessage::Register(_) => 1,
+            ClientMessage::Login(_) => 2,
+            ClientMessage::Logout(_) => 3,
+            ClientMessage::GetDirectory => 4,
+            ClientMessage::GetHistory(_) => 5,
+            ClientMessage::AddContact(_) => 6,
+            ClientMessage::RemoveContact(_) => 7,
+            ClientMessage::Ping => 8,
+            ClientMessage::PublishKey(_) => 9,
+            ClientMessage::GetKey(_) => 10,
+            ClientMessage::Message(_) => 11,
+            ClientMessage::CreateGroup(_) => 12,
+            ClientMessage::AddGroupMembers(_) => 13,
+            ClientMessage::LeaveGroup(_) => 14,
+            ClientMessage::GetGroups => 15,
+            ClientMessage::Sync(_) => 16,
+        }
+    }
+
+    /// The message's name, for logs (never its content).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientMessage::Register(_) => "Register",
+            ClientMessage::Login(_) => "Login",
+            ClientMessage::Logout(_) => "Logout",
+            ClientMessage::GetDirectory => "GetDirectory",
+            ClientMessage::GetHistory(_) => "GetHistory",
+            ClientMessage::AddContact(_) => "AddContact",
+            ClientMessage::RemoveContact(_) => "RemoveContact",
+            ClientMessage::Ping => "Ping",
+            ClientMessage::PublishKey(_) => "PublishKey",
+            ClientMessage::GetKey(_) => "GetKey",
+            ClientMessage::Message(_) => "Message",
+            ClientMessage::CreateGroup(_) => "CreateGroup",
+            ClientMessage::AddGroupMembers(_) => "AddGroupMembers",
+            ClientMessage::LeaveGroup(_) => "LeaveGroup",
+            ClientMessage::GetGroups => "GetGroups",
+            ClientMessage::Sync(_) => "Sync",
+        }
+    }
+}
+
+/// Decodes one text frame from a client.
+///
+/// Unknown fields are ignored; a client's `time` is ignored.
+pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
+    let tag = read_tag(text)?;
+    let message = match tag {
+        1 => ClientMessage::Register(read_body(tag, text)?),
+        2 => ClientMessage::Login(read_body(tag, text)?),
+        3 => ClientMessage::Logout(read_body(tag, text)?),
+        4 => {
+            read_body::<Empty>(tag, text)?;
+            ClientMessage::GetDirectory
+        }
+        5 => ClientMessage::GetHistory(read_body(tag, text)?),
+        6 => ClientMessage::AddContact(read_body(tag, text)?),
+        7 => ClientMessage::RemoveContact(read_body(tag, text)?),
+        8 => {
+            read_body::<Empty>(tag, text)?;
+            ClientMessage::Ping
+        }
+        9 => ClientMessage::PublishKey(read_body(tag, text)?),
+        10 => ClientMessage::GetKey(read_body(tag, text)?),
+        11 => ClientMessage::Message(read_body(tag, text)?),
+        12 => ClientMessage::CreateGroup(read_body(tag, text)?),
+        13 => ClientMessage::AddGroupMembers(read_body(tag, text)?),
+        14 => ClientMessage::LeaveGroup(read_body(tag, text)?),
+        15 => {
+            read_body::<Empty>(tag, text)?;
+            ClientMessage::GetGroups
+        }
+        16 => ClientMessage::Sync(read_body(tag, text)?),
+        other => return Err(DecodeError::UnknownTag(other)),
+    };
+    Ok(message)
+}
+
+/// Encodes a client message as a frame (without `time`, which is optional).
+pub fn encode_client(message: &ClientMessage) -> String {
+    let tag = message.tag();
+    match message {
+        ClientMessage::Register(body) => write_framed(tag, None, body),
+        ClientMessage::Login(body) => write_framed(tag, None, body),
+        ClientMessage::Logout(body) => write_framed(tag, None, body),
+        ClientMessage::GetHistory(body) => write_framed(tag, None, body),
+        ClientMessage::AddContact(body)
+        | ClientMessage::RemoveContact(body)
+        | ClientMessage::GetKey(body) => write_framed(tag, None, body),
+        ClientMessage::PublishKey(body) => write_framed(tag, None, body),
+        ClientMessage::Message(body) => write_framed(tag, None, body),
+        ClientMessage::CreateGroup(body) => write_framed(tag, None, body),
+        ClientMessage::AddGroupMembers(body) => write_framed(tag, None, body),
+        ClientMessage::LeaveGroup(body) => write_framed(tag, None, body),
+        ClientMessage::Sync(body) => write_framed(tag, None, body),
+        ClientMessage::GetDirectory | ClientMessage::Ping | ClientMessage::GetGroups => {
+            write_framed(tag, None, &Empty {})
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(message: ClientMessage) {
+        let text = encode_client(&message);
+        assert_eq!(decode_client(&text), Ok(message), "frame {text}");
+    }
+
+    #[test]
+    fn every_client_tag_round_trips() {
+        round_trip(ClientMessage::Register(Register {
+            username: "alice".into(),
+            secret: "password123".into(),
+            email: "a@example.com".into(),
+        }));
+        round_trip(ClientMessage::Login(Login {
+            username: "alice".into(),
+            secret: Some("password123".into()),
+            session_id: None,
+        }));
+        round_trip(ClientMessage::Login(Login {
+            username: "alice".into(),
+            secret: None,
+            session_id: Some("5f0c0d3e-0000-4000-8000-000000000000".into()),
+        }));
+        round_trip(ClientMessage::Logout(Logout {
+            username: Some("alice".into()),
+        }));
+        round_trip(ClientMessage::Logout(Logout::default()));
+        round_trip(ClientMessage::GetDirectory);
+        round_trip(ClientMessage::GetHistory(GetHistory {
+            chat_id: "bob".into(),
+            before: Some(10),
+            limit: Some(20),
+        }));
+        round_trip(ClientMessage::AddContact(UserRef {
+            username: "bob".into(),
+        }));
+        round_trip(ClientMessage::RemoveContact(UserRef {
+            username: "bob".into(),
+        }));
+        round_trip(ClientMessage::Ping);
+        round_trip(ClientMessage::PublishKey(PublishKey {
+            public_key: "AAAA".into(),
+        }));
+        round_trip(ClientMessage::GetKey(UserRef {
+            username: "bob".into(),
+        }));
+        round_trip(ClientMessage::Message(SendMessage {
+            dest_id: Some("bob".into()),
+            group_id: None,
+            content: "hi \"there\" ✓".into(),
+            message_id: Some("c-1".into()),
+            source_id: Some("alice".into()),
+            is_encrypted: true,
+        }));
+        round_trip(ClientMessage::CreateGroup(CreateGroup {
+            name: "team".into(),
+            members: vec!["bob".into(), "carol".into()],
+        }));
+        round_trip(ClientMessage::AddGroupMembers(AddGroupMembers {
+            group_id: 3,
+            members: vec!["dave".into()],
+        }));
+        round_trip(ClientMessage::LeaveGroup(LeaveGroup { group_id: 3 }));
+        round_trip(ClientMessage::GetGroups);
+        round_trip(ClientMessage::Sync(Sync {
+            since: 42,
+            limit: None,
+        }));
+    }
+
+    #[test]
+    fn decodes_the_original_login_request_verbatim() {
+        let text = r#"{
+    "tag": 2,
+    "username": "alice",
+    "secret": "password123",
+    "time": 1640995200
+}"#;
+        assert_eq!(
+            decode_client(text),
+            Ok(ClientMessage::Login(Login {
+                username: "alice".into(),
+                secret: Some("password123".into()),
+                session_id: None,
+            }))
+        );
+    }
+
+    #[test]
+    fn decodes_the_original_message_verbatim() {
+        let text = r#"{
+    "tag": 11,
+    "message_id": "msg_123",
+    "source_id": "alice",
+    "dest_id": "bob",
+    "content": "Hello, Bob!",
+    "time": 1640995300
+}"#;
+        assert_eq!(
+            decode_client(text),
+            Ok(ClientMessage::Message(SendMessage {
+                dest_id: Some("bob".into()),
+                group_id: None,
+                content: "Hello, Bob!".into(),
+                message_id: Some("msg_123".into()),
+                source_id: Some("alice".into()),
+                is_encrypted: false,
+            }))
+        );
+    }
+
+    #[test]
+    fn not_json_is_bad_request_without_ref_tag() {
+        let error = decode_client("hello").unwrap_err();
+        assert!(matches!(error, DecodeError::NotJson(_)));
+        assert_eq!(error.ref_tag(), None);
+        assert_eq!(error.error_type(), crate::ErrorType::BadRequest);
+        assert!(matches!(
+            decode_client(r#"{"tag": 2, "username": "#),
+            Err(DecodeError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn non_objects_are_rejected() {
+        for text in ["[2]", "2", "\"tag\"", "null", "[]"] {
+            assert_eq!(decode_client(text), Err(DecodeError::NotAnObject), "{text}");
+        }
+    }
+
+    #[test]
+    fn tag_must_be_present_and_an_integer() {
+        assert_eq!(decode_client("{}"), Err(DecodeError::MissingTag));
+        assert_eq!(
+            decode_client(r#"{"tag": "2"}"#),
+            Err(DecodeError::TagNotInteger)
+        );
+        assert_eq!(
+            decode_client(r#"{"tag": 2.5}"#),
+            Err(DecodeError::TagNotInteger)
+        );
+        assert_eq!(
+            decode_client(r#"{"tag": null}"#),
+            Err(DecodeError::MissingTag)
+        );
+    }
+
+    #[test]
+    fn unknown_tags_carry_their_tag() {
+        for tag in [0, 17, 21, 99, -1] {
+            let error = decode_client(&format!(r#"{{"tag": {tag}}}"#)).unwrap_err();
+            assert_eq!(error, DecodeError::UnknownTag(tag));
+            assert_eq!(error.error_type(), crate::ErrorType::UnknownTag);
+            assert_eq!(error.ref_tag(), Some(tag));
+        }
+    }
+
+    #[test]
+    fn missing_or_mistyped_fields_are_bad_fields_with_the_tag() {
+        let cases = [
+            (r#"{"tag": 1, "username": "a", "secret": "s"}"#, 1),
+            (r#"{"tag": 2, "secret": "s"}"#, 2),
+            (r#"{"tag": 5, "chat_id": 5}"#, 5),
+            (r#"{"tag": 5, "chat_id": "bob", "before": "x"}"#, 5),
+            (r#"{"tag": 11, "dest_id": "bob"}"#, 11),
+            (r#"{"tag": 11, "dest_id": "bob", "content": 1}"#, 11),
+            (
+                r#"{"tag": 11, "dest_id": "b", "content": "c", "is_encrypted": "y"}"#,
+                11,
+            ),
+            (r#"{"tag": 16}"#, 16),
+        ];
+        for (text, tag) in cases {
+            let error = decode_client(text).unwrap_err();
+            assert!(
+                matches!(&error, DecodeError::BadField { tag: t, .. } if *t == tag),
+                "{text}: {error:?}"
+            );
+            assert_eq!(error.ref_tag(), Some(tag));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_client_time_are_ignored() {
+        assert_eq!(
+            decode_client(r#"{"tag": 8, "time": 5, "extra": {"a": [1, 2]}}"#),
+            Ok(ClientMessage::Ping)
+        );
+    }
+}

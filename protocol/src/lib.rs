@@ -1,0 +1,34 @@
+//! The chat wire protocol, version 1, as Rust types.
+//!
+//! Every frame is one JSON object with an integer `tag` that names the message
+//! (see `README.md` beside this crate for the reference with an example frame
+//! per tag). This crate knows nothing of sockets, mio or SQLite: it turns text
+//! into typed messages and typed messages into text, and nothing else.
+//!
+//! # Layout
+//! - [`client`]: what a client sends ([`ClientMessage`]) and [`decode_client`].
+//! - [`server`]: what the server sends ([`ServerMessage`]), [`encode_server`]
+//!   and [`decode_server`] (used by clients and tests).
+//! - [`error`]: [`DecodeError`] and the protocol's `error_type` values
+//!   ([`ErrorType`]).
+//! - [`validate`]: the shared rules for usernames, emails and secrets.
+//!
+//! # Decoding in two passes
+//! serde cannot dispatch on an *integer* tag, so a frame is read twice: first
+//! into an [`Envelope`](envelope) that only looks at `tag`, then into the
+//! struct of that tag. Both passes borrow the same `&str`; nothing is built as a
+//! `serde_json::Value`, which keeps decoding cheap on the server's hot path.
+#![deny(missing_docs)]
+
+pub mod client;
+mod envelope;
+pub mod error;
+pub mod server;
+pub mod validate;
+
+pub use client::{decode_client, encode_client, ClientMessage};
+pub use error::{DecodeError, ErrorType};
+pub use server::{decode_server, encode_server, ServerMessage};
+
+/// The default TCP port of the server.
+pub const DEFAULT_PORT: u16 = 8765;

@@ -1,0 +1,483 @@
+//! Server → client messages (tags 11 and 21–36).
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Empty;
+use crate::envelope::{read_body, read_tag, write_framed};
+use crate::error::{DecodeError, ErrorType};
+
+/// Tag 11 from the server: a stored message, as pushed to a recipient and as
+/// listed in History and Synced pages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The server's id: an integer that only grows.
+    pub message_id: i64,
+    /// The sender's username.
+    pub source_id: String,
+    /// The recipient's username (1:1 messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_id: Option<String>,
+    /// The recipient group (group messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<i64>,
+    /// The text (or ciphertext).
+    pub content: String,
+    /// Whether `content` is end-to-end encrypted.
+    #[serde(default)]
+    pub is_encrypted: bool,
+    /// When the server accepted the message, Unix seconds.
+    pub time: i64,
+}
+
+/// Tag 21.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuccessRegister {
+    /// The new account's name.
+    pub username: String,
+    /// The new account's id.
+    pub user_id: i64,
+}
+
+/// Tag 22. The original system sent no `session_id`; this server always does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuccessLogin {
+    /// The logged-in account.
+    pub username: String,
+    /// Its id.
+    pub user_id: i64,
+    /// A UUID v4 that resumes this session with Login{session_id}.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// Tag 23.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuccessLogout {
+    /// The account that logged out.
+    pub username: String,
+}
+
+/// Tag 24: the message is committed to the database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The server's id for the message.
+    pub message_id: i64,
+    /// The client's own `message_id`, or null.
+    #[serde(default)]
+    pub client_message_id: Option<String>,
+}
+
+/// Tag 25: one page of a conversation, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The `chat_id` that was asked for.
+    pub chat_id: String,
+    /// The messages, oldest first.
+    pub data: Vec<Delivered>,
+    /// Older messages exist before this page.
+    pub has_more: bool,
+}
+
+/// One row of a Directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    /// The contact's username.
+    pub username: String,
+    /// The contact's id.
+    pub user_id: i64,
+    /// The contact has added the caller too.
+    pub mutual: bool,
+    /// Connected now; only ever true for a mutual contact.
+    pub online: bool,
+    /// Unix seconds of the contact's last login or disconnect; null for a
+    /// non-mutual contact or a user never seen.
+    pub last_activity: Option<i64>,
+}
+
+/// Tag 26: the caller's contacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// One entry per user the caller has added, by username.
+    pub data: Vec<DirectoryEntry>,
+}
+
+/// Tag 27: a mutual contact came online or went offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The contact.
+    pub username: String,
+    /// Whether they are connected now.
+    pub online: bool,
+}
+
+/// Why a Register failed (tag 28).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterError {
+    /// The username exists.
+    UsernameTaken,
+    /// Not 3–32 characters of `A-Z a-z 0-9 _ . -`.
+    InvalidUsername,
+    /// Not `local@domain.tld`.
+    InvalidEmail,
+    /// Fewer than 8 characters.
+    WeakSecret,
+    /// Too many registrations; try later.
+    RateLimited,
+}
+
+/// Tag 28.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailRegister {
+    /// Why.
+    pub error_type: RegisterError,
+}
+
+/// Why a Login failed (tag 29).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginError {
+    /// Unknown user or wrong secret (deliberately indistinguishable).
+    InvalidCredentials,
+    /// The session id is unknown, expired, logged out, or another user's.
+    InvalidSession,
+    /// This connection is already logged in (and stays so).
+    AlreadyLoggedIn,
+    /// Too many attempts; try later.
+    RateLimited,
+}
+
+/// Tag 29.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailLogin {
+    /// Why.
+    pub error_type: LoginError,
+}
+
+/// Tag 30: a request could not be served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error {
+    /// The category.
+    pub error_type: ErrorType,
+    /// Human-readable detail.
+    pub detail: String,
+    /// The request's tag when it had one, else null.
+    #[serde(default)]
+    pub ref_tag: Option<i64>,
+}
+
+/// Tag 31: someone added the recipient, who has not added them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRequest {
+    /// Who added you.
+    pub username: String,
+}
+
+/// Tag 33.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    /// Whose key.
+    pub username: String,
+    /// The published key, or null.
+    #[serde(default)]
+    pub public_key: Option<String>,
+}
+
+/// Tag 34 (and the rows of tag 35).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group.
+    pub group_id: i64,
+    /// Its display name.
+    pub name: String,
+    /// Its members' usernames.
+    pub members: Vec<String>,
+}
+
+/// Tag 35.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Groups {
+    /// The caller's groups.
+    pub data: Vec<GroupInfo>,
+}
+
+/// Tag 36: a page of everything after `since`, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    /// The messages, oldest first.
+    pub data: Vec<Delivered>,
+    /// More messages exist after this page.
+    pub has_more: bool,
+}
+
+/// Every message the server sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// Tag 11.
+    Message(Delivered),
+    /// Tag 21.
+    SuccessRegister(SuccessRegister),
+    /// Tag 22.
+    SuccessLogin(SuccessLogin),
+    /// Tag 23.
+    SuccessLogout(SuccessLogout),
+    /// Tag 24.
+    Ack(Ack),
+    /// Tag 25.
+    History(History),
+    /// Tag 26.
+    Directory(Directory),
+    /// Tag 27.
+    Presence(Presence),
+    /// Tag 28.
+    FailRegister(FailRegister),
+    /// Tag 29.
+    FailLogin(FailLogin),
+    /// Tag 30.
+    Error(Error),
+    /// Tag 31.
+    ContactRequest(ContactRequest),
+    /// Tag 32.
+    Pong,
+    /// Tag 33.
+    Key(Key),
+    /// Tag 34.
+    GroupInfo(GroupInfo),
+    /// Tag 35.
+    Groups(Groups),
+    /// Tag 36.
+    Synced(Synced),
+}
+
+impl ServerMessage {
+    /// The message's wire tag.
+    pub fn tag(&self) -> u8 {
+        match self {
+            ServerMessage::Message(_) => 11,
+            ServerMessage::SuccessRegister(_) => 21,
+            ServerMessage::SuccessLogin(_) => 22,
+            ServerMessage::SuccessLogout(_) => 23,
+            ServerMessage::Ack(_) => 24,
+            ServerMessage::History(_) => 25,
+            ServerMessage::Directory(_) => 26,
+            ServerMessage::Presence(_) => 27,
+            ServerMessage::FailRegister(_) => 28,
+            ServerMessage::FailLogin(_) => 29,
+            ServerMessage::Error(_) => 30,
+            ServerMessage::ContactRequest(_) => 31,
+            ServerMessage::Pong => 32,
+            ServerMessage::Key(_) => 33,
+            ServerMessage::GroupInfo(_) => 34,
+            ServerMessage::Groups(_) => 35,
+            ServerMessage::Synced(_) => 36,
+        }
+    }
+
+    /// An `Error` frame.
+    pub fn error(error_type: ErrorType, detail: impl Into<String>, ref_tag: Option<i64>) -> Self {
+        ServerMessage::Error(Error {
+            error_type,
+            detail: detail.into(),
+            ref_tag,
+        })
+    }
+}
+
+/// Encodes a server message; `now` (Unix seconds) becomes its `time`, except
+/// for a delivered Message, whose `time` is when it was accepted.
+pub fn encode_server(message: &ServerMessage, now: i64) -> String {
+    let tag = message.tag();
+    let time = Some(now);
+    match message {
+        ServerMessage::Message(body) => write_framed(tag, None, body),
+        ServerMessage::SuccessRegister(body) => write_framed(tag, time, body),
+        ServerMessage::SuccessLogin(body) => write_framed(tag, time, body),
+        ServerMessage::SuccessLogout(body) => write_framed(tag, time, body),
+        ServerMessage::Ack(body) => write_framed(tag, time, body),
+        ServerMessage::History(body) => write_framed(tag, time, body),
+        ServerMessage::Directory(body) => write_framed(tag, time, body),
+        ServerMessage::Presence(body) => write_framed(tag, time, body),
+        ServerMessage::FailRegister(body) => write_framed(tag, time, body),
+        ServerMessage::FailLogin(body) => write_framed(tag, time, body),
+        ServerMessage::Error(body) => write_framed(tag, time, body),
+        ServerMessage::ContactRequest(body) => write_framed(tag, time, body),
+        ServerMessage::Pong => write_framed(tag, time, &Empty {}),
+        ServerMessage::Key(body) => write_framed(tag, time, body),
+        ServerMessage::GroupInfo(body) => write_framed(tag, time, body),
+        ServerMessage::Groups(body) => write_framed(tag, time, body),
+        ServerMessage::Synced(body) => write_framed(tag, time, body),
+    }
+}
+
+/// Decodes one text frame from the server (for clients and tests).
+pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
+    let tag = read_tag(text)?;
+    let message = match tag {
+        11 => ServerMessage::Message(read_body(tag, text)?),
+        21 => ServerMessage::SuccessRegister(read_body(tag, text)?),
+        22 => ServerMessage::SuccessLogin(read_body(tag, text)?),
+        23 => ServerMessage::SuccessLogout(read_body(tag, text)?),
+        24 => ServerMessage::Ack(read_body(tag, text)?),
+        25 => ServerMessage::History(read_body(tag, text)?),
+        26 => ServerMessage::Directory(read_body(tag, text)?),
+        27 => ServerMessage::Presence(read_body(tag, text)?),
+        28 => ServerMessage::FailRegister(read_body(tag, text)?),
+        29 => ServerMessage::FailLogin(read_body(tag, text)?),
+        30 => ServerMessage::Error(read_body(tag, text)?),
+        31 => ServerMessage::ContactRequest(read_body(tag, text)?),
+        32 => {
+            read_body::<Empty>(tag, text)?;
+            ServerMessage::Pong
+        }
+        33 => ServerMessage::Key(read_body(tag, text)?),
+        34 => ServerMessage::GroupInfo(read_body(tag, text)?),
+        35 => ServerMessage::Groups(read_body(tag, text)?),
+        36 => ServerMessage::Synced(read_body(tag, text)?),
+        other => return Err(DecodeError::UnknownTag(other)),
+    };
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(id: i64) -> Delivered {
+        Delivered {
+            message_id: id,
+            source_id: "alice".into(),
+            dest_id: Some("bob".into()),
+            group_id: None,
+            content: "hello".into(),
+            is_encrypted: false,
+            time: 1_700_000_000,
+        }
+    }
+
+    fn round_trip(message: ServerMessage) {
+        let text = encode_server(&message, 1_700_000_001);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["tag"], message.tag(), "{text}");
+        assert!(
+            value["time"].is_i64(),
+            "every server frame has time: {text}"
+        );
+        assert_eq!(decode_server(&text), Ok(message), "frame {text}");
+    }
+
+    #[test]
+    fn every_server_tag_round_trips_with_time() {
+        let group = GroupInfo {
+            group_id: 7,
+            name: "team".into(),
+            members: vec!["alice".into(), "bob".into()],
+        };
+        let messages = vec![
+            ServerMessage::Message(delivered(1)),
+            ServerMessage::SuccessRegister(SuccessRegister {
+                username: "alice".into(),
+                user_id: 1,
+            }),
+            ServerMessage::SuccessLogin(SuccessLogin {
+                username: "alice".into(),
+                user_id: 1,
+                session_id: Some("9d5c2f8e-6b1a-4c3d-8e2f-1a2b3c4d5e6f".into()),
+            }),
+            ServerMessage::SuccessLogout(SuccessLogout {
+                username: "alice".into(),
+            }),
+            ServerMessage::Ack(Ack {
+                message_id: 5,
+                client_message_id: Some("c1".into()),
+            }),
+            ServerMessage::Ack(Ack {
+                message_id: 6,
+                client_message_id: None,
+            }),
+            ServerMessage::History(History {
+                chat_id: "bob".into(),
+                data: vec![delivered(1), delivered(2)],
+                has_more: true,
+            }),
+            ServerMessage::Directory(Directory {
+                data: vec![DirectoryEntry {
+                    username: "bob".into(),
+                    user_id: 2,
+                    mutual: true,
+                    online: false,
+                    last_activity: Some(1_700_000_000),
+                }],
+            }),
+            ServerMessage::Presence(Presence {
+                username: "bob".into(),
+                online: true,
+            }),
+            ServerMessage::FailRegister(FailRegister {
+                error_type: RegisterError::UsernameTaken,
+            }),
+            ServerMessage::FailLogin(FailLogin {
+                error_type: LoginError::InvalidCredentials,
+            }),
+            ServerMessage::error(ErrorType::BadRequest, "frame is not JSON", None),
+            ServerMessage::error(ErrorType::Forbidden, "not you", Some(11)),
+            ServerMessage::ContactRequest(ContactRequest {
+                username: "carol".into(),
+            }),
+            ServerMessage::Pong,
+            ServerMessage::Key(Key {
+                username: "bob".into(),
+                public_key: None,
+            }),
+            ServerMessage::GroupInfo(group.clone()),
+            ServerMessage::Groups(Groups { data: vec![group] }),
+            ServerMessage::Synced(Synced {
+                data: vec![delivered(3)],
+                has_more: false,
+            }),
+        ];
+        for message in messages {
+            round_trip(message);
+        }
+    }
+
+    #[test]
+    fn nulls_are_written_where_the_protocol_says_null() {
+        let ack = encode_server(
+            &ServerMessage::Ack(Ack {
+                message_id: 1,
+                client_message_id: None,
+            }),
+            0,
+        );
+        assert!(ack.contains(r#""client_message_id":null"#), "{ack}");
+        let error = encode_server(&ServerMessage::error(ErrorType::BadRequest, "x", None), 0);
+        assert!(error.contains(r#""ref_tag":null"#), "{error}");
+        assert!(error.contains(r#""error_type":"bad_request""#), "{error}");
+    }
+
+    #[test]
+    fn a_delivered_message_keeps_its_own_time() {
+        let text = encode_server(&ServerMessage::Message(delivered(1)), 5);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["time"], 1_700_000_000);
+        assert_eq!(value["message_id"], 1);
+    }
+
+    #[test]
+    fn decodes_the_original_success_login_verbatim() {
+        let text = r#"{
+    "tag": 22,
+    "username": "alice",
+    "user_id": 1,
+    "time": 1640995201
+}"#;
+        assert_eq!(
+            decode_server(text),
+            Ok(ServerMessage::SuccessLogin(SuccessLogin {
+                username: "alice".into(),
+                user_id: 1,
+                session_id: None,
+            }))
+        );
+    }
+}
