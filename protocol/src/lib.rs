@@ -28,7 +28,7 @@ pub mod validate;
 
 pub use client::{decode_client, encode_client, ClientMessage};
 pub use error::{DecodeError, ErrorType};
-pub use server::{decode_server, encode_server, ServerMessage};
+pub use server::{decode_server, encode_delivered, encode_server, ServerMessage};
 
 /// The default TCP port of the server.
 pub const DEFAULT_PORT: u16 = 8765;

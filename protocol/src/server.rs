@@ -289,7 +289,7 @@ pub fn encode_server(message: &ServerMessage, now: i64) -> String {
     let tag = message.tag();
     let time = Some(now);
     match message {
-        ServerMessage::Message(body) => write_framed(tag, None, body),
+        ServerMessage::Message(body) => encode_delivered(body),
         ServerMessage::SuccessRegister(body) => write_framed(tag, time, body),
         ServerMessage::SuccessLogin(body) => write_framed(tag, time, body),
         ServerMessage::SuccessLogout(body) => write_framed(tag, time, body),
@@ -307,6 +307,12 @@ pub fn encode_server(message: &ServerMessage, now: i64) -> String {
         ServerMessage::Groups(body) => write_framed(tag, time, body),
         ServerMessage::Synced(body) => write_framed(tag, time, body),
     }
+}
+
+/// Encodes a delivered message (tag 11) without wrapping it in a
+/// [`ServerMessage`]; its own `time` is the frame's time.
+pub fn encode_delivered(message: &Delivered) -> String {
+    write_framed(11, None, message)
 }
 
 /// Decodes one text frame from the server (for clients and tests).

@@ -1,1 +1,87 @@
-fn main() {}
+//! The `chat-server` binary: parse the command line, set up logging, run.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::LevelFilter;
+use simplelog::{
+    ColorChoice, CombinedLogger, ConfigBuilder, TermLogger, TerminalMode, WriteLogger,
+};
+
+use server::config::{Cli, Config};
+use server::event_loop::Server;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_cli(&cli) {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("chat-server: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(problem) = init_logging(&cli) {
+        eprintln!(
+            "chat-server: cannot open log file {}: {problem}",
+            cli.log_file.display()
+        );
+        return ExitCode::from(2);
+    }
+    let server = match Server::start(config) {
+        Ok(server) => server,
+        Err(error) => {
+            log::error!("cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(address) => {
+            log::info!("listening on ws://{address}/ (plain WebSocket, no TLS)");
+            // The one line on stdout: scripts and tests read the address here.
+            println!("chat-server listening on {address}");
+            let _ = std::io::stdout().flush();
+        }
+        Err(error) => log::warn!("cannot read the bound address: {error}"),
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("event loop failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr and appends to the log file (mode 0600).
+fn init_logging(cli: &Cli) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let level = if cli.debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    let config = ConfigBuilder::new()
+        .set_target_level(LevelFilter::Off)
+        .set_thread_level(LevelFilter::Off)
+        .set_location_level(LevelFilter::Off)
+        .add_filter_allow_str("server")
+        .add_filter_allow_str("chat_server")
+        .build();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&cli.log_file)?;
+    CombinedLogger::init(vec![
+        TermLogger::new(
+            level,
+            config.clone(),
+            TerminalMode::Stderr,
+            ColorChoice::Never,
+        ),
+        WriteLogger::new(level, config, file),
+    ])
+    .map_err(std::io::Error::other)
+}

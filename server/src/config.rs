@@ -1,0 +1,156 @@
+//! The command line, the runtime configuration built from it, and every fixed
+//! limit of the server in one place, each with the reason for its value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Bytes tungstenite allocates per connection for reading. Its default is
+/// 128 KiB, which for 10,000 connections would be 1.25 GiB of buffers; chat
+/// frames are a few hundred bytes, so 2 KiB holds a burst of them while keeping
+/// an idle connection well under the 4 KiB-per-connection memory budget
+/// (larger frames still arrive whole: the codec grows the buffer to the frame).
+pub const READ_BUFFER_BYTES: usize = 2 * 1024;
+
+/// Outgoing bytes buffered before tungstenite writes on its own; the loop
+/// flushes every connection it wrote to once per turn anyway, so this only
+/// caps how much piles up within one turn.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A connection whose unsent output passes this is a slow consumer and is
+/// closed; its undelivered messages stay stored for its next login or Sync.
+pub const SLOW_CONSUMER_BYTES: usize = 1024 * 1024;
+
+/// Frames read from one connection per turn of the loop, so one busy client
+/// cannot starve the others; the rest are read on the next turn.
+pub const FRAMES_PER_CONNECTION_PER_TURN: usize = 256;
+
+/// Commands that may wait for the storage thread. Past this the loop answers
+/// `server_busy` instead of queueing more (bounded memory, visible overload).
+pub const STORAGE_QUEUE_MAX: usize = 65_536;
+
+/// Password hashing jobs that may wait for a worker; past this, logins and
+/// registrations get `rate_limited`.
+pub const HASH_QUEUE_MAX: usize = 1_024;
+
+/// Storage commands executed in one SQLite transaction (group commit). Large
+/// enough to amortise the commit, small enough to ack the first of them soon.
+pub const STORAGE_BATCH_MAX: usize = 4_096;
+
+/// A connection that has not finished its WebSocket handshake by then is
+/// dropped (slowloris).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the loop checks heartbeats, timeouts and the stats line.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// How long a session may go unused before it expires.
+pub const SESSION_IDLE_SECS: i64 = 7 * 24 * 60 * 60;
+
+/// How long shutdown waits for in-flight storage and hashing work.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
+
+/// `chat-server`: a secure instant-messaging server speaking the chat protocol
+/// over WebSocket, storing everything in SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version, about)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port to listen on (0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value_t = protocol::DEFAULT_PORT)]
+    pub port: u16,
+    /// Directory of the SQLite database `chat.db` (created if missing).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Log file, appended to (the log also goes to stderr).
+    #[arg(long, default_value = "server.log")]
+    pub log_file: PathBuf,
+    /// Log per-frame detail (never secrets, session ids or message content).
+    #[arg(long)]
+    pub debug: bool,
+    /// Most simultaneous connections; past it new ones get HTTP 503.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds of silence from a client before the server sends a WebSocket ping.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat: u64,
+    /// Seconds with nothing received after which a connection is closed.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// PBKDF2-HMAC-SHA256 iterations for new password hashes.
+    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pbkdf2_iterations: u32,
+    /// Largest accepted WebSocket frame/message in bytes; larger ones close the
+    /// connection with code 1009.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seconds between the stats lines in the log.
+    #[arg(long, default_value_t = 60)]
+    pub stats_interval: u64,
+    /// Password-hashing worker threads (default: one per core).
+    #[arg(long)]
+    pub hash_workers: Option<usize>,
+}
+
+/// The server's settings, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// See [`Cli::max_connections`].
+    pub max_connections: usize,
+    /// Silence before a ping.
+    pub heartbeat: Duration,
+    /// Silence before a close.
+    pub timeout: Duration,
+    /// Iterations for new hashes.
+    pub pbkdf2_iterations: u32,
+    /// Frame and message limit in bytes.
+    pub max_message_bytes: usize,
+    /// Interval of the stats line.
+    pub stats_interval: Duration,
+    /// Number of hashing threads.
+    pub hash_workers: usize,
+    /// Per-frame debug logging.
+    pub debug: bool,
+}
+
+impl Config {
+    /// Builds the configuration from the command line, or says what is wrong.
+    pub fn from_cli(cli: &Cli) -> Result<Config, String> {
+        let ip: std::net::IpAddr = cli
+            .host
+            .parse()
+            .map_err(|_| format!("--host {:?} is not an IP address", cli.host))?;
+        if cli.timeout == 0 || cli.heartbeat == 0 {
+            return Err("--heartbeat and --timeout must be at least 1 second".into());
+        }
+        if cli.max_message_bytes < 256 {
+            return Err("--max-message-bytes must be at least 256".into());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Config {
+            listen: SocketAddr::new(ip, cli.port),
+            data_dir: cli.data_dir.clone(),
+            max_connections: cli.max_connections.max(1),
+            heartbeat: Duration::from_secs(cli.heartbeat),
+            timeout: Duration::from_secs(cli.timeout),
+            pbkdf2_iterations: cli.pbkdf2_iterations,
+            max_message_bytes: cli.max_message_bytes,
+            stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
+            hash_workers: cli.hash_workers.unwrap_or(cores).max(1),
+            debug: cli.debug,
+        })
+    }
+
+    /// The database file inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("chat.db")
+    }
+}

@@ -1,0 +1,472 @@
+//! Register, Login (password and session resume), Logout, disconnects and
+//! the Presence they cause.
+//!
+//! A password login is three hops, none of which blocks the loop:
+//! `FetchCredentials` (storage) → `Verify` (hashing worker) → `OpenSession`
+//! (storage, which also takes the offline queue). A resume is one hop:
+//! `ResumeSession`. Registration is `Derive` (hashing) → `CreateUser`.
+
+use protocol::client::{Login, Logout, Register};
+use protocol::server::{
+    FailLogin, FailRegister, LoginError, Presence, RegisterError, SuccessLogin, SuccessLogout,
+    SuccessRegister,
+};
+use protocol::validate;
+use protocol::{ErrorType, ServerMessage};
+
+use super::{delivered, Auth, CloseReason, Dispatcher, Effects};
+use crate::completion::ConnId;
+use crate::hasher::HashJob;
+use crate::password;
+use crate::storage::{Command, StoredMessage};
+
+/// Longest username echoed into the log for a failed login (client-chosen text).
+const LOGGED_NAME_CHARS_MAX: usize = 40;
+
+impl Dispatcher {
+    pub(super) fn register(&mut self, conn: ConnId, body: Register, now: i64, fx: &mut Effects) {
+        let failure = if !validate::is_valid_username(&body.username) {
+            Some(RegisterError::InvalidUsername)
+        } else if !validate::is_valid_email(&body.email) {
+            Some(RegisterError::InvalidEmail)
+        } else if !validate::is_strong_enough_secret(&body.secret) {
+            Some(RegisterError::WeakSecret)
+        } else if self.users.contains_key(&body.username) {
+            Some(RegisterError::UsernameTaken)
+        } else {
+            None
+        };
+        if let Some(error_type) = failure {
+            fx.send(
+                conn,
+                &ServerMessage::FailRegister(FailRegister { error_type }),
+                now,
+            );
+            return;
+        }
+        fx.hashing.push(HashJob::Derive {
+            conn,
+            username: body.username,
+            email: body.email,
+            secret: body.secret,
+        });
+    }
+
+    pub(super) fn user_created(
+        &mut self,
+        conn: ConnId,
+        username: String,
+        user_id: Option<i64>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let reply = match user_id {
+            Some(user_id) => {
+                let peer = self.clients.get(&conn).map(|c| c.peer.to_string());
+                log::info!(
+                    "{username} registered from {}",
+                    peer.as_deref().unwrap_or("a closed connection")
+                );
+                self.users.insert(username.clone(), user_id);
+                ServerMessage::SuccessRegister(SuccessRegister { username, user_id })
+            }
+            None => ServerMessage::FailRegister(FailRegister {
+                error_type: RegisterError::UsernameTaken,
+            }),
+        };
+        if self.clients.contains_key(&conn) {
+            fx.send(conn, &reply, now);
+        }
+    }
+
+    pub(super) fn register_rate_limited(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        let reply = ServerMessage::FailRegister(FailRegister {
+            error_type: RegisterError::RateLimited,
+        });
+        fx.send(conn, &reply, now);
+    }
+
+    pub(super) fn login(&mut self, conn: ConnId, body: Login, now: i64, fx: &mut Effects) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        match client.auth {
+            Auth::Anonymous => {}
+            Auth::LoggedIn { .. } => {
+                let reply = ServerMessage::FailLogin(FailLogin {
+                    error_type: LoginError::AlreadyLoggedIn,
+                });
+                fx.send(conn, &reply, now);
+                return;
+            }
+            Auth::Verifying { .. } | Auth::Opening { .. } => {
+                fx.error(
+                    conn,
+                    ErrorType::BadRequest,
+                    "a login is already in progress",
+                    2,
+                    now,
+                );
+                return;
+            }
+        }
+        if let Some(session_id) = body.session_id {
+            match self.users.get(&body.username) {
+                Some(&user_id) => {
+                    let session_hash = password::session_hash(&session_id);
+                    let peer = client.peer;
+                    self.begin_opening(conn, user_id, body.username, session_id, true);
+                    fx.storage.push(Command::ResumeSession {
+                        conn,
+                        user_id,
+                        session_hash,
+                        peer,
+                        now,
+                    });
+                }
+                None => self.send_login_failure(conn, LoginError::InvalidSession, now, fx),
+            }
+        } else if let Some(secret) = body.secret {
+            let username = body.username;
+            if self.users.contains_key(&username) {
+                fx.storage.push(Command::FetchCredentials {
+                    conn,
+                    username: username.clone(),
+                });
+                client.auth = Auth::Verifying { username, secret };
+            } else {
+                // An unknown user still costs a full hash, so that timing
+                // does not tell which usernames exist.
+                fx.hashing.push(HashJob::Verify {
+                    conn,
+                    user_id: None,
+                    secret: secret.clone(),
+                    stored: None,
+                });
+                client.auth = Auth::Verifying { username, secret };
+            }
+        } else {
+            fx.error(
+                conn,
+                ErrorType::BadRequest,
+                "Login needs \"secret\" or \"session_id\"",
+                2,
+                now,
+            );
+        }
+    }
+
+    pub(super) fn credentials_found(
+        &mut self,
+        conn: ConnId,
+        found: Option<(i64, String)>,
+        fx: &mut Effects,
+    ) {
+        let Some(Auth::Verifying { secret, .. }) = self.clients.get(&conn).map(|c| &c.auth) else {
+            return;
+        };
+        let (user_id, stored) = match found {
+            Some((user_id, phc)) => (Some(user_id), Some(phc)),
+            None => (None, None),
+        };
+        fx.hashing.push(HashJob::Verify {
+            conn,
+            user_id,
+            secret: secret.clone(),
+            stored,
+        });
+    }
+
+    pub(super) fn password_verified(
+        &mut self,
+        conn: ConnId,
+        user_id: Option<i64>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let Auth::Verifying { username, .. } = &mut client.auth else {
+            return;
+        };
+        let username = std::mem::take(username);
+        let Some(user_id) = user_id else {
+            log::info!(
+                "failed login for {:?} from {}",
+                truncated(&username),
+                client.peer
+            );
+            client.auth = Auth::Anonymous;
+            self.send_login_failure(conn, LoginError::InvalidCredentials, now, fx);
+            return;
+        };
+        let peer = client.peer;
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let session_hash = password::session_hash(&session_id);
+        self.begin_opening(conn, user_id, username, session_id, false);
+        fx.storage.push(Command::OpenSession {
+            conn,
+            user_id,
+            session_hash,
+            peer,
+            now,
+        });
+    }
+
+    pub(super) fn login_rate_limited(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        self.abandon_login(conn);
+        self.send_login_failure(conn, LoginError::RateLimited, now, fx);
+    }
+
+    fn send_login_failure(&self, conn: ConnId, error_type: LoginError, now: i64, fx: &mut Effects) {
+        fx.send(
+            conn,
+            &ServerMessage::FailLogin(FailLogin { error_type }),
+            now,
+        );
+    }
+
+    /// Makes `conn` a recipient of `user_id` while storage opens the session.
+    fn begin_opening(
+        &mut self,
+        conn: ConnId,
+        user_id: i64,
+        username: String,
+        session_id: String,
+        resumed: bool,
+    ) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        client.auth = Auth::Opening {
+            user_id,
+            username,
+            session_hash: password::session_hash(&session_id),
+            session_id,
+            resumed,
+            held: Vec::new(),
+            held_ids: Vec::new(),
+        };
+        self.online.entry(user_id).or_default().push(conn);
+    }
+
+    /// Returns a connection that was logging in to anonymous.
+    pub(super) fn abandon_login(&mut self, conn: ConnId) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if let Auth::Opening { user_id, .. } = client.auth {
+            self.remove_from_online(user_id, conn);
+        }
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.auth = Auth::Anonymous;
+        }
+    }
+
+    fn remove_from_online(&mut self, user_id: i64, conn: ConnId) {
+        if let Some(conns) = self.online.get_mut(&user_id) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.online.remove(&user_id);
+            }
+        }
+    }
+
+    pub(super) fn session_invalid(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        if !self.clients.contains_key(&conn) {
+            return;
+        }
+        self.abandon_login(conn);
+        self.send_login_failure(conn, LoginError::InvalidSession, now, fx);
+    }
+
+    /// The session is open: SuccessLogin, the offline queue, then whatever
+    /// arrived meanwhile; Presence if this is the user's first connection.
+    pub(super) fn session_opened(
+        &mut self,
+        conn: ConnId,
+        queued: Vec<StoredMessage>,
+        mutual_contacts: &[i64],
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let Auth::Opening {
+            user_id,
+            username,
+            session_id,
+            session_hash,
+            resumed,
+            held,
+            held_ids,
+        } = std::mem::replace(&mut client.auth, Auth::Anonymous)
+        else {
+            return;
+        };
+        let peer = client.peer;
+        let first_connection = !self.has_logged_in_connection(user_id);
+        let success = SuccessLogin {
+            username: username.clone(),
+            user_id,
+            session_id: Some(session_id),
+        };
+        fx.send(conn, &ServerMessage::SuccessLogin(success), now);
+        for message in queued {
+            fx.send(conn, &ServerMessage::Message(delivered(message)), now);
+        }
+        fx.frames
+            .extend(held.into_iter().map(|frame| (conn, frame)));
+        if !held_ids.is_empty() {
+            fx.storage.push(Command::MarkDelivered {
+                user_id,
+                message_ids: held_ids,
+            });
+        }
+        let how = if resumed { " (session resumed)" } else { "" };
+        log::info!("{username} logged in from {peer}{how}");
+        self.counters.logins += 1;
+        if first_connection {
+            self.announce_presence(&username, mutual_contacts, true, now, fx);
+        }
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.auth = Auth::LoggedIn {
+                user_id,
+                username,
+                session_hash,
+            };
+        }
+    }
+
+    fn announce_presence(
+        &mut self,
+        username: &str,
+        contacts: &[i64],
+        online: bool,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let presence = ServerMessage::Presence(Presence {
+            username: username.to_owned(),
+            online,
+        });
+        for contact in contacts {
+            self.send_to_user(*contact, &presence, now, fx);
+        }
+    }
+
+    pub(super) fn logout(&mut self, conn: ConnId, body: Logout, now: i64, fx: &mut Effects) {
+        let Some(Auth::LoggedIn {
+            username,
+            session_hash,
+            ..
+        }) = self.clients.get(&conn).map(|c| &c.auth)
+        else {
+            return;
+        };
+        if body
+            .username
+            .as_ref()
+            .is_some_and(|named| named != username)
+        {
+            fx.error(
+                conn,
+                ErrorType::Forbidden,
+                "you can only log yourself out",
+                3,
+                now,
+            );
+            return;
+        }
+        fx.storage.push(Command::EndSession {
+            conn,
+            session_hash: session_hash.clone(),
+        });
+    }
+
+    /// The session is deleted: confirm, and close every connection using it.
+    pub(super) fn session_ended(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        let Some(Auth::LoggedIn {
+            user_id,
+            username,
+            session_hash,
+        }) = self.clients.get(&conn).map(|c| &c.auth)
+        else {
+            return;
+        };
+        let (user_id, username, session_hash) = (*user_id, username.clone(), session_hash.clone());
+        log::info!("{username} logged out");
+        let reply = ServerMessage::SuccessLogout(SuccessLogout {
+            username: username.clone(),
+        });
+        fx.send(conn, &reply, now);
+        let same_session: Vec<ConnId> = self
+            .online
+            .get(&user_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|other| {
+                matches!(self.clients.get(other).map(|c| &c.auth),
+                    Some(Auth::LoggedIn { session_hash: h, .. }) if *h == session_hash)
+            })
+            .collect();
+        for other in same_session {
+            fx.closes.push((other, CloseReason::LoggedOut));
+        }
+    }
+
+    /// A connection closed: forget it; if it was the user's last, storage
+    /// marks the user offline and the mutual contacts are told.
+    pub fn disconnected(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        let Some(client) = self.clients.remove(&conn) else {
+            return;
+        };
+        let (user_id, username, session_hash) = match client.auth {
+            Auth::LoggedIn {
+                user_id,
+                username,
+                session_hash,
+            } => {
+                log::info!("{username} disconnected ({})", client.peer);
+                (user_id, username, session_hash)
+            }
+            Auth::Opening {
+                user_id,
+                username,
+                session_hash,
+                ..
+            } => (user_id, username, session_hash),
+            Auth::Anonymous | Auth::Verifying { .. } => return,
+        };
+        self.remove_from_online(user_id, conn);
+        fx.storage.push(Command::ConnectionLost {
+            user_id,
+            username,
+            session_hash,
+            last: !self.has_logged_in_connection(user_id),
+            now,
+        });
+    }
+
+    pub(super) fn went_offline(
+        &mut self,
+        user_id: i64,
+        username: &str,
+        mutual_contacts: &[i64],
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        // The user may have come back while storage worked.
+        if !self.has_logged_in_connection(user_id) {
+            self.announce_presence(username, mutual_contacts, false, now, fx);
+        }
+    }
+}
+
+/// At most [`LOGGED_NAME_CHARS_MAX`] characters of a client-chosen name.
+fn truncated(name: &str) -> String {
+    name.chars().take(LOGGED_NAME_CHARS_MAX).collect()
+}

@@ -1,0 +1,257 @@
+//! Message (tag 11), GetHistory (5) and Sync (16).
+//!
+//! A message is given its id and pushed to the recipient's live connections
+//! at once; the storage command goes out in the same turn, and the sender's
+//! Ack only when storage reports the commit. Ids are assigned in the order
+//! messages are read, and storage commits in queue order, so Acks on one
+//! connection come back in sending order with increasing ids.
+
+use protocol::client::{GetHistory, SendMessage, Sync};
+use protocol::server::{Ack, Delivered, History, Synced};
+use protocol::validate::CLIENT_MESSAGE_ID_CHARS_MAX;
+use protocol::{ErrorType, ServerMessage};
+
+use super::{delivered, Dispatcher, Effects};
+use crate::completion::ConnId;
+use crate::storage::{Command, NewMessage, StoredMessage};
+
+/// GetHistory page size when none is given, and its bounds.
+const HISTORY_LIMIT_DEFAULT: i64 = 50;
+const HISTORY_LIMIT_MAX: i64 = 200;
+/// Sync page size when none is given, and its bounds.
+const SYNC_LIMIT_DEFAULT: i64 = 500;
+const SYNC_LIMIT_MAX: i64 = 1000;
+/// The prefix of a group `chat_id`.
+const GROUP_CHAT_PREFIX: &str = "g:";
+
+const TAG_HISTORY: i64 = 5;
+const TAG_MESSAGE: i64 = 11;
+const TAG_SYNC: i64 = 16;
+
+impl Dispatcher {
+    pub(super) fn send_message(
+        &mut self,
+        conn: ConnId,
+        sender_id: i64,
+        body: SendMessage,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let receiver_id = match self.check_message(conn, &body) {
+            Ok(receiver_id) => receiver_id,
+            Err((kind, detail)) => {
+                fx.error(conn, kind, detail, TAG_MESSAGE, now);
+                return;
+            }
+        };
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        let mut message = Delivered {
+            message_id,
+            source_id: self.username_of(conn).to_owned(),
+            dest_id: body.dest_id,
+            group_id: None,
+            content: body.content,
+            is_encrypted: body.is_encrypted,
+            time: now,
+        };
+        let frame = protocol::encode_delivered(&message);
+        let pushed = self.push_to_user(receiver_id, &frame, Some(message_id), Some(conn), fx);
+        log::debug!(
+            "message {message_id}: {} -> {} ({} bytes)",
+            message.source_id,
+            message.dest_id.as_deref().unwrap_or(""),
+            message.content.len()
+        );
+        fx.storage.push(Command::StoreMessage {
+            conn,
+            client_message_id: body.message_id,
+            message: NewMessage {
+                message_id,
+                sender_id,
+                receiver_id,
+                content: std::mem::take(&mut message.content),
+                is_encrypted: message.is_encrypted,
+                time: now,
+                // A message to yourself is already on the sending device.
+                delivered: pushed || receiver_id == sender_id,
+            },
+        });
+        self.counters.messages += 1;
+    }
+
+    /// Validates a Message; returns the recipient's id or the error to send.
+    fn check_message(
+        &self,
+        conn: ConnId,
+        body: &SendMessage,
+    ) -> Result<i64, (ErrorType, &'static str)> {
+        let dest = match (&body.dest_id, body.group_id) {
+            (Some(_), Some(_)) => {
+                return Err((ErrorType::BadRequest, "give dest_id or group_id, not both"))
+            }
+            (None, None) => return Err((ErrorType::BadRequest, "dest_id or group_id is required")),
+            (None, Some(_)) => {
+                return Err((
+                    ErrorType::UnknownGroup,
+                    "groups are not supported by this server yet",
+                ))
+            }
+            (Some(dest), None) => dest,
+        };
+        if body.content.is_empty() {
+            return Err((ErrorType::BadRequest, "content is empty"));
+        }
+        if body
+            .message_id
+            .as_ref()
+            .is_some_and(|id| id.chars().count() > CLIENT_MESSAGE_ID_CHARS_MAX)
+        {
+            return Err((
+                ErrorType::BadRequest,
+                "message_id is longer than 64 characters",
+            ));
+        }
+        if body
+            .source_id
+            .as_ref()
+            .is_some_and(|source| source != self.username_of(conn))
+        {
+            return Err((ErrorType::Forbidden, "source_id must be your own username"));
+        }
+        let Some(&receiver_id) = self.users.get(dest) else {
+            return Err((ErrorType::UnknownUser, "no such user"));
+        };
+        if self.storage_backlog >= self.limits.storage_backlog_max {
+            return Err((
+                ErrorType::ServerBusy,
+                "storage is behind; try again shortly",
+            ));
+        }
+        Ok(receiver_id)
+    }
+
+    pub(super) fn message_stored(
+        &mut self,
+        conn: ConnId,
+        message_id: i64,
+        client_message_id: Option<String>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        if self.clients.contains_key(&conn) {
+            let ack = Ack {
+                message_id,
+                client_message_id,
+            };
+            fx.send(conn, &ServerMessage::Ack(ack), now);
+        }
+    }
+
+    pub(super) fn history(
+        &mut self,
+        conn: ConnId,
+        user_id: i64,
+        body: GetHistory,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let limit = match page_limit(body.limit, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX) {
+            Some(limit) if body.before.is_none_or(|before| before >= 0) => limit,
+            _ => {
+                let detail = "limit must be 1-200 and before a non-negative message_id";
+                fx.error(conn, ErrorType::BadRequest, detail, TAG_HISTORY, now);
+                return;
+            }
+        };
+        if body.chat_id.starts_with(GROUP_CHAT_PREFIX) {
+            let detail = "groups are not supported by this server yet";
+            fx.error(conn, ErrorType::UnknownGroup, detail, TAG_HISTORY, now);
+            return;
+        }
+        let Some(&peer_id) = self.users.get(&body.chat_id) else {
+            fx.error(
+                conn,
+                ErrorType::UnknownUser,
+                "no such user",
+                TAG_HISTORY,
+                now,
+            );
+            return;
+        };
+        fx.storage.push(Command::History {
+            conn,
+            user_id,
+            peer_id,
+            chat_id: body.chat_id,
+            before: body.before,
+            limit,
+        });
+    }
+
+    pub(super) fn history_page(
+        &mut self,
+        conn: ConnId,
+        chat_id: String,
+        messages: Vec<StoredMessage>,
+        has_more: bool,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let page = History {
+            chat_id,
+            data: messages.into_iter().map(delivered).collect(),
+            has_more,
+        };
+        fx.send(conn, &ServerMessage::History(page), now);
+    }
+
+    pub(super) fn sync(
+        &mut self,
+        conn: ConnId,
+        user_id: i64,
+        body: Sync,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let limit = match page_limit(body.limit, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX) {
+            Some(limit) if body.since >= 0 => limit,
+            _ => {
+                let detail = "limit must be 1-1000 and since a non-negative message_id";
+                fx.error(conn, ErrorType::BadRequest, detail, TAG_SYNC, now);
+                return;
+            }
+        };
+        fx.storage.push(Command::Sync {
+            conn,
+            user_id,
+            since: body.since,
+            limit,
+        });
+    }
+
+    pub(super) fn synced_page(
+        &mut self,
+        conn: ConnId,
+        messages: Vec<StoredMessage>,
+        has_more: bool,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let page = Synced {
+            data: messages.into_iter().map(delivered).collect(),
+            has_more,
+        };
+        fx.send(conn, &ServerMessage::Synced(page), now);
+    }
+}
+
+/// The page size to use, or `None` when the requested one is out of bounds.
+fn page_limit(requested: Option<i64>, default: i64, max: i64) -> Option<u32> {
+    let limit = requested.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        u32::try_from(limit).ok()
+    } else {
+        None
+    }
+}

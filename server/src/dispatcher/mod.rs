@@ -1,0 +1,483 @@
+//! The dispatcher: what the server *does* with a decoded frame or a finished
+//! piece of off-loop work, as a synchronous function with no I/O.
+//!
+//! Input: a connection's text frame (or a storage reply, or a hashing
+//! result). Output: [`Effects`] — frames to write to connections, connections
+//! to close, storage commands and hashing jobs to queue. The event loop
+//! applies them. So every rule of the protocol is unit-tested here without a
+//! socket, a thread or a database.
+//!
+//! State kept in memory (the loop's view of the world):
+//! - every account's `username → user_id` (the directory cache; loaded at
+//!   start, extended on registration), so routing a message needs no disk;
+//! - every connection's [`Auth`] state;
+//! - for each user, the connections logged in (or finishing a login) as them;
+//! - the next message id, so a message is delivered before it is committed
+//!   (only the Ack waits for the commit).
+//!
+//! One file per group of messages: [`accounts`] (register, login, logout,
+//! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
+//! directory, keys).
+
+mod accounts;
+mod contacts;
+mod messages;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use protocol::server::Delivered;
+use protocol::{ClientMessage, ErrorType, ServerMessage};
+
+use crate::completion::{Completion, ConnId};
+use crate::hasher::{HashDone, HashJob};
+use crate::storage::{Command, Reply, Snapshot, StoredMessage};
+
+/// Why the server closes a connection; becomes the WebSocket close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Logout (1000).
+    LoggedOut,
+}
+
+/// What the loop must do after a dispatch, in order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Encoded frames to write, in order per connection.
+    pub frames: Vec<(ConnId, String)>,
+    /// Connections to close once their frames are written.
+    pub closes: Vec<(ConnId, CloseReason)>,
+    /// Commands for the storage thread.
+    pub storage: Vec<Command>,
+    /// Jobs for the hashing workers.
+    pub hashing: Vec<HashJob>,
+}
+
+impl Effects {
+    /// Queues `message` for `conn`, encoded with `now` as its time.
+    pub fn send(&mut self, conn: ConnId, message: &ServerMessage, now: i64) {
+        self.frames
+            .push((conn, protocol::encode_server(message, now)));
+    }
+
+    /// Queues an `Error` frame.
+    pub fn error(&mut self, conn: ConnId, kind: ErrorType, detail: &str, ref_tag: i64, now: i64) {
+        self.send(
+            conn,
+            &ServerMessage::error(kind, detail, Some(ref_tag)),
+            now,
+        );
+    }
+
+    /// Whether nothing is to be done.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+            && self.closes.is_empty()
+            && self.storage.is_empty()
+            && self.hashing.is_empty()
+    }
+}
+
+/// Where a connection is in logging in.
+#[derive(Debug)]
+pub enum Auth {
+    /// Not logged in.
+    Anonymous,
+    /// A password login: credentials are being fetched or verified.
+    Verifying {
+        /// The username given.
+        username: String,
+        /// The secret given, kept only until it is verified.
+        secret: String,
+    },
+    /// The session is being created or resumed in storage. The connection
+    /// already counts as a recipient: frames for it are held and sent right
+    /// after SuccessLogin and the offline queue, so nothing sent meanwhile is
+    /// lost or reordered.
+    Opening {
+        /// The user.
+        user_id: i64,
+        /// Their name.
+        username: String,
+        /// The session id (new, or the one presented).
+        session_id: String,
+        /// Its SHA-256.
+        session_hash: String,
+        /// Whether this resumes an existing session.
+        resumed: bool,
+        /// Frames that arrived meanwhile.
+        held: Vec<String>,
+        /// Ids of the messages among them (marked delivered once sent).
+        held_ids: Vec<i64>,
+    },
+    /// Logged in.
+    LoggedIn {
+        /// The user.
+        user_id: i64,
+        /// Their name.
+        username: String,
+        /// The SHA-256 of the session this connection uses.
+        session_hash: String,
+    },
+}
+
+/// One connection as the dispatcher sees it.
+#[derive(Debug)]
+pub struct Client {
+    /// The remote address.
+    pub peer: SocketAddr,
+    /// Its login state.
+    pub auth: Auth,
+}
+
+/// Counters for the stats line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages accepted for storage.
+    pub messages: u64,
+    /// Successful logins.
+    pub logins: u64,
+}
+
+/// The dispatcher's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct DispatchLimits {
+    /// Storage commands in flight past which new messages get `server_busy`.
+    pub storage_backlog_max: usize,
+}
+
+/// The in-memory state and the rules; see the module docs.
+pub struct Dispatcher {
+    users: HashMap<String, i64>,
+    clients: HashMap<ConnId, Client>,
+    online: HashMap<i64, Vec<ConnId>>,
+    next_message_id: i64,
+    storage_backlog: usize,
+    limits: DispatchLimits,
+    counters: Counters,
+}
+
+impl Dispatcher {
+    /// A dispatcher that knows the accounts and last message id in `snapshot`.
+    pub fn new(snapshot: Snapshot, limits: DispatchLimits) -> Self {
+        Dispatcher {
+            users: snapshot.users.into_iter().collect(),
+            clients: HashMap::new(),
+            online: HashMap::new(),
+            next_message_id: snapshot.next_message_id.max(1),
+            storage_backlog: 0,
+            limits,
+            counters: Counters::default(),
+        }
+    }
+
+    /// A new connection finished its WebSocket handshake.
+    pub fn connected(&mut self, conn: ConnId, peer: SocketAddr) {
+        self.clients.insert(
+            conn,
+            Client {
+                peer,
+                auth: Auth::Anonymous,
+            },
+        );
+    }
+
+    /// The loop tells how many storage commands are waiting.
+    pub fn set_storage_backlog(&mut self, backlog: usize) {
+        self.storage_backlog = backlog;
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Users with at least one logged-in connection.
+    pub fn users_online(&self) -> usize {
+        self.online
+            .keys()
+            .filter(|user| self.has_logged_in_connection(**user))
+            .count()
+    }
+
+    /// The auth state of a connection (for tests and logs).
+    pub fn client(&self, conn: ConnId) -> Option<&Client> {
+        self.clients.get(&conn)
+    }
+
+    /// Handles one text frame.
+    pub fn handle_text(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
+        match protocol::decode_client(text) {
+            Ok(message) => self.handle_message(conn, message, now, fx),
+            Err(error) => {
+                log::debug!("{conn:?}: undecodable frame: {error}");
+                let frame =
+                    ServerMessage::error(error.error_type(), error.to_string(), error.ref_tag());
+                fx.send(conn, &frame, now);
+            }
+        }
+    }
+
+    /// Handles a binary frame: always `bad_request`.
+    pub fn handle_binary(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        let frame = ServerMessage::error(
+            ErrorType::BadRequest,
+            "binary frames are not accepted; send JSON in a text frame",
+            None,
+        );
+        fx.send(conn, &frame, now);
+    }
+
+    /// Routes a decoded message to its handler, enforcing the login rule.
+    fn handle_message(&mut self, conn: ConnId, message: ClientMessage, now: i64, fx: &mut Effects) {
+        let tag = i64::from(message.tag());
+        let Some(client) = self.clients.get(&conn) else {
+            return;
+        };
+        if let Auth::LoggedIn { .. } = client.auth {
+            log::debug!("{conn:?}: {}", message.name());
+        } else if !matches!(
+            message,
+            ClientMessage::Register(_)
+                | ClientMessage::Login(_)
+                | ClientMessage::Ping
+                | ClientMessage::CreateGroup(_)
+                | ClientMessage::AddGroupMembers(_)
+                | ClientMessage::LeaveGroup(_)
+                | ClientMessage::GetGroups
+        ) {
+            fx.error(conn, ErrorType::NotLoggedIn, "log in first", tag, now);
+            return;
+        }
+        let user_id = self.logged_in_user(conn).unwrap_or(0);
+        match message {
+            ClientMessage::Register(body) => self.register(conn, body, now, fx),
+            ClientMessage::Login(body) => self.login(conn, body, now, fx),
+            ClientMessage::Logout(body) => self.logout(conn, body, now, fx),
+            ClientMessage::Ping => fx.send(conn, &ServerMessage::Pong, now),
+            ClientMessage::GetDirectory => fx.storage.push(Command::Directory {
+                conn,
+                owner_id: user_id,
+            }),
+            ClientMessage::AddContact(body) => self.add_contact(conn, user_id, body, now, fx),
+            ClientMessage::RemoveContact(body) => self.remove_contact(conn, user_id, body, now, fx),
+            ClientMessage::PublishKey(body) => self.publish_key(conn, user_id, body, now, fx),
+            ClientMessage::GetKey(body) => self.get_key(conn, body, now, fx),
+            ClientMessage::Message(body) => self.send_message(conn, user_id, body, now, fx),
+            ClientMessage::GetHistory(body) => self.history(conn, user_id, body, now, fx),
+            ClientMessage::Sync(body) => self.sync(conn, user_id, body, now, fx),
+            ClientMessage::CreateGroup(_)
+            | ClientMessage::AddGroupMembers(_)
+            | ClientMessage::LeaveGroup(_)
+            | ClientMessage::GetGroups => fx.error(
+                conn,
+                ErrorType::UnknownTag,
+                "groups are not supported by this server yet",
+                tag,
+                now,
+            ),
+        }
+    }
+
+    /// Handles a finished piece of off-loop work.
+    pub fn complete(&mut self, completion: Completion, now: i64, fx: &mut Effects) {
+        match completion {
+            Completion::Storage(reply) => self.storage_done(reply, now, fx),
+            Completion::Hash(done) => self.hash_done(done, now, fx),
+        }
+    }
+
+    fn storage_done(&mut self, reply: Reply, now: i64, fx: &mut Effects) {
+        match reply {
+            Reply::UserCreated {
+                conn,
+                username,
+                user_id,
+            } => self.user_created(conn, username, user_id, now, fx),
+            Reply::Credentials { conn, found } => self.credentials_found(conn, found, fx),
+            Reply::SessionOpened {
+                conn,
+                queued,
+                mutual_contacts,
+            } => self.session_opened(conn, queued, &mutual_contacts, now, fx),
+            Reply::SessionInvalid { conn } => self.session_invalid(conn, now, fx),
+            Reply::SessionEnded { conn } => self.session_ended(conn, now, fx),
+            Reply::WentOffline {
+                user_id,
+                username,
+                mutual_contacts,
+            } => self.went_offline(user_id, &username, &mutual_contacts, now, fx),
+            Reply::MessageStored {
+                conn,
+                message_id,
+                client_message_id,
+            } => self.message_stored(conn, message_id, client_message_id, now, fx),
+            Reply::History {
+                conn,
+                chat_id,
+                messages,
+                has_more,
+            } => self.history_page(conn, chat_id, messages, has_more, now, fx),
+            Reply::Synced {
+                conn,
+                messages,
+                has_more,
+            } => self.synced_page(conn, messages, has_more, now, fx),
+            Reply::ContactAdded {
+                conn,
+                contacts,
+                added,
+                mutual,
+                contact_id,
+                owner_name,
+            } => {
+                self.send_directory(conn, contacts, now, fx);
+                if added && !mutual {
+                    self.notify_contact_request(contact_id, owner_name, now, fx);
+                }
+            }
+            Reply::Directory { conn, contacts } => self.send_directory(conn, contacts, now, fx),
+            Reply::Key {
+                conn,
+                username,
+                public_key,
+            } => self.send_key(conn, username, public_key, now, fx),
+            Reply::Failed { requester, reason } => {
+                log::warn!("storage failed a request of {:?}: {reason}", requester.0);
+                self.request_failed(requester, now, fx);
+            }
+        }
+    }
+
+    fn hash_done(&mut self, done: HashDone, now: i64, fx: &mut Effects) {
+        match done {
+            HashDone::Derived {
+                conn,
+                username,
+                email,
+                hash,
+            } => fx.storage.push(Command::CreateUser {
+                conn,
+                username,
+                email,
+                hash,
+                now,
+            }),
+            HashDone::Verified { conn, user_id } => self.password_verified(conn, user_id, now, fx),
+        }
+    }
+
+    /// A storage command could not be queued (queue full or storage gone).
+    pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
+        if let Some(requester) = command.requester() {
+            self.request_failed(requester, now, fx);
+        }
+    }
+
+    /// A hashing job could not be queued (too many logins at once).
+    pub fn hashing_refused(&mut self, job: HashJob, now: i64, fx: &mut Effects) {
+        match job {
+            HashJob::Derive { conn, .. } => self.register_rate_limited(conn, now, fx),
+            HashJob::Verify { conn, .. } => self.login_rate_limited(conn, now, fx),
+        }
+    }
+
+    /// Tells the requester `server_busy` and undoes a half-done login.
+    fn request_failed(&mut self, (conn, tag): (ConnId, i64), now: i64, fx: &mut Effects) {
+        if !self.clients.contains_key(&conn) {
+            return;
+        }
+        if tag == 2 {
+            self.abandon_login(conn);
+        }
+        fx.error(
+            conn,
+            ErrorType::ServerBusy,
+            "the server could not store this request; try again",
+            tag,
+            now,
+        );
+    }
+
+    /// The user logged in on `conn`, if any.
+    fn logged_in_user(&self, conn: ConnId) -> Option<i64> {
+        match self.clients.get(&conn)?.auth {
+            Auth::LoggedIn { user_id, .. } => Some(user_id),
+            _ => None,
+        }
+    }
+
+    /// The username logged in on `conn` (empty if none).
+    fn username_of(&self, conn: ConnId) -> &str {
+        match self.clients.get(&conn).map(|client| &client.auth) {
+            Some(Auth::LoggedIn { username, .. }) => username,
+            _ => "",
+        }
+    }
+
+    fn has_logged_in_connection(&self, user_id: i64) -> bool {
+        self.online.get(&user_id).is_some_and(|conns| {
+            conns.iter().any(|conn| {
+                self.clients
+                    .get(conn)
+                    .is_some_and(|client| matches!(client.auth, Auth::LoggedIn { .. }))
+            })
+        })
+    }
+
+    /// Sends `frame` to every connection of `user_id` except `except`: written
+    /// now to logged-in ones, held for ones finishing their login. Returns
+    /// whether a logged-in connection got it.
+    fn push_to_user(
+        &mut self,
+        user_id: i64,
+        frame: &str,
+        message_id: Option<i64>,
+        except: Option<ConnId>,
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(conns) = self.online.get(&user_id) else {
+            return false;
+        };
+        let mut delivered = false;
+        for conn in conns {
+            if Some(*conn) == except {
+                continue;
+            }
+            match self.clients.get_mut(conn).map(|client| &mut client.auth) {
+                Some(Auth::LoggedIn { .. }) => {
+                    fx.frames.push((*conn, frame.to_owned()));
+                    delivered = true;
+                }
+                Some(Auth::Opening { held, held_ids, .. }) => {
+                    held.push(frame.to_owned());
+                    held_ids.extend(message_id);
+                }
+                _ => {}
+            }
+        }
+        delivered
+    }
+
+    /// Sends `message` to every logged-in connection of `user_id`.
+    fn send_to_user(&mut self, user_id: i64, message: &ServerMessage, now: i64, fx: &mut Effects) {
+        let frame = protocol::encode_server(message, now);
+        self.push_to_user(user_id, &frame, None, None, fx);
+    }
+}
+
+/// A stored message as the protocol shows it.
+fn delivered(message: StoredMessage) -> Delivered {
+    Delivered {
+        message_id: message.message_id,
+        source_id: message.sender,
+        dest_id: Some(message.receiver),
+        group_id: None,
+        content: message.content,
+        is_encrypted: message.is_encrypted,
+        time: message.time,
+    }
+}
+
+#[cfg(test)]
+mod tests;

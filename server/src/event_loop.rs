@@ -1,0 +1,578 @@
+//! The event loop: one thread, one `mio::Poll`, everything non-blocking.
+//!
+//! Each turn: wait for readiness (or the next tick), then
+//! 1. accept new sockets until `WouldBlock` (past `--max-connections`, answer
+//!    HTTP 503 and drop);
+//! 2. for each ready connection, advance its handshake or read its frames
+//!    (up to a budget) and hand each to the [`Dispatcher`];
+//! 3. drain the completion channel (storage replies, hashing results) into
+//!    the dispatcher;
+//! 4. on a tick: heartbeats, timeouts, the stats line;
+//! 5. flush every connection that was written to this turn.
+//!
+//! The dispatcher's [`Effects`] are applied by [`Server::apply`], the only
+//! place frames reach connections and commands reach the storage and hashing
+//! threads. Every connection leaves through [`Server::remove`].
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::completion::{self, Completion, ConnId};
+use crate::config::{self, Config};
+use crate::connection::{Connection, ReadEvent, WriteError};
+use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
+use crate::hasher::Hasher;
+use crate::storage::sqlite::SqliteBackend;
+use crate::storage::{PurgeSchedule, StorageHandle};
+
+/// Reserved tokens, far above any slab key.
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// How long a closing connection may wait for the peer's close frame.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The data directory or database could not be opened.
+    Storage(String),
+    /// The socket could not be bound, or a thread not spawned.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Storage(detail) => write!(f, "cannot open the database: {detail}"),
+            StartError::Io(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(error: io::Error) -> Self {
+        StartError::Io(error)
+    }
+}
+
+/// The running server: the loop's state.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    connections: Slab<Connection>,
+    dispatcher: Dispatcher,
+    storage: StorageHandle,
+    hasher: Hasher,
+    completions: Receiver<Completion>,
+    config: Config,
+    ws_config: WebSocketConfig,
+    next_serial: u64,
+    /// Slots with more frames to read than one turn's budget allowed.
+    unfinished_reads: VecDeque<ConnId>,
+    /// Slots written to this turn.
+    to_flush: Vec<usize>,
+    /// Effects buffer, reused across turns.
+    effects: Effects,
+    hash_in_flight: usize,
+    next_tick: Instant,
+    stats: StatsWindow,
+    purge: PurgeSchedule,
+    shutdown: Option<Instant>,
+}
+
+/// What the stats line compares against.
+struct StatsWindow {
+    started: Instant,
+    messages: u64,
+}
+
+impl Server {
+    /// Opens the database, binds the socket and starts the worker threads.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
+        let database = config.database_path();
+        let (backend, snapshot) = SqliteBackend::open(&database, false)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
+        log::info!(
+            "database {} ({} accounts, next message id {})",
+            database.display(),
+            snapshot.users.len(),
+            snapshot.next_message_id
+        );
+
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (done, completions) = completion::channel(waker);
+        let storage = StorageHandle::start(
+            backend,
+            config::STORAGE_QUEUE_MAX,
+            config::STORAGE_BATCH_MAX,
+            done.clone(),
+        )?;
+        let hasher = Hasher::start(
+            config.hash_workers,
+            config.pbkdf2_iterations,
+            config::HASH_QUEUE_MAX,
+            done,
+        )?;
+
+        let mut listener = TcpListener::bind(config.listen)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+
+        let limits = DispatchLimits {
+            storage_backlog_max: config::STORAGE_QUEUE_MAX * 3 / 4,
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config::READ_BUFFER_BYTES)
+            .write_buffer_size(config::WRITE_BUFFER_BYTES)
+            .max_write_buffer_size(config::SLOW_CONSUMER_BYTES)
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            connections: Slab::with_capacity(config.max_connections.min(1024)),
+            dispatcher: Dispatcher::new(snapshot, limits),
+            storage,
+            hasher,
+            completions,
+            config,
+            ws_config,
+            next_serial: 1,
+            unfinished_reads: VecDeque::new(),
+            to_flush: Vec::new(),
+            effects: Effects::default(),
+            hash_in_flight: 0,
+            next_tick: Instant::now(),
+            stats: StatsWindow {
+                started: Instant::now(),
+                messages: 0,
+            },
+            purge: PurgeSchedule::default(),
+            shutdown: None,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::other("not listening")),
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM, then shuts down cleanly.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.unfinished_reads.is_empty() {
+                self.next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {} // completions are drained below, every turn
+                    SIGNALS => self.on_signals(),
+                    Token(slot) => self.connection_ready(slot, event.is_writable()),
+                }
+            }
+            self.continue_unfinished_reads();
+            self.drain_completions();
+            if Instant::now() >= self.next_tick {
+                self.tick();
+            }
+            self.flush_written();
+            if self.shutdown.is_some() && self.shutdown_step() {
+                break;
+            }
+        }
+        self.finish();
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    // EMFILE and friends: log, and let the next event retry.
+                    log::warn!("accept failed: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if self.connections.len() >= self.config.max_connections {
+            log::warn!("refusing {peer}: {} connections", self.connections.len());
+            // The socket is fresh, so this small write will not block.
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            );
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.connections.vacant_entry();
+        let id = ConnId {
+            slot: entry.key(),
+            serial: self.next_serial,
+        };
+        self.next_serial += 1;
+        if let Err(error) = self.poll.registry().register(
+            &mut stream,
+            Token(id.slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register {peer}: {error}");
+            return;
+        }
+        let connection = Connection::accept(id, peer, stream, self.ws_config);
+        let opened = connection.is_open();
+        entry.insert(connection);
+        log::debug!("{peer} connected as {id:?}");
+        if opened {
+            self.dispatcher.connected(id, peer);
+        }
+        self.after_io(id.slot);
+    }
+
+    fn connection_ready(&mut self, slot: usize, writable: bool) {
+        let Some(connection) = self.connections.get_mut(slot) else {
+            return; // a spurious event for a slot already removed
+        };
+        if writable {
+            connection.flush();
+        }
+        let id = connection.id;
+        self.read_frames(id);
+    }
+
+    /// Reads up to the per-turn budget of frames from one connection.
+    fn read_frames(&mut self, id: ConnId) {
+        let open = self.connection(id).is_some_and(|c| c.is_open());
+        if self.shutdown.is_some() && open {
+            return; // no new requests once shutdown has begun
+        }
+        let now = unix_now();
+        let mut fx = std::mem::take(&mut self.effects);
+        let mut budget = config::FRAMES_PER_CONNECTION_PER_TURN;
+        while let Some(connection) = self.connection(id) {
+            match connection.read() {
+                ReadEvent::Opened => {
+                    let peer = connection.peer;
+                    self.dispatcher.connected(id, peer);
+                }
+                ReadEvent::Text(text) => self.dispatcher.handle_text(id, &text, now, &mut fx),
+                ReadEvent::Binary => self.dispatcher.handle_binary(id, now, &mut fx),
+                ReadEvent::TooLarge | ReadEvent::WouldBlock | ReadEvent::Closed => break,
+            }
+            budget -= 1;
+            if budget == 0 {
+                self.unfinished_reads.push_back(id);
+                break;
+            }
+        }
+        self.apply(&mut fx);
+        self.effects = fx;
+        self.after_io(id.slot);
+    }
+
+    fn continue_unfinished_reads(&mut self) {
+        for _ in 0..self.unfinished_reads.len() {
+            if let Some(id) = self.unfinished_reads.pop_front() {
+                self.read_frames(id);
+            }
+        }
+    }
+
+    /// The connection with this id, if it is still the slot's occupant.
+    fn connection(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.connections
+            .get_mut(id.slot)
+            .filter(|connection| connection.id == id)
+    }
+
+    /// Schedules a flush, or removes the connection if it is finished.
+    fn after_io(&mut self, slot: usize) {
+        let Some(connection) = self.connections.get(slot) else {
+            return;
+        };
+        if connection.is_closed() {
+            self.remove(slot);
+        } else if connection.needs_flush {
+            self.to_flush.push(slot);
+        }
+    }
+
+    fn drain_completions(&mut self) {
+        let now = unix_now();
+        let mut fx = std::mem::take(&mut self.effects);
+        while let Ok(completion) = self.completions.try_recv() {
+            if let Completion::Hash(_) = completion {
+                self.hash_in_flight = self.hash_in_flight.saturating_sub(1);
+            }
+            self.dispatcher.complete(completion, now, &mut fx);
+            self.apply(&mut fx);
+        }
+        self.effects = fx;
+    }
+
+    /// Carries out the dispatcher's effects; the only place they happen.
+    fn apply(&mut self, fx: &mut Effects) {
+        let now = unix_now();
+        while !fx.is_empty() {
+            for (id, frame) in fx.frames.drain(..) {
+                let Some(connection) = self.connections.get_mut(id.slot) else {
+                    continue;
+                };
+                if connection.id != id {
+                    continue;
+                }
+                match connection.send_text(frame) {
+                    Ok(()) => {}
+                    Err(WriteError::SlowConsumer) => {
+                        log::warn!("{}: slow consumer, closing", connection.peer);
+                        connection.close(CloseCode::Policy, "too much unread output");
+                    }
+                    Err(WriteError::Closed) => {}
+                }
+                if connection.needs_flush {
+                    self.to_flush.push(id.slot);
+                }
+            }
+            for (id, reason) in std::mem::take(&mut fx.closes) {
+                if let Some(connection) = self.connection(id) {
+                    match reason {
+                        CloseReason::LoggedOut => connection.close(CloseCode::Normal, "logged out"),
+                    }
+                    self.to_flush.push(id.slot);
+                }
+            }
+            let mut refused = Effects::default();
+            for command in std::mem::take(&mut fx.storage) {
+                if let Err(refusal) = self.storage.submit(command) {
+                    let (error, command) = *refusal;
+                    log::warn!("storage queue refused a command: {error:?}");
+                    self.dispatcher.storage_refused(command, now, &mut refused);
+                }
+            }
+            for job in std::mem::take(&mut fx.hashing) {
+                match self.hasher.submit(job) {
+                    Ok(()) => self.hash_in_flight += 1,
+                    Err((error, job)) => {
+                        log::warn!("hashing queue refused a job: {error:?}");
+                        self.dispatcher.hashing_refused(job, now, &mut refused);
+                    }
+                }
+            }
+            *fx = refused;
+        }
+        self.dispatcher.set_storage_backlog(self.storage.backlog());
+    }
+
+    fn flush_written(&mut self) {
+        let mut slots = std::mem::take(&mut self.to_flush);
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots.drain(..) {
+            if let Some(connection) = self.connections.get_mut(slot) {
+                if connection.needs_flush {
+                    connection.flush();
+                }
+                if connection.is_closed() {
+                    self.remove(slot);
+                }
+            }
+        }
+        self.to_flush = slots;
+    }
+
+    /// The one way out for a connection.
+    fn remove(&mut self, slot: usize) {
+        if !self.connections.contains(slot) {
+            return;
+        }
+        let mut connection = self.connections.remove(slot);
+        if let Some(stream) = connection.stream_mut() {
+            let _ = self.poll.registry().deregister(stream);
+        }
+        log::debug!("{} disconnected ({:?})", connection.peer, connection.id);
+        let mut fx = std::mem::take(&mut self.effects);
+        self.dispatcher
+            .disconnected(connection.id, unix_now(), &mut fx);
+        self.apply(&mut fx);
+        self.effects = fx;
+    }
+
+    /// Heartbeats, timeouts, the stats line and session expiry.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.next_tick = now + config::TICK;
+        let (heartbeat, timeout) = (self.config.heartbeat, self.config.timeout);
+        let mut finished = Vec::new();
+        for (slot, connection) in self.connections.iter_mut() {
+            if let Some(since) = connection.closing_since {
+                if now.duration_since(since) >= CLOSE_DEADLINE {
+                    connection.abort();
+                    finished.push(slot);
+                }
+                continue;
+            }
+            if connection.is_handshaking() {
+                if now.duration_since(connection.accepted_at) >= config::HANDSHAKE_TIMEOUT {
+                    log::debug!("{}: handshake timed out", connection.peer);
+                    connection.abort();
+                    finished.push(slot);
+                }
+                continue;
+            }
+            let silent = now.duration_since(connection.last_received);
+            if silent >= timeout {
+                log::info!(
+                    "{}: idle for {}s, closing",
+                    connection.peer,
+                    silent.as_secs()
+                );
+                connection.close(CloseCode::Away, "idle timeout");
+                finished.push(slot);
+            } else if silent >= heartbeat && !connection.ping_sent {
+                connection.ping();
+                finished.push(slot);
+            }
+        }
+        for slot in finished {
+            self.after_io(slot);
+        }
+        if now.duration_since(self.stats.started) >= self.config.stats_interval {
+            self.log_stats(now);
+        }
+        if let Some(command) = self.purge.due(unix_now()) {
+            let mut fx = std::mem::take(&mut self.effects);
+            fx.storage.push(command);
+            self.apply(&mut fx);
+            self.effects = fx;
+        }
+    }
+
+    fn log_stats(&mut self, now: Instant) {
+        let messages = self.dispatcher.counters().messages;
+        let seconds = now.duration_since(self.stats.started).as_secs_f64();
+        let rate = (messages - self.stats.messages) as f64 / seconds.max(0.001);
+        log::info!(
+            "stats: {} connections, {} users online, {rate:.0} messages/s, storage queue {}",
+            self.connections.len(),
+            self.dispatcher.users_online(),
+            self.storage.backlog()
+        );
+        self.stats = StatsWindow {
+            started: now,
+            messages,
+        };
+    }
+
+    fn on_signals(&mut self) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        if received.is_empty() || self.shutdown.is_some() {
+            return;
+        }
+        log::info!(
+            "signal {} received: shutting down ({} connections)",
+            received[0],
+            self.connections.len()
+        );
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.shutdown = Some(Instant::now());
+    }
+
+    /// One step of shutdown; true when it is complete.
+    ///
+    /// First, wait (up to the drain deadline) until every storage command and
+    /// hashing job already accepted has finished and its reply (an Ack, say)
+    /// has been queued; then send every client a close frame (1001), give
+    /// them a moment to flush, and stop.
+    fn shutdown_step(&mut self) -> bool {
+        let Some(started) = self.shutdown else {
+            return false;
+        };
+        let waited = started.elapsed();
+        let busy = self.storage.backlog() > 0 || self.hash_in_flight > 0;
+        if busy && waited < config::SHUTDOWN_DRAIN {
+            self.next_tick = Instant::now() + Duration::from_millis(10);
+            return false;
+        }
+        let mut closing = Vec::new();
+        for (slot, connection) in self.connections.iter_mut() {
+            if connection.closing_since.is_none() {
+                connection.close(CloseCode::Away, "server shutting down");
+                closing.push(slot);
+            }
+        }
+        for slot in closing {
+            self.after_io(slot);
+        }
+        self.flush_written();
+        let all_closed = self.connections.iter().all(|(_, c)| c.is_closed());
+        let grace_over = waited >= config::SHUTDOWN_DRAIN + Duration::from_millis(500);
+        if all_closed || grace_over || self.connections.is_empty() {
+            return true;
+        }
+        self.next_tick = Instant::now() + Duration::from_millis(10);
+        false
+    }
+
+    /// Drops connections, lets storage commit what is queued, joins threads.
+    fn finish(mut self) {
+        let slots: Vec<usize> = self.connections.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            self.remove(slot);
+        }
+        self.storage.finish();
+        self.drain_completions();
+        log::info!("shutdown complete");
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,24 @@
+//! `chat-server`: a secure instant-messaging server.
+//!
+//! # Layout
+//! - [`event_loop`]: the one mio thread — listener, waker, signals, the slab
+//!   of connections, timers; applies the dispatcher's effects.
+//! - [`connection`]: the per-connection state machine around tungstenite.
+//! - [`dispatcher`]: the protocol's rules as a pure function from (state,
+//!   message) to effects; one file per group of messages.
+//! - [`storage`]: the storage thread and its command/reply vocabulary;
+//!   [`storage::sqlite`] is the only code that touches SQLite.
+//! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
+//! - [`completion`]: how worker threads hand results back and wake the loop.
+//! - [`config`]: the command line and every limit, with its reasons.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the path of a message.
+
+pub mod completion;
+pub mod config;
+pub mod connection;
+pub mod dispatcher;
+pub mod event_loop;
+pub mod hasher;
+pub mod password;
+pub mod storage;

@@ -1,0 +1,534 @@
+//! The storage thread: the loop's only way to the database.
+//!
+//! The loop sends [`Command`]s over a bounded channel and never waits; the
+//! storage thread takes whatever is queued (up to [`STORAGE_BATCH_MAX`]),
+//! executes it in one transaction (group commit), commits, and only then sends
+//! the [`Reply`]s back through the completion channel and wakes the loop. So
+//! a `MessageStored` reply — and the Ack it becomes — always means "committed".
+//!
+//! The loop sees storage only through these two enums and [`StorageHandle`];
+//! the SQLite specifics live in [`sqlite`] behind the [`Backend`] trait, so a
+//! second backend (a database shared by several server processes) can be added
+//! without touching the loop.
+//!
+//! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
+
+pub mod schema;
+pub mod sqlite;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::completion::{Completion, CompletionSender, ConnId};
+use crate::password::PasswordHash;
+
+/// A 1:1 message as the loop hands it to storage (the id is assigned by the
+/// loop so delivery need not wait for the disk).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Server id, assigned by the loop, increasing.
+    pub message_id: i64,
+    /// The sender.
+    pub sender_id: i64,
+    /// The recipient.
+    pub receiver_id: i64,
+    /// The text.
+    pub content: String,
+    /// End-to-end encrypted?
+    pub is_encrypted: bool,
+    /// Unix seconds when the loop accepted it.
+    pub time: i64,
+    /// Already pushed to a live connection of the recipient (so it is not in
+    /// the recipient's offline queue).
+    pub delivered: bool,
+}
+
+/// A stored message, read back with the usernames resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Server id.
+    pub message_id: i64,
+    /// Sender's username.
+    pub sender: String,
+    /// Recipient's username.
+    pub receiver: String,
+    /// The text.
+    pub content: String,
+    /// End-to-end encrypted?
+    pub is_encrypted: bool,
+    /// Unix seconds.
+    pub time: i64,
+}
+
+/// One contact of a Directory, before the loop adds `online`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactRow {
+    /// The contact's username.
+    pub username: String,
+    /// The contact's id.
+    pub user_id: i64,
+    /// Whether the contact has added the owner too.
+    pub mutual: bool,
+    /// The contact's last login or disconnect, Unix seconds.
+    pub last_activity: Option<i64>,
+}
+
+/// What the loop asks of storage.
+#[derive(Debug)]
+pub enum Command {
+    /// Create an account; replies [`Reply::UserCreated`].
+    CreateUser {
+        /// Requesting connection.
+        conn: ConnId,
+        /// Username (validated).
+        username: String,
+        /// Email (validated).
+        email: String,
+        /// The derived password hash.
+        hash: PasswordHash,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Read a user's password hash; replies [`Reply::Credentials`].
+    FetchCredentials {
+        /// Requesting connection.
+        conn: ConnId,
+        /// Username as given.
+        username: String,
+    },
+    /// Create a session after a password login, mark the user online and take
+    /// its offline queue; replies [`Reply::SessionOpened`].
+    OpenSession {
+        /// Logging-in connection.
+        conn: ConnId,
+        /// The user.
+        user_id: i64,
+        /// SHA-256 of the new session id.
+        session_hash: String,
+        /// Peer address, recorded on the user row.
+        peer: SocketAddr,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Resume an existing session; replies [`Reply::SessionOpened`] or
+    /// [`Reply::SessionInvalid`].
+    ResumeSession {
+        /// Logging-in connection.
+        conn: ConnId,
+        /// The user the session must belong to.
+        user_id: i64,
+        /// SHA-256 of the presented session id.
+        session_hash: String,
+        /// Peer address.
+        peer: SocketAddr,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Delete a session (Logout); replies [`Reply::SessionEnded`].
+    EndSession {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The session.
+        session_hash: String,
+    },
+    /// A logged-in connection went away: touch its session, and when it was
+    /// the user's last, mark the user offline and reply [`Reply::WentOffline`].
+    ConnectionLost {
+        /// The user.
+        user_id: i64,
+        /// Their name, echoed for the presence frame.
+        username: String,
+        /// The connection's session.
+        session_hash: String,
+        /// Whether it was the user's last connection.
+        last: bool,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Store a 1:1 message; replies [`Reply::MessageStored`] after commit.
+    StoreMessage {
+        /// Sending connection (for the Ack).
+        conn: ConnId,
+        /// The client's id, echoed in the Ack.
+        client_message_id: Option<String>,
+        /// The message.
+        message: NewMessage,
+    },
+    /// Mark messages pushed to a connection that was logging in while they
+    /// were sent. No reply.
+    MarkDelivered {
+        /// The recipient.
+        user_id: i64,
+        /// The messages.
+        message_ids: Vec<i64>,
+    },
+    /// A page of one conversation; replies [`Reply::History`].
+    History {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller.
+        user_id: i64,
+        /// The other user.
+        peer_id: i64,
+        /// Echoed back.
+        chat_id: String,
+        /// Exclusive upper bound on message ids.
+        before: Option<i64>,
+        /// Page size.
+        limit: u32,
+    },
+    /// Everything the user sent or received after `since`; replies
+    /// [`Reply::Synced`].
+    Sync {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller.
+        user_id: i64,
+        /// Exclusive lower bound on message ids.
+        since: i64,
+        /// Page size.
+        limit: u32,
+    },
+    /// Add a contact; replies [`Reply::ContactAdded`].
+    AddContact {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller.
+        owner_id: i64,
+        /// The caller's name, for the ContactRequest.
+        owner_name: String,
+        /// The user added.
+        contact_id: i64,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Remove a contact; replies [`Reply::Directory`].
+    RemoveContact {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller.
+        owner_id: i64,
+        /// The user removed.
+        contact_id: i64,
+    },
+    /// The caller's contacts; replies [`Reply::Directory`].
+    Directory {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller.
+        owner_id: i64,
+    },
+    /// Publish a key; replies [`Reply::Key`].
+    SetKey {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller.
+        user_id: i64,
+        /// Echoed back.
+        username: String,
+        /// The key.
+        public_key: String,
+    },
+    /// Read a user's key; replies [`Reply::Key`].
+    GetKey {
+        /// Requesting connection.
+        conn: ConnId,
+        /// Whose key.
+        user_id: i64,
+        /// Echoed back.
+        username: String,
+    },
+    /// Delete sessions unused since `idle_before` (Unix seconds). No reply.
+    PurgeSessions {
+        /// Cut-off.
+        idle_before: i64,
+    },
+}
+
+impl Command {
+    /// The connection waiting for this command's reply, if any, and the
+    /// request tag it answers — used to tell it `server_busy` when the
+    /// command cannot be queued or fails.
+    pub fn requester(&self) -> Option<(ConnId, i64)> {
+        match self {
+            Command::CreateUser { conn, .. } => Some((*conn, 1)),
+            Command::FetchCredentials { conn, .. }
+            | Command::OpenSession { conn, .. }
+            | Command::ResumeSession { conn, .. } => Some((*conn, 2)),
+            Command::EndSession { conn, .. } => Some((*conn, 3)),
+            Command::Directory { conn, .. } => Some((*conn, 4)),
+            Command::History { conn, .. } => Some((*conn, 5)),
+            Command::AddContact { conn, .. } => Some((*conn, 6)),
+            Command::RemoveContact { conn, .. } => Some((*conn, 7)),
+            Command::SetKey { conn, .. } => Some((*conn, 9)),
+            Command::GetKey { conn, .. } => Some((*conn, 10)),
+            Command::StoreMessage { conn, .. } => Some((*conn, 11)),
+            Command::Sync { conn, .. } => Some((*conn, 16)),
+            Command::ConnectionLost { .. }
+            | Command::MarkDelivered { .. }
+            | Command::PurgeSessions { .. } => None,
+        }
+    }
+}
+
+/// What storage answers, always after the batch's commit.
+#[derive(Debug)]
+pub enum Reply {
+    /// The account exists now (`Some(user_id)`) or the name was taken (`None`).
+    UserCreated {
+        /// Requesting connection.
+        conn: ConnId,
+        /// Echoed.
+        username: String,
+        /// The new id, or `None` if the username was taken.
+        user_id: Option<i64>,
+    },
+    /// A user's hash, or `None` if there is no such user.
+    Credentials {
+        /// Requesting connection.
+        conn: ConnId,
+        /// `(user_id, phc)` of the user.
+        found: Option<(i64, String)>,
+    },
+    /// The session is open (created or resumed).
+    SessionOpened {
+        /// Logging-in connection.
+        conn: ConnId,
+        /// The offline queue, oldest first, now marked delivered.
+        queued: Vec<StoredMessage>,
+        /// Users that are mutual contacts of this one (for Presence).
+        mutual_contacts: Vec<i64>,
+    },
+    /// The session id is unknown, expired, or another user's.
+    SessionInvalid {
+        /// Logging-in connection.
+        conn: ConnId,
+    },
+    /// The session is deleted.
+    SessionEnded {
+        /// The connection that asked.
+        conn: ConnId,
+    },
+    /// The user's last connection went away; tell these mutual contacts.
+    WentOffline {
+        /// The user.
+        user_id: i64,
+        /// Their name.
+        username: String,
+        /// Mutual contacts to notify.
+        mutual_contacts: Vec<i64>,
+    },
+    /// The message is committed.
+    MessageStored {
+        /// Sending connection.
+        conn: ConnId,
+        /// Server id.
+        message_id: i64,
+        /// Client id.
+        client_message_id: Option<String>,
+    },
+    /// A page of history, oldest first.
+    History {
+        /// Requesting connection.
+        conn: ConnId,
+        /// Echoed.
+        chat_id: String,
+        /// The page.
+        messages: Vec<StoredMessage>,
+        /// Older messages exist.
+        has_more: bool,
+    },
+    /// A page of everything after `since`, oldest first.
+    Synced {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The page.
+        messages: Vec<StoredMessage>,
+        /// Newer messages exist.
+        has_more: bool,
+    },
+    /// The directory after AddContact.
+    ContactAdded {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The caller's contacts.
+        contacts: Vec<ContactRow>,
+        /// The contact is new (not added before).
+        added: bool,
+        /// The contact had already added the caller.
+        mutual: bool,
+        /// The user added.
+        contact_id: i64,
+        /// The caller's name, for the ContactRequest.
+        owner_name: String,
+    },
+    /// The caller's contacts.
+    Directory {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The contacts.
+        contacts: Vec<ContactRow>,
+    },
+    /// A user's key.
+    Key {
+        /// Requesting connection.
+        conn: ConnId,
+        /// Whose.
+        username: String,
+        /// The key, if published.
+        public_key: Option<String>,
+    },
+    /// The command failed (disk error); nothing of it was stored.
+    Failed {
+        /// Requesting connection and request tag.
+        requester: (ConnId, i64),
+        /// What went wrong, for the log.
+        reason: String,
+    },
+}
+
+/// When to ask storage to delete expired sessions: at start, then hourly.
+#[derive(Debug, Default)]
+pub struct PurgeSchedule {
+    next_at: i64,
+}
+
+impl PurgeSchedule {
+    /// Seconds between purges.
+    const INTERVAL_SECS: i64 = 3600;
+
+    /// The purge command, if one is due at `now` (Unix seconds).
+    pub fn due(&mut self, now: i64) -> Option<Command> {
+        if now < self.next_at {
+            return None;
+        }
+        self.next_at = now + Self::INTERVAL_SECS;
+        Some(Command::PurgeSessions {
+            idle_before: now - crate::config::SESSION_IDLE_SECS,
+        })
+    }
+}
+
+/// What the loop needs to know at startup.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every account, `(username, user_id)`.
+    pub users: Vec<(String, i64)>,
+    /// The id the next message gets.
+    pub next_message_id: i64,
+}
+
+/// Executes batches of commands; implemented by [`sqlite::SqliteBackend`].
+pub trait Backend: Send + 'static {
+    /// Executes the batch (atomically where the backend can) and returns the
+    /// replies in command order. Must not return before the writes are durable
+    /// to the promised degree.
+    fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply>;
+}
+
+/// Why a command was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The queue is full: answer `server_busy`.
+    Full,
+    /// The storage thread is gone.
+    Stopped,
+}
+
+/// The loop's handle: a bounded command queue and the thread behind it.
+pub struct StorageHandle {
+    commands: Option<SyncSender<Command>>,
+    thread: Option<JoinHandle<()>>,
+    /// Commands submitted whose batch has not finished (queued or executing).
+    backlog: Arc<AtomicUsize>,
+}
+
+impl StorageHandle {
+    /// Starts the storage thread over `backend`.
+    pub fn start<B: Backend>(
+        mut backend: B,
+        queue_max: usize,
+        batch_max: usize,
+        done: CompletionSender,
+    ) -> std::io::Result<StorageHandle> {
+        let (commands, queue) = mpsc::sync_channel(queue_max);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let thread_backlog = Arc::clone(&backlog);
+        let thread = std::thread::Builder::new()
+            .name("storage".into())
+            .spawn(move || run(&mut backend, &queue, batch_max, &done, &thread_backlog))?;
+        Ok(StorageHandle {
+            commands: Some(commands),
+            thread: Some(thread),
+            backlog,
+        })
+    }
+
+    /// Commands submitted and not yet executed and answered.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    /// Queues a command without blocking; on failure the command comes back
+    /// (boxed: the failure is rare and the command large).
+    pub fn submit(&self, command: Command) -> Result<(), Box<(QueueError, Command)>> {
+        let Some(commands) = &self.commands else {
+            return Err(Box::new((QueueError::Stopped, command)));
+        };
+        self.backlog.fetch_add(1, Ordering::AcqRel);
+        commands.try_send(command).map_err(|error| {
+            self.backlog.fetch_sub(1, Ordering::AcqRel);
+            Box::new(match error {
+                TrySendError::Full(command) => (QueueError::Full, command),
+                TrySendError::Disconnected(command) => (QueueError::Stopped, command),
+            })
+        })
+    }
+
+    /// Closes the queue and waits until everything queued is committed and
+    /// its replies are sent.
+    pub fn finish(&mut self) {
+        self.commands = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("the storage thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for StorageHandle {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn run<B: Backend>(
+    backend: &mut B,
+    queue: &Receiver<Command>,
+    batch_max: usize,
+    done: &CompletionSender,
+    backlog: &AtomicUsize,
+) {
+    // Block for the first command, then take whatever else is already queued.
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match queue.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let executed = batch.len();
+        let replies = backend.execute(batch);
+        if !replies.is_empty() {
+            done.send_all(replies.into_iter().map(Completion::Storage));
+        }
+        // After the replies are queued, so a backlog of 0 means "all answered".
+        backlog.fetch_sub(executed, Ordering::AcqRel);
+    }
+    log::info!("storage thread: queue drained, all work committed");
+}

@@ -1,0 +1,92 @@
+//! The SQLite schema, versioned with `PRAGMA user_version`.
+//!
+//! Tables follow the original system (users, contacts, messages, sessions,
+//! groups) with what delivery tracking needs added. Times are Unix seconds as
+//! integers (the protocol's unit) rather than the original's text timestamps.
+//!
+//! Every index on `messages` costs the single writer on every message, so it
+//! has exactly the three that the reads need: by sender and by receiver
+//! (History, Sync) and a partial index of the undelivered (the offline queue),
+//! which stays small because online recipients' messages never enter it.
+
+use rusqlite::Connection;
+
+/// The version this code writes; older databases are migrated step by step.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const VERSION_1: &str = "
+CREATE TABLE users (
+    user_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    username      TEXT UNIQUE NOT NULL,
+    email         TEXT NOT NULL,
+    password_hash TEXT NOT NULL,          -- PHC string: $pbkdf2-sha256$i=N$salt$hash
+    salt          TEXT NOT NULL,          -- the salt alone, as the original kept it
+    public_key    TEXT,
+    created_at    INTEGER NOT NULL,
+    is_online     BOOLEAN NOT NULL DEFAULT FALSE,
+    last_activity INTEGER,
+    ip_address    TEXT,
+    port          INTEGER
+);
+
+CREATE TABLE contacts (
+    owner_id   INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    contact_id INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (owner_id, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX contacts_by_contact ON contacts(contact_id, owner_id);
+
+CREATE TABLE groups (
+    group_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    creator_id INTEGER NOT NULL REFERENCES users(user_id),
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE messages (
+    message_id   INTEGER PRIMARY KEY,     -- assigned by the event loop, increasing
+    sender_id    INTEGER NOT NULL REFERENCES users(user_id),
+    receiver_id  INTEGER REFERENCES users(user_id),
+    group_id     INTEGER REFERENCES groups(group_id),
+    message_type TEXT NOT NULL DEFAULT 'text',
+    content      TEXT NOT NULL,
+    is_encrypted BOOLEAN NOT NULL DEFAULT FALSE,
+    timestamp    INTEGER NOT NULL,
+    delivered    BOOLEAN NOT NULL DEFAULT FALSE  -- pushed to a live connection
+);
+CREATE INDEX messages_by_sender   ON messages(sender_id, message_id);
+CREATE INDEX messages_by_receiver ON messages(receiver_id, message_id);
+CREATE INDEX messages_undelivered ON messages(receiver_id, message_id) WHERE delivered = 0;
+
+CREATE TABLE sessions (
+    session_hash TEXT PRIMARY KEY,        -- SHA-256 of the session id; the id is never stored
+    user_id      INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    created_at   INTEGER NOT NULL,
+    last_used_at INTEGER NOT NULL,
+    ip_address   TEXT
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_last_used ON sessions(last_used_at);
+";
+
+/// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].
+pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = if synchronous_full { "FULL" } else { "NORMAL" };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(VERSION_1)?;
+        tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,757 @@
+//! The SQLite backend: the one write connection to `<data-dir>/chat.db`.
+//!
+//! A batch runs in one transaction. If any command in it fails (disk full,
+//! read-only file), the transaction is rolled back and each command is retried
+//! in a transaction of its own, so one failure costs only its own command;
+//! whatever still fails is answered with [`Reply::Failed`] and never acked.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::schema;
+use super::{Backend, Command, ContactRow, NewMessage, Reply, Snapshot, StoredMessage};
+
+/// Most messages pushed from the offline queue at one login; the rest follow
+/// at the next login (and `Sync` fetches them at any time). Bounds the burst a
+/// login writes into one connection's buffer.
+pub const OFFLINE_PUSH_MAX: u32 = 1_000;
+
+/// The database and its prepared-statement cache.
+pub struct SqliteBackend {
+    conn: Connection,
+}
+
+impl SqliteBackend {
+    /// Opens (creating with mode 0600 if needed) the database, migrates it,
+    /// marks every user offline (nobody is connected to a starting server) and
+    /// reads what the loop needs.
+    pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<(Self, Snapshot)> {
+        create_private_file(path);
+        let mut conn = Connection::open(path)?;
+        schema::prepare(&mut conn, synchronous_full)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
+        let snapshot = read_snapshot(&conn)?;
+        Ok((SqliteBackend { conn }, snapshot))
+    }
+
+    fn execute_in_transaction(&mut self, batch: &[Command]) -> rusqlite::Result<Vec<Reply>> {
+        let tx = self.conn.transaction()?;
+        let mut replies = Vec::with_capacity(batch.len());
+        for command in batch {
+            if let Some(reply) = apply(&tx, command)? {
+                replies.push(reply);
+            }
+        }
+        tx.commit()?;
+        Ok(replies)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
+        match self.execute_in_transaction(&batch) {
+            Ok(replies) => replies,
+            Err(error) => {
+                log::error!(
+                    "storage: batch of {} failed ({error}); retrying one by one",
+                    batch.len()
+                );
+                batch
+                    .iter()
+                    .flat_map(|command| self.execute_alone(command))
+                    .collect()
+            }
+        }
+    }
+}
+
+impl SqliteBackend {
+    fn execute_alone(&mut self, command: &Command) -> Option<Reply> {
+        match self.execute_in_transaction(std::slice::from_ref(command)) {
+            Ok(mut replies) => replies.pop(),
+            Err(error) => {
+                log::error!("storage: command failed: {error}");
+                command.requester().map(|requester| Reply::Failed {
+                    requester,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it, so the
+/// hashes and messages are never readable by other local users.
+fn create_private_file(path: &Path) {
+    let _ = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path);
+}
+
+fn read_snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
+    let mut statement = conn.prepare("SELECT username, user_id FROM users")?;
+    let users = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+    let next_message_id: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(message_id), 0) + 1 FROM messages",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(Snapshot {
+        users,
+        next_message_id,
+    })
+}
+
+/// Executes one command inside the batch's transaction.
+fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>> {
+    let reply = match command {
+        Command::CreateUser {
+            conn,
+            username,
+            email,
+            hash,
+            now,
+        } => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO users (username, email, password_hash, salt, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![username, email, hash.phc, hash.salt, now])?;
+            Reply::UserCreated {
+                conn: *conn,
+                username: username.clone(),
+                user_id: (inserted == 1).then(|| tx.last_insert_rowid()),
+            }
+        }
+        Command::FetchCredentials { conn, username } => {
+            let found = tx
+                .prepare_cached("SELECT user_id, password_hash FROM users WHERE username = ?1")?
+                .query_row([username], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Reply::Credentials { conn: *conn, found }
+        }
+        Command::OpenSession {
+            conn,
+            user_id,
+            session_hash,
+            peer,
+            now,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO sessions (session_hash, user_id, created_at, last_used_at, ip_address)
+                 VALUES (?1, ?2, ?3, ?3, ?4)",
+            )?
+            .execute(params![session_hash, user_id, now, peer.ip().to_string()])?;
+            session_opened(tx, *conn, *user_id, *peer, *now)?
+        }
+        Command::ResumeSession {
+            conn,
+            user_id,
+            session_hash,
+            peer,
+            now,
+        } => {
+            let idle_before = now - crate::config::SESSION_IDLE_SECS;
+            let touched = tx
+                .prepare_cached(
+                    "UPDATE sessions SET last_used_at = ?3
+                     WHERE session_hash = ?1 AND user_id = ?2 AND last_used_at > ?4",
+                )?
+                .execute(params![session_hash, user_id, now, idle_before])?;
+            if touched == 1 {
+                session_opened(tx, *conn, *user_id, *peer, *now)?
+            } else {
+                Reply::SessionInvalid { conn: *conn }
+            }
+        }
+        Command::EndSession { conn, session_hash } => {
+            tx.prepare_cached("DELETE FROM sessions WHERE session_hash = ?1")?
+                .execute([session_hash])?;
+            Reply::SessionEnded { conn: *conn }
+        }
+        Command::ConnectionLost {
+            user_id,
+            username,
+            session_hash,
+            last,
+            now,
+        } => {
+            tx.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE session_hash = ?1")?
+                .execute(params![session_hash, now])?;
+            if !*last {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "UPDATE users SET is_online = FALSE, last_activity = ?2 WHERE user_id = ?1",
+            )?
+            .execute(params![user_id, now])?;
+            Reply::WentOffline {
+                user_id: *user_id,
+                username: username.clone(),
+                mutual_contacts: mutual_contacts(tx, *user_id)?,
+            }
+        }
+        Command::StoreMessage {
+            conn,
+            client_message_id,
+            message,
+        } => {
+            insert_message(tx, message)?;
+            Reply::MessageStored {
+                conn: *conn,
+                message_id: message.message_id,
+                client_message_id: client_message_id.clone(),
+            }
+        }
+        Command::MarkDelivered {
+            user_id,
+            message_ids,
+        } => {
+            let mut statement = tx.prepare_cached(
+                "UPDATE messages SET delivered = TRUE WHERE message_id = ?1 AND receiver_id = ?2",
+            )?;
+            for id in message_ids {
+                statement.execute(params![id, user_id])?;
+            }
+            return Ok(None);
+        }
+        Command::History {
+            conn,
+            user_id,
+            peer_id,
+            chat_id,
+            before,
+            limit,
+        } => {
+            let (messages, has_more) = history(tx, *user_id, *peer_id, *before, *limit)?;
+            Reply::History {
+                conn: *conn,
+                chat_id: chat_id.clone(),
+                messages,
+                has_more,
+            }
+        }
+        Command::Sync {
+            conn,
+            user_id,
+            since,
+            limit,
+        } => {
+            let (messages, has_more) = sync(tx, *user_id, *since, *limit)?;
+            Reply::Synced {
+                conn: *conn,
+                messages,
+                has_more,
+            }
+        }
+        Command::AddContact {
+            conn,
+            owner_id,
+            owner_name,
+            contact_id,
+            now,
+        } => {
+            let added = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO contacts (owner_id, contact_id, created_at)
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![owner_id, contact_id, now])?
+                == 1;
+            let mutual = tx
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM contacts WHERE owner_id = ?1 AND contact_id = ?2)",
+                )?
+                .query_row(params![contact_id, owner_id], |row| row.get(0))?;
+            Reply::ContactAdded {
+                conn: *conn,
+                contacts: contacts(tx, *owner_id)?,
+                added,
+                mutual,
+                contact_id: *contact_id,
+                owner_name: owner_name.clone(),
+            }
+        }
+        Command::RemoveContact {
+            conn,
+            owner_id,
+            contact_id,
+        } => {
+            tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND contact_id = ?2")?
+                .execute(params![owner_id, contact_id])?;
+            Reply::Directory {
+                conn: *conn,
+                contacts: contacts(tx, *owner_id)?,
+            }
+        }
+        Command::Directory { conn, owner_id } => Reply::Directory {
+            conn: *conn,
+            contacts: contacts(tx, *owner_id)?,
+        },
+        Command::SetKey {
+            conn,
+            user_id,
+            username,
+            public_key,
+        } => {
+            tx.prepare_cached("UPDATE users SET public_key = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id, public_key])?;
+            Reply::Key {
+                conn: *conn,
+                username: username.clone(),
+                public_key: Some(public_key.clone()),
+            }
+        }
+        Command::GetKey {
+            conn,
+            user_id,
+            username,
+        } => {
+            let public_key = tx
+                .prepare_cached("SELECT public_key FROM users WHERE user_id = ?1")?
+                .query_row([user_id], |row| row.get(0))
+                .optional()?
+                .flatten();
+            Reply::Key {
+                conn: *conn,
+                username: username.clone(),
+                public_key,
+            }
+        }
+        Command::PurgeSessions { idle_before } => {
+            let purged = tx
+                .prepare_cached("DELETE FROM sessions WHERE last_used_at <= ?1")?
+                .execute([idle_before])?;
+            if purged > 0 {
+                log::info!("expired {purged} sessions unused for 7 days");
+            }
+            return Ok(None);
+        }
+    };
+    Ok(Some(reply))
+}
+
+fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages
+             (message_id, sender_id, receiver_id, content, is_encrypted, timestamp, delivered)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        message.message_id,
+        message.sender_id,
+        message.receiver_id,
+        message.content,
+        message.is_encrypted,
+        message.time,
+        message.delivered,
+    ])?;
+    Ok(())
+}
+
+/// Marks the user online, records the peer, and takes the offline queue.
+fn session_opened(
+    tx: &Transaction,
+    conn: crate::completion::ConnId,
+    user_id: i64,
+    peer: std::net::SocketAddr,
+    now: i64,
+) -> rusqlite::Result<Reply> {
+    tx.prepare_cached(
+        "UPDATE users SET is_online = TRUE, last_activity = ?2, ip_address = ?3, port = ?4
+         WHERE user_id = ?1",
+    )?
+    .execute(params![user_id, now, peer.ip().to_string(), peer.port()])?;
+    let queued = query_messages(
+        tx,
+        "SELECT message_id FROM messages WHERE receiver_id = ?1 AND delivered = 0
+         ORDER BY message_id LIMIT ?2",
+        params![user_id, OFFLINE_PUSH_MAX],
+    )?;
+    let mut mark =
+        tx.prepare_cached("UPDATE messages SET delivered = TRUE WHERE message_id = ?1")?;
+    for message in &queued {
+        mark.execute([message.message_id])?;
+    }
+    Ok(Reply::SessionOpened {
+        conn,
+        queued,
+        mutual_contacts: mutual_contacts(tx, user_id)?,
+    })
+}
+
+/// The columns of a delivered message, given a query that yields message ids.
+fn query_messages(
+    tx: &Transaction,
+    ids_query: &str,
+    parameters: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    let sql = format!(
+        "SELECT m.message_id, s.username, r.username, m.content, m.is_encrypted, m.timestamp
+         FROM messages m
+         JOIN users s ON s.user_id = m.sender_id
+         JOIN users r ON r.user_id = m.receiver_id
+         WHERE m.message_id IN ({ids_query})
+         ORDER BY m.message_id"
+    );
+    let mut statement = tx.prepare_cached(&sql)?;
+    let rows = statement.query_map(parameters, |row| {
+        Ok(StoredMessage {
+            message_id: row.get(0)?,
+            sender: row.get(1)?,
+            receiver: row.get(2)?,
+            content: row.get(3)?,
+            is_encrypted: row.get(4)?,
+            time: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The newest `limit` messages between the two users older than `before`,
+/// oldest first, and whether older ones exist.
+fn history(
+    tx: &Transaction,
+    user_id: i64,
+    peer_id: i64,
+    before: Option<i64>,
+    limit: u32,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let fetch = limit + 1;
+    let mut messages = query_messages(
+        tx,
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
+             ORDER BY message_id DESC LIMIT ?4)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
+             ORDER BY message_id DESC LIMIT ?4)
+         ORDER BY message_id DESC LIMIT ?4",
+        params![user_id, peer_id, before.unwrap_or(i64::MAX), fetch],
+    )?;
+    let has_more = messages.len() > limit as usize;
+    if has_more {
+        messages.remove(0); // the oldest is the extra one
+    }
+    Ok((messages, has_more))
+}
+
+/// The oldest `limit` messages the user sent or received after `since`.
+fn sync(
+    tx: &Transaction,
+    user_id: i64,
+    since: i64,
+    limit: u32,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let fetch = limit + 1;
+    let mut messages = query_messages(
+        tx,
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages WHERE sender_id = ?1 AND message_id > ?2
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages WHERE receiver_id = ?1 AND message_id > ?2
+             ORDER BY message_id LIMIT ?3)
+         ORDER BY message_id LIMIT ?3",
+        params![user_id, since, fetch],
+    )?;
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    Ok((messages, has_more))
+}
+
+/// Users that `user_id` has added, with whether each added them back.
+fn contacts(tx: &Transaction, owner_id: i64) -> rusqlite::Result<Vec<ContactRow>> {
+    let mut statement = tx.prepare_cached(
+        "SELECT u.username, u.user_id,
+                EXISTS(SELECT 1 FROM contacts r
+                       WHERE r.owner_id = c.contact_id AND r.contact_id = c.owner_id),
+                u.last_activity
+         FROM contacts c JOIN users u ON u.user_id = c.contact_id
+         WHERE c.owner_id = ?1
+         ORDER BY u.username",
+    )?;
+    let rows = statement.query_map([owner_id], |row| {
+        Ok(ContactRow {
+            username: row.get(0)?,
+            user_id: row.get(1)?,
+            mutual: row.get(2)?,
+            last_activity: row.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Users with whom `user_id` has a mutual contact relationship.
+fn mutual_contacts(tx: &Transaction, user_id: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut statement = tx.prepare_cached(
+        "SELECT c.contact_id FROM contacts c
+         JOIN contacts r ON r.owner_id = c.contact_id AND r.contact_id = c.owner_id
+         WHERE c.owner_id = ?1",
+    )?;
+    let rows = statement.query_map([user_id], |row| row.get(0))?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::completion::ConnId;
+    use crate::password::hash_password;
+
+    const CONN: ConnId = ConnId { slot: 0, serial: 1 };
+
+    fn open() -> (tempfile::TempDir, SqliteBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, snapshot) = SqliteBackend::open(&dir.path().join("chat.db"), false).unwrap();
+        assert!(snapshot.users.is_empty());
+        assert_eq!(snapshot.next_message_id, 1);
+        (dir, backend)
+    }
+
+    fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
+        let replies = backend.execute(vec![Command::CreateUser {
+            conn: CONN,
+            username: name.into(),
+            email: format!("{name}@example.com"),
+            hash: hash_password("password123", 1),
+            now: 100,
+        }]);
+        match replies.as_slice() {
+            [Reply::UserCreated {
+                user_id: Some(id), ..
+            }] => *id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn store(backend: &mut SqliteBackend, id: i64, from: i64, to: i64, delivered: bool) {
+        let replies = backend.execute(vec![Command::StoreMessage {
+            conn: CONN,
+            client_message_id: None,
+            message: NewMessage {
+                message_id: id,
+                sender_id: from,
+                receiver_id: to,
+                content: format!("m{id}"),
+                is_encrypted: false,
+                time: 100 + id,
+                delivered,
+            },
+        }]);
+        assert!(
+            matches!(replies.as_slice(), [Reply::MessageStored { message_id, .. }] if *message_id == id)
+        );
+    }
+
+    fn ids(messages: &[StoredMessage]) -> Vec<i64> {
+        messages.iter().map(|m| m.message_id).collect()
+    }
+
+    #[test]
+    fn usernames_are_unique_and_case_sensitive() {
+        let (_dir, mut backend) = open();
+        create_user(&mut backend, "ann");
+        create_user(&mut backend, "ANN");
+        let replies = backend.execute(vec![Command::CreateUser {
+            conn: CONN,
+            username: "ann".into(),
+            email: "x@y.z".into(),
+            hash: hash_password("password123", 1),
+            now: 1,
+        }]);
+        assert!(matches!(
+            replies.as_slice(),
+            [Reply::UserCreated { user_id: None, .. }]
+        ));
+    }
+
+    #[test]
+    fn history_pages_newest_first_listed_oldest_first() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        let c = create_user(&mut backend, "carol");
+        for id in 1..=5 {
+            store(
+                &mut backend,
+                id,
+                if id % 2 == 0 { a } else { b },
+                if id % 2 == 0 { b } else { a },
+                true,
+            );
+        }
+        store(&mut backend, 6, a, c, true);
+        let tx = backend.conn.transaction().unwrap();
+        let (page, more) = history(&tx, a, b, None, 2).unwrap();
+        assert_eq!((ids(&page), more), (vec![4, 5], true));
+        let (page, more) = history(&tx, a, b, Some(4), 10).unwrap();
+        assert_eq!((ids(&page), more), (vec![1, 2, 3], false));
+        let (page, more) = history(&tx, b, c, None, 10).unwrap();
+        assert_eq!((ids(&page), more), (vec![], false));
+    }
+
+    #[test]
+    fn sync_covers_sent_and_received_once_each() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        store(&mut backend, 1, a, b, true);
+        store(&mut backend, 2, b, a, true);
+        store(&mut backend, 3, a, a, true);
+        store(&mut backend, 4, b, b, true);
+        let tx = backend.conn.transaction().unwrap();
+        let (page, more) = sync(&tx, a, 0, 2).unwrap();
+        assert_eq!((ids(&page), more), (vec![1, 2], true));
+        let (page, more) = sync(&tx, a, 2, 10).unwrap();
+        assert_eq!((ids(&page), more), (vec![3], false));
+    }
+
+    #[test]
+    fn the_offline_queue_is_taken_once() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        store(&mut backend, 1, a, b, false);
+        store(&mut backend, 2, a, b, true);
+        store(&mut backend, 3, a, b, false);
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        let open_session = |hash: &str| Command::OpenSession {
+            conn: CONN,
+            user_id: b,
+            session_hash: hash.into(),
+            peer,
+            now: 200,
+        };
+        let replies = backend.execute(vec![open_session("h1")]);
+        let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+            panic!("{replies:?}");
+        };
+        assert_eq!(ids(queued), vec![1, 3]);
+        let replies = backend.execute(vec![open_session("h2")]);
+        let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+            panic!("{replies:?}");
+        };
+        assert!(queued.is_empty());
+    }
+
+    #[test]
+    fn sessions_resume_only_for_their_user_and_until_ended() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        backend.execute(vec![Command::OpenSession {
+            conn: CONN,
+            user_id: a,
+            session_hash: "h".into(),
+            peer,
+            now: 200,
+        }]);
+        let resume = |user_id| Command::ResumeSession {
+            conn: CONN,
+            user_id,
+            session_hash: "h".into(),
+            peer,
+            now: 300,
+        };
+        assert!(matches!(
+            backend.execute(vec![resume(b)])[..],
+            [Reply::SessionInvalid { .. }]
+        ));
+        assert!(matches!(
+            backend.execute(vec![resume(a)])[..],
+            [Reply::SessionOpened { .. }]
+        ));
+        backend.execute(vec![Command::EndSession {
+            conn: CONN,
+            session_hash: "h".into(),
+        }]);
+        assert!(matches!(
+            backend.execute(vec![resume(a)])[..],
+            [Reply::SessionInvalid { .. }]
+        ));
+    }
+
+    #[test]
+    fn contacts_report_mutuality() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        let add = |owner_id, contact_id| Command::AddContact {
+            conn: CONN,
+            owner_id,
+            owner_name: String::new(),
+            contact_id,
+            now: 1,
+        };
+        let replies = backend.execute(vec![add(a, b)]);
+        assert!(matches!(
+            &replies[..],
+            [Reply::ContactAdded { added: true, mutual: false, contacts, .. }] if !contacts[0].mutual
+        ));
+        let replies = backend.execute(vec![add(b, a), add(b, a)]);
+        assert!(matches!(
+            &replies[..],
+            [
+                Reply::ContactAdded {
+                    added: true,
+                    mutual: true,
+                    ..
+                },
+                Reply::ContactAdded {
+                    added: false,
+                    mutual: true,
+                    ..
+                }
+            ]
+        ));
+        let tx = backend.conn.transaction().unwrap();
+        assert_eq!(mutual_contacts(&tx, a).unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn a_failing_command_fails_alone() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        // Message 1 twice: the second violates the primary key.
+        let message = |id| Command::StoreMessage {
+            conn: CONN,
+            client_message_id: None,
+            message: NewMessage {
+                message_id: id,
+                sender_id: a,
+                receiver_id: a,
+                content: "x".into(),
+                is_encrypted: false,
+                time: 1,
+                delivered: true,
+            },
+        };
+        let replies = backend.execute(vec![message(1), message(1), message(2)]);
+        assert!(
+            matches!(
+                &replies[..],
+                [
+                    Reply::MessageStored { message_id: 1, .. },
+                    Reply::Failed { .. },
+                    Reply::MessageStored { message_id: 2, .. }
+                ]
+            ),
+            "{replies:?}"
+        );
+    }
+}
