@@ -1,1 +1,657 @@
+//! Unit tests of the dispatcher: the protocol's rules without sockets,
+//! threads or a database — storage replies and hash results are fed by hand.
 
+use std::net::SocketAddr;
+
+use protocol::server::{LoginError, ServerMessage};
+use protocol::ErrorType;
+
+use super::*;
+use crate::hasher::{HashDone, HashJob};
+use crate::storage::{Command, ContactRow, Reply, Snapshot, StoredMessage};
+
+const NOW: i64 = 1_700_000_000;
+const ALICE: i64 = 1;
+const BOB: i64 = 2;
+const CAROL: i64 = 3;
+
+fn dispatcher() -> Dispatcher {
+    let snapshot = Snapshot {
+        users: vec![
+            ("alice".into(), ALICE),
+            ("bob".into(), BOB),
+            ("carol".into(), CAROL),
+        ],
+        next_message_id: 10,
+    };
+    Dispatcher::new(
+        snapshot,
+        DispatchLimits {
+            storage_backlog_max: 100,
+        },
+    )
+}
+
+fn conn(serial: u64) -> ConnId {
+    ConnId {
+        slot: serial as usize,
+        serial,
+    }
+}
+
+fn peer() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+/// Decodes every frame queued for `to`.
+fn frames_for(fx: &Effects, to: ConnId) -> Vec<ServerMessage> {
+    fx.frames
+        .iter()
+        .filter(|(c, _)| *c == to)
+        .map(|(_, text)| protocol::decode_server(text).unwrap())
+        .collect()
+}
+
+fn send(d: &mut Dispatcher, c: ConnId, json: &str) -> Effects {
+    let mut fx = Effects::default();
+    d.handle_text(c, json, NOW, &mut fx);
+    fx
+}
+
+fn complete(d: &mut Dispatcher, reply: Reply) -> Effects {
+    let mut fx = Effects::default();
+    d.complete(Completion::Storage(reply), NOW, &mut fx);
+    fx
+}
+
+/// Logs `c` in as `user` by session resume, answering storage by hand.
+fn log_in(d: &mut Dispatcher, c: ConnId, user: &str, mutual_contacts: Vec<i64>) -> Effects {
+    d.connected(c, peer());
+    let fx = send(
+        d,
+        c,
+        &format!(r#"{{"tag":2,"username":"{user}","session_id":"s-{user}"}}"#),
+    );
+    assert!(matches!(fx.storage[..], [Command::ResumeSession { .. }]));
+    complete(
+        d,
+        Reply::SessionOpened {
+            conn: c,
+            queued: vec![],
+            mutual_contacts,
+        },
+    )
+}
+
+fn error_type(message: &ServerMessage) -> Option<ErrorType> {
+    match message {
+        ServerMessage::Error(error) => Some(error.error_type),
+        _ => None,
+    }
+}
+
+#[test]
+fn requests_before_login_get_not_logged_in_but_ping_works() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    for json in [
+        r#"{"tag":4}"#,
+        r#"{"tag":11,"dest_id":"bob","content":"x"}"#,
+        r#"{"tag":16,"since":0}"#,
+    ] {
+        let fx = send(&mut d, c, json);
+        let frames = frames_for(&fx, c);
+        assert_eq!(
+            error_type(&frames[0]),
+            Some(ErrorType::NotLoggedIn),
+            "{json}"
+        );
+        assert!(fx.storage.is_empty());
+    }
+    let fx = send(&mut d, c, r#"{"tag":8}"#);
+    assert_eq!(frames_for(&fx, c), vec![ServerMessage::Pong]);
+}
+
+#[test]
+fn bad_frames_are_answered_before_the_login_check() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let fx = send(&mut d, c, r#"{"tag":4,"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, c)[0]),
+        Some(ErrorType::BadRequest)
+    );
+    let fx = send(&mut d, c, r#"{"tag":99}"#);
+    let ServerMessage::Error(error) = &frames_for(&fx, c)[0] else {
+        panic!("expected an error");
+    };
+    assert_eq!(
+        (error.error_type, error.ref_tag),
+        (ErrorType::UnknownTag, Some(99))
+    );
+    let fx = send(&mut d, c, r#"{"tag":11,"dest_id":"bob"}"#);
+    let ServerMessage::Error(error) = &frames_for(&fx, c)[0] else {
+        panic!("expected an error");
+    };
+    assert_eq!(
+        (error.error_type, error.ref_tag),
+        (ErrorType::BadRequest, Some(11))
+    );
+}
+
+#[test]
+fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let fx = send(
+        &mut d,
+        c,
+        r#"{"tag":2,"username":"bob","secret":"password1"}"#,
+    );
+    assert!(
+        matches!(&fx.storage[..], [Command::FetchCredentials { username, .. }] if username == "bob")
+    );
+    let fx = complete(
+        &mut d,
+        Reply::Credentials {
+            conn: c,
+            found: Some((BOB, "$pbkdf2-sha256$i=1$AAAA$AAAA".into())),
+        },
+    );
+    assert!(
+        matches!(&fx.hashing[..], [HashJob::Verify { user_id: Some(BOB), secret, .. }] if secret == "password1")
+    );
+    let mut fx = Effects::default();
+    d.complete(
+        Completion::Hash(HashDone::Verified {
+            conn: c,
+            user_id: Some(BOB),
+        }),
+        NOW,
+        &mut fx,
+    );
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::OpenSession { user_id: BOB, .. }]
+    ));
+
+    // A message sent to bob while the session opens is held for him.
+    let a = conn(2);
+    log_in(&mut d, a, "alice", vec![]);
+    let fx = send(
+        &mut d,
+        a,
+        r#"{"tag":11,"dest_id":"bob","content":"meanwhile"}"#,
+    );
+    assert!(frames_for(&fx, c).is_empty(), "held, not written yet");
+
+    let queued = StoredMessage {
+        message_id: 5,
+        sender: "alice".into(),
+        receiver: "bob".into(),
+        content: "while you were away".into(),
+        is_encrypted: false,
+        time: NOW - 100,
+    };
+    let fx = complete(
+        &mut d,
+        Reply::SessionOpened {
+            conn: c,
+            queued: vec![queued],
+            mutual_contacts: vec![],
+        },
+    );
+    let frames = frames_for(&fx, c);
+    assert!(
+        matches!(&frames[0], ServerMessage::SuccessLogin(s) if s.username == "bob" && s.session_id.is_some())
+    );
+    assert!(matches!(&frames[1], ServerMessage::Message(m) if m.message_id == 5));
+    assert!(matches!(&frames[2], ServerMessage::Message(m) if m.content == "meanwhile"));
+    assert!(
+        matches!(&fx.storage[..], [Command::MarkDelivered { user_id: BOB, message_ids }] if message_ids == &vec![10])
+    );
+}
+
+#[test]
+fn a_wrong_password_and_an_unknown_user_fail_alike() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let fx = send(
+        &mut d,
+        c,
+        r#"{"tag":2,"username":"nobody","secret":"password1"}"#,
+    );
+    // An unknown user still costs a hash.
+    assert!(matches!(
+        &fx.hashing[..],
+        [HashJob::Verify {
+            user_id: None,
+            stored: None,
+            ..
+        }]
+    ));
+    let mut fx = Effects::default();
+    d.complete(
+        Completion::Hash(HashDone::Verified {
+            conn: c,
+            user_id: None,
+        }),
+        NOW,
+        &mut fx,
+    );
+    assert!(matches!(&frames_for(&fx, c)[..],
+        [ServerMessage::FailLogin(f)] if f.error_type == LoginError::InvalidCredentials));
+    assert!(matches!(d.client(c).unwrap().auth, Auth::Anonymous));
+}
+
+#[test]
+fn login_on_a_logged_in_connection_is_already_logged_in() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    log_in(&mut d, c, "alice", vec![]);
+    let fx = send(
+        &mut d,
+        c,
+        r#"{"tag":2,"username":"bob","secret":"password1"}"#,
+    );
+    assert!(matches!(&frames_for(&fx, c)[..],
+        [ServerMessage::FailLogin(f)] if f.error_type == LoginError::AlreadyLoggedIn));
+    assert!(
+        matches!(&d.client(c).unwrap().auth, Auth::LoggedIn { username, .. } if username == "alice")
+    );
+}
+
+#[test]
+fn messages_reach_every_recipient_connection_and_ack_only_after_commit() {
+    let mut d = dispatcher();
+    let (a, b1, b2, a2) = (conn(1), conn(2), conn(3), conn(4));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, a2, "alice", vec![]);
+    log_in(&mut d, b1, "bob", vec![]);
+    log_in(&mut d, b2, "bob", vec![]);
+    let fx = send(
+        &mut d,
+        a,
+        r#"{"tag":11,"dest_id":"bob","content":"hi","message_id":"c1"}"#,
+    );
+    for b in [b1, b2] {
+        assert!(matches!(&frames_for(&fx, b)[..],
+            [ServerMessage::Message(m)] if m.message_id == 10 && m.source_id == "alice" && m.content == "hi"));
+    }
+    assert!(frames_for(&fx, a).is_empty(), "no ack before the commit");
+    assert!(
+        frames_for(&fx, a2).is_empty(),
+        "the sender's other devices get no copy"
+    );
+    let [Command::StoreMessage { message, .. }] = &fx.storage[..] else {
+        panic!("{:?}", fx.storage);
+    };
+    assert!(message.delivered);
+    let fx = complete(
+        &mut d,
+        Reply::MessageStored {
+            conn: a,
+            message_id: 10,
+            client_message_id: Some("c1".into()),
+        },
+    );
+    assert!(matches!(&frames_for(&fx, a)[..],
+        [ServerMessage::Ack(ack)] if ack.message_id == 10 && ack.client_message_id.as_deref() == Some("c1")));
+}
+
+#[test]
+fn ids_increase_and_offline_messages_are_stored_undelivered() {
+    let mut d = dispatcher();
+    let a = conn(1);
+    log_in(&mut d, a, "alice", vec![]);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"carol","content":"x"}"#);
+        let [Command::StoreMessage { message, .. }] = &fx.storage[..] else {
+            panic!();
+        };
+        assert!(!message.delivered, "carol is offline");
+        ids.push(message.message_id);
+    }
+    assert_eq!(ids, vec![10, 11, 12]);
+}
+
+#[test]
+fn message_rules_give_precise_errors_and_deliver_nothing() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    let long_id = "x".repeat(65);
+    let cases = [
+        (
+            r#"{"tag":11,"dest_id":"bob","content":"x","source_id":"bob"}"#.to_string(),
+            ErrorType::Forbidden,
+        ),
+        (
+            format!(r#"{{"tag":11,"dest_id":"bob","content":"x","message_id":"{long_id}"}}"#),
+            ErrorType::BadRequest,
+        ),
+        (
+            r#"{"tag":11,"dest_id":"nobody","content":"x"}"#.to_string(),
+            ErrorType::UnknownUser,
+        ),
+        (
+            r#"{"tag":11,"content":"x"}"#.to_string(),
+            ErrorType::BadRequest,
+        ),
+        (
+            r#"{"tag":11,"dest_id":"bob","content":""}"#.to_string(),
+            ErrorType::BadRequest,
+        ),
+        (
+            r#"{"tag":11,"group_id":4,"content":"x"}"#.to_string(),
+            ErrorType::UnknownGroup,
+        ),
+    ];
+    for (json, expected) in cases {
+        let fx = send(&mut d, a, &json);
+        assert_eq!(error_type(&frames_for(&fx, a)[0]), Some(expected), "{json}");
+        assert!(frames_for(&fx, b).is_empty(), "{json}");
+        assert!(fx.storage.is_empty(), "{json}");
+    }
+}
+
+#[test]
+fn a_message_to_yourself_reaches_your_other_connections() {
+    let mut d = dispatcher();
+    let (a1, a2) = (conn(1), conn(2));
+    log_in(&mut d, a1, "alice", vec![]);
+    log_in(&mut d, a2, "alice", vec![]);
+    let fx = send(
+        &mut d,
+        a1,
+        r#"{"tag":11,"dest_id":"alice","content":"note"}"#,
+    );
+    assert!(frames_for(&fx, a1).is_empty());
+    assert_eq!(frames_for(&fx, a2).len(), 1);
+}
+
+#[test]
+fn storage_backlog_turns_messages_away_with_server_busy() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    d.set_storage_backlog(100);
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"x"}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::ServerBusy)
+    );
+    assert!(
+        frames_for(&fx, b).is_empty(),
+        "not delivered when it cannot be stored"
+    );
+}
+
+#[test]
+fn presence_goes_to_mutual_contacts_on_first_login_and_last_disconnect() {
+    let mut d = dispatcher();
+    let (b, c, a1, a2) = (conn(1), conn(2), conn(3), conn(4));
+    log_in(&mut d, b, "bob", vec![]);
+    log_in(&mut d, c, "carol", vec![]);
+    // bob is alice's mutual contact; carol is not.
+    let fx = log_in(&mut d, a1, "alice", vec![BOB]);
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::Presence(p)] if p.username == "alice" && p.online));
+    assert!(frames_for(&fx, c).is_empty());
+    let fx = log_in(&mut d, a2, "alice", vec![BOB]);
+    assert!(frames_for(&fx, b).is_empty(), "not the first connection");
+
+    let mut fx = Effects::default();
+    d.disconnected(a1, NOW, &mut fx);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::ConnectionLost { last: false, .. }]
+    ));
+    let mut fx = Effects::default();
+    d.disconnected(a2, NOW, &mut fx);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::ConnectionLost { last: true, .. }]
+    ));
+    let fx = complete(
+        &mut d,
+        Reply::WentOffline {
+            user_id: ALICE,
+            username: "alice".into(),
+            mutual_contacts: vec![BOB],
+        },
+    );
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::Presence(p)] if p.username == "alice" && !p.online));
+}
+
+#[test]
+fn a_late_reply_for_a_closed_connection_reaches_nobody() {
+    let mut d = dispatcher();
+    let a = conn(1);
+    log_in(&mut d, a, "alice", vec![]);
+    d.disconnected(a, NOW, &mut Effects::default());
+    // A new connection in the same slot, with a new serial.
+    let reused = ConnId {
+        slot: 1,
+        serial: 99,
+    };
+    log_in(&mut d, reused, "bob", vec![]);
+    let fx = complete(
+        &mut d,
+        Reply::MessageStored {
+            conn: a,
+            message_id: 10,
+            client_message_id: None,
+        },
+    );
+    assert!(fx.frames.is_empty());
+}
+
+#[test]
+fn logout_closes_every_connection_of_that_session_only() {
+    let mut d = dispatcher();
+    let (a1, a2, a3) = (conn(1), conn(2), conn(3));
+    log_in(&mut d, a1, "alice", vec![]);
+    log_in(&mut d, a2, "alice", vec![]); // same session id "s-alice"
+    d.connected(a3, peer());
+    send(
+        &mut d,
+        a3,
+        r#"{"tag":2,"username":"alice","session_id":"other"}"#,
+    );
+    complete(
+        &mut d,
+        Reply::SessionOpened {
+            conn: a3,
+            queued: vec![],
+            mutual_contacts: vec![],
+        },
+    );
+    let fx = send(&mut d, a1, r#"{"tag":3,"username":"bob"}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a1)[0]),
+        Some(ErrorType::Forbidden)
+    );
+    let fx = send(&mut d, a1, r#"{"tag":3}"#);
+    assert!(matches!(&fx.storage[..], [Command::EndSession { .. }]));
+    let fx = complete(&mut d, Reply::SessionEnded { conn: a1 });
+    assert!(matches!(
+        &frames_for(&fx, a1)[..],
+        [ServerMessage::SuccessLogout(_)]
+    ));
+    let mut closed: Vec<ConnId> = fx.closes.iter().map(|(c, _)| *c).collect();
+    closed.sort();
+    assert_eq!(closed, vec![a1, a2]);
+}
+
+#[test]
+fn the_directory_hides_presence_of_non_mutual_contacts() {
+    let mut d = dispatcher();
+    let (a, b, c) = (conn(1), conn(2), conn(3));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    log_in(&mut d, c, "carol", vec![]);
+    let rows = vec![
+        ContactRow {
+            username: "bob".into(),
+            user_id: BOB,
+            mutual: true,
+            last_activity: Some(5),
+        },
+        ContactRow {
+            username: "carol".into(),
+            user_id: CAROL,
+            mutual: false,
+            last_activity: Some(6),
+        },
+    ];
+    let fx = complete(
+        &mut d,
+        Reply::Directory {
+            conn: a,
+            contacts: rows,
+        },
+    );
+    let [ServerMessage::Directory(directory)] = &frames_for(&fx, a)[..] else {
+        panic!();
+    };
+    assert!(directory.data[0].online && directory.data[0].last_activity == Some(5));
+    assert!(!directory.data[1].online && directory.data[1].last_activity.is_none());
+}
+
+#[test]
+fn contact_requests_go_to_the_added_user_unless_mutual() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    let fx = send(&mut d, a, r#"{"tag":6,"username":"alice"}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::BadRequest)
+    );
+    let fx = send(&mut d, a, r#"{"tag":6,"username":"nobody"}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::UnknownUser)
+    );
+    let added = |mutual| Reply::ContactAdded {
+        conn: a,
+        contacts: vec![],
+        added: true,
+        mutual,
+        contact_id: BOB,
+        owner_name: "alice".into(),
+    };
+    let fx = complete(&mut d, added(false));
+    assert!(
+        matches!(&frames_for(&fx, b)[..], [ServerMessage::ContactRequest(r)] if r.username == "alice")
+    );
+    let fx = complete(&mut d, added(true));
+    assert!(frames_for(&fx, b).is_empty());
+}
+
+#[test]
+fn page_limits_are_checked() {
+    let mut d = dispatcher();
+    let a = conn(1);
+    log_in(&mut d, a, "alice", vec![]);
+    for json in [
+        r#"{"tag":5,"chat_id":"bob","limit":0}"#,
+        r#"{"tag":5,"chat_id":"bob","limit":201}"#,
+        r#"{"tag":5,"chat_id":"bob","before":-1}"#,
+        r#"{"tag":16,"since":0,"limit":1001}"#,
+        r#"{"tag":16,"since":-5}"#,
+    ] {
+        let fx = send(&mut d, a, json);
+        assert_eq!(
+            error_type(&frames_for(&fx, a)[0]),
+            Some(ErrorType::BadRequest),
+            "{json}"
+        );
+    }
+    let fx = send(&mut d, a, r#"{"tag":5,"chat_id":"nobody"}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::UnknownUser)
+    );
+    let fx = send(&mut d, a, r#"{"tag":5,"chat_id":"bob"}"#);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::History {
+            limit: 50,
+            peer_id: BOB,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn registration_is_validated_before_hashing() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let cases = [
+        (
+            r#"{"tag":1,"username":"a b","secret":"password1","email":"a@b.co"}"#,
+            "invalid_username",
+        ),
+        (
+            r#"{"tag":1,"username":"dave","secret":"password1","email":"nope"}"#,
+            "invalid_email",
+        ),
+        (
+            r#"{"tag":1,"username":"dave","secret":"short","email":"a@b.co"}"#,
+            "weak_secret",
+        ),
+        (
+            r#"{"tag":1,"username":"alice","secret":"password1","email":"a@b.co"}"#,
+            "username_taken",
+        ),
+    ];
+    for (json, expected) in cases {
+        let fx = send(&mut d, c, json);
+        assert!(fx.hashing.is_empty(), "{json}");
+        let text = &fx.frames[0].1;
+        assert!(text.contains(expected), "{json}: {text}");
+    }
+    let fx = send(
+        &mut d,
+        c,
+        r#"{"tag":1,"username":"dave","secret":"password1","email":"d@b.co"}"#,
+    );
+    assert!(matches!(&fx.hashing[..], [HashJob::Derive { username, .. }] if username == "dave"));
+}
+
+#[test]
+fn a_failed_session_resume_releases_held_messages_to_the_queue() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    d.connected(b, peer());
+    send(
+        &mut d,
+        b,
+        r#"{"tag":2,"username":"bob","session_id":"bogus"}"#,
+    );
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"x"}"#);
+    let [Command::StoreMessage { message, .. }] = &fx.storage[..] else {
+        panic!();
+    };
+    assert!(
+        !message.delivered,
+        "only held, so it stays in bob's offline queue"
+    );
+    let fx = complete(&mut d, Reply::SessionInvalid { conn: b });
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::FailLogin(f)] if f.error_type == LoginError::InvalidSession));
+    assert!(matches!(d.client(b).unwrap().auth, Auth::Anonymous));
+}
