@@ -199,6 +199,7 @@ impl Dispatcher {
             );
             client.auth = Auth::Anonymous;
             self.send_login_failure(conn, LoginError::InvalidCredentials, now, fx);
+            self.run_deferred(conn, now, fx);
             return;
         };
         let peer = client.peer;
@@ -217,6 +218,7 @@ impl Dispatcher {
     pub(super) fn login_rate_limited(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
         self.abandon_login(conn);
         self.send_login_failure(conn, LoginError::RateLimited, now, fx);
+        self.run_deferred(conn, now, fx);
     }
 
     fn send_login_failure(&self, conn: ConnId, error_type: LoginError, now: i64, fx: &mut Effects) {
@@ -279,6 +281,7 @@ impl Dispatcher {
         }
         self.abandon_login(conn);
         self.send_login_failure(conn, LoginError::InvalidSession, now, fx);
+        self.run_deferred(conn, now, fx);
     }
 
     /// The session is open: SuccessLogin, the offline queue, then whatever
@@ -338,6 +341,7 @@ impl Dispatcher {
                 session_hash,
             };
         }
+        self.run_deferred(conn, now, fx);
     }
 
     fn announce_presence(

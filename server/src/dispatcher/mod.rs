@@ -128,7 +128,14 @@ pub struct Client {
     pub peer: SocketAddr,
     /// Its login state.
     pub auth: Auth,
+    /// Requests pipelined behind a Login that is still being checked; they
+    /// run, in order, once the login succeeds or fails.
+    deferred: Vec<String>,
 }
+
+/// Requests a connection may pipeline behind an unfinished Login; more get
+/// `server_busy` (the login takes a hash, a fraction of a second).
+const DEFERRED_REQUESTS_MAX: usize = 256;
 
 /// Counters for the stats line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +185,7 @@ impl Dispatcher {
             Client {
                 peer,
                 auth: Auth::Anonymous,
+                deferred: Vec::new(),
             },
         );
     }
@@ -208,6 +216,7 @@ impl Dispatcher {
     /// Handles one text frame.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
         match protocol::decode_client(text) {
+            Ok(message) if self.must_defer(conn, &message) => self.defer(conn, text, now, fx),
             Ok(message) => self.handle_message(conn, message, now, fx),
             Err(error) => {
                 log::debug!("{conn:?}: undecodable frame: {error}");
@@ -226,6 +235,43 @@ impl Dispatcher {
             None,
         );
         fx.send(conn, &frame, now);
+    }
+
+    /// Whether `message` arrived behind a Login still in progress on `conn`
+    /// and needs that login's outcome.
+    fn must_defer(&self, conn: ConnId, message: &ClientMessage) -> bool {
+        let in_progress = self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| matches!(c.auth, Auth::Verifying { .. } | Auth::Opening { .. }));
+        in_progress
+            && !matches!(
+                message,
+                ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
+            )
+    }
+
+    fn defer(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.deferred.len() >= DEFERRED_REQUESTS_MAX {
+            let detail = "too many requests queued behind a login in progress";
+            let tag = protocol::decode_client(text).map_or(0, |m| i64::from(m.tag()));
+            fx.error(conn, ErrorType::ServerBusy, detail, tag, now);
+            return;
+        }
+        client.deferred.push(text.to_owned());
+    }
+
+    /// Runs the requests that waited for the login on `conn` to finish.
+    fn run_deferred(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        for text in std::mem::take(&mut client.deferred) {
+            self.handle_text(conn, &text, now, fx);
+        }
     }
 
     /// Routes a decoded message to its handler, enforcing the login rule.
@@ -387,9 +433,6 @@ impl Dispatcher {
         if !self.clients.contains_key(&conn) {
             return;
         }
-        if tag == 2 {
-            self.abandon_login(conn);
-        }
         fx.error(
             conn,
             ErrorType::ServerBusy,
@@ -397,6 +440,10 @@ impl Dispatcher {
             tag,
             now,
         );
+        if tag == 2 {
+            self.abandon_login(conn);
+            self.run_deferred(conn, now, fx);
+        }
     }
 
     /// The user logged in on `conn`, if any.

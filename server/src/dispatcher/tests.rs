@@ -655,3 +655,60 @@ fn a_failed_session_resume_releases_held_messages_to_the_queue() {
         [ServerMessage::FailLogin(f)] if f.error_type == LoginError::InvalidSession));
     assert!(matches!(d.client(b).unwrap().auth, Auth::Anonymous));
 }
+
+#[test]
+fn requests_pipelined_behind_a_login_run_after_it_in_order() {
+    let mut d = dispatcher();
+    let (b, c) = (conn(1), conn(2));
+    log_in(&mut d, b, "bob", vec![]);
+    d.connected(c, peer());
+    send(
+        &mut d,
+        c,
+        r#"{"tag":2,"username":"carol","session_id":"s"}"#,
+    );
+    let fx = send(&mut d, c, r#"{"tag":11,"dest_id":"bob","content":"first"}"#);
+    assert!(
+        fx.frames.is_empty() && fx.storage.is_empty(),
+        "waits for the login"
+    );
+    send(
+        &mut d,
+        c,
+        r#"{"tag":11,"dest_id":"bob","content":"second"}"#,
+    );
+    let fx = complete(
+        &mut d,
+        Reply::SessionOpened {
+            conn: c,
+            queued: vec![],
+            mutual_contacts: vec![],
+        },
+    );
+    assert!(matches!(
+        &frames_for(&fx, c)[..],
+        [ServerMessage::SuccessLogin(_)]
+    ));
+    let delivered: Vec<String> = frames_for(&fx, b)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Message(m) => Some(m.content),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec!["first", "second"]);
+
+    // Behind a failed login, the same requests get not_logged_in.
+    let d2 = conn(3);
+    d.connected(d2, peer());
+    send(
+        &mut d,
+        d2,
+        r#"{"tag":2,"username":"bob","session_id":"bad"}"#,
+    );
+    send(&mut d, d2, r#"{"tag":4}"#);
+    let fx = complete(&mut d, Reply::SessionInvalid { conn: d2 });
+    let frames = frames_for(&fx, d2);
+    assert!(matches!(&frames[0], ServerMessage::FailLogin(_)));
+    assert_eq!(error_type(&frames[1]), Some(ErrorType::NotLoggedIn));
+}
