@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::rate_limit::{Rate, RateConfig};
+
 /// Bytes tungstenite allocates per connection for reading. Its default is
 /// 128 KiB, which for 10,000 connections would be 1.25 GiB of buffers; chat
 /// frames are a few hundred bytes, so 2 KiB holds a burst of them while keeping
@@ -94,6 +96,18 @@ pub struct Cli {
     /// Password-hashing worker threads (default: one per core).
     #[arg(long)]
     pub hash_workers: Option<usize>,
+    /// Turn every rate limit off (for benchmarks).
+    #[arg(long)]
+    pub no_rate_limits: bool,
+    /// Sustained messages per second allowed on one connection.
+    #[arg(long, default_value_t = 100.0)]
+    pub messages_per_second: f64,
+    /// Messages one connection may send in a burst (pipelined).
+    #[arg(long, default_value_t = 500.0)]
+    pub message_burst: f64,
+    /// Failed password logins per account within a minute before a lockout.
+    #[arg(long, default_value_t = 5)]
+    pub login_failures_per_account: u32,
 }
 
 /// The server's settings, validated.
@@ -119,6 +133,8 @@ pub struct Config {
     pub hash_workers: usize,
     /// Per-frame debug logging.
     pub debug: bool,
+    /// Rate limits, `None` when disabled.
+    pub rate_limits: Option<RateConfig>,
 }
 
 impl Config {
@@ -146,6 +162,7 @@ impl Config {
             stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
             hash_workers: cli.hash_workers.unwrap_or(cores).max(1),
             debug: cli.debug,
+            rate_limits: rate_config(cli)?,
         })
     }
 
@@ -153,4 +170,22 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("chat.db")
     }
+}
+
+/// The rate limits the command line asks for.
+fn rate_config(cli: &Cli) -> Result<Option<RateConfig>, String> {
+    if cli.no_rate_limits {
+        return Ok(None);
+    }
+    if !(cli.messages_per_second > 0.0 && cli.message_burst >= 1.0) {
+        return Err("--messages-per-second must be > 0 and --message-burst >= 1".into());
+    }
+    Ok(Some(RateConfig {
+        messages_per_connection: Rate {
+            burst: cli.message_burst,
+            per_second: cli.messages_per_second,
+        },
+        failures_per_account: cli.login_failures_per_account.max(1),
+        ..RateConfig::default()
+    }))
 }

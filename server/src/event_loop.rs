@@ -143,6 +143,7 @@ impl Server {
 
         let limits = DispatchLimits {
             storage_backlog_max: config::STORAGE_QUEUE_MAX * 3 / 4,
+            rates: config.rate_limits,
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config::READ_BUFFER_BYTES)
@@ -199,6 +200,7 @@ impl Server {
                 }
                 return Err(error);
             }
+            self.dispatcher.set_clock(Instant::now());
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -380,6 +382,9 @@ impl Server {
                 if let Some(connection) = self.connection(id) {
                     match reason {
                         CloseReason::LoggedOut => connection.close(CloseCode::Normal, "logged out"),
+                        CloseReason::Abuse => {
+                            connection.close(CloseCode::Policy, "too many bad frames")
+                        }
                     }
                     self.to_flush.push(id.slot);
                 }
@@ -481,6 +486,7 @@ impl Server {
         }
         if now.duration_since(self.stats.started) >= self.config.stats_interval {
             self.log_stats(now);
+            self.dispatcher.prune_rate_limits();
         }
         if let Some(command) = self.purge.due(unix_now()) {
             let mut fx = std::mem::take(&mut self.effects);

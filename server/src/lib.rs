@@ -10,6 +10,7 @@
 //!   [`storage::sqlite`] is the only code that touches SQLite.
 //! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
 //! - [`completion`]: how worker threads hand results back and wake the loop.
+//! - [`rate_limit`]: token buckets and failed-login lockouts.
 //! - [`config`]: the command line and every limit, with its reasons.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
@@ -21,4 +22,5 @@ pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
 pub mod password;
+pub mod rate_limit;
 pub mod storage;

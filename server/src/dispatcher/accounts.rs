@@ -33,6 +33,8 @@ impl Dispatcher {
             Some(RegisterError::WeakSecret)
         } else if self.users.contains_key(&body.username) {
             Some(RegisterError::UsernameTaken)
+        } else if !self.allow_registration(conn) {
+            Some(RegisterError::RateLimited)
         } else {
             None
         };
@@ -50,6 +52,14 @@ impl Dispatcher {
             email: body.email,
             secret: body.secret,
         });
+    }
+
+    fn allow_registration(&mut self, conn: ConnId) -> bool {
+        let clock = self.clock;
+        match self.clients.get(&conn) {
+            Some(client) => self.rate_limits.allow_registration(client.peer.ip(), clock),
+            None => false,
+        }
     }
 
     pub(super) fn user_created(
@@ -128,6 +138,18 @@ impl Dispatcher {
             }
         } else if let Some(secret) = body.secret {
             let username = body.username;
+            let (ip, clock) = (client.peer.ip(), self.clock);
+            if !self.rate_limits.allow_login(ip, &username, clock) {
+                log::info!(
+                    "login for {:?} from {ip} rate limited",
+                    truncated(&username)
+                );
+                self.send_login_failure(conn, LoginError::RateLimited, now, fx);
+                return;
+            }
+            let Some(client) = self.clients.get_mut(&conn) else {
+                return;
+            };
             if self.users.contains_key(&username) {
                 fx.storage.push(Command::FetchCredentials {
                     conn,
@@ -198,11 +220,14 @@ impl Dispatcher {
                 client.peer
             );
             client.auth = Auth::Anonymous;
+            let ip = client.peer.ip();
+            self.rate_limits.login_failed(ip, &username, self.clock);
             self.send_login_failure(conn, LoginError::InvalidCredentials, now, fx);
             self.run_deferred(conn, now, fx);
             return;
         };
         let peer = client.peer;
+        self.rate_limits.login_succeeded(&username);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
         self.begin_opening(conn, user_id, username, session_id, false);

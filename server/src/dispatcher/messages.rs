@@ -44,6 +44,11 @@ impl Dispatcher {
                 return;
             }
         };
+        if !self.allow_message(conn) {
+            let detail = "too many messages; slow down";
+            fx.error(conn, ErrorType::RateLimited, detail, TAG_MESSAGE, now);
+            return;
+        }
         let message_id = self.next_message_id;
         self.next_message_id += 1;
         let mut message = Delivered {
@@ -129,6 +134,15 @@ impl Dispatcher {
             ));
         }
         Ok(receiver_id)
+    }
+
+    /// Takes a token from the connection's message bucket.
+    fn allow_message(&mut self, conn: ConnId) -> bool {
+        let clock = self.clock;
+        match self.clients.get_mut(&conn).and_then(|c| c.buckets.as_mut()) {
+            Some(buckets) => buckets.messages.try_take(clock),
+            None => true,
+        }
     }
 
     pub(super) fn message_stored(

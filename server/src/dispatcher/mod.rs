@@ -25,12 +25,14 @@ mod messages;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use protocol::server::Delivered;
 use protocol::{ClientMessage, ErrorType, ServerMessage};
 
 use crate::completion::{Completion, ConnId};
 use crate::hasher::{HashDone, HashJob};
+use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, Reply, Snapshot, StoredMessage};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
@@ -38,6 +40,8 @@ use crate::storage::{Command, Reply, Snapshot, StoredMessage};
 pub enum CloseReason {
     /// Logout (1000).
     LoggedOut,
+    /// Kept sending bad frames after being told (1008).
+    Abuse,
 }
 
 /// What the loop must do after a dispatch, in order.
@@ -131,6 +135,8 @@ pub struct Client {
     /// Requests pipelined behind a Login that is still being checked; they
     /// run, in order, once the login succeeds or fails.
     deferred: Vec<String>,
+    /// Per-connection rate limits (`None` with `--no-rate-limits`).
+    buckets: Option<ConnectionBuckets>,
 }
 
 /// Requests a connection may pipeline behind an unfinished Login; more get
@@ -151,10 +157,14 @@ pub struct Counters {
 pub struct DispatchLimits {
     /// Storage commands in flight past which new messages get `server_busy`.
     pub storage_backlog_max: usize,
+    /// Rate limits, or `None` to disable them.
+    pub rates: Option<RateConfig>,
 }
 
 /// The in-memory state and the rules; see the module docs.
 pub struct Dispatcher {
+    rate_limits: RateLimits,
+    clock: Instant,
     users: HashMap<String, i64>,
     clients: HashMap<ConnId, Client>,
     online: HashMap<i64, Vec<ConnId>>,
@@ -168,6 +178,8 @@ impl Dispatcher {
     /// A dispatcher that knows the accounts and last message id in `snapshot`.
     pub fn new(snapshot: Snapshot, limits: DispatchLimits) -> Self {
         Dispatcher {
+            rate_limits: RateLimits::new(limits.rates),
+            clock: Instant::now(),
             users: snapshot.users.into_iter().collect(),
             clients: HashMap::new(),
             online: HashMap::new(),
@@ -186,8 +198,19 @@ impl Dispatcher {
                 peer,
                 auth: Auth::Anonymous,
                 deferred: Vec::new(),
+                buckets: self.rate_limits.connection_buckets(self.clock),
             },
         );
+    }
+
+    /// The loop tells the time at the start of each turn (rate limits use it).
+    pub fn set_clock(&mut self, now: Instant) {
+        self.clock = now;
+    }
+
+    /// Forgets rate-limit entries that no longer limit anyone.
+    pub fn prune_rate_limits(&mut self) {
+        self.rate_limits.prune(self.clock);
     }
 
     /// The loop tells how many storage commands are waiting.
@@ -223,6 +246,21 @@ impl Dispatcher {
                 let frame =
                     ServerMessage::error(error.error_type(), error.to_string(), error.ref_tag());
                 fx.send(conn, &frame, now);
+                self.count_bad_frame(conn, fx);
+            }
+        }
+    }
+
+    /// Disconnects a client that keeps sending bad frames after being told.
+    fn count_bad_frame(&mut self, conn: ConnId, fx: &mut Effects) {
+        let clock = self.clock;
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if let Some(buckets) = &mut client.buckets {
+            if !buckets.bad_frames.try_take(clock) {
+                log::warn!("{}: too many bad frames, disconnecting", client.peer);
+                fx.closes.push((conn, CloseReason::Abuse));
             }
         }
     }
@@ -235,6 +273,7 @@ impl Dispatcher {
             None,
         );
         fx.send(conn, &frame, now);
+        self.count_bad_frame(conn, fx);
     }
 
     /// Whether `message` arrived behind a Login still in progress on `conn`

@@ -28,6 +28,7 @@ fn dispatcher() -> Dispatcher {
         snapshot,
         DispatchLimits {
             storage_backlog_max: 100,
+            rates: Some(crate::rate_limit::RateConfig::default()),
         },
     )
 }
@@ -711,4 +712,73 @@ fn requests_pipelined_behind_a_login_run_after_it_in_order() {
     let frames = frames_for(&fx, d2);
     assert!(matches!(&frames[0], ServerMessage::FailLogin(_)));
     assert_eq!(error_type(&frames[1]), Some(ErrorType::NotLoggedIn));
+}
+
+#[test]
+fn a_connection_past_its_message_burst_is_rate_limited() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    let burst = crate::rate_limit::RateConfig::default()
+        .messages_per_connection
+        .burst as usize;
+    for _ in 0..burst {
+        let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"x"}"#);
+        assert_eq!(fx.storage.len(), 1);
+    }
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"x"}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::RateLimited)
+    );
+    assert!(fx.storage.is_empty() && frames_for(&fx, b).is_empty());
+}
+
+#[test]
+fn a_client_that_keeps_sending_bad_frames_is_disconnected() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let allowed = crate::rate_limit::RateConfig::default()
+        .bad_frames_per_connection
+        .burst as usize;
+    for _ in 0..allowed {
+        let fx = send(&mut d, c, "not json");
+        assert!(fx.closes.is_empty());
+    }
+    let fx = send(&mut d, c, "not json");
+    assert!(matches!(&fx.closes[..], [(closed, CloseReason::Abuse)] if *closed == c));
+}
+
+#[test]
+fn repeated_failed_logins_lock_the_account_without_hashing() {
+    let mut d = dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    for _ in 0..5 {
+        let fx = send(
+            &mut d,
+            c,
+            r#"{"tag":2,"username":"bob","secret":"wrong-one"}"#,
+        );
+        assert_eq!(fx.storage.len(), 1, "credentials are fetched");
+        let mut fx = Effects::default();
+        d.complete(
+            Completion::Hash(HashDone::Verified {
+                conn: c,
+                user_id: None,
+            }),
+            NOW,
+            &mut fx,
+        );
+    }
+    let fx = send(
+        &mut d,
+        c,
+        r#"{"tag":2,"username":"bob","secret":"right-one"}"#,
+    );
+    assert!(fx.storage.is_empty() && fx.hashing.is_empty());
+    assert!(matches!(&frames_for(&fx, c)[..],
+        [ServerMessage::FailLogin(f)] if f.error_type == LoginError::RateLimited));
 }
