@@ -108,6 +108,23 @@ pub struct Cli {
     /// Failed password logins per account within a minute before a lockout.
     #[arg(long, default_value_t = 5)]
     pub login_failures_per_account: u32,
+    /// Accept browser handshakes only from this Origin (repeatable); without
+    /// it any Origin is accepted. Clients that send no Origin always pass.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// SQLite durability: `normal` (an acknowledged message survives a crash
+    /// of the process) or `full` (it also survives power loss; slower).
+    #[arg(long, value_enum, default_value_t = Synchronous::Normal)]
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting, as offered on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// WAL with `synchronous=NORMAL`: durable against process crashes.
+    Normal,
+    /// `synchronous=FULL`: fsync on every commit; durable against power loss.
+    Full,
 }
 
 /// The server's settings, validated.
@@ -135,6 +152,10 @@ pub struct Config {
     pub debug: bool,
     /// Rate limits, `None` when disabled.
     pub rate_limits: Option<RateConfig>,
+    /// Origins allowed to open browser WebSockets (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Whether SQLite runs with `synchronous=FULL`.
+    pub synchronous_full: bool,
 }
 
 impl Config {
@@ -163,6 +184,8 @@ impl Config {
             hash_workers: cli.hash_workers.unwrap_or(cores).max(1),
             debug: cli.debug,
             rate_limits: rate_config(cli)?,
+            allowed_origins: cli.allowed_origins.clone(),
+            synchronous_full: cli.synchronous == Synchronous::Full,
         })
     }
 

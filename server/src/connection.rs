@@ -14,11 +14,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use tungstenite::error::{CapacityError, Error as WsError};
-use tungstenite::handshake::server::{NoCallback, ServerHandshake};
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::CloseFrame;
@@ -27,7 +28,52 @@ use tungstenite::{Message, Utf8Bytes, WebSocket};
 
 use crate::completion::ConnId;
 
-type Handshake = MidHandshake<ServerHandshake<TcpStream, NoCallback>>;
+type Handshake = MidHandshake<ServerHandshake<TcpStream, OriginCheck>>;
+
+/// The handshake's one policy: with `--allowed-origin` given, a request that
+/// carries an `Origin` header (browsers always do) must name one of them, so
+/// other web pages cannot open sockets to the server with a user's cookies or
+/// network position. Requests without `Origin` (non-browser clients) pass.
+#[derive(Clone, Debug, Default)]
+pub struct OriginCheck {
+    allowed: Arc<[String]>,
+}
+
+impl OriginCheck {
+    /// Allows exactly these origins (none given: any).
+    pub fn new(allowed: Vec<String>) -> Self {
+        OriginCheck {
+            allowed: allowed.into(),
+        }
+    }
+
+    fn permits(&self, origin: Option<&str>) -> bool {
+        match origin {
+            _ if self.allowed.is_empty() => true,
+            None => true,
+            Some(origin) => self.allowed.iter().any(|allowed| allowed == origin),
+        }
+    }
+}
+
+impl Callback for OriginCheck {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        let origin = request
+            .headers()
+            .get("origin")
+            .map(|value| value.to_str().unwrap_or("<not ascii>"));
+        if self.permits(origin) {
+            return Ok(response);
+        }
+        log::info!(
+            "refused a handshake from origin {:?}",
+            origin.unwrap_or_default()
+        );
+        let mut refusal = ErrorResponse::new(Some("origin not allowed".into()));
+        *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
+        Err(refusal)
+    }
+}
 
 /// Where a connection is in its life.
 enum State {
@@ -94,9 +140,10 @@ impl Connection {
         peer: SocketAddr,
         stream: TcpStream,
         config: WebSocketConfig,
+        origins: OriginCheck,
     ) -> Self {
         let now = Instant::now();
-        let state = match tungstenite::accept_with_config(stream, Some(config)) {
+        let state = match tungstenite::accept_hdr_with_config(stream, origins, Some(config)) {
             Ok(ws) => State::Open(ws),
             Err(HandshakeError::Interrupted(mid)) => State::Handshaking(mid),
             Err(HandshakeError::Failure(error)) => {
@@ -300,5 +347,20 @@ impl Connection {
     /// Drops the connection at once (handshake timeout, close deadline).
     pub fn abort(&mut self) {
         self.state = State::Closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OriginCheck;
+
+    #[test]
+    fn origins_are_checked_only_when_configured() {
+        let any = OriginCheck::default();
+        assert!(any.permits(Some("https://evil.example")));
+        let strict = OriginCheck::new(vec!["https://chat.example".into()]);
+        assert!(strict.permits(Some("https://chat.example")));
+        assert!(!strict.permits(Some("https://evil.example")));
+        assert!(strict.permits(None), "non-browser clients send no Origin");
     }
 }

@@ -31,7 +31,7 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
-use crate::connection::{Connection, ReadEvent, WriteError};
+use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
 use crate::hasher::Hasher;
 use crate::storage::sqlite::SqliteBackend;
@@ -83,6 +83,7 @@ pub struct Server {
     completions: Receiver<Completion>,
     config: Config,
     ws_config: WebSocketConfig,
+    origins: OriginCheck,
     next_serial: u64,
     /// Slots with more frames to read than one turn's budget allowed.
     unfinished_reads: VecDeque<ConnId>,
@@ -109,7 +110,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let database = config.database_path();
-        let (backend, snapshot) = SqliteBackend::open(&database, false)
+        let (backend, snapshot) = SqliteBackend::open(&database, config.synchronous_full)
             .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
         log::info!(
             "database {} ({} accounts, next message id {})",
@@ -151,6 +152,7 @@ impl Server {
             .max_write_buffer_size(config::SLOW_CONSUMER_BYTES)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
+        let origins = OriginCheck::new(config.allowed_origins.clone());
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -162,6 +164,7 @@ impl Server {
             completions,
             config,
             ws_config,
+            origins,
             next_serial: 1,
             unfinished_reads: VecDeque::new(),
             to_flush: Vec::new(),
@@ -264,7 +267,7 @@ impl Server {
             log::warn!("cannot register {peer}: {error}");
             return;
         }
-        let connection = Connection::accept(id, peer, stream, self.ws_config);
+        let connection = Connection::accept(id, peer, stream, self.ws_config, self.origins.clone());
         let opened = connection.is_open();
         entry.insert(connection);
         log::debug!("{peer} connected as {id:?}");
