@@ -33,6 +33,11 @@ pub const FRAMES_PER_CONNECTION_PER_TURN: usize = 256;
 /// `server_busy` instead of queueing more (bounded memory, visible overload).
 pub const STORAGE_QUEUE_MAX: usize = 65_536;
 
+/// Storage backlog at which the loop stops reading requests until storage
+/// catches up (back-pressure instead of unbounded memory). Messages that are
+/// already read when the backlog reaches 3/4 of the queue get `server_busy`.
+pub const STORAGE_PAUSE_READS: usize = STORAGE_QUEUE_MAX / 2;
+
 /// Password hashing jobs that may wait for a worker; past this, logins and
 /// registrations get `rate_limited`.
 pub const HASH_QUEUE_MAX: usize = 1_024;

@@ -42,6 +42,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
+/// How often reads paused by storage back-pressure are retried.
+const PAUSED_READ_RETRY: Duration = Duration::from_millis(5);
+
 /// How long a closing connection may wait for the peer's close frame.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -192,10 +195,11 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.unfinished_reads.is_empty() {
-                self.next_tick.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
+            let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+            let timeout = match (self.unfinished_reads.is_empty(), self.reads_paused()) {
+                (true, _) => until_tick,
+                (false, false) => Duration::ZERO,
+                (false, true) => until_tick.min(PAUSED_READ_RETRY),
             };
             if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
                 if error.kind() == io::ErrorKind::Interrupted {
@@ -288,11 +292,22 @@ impl Server {
         self.read_frames(id);
     }
 
+    /// Whether storage is so far behind that the loop stops taking requests.
+    fn reads_paused(&self) -> bool {
+        self.storage.backlog() >= config::STORAGE_PAUSE_READS
+    }
+
     /// Reads up to the per-turn budget of frames from one connection.
     fn read_frames(&mut self, id: ConnId) {
         let open = self.connection(id).is_some_and(|c| c.is_open());
         if self.shutdown.is_some() && open {
             return; // no new requests once shutdown has begun
+        }
+        if open && self.reads_paused() {
+            // Back-pressure: leave the frames in the socket (and the client's
+            // TCP window shrinks) until storage catches up.
+            self.unfinished_reads.push_back(id);
+            return;
         }
         let now = unix_now();
         let mut fx = std::mem::take(&mut self.effects);
