@@ -113,8 +113,19 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let database = config.database_path();
-        let (backend, snapshot) = SqliteBackend::open(&database, config.synchronous_full)
+        let (backend, mut snapshot) = SqliteBackend::open(&database, config.synchronous_full)
             .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
+        if snapshot.recovered_from_crash {
+            // Messages delivered but not yet committed when the previous
+            // process died had ids just above the highest stored one. Skip
+            // every id that could have been in flight, so no id a client has
+            // seen is ever given to another message.
+            let in_flight_max = (config::STORAGE_QUEUE_MAX + config::STORAGE_BATCH_MAX) as i64;
+            snapshot.next_message_id += in_flight_max;
+            log::warn!(
+                "the previous run did not shut down cleanly; message ids skip {in_flight_max}"
+            );
+        }
         log::info!(
             "database {} ({} accounts, next message id {})",
             database.display(),

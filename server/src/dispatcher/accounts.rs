@@ -125,12 +125,14 @@ impl Dispatcher {
                 Some(&user_id) => {
                     let session_hash = password::session_hash(&session_id);
                     let peer = client.peer;
-                    self.begin_opening(conn, user_id, body.username, session_id, true);
+                    let queue_before =
+                        self.begin_opening(conn, user_id, body.username, session_id, true);
                     fx.storage.push(Command::ResumeSession {
                         conn,
                         user_id,
                         session_hash,
                         peer,
+                        queue_before,
                         now,
                     });
                 }
@@ -230,12 +232,13 @@ impl Dispatcher {
         self.rate_limits.login_succeeded(&username);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
-        self.begin_opening(conn, user_id, username, session_id, false);
+        let queue_before = self.begin_opening(conn, user_id, username, session_id, false);
         fx.storage.push(Command::OpenSession {
             conn,
             user_id,
             session_hash,
             peer,
+            queue_before,
             now,
         });
     }
@@ -254,7 +257,8 @@ impl Dispatcher {
         );
     }
 
-    /// Makes `conn` a recipient of `user_id` while storage opens the session.
+    /// Makes `conn` a recipient of `user_id` while storage opens the session;
+    /// returns the first message id held for it (older ones are queued).
     fn begin_opening(
         &mut self,
         conn: ConnId,
@@ -262,9 +266,10 @@ impl Dispatcher {
         username: String,
         session_id: String,
         resumed: bool,
-    ) {
+    ) -> i64 {
+        let queue_before = self.next_message_id;
         let Some(client) = self.clients.get_mut(&conn) else {
-            return;
+            return queue_before;
         };
         client.auth = Auth::Opening {
             user_id,
@@ -272,10 +277,14 @@ impl Dispatcher {
             session_hash: password::session_hash(&session_id),
             session_id,
             resumed,
+            queue_before,
+            success_sent: false,
+            mutual_contacts: Vec::new(),
             held: Vec::new(),
             held_ids: Vec::new(),
         };
         self.online.entry(user_id).or_default().push(conn);
+        queue_before
     }
 
     /// Returns a connection that was logging in to anonymous.
@@ -309,42 +318,93 @@ impl Dispatcher {
         self.run_deferred(conn, now, fx);
     }
 
-    /// The session is open: SuccessLogin, the offline queue, then whatever
-    /// arrived meanwhile; Presence if this is the user's first connection.
+    /// The session is open: SuccessLogin, then the offline queue chunk by
+    /// chunk, then whatever arrived meanwhile; Presence if this is the user's
+    /// first connection.
     pub(super) fn session_opened(
         &mut self,
         conn: ConnId,
         queued: Vec<StoredMessage>,
-        mutual_contacts: &[i64],
+        more_queued: bool,
+        contacts: Vec<i64>,
         now: i64,
         fx: &mut Effects,
     ) {
+        let Some(Auth::Opening {
+            user_id,
+            username,
+            session_id,
+            success_sent,
+            mutual_contacts,
+            ..
+        }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
+        else {
+            return;
+        };
+        *mutual_contacts = contacts;
+        if !*success_sent {
+            *success_sent = true;
+            let success = SuccessLogin {
+                username: username.clone(),
+                user_id: *user_id,
+                session_id: Some(session_id.clone()),
+            };
+            fx.send(conn, &ServerMessage::SuccessLogin(success), now);
+        }
+        self.push_queue_chunk(conn, queued, more_queued, now, fx);
+    }
+
+    /// Pushes one chunk of the offline queue; asks for the next or finishes.
+    pub(super) fn push_queue_chunk(
+        &mut self,
+        conn: ConnId,
+        queued: Vec<StoredMessage>,
+        more_queued: bool,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let Some(Auth::Opening {
+            user_id,
+            queue_before,
+            ..
+        }) = self.clients.get(&conn).map(|c| &c.auth)
+        else {
+            return;
+        };
+        for message in queued {
+            fx.send(conn, &ServerMessage::Message(delivered(message)), now);
+        }
+        if more_queued {
+            fx.storage.push(Command::TakeQueue {
+                conn,
+                user_id: *user_id,
+                queue_before: *queue_before,
+            });
+        } else {
+            self.finish_login(conn, now, fx);
+        }
+    }
+
+    /// The queue is pushed: send what was held, announce, run what waited.
+    fn finish_login(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
         let Auth::Opening {
             user_id,
             username,
-            session_id,
             session_hash,
             resumed,
+            mutual_contacts,
             held,
             held_ids,
+            ..
         } = std::mem::replace(&mut client.auth, Auth::Anonymous)
         else {
             return;
         };
         let peer = client.peer;
         let first_connection = !self.has_logged_in_connection(user_id);
-        let success = SuccessLogin {
-            username: username.clone(),
-            user_id,
-            session_id: Some(session_id),
-        };
-        fx.send(conn, &ServerMessage::SuccessLogin(success), now);
-        for message in queued {
-            fx.send(conn, &ServerMessage::Message(delivered(message)), now);
-        }
         fx.frames
             .extend(held.into_iter().map(|frame| (conn, frame)));
         if !held_ids.is_empty() {
@@ -357,7 +417,7 @@ impl Dispatcher {
         log::info!("{username} logged in from {peer}{how}");
         self.counters.logins += 1;
         if first_connection {
-            self.announce_presence(&username, mutual_contacts, true, now, fx);
+            self.announce_presence(&username, &mutual_contacts, true, now, fx);
         }
         if let Some(client) = self.clients.get_mut(&conn) {
             client.auth = Auth::LoggedIn {

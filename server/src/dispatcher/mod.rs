@@ -109,6 +109,13 @@ pub enum Auth {
         session_hash: String,
         /// Whether this resumes an existing session.
         resumed: bool,
+        /// Messages from this id on are held here; older ones come from the
+        /// offline queue in storage.
+        queue_before: i64,
+        /// SuccessLogin is sent; the offline queue is still being pushed.
+        success_sent: bool,
+        /// Mutual contacts to tell once the login completes.
+        mutual_contacts: Vec<i64>,
         /// Frames that arrived meanwhile.
         held: Vec<String>,
         /// Ids of the messages among them (marked delivered once sent).
@@ -383,8 +390,14 @@ impl Dispatcher {
             Reply::SessionOpened {
                 conn,
                 queued,
+                more_queued,
                 mutual_contacts,
-            } => self.session_opened(conn, queued, &mutual_contacts, now, fx),
+            } => self.session_opened(conn, queued, more_queued, mutual_contacts, now, fx),
+            Reply::QueueChunk {
+                conn,
+                queued,
+                more_queued,
+            } => self.push_queue_chunk(conn, queued, more_queued, now, fx),
             Reply::SessionInvalid { conn } => self.session_invalid(conn, now, fx),
             Reply::SessionEnded { conn } => self.session_ended(conn, now, fx),
             Reply::WentOffline {

@@ -23,6 +23,7 @@ fn dispatcher() -> Dispatcher {
             ("carol".into(), CAROL),
         ],
         next_message_id: 10,
+        recovered_from_crash: false,
     };
     Dispatcher::new(
         snapshot,
@@ -79,6 +80,7 @@ fn log_in(d: &mut Dispatcher, c: ConnId, user: &str, mutual_contacts: Vec<i64>) 
         Reply::SessionOpened {
             conn: c,
             queued: vec![],
+            more_queued: false,
             mutual_contacts,
         },
     )
@@ -202,6 +204,7 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
         Reply::SessionOpened {
             conn: c,
             queued: vec![queued],
+            more_queued: false,
             mutual_contacts: vec![],
         },
     );
@@ -473,6 +476,7 @@ fn logout_closes_every_connection_of_that_session_only() {
         Reply::SessionOpened {
             conn: a3,
             queued: vec![],
+            more_queued: false,
             mutual_contacts: vec![],
         },
     );
@@ -683,6 +687,7 @@ fn requests_pipelined_behind_a_login_run_after_it_in_order() {
         Reply::SessionOpened {
             conn: c,
             queued: vec![],
+            more_queued: false,
             mutual_contacts: vec![],
         },
     );
@@ -781,4 +786,74 @@ fn repeated_failed_logins_lock_the_account_without_hashing() {
     assert!(fx.storage.is_empty() && fx.hashing.is_empty());
     assert!(matches!(&frames_for(&fx, c)[..],
         [ServerMessage::FailLogin(f)] if f.error_type == LoginError::RateLimited));
+}
+
+fn stored(id: i64, content: &str) -> StoredMessage {
+    StoredMessage {
+        message_id: id,
+        sender: "alice".into(),
+        receiver: "bob".into(),
+        content: content.into(),
+        is_encrypted: false,
+        time: NOW,
+    }
+}
+
+#[test]
+fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    d.connected(b, peer());
+    let fx = send(&mut d, b, r#"{"tag":2,"username":"bob","session_id":"s"}"#);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::ResumeSession {
+            queue_before: 10,
+            ..
+        }]
+    ));
+    let fx = complete(
+        &mut d,
+        Reply::SessionOpened {
+            conn: b,
+            queued: vec![stored(1, "q1")],
+            more_queued: true,
+            mutual_contacts: vec![],
+        },
+    );
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::SuccessLogin(_), ServerMessage::Message(m)] if m.content == "q1"));
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::TakeQueue {
+            user_id: BOB,
+            queue_before: 10,
+            ..
+        }]
+    ));
+
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"live"}"#);
+    assert!(
+        frames_for(&fx, b).is_empty(),
+        "held until the queue is through"
+    );
+
+    let fx = complete(
+        &mut d,
+        Reply::QueueChunk {
+            conn: b,
+            queued: vec![stored(2, "q2")],
+            more_queued: false,
+        },
+    );
+    let contents: Vec<String> = frames_for(&fx, b)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Message(m) => Some(m.content),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(contents, vec!["q2", "live"]);
+    assert!(matches!(d.client(b).unwrap().auth, Auth::LoggedIn { .. }));
 }

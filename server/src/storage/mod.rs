@@ -110,6 +110,9 @@ pub enum Command {
         session_hash: String,
         /// Peer address, recorded on the user row.
         peer: SocketAddr,
+        /// Only queued messages with smaller ids are taken (later ones are
+        /// held for the connection by the loop).
+        queue_before: i64,
         /// Unix seconds.
         now: i64,
     },
@@ -124,8 +127,20 @@ pub enum Command {
         session_hash: String,
         /// Peer address.
         peer: SocketAddr,
+        /// Only queued messages with smaller ids are taken.
+        queue_before: i64,
         /// Unix seconds.
         now: i64,
+    },
+    /// The next chunk of a logging-in user's offline queue; replies
+    /// [`Reply::QueueChunk`].
+    TakeQueue {
+        /// Logging-in connection.
+        conn: ConnId,
+        /// The user.
+        user_id: i64,
+        /// Only queued messages with smaller ids are taken.
+        queue_before: i64,
     },
     /// Delete a session (Logout); replies [`Reply::SessionEnded`].
     EndSession {
@@ -257,7 +272,8 @@ impl Command {
             Command::CreateUser { conn, .. } => Some((*conn, 1)),
             Command::FetchCredentials { conn, .. }
             | Command::OpenSession { conn, .. }
-            | Command::ResumeSession { conn, .. } => Some((*conn, 2)),
+            | Command::ResumeSession { conn, .. }
+            | Command::TakeQueue { conn, .. } => Some((*conn, 2)),
             Command::EndSession { conn, .. } => Some((*conn, 3)),
             Command::Directory { conn, .. } => Some((*conn, 4)),
             Command::History { conn, .. } => Some((*conn, 5)),
@@ -297,10 +313,22 @@ pub enum Reply {
     SessionOpened {
         /// Logging-in connection.
         conn: ConnId,
-        /// The offline queue, oldest first, now marked delivered.
+        /// The first chunk of the offline queue, oldest first, now marked
+        /// delivered.
         queued: Vec<StoredMessage>,
+        /// More of the queue remains (ask with [`Command::TakeQueue`]).
+        more_queued: bool,
         /// Users that are mutual contacts of this one (for Presence).
         mutual_contacts: Vec<i64>,
+    },
+    /// The next chunk of the offline queue, now marked delivered.
+    QueueChunk {
+        /// Logging-in connection.
+        conn: ConnId,
+        /// Oldest first.
+        queued: Vec<StoredMessage>,
+        /// More remains.
+        more_queued: bool,
     },
     /// The session id is unknown, expired, or another user's.
     SessionInvalid {
@@ -419,6 +447,8 @@ pub struct Snapshot {
     pub users: Vec<(String, i64)>,
     /// The id the next message gets.
     pub next_message_id: i64,
+    /// The previous process did not shut down cleanly.
+    pub recovered_from_crash: bool,
 }
 
 /// Executes batches of commands; implemented by [`sqlite::SqliteBackend`].
@@ -427,6 +457,9 @@ pub trait Backend: Send + 'static {
     /// replies in command order. Must not return before the writes are durable
     /// to the promised degree.
     fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply>;
+
+    /// Called once after the last batch, on a clean shutdown.
+    fn finish(&mut self) {}
 }
 
 /// Why a command was not queued.
@@ -530,5 +563,6 @@ fn run<B: Backend>(
         // After the replies are queued, so a backlog of 0 means "all answered".
         backlog.fetch_sub(executed, Ordering::AcqRel);
     }
+    backend.finish();
     log::info!("storage thread: queue drained, all work committed");
 }

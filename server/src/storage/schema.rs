@@ -67,6 +67,13 @@ CREATE TABLE sessions (
     ip_address   TEXT
 ) WITHOUT ROWID;
 CREATE INDEX sessions_by_last_used ON sessions(last_used_at);
+
+-- Facts about the server process itself: `running` is 1 from start until a
+-- clean shutdown, so the next start knows whether the previous one crashed.
+CREATE TABLE server_state (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].

@@ -14,10 +14,11 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::schema;
 use super::{Backend, Command, ContactRow, NewMessage, Reply, Snapshot, StoredMessage};
 
-/// Most messages pushed from the offline queue at one login; the rest follow
-/// at the next login (and `Sync` fetches them at any time). Bounds the burst a
-/// login writes into one connection's buffer.
-pub const OFFLINE_PUSH_MAX: u32 = 1_000;
+/// Offline-queue messages taken per storage round trip at login. The whole
+/// queue is pushed, chunk by chunk, so one reply (and one write into the
+/// connection's buffer) stays bounded; the round trips give the socket time
+/// to drain between chunks.
+pub const OFFLINE_CHUNK: u32 = 500;
 
 /// The database and its prepared-statement cache.
 pub struct SqliteBackend {
@@ -35,6 +36,10 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
         let snapshot = read_snapshot(&conn)?;
+        conn.execute(
+            "INSERT OR REPLACE INTO server_state (key, value) VALUES ('running', 1)",
+            [],
+        )?;
         Ok((SqliteBackend { conn }, snapshot))
     }
 
@@ -52,6 +57,16 @@ impl SqliteBackend {
 }
 
 impl Backend for SqliteBackend {
+    fn finish(&mut self) {
+        let marked = self.conn.execute(
+            "UPDATE server_state SET value = 0 WHERE key = 'running'",
+            [],
+        );
+        if let Err(error) = marked {
+            log::error!("storage: cannot record the clean shutdown: {error}");
+        }
+    }
+
     fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
         match self.execute_in_transaction(&batch) {
             Ok(replies) => replies,
@@ -104,9 +119,18 @@ fn read_snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
         [],
         |row| row.get(0),
     )?;
+    let recovered_from_crash = conn
+        .query_row(
+            "SELECT value FROM server_state WHERE key = 'running'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .optional()?
+        == Some(1);
     Ok(Snapshot {
         users,
         next_message_id,
+        recovered_from_crash,
     })
 }
 
@@ -144,6 +168,7 @@ fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>>
             user_id,
             session_hash,
             peer,
+            queue_before,
             now,
         } => {
             tx.prepare_cached(
@@ -151,13 +176,14 @@ fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>>
                  VALUES (?1, ?2, ?3, ?3, ?4)",
             )?
             .execute(params![session_hash, user_id, now, peer.ip().to_string()])?;
-            session_opened(tx, *conn, *user_id, *peer, *now)?
+            session_opened(tx, *conn, *user_id, *peer, *queue_before, *now)?
         }
         Command::ResumeSession {
             conn,
             user_id,
             session_hash,
             peer,
+            queue_before,
             now,
         } => {
             let idle_before = now - crate::config::SESSION_IDLE_SECS;
@@ -168,9 +194,21 @@ fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>>
                 )?
                 .execute(params![session_hash, user_id, now, idle_before])?;
             if touched == 1 {
-                session_opened(tx, *conn, *user_id, *peer, *now)?
+                session_opened(tx, *conn, *user_id, *peer, *queue_before, *now)?
             } else {
                 Reply::SessionInvalid { conn: *conn }
+            }
+        }
+        Command::TakeQueue {
+            conn,
+            user_id,
+            queue_before,
+        } => {
+            let (queued, more_queued) = take_queue(tx, *user_id, *queue_before)?;
+            Reply::QueueChunk {
+                conn: *conn,
+                queued,
+                more_queued,
             }
         }
         Command::EndSession { conn, session_hash } => {
@@ -358,12 +396,14 @@ fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()
     Ok(())
 }
 
-/// Marks the user online, records the peer, and takes the offline queue.
+/// Marks the user online, records the peer, and takes the first chunk of
+/// the offline queue.
 fn session_opened(
     tx: &Transaction,
     conn: crate::completion::ConnId,
     user_id: i64,
     peer: std::net::SocketAddr,
+    queue_before: i64,
     now: i64,
 ) -> rusqlite::Result<Reply> {
     tx.prepare_cached(
@@ -371,22 +411,37 @@ fn session_opened(
          WHERE user_id = ?1",
     )?
     .execute(params![user_id, now, peer.ip().to_string(), peer.port()])?;
-    let queued = query_messages(
+    let (queued, more_queued) = take_queue(tx, user_id, queue_before)?;
+    Ok(Reply::SessionOpened {
+        conn,
+        queued,
+        more_queued,
+        mutual_contacts: mutual_contacts(tx, user_id)?,
+    })
+}
+
+/// Takes (marks delivered) the next [`OFFLINE_CHUNK`] undelivered messages
+/// to `user_id` with ids below `queue_before`; says whether more remain.
+fn take_queue(
+    tx: &Transaction,
+    user_id: i64,
+    queue_before: i64,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let mut queued = query_messages(
         tx,
-        "SELECT message_id FROM messages WHERE receiver_id = ?1 AND delivered = 0
-         ORDER BY message_id LIMIT ?2",
-        params![user_id, OFFLINE_PUSH_MAX],
+        "SELECT message_id FROM messages
+         WHERE receiver_id = ?1 AND delivered = 0 AND message_id < ?2
+         ORDER BY message_id LIMIT ?3",
+        params![user_id, queue_before, OFFLINE_CHUNK + 1],
     )?;
+    let more = queued.len() > OFFLINE_CHUNK as usize;
+    queued.truncate(OFFLINE_CHUNK as usize);
     let mut mark =
         tx.prepare_cached("UPDATE messages SET delivered = TRUE WHERE message_id = ?1")?;
     for message in &queued {
         mark.execute([message.message_id])?;
     }
-    Ok(Reply::SessionOpened {
-        conn,
-        queued,
-        mutual_contacts: mutual_contacts(tx, user_id)?,
-    })
+    Ok((queued, more))
 }
 
 /// The columns of a delivered message, given a query that yields message ids.
@@ -519,7 +574,25 @@ mod tests {
         let (backend, snapshot) = SqliteBackend::open(&dir.path().join("chat.db"), false).unwrap();
         assert!(snapshot.users.is_empty());
         assert_eq!(snapshot.next_message_id, 1);
+        assert!(!snapshot.recovered_from_crash);
         (dir, backend)
+    }
+
+    #[test]
+    fn a_start_after_a_crash_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let (mut backend, _) = SqliteBackend::open(&path, false).unwrap();
+        backend.finish();
+        drop(backend);
+        let (backend, snapshot) = SqliteBackend::open(&path, false).unwrap();
+        assert!(
+            !snapshot.recovered_from_crash,
+            "the last run finished cleanly"
+        );
+        drop(backend); // no finish(): as if killed
+        let (_backend, snapshot) = SqliteBackend::open(&path, false).unwrap();
+        assert!(snapshot.recovered_from_crash);
     }
 
     fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
@@ -634,18 +707,56 @@ mod tests {
             user_id: b,
             session_hash: hash.into(),
             peer,
+            queue_before: 3,
             now: 200,
         };
         let replies = backend.execute(vec![open_session("h1")]);
         let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
             panic!("{replies:?}");
         };
-        assert_eq!(ids(queued), vec![1, 3]);
+        assert_eq!(
+            ids(queued),
+            vec![1],
+            "3 is at or past queue_before: held by the loop"
+        );
         let replies = backend.execute(vec![open_session("h2")]);
         let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
             panic!("{replies:?}");
         };
         assert!(queued.is_empty());
+    }
+
+    #[test]
+    fn a_long_queue_is_taken_in_chunks() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        let total = i64::from(OFFLINE_CHUNK) * 2 + 1;
+        for id in 1..=total {
+            store(&mut backend, id, a, b, false);
+        }
+        let take = || Command::TakeQueue {
+            conn: CONN,
+            user_id: b,
+            queue_before: i64::MAX,
+        };
+        let mut taken = Vec::new();
+        loop {
+            let replies = backend.execute(vec![take()]);
+            let [Reply::QueueChunk {
+                queued,
+                more_queued,
+                ..
+            }] = replies.as_slice()
+            else {
+                panic!("{replies:?}");
+            };
+            taken.extend(ids(queued));
+            if !more_queued {
+                break;
+            }
+        }
+        assert_eq!(taken, (1..=total).collect::<Vec<_>>());
     }
 
     #[test]
@@ -659,6 +770,7 @@ mod tests {
             user_id: a,
             session_hash: "h".into(),
             peer,
+            queue_before: i64::MAX,
             now: 200,
         }]);
         let resume = |user_id| Command::ResumeSession {
@@ -666,6 +778,7 @@ mod tests {
             user_id,
             session_hash: "h".into(),
             peer,
+            queue_before: i64::MAX,
             now: 300,
         };
         assert!(matches!(

@@ -1,0 +1,547 @@
+//! The shared harness of the integration tests: a real `chat-server` process on
+//! an ephemeral port with its own temporary data directory ([`TestServer`]), and a
+//! blocking WebSocket client that speaks the typed protocol ([`Client`]).
+//!
+//! Every test binary compiles this module and uses only part of it, hence the
+//! `dead_code` allowance below.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use protocol::client::{Login, Register};
+use protocol::server::{
+    Ack, Delivered, Directory, Error, FailLogin, FailRegister, History, Key, Presence,
+    SuccessLogin, Synced,
+};
+use protocol::{decode_server, encode_client, ClientMessage, ErrorType, ServerMessage};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// How long a server may take to print its listening line.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a server may take to exit after SIGTERM before the harness gives up.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long [`Client::recv`] waits for the next frame.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// The password every test account uses unless a test says otherwise.
+pub const SECRET: &str = "correct-horse-42";
+
+/// A running `chat-server` child process; killed on drop.
+pub struct TestServer {
+    /// The port it listens on (changes on [`TestServer::restart`]).
+    pub port: u16,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:0` with a fresh data dir, cheap PBKDF2 and
+    /// `extra_args`, and waits for its listening line.
+    pub fn start(extra_args: &[&str]) -> TestServer {
+        let mut server = TestServer {
+            port: 0,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            stderr: Arc::new(Mutex::new(String::new())),
+            data_dir: tempfile::Builder::new()
+                .prefix("chat-server-test-")
+                .tempdir()
+                .expect("create a temporary data dir"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.data_dir.path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--port", "0", "--host", "127.0.0.1", "--data-dir"])
+            .arg(dir)
+            .arg("--log-file")
+            .arg(dir.join("server.log"))
+            .args(["--pbkdf2-iterations", "1000"])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chat-server");
+
+        // Both pipes are drained by threads for the whole life of the child, so
+        // a chatty server never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let captured = Arc::clone(&self.stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut text = captured.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let prefix = "chat-server listening on 127.0.0.1:";
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines_rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(port) = line.trim().strip_prefix(prefix) {
+                        break port.parse::<u16>().expect("port in the listening line");
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    thread::sleep(Duration::from_millis(100)); // let stderr drain
+                    panic!(
+                        "chat-server printed no `{prefix}PORT` line within {STARTUP_DEADLINE:?} \
+                         (exit: {status:?}); stderr:\n{}",
+                        self.stderr.lock().unwrap()
+                    );
+                }
+            }
+        };
+        self.port = port;
+        self.child = Some(child);
+    }
+
+    /// Sends SIGTERM, waits for the process to exit and returns its status.
+    pub fn stop_gracefully(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for chat-server") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "chat-server did not exit within {SHUTDOWN_DEADLINE:?} of SIGTERM; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server with SIGTERM (asserting a clean exit) and starts it
+    /// again on the same data dir; `port` is updated.
+    pub fn restart(&mut self) {
+        let status = self.stop_gracefully();
+        assert!(status.success(), "exit status after SIGTERM: {status}");
+        self.spawn();
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up, like a crash) and
+    /// starts it again on the same data dir; `port` is updated.
+    pub fn crash_and_restart(&mut self) {
+        let mut child = self.child.take().expect("server is running");
+        child.kill().expect("SIGKILL chat-server");
+        child.wait().expect("wait for chat-server");
+        self.spawn();
+    }
+
+    /// Everything in `--log-file` so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The data directory (`--data-dir`).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// A new client connected to this server.
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How a connection ended, as seen by [`Client::expect_close`].
+#[derive(Debug)]
+pub enum Closed {
+    /// The server sent a close frame (with its code, if any).
+    Frame(Option<CloseFrame>),
+    /// The TCP connection ended without a close frame.
+    Dropped(String),
+}
+
+impl Closed {
+    /// The close code, if a close frame with one arrived.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Closed::Frame(Some(frame)) => Some(frame.code.into()),
+            _ => None,
+        }
+    }
+}
+
+/// Generates `recv_*` methods that expect one variant of [`ServerMessage`].
+macro_rules! recv_variant {
+    ($($name:ident => $variant:ident($body:ty);)*) => {
+        $(
+            /// Receives the next frame and panics unless it is this variant.
+            #[track_caller]
+            pub fn $name(&mut self) -> $body {
+                match self.recv() {
+                    ServerMessage::$variant(body) => body,
+                    other => panic!("expected {}, got {other:?}", stringify!($variant)),
+                }
+            }
+        )*
+    };
+}
+
+/// A blocking WebSocket client with a read timeout.
+pub struct Client {
+    ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    /// Connects to `ws://127.0.0.1:port/`, panicking if that fails.
+    pub fn connect(port: u16) -> Client {
+        Client::try_connect(port).unwrap_or_else(|e| panic!("connect to port {port}: {e}"))
+    }
+
+    /// Connects to `ws://127.0.0.1:port/`, or says why the TCP connect or the
+    /// WebSocket handshake failed.
+    pub fn try_connect(port: u16) -> Result<Client, String> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let url = format!("ws://127.0.0.1:{port}/");
+        match tungstenite::client(url, stream) {
+            Ok((ws, _response)) => Ok(Client { ws }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Wraps a WebSocket taken out with [`Client::into_inner`], restoring the
+    /// default read timeout.
+    pub fn from_websocket(ws: WebSocket<TcpStream>) -> Client {
+        ws.get_ref().set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+        Client { ws }
+    }
+
+    /// The WebSocket, for tests that need to go below this wrapper.
+    pub fn into_inner(self) -> WebSocket<TcpStream> {
+        self.ws
+    }
+
+    /// Sends one text frame as is.
+    #[track_caller]
+    pub fn send_raw(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .unwrap_or_else(|e| panic!("send {text:?}: {e}"));
+    }
+
+    /// Sends a typed message.
+    #[track_caller]
+    pub fn send(&mut self, message: &ClientMessage) {
+        self.send_raw(&encode_client(message));
+    }
+
+    /// Sends one binary frame.
+    #[track_caller]
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .expect("send binary frame");
+    }
+
+    /// The next text frame, answering pings meanwhile; panics on a close, a
+    /// non-text frame, or after [`RECV_TIMEOUT`] of silence.
+    #[track_caller]
+    pub fn recv_text(&mut self) -> String {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => return text.as_str().to_owned(),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(Message::Binary(bytes)) => panic!("unexpected binary frame {bytes:?}"),
+                Ok(Message::Close(frame)) => {
+                    panic!(
+                        "the server closed the connection ({frame:?}) while a frame was expected"
+                    )
+                }
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {
+                    panic!("no frame from the server within {RECV_TIMEOUT:?}")
+                }
+                Err(e) => panic!("connection failed while a frame was expected: {e}"),
+            }
+        }
+    }
+
+    /// The next frame, decoded.
+    #[track_caller]
+    pub fn recv(&mut self) -> ServerMessage {
+        let text = self.recv_text();
+        decode_server(&text).unwrap_or_else(|e| panic!("undecodable server frame {text}: {e}"))
+    }
+
+    /// The next frame as JSON.
+    #[track_caller]
+    pub fn recv_json(&mut self) -> serde_json::Value {
+        let text = self.recv_text();
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("server frame {text} is not JSON: {e}"))
+    }
+
+    /// Every frame that arrives within `window`, decoded.
+    #[track_caller]
+    pub fn drain(&mut self, window: Duration) -> Vec<ServerMessage> {
+        self.drain_up_to(usize::MAX, window)
+    }
+
+    /// The frames that arrive within `window`, decoded, stopping early once
+    /// there are `max` of them.
+    #[track_caller]
+    pub fn drain_up_to(&mut self, max: usize, window: Duration) -> Vec<ServerMessage> {
+        let deadline = Instant::now() + window;
+        let mut frames = Vec::new();
+        while frames.len() < max {
+            let Some(text) = self.next_text_before(deadline) else {
+                break;
+            };
+            match decode_server(&text) {
+                Ok(frame) => frames.push(frame),
+                Err(e) => panic!("undecodable server frame {text}: {e}"),
+            }
+        }
+        frames
+    }
+
+    /// Asserts that no text frame arrives within `window` (pings are answered).
+    #[track_caller]
+    pub fn expect_silence(&mut self, window: Duration) {
+        let deadline = Instant::now() + window;
+        if let Some(text) = self.next_text_before(deadline) {
+            panic!("expected silence for {window:?}, got {text}");
+        }
+    }
+
+    #[track_caller]
+    fn next_text_before(&mut self, deadline: Instant) -> Option<String> {
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            self.ws.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.ws.read() {
+                Ok(Message::Text(text)) => break Some(text.as_str().to_owned()),
+                Ok(Message::Close(frame)) => panic!("connection closed unexpectedly: {frame:?}"),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => break None,
+                Err(e) => panic!("connection failed unexpectedly: {e}"),
+            }
+        };
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(RECV_TIMEOUT))
+            .unwrap();
+        result
+    }
+
+    /// Waits for the server to end the connection; panics if a text frame comes
+    /// first or nothing happens within [`RECV_TIMEOUT`].
+    #[track_caller]
+    pub fn expect_close(&mut self) -> Closed {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return Closed::Frame(frame),
+                Ok(Message::Text(text)) => panic!("expected the connection to close, got {text}"),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {
+                    panic!("the server did not close the connection within {RECV_TIMEOUT:?}")
+                }
+                Err(e) => return Closed::Dropped(e.to_string()),
+            }
+        }
+    }
+
+    /// Closes the connection from this side and waits for the server's answer.
+    pub fn close(mut self) {
+        let _ = self.ws.close(None);
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Sends Ping and asserts the next frame is Pong.
+    #[track_caller]
+    pub fn ping_pong(&mut self) {
+        self.send(&ClientMessage::Ping);
+        match self.recv() {
+            ServerMessage::Pong => {}
+            other => panic!("expected Pong, got {other:?}"),
+        }
+    }
+
+    /// Receives the next frame and asserts it is `Error{error_type, ref_tag}`.
+    #[track_caller]
+    pub fn expect_error(&mut self, error_type: ErrorType, ref_tag: Option<i64>) -> Error {
+        let error = self.recv_error();
+        assert_eq!(
+            (error.error_type, error.ref_tag),
+            (error_type, ref_tag),
+            "unexpected Error {error:?}"
+        );
+        error
+    }
+
+    recv_variant! {
+        recv_delivered => Message(Delivered);
+        recv_success_login => SuccessLogin(SuccessLogin);
+        recv_ack => Ack(Ack);
+        recv_history => History(History);
+        recv_directory => Directory(Directory);
+        recv_presence => Presence(Presence);
+        recv_fail_register => FailRegister(FailRegister);
+        recv_fail_login => FailLogin(FailLogin);
+        recv_error => Error(Error);
+        recv_key => Key(Key);
+        recv_synced => Synced(Synced);
+    }
+
+    /// Registers `name` with `secret` and `name@example.com`; returns the user id.
+    #[track_caller]
+    pub fn register(&mut self, name: &str, secret: &str) -> i64 {
+        self.send(&register_message(
+            name,
+            secret,
+            &format!("{name}@example.com"),
+        ));
+        match self.recv() {
+            ServerMessage::SuccessRegister(ok) => {
+                assert_eq!(ok.username, name);
+                ok.user_id
+            }
+            other => panic!("Register {name}: expected SuccessRegister, got {other:?}"),
+        }
+    }
+
+    /// Logs in with a password and asserts SuccessLogin.
+    #[track_caller]
+    pub fn login(&mut self, name: &str, secret: &str) -> SuccessLogin {
+        self.send(&login_with_secret(name, secret));
+        let ok = self.recv_success_login();
+        assert_eq!(ok.username, name);
+        ok
+    }
+
+    /// Resumes a session and asserts SuccessLogin.
+    #[track_caller]
+    pub fn resume(&mut self, name: &str, session_id: &str) -> SuccessLogin {
+        self.send(&login_with_session(name, session_id));
+        let ok = self.recv_success_login();
+        assert_eq!(ok.username, name);
+        ok
+    }
+
+    /// Registers `name` with [`SECRET`] and logs this connection in as `name`.
+    #[track_caller]
+    pub fn register_and_login(&mut self, name: &str) -> SuccessLogin {
+        self.register(name, SECRET);
+        self.login(name, SECRET)
+    }
+}
+
+/// A Register message.
+pub fn register_message(name: &str, secret: &str, email: &str) -> ClientMessage {
+    ClientMessage::Register(Register {
+        username: name.into(),
+        secret: secret.into(),
+        email: email.into(),
+    })
+}
+
+/// A Login with a password.
+pub fn login_with_secret(name: &str, secret: &str) -> ClientMessage {
+    ClientMessage::Login(Login {
+        username: name.into(),
+        secret: Some(secret.into()),
+        session_id: None,
+    })
+}
+
+/// A Login that resumes a session.
+pub fn login_with_session(name: &str, session_id: &str) -> ClientMessage {
+    ClientMessage::Login(Login {
+        username: name.into(),
+        secret: None,
+        session_id: Some(session_id.into()),
+    })
+}
+
+/// A 1:1 Message to `dest` with an optional client id.
+pub fn message_to(dest: &str, content: &str, client_id: Option<&str>) -> ClientMessage {
+    ClientMessage::Message(protocol::client::SendMessage {
+        dest_id: Some(dest.into()),
+        group_id: None,
+        content: content.into(),
+        message_id: client_id.map(str::to_owned),
+        source_id: None,
+        is_encrypted: false,
+    })
+}
+
+/// Registers every name in `names` over one throwaway connection.
+pub fn register_all(server: &TestServer, names: &[&str]) {
+    let mut client = server.client();
+    for name in names {
+        client.register(name, SECRET);
+    }
+    client.close();
+}
+
+/// A new connection logged in as `name` (already registered) with [`SECRET`].
+pub fn logged_in(server: &TestServer, name: &str) -> Client {
+    let mut client = server.client();
+    client.login(name, SECRET);
+    client
+}
+
+fn is_timeout(error: &std::io::Error) -> bool {
+    matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
