@@ -18,9 +18,10 @@ pub mod sqlite;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::completion::{Completion, CompletionSender, ConnId};
 use crate::password::PasswordHash;
@@ -458,6 +459,9 @@ pub trait Backend: Send + 'static {
     /// to the promised degree.
     fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply>;
 
+    /// Called when no command is waiting (background upkeep may run).
+    fn idle(&mut self) {}
+
     /// Called once after the last batch, on a clean shutdown.
     fn finish(&mut self) {}
 }
@@ -470,6 +474,9 @@ pub enum QueueError {
     /// The storage thread is gone.
     Stopped,
 }
+
+/// How often an idle storage thread gives the backend a chance at upkeep.
+const IDLE_TICK: Duration = Duration::from_millis(500);
 
 /// The loop's handle: a bounded command queue and the thread behind it.
 pub struct StorageHandle {
@@ -547,7 +554,18 @@ fn run<B: Backend>(
     backlog: &AtomicUsize,
 ) {
     // Block for the first command, then take whatever else is already queued.
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match queue.try_recv() {
+            Ok(command) => command,
+            Err(_) => {
+                backend.idle();
+                match queue.recv_timeout(IDLE_TICK) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < batch_max {
             match queue.try_recv() {

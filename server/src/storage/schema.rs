@@ -4,10 +4,20 @@
 //! groups) with what delivery tracking needs added. Times are Unix seconds as
 //! integers (the protocol's unit) rather than the original's text timestamps.
 //!
-//! Every index on `messages` costs the single writer on every message, so it
-//! has exactly the three that the reads need: by sender and by receiver
-//! (History, Sync) and a partial index of the undelivered (the offline queue),
-//! which stays small because online recipients' messages never enter it.
+//! Every index on `messages` costs the single writer on every message, and
+//! the per-user ones cost most: with 100 active users an insert lands on one
+//! of 100 leaf pages per index, so each commit rewrites ~200 index pages
+//! however few rows it holds (measured: 20 µs per message at 1,000 rows per
+//! commit, 60 µs at 100). So the two per-user indexes (by sender and by
+//! receiver, for History and Sync) are *partial* on `indexed = 1`: a message
+//! is inserted with `indexed = 0`, touching only the table's right edge, and
+//! the storage thread later flips whole ranges to 1 in one transaction, when
+//! it is idle or the unindexed tail passes a bound — each leaf page is then
+//! written once per thousands of rows. Queries read the indexed part through
+//! the indexes and the short unindexed tail by `message_id` range. The third
+//! index, of the undelivered (the offline queue), is partial on
+//! `delivered = 0` and stays small because online recipients' messages never
+//! enter it.
 
 use rusqlite::Connection;
 
@@ -53,10 +63,11 @@ CREATE TABLE messages (
     content      TEXT NOT NULL,
     is_encrypted BOOLEAN NOT NULL DEFAULT FALSE,
     timestamp    INTEGER NOT NULL,
-    delivered    BOOLEAN NOT NULL DEFAULT FALSE  -- pushed to a live connection
+    delivered    BOOLEAN NOT NULL DEFAULT FALSE, -- pushed to a live connection
+    indexed      BOOLEAN NOT NULL DEFAULT FALSE  -- in the per-user indexes yet
 );
-CREATE INDEX messages_by_sender   ON messages(sender_id, message_id);
-CREATE INDEX messages_by_receiver ON messages(receiver_id, message_id);
+CREATE INDEX messages_by_sender   ON messages(sender_id, message_id)   WHERE indexed = 1;
+CREATE INDEX messages_by_receiver ON messages(receiver_id, message_id) WHERE indexed = 1;
 CREATE INDEX messages_undelivered ON messages(receiver_id, message_id) WHERE delivered = 0;
 
 CREATE TABLE sessions (
@@ -82,6 +93,12 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
     let synchronous = if synchronous_full { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // 64 MiB of page cache (the default is 2 MiB), and a checkpoint every
+    // ~40 MiB of WAL instead of 4 MiB: pages rewritten often (index leaves)
+    // are then copied to the database once per checkpoint, not once per few
+    // commits, and the checkpoint's fsync comes ten times less often.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > SCHEMA_VERSION {

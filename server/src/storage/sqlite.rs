@@ -8,6 +8,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -20,9 +21,22 @@ use super::{Backend, Command, ContactRow, NewMessage, Reply, Snapshot, StoredMes
 /// to drain between chunks.
 pub const OFFLINE_CHUNK: u32 = 500;
 
-/// The database and its prepared-statement cache.
+/// Unindexed messages that trigger an index pass right after a batch.
+const INDEX_TAIL_MAX: i64 = 8_192;
+/// How long a small unindexed tail may wait for an idle moment's pass.
+const INDEX_DELAY: Duration = Duration::from_secs(1);
+
+/// The database, its prepared-statement cache, and the deferred-index
+/// watermark (see `schema.rs`).
 pub struct SqliteBackend {
     conn: Connection,
+    /// Every message with an id up to this is in the per-user indexes; every
+    /// stored message above it is not (ids are inserted in increasing order).
+    indexed_through: i64,
+    /// The highest message id stored.
+    highest_stored: i64,
+    /// When the last index pass ran.
+    last_index_pass: Instant,
 }
 
 impl SqliteBackend {
@@ -35,29 +49,72 @@ impl SqliteBackend {
         schema::prepare(&mut conn, synchronous_full)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
+        conn.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0", [])?;
         let snapshot = read_snapshot(&conn)?;
+        let highest_stored = snapshot.next_message_id - 1;
         conn.execute(
             "INSERT OR REPLACE INTO server_state (key, value) VALUES ('running', 1)",
             [],
         )?;
-        Ok((SqliteBackend { conn }, snapshot))
+        let backend = SqliteBackend {
+            conn,
+            indexed_through: highest_stored,
+            highest_stored,
+            last_index_pass: Instant::now(),
+        };
+        Ok((backend, snapshot))
     }
 
     fn execute_in_transaction(&mut self, batch: &[Command]) -> rusqlite::Result<Vec<Reply>> {
         let tx = self.conn.transaction()?;
         let mut replies = Vec::with_capacity(batch.len());
         for command in batch {
-            if let Some(reply) = apply(&tx, command)? {
+            if let Some(reply) = apply(&tx, command, self.indexed_through)? {
                 replies.push(reply);
             }
         }
         tx.commit()?;
+        let stored = batch.iter().filter_map(|command| match command {
+            Command::StoreMessage { message, .. } => Some(message.message_id),
+            _ => None,
+        });
+        self.highest_stored = stored.fold(self.highest_stored, i64::max);
         Ok(replies)
+    }
+
+    /// Moves every stored message into the per-user indexes, in one
+    /// transaction. Queries stay correct whether or not this has run.
+    fn index_tail(&mut self) {
+        let (from, to) = (self.indexed_through, self.highest_stored);
+        self.last_index_pass = Instant::now();
+        if to <= from {
+            return;
+        }
+        let indexed = self.conn.transaction().and_then(|tx| {
+            tx.prepare_cached(
+                "UPDATE messages SET indexed = 1 WHERE message_id > ?1 AND message_id <= ?2",
+            )?
+            .execute(params![from, to])?;
+            tx.commit()
+        });
+        match indexed {
+            Ok(()) => self.indexed_through = to,
+            Err(error) => log::error!("storage: index pass failed (will retry): {error}"),
+        }
     }
 }
 
 impl Backend for SqliteBackend {
+    fn idle(&mut self) {
+        if self.highest_stored > self.indexed_through
+            && self.last_index_pass.elapsed() >= INDEX_DELAY
+        {
+            self.index_tail();
+        }
+    }
+
     fn finish(&mut self) {
+        self.index_tail();
         let marked = self.conn.execute(
             "UPDATE server_state SET value = 0 WHERE key = 'running'",
             [],
@@ -68,6 +125,16 @@ impl Backend for SqliteBackend {
     }
 
     fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
+        let replies = self.execute_batch(batch);
+        if self.highest_stored - self.indexed_through >= INDEX_TAIL_MAX {
+            self.index_tail();
+        }
+        replies
+    }
+}
+
+impl SqliteBackend {
+    fn execute_batch(&mut self, batch: Vec<Command>) -> Vec<Reply> {
         match self.execute_in_transaction(&batch) {
             Ok(replies) => replies,
             Err(error) => {
@@ -134,8 +201,13 @@ fn read_snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
     })
 }
 
-/// Executes one command inside the batch's transaction.
-fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>> {
+/// Executes one command inside the batch's transaction; `indexed_through` is
+/// the deferred-index watermark.
+fn apply(
+    tx: &Transaction,
+    command: &Command,
+    indexed_through: i64,
+) -> rusqlite::Result<Option<Reply>> {
     let reply = match command {
         Command::CreateUser {
             conn,
@@ -270,7 +342,8 @@ fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>>
             before,
             limit,
         } => {
-            let (messages, has_more) = history(tx, *user_id, *peer_id, *before, *limit)?;
+            let pair = (*user_id, *peer_id);
+            let (messages, has_more) = history(tx, pair, *before, *limit, indexed_through)?;
             Reply::History {
                 conn: *conn,
                 chat_id: chat_id.clone(),
@@ -284,7 +357,7 @@ fn apply(tx: &Transaction, command: &Command) -> rusqlite::Result<Option<Reply>>
             since,
             limit,
         } => {
-            let (messages, has_more) = sync(tx, *user_id, *since, *limit)?;
+            let (messages, has_more) = sync(tx, *user_id, *since, *limit, indexed_through)?;
             Reply::Synced {
                 conn: *conn,
                 messages,
@@ -473,28 +546,41 @@ fn query_messages(
 }
 
 /// The newest `limit` messages between the two users older than `before`,
-/// oldest first, and whether older ones exist.
+/// oldest first, and whether older ones exist. Three parts: each direction
+/// through the sender index, and the unindexed tail by id range.
 fn history(
     tx: &Transaction,
-    user_id: i64,
-    peer_id: i64,
+    (user_id, peer_id): (i64, i64),
     before: Option<i64>,
     limit: u32,
+    indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
     let mut messages = query_messages(
         tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
-             WHERE sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
+             WHERE indexed = 1 AND sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
              ORDER BY message_id DESC LIMIT ?4)
          UNION
          SELECT message_id FROM (
              SELECT message_id FROM messages
-             WHERE sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
+             WHERE indexed = 1 AND sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
+             ORDER BY message_id DESC LIMIT ?4)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE message_id > ?5 AND message_id < ?3
+               AND ((sender_id = ?1 AND receiver_id = ?2) OR (sender_id = ?2 AND receiver_id = ?1))
              ORDER BY message_id DESC LIMIT ?4)
          ORDER BY message_id DESC LIMIT ?4",
-        params![user_id, peer_id, before.unwrap_or(i64::MAX), fetch],
+        params![
+            user_id,
+            peer_id,
+            before.unwrap_or(i64::MAX),
+            fetch,
+            indexed_through
+        ],
     )?;
     let has_more = messages.len() > limit as usize;
     if has_more {
@@ -503,25 +589,34 @@ fn history(
     Ok((messages, has_more))
 }
 
-/// The oldest `limit` messages the user sent or received after `since`.
+/// The oldest `limit` messages the user sent or received after `since`:
+/// sent and received through the indexes, plus the unindexed tail.
 fn sync(
     tx: &Transaction,
     user_id: i64,
     since: i64,
     limit: u32,
+    indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
     let mut messages = query_messages(
         tx,
         "SELECT message_id FROM (
-             SELECT message_id FROM messages WHERE sender_id = ?1 AND message_id > ?2
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND sender_id = ?1 AND message_id > ?2
              ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (
-             SELECT message_id FROM messages WHERE receiver_id = ?1 AND message_id > ?2
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE message_id > MAX(?2, ?4) AND (sender_id = ?1 OR receiver_id = ?1)
              ORDER BY message_id LIMIT ?3)
          ORDER BY message_id LIMIT ?3",
-        params![user_id, since, fetch],
+        params![user_id, since, fetch, indexed_through],
     )?;
     let has_more = messages.len() > limit as usize;
     messages.truncate(limit as usize);
@@ -576,6 +671,36 @@ mod tests {
         assert_eq!(snapshot.next_message_id, 1);
         assert!(!snapshot.recovered_from_crash);
         (dir, backend)
+    }
+
+    #[test]
+    fn index_passes_move_the_tail_into_the_indexes() {
+        let (_dir, mut backend) = open();
+        let a = create_user(&mut backend, "alice");
+        let b = create_user(&mut backend, "bob");
+        for id in 1..=3 {
+            store(&mut backend, id, a, b, true);
+        }
+        assert_eq!(backend.indexed_through, 0);
+        backend.index_tail();
+        assert_eq!(backend.indexed_through, 3);
+        let unindexed: i64 = backend
+            .conn
+            .query_row("SELECT COUNT(*) FROM messages WHERE indexed = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(unindexed, 0);
+        let plan: String = backend
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT message_id FROM messages
+                 WHERE indexed = 1 AND sender_id = 1 AND message_id > 0",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("messages_by_sender"), "{plan}");
     }
 
     #[test]
@@ -668,13 +793,21 @@ mod tests {
             );
         }
         store(&mut backend, 6, a, c, true);
-        let tx = backend.conn.transaction().unwrap();
-        let (page, more) = history(&tx, a, b, None, 2).unwrap();
-        assert_eq!((ids(&page), more), (vec![4, 5], true));
-        let (page, more) = history(&tx, a, b, Some(4), 10).unwrap();
-        assert_eq!((ids(&page), more), (vec![1, 2, 3], false));
-        let (page, more) = history(&tx, b, c, None, 10).unwrap();
-        assert_eq!((ids(&page), more), (vec![], false));
+        // Whatever part of the messages is indexed, the answers are the same.
+        for indexed_through in [0, 3, 6] {
+            let tx = backend.conn.transaction().unwrap();
+            tx.execute(
+                "UPDATE messages SET indexed = (message_id <= ?1)",
+                [indexed_through],
+            )
+            .unwrap();
+            let (page, more) = history(&tx, (a, b), None, 2, indexed_through).unwrap();
+            assert_eq!((ids(&page), more), (vec![4, 5], true));
+            let (page, more) = history(&tx, (a, b), Some(4), 10, indexed_through).unwrap();
+            assert_eq!((ids(&page), more), (vec![1, 2, 3], false));
+            let (page, more) = history(&tx, (b, c), None, 10, indexed_through).unwrap();
+            assert_eq!((ids(&page), more), (vec![], false));
+        }
     }
 
     #[test]
@@ -686,11 +819,18 @@ mod tests {
         store(&mut backend, 2, b, a, true);
         store(&mut backend, 3, a, a, true);
         store(&mut backend, 4, b, b, true);
-        let tx = backend.conn.transaction().unwrap();
-        let (page, more) = sync(&tx, a, 0, 2).unwrap();
-        assert_eq!((ids(&page), more), (vec![1, 2], true));
-        let (page, more) = sync(&tx, a, 2, 10).unwrap();
-        assert_eq!((ids(&page), more), (vec![3], false));
+        for indexed_through in [0, 2, 4] {
+            let tx = backend.conn.transaction().unwrap();
+            tx.execute(
+                "UPDATE messages SET indexed = (message_id <= ?1)",
+                [indexed_through],
+            )
+            .unwrap();
+            let (page, more) = sync(&tx, a, 0, 2, indexed_through).unwrap();
+            assert_eq!((ids(&page), more), (vec![1, 2], true));
+            let (page, more) = sync(&tx, a, 2, 10, indexed_through).unwrap();
+            assert_eq!((ids(&page), more), (vec![3], false));
+        }
     }
 
     #[test]
