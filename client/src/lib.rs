@@ -1,1 +1,3 @@
 //! client
+pub mod chat;
+pub mod load;

@@ -1,1 +1,280 @@
-fn main() {}
+//! `chat-load`: load scenarios against a running chat-server.
+//!
+//! Each scenario prints a table to stdout, progress lines to stderr, and with
+//! `--json FILE` writes a machine-readable result. Exit status: 0 when the
+//! scenario passed, 1 when it could not run (server absent, setup failed), 2
+//! when it ran and found a failure (lost or unanswered messages, failed
+//! logins).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use client::load::report::{write_json, Table};
+use client::load::scenario::{idle, logins, messages, storm, Common};
+use client::load::setup::random_run_id;
+use client::load::summary;
+use client::load::LoadError;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "chat-load", about = "Load generator for chat-server")]
+struct Cli {
+    /// The server's address.
+    #[arg(long, global = true, default_value = "127.0.0.1:8765")]
+    addr: SocketAddr,
+    /// Also write the result as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Id embedded in every username (default: random), e.g. `l<id>_<i>`.
+    #[arg(long, global = true)]
+    run_id: Option<String>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, global = true, default_value_t = 5.0)]
+    progress_secs: f64,
+    /// Requests in flight while registering and logging users in.
+    #[arg(long, global = true, default_value_t = 64)]
+    setup_concurrency: usize,
+    /// Give up if registering and logging users in takes longer.
+    #[arg(long, global = true, default_value_t = 300.0)]
+    setup_timeout_secs: f64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Register and log in users: registrations/s, password logins/s,
+    /// session resumes/s.
+    Logins(LoginsArgs),
+    /// Pairs of users exchanging 1:1 messages (closed loop or fixed rate).
+    Messages(MessagesArgs),
+    /// Hold many logged-in connections; with --server-pid, server RSS growth.
+    Idle(IdleArgs),
+    /// A message stream with a burst of password logins part-way through.
+    Storm(StormArgs),
+    /// Print one Markdown table over JSON results, with the targets checked.
+    Summary(SummaryArgs),
+}
+
+#[derive(Args)]
+struct SummaryArgs {
+    /// JSON result files (from --json).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct LoginsArgs {
+    /// Users to register and log in.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Session resumes (default: one per user).
+    #[arg(long)]
+    resumes: Option<usize>,
+}
+
+#[derive(Args)]
+struct MessagesArgs {
+    /// Users (pairs: user 2k and 2k+1 talk to each other).
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Closed loop: unacknowledged messages per sender.
+    #[arg(long, conflicts_with = "rate")]
+    window: Option<usize>,
+    /// Open loop: aggregate messages per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Seconds to wait afterwards for the last acks and deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    grace_secs: f64,
+    /// Threads, each driving its share of the pairs on its own poll loop.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pad each message's content to at least this many bytes.
+    #[arg(long, default_value_t = 0)]
+    content_bytes: usize,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    /// Connections to hold.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Distinct users (default: one per connection).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Seconds to hold the connections.
+    #[arg(long, default_value_t = 10.0)]
+    hold_secs: f64,
+    /// Connections opening at once.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// The server's pid, to read its VmRSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct StormArgs {
+    /// Users in the message stream.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// Stream messages per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds of streaming.
+    #[arg(long, default_value_t = 15.0)]
+    duration_secs: f64,
+    /// Seconds into the stream when the burst starts.
+    #[arg(long, default_value_t = 5.0)]
+    burst_at_secs: f64,
+    /// Password logins in the burst.
+    #[arg(long, default_value_t = 100)]
+    burst_logins: usize,
+    /// Distinct burst users (logins cycle over them).
+    #[arg(long, default_value_t = 4)]
+    burst_users: usize,
+    /// Burst logins in flight.
+    #[arg(long, default_value_t = 32)]
+    burst_concurrency: usize,
+    /// Seconds to wait afterwards for the last deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    grace_secs: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = Common {
+        addr: cli.addr,
+        run_id: cli.run_id.clone().unwrap_or_else(random_run_id),
+        progress_secs: cli.progress_secs,
+        setup_concurrency: cli.setup_concurrency.max(1),
+        setup_timeout_secs: cli.setup_timeout_secs,
+    };
+    match run(&cli, &common) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("chat-load: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
+    match &cli.scenario {
+        Scenario::Summary(args) => {
+            let rows = args
+                .files
+                .iter()
+                .map(|path| summary::summarise(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            summary::print(&rows);
+            let failed = rows.iter().any(|row| row.met == "FAILED");
+            Ok(if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Scenario::Logins(args) => {
+            let config = logins::Config {
+                users: args.users.max(1),
+                concurrency: args.concurrency,
+                resumes: args.resumes.unwrap_or(args.users),
+            };
+            let outcome = logins::run(common, &config)?;
+            finish(
+                cli,
+                &outcome,
+                outcome.table(),
+                outcome.passed,
+                "failed logins",
+            )
+        }
+        Scenario::Messages(args) => {
+            let pace = match (args.window, args.rate) {
+                (_, Some(rate)) => messages::Pace::Rate(rate),
+                (Some(window), None) => messages::Pace::Window(window.max(1)),
+                (None, None) => messages::Pace::Window(16),
+            };
+            let config = messages::Config {
+                users: args.users,
+                pace,
+                duration_secs: args.duration_secs,
+                grace_secs: args.grace_secs,
+                threads: args.threads,
+                content_bytes: args.content_bytes,
+            };
+            let outcome = messages::run(common, &config)?;
+            let failure = format!(
+                "{} LOST and {} UNANSWERED messages",
+                outcome.tally.lost, outcome.tally.unanswered
+            );
+            finish(cli, &outcome, outcome.table(), outcome.passed, &failure)
+        }
+        Scenario::Idle(args) => {
+            let config = idle::Config {
+                connections: args.connections,
+                users: args.users.unwrap_or(args.connections),
+                hold_secs: args.hold_secs,
+                concurrency: args.concurrency,
+                server_pid: args.server_pid,
+            };
+            let outcome = idle::run(common, &config)?;
+            finish(
+                cli,
+                &outcome,
+                outcome.table(),
+                outcome.passed,
+                "connections failed or dropped",
+            )
+        }
+        Scenario::Storm(args) => {
+            let config = storm::Config {
+                users: args.users,
+                rate: args.rate,
+                duration_secs: args.duration_secs,
+                burst_at_secs: args.burst_at_secs,
+                burst_logins: args.burst_logins,
+                burst_users: args.burst_users,
+                burst_concurrency: args.burst_concurrency,
+                grace_secs: args.grace_secs,
+            };
+            let outcome = storm::run(common, &config)?;
+            let failure = format!(
+                "{} LOST and {} UNANSWERED messages, burst completed: {}",
+                outcome.tally.lost, outcome.tally.unanswered, outcome.burst_completed
+            );
+            finish(cli, &outcome, outcome.table(), outcome.passed, &failure)
+        }
+    }
+}
+
+/// Prints the table, writes the JSON, and turns the verdict into the exit code.
+fn finish(
+    cli: &Cli,
+    outcome: &impl Serialize,
+    table: Table,
+    passed: bool,
+    failure: &str,
+) -> Result<ExitCode, LoadError> {
+    table.print();
+    if let Some(path) = &cli.json {
+        write_json(path, outcome)?;
+    }
+    if passed {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        // Loud on purpose: a failed run must not scroll by unnoticed.
+        eprintln!("\n!!!!!!!! chat-load: FAILED: {failure} !!!!!!!!\n");
+        Ok(ExitCode::from(2))
+    }
+}

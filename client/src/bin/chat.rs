@@ -1,1 +1,65 @@
-fn main() {}
+//! `chat`: the line client for chat-server. See `client/CHAT.md` for a
+//! transcript; the work happens in `client::chat`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use client::chat::app::{self, Options};
+use client::chat::input::{stdin_is_terminal, Input};
+use client::chat::session;
+
+/// Talk to a chat-server from a terminal, or run chat commands from a script.
+///
+/// Type /help at the prompt for the commands. When stdin is not a terminal,
+/// each line runs in order after the previous one is answered, results go to
+/// stdout and errors to stderr, and the exit status is 1 if any command failed
+/// (2 if the server could not be reached).
+#[derive(Parser, Debug)]
+#[command(name = "chat", version)]
+struct Cli {
+    /// The server's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8765")]
+    url: String,
+
+    /// Print the server's raw frames on stdout, one JSON object per line,
+    /// instead of human-readable lines (which then go to stderr).
+    #[arg(long)]
+    json: bool,
+
+    /// Where to save the session [default: $XDG_CONFIG_HOME/chat/session.json
+    /// or ~/.config/chat/session.json].
+    #[arg(long, value_name = "PATH")]
+    session_file: Option<PathBuf>,
+
+    /// After the last input line, keep listening for incoming messages this
+    /// many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    wait: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Ok(wait) = Duration::try_from_secs_f64(cli.wait) else {
+        eprintln!("chat: --wait must be a number of seconds, 0 or more");
+        return ExitCode::from(2);
+    };
+    let input = match Input::spawn() {
+        Ok(input) => input,
+        Err(error) => {
+            eprintln!("chat: cannot start reading stdin: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = Options {
+        url: cli.url,
+        json: cli.json,
+        session_file: cli.session_file.or_else(session::default_path),
+        wait,
+        interactive: stdin_is_terminal(),
+    };
+    let code = app::run(options, input);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

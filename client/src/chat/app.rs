@@ -1,0 +1,1030 @@
+//! The line client's loop and state: commands in, frames out, answers and
+//! pushed events back to the screen.
+//!
+//! One thread owns everything here and does blocking WebSocket I/O with a
+//! short read timeout ([`POLL_INTERVAL`]); the only other thread reads stdin
+//! on request ([`Input`]). Commands run one at a time: the next line is read
+//! only once the previous command is answered (or has failed), which is what
+//! makes piped scripts deterministic and lets each answer be matched to the
+//! command that caused it. The client's own background requests (resuming a
+//! session, catching up with `Sync`) have answers of their own types
+//! (SuccessLogin/FailLogin while resuming, Synced), so they never get confused
+//! with a command's answer.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use protocol::client::{GetHistory, Login, Logout, Register, SendMessage, Sync, UserRef};
+use protocol::server::{Delivered, Directory, Error as ServerError, SuccessLogin, Synced};
+use protocol::{decode_server, encode_client, ClientMessage, ServerMessage};
+
+use crate::chat::clock::{unix_now, Stamper};
+use crate::chat::command::{parse_line, Command, HELP};
+use crate::chat::connection::{Connection, Received, POLL_INTERVAL};
+use crate::chat::input::{Input, InputEvent};
+use crate::chat::output::Output;
+use crate::chat::render::{self, Asked};
+use crate::chat::seen::SeenIds;
+use crate::chat::session::{self, SavedSession};
+
+/// How long a command waits for its answer before it counts as failed.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The first pause before reconnecting after a dropped connection; it doubles
+/// with each failed attempt up to [`RECONNECT_DELAY_MAX`].
+const RECONNECT_DELAY_FIRST: Duration = Duration::from_millis(250);
+/// The longest pause between reconnect attempts.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(30);
+/// A script gives up after this many failed reconnects in a row (about 30 s
+/// of trying with the delays above); a person at a terminal never does.
+const SCRIPT_RECONNECT_ATTEMPTS_MAX: u32 = 8;
+/// Messages asked for per `Sync` page (the protocol allows 1–1000).
+const SYNC_PAGE_LIMIT: i64 = 500;
+
+/// Every command succeeded.
+pub const EXIT_OK: i32 = 0;
+/// At least one command failed (its reason was printed on stderr).
+pub const EXIT_COMMAND_FAILED: i32 = 1;
+/// The server could not be reached (at start, or a script gave up
+/// reconnecting).
+pub const EXIT_NO_SERVER: i32 = 2;
+
+/// What the command line decided.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The server, e.g. `ws://127.0.0.1:8765`.
+    pub url: String,
+    /// Print raw server frames on stdout instead of human lines.
+    pub json: bool,
+    /// Where the session is saved; `None` disables saving.
+    pub session_file: Option<PathBuf>,
+    /// Keep listening this long after the last input line.
+    pub wait: Duration,
+    /// Stdin is a terminal: prompt, and ask for secrets without echo.
+    pub interactive: bool,
+}
+
+/// Runs the client until `/quit`, the end of input, or a fatal error, and
+/// returns the process exit code.
+pub fn run(options: Options, input: Input) -> i32 {
+    let mut app = App::new(options, input);
+    app.run()
+}
+
+/// The logged-in (or about-to-be-resumed) identity.
+#[derive(Clone, Debug)]
+struct Identity {
+    username: String,
+    session_id: String,
+}
+
+/// A command sent (or waiting to be sent) to the server.
+struct Pending {
+    asked: Asked,
+    request: ClientMessage,
+    sent: bool,
+    deadline: Instant,
+}
+
+/// A catch-up with `Sync` in progress.
+struct Catchup {
+    /// Messages older than this server time are not "missed" (they predate
+    /// this run and nothing was seen to start from); `None` shows them all.
+    floor_time: Option<i64>,
+}
+
+/// The connection and what to do when there is none.
+// There is exactly one `Link`, so the size of its largest variant costs
+// nothing; boxing the connection would only add an indirection.
+#[allow(clippy::large_enum_variant)]
+enum Link {
+    Up(Connection),
+    /// Disconnected; try again at `retry_at`.
+    Down {
+        retry_at: Instant,
+        attempts: u32,
+    },
+    /// Disconnected on purpose (after logout); connect when a command needs it.
+    Idle,
+}
+
+struct App {
+    options: Options,
+    out: Output,
+    input: Input,
+    input_ended_at: Option<Instant>,
+    /// A `/login` or `/register` waiting for its secret to be typed.
+    awaiting_secret: Option<Command>,
+    link: Link,
+    ever_connected: bool,
+    /// Who this client is logged in as, or is resuming as.
+    identity: Option<Identity>,
+    /// True while the client's own Login{session_id} awaits its answer.
+    resuming: bool,
+    /// Server time of the first login in this run (for [`Catchup::floor_time`]).
+    first_login_time: Option<i64>,
+    pending: Option<Pending>,
+    catchup: Option<Catchup>,
+    seen: SeenIds,
+    /// The user whose message ids `seen` holds.
+    seen_owner: Option<String>,
+    /// The highest id written to the session file.
+    saved_highest: i64,
+    client_message_count: u64,
+    failures: u32,
+    exit_code: Option<i32>,
+}
+
+/// The pause before reconnect attempt number `attempts` (0-based).
+fn reconnect_delay(attempts: u32) -> Duration {
+    RECONNECT_DELAY_FIRST
+        .saturating_mul(1 << attempts.min(16))
+        .min(RECONNECT_DELAY_MAX)
+}
+
+impl App {
+    fn new(options: Options, input: Input) -> Self {
+        let out = Output::new(options.interactive, options.json);
+        let mut app = App {
+            out,
+            input,
+            input_ended_at: None,
+            awaiting_secret: None,
+            link: Link::Down {
+                retry_at: Instant::now(),
+                attempts: 0,
+            },
+            ever_connected: false,
+            identity: None,
+            resuming: false,
+            first_login_time: None,
+            pending: None,
+            catchup: None,
+            seen: SeenIds::default(),
+            seen_owner: None,
+            saved_highest: 0,
+            client_message_count: 0,
+            failures: 0,
+            exit_code: None,
+            options,
+        };
+        app.load_saved_session();
+        app
+    }
+
+    /// Picks up a saved session for this server, to be resumed on connect.
+    fn load_saved_session(&mut self) {
+        let Some(path) = &self.options.session_file else {
+            return;
+        };
+        match session::load(path) {
+            Ok(Some(saved)) if saved.url == self.options.url => {
+                self.seen = SeenIds::starting_after(saved.last_message_id);
+                self.saved_highest = saved.last_message_id;
+                self.seen_owner = Some(saved.username.clone());
+                self.identity = Some(Identity {
+                    username: saved.username,
+                    session_id: saved.session_id,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => self.out.notice(&format!(
+                "* ignoring the session file {}: {error}",
+                path.display()
+            )),
+        }
+    }
+
+    fn run(&mut self) -> i32 {
+        loop {
+            self.maintain_link();
+            if let Some(code) = self.exit_code {
+                self.shut_down();
+                return code;
+            }
+            self.send_pending_if_ready();
+            self.expire_pending();
+            self.persist_highest_seen();
+            if self.finished() {
+                self.shut_down();
+                return if self.failures > 0 {
+                    EXIT_COMMAND_FAILED
+                } else {
+                    EXIT_OK
+                };
+            }
+            self.request_input_if_ready();
+            self.wait_for_something();
+        }
+    }
+
+    /// Blocks for at most one poll interval on the socket (or on stdin when
+    /// there is no connection), handling what arrives.
+    fn wait_for_something(&mut self) {
+        match &mut self.link {
+            Link::Up(connection) => {
+                let received = connection.receive();
+                self.on_received(received);
+                while let Some(event) = self.input.next_event(Duration::ZERO) {
+                    self.on_input(event);
+                }
+            }
+            Link::Down { .. } | Link::Idle => {
+                if self.input.is_reading() {
+                    if let Some(event) = self.input.next_event(POLL_INTERVAL) {
+                        self.on_input(event);
+                    }
+                } else {
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        let Some(ended_at) = self.input_ended_at else {
+            return false;
+        };
+        !self.busy() && self.catchup.is_none() && ended_at.elapsed() >= self.options.wait
+    }
+
+    /// True while a command (or the client's own resume) awaits an answer.
+    fn busy(&self) -> bool {
+        self.pending.is_some() || self.resuming || self.awaiting_secret.is_some()
+    }
+
+    fn shut_down(&mut self) {
+        if let Link::Up(connection) = std::mem::replace(&mut self.link, Link::Idle) {
+            connection.close();
+        }
+        self.persist_highest_seen();
+    }
+
+    // ----- input -------------------------------------------------------------
+
+    fn request_input_if_ready(&mut self) {
+        if self.input.is_reading()
+            || self.input_ended_at.is_some()
+            || self.busy()
+            || !self.ever_connected
+        {
+            return;
+        }
+        let prompt = match &self.identity {
+            Some(identity) => format!("{}> ", identity.username),
+            None => "> ".to_string(),
+        };
+        self.out.show_prompt(&prompt);
+        self.input.request_line();
+    }
+
+    fn on_input(&mut self, event: InputEvent) {
+        self.out.prompt_answered();
+        match (event, self.awaiting_secret.take()) {
+            (InputEvent::Line(secret), Some(command)) => self.on_secret(command, secret),
+            (InputEvent::Line(line), None) => match parse_line(&line) {
+                Ok(command) => self.start(command),
+                Err(error) => self.fail(&error.to_string()),
+            },
+            (InputEvent::End, waiting) => {
+                if waiting.is_some() {
+                    self.fail("no password given");
+                }
+                if self.options.interactive {
+                    // Ctrl-D at the prompt: end the prompt line neatly.
+                    println!();
+                }
+                self.input_ended_at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn on_secret(&mut self, command: Command, secret: String) {
+        if secret.is_empty() {
+            self.fail("no password given");
+            return;
+        }
+        let command = match command {
+            Command::Register {
+                username, email, ..
+            } => Command::Register {
+                username,
+                email,
+                secret: Some(secret),
+            },
+            Command::Login { username, .. } => Command::Login {
+                username,
+                secret: Some(secret),
+            },
+            other => other,
+        };
+        self.start(command);
+    }
+
+    /// Asks for the secret of `command` on a terminal; a script must give it
+    /// on the line.
+    fn ask_secret(&mut self, command: Command) {
+        if !self.options.interactive {
+            let usage = match command {
+                Command::Register { .. } => "/register USER EMAIL PASSWORD",
+                _ => "/login USER PASSWORD",
+            };
+            self.fail(&format!(
+                "a password is needed; in a script it follows on the line: {usage}"
+            ));
+            return;
+        }
+        self.awaiting_secret = Some(command);
+        self.out.show_prompt("password: ");
+        self.input.request_secret();
+    }
+
+    // ----- commands ----------------------------------------------------------
+
+    fn start(&mut self, command: Command) {
+        match command {
+            Command::Nothing => {}
+            Command::Help => {
+                for line in HELP.lines() {
+                    self.out.result(line);
+                }
+            }
+            Command::Whoami => self.whoami(),
+            Command::Quit => self.exit_code = Some(self.exit_code_so_far()),
+            Command::Register { secret: None, .. } | Command::Login { secret: None, .. } => {
+                self.start_login_without_secret(command)
+            }
+            Command::Register {
+                username,
+                email,
+                secret: Some(secret),
+            } => self.submit(
+                Asked::Register {
+                    username: username.clone(),
+                },
+                ClientMessage::Register(Register {
+                    username,
+                    secret,
+                    email,
+                }),
+            ),
+            Command::Login {
+                username,
+                secret: Some(secret),
+            } => self.login(username, secret),
+            Command::Logout => self.logout(),
+            Command::Message { to, text } => self.message(to, text),
+            Command::History { with, limit } => self.submit(
+                Asked::History { with: with.clone() },
+                ClientMessage::GetHistory(GetHistory {
+                    chat_id: with,
+                    before: None,
+                    limit: limit.map(i64::from),
+                }),
+            ),
+            Command::Friends => self.submit(Asked::Friends, ClientMessage::GetDirectory),
+            Command::Add { username } => self.submit(
+                Asked::Add {
+                    username: username.clone(),
+                },
+                ClientMessage::AddContact(UserRef { username }),
+            ),
+            Command::Remove { username } => self.submit(
+                Asked::Remove {
+                    username: username.clone(),
+                },
+                ClientMessage::RemoveContact(UserRef { username }),
+            ),
+        }
+    }
+
+    fn exit_code_so_far(&self) -> i32 {
+        if self.failures > 0 {
+            EXIT_COMMAND_FAILED
+        } else {
+            EXIT_OK
+        }
+    }
+
+    fn whoami(&mut self) {
+        let line = match &self.identity {
+            Some(identity) if !self.resuming => {
+                format!("logged in as {} on {}", identity.username, self.options.url)
+            }
+            _ => format!("not logged in (server {})", self.options.url),
+        };
+        self.out.result(&line);
+    }
+
+    /// `/login USER` with no secret: nothing to ask if already logged in as
+    /// USER (for example by a resumed session).
+    fn start_login_without_secret(&mut self, command: Command) {
+        if let Command::Login { username, .. } = &command {
+            if self.logged_in_as(username) {
+                let line = format!("already logged in as {username}");
+                self.out.result(&line);
+                return;
+            }
+        }
+        self.ask_secret(command);
+    }
+
+    fn logged_in_as(&self, username: &str) -> bool {
+        matches!(&self.identity, Some(identity) if identity.username == username)
+    }
+
+    fn login(&mut self, username: String, secret: String) {
+        if self.logged_in_as(&username) {
+            self.out.result(&format!("already logged in as {username}"));
+            return;
+        }
+        if let Some(previous) = self.identity.take() {
+            // Switching users: leave the old session alive on the server (it
+            // can still be resumed elsewhere) and log in on a new connection,
+            // because a connection is logged in as at most one user.
+            self.out.notice(&format!(
+                "* leaving {}'s session to log in as {username}",
+                previous.username
+            ));
+            self.drop_link_quietly();
+        }
+        self.submit(
+            Asked::Login {
+                username: username.clone(),
+                resume: false,
+            },
+            ClientMessage::Login(Login {
+                username,
+                secret: Some(secret),
+                session_id: None,
+            }),
+        );
+    }
+
+    fn logout(&mut self) {
+        let Some(identity) = &self.identity else {
+            self.fail("logout failed: you are not logged in");
+            return;
+        };
+        let username = Some(identity.username.clone());
+        self.submit(Asked::Logout, ClientMessage::Logout(Logout { username }));
+    }
+
+    fn message(&mut self, to: String, text: String) {
+        self.client_message_count += 1;
+        // The client's own id makes the Ack traceable in --json output.
+        let message_id = format!("chat-{}-{}", std::process::id(), self.client_message_count);
+        self.submit(
+            Asked::Message {
+                to: to.clone(),
+                text: text.clone(),
+            },
+            ClientMessage::Message(SendMessage {
+                dest_id: Some(to),
+                group_id: None,
+                content: text,
+                message_id: Some(message_id),
+                source_id: None,
+                is_encrypted: false,
+            }),
+        );
+    }
+
+    /// Queues a command for the server; it is sent once the link is ready.
+    fn submit(&mut self, asked: Asked, request: ClientMessage) {
+        assert!(self.pending.is_none(), "one command at a time");
+        self.pending = Some(Pending {
+            asked,
+            request,
+            sent: false,
+            deadline: Instant::now() + ANSWER_TIMEOUT,
+        });
+        self.send_pending_if_ready();
+    }
+
+    fn send_pending_if_ready(&mut self) {
+        if self.resuming || !matches!(self.link, Link::Up(_)) {
+            return;
+        }
+        let Some(pending) = self.pending.as_mut().filter(|pending| !pending.sent) else {
+            return;
+        };
+        pending.sent = true;
+        let frame = encode_client(&pending.request);
+        self.send_frame(frame);
+    }
+
+    fn expire_pending(&mut self) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        if Instant::now() < pending.deadline {
+            return;
+        }
+        let reason = if pending.sent {
+            format!(
+                "no answer from the server within {} s",
+                ANSWER_TIMEOUT.as_secs()
+            )
+        } else {
+            "not connected to the server".to_string()
+        };
+        self.fail_pending(&reason);
+    }
+
+    fn fail_pending(&mut self, reason: &str) {
+        if let Some(pending) = self.pending.take() {
+            self.fail(&format!("{}: {reason}", pending.asked.failure_prefix()));
+        }
+    }
+
+    fn fail(&mut self, line: &str) {
+        self.failures += 1;
+        self.out.failure(line);
+    }
+
+    /// Takes the pending command if `matches` says this answer is for it.
+    fn take_pending(&mut self, matches: impl Fn(&Asked) -> bool) -> Option<Asked> {
+        match &self.pending {
+            Some(pending) if pending.sent && matches(&pending.asked) => {
+                self.pending.take().map(|pending| pending.asked)
+            }
+            _ => None,
+        }
+    }
+
+    // ----- the connection ----------------------------------------------------
+
+    fn maintain_link(&mut self) {
+        match self.link {
+            Link::Idle if self.pending.as_ref().is_some_and(|pending| !pending.sent) => {
+                self.link = Link::Down {
+                    retry_at: Instant::now(),
+                    attempts: 0,
+                };
+            }
+            Link::Down { retry_at, attempts } if Instant::now() >= retry_at => {
+                self.connect(attempts);
+            }
+            _ => {}
+        }
+    }
+
+    fn connect(&mut self, attempts: u32) {
+        match Connection::open(&self.options.url) {
+            Ok(connection) => {
+                if self.ever_connected && self.identity.is_some() {
+                    self.out.notice("* reconnected");
+                }
+                self.ever_connected = true;
+                self.link = Link::Up(connection);
+                self.resume_if_logged_in();
+            }
+            Err(why) if !self.ever_connected => {
+                self.out
+                    .failure(&format!("cannot connect to {}: {why}", self.options.url));
+                self.exit_code = Some(EXIT_NO_SERVER);
+            }
+            Err(why) => {
+                let attempts = attempts + 1;
+                if !self.options.interactive && attempts >= SCRIPT_RECONNECT_ATTEMPTS_MAX {
+                    self.fail_pending("the server cannot be reached");
+                    self.out.failure(&format!(
+                        "giving up after {attempts} attempts to reconnect: {why}"
+                    ));
+                    self.exit_code = Some(EXIT_NO_SERVER);
+                    return;
+                }
+                let delay = reconnect_delay(attempts);
+                self.out.notice(&format!(
+                    "* cannot reconnect ({why}); trying again in {:.1} s",
+                    delay.as_secs_f64()
+                ));
+                self.link = Link::Down {
+                    retry_at: Instant::now() + delay,
+                    attempts,
+                };
+            }
+        }
+    }
+
+    fn resume_if_logged_in(&mut self) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let frame = encode_client(&ClientMessage::Login(Login {
+            username: identity.username.clone(),
+            secret: None,
+            session_id: Some(identity.session_id.clone()),
+        }));
+        self.resuming = true;
+        self.send_frame(frame);
+    }
+
+    fn send_frame(&mut self, frame: String) {
+        let Link::Up(connection) = &mut self.link else {
+            return;
+        };
+        if let Err(why) = connection.send(frame) {
+            self.on_link_lost(why);
+        }
+    }
+
+    /// Closes the connection without treating it as a failure (after logout,
+    /// or to log in as someone else).
+    fn drop_link_quietly(&mut self) {
+        if let Link::Up(connection) = std::mem::replace(&mut self.link, Link::Idle) {
+            connection.close();
+        }
+        self.resuming = false;
+        self.catchup = None;
+    }
+
+    fn on_link_lost(&mut self, why: String) {
+        self.resuming = false;
+        self.catchup = None;
+        if self.pending.as_ref().is_some_and(|pending| pending.sent) {
+            self.fail_pending("the connection was lost before the server answered");
+        }
+        if self.identity.is_some() {
+            self.out.notice(&format!("* {why}; reconnecting"));
+            self.link = Link::Down {
+                retry_at: Instant::now() + reconnect_delay(0),
+                attempts: 0,
+            };
+        } else {
+            // Nothing to resume: connect again when a command needs it.
+            self.out.notice(&format!("* {why}"));
+            self.link = Link::Idle;
+        }
+    }
+
+    fn on_received(&mut self, received: Received) {
+        match received {
+            Received::Idle => {}
+            Received::Frame(text) => {
+                self.on_frame(&text);
+                // Saved before anything else happens, so the file is never
+                // behind what the user has been shown.
+                self.persist_highest_seen();
+            }
+            Received::Binary => self.out.notice("* ignoring a binary frame from the server"),
+            Received::Closed(why) => self.on_link_lost(why),
+        }
+    }
+
+    // ----- answers and events -----------------------------------------------
+
+    fn on_frame(&mut self, text: &str) {
+        self.out.frame(&one_line(text));
+        let message = match decode_server(text) {
+            Ok(message) => message,
+            Err(error) => {
+                self.out.notice(&format!(
+                    "* ignoring a frame this client does not understand: {error}"
+                ));
+                return;
+            }
+        };
+        match message {
+            ServerMessage::Message(delivered) => self.on_delivered(delivered),
+            ServerMessage::SuccessRegister(registered) => {
+                if self
+                    .take_pending(|asked| matches!(asked, Asked::Register { .. }))
+                    .is_some()
+                {
+                    let name = registered.username;
+                    self.out
+                        .result(&format!("registered {name}; now /login {name}"));
+                }
+            }
+            ServerMessage::SuccessLogin(success) => {
+                self.on_success_login(success, frame_time(text))
+            }
+            ServerMessage::SuccessLogout(_) => self.on_logged_out(),
+            ServerMessage::Ack(ack) => self.on_ack(ack.message_id, frame_time(text)),
+            ServerMessage::History(history) => {
+                if self
+                    .take_pending(|asked| matches!(asked, Asked::History { .. }))
+                    .is_some()
+                {
+                    for line in render::history_lines(&history, &Stamper::local_now()) {
+                        self.out.result(&line);
+                    }
+                }
+            }
+            ServerMessage::Directory(directory) => self.on_directory(&directory),
+            ServerMessage::Presence(presence) => self.out.event(&render::presence_line(&presence)),
+            ServerMessage::ContactRequest(request) => {
+                self.out.event(&render::contact_request_line(&request))
+            }
+            ServerMessage::FailRegister(failed) => {
+                if let Some(Asked::Register { username }) =
+                    self.take_pending(|asked| matches!(asked, Asked::Register { .. }))
+                {
+                    self.fail(&render::register_failure(&username, failed.error_type));
+                }
+            }
+            ServerMessage::FailLogin(failed) => {
+                if self.resuming {
+                    self.on_resume_failed(&render::login_failure(true, failed.error_type));
+                } else if self
+                    .take_pending(|asked| matches!(asked, Asked::Login { .. }))
+                    .is_some()
+                {
+                    self.fail(&render::login_failure(false, failed.error_type));
+                }
+            }
+            ServerMessage::Error(error) => self.on_error(&error),
+            ServerMessage::Synced(synced) => self.on_synced(synced),
+            // Pong answers nothing this client sends on its own; keys and
+            // groups are not part of the line client yet.
+            ServerMessage::Pong
+            | ServerMessage::Key(_)
+            | ServerMessage::GroupInfo(_)
+            | ServerMessage::Groups(_) => {}
+        }
+    }
+
+    /// A sent message is shown once the server has stored it.
+    fn on_ack(&mut self, message_id: i64, server_time: Option<i64>) {
+        let Some(Asked::Message { to, text }) =
+            self.take_pending(|asked| matches!(asked, Asked::Message { .. }))
+        else {
+            return;
+        };
+        self.seen.record(message_id);
+        let me = self.my_name().unwrap_or_default();
+        let sent = Delivered {
+            message_id,
+            source_id: me.clone(),
+            dest_id: Some(to),
+            group_id: None,
+            content: text,
+            is_encrypted: false,
+            time: server_time.unwrap_or_else(unix_now),
+        };
+        let line = render::message_line(&sent, Some(&me), &Stamper::local_now());
+        self.out.result(&line);
+    }
+
+    fn my_name(&self) -> Option<String> {
+        self.identity
+            .as_ref()
+            .map(|identity| identity.username.clone())
+    }
+
+    fn on_delivered(&mut self, delivered: Delivered) {
+        if !self.seen.record(delivered.message_id) {
+            return;
+        }
+        let me = self.my_name();
+        let line = render::message_line(&delivered, me.as_deref(), &Stamper::local_now());
+        self.out.event(&line);
+    }
+
+    fn on_success_login(&mut self, success: SuccessLogin, server_time: Option<i64>) {
+        let resumed = self.resuming;
+        if !resumed
+            && self
+                .take_pending(|asked| matches!(asked, Asked::Login { .. }))
+                .is_none()
+        {
+            return;
+        }
+        self.resuming = false;
+        let first_login = self.first_login_time.is_none();
+        self.first_login_time = self.first_login_time.or(server_time).or(Some(unix_now()));
+        if self.seen_owner.as_deref() != Some(success.username.as_str()) {
+            // Another user's high-water mark says nothing about this one's.
+            self.seen = SeenIds::default();
+            self.saved_highest = 0;
+            self.seen_owner = Some(success.username.clone());
+        }
+        let session_id = success.session_id.or_else(|| {
+            self.identity
+                .as_ref()
+                .map(|identity| identity.session_id.clone())
+        });
+        if let Some(session_id) = session_id {
+            self.identity = Some(Identity {
+                username: success.username.clone(),
+                session_id,
+            });
+            self.save_session();
+        }
+        if resumed {
+            self.out
+                .notice(&format!("* resumed the session of {}", success.username));
+            self.start_catchup(!first_login);
+        } else {
+            self.out
+                .result(&format!("logged in as {}", success.username));
+        }
+    }
+
+    fn on_resume_failed(&mut self, reason: &str) {
+        self.resuming = false;
+        self.identity = None;
+        self.forget_session();
+        self.out.notice(&format!("* {reason}"));
+    }
+
+    fn on_logged_out(&mut self) {
+        if self
+            .take_pending(|asked| matches!(asked, Asked::Logout))
+            .is_none()
+        {
+            return;
+        }
+        let name = self.my_name().unwrap_or_default();
+        self.identity = None;
+        self.forget_session();
+        self.out.result(&format!("logged out {name}"));
+        // The server closes this connection now; a later command opens a
+        // fresh one.
+        self.drop_link_quietly();
+    }
+
+    fn on_directory(&mut self, directory: &Directory) {
+        let Some(asked) = self.take_pending(|asked| {
+            matches!(
+                asked,
+                Asked::Friends | Asked::Add { .. } | Asked::Remove { .. }
+            )
+        }) else {
+            return;
+        };
+        let lines = match asked {
+            Asked::Add { username } => vec![render::added_line(&username, directory)],
+            Asked::Remove { username } => vec![format!("removed {username}")],
+            _ => render::directory_lines(directory, &Stamper::local_now()),
+        };
+        for line in lines {
+            self.out.result(&line);
+        }
+    }
+
+    fn on_error(&mut self, error: &ServerError) {
+        let tag_is = |tag: u8| error.ref_tag == Some(i64::from(tag));
+        if self.resuming && tag_is(2) {
+            self.on_resume_failed(&render::error_failure(
+                Some(&Asked::Login {
+                    username: self.my_name().unwrap_or_default(),
+                    resume: true,
+                }),
+                error,
+            ));
+            return;
+        }
+        if self.catchup.is_some() && tag_is(16) {
+            self.catchup = None;
+            let text = render::error_failure(None, error);
+            self.out
+                .notice(&format!("* could not fetch missed messages: {text}"));
+            return;
+        }
+        let for_pending = self.pending.as_ref().is_some_and(|pending| {
+            pending.sent
+                && (error.ref_tag.is_none()
+                    || error.ref_tag == Some(i64::from(pending.request.tag())))
+        });
+        if for_pending {
+            let asked = self.pending.take().map(|pending| pending.asked);
+            self.fail(&render::error_failure(asked.as_ref(), error));
+        } else {
+            self.out.notice(&render::error_failure(None, error));
+        }
+    }
+
+    // ----- catching up -------------------------------------------------------
+
+    /// After a resume, fetches what was missed since the highest id seen.
+    /// With nothing seen yet, only a reconnect has anything to catch up on:
+    /// what arrived since this run first logged in, not the whole history.
+    fn start_catchup(&mut self, reconnected: bool) {
+        let since = self.seen.highest();
+        let floor_time = match (since, reconnected) {
+            (0, true) => self.first_login_time,
+            (0, false) => return,
+            _ => None,
+        };
+        self.catchup = Some(Catchup { floor_time });
+        self.request_sync_page(since);
+    }
+
+    fn request_sync_page(&mut self, since: i64) {
+        let frame = encode_client(&ClientMessage::Sync(Sync {
+            since,
+            limit: Some(SYNC_PAGE_LIMIT),
+        }));
+        self.send_frame(frame);
+    }
+
+    fn on_synced(&mut self, synced: Synced) {
+        let Some(catchup) = &self.catchup else {
+            return;
+        };
+        let floor_time = catchup.floor_time;
+        let mut page_top = self.seen.highest();
+        for delivered in synced.data {
+            page_top = page_top.max(delivered.message_id);
+            if floor_time.is_some_and(|floor| delivered.time < floor) {
+                self.seen.record(delivered.message_id);
+            } else {
+                self.on_delivered(delivered);
+            }
+        }
+        if synced.has_more {
+            self.request_sync_page(page_top);
+        } else {
+            self.catchup = None;
+        }
+    }
+
+    // ----- the session file --------------------------------------------------
+
+    fn save_session(&mut self) {
+        let (Some(path), Some(identity)) = (&self.options.session_file, &self.identity) else {
+            return;
+        };
+        let saved = SavedSession {
+            url: self.options.url.clone(),
+            username: identity.username.clone(),
+            session_id: identity.session_id.clone(),
+            last_message_id: self.seen.highest(),
+        };
+        match session::save(path, &saved) {
+            Ok(()) => self.saved_highest = saved.last_message_id,
+            Err(error) => self.out.notice(&format!(
+                "* could not save the session to {}: {error}",
+                path.display()
+            )),
+        }
+    }
+
+    fn persist_highest_seen(&mut self) {
+        if self.identity.is_some() && !self.resuming && self.seen.highest() > self.saved_highest {
+            self.save_session();
+        }
+    }
+
+    fn forget_session(&mut self) {
+        self.saved_highest = 0;
+        if let Some(path) = &self.options.session_file {
+            if let Err(error) = session::forget(path) {
+                self.out.notice(&format!(
+                    "* could not remove the session file {}: {error}",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+/// The `time` of a server frame (every server frame carries one); the
+/// protocol types do not keep it for answers, so it is read separately.
+fn frame_time(text: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Timed {
+        time: Option<i64>,
+    }
+    serde_json::from_str::<Timed>(text).ok()?.time
+}
+
+/// A frame on one line for `--json` (the server sends compact JSON already;
+/// this only matters if a frame holds a raw line break between fields).
+fn one_line(text: &str) -> String {
+    if !text.contains('\n') {
+        return text.to_string();
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|value| value.to_string())
+        .unwrap_or_else(|_| text.replace('\n', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_doubles_up_to_the_cap() {
+        assert_eq!(reconnect_delay(0), Duration::from_millis(250));
+        assert_eq!(reconnect_delay(1), Duration::from_millis(500));
+        assert_eq!(reconnect_delay(3), Duration::from_secs(2));
+        assert_eq!(reconnect_delay(10), RECONNECT_DELAY_MAX);
+        assert_eq!(reconnect_delay(u32::MAX), RECONNECT_DELAY_MAX);
+    }
+
+    #[test]
+    fn frame_time_and_one_line() {
+        assert_eq!(
+            frame_time(r#"{"tag":24,"time":17,"message_id":3}"#),
+            Some(17)
+        );
+        assert_eq!(frame_time(r#"{"tag":24}"#), None);
+        assert_eq!(
+            one_line("{\"tag\":\n32,\"time\":1}"),
+            r#"{"tag":32,"time":1}"#
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! One WebSocket client connection over a non-blocking mio `TcpStream`.
+//!
+//! The connection is an explicit state machine driven by readiness events:
+//! `Connecting` (non-blocking TCP connect issued) → `Handshaking` (tungstenite's
+//! `MidHandshake`, resumed on every event until it stops returning WouldBlock)
+//! → `Open` → `Closed`. [`Conn::on_ready`] advances it and collects what
+//! happened; it never blocks.
+
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::TcpStream;
+use protocol::{decode_server, ServerMessage};
+use tungstenite::client::client_with_config;
+use tungstenite::handshake::client::ClientHandshake;
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+/// Where a connection is in its life.
+pub enum State {
+    /// TCP connect in progress; writable means it finished (or failed).
+    Connecting(TcpStream),
+    /// HTTP upgrade in progress.
+    Handshaking(Box<MidHandshake<ClientHandshake<TcpStream>>>),
+    /// Frames flow.
+    Open(Box<WebSocket<TcpStream>>),
+    /// Finished; the socket is dropped.
+    Closed,
+}
+
+impl State {
+    /// True once frames may be sent.
+    pub fn is_open(&self) -> bool {
+        matches!(self, State::Open(_))
+    }
+
+    /// True after the connection ended (for any reason).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, State::Closed)
+    }
+}
+
+/// What one readiness event produced.
+#[derive(Debug)]
+pub enum Happened {
+    /// The handshake completed.
+    Opened,
+    /// A text frame from the server, decoded.
+    Frame(ServerMessage),
+    /// A frame that did not decode (counted as a protocol error by scenarios).
+    Undecodable(String),
+    /// The connection ended; the string says why.
+    Closed(String),
+}
+
+/// One client connection.
+pub struct Conn {
+    state: State,
+    url: String,
+    config: WebSocketConfig,
+    /// Frames were written into tungstenite's buffer but not yet flushed.
+    unflushed: bool,
+}
+
+impl Conn {
+    /// Starts a non-blocking connect; the caller registers [`Conn::stream_mut`].
+    pub fn connect(addr: SocketAddr, config: WebSocketConfig) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        Ok(Conn {
+            state: State::Connecting(stream),
+            url: format!("ws://{addr}/"),
+            config,
+            unflushed: false,
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The socket, for (de)registration; None once closed.
+    pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.state {
+            State::Connecting(stream) => Some(stream),
+            State::Handshaking(mid) => Some(mid.get_mut().get_mut()),
+            State::Open(ws) => Some(ws.get_mut()),
+            State::Closed => None,
+        }
+    }
+
+    /// True when written frames wait for a flush.
+    pub fn is_unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Queues one text frame (sent by the next [`Conn::flush`]). Returns false
+    /// when the connection is not open.
+    pub fn write_text(&mut self, text: String) -> bool {
+        let State::Open(ws) = &mut self.state else {
+            return false;
+        };
+        match ws.write(Message::text(text)) {
+            Ok(()) => {
+                self.unflushed = true;
+                true
+            }
+            // The frame sits in tungstenite's buffer; a flush retries it.
+            Err(tungstenite::Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.unflushed = true;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Writes out buffered frames; WouldBlock leaves them for the next
+    /// writable event. Returns the close reason if the connection broke.
+    pub fn flush(&mut self) -> Option<String> {
+        let State::Open(ws) = &mut self.state else {
+            self.unflushed = false;
+            return None;
+        };
+        match ws.flush() {
+            Ok(()) => {
+                self.unflushed = false;
+                None
+            }
+            Err(tungstenite::Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => None,
+            Err(error) => Some(self.close(format!("write: {error}"))),
+        }
+    }
+
+    /// Drops the socket. Returns the reason, for reporting.
+    pub fn close(&mut self, reason: String) -> String {
+        self.state = State::Closed;
+        self.unflushed = false;
+        reason
+    }
+
+    /// Advances the machine after a readiness event, appending what happened.
+    /// Spurious events are harmless: every step stops at WouldBlock.
+    pub fn on_ready(&mut self, out: &mut Vec<Happened>) {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        self.state = match state {
+            State::Connecting(stream) => self.after_connect(stream, out),
+            State::Handshaking(mid) => self.after_handshake_round(mid.handshake(), out),
+            other => other,
+        };
+        if self.state.is_open() {
+            // A handshake may have read frames along with the HTTP response,
+            // so reading right after Opened is required, not an optimisation.
+            self.read_frames(out);
+        }
+        if self.state.is_open() && self.unflushed {
+            if let Some(reason) = self.flush() {
+                out.push(Happened::Closed(reason));
+            }
+        }
+    }
+
+    /// Connecting → Handshaking/Open, or stays Connecting on a spurious event.
+    fn after_connect(&self, stream: TcpStream, out: &mut Vec<Happened>) -> State {
+        match stream.take_error() {
+            Ok(Some(error)) | Err(error) => {
+                out.push(Happened::Closed(format!("connect: {error}")));
+                return State::Closed;
+            }
+            Ok(None) => {}
+        }
+        match stream.peer_addr() {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotConnected => {
+                return State::Connecting(stream)
+            }
+            Err(error) => {
+                out.push(Happened::Closed(format!("connect: {error}")));
+                return State::Closed;
+            }
+        }
+        // Latency is the point of the exercise: never let Nagle hold a frame.
+        let _ = stream.set_nodelay(true);
+        let started = client_with_config(self.url.as_str(), stream, Some(self.config));
+        self.after_handshake_round(started, out)
+    }
+
+    /// Maps one round of the handshake machine to the next state.
+    fn after_handshake_round(
+        &self,
+        result: Result<
+            (
+                WebSocket<TcpStream>,
+                tungstenite::handshake::client::Response,
+            ),
+            HandshakeError<ClientHandshake<TcpStream>>,
+        >,
+        out: &mut Vec<Happened>,
+    ) -> State {
+        match result {
+            Ok((ws, _response)) => {
+                out.push(Happened::Opened);
+                State::Open(Box::new(ws))
+            }
+            Err(HandshakeError::Interrupted(mid)) => State::Handshaking(Box::new(mid)),
+            Err(HandshakeError::Failure(error)) => {
+                out.push(Happened::Closed(format!("handshake: {error}")));
+                State::Closed
+            }
+        }
+    }
+
+    /// Reads and decodes every frame available, until WouldBlock.
+    fn read_frames(&mut self, out: &mut Vec<Happened>) {
+        let State::Open(ws) = &mut self.state else {
+            return;
+        };
+        let reason = loop {
+            match ws.read() {
+                Ok(Message::Text(text)) => match decode_server(text.as_str()) {
+                    Ok(message) => out.push(Happened::Frame(message)),
+                    Err(error) => out.push(Happened::Undecodable(format!("{error:?}: {text}"))),
+                },
+                Ok(Message::Close(frame)) => {
+                    // Best effort: let tungstenite send its close reply.
+                    let _ = ws.flush();
+                    break match frame {
+                        Some(frame) => format!("server closed ({} {})", frame.code, frame.reason),
+                        None => "server closed".to_string(),
+                    };
+                }
+                // Pings are answered by tungstenite on the next read/flush.
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return
+                }
+                Err(tungstenite::Error::ConnectionClosed) => break "connection closed".to_string(),
+                Err(error) => break format!("read: {error}"),
+            }
+        };
+        out.push(Happened::Closed(self.close(reason)));
+    }
+}

@@ -1,0 +1,311 @@
+//! `messages`: pairs of logged-in users exchanging 1:1 messages, closed loop
+//! (a window of unacknowledged messages per sender) or at a fixed aggregate
+//! rate, for a fixed time; then a grace period for the last deliveries.
+//!
+//! With `threads > 1` the pairs are split over independent shards, each with
+//! its own `Poll`; tallies are merged at the end.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{secs_to_nanos, Common};
+use crate::load::exchange::{Exchange, Tally, TallySummary};
+use crate::load::pool::{Pool, READ_BUFFER_BUSY_BYTES};
+use crate::load::progress::{Printer, Progress};
+use crate::load::report::{count, rate, Table};
+use crate::load::setup::logged_in_users;
+use crate::load::{load_error, now_nanos, LoadError};
+
+/// How senders pace themselves.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// Closed loop: each sender keeps this many messages unacknowledged.
+    Window(usize),
+    /// Open loop: this many messages per second in total, round-robin.
+    Rate(f64),
+}
+
+/// The `messages` scenario's knobs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Users (rounded up to an even number).
+    pub users: usize,
+    /// Pacing.
+    pub pace: Pace,
+    /// Seconds of sending.
+    pub duration_secs: f64,
+    /// Seconds to wait after sending for the last acks and deliveries.
+    pub grace_secs: f64,
+    /// Shards, each a thread with its own `Poll`.
+    pub threads: usize,
+    /// Minimum content length of each message.
+    pub content_bytes: usize,
+}
+
+/// The machine-readable result.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// `"messages"`.
+    pub scenario: &'static str,
+    /// The run id in usernames.
+    pub run_id: String,
+    /// Users exchanging messages.
+    pub users: usize,
+    /// `"window"` or `"rate"`.
+    pub mode: &'static str,
+    /// Closed-loop window, if any.
+    pub window: Option<usize>,
+    /// Target rate, if any.
+    pub target_rate: Option<f64>,
+    /// Seconds of sending.
+    pub duration_secs: f64,
+    /// Shards.
+    pub threads: usize,
+    /// How late (ms) the most delayed send was against the rate schedule: a
+    /// large value means the load generator itself could not keep up.
+    pub max_send_lag_ms: f64,
+    /// Counts and latency.
+    #[serde(flatten)]
+    pub tally: TallySummary,
+    /// No message lost or left unanswered.
+    pub passed: bool,
+}
+
+impl Outcome {
+    /// The human table.
+    pub fn table(&self) -> Table {
+        let pace = match (self.window, self.target_rate) {
+            (Some(window), _) => format!("closed loop, window {window}"),
+            (_, Some(target)) => format!("rate {}", rate(target)),
+            _ => String::new(),
+        };
+        let mut table = Table::new(format!(
+            "messages: {} users, {pace}, {:.1} s, {} thread(s), run {}",
+            self.users, self.duration_secs, self.threads, self.run_id
+        ));
+        let t = &self.tally;
+        table
+            .row("sent", count(t.sent))
+            .row(
+                "acked",
+                format!("{:<14} {}", count(t.acked), rate(t.acked_per_sec)),
+            )
+            .row(
+                "delivered",
+                format!("{:<14} {}", count(t.delivered), rate(t.delivered_per_sec)),
+            )
+            .row(
+                "errors",
+                format!("{} {:?}", count(t.errors), t.errors_by_kind),
+            )
+            .row("unanswered", count(t.unanswered))
+            .row("lost", count(t.lost));
+        if self.target_rate.is_some() {
+            table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
+        }
+        table
+            .latency_header()
+            .latency("end-to-end", &t.end_to_end_latency)
+            .latency("ack", &t.ack_latency);
+        table
+    }
+}
+
+/// Runs the scenario.
+pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
+    let users = config.users.max(2).div_ceil(2) * 2;
+    let pairs = users / 2;
+    let threads = config.threads.clamp(1, pairs);
+    let progress = Arc::new(Progress::default());
+    let _printer = Printer::start("messages", progress.clone(), common.progress_secs);
+    let barrier = Barrier::new(threads);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<ShardOutcome, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|shard| {
+                // Pairs split as evenly as possible; a pair never spans shards.
+                let first = pairs * shard / threads * 2;
+                let last = pairs * (shard + 1) / threads * 2;
+                let names = common.names('l', first..last);
+                let pace = match config.pace {
+                    Pace::Rate(total) => Pace::Rate(total * (last - first) as f64 / users as f64),
+                    window => window,
+                };
+                let shard = Shard {
+                    common,
+                    config,
+                    pace,
+                    names,
+                    barrier: &barrier,
+                    failed: &failed,
+                    progress: &progress,
+                };
+                scope.spawn(move || shard.run())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(load_error("shard panicked")))
+            })
+            .collect()
+    });
+    let mut tally = Tally::default();
+    let mut max_send_lag_ms: f64 = 0.0;
+    for result in results {
+        let shard = result?;
+        tally.merge(&shard.tally);
+        max_send_lag_ms = max_send_lag_ms.max(shard.max_send_lag_ms);
+    }
+    let summary = tally.summary(config.duration_secs);
+    Ok(Outcome {
+        scenario: "messages",
+        run_id: common.run_id.clone(),
+        users,
+        mode: match config.pace {
+            Pace::Window(_) => "window",
+            Pace::Rate(_) => "rate",
+        },
+        window: match config.pace {
+            Pace::Window(window) => Some(window),
+            Pace::Rate(_) => None,
+        },
+        target_rate: match config.pace {
+            Pace::Rate(total) => Some(total),
+            Pace::Window(_) => None,
+        },
+        duration_secs: config.duration_secs,
+        threads,
+        max_send_lag_ms,
+        passed: summary.lost == 0 && summary.unanswered == 0,
+        tally: summary,
+    })
+}
+
+struct ShardOutcome {
+    tally: Tally,
+    max_send_lag_ms: f64,
+}
+
+/// One thread's share of the pairs.
+struct Shard<'a> {
+    common: &'a Common,
+    config: &'a Config,
+    pace: Pace,
+    names: Vec<String>,
+    barrier: &'a Barrier,
+    failed: &'a AtomicBool,
+    progress: &'a Progress,
+}
+
+impl Shard<'_> {
+    fn run(self) -> Result<ShardOutcome, LoadError> {
+        let pool = Pool::new(self.common.addr, READ_BUFFER_BUSY_BYTES)
+            .map_err(|error| load_error(format!("poll: {error}")));
+        let setup = pool.and_then(|mut pool| {
+            let deadline = self.common.setup_deadline();
+            let conns = logged_in_users(
+                &mut pool,
+                &self.names,
+                self.common.setup_concurrency,
+                deadline,
+                self.progress,
+            )?;
+            Ok((pool, conns))
+        });
+        // Every shard reaches the barrier, so one that failed cannot strand
+        // the others; then all of them stop.
+        if setup.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        self.barrier.wait();
+        let (mut pool, conns) = setup?;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(load_error("another shard failed to set up"));
+        }
+        let users = self.names.iter().cloned().zip(conns).collect();
+        let mut exchange = Exchange::new(users, self.config.content_bytes);
+        let max_send_lag_ms = self.send_for_duration(&mut pool, &mut exchange)?;
+        drain(
+            &mut pool,
+            &mut exchange,
+            self.config.grace_secs,
+            self.progress,
+        )?;
+        Ok(ShardOutcome {
+            tally: exchange.finish(),
+            max_send_lag_ms,
+        })
+    }
+
+    /// The measured phase; returns the largest send lag (rate mode).
+    fn send_for_duration(
+        &self,
+        pool: &mut Pool,
+        exchange: &mut Exchange,
+    ) -> Result<f64, LoadError> {
+        let start = now_nanos();
+        let end = start + secs_to_nanos(self.config.duration_secs);
+        exchange.set_window(start, end);
+        let mut events = Vec::new();
+        let mut max_lag_nanos = 0;
+        loop {
+            let now = now_nanos();
+            if now >= end {
+                break;
+            }
+            let timeout = match self.pace {
+                Pace::Window(window) => {
+                    exchange.fill_windows(pool, window, now);
+                    Duration::from_nanos((end - now).min(10_000_000))
+                }
+                Pace::Rate(per_sec) => {
+                    let due = ((now - start) as f64 * per_sec / 1e9) as u64;
+                    if due > exchange.sent() {
+                        let scheduled = start + (exchange.sent() as f64 * 1e9 / per_sec) as u64;
+                        max_lag_nanos = max_lag_nanos.max(now.saturating_sub(scheduled));
+                        exchange.send_due(pool, due, now);
+                    }
+                    // epoll waits in whole milliseconds; 1 ms is the finest
+                    // pacing that does not spin a core.
+                    Duration::from_millis(1)
+                }
+            };
+            events.clear();
+            pool.poll(timeout, &mut events)
+                .map_err(|error| load_error(format!("poll: {error}")))?;
+            let now = now_nanos();
+            for event in &events {
+                exchange.on_event(event, now, self.progress);
+            }
+        }
+        Ok(max_lag_nanos as f64 / 1e6)
+    }
+}
+
+/// After sending stops: waits up to `grace_secs` for every in-flight message
+/// to be acked and every acked message to be delivered.
+pub fn drain(
+    pool: &mut Pool,
+    exchange: &mut Exchange,
+    grace_secs: f64,
+    progress: &Progress,
+) -> Result<(), LoadError> {
+    let deadline = now_nanos() + secs_to_nanos(grace_secs);
+    let mut events = Vec::new();
+    while exchange.outstanding() > 0 && now_nanos() < deadline {
+        events.clear();
+        pool.poll(Duration::from_millis(10), &mut events)
+            .map_err(|error| load_error(format!("poll: {error}")))?;
+        let now = now_nanos();
+        for event in &events {
+            exchange.on_event(event, now, progress);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! End-to-end tests of the `chat` line client against a real `chat-server`
+//! (ephemeral port, temporary data directory), driving `chat` through piped
+//! stdin exactly as a script would.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{chat_command, free_port, register_all, run_script, Live, Server};
+
+/// Register, log in and send: each command's result on stdout, exit code 0.
+#[test]
+fn register_login_and_send_in_a_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let finished = run_script(
+        chat_command(&server.url(), &dir.path().join("alice.json")),
+        "/register alice alice@example.com password1\n\
+         /register bob bob@example.com password2\n\
+         /login alice password1\n\
+         /whoami\n\
+         @bob hello bob\n",
+    );
+    assert_eq!(finished.code, 0, "{finished:?}");
+    assert_eq!(finished.stderr, "");
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(lines[0], "registered alice; now /login alice");
+    assert_eq!(lines[1], "registered bob; now /login bob");
+    assert_eq!(lines[2], "logged in as alice");
+    assert_eq!(lines[3], format!("logged in as alice on {}", server.url()));
+    assert!(
+        lines[4].starts_with('[') && lines[4].ends_with("] alice → bob: hello bob"),
+        "{lines:?}"
+    );
+}
+
+/// A wrong password and an unknown user are reported in plain words on
+/// stderr, the script goes on, and the exit code says something failed.
+#[test]
+fn failures_are_worded_for_people_and_fail_the_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(&server, dir.path(), &[("alice", "password1")]);
+    let finished = run_script(
+        chat_command(&server.url(), &dir.path().join("alice.json")),
+        "/login alice not-the-password\n\
+         /login nobody password1\n\
+         /login alice password1\n\
+         /msg zed are you there?\n\
+         /register alice alice@example.com password1\n\
+         /register carol not-an-email password1\n\
+         /register carol carol@example.com short\n\
+         /frobnicate\n\
+         /whoami\n",
+    );
+    assert_eq!(finished.code, 1, "{finished:?}");
+    let errors: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(
+        errors,
+        vec![
+            "login failed: wrong username or password",
+            "login failed: wrong username or password",
+            "message to zed not sent: there is no user named 'zed'",
+            "register failed: the username 'alice' is already taken",
+            "register failed: that is not a valid email address",
+            "register failed: the password is too short (at least 8 characters)",
+            "unknown command /frobnicate (type /help for the list)",
+        ]
+    );
+    assert!(!finished.stderr.contains('{'), "no raw JSON: {finished:?}");
+    // The commands after each failure still ran.
+    assert!(finished.stdout.contains("logged in as alice on"));
+}
+
+/// Two `chat` processes exchange messages; the receiver shows each one as it
+/// arrives, and history shows the conversation.
+#[test]
+fn two_clients_exchange_messages_and_read_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    let mut bob = Live::start(chat_command(&server.url(), &dir.path().join("bob.json")));
+    bob.send("/login bob password2");
+    bob.expect_line("logged in as bob");
+
+    let alice = run_script(
+        chat_command(&server.url(), &dir.path().join("alice.json")),
+        "/login alice password1\n/msg bob hi bob\n@bob  how  are you?\n",
+    );
+    assert_eq!(alice.code, 0, "{alice:?}");
+    let first = bob.expect_line("alice: hi bob");
+    assert!(first.starts_with('['), "{first}");
+    bob.expect_line("] alice: how  are you?");
+
+    bob.send("/msg alice fine, thanks");
+    bob.expect_line("] bob → alice: fine, thanks");
+    bob.send("/history alice");
+    bob.expect_line("] alice: hi bob");
+    bob.expect_line("] alice: how  are you?");
+    bob.expect_line("] bob: fine, thanks");
+    bob.send("/history alice 1");
+    bob.expect_line("] bob: fine, thanks");
+    bob.expect_line("(older messages with alice exist");
+    assert_eq!(bob.finish(), 0);
+}
+
+/// Contacts: a contact request is shown to the added user, mutual contacts
+/// see each other come online, and /friends marks who is online.
+#[test]
+fn friends_presence_and_contact_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    let mut bob = Live::start(chat_command(&server.url(), &dir.path().join("bob.json")));
+    bob.send("/login bob password2");
+    bob.expect_line("logged in as bob");
+
+    let alice_session = dir.path().join("alice.json");
+    let alice = run_script(
+        chat_command(&server.url(), &alice_session),
+        "/login alice password1\n/add bob\n/friends\n",
+    );
+    assert_eq!(alice.code, 0, "{alice:?}");
+    assert!(
+        alice
+            .stdout
+            .contains("added bob; waiting for bob to add you"),
+        "{alice:?}"
+    );
+    assert!(
+        alice
+            .stdout
+            .contains("  bob              waiting for bob to add you"),
+        "{alice:?}"
+    );
+    bob.expect_line("* alice added you — /add alice to accept");
+
+    bob.send("/add alice");
+    bob.expect_line("alice is now a friend (offline)");
+
+    // alice comes back (resuming her saved session): bob sees her online.
+    let mut alice = Live::start(chat_command(&server.url(), &alice_session));
+    bob.expect_line("* alice is online");
+    alice.send("/friends");
+    alice.expect_line("contacts (1 online of 1):");
+    alice.expect_line("* bob              online");
+    assert_eq!(alice.finish(), 0);
+    bob.expect_line("* alice is offline");
+
+    bob.send("/remove alice");
+    bob.expect_line("removed alice");
+    bob.send("/friends");
+    bob.expect_line("no contacts yet");
+    assert_eq!(bob.finish(), 0);
+}
+
+/// The session is saved 0600 after login and resumed by the next run without
+/// a password; /logout forgets it.
+#[test]
+fn the_saved_session_is_resumed_until_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(&server, dir.path(), &[("alice", "password1")]);
+    let session_file = dir.path().join("config").join("chat").join("session.json");
+
+    let first = run_script(
+        chat_command(&server.url(), &session_file),
+        "/login alice password1\n",
+    );
+    assert_eq!(first.code, 0, "{first:?}");
+    let mode = fs::metadata(&session_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&session_file).unwrap()).unwrap();
+    assert_eq!(saved["url"], server.url());
+    assert_eq!(saved["username"], "alice");
+    assert!(saved["session_id"].is_string());
+    assert!(!fs::read_to_string(&session_file)
+        .unwrap()
+        .contains("password1"));
+
+    let second = run_script(
+        chat_command(&server.url(), &session_file),
+        "/whoami\n/login alice\n/logout\n",
+    );
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(second.stderr.contains("* resumed the session of alice"));
+    let lines: Vec<&str> = second.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("logged in as alice on {}", server.url()).as_str(),
+            "already logged in as alice",
+            "logged out alice",
+        ]
+    );
+    assert!(!session_file.exists(), "logout forgets the session");
+
+    let third = run_script(chat_command(&server.url(), &session_file), "/whoami\n");
+    assert!(third.stdout.starts_with("not logged in"), "{third:?}");
+
+    // The default location under XDG_CONFIG_HOME is used without the flag.
+    let config_home = dir.path().join("xdg");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat"));
+    command
+        .args(["--url", &server.url()])
+        .env("XDG_CONFIG_HOME", &config_home);
+    let default = run_script(command, "/login alice password1\n");
+    assert_eq!(default.code, 0, "{default:?}");
+    assert!(config_home.join("chat").join("session.json").exists());
+}
+
+/// A session saved for another server URL is not used.
+#[test]
+fn a_session_for_another_url_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let session_file = dir.path().join("session.json");
+    fs::write(
+        &session_file,
+        r#"{"url":"ws://127.0.0.1:1","username":"alice","session_id":"x","last_message_id":0}"#,
+    )
+    .unwrap();
+    let finished = run_script(chat_command(&server.url(), &session_file), "/whoami\n");
+    assert_eq!(finished.code, 0, "{finished:?}");
+    assert!(finished.stdout.starts_with("not logged in"), "{finished:?}");
+    assert_eq!(finished.stderr, "");
+}
+
+/// With --json, stdout holds exactly the server's frames, one JSON object per
+/// line, and failures still set the exit code.
+#[test]
+fn json_mode_prints_raw_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut command = chat_command(&server.url(), &dir.path().join("alice.json"));
+    command.arg("--json");
+    let finished = run_script(
+        command,
+        "/register alice alice@example.com password1\n\
+         /login alice wrong-password\n\
+         /login alice password1\n\
+         /msg alice note to self\n",
+    );
+    assert_eq!(finished.code, 1, "{finished:?}");
+    let tags: Vec<i64> = finished
+        .stdout
+        .lines()
+        .map(|line| {
+            let frame: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("{line:?} is not JSON: {error}"));
+            assert!(frame["time"].is_i64(), "{line}");
+            frame["tag"].as_i64().expect("integer tag")
+        })
+        .collect();
+    assert_eq!(tags, vec![21, 29, 22, 24], "{finished:?}");
+    assert!(finished
+        .stdout
+        .contains(r#""error_type":"invalid_credentials""#));
+    assert!(finished
+        .stderr
+        .contains("login failed: wrong username or password"));
+}
+
+/// Exit codes: 0 when all commands succeed, 1 when one fails, 2 when the
+/// server cannot be reached; a missing password in a script is a failure.
+#[test]
+fn exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let session = dir.path().join("s.json");
+    let ok = run_script(
+        chat_command(&server.url(), &session),
+        "/help\n\n# comment\n",
+    );
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("/msg USER TEXT"));
+
+    let no_password = run_script(chat_command(&server.url(), &session), "/login alice\n");
+    assert_eq!(no_password.code, 1, "{no_password:?}");
+    assert!(no_password.stderr.contains("a password is needed"));
+
+    let not_logged_in = run_script(chat_command(&server.url(), &session), "/friends\n");
+    assert_eq!(not_logged_in.code, 1, "{not_logged_in:?}");
+    assert_eq!(
+        not_logged_in.stderr.trim(),
+        "could not list friends: you are not logged in (/login USER first)"
+    );
+
+    let quit_early = run_script(
+        chat_command(&server.url(), &session),
+        "/quit\n/frobnicate\n",
+    );
+    assert_eq!(quit_early.code, 0, "{quit_early:?}");
+
+    let unreachable = run_script(
+        chat_command(&format!("ws://127.0.0.1:{}", free_port()), &session),
+        "/help\n",
+    );
+    assert_eq!(unreachable.code, 2, "{unreachable:?}");
+    assert!(unreachable
+        .stderr
+        .starts_with("cannot connect to ws://127.0.0.1:"));
+}
+
+/// --wait keeps a script listening after its last line, so it prints what
+/// arrives meanwhile.
+#[test]
+fn wait_keeps_listening_after_the_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    let url = server.url();
+    let bob_session = dir.path().join("bob.json");
+    let listener = std::thread::spawn(move || {
+        let mut command = chat_command(&url, &bob_session);
+        command.args(["--wait", "3"]);
+        run_script(command, "/login bob password2\n")
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let alice = run_script(
+        chat_command(&server.url(), &dir.path().join("alice.json")),
+        "/login alice password1\n/msg bob ping\n",
+    );
+    assert_eq!(alice.code, 0, "{alice:?}");
+    let bob = listener.join().unwrap();
+    assert_eq!(bob.code, 0, "{bob:?}");
+    assert!(bob.stdout.contains("] alice: ping"), "{bob:?}");
+}
+
+/// When the server goes away and comes back, the client reconnects, resumes
+/// its session, and shows what it missed exactly once.
+#[test]
+fn reconnects_resumes_and_shows_missed_messages_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start_on(dir.path(), port);
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    let url = server.url();
+    let alice_session = dir.path().join("alice.json");
+    let mut bob = Live::start(chat_command(&url, &dir.path().join("bob.json")));
+    bob.send("/login bob password2");
+    bob.expect_line("logged in as bob");
+    let before = run_script(
+        chat_command(&url, &alice_session),
+        "/login alice password1\n/msg bob before the outage\n",
+    );
+    assert_eq!(before.code, 0, "{before:?}");
+    bob.expect_line("alice: before the outage");
+
+    server.kill();
+    let server = Server::start_on(dir.path(), port);
+    let during = run_script(
+        chat_command(&server.url(), &alice_session),
+        "/msg bob while you were away\n/msg bob and one more\n",
+    );
+    assert_eq!(during.code, 0, "{during:?}");
+    bob.expect_line("alice: while you were away");
+    bob.expect_line("alice: and one more");
+    // Quiet for a while: nothing is shown twice, nothing old comes back.
+    bob.send("/whoami");
+    bob.expect_line("logged in as bob");
+    let later = bob.drain_for(Duration::from_millis(500));
+    assert!(later.is_empty(), "{later:?}");
+    for text in ["before the outage", "while you were away", "and one more"] {
+        let count = bob.seen.iter().filter(|line| line.contains(text)).count();
+        assert_eq!(count, 1, "{text:?} in {:#?}", bob.seen);
+    }
+    assert_eq!(bob.finish(), 0);
+}
+
+/// A client whose own connection drops while the user stays online on
+/// another device fetches the messages it missed with Sync after it
+/// reconnects — each exactly once, and nothing it had already shown.
+#[test]
+fn catches_up_with_sync_after_its_own_connection_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    let proxy = common::Proxy::start(server.port);
+    let mut laptop = Live::start(chat_command(&proxy.url(), &dir.path().join("laptop.json")));
+    laptop.send("/login bob password2");
+    laptop.expect_line("logged in as bob");
+    let mut phone = Live::start(chat_command(&server.url(), &dir.path().join("phone.json")));
+    phone.send("/login bob password2");
+    phone.expect_line("logged in as bob");
+
+    let alice_session = dir.path().join("alice.json");
+    let before = run_script(
+        chat_command(&server.url(), &alice_session),
+        "/login alice password1\n/msg bob seen live\n",
+    );
+    assert_eq!(before.code, 0, "{before:?}");
+    laptop.expect_line("alice: seen live");
+    phone.expect_line("alice: seen live");
+
+    proxy.cut();
+    let during = run_script(
+        chat_command(&server.url(), &alice_session),
+        "/msg bob missed one\n/msg bob missed two\n",
+    );
+    assert_eq!(during.code, 0, "{during:?}");
+    // bob is online on the phone, so nothing waits in an offline queue.
+    phone.expect_line("alice: missed two");
+    proxy.resume();
+
+    laptop.expect_line("alice: missed one");
+    laptop.expect_line("alice: missed two");
+    laptop.send("/whoami");
+    laptop.expect_line("logged in as bob");
+    for text in ["seen live", "missed one", "missed two"] {
+        let count = laptop
+            .seen
+            .iter()
+            .filter(|line| line.contains(text))
+            .count();
+        assert_eq!(count, 1, "{text:?} in {:#?}", laptop.seen);
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("laptop.json")).unwrap()).unwrap();
+    assert!(saved["last_message_id"].as_i64().unwrap() >= 3, "{saved}");
+    assert_eq!(laptop.finish(), 0);
+    assert_eq!(phone.finish(), 0);
+}
