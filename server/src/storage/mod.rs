@@ -13,6 +13,7 @@
 //!
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
+mod checkpoint;
 pub mod schema;
 pub mod sqlite;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use super::checkpoint::Checkpointer;
 use super::schema;
 use super::{Backend, Command, ContactRow, NewMessage, Reply, Snapshot, StoredMessage};
 
@@ -26,6 +27,33 @@ const INDEX_TAIL_MAX: i64 = 8_192;
 /// How long a small unindexed tail may wait for an idle moment's pass.
 const INDEX_DELAY: Duration = Duration::from_secs(1);
 
+/// Why the database could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// SQLite refused (unreadable file, newer schema, disk error): fix the
+    /// data directory and start again.
+    Database(rusqlite::Error),
+    /// The checkpoint thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Database(error) => write!(f, "{error}"),
+            OpenError::Thread(error) => write!(f, "cannot start the checkpoint thread: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(error: rusqlite::Error) -> Self {
+        OpenError::Database(error)
+    }
+}
+
 /// The database, its prepared-statement cache, and the deferred-index
 /// watermark (see `schema.rs`).
 pub struct SqliteBackend {
@@ -37,13 +65,15 @@ pub struct SqliteBackend {
     highest_stored: i64,
     /// When the last index pass ran.
     last_index_pass: Instant,
+    /// Copies the WAL back into the database without stalling commits.
+    _checkpointer: Checkpointer,
 }
 
 impl SqliteBackend {
     /// Opens (creating with mode 0600 if needed) the database, migrates it,
     /// marks every user offline (nobody is connected to a starting server) and
     /// reads what the loop needs.
-    pub fn open(path: &Path, synchronous_full: bool) -> rusqlite::Result<(Self, Snapshot)> {
+    pub fn open(path: &Path, synchronous_full: bool) -> Result<(Self, Snapshot), OpenError> {
         create_private_file(path);
         let mut conn = Connection::open(path)?;
         schema::prepare(&mut conn, synchronous_full)?;
@@ -56,11 +86,13 @@ impl SqliteBackend {
             "INSERT OR REPLACE INTO server_state (key, value) VALUES ('running', 1)",
             [],
         )?;
+        let checkpointer = Checkpointer::start(path).map_err(OpenError::Thread)?;
         let backend = SqliteBackend {
             conn,
             indexed_through: highest_stored,
             highest_stored,
             last_index_pass: Instant::now(),
+            _checkpointer: checkpointer,
         };
         Ok((backend, snapshot))
     }
