@@ -98,7 +98,8 @@ pub struct Cli {
     /// Seconds between the stats lines in the log.
     #[arg(long, default_value_t = 60)]
     pub stats_interval: u64,
-    /// Password-hashing worker threads (default: one per core).
+    /// Password-hashing worker threads (default: one less than the cores, at
+    /// least one; they run at a lower priority than the event loop).
     #[arg(long)]
     pub hash_workers: Option<usize>,
     /// Turn every rate limit off (for benchmarks).
@@ -186,7 +187,7 @@ impl Config {
             pbkdf2_iterations: cli.pbkdf2_iterations,
             max_message_bytes: cli.max_message_bytes,
             stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
-            hash_workers: cli.hash_workers.unwrap_or(cores).max(1),
+            hash_workers: cli.hash_workers.unwrap_or(cores.saturating_sub(1)).max(1),
             debug: cli.debug,
             rate_limits: rate_config(cli)?,
             allowed_origins: cli.allowed_origins.clone(),
