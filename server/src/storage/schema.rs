@@ -93,6 +93,14 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
     let synchronous = if synchronous_full { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Query-planner stability: without it this SQLite marks statements whose
+    // plan looked at a bound value (LIMIT ?, constant propagation through
+    // joins) to be re-prepared on every new binding, which re-parsed the
+    // login queries on every execution. Our queries have one good plan each.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     // 64 MiB of page cache (the default is 2 MiB). Checkpoints are the
     // checkpointer thread's job (see `checkpoint.rs`); the writer's own
     // automatic checkpoint is only a backstop at ~400 MiB of WAL.
@@ -112,4 +120,46 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_not_re_prepared_when_parameters_are_rebound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("chat.db")).unwrap();
+        prepare(&mut conn, false).unwrap();
+        let mut statement = conn
+            .prepare(
+                "SELECT c.contact_id FROM contacts c
+                 JOIN contacts r ON r.owner_id = c.contact_id AND r.contact_id = c.owner_id
+                 WHERE c.owner_id = ?1 LIMIT ?2",
+            )
+            .unwrap();
+        for round in 1..=5i64 {
+            let mut rows = statement.query([round, round * 10]).unwrap();
+            while rows.next().unwrap().is_some() {}
+        }
+        let reprepared = statement.get_status(rusqlite::StatementStatus::RePrepare);
+        assert_eq!(reprepared, 0, "rebinding must not re-parse the statement");
+    }
+
+    #[test]
+    fn the_schema_is_created_once_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        for _ in 0..2 {
+            let mut conn = Connection::open(&path).unwrap();
+            prepare(&mut conn, false).unwrap();
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |row| row.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        assert!(prepare(&mut conn, false).is_err(), "a newer schema is refused");
+    }
 }

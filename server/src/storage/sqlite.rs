@@ -77,7 +77,7 @@ impl SqliteBackend {
         create_private_file(path);
         let mut conn = Connection::open(path)?;
         schema::prepare(&mut conn, synchronous_full)?;
-        conn.set_prepared_statement_cache_capacity(128);
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
         conn.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0", [])?;
         let snapshot = read_snapshot(&conn)?;
@@ -532,13 +532,13 @@ fn take_queue(
     user_id: i64,
     queue_before: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
-    let ids_query = format!(
+    let mut queued = query_messages(
+        tx,
         "SELECT message_id FROM messages
          WHERE receiver_id = ?1 AND delivered = 0 AND message_id < ?2
-         ORDER BY message_id LIMIT {}",
-        OFFLINE_CHUNK + 1
-    );
-    let mut queued = query_messages(tx, &ids_query, params![user_id, queue_before])?;
+         ORDER BY message_id LIMIT ?3",
+        params![user_id, queue_before, OFFLINE_CHUNK + 1],
+    )?;
     let more = queued.len() > OFFLINE_CHUNK as usize;
     queued.truncate(OFFLINE_CHUNK as usize);
     let mut mark =
@@ -550,12 +550,6 @@ fn take_queue(
 }
 
 /// The columns of a delivered message, given a query that yields message ids.
-///
-/// Page sizes are written into the SQL as literals, never bound: this SQLite
-/// marks a statement with `LIMIT ?` to be re-prepared whenever the parameter
-/// is bound again, which re-parsed these queries on every execution (30% of
-/// the server's CPU in a session-resume benchmark). The statement cache keeps
-/// one statement per page size in use.
 fn query_messages(
     tx: &Transaction,
     ids_query: &str,
@@ -594,29 +588,31 @@ fn history(
     indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
-    let ids_query = format!(
+    let mut messages = query_messages(
+        tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
              WHERE indexed = 1 AND sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
-             ORDER BY message_id DESC LIMIT {fetch})
+             ORDER BY message_id DESC LIMIT ?4)
          UNION
          SELECT message_id FROM (
              SELECT message_id FROM messages
              WHERE indexed = 1 AND sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
-             ORDER BY message_id DESC LIMIT {fetch})
+             ORDER BY message_id DESC LIMIT ?4)
          UNION
          SELECT message_id FROM (
              SELECT message_id FROM messages
-             WHERE message_id > ?4 AND message_id < ?3
+             WHERE message_id > ?5 AND message_id < ?3
                AND ((sender_id = ?1 AND receiver_id = ?2) OR (sender_id = ?2 AND receiver_id = ?1))
-             ORDER BY message_id DESC LIMIT {fetch})
-         ORDER BY message_id DESC LIMIT {fetch}"
-    );
-    let before = before.unwrap_or(i64::MAX);
-    let mut messages = query_messages(
-        tx,
-        &ids_query,
-        params![user_id, peer_id, before, indexed_through],
+             ORDER BY message_id DESC LIMIT ?4)
+         ORDER BY message_id DESC LIMIT ?4",
+        params![
+            user_id,
+            peer_id,
+            before.unwrap_or(i64::MAX),
+            fetch,
+            indexed_through
+        ],
     )?;
     let has_more = messages.len() > limit as usize;
     if has_more {
@@ -635,24 +631,25 @@ fn sync(
     indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
-    let ids_query = format!(
+    let mut messages = query_messages(
+        tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
              WHERE indexed = 1 AND sender_id = ?1 AND message_id > ?2
-             ORDER BY message_id LIMIT {fetch})
+             ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (
              SELECT message_id FROM messages
              WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2
-             ORDER BY message_id LIMIT {fetch})
+             ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (
              SELECT message_id FROM messages
-             WHERE message_id > MAX(?2, ?3) AND (sender_id = ?1 OR receiver_id = ?1)
-             ORDER BY message_id LIMIT {fetch})
-         ORDER BY message_id LIMIT {fetch}"
-    );
-    let mut messages = query_messages(tx, &ids_query, params![user_id, since, indexed_through])?;
+             WHERE message_id > MAX(?2, ?4) AND (sender_id = ?1 OR receiver_id = ?1)
+             ORDER BY message_id LIMIT ?3)
+         ORDER BY message_id LIMIT ?3",
+        params![user_id, since, fetch, indexed_through],
+    )?;
     let has_more = messages.len() > limit as usize;
     messages.truncate(limit as usize);
     Ok((messages, has_more))
