@@ -677,13 +677,14 @@ fn contacts(tx: &Transaction, owner_id: i64) -> rusqlite::Result<Vec<ContactRow>
     rows.collect()
 }
 
+/// Users with whom a user (`?1`) has a mutual contact relationship.
+const MUTUAL_CONTACTS_SQL: &str = "SELECT c.contact_id FROM contacts c
+     JOIN contacts r ON r.owner_id = c.contact_id AND r.contact_id = c.owner_id
+     WHERE c.owner_id = ?1";
+
 /// Users with whom `user_id` has a mutual contact relationship.
 fn mutual_contacts(tx: &Transaction, user_id: i64) -> rusqlite::Result<Vec<i64>> {
-    let mut statement = tx.prepare_cached(
-        "SELECT c.contact_id FROM contacts c
-         JOIN contacts r ON r.owner_id = c.contact_id AND r.contact_id = c.owner_id
-         WHERE c.owner_id = ?1",
-    )?;
+    let mut statement = tx.prepare_cached(MUTUAL_CONTACTS_SQL)?;
     let rows = statement.query_map([user_id], |row| row.get(0))?;
     rows.collect()
 }
