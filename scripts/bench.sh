@@ -46,6 +46,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo
     cat "$RESULTS/summary.md" 2>/dev/null || echo "(no summary: the run failed early)"
     echo
+    # The hand-written reading of the numbers (kept across regenerations).
+    if [[ -f scripts/bench-reading.md ]]; then
+        cat scripts/bench-reading.md
+        echo
+    fi
     echo "## Runs"
     for table in "$RESULTS"/*.txt; do
         [[ -e "$table" ]] || continue

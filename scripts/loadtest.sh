@@ -134,6 +134,16 @@ else
     run 2-messages-window messages --users 100 --window 16 --duration-secs 20
     run 3-messages-rate messages --users 100 --rate 10000 --duration-secs 20
     run 4-messages-window-1000 messages --users 1000 --window 4 --duration-secs 20
+    run 4b-messages-window-5000 messages --users 5000 --window 1 --duration-secs 15
+    stop_server
+    # Memory per connection at three sizes, each on a fresh server.
+    start_server idle --pbkdf2-iterations 1000 --max-connections 12000
+    run 5a-idle-1k idle --connections 1000 --hold-secs 5 --concurrency 128 \
+        --server-pid @SERVER_PID@
+    stop_server
+    start_server idle --pbkdf2-iterations 1000 --max-connections 12000
+    run 5b-idle-5k idle --connections 5000 --hold-secs 5 --concurrency 128 \
+        --server-pid @SERVER_PID@
     stop_server
     # A fresh server, so its RSS baseline holds nothing but the registered users.
     start_server idle --pbkdf2-iterations 1000 --max-connections 12000

@@ -131,6 +131,11 @@ pub struct Connection {
     pub ping_sent: bool,
     /// Whether frames were queued since the last flush.
     pub needs_flush: bool,
+    /// The first message id written since the output was last fully
+    /// flushed: what the client may not have received if dropped now.
+    pub unflushed_from: Option<i64>,
+    /// Frames were queued that the socket has not taken yet.
+    pub output_pending: bool,
 }
 
 impl Connection {
@@ -160,6 +165,8 @@ impl Connection {
             closing_since: None,
             ping_sent: false,
             needs_flush: false,
+            unflushed_from: None,
+            output_pending: false,
         }
     }
 
@@ -279,6 +286,7 @@ impl Connection {
             return Err(WriteError::Closed);
         };
         self.needs_flush = true;
+        self.output_pending = true;
         match ws.write(Message::text(frame)) {
             Ok(()) => Ok(()),
             // Written into the buffer; the socket is just full for now.
@@ -290,6 +298,11 @@ impl Connection {
                 Err(WriteError::Closed)
             }
         }
+    }
+
+    /// Notes that a frame holding message `message_id` was just queued.
+    pub fn note_delivery(&mut self, message_id: i64) {
+        self.unflushed_from.get_or_insert(message_id);
     }
 
     /// Sends a heartbeat ping.
@@ -333,7 +346,10 @@ impl Connection {
             State::Handshaking(_) | State::Closed => return,
         };
         match result {
-            Ok(()) => {}
+            Ok(()) => {
+                self.unflushed_from = None;
+                self.output_pending = false;
+            }
             Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => {
                 if !matches!(error, WsError::ConnectionClosed) {

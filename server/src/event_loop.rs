@@ -35,7 +35,7 @@ use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
 use crate::hasher::Hasher;
 use crate::storage::sqlite::SqliteBackend;
-use crate::storage::{PurgeSchedule, StorageHandle};
+use crate::storage::{Command, PurgeSchedule, StorageHandle};
 
 /// Reserved tokens, far above any slab key.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -92,6 +92,8 @@ pub struct Server {
     unfinished_reads: VecDeque<ConnId>,
     /// Slots written to this turn.
     to_flush: Vec<usize>,
+    /// Storage commands waiting for their connection's output to drain.
+    after_flush: Vec<(ConnId, Command)>,
     /// Effects buffer, reused across turns.
     effects: Effects,
     hash_in_flight: usize,
@@ -182,6 +184,7 @@ impl Server {
             next_serial: 1,
             unfinished_reads: VecDeque::new(),
             to_flush: Vec::new(),
+            after_flush: Vec::new(),
             effects: Effects::default(),
             hash_in_flight: 0,
             next_tick: Instant::now(),
@@ -387,7 +390,13 @@ impl Server {
     /// Carries out the dispatcher's effects; the only place they happen.
     fn apply(&mut self, fx: &mut Effects) {
         let now = unix_now();
+        let mut slow_consumers = Vec::new();
         while !fx.is_empty() {
+            for (id, message_id) in fx.deliveries.drain(..) {
+                if let Some(connection) = self.connection(id) {
+                    connection.note_delivery(message_id);
+                }
+            }
             for (id, frame) in fx.frames.drain(..) {
                 let Some(connection) = self.connections.get_mut(id.slot) else {
                     continue;
@@ -399,6 +408,7 @@ impl Server {
                     Ok(()) => {}
                     Err(WriteError::SlowConsumer) => {
                         log::warn!("{}: slow consumer, closing", connection.peer);
+                        slow_consumers.push((id, connection.unflushed_from));
                         connection.close(CloseCode::Policy, "too much unread output");
                     }
                     Err(WriteError::Closed) => {}
@@ -406,6 +416,9 @@ impl Server {
                 if connection.needs_flush {
                     self.to_flush.push(id.slot);
                 }
+            }
+            for (id, unread_from) in slow_consumers.drain(..) {
+                self.dispatcher.slow_consumer(id, unread_from, now, fx);
             }
             for (id, reason) in std::mem::take(&mut fx.closes) {
                 if let Some(connection) = self.connection(id) {
@@ -418,6 +431,7 @@ impl Server {
                     self.to_flush.push(id.slot);
                 }
             }
+            self.after_flush.append(&mut fx.after_flush);
             let mut refused = Effects::default();
             for command in std::mem::take(&mut fx.storage) {
                 if let Err(refusal) = self.storage.submit(command) {
@@ -455,6 +469,25 @@ impl Server {
             }
         }
         self.to_flush = slots;
+        self.release_after_flush();
+    }
+
+    /// Submits the commands whose connection has written everything out;
+    /// drops those whose connection is gone.
+    fn release_after_flush(&mut self) {
+        if self.after_flush.is_empty() {
+            return;
+        }
+        let mut fx = std::mem::take(&mut self.effects);
+        for (id, command) in std::mem::take(&mut self.after_flush) {
+            match self.connection(id) {
+                Some(connection) if !connection.output_pending => fx.storage.push(command),
+                Some(_) => self.after_flush.push((id, command)),
+                None => {}
+            }
+        }
+        self.apply(&mut fx);
+        self.effects = fx;
     }
 
     /// The one way out for a connection.

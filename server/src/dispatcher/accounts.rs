@@ -372,14 +372,18 @@ impl Dispatcher {
             return;
         };
         for message in queued {
+            fx.deliveries.push((conn, message.message_id));
             fx.send(conn, &ServerMessage::Message(delivered(message)), now);
         }
         if more_queued {
-            fx.storage.push(Command::TakeQueue {
+            // The next chunk once this one is written out, so a long queue
+            // never piles up past the connection's output cap.
+            let next = Command::TakeQueue {
                 conn,
                 user_id: *user_id,
                 queue_before: *queue_before,
-            });
+            };
+            fx.after_flush.push((conn, next));
         } else {
             self.finish_login(conn, now, fx);
         }

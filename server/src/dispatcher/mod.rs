@@ -53,8 +53,14 @@ pub struct Effects {
     pub closes: Vec<(ConnId, CloseReason)>,
     /// Commands for the storage thread.
     pub storage: Vec<Command>,
+    /// Commands for the storage thread once the connection has written out
+    /// everything queued for it (paces the offline-queue push).
+    pub after_flush: Vec<(ConnId, Command)>,
     /// Jobs for the hashing workers.
     pub hashing: Vec<HashJob>,
+    /// Message ids among `frames`, per connection, so the loop knows which
+    /// messages a connection may not have received if it must be dropped.
+    pub deliveries: Vec<(ConnId, i64)>,
 }
 
 impl Effects {
@@ -76,8 +82,10 @@ impl Effects {
     /// Whether nothing is to be done.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+            && self.deliveries.is_empty()
             && self.closes.is_empty()
             && self.storage.is_empty()
+            && self.after_flush.is_empty()
             && self.hashing.is_empty()
     }
 }
@@ -472,6 +480,27 @@ impl Dispatcher {
         }
     }
 
+    /// The loop is dropping `conn` because it does not read its output.
+    /// Messages written for it from `unread_from` on may never have reached
+    /// it: they go back to the user's offline queue (pushed at the next login;
+    /// a device that did get them drops the duplicates by id). The
+    /// connection stops being a recipient at once.
+    pub fn slow_consumer(
+        &mut self,
+        conn: ConnId,
+        unread_from: Option<i64>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        if let (Some(user_id), Some(from_message_id)) = (self.logged_in_user(conn), unread_from) {
+            fx.storage.push(Command::Requeue {
+                user_id,
+                from_message_id,
+            });
+        }
+        self.disconnected(conn, now, fx);
+    }
+
     /// A hashing job could not be queued (too many logins at once).
     pub fn hashing_refused(&mut self, job: HashJob, now: i64, fx: &mut Effects) {
         match job {
@@ -546,6 +575,7 @@ impl Dispatcher {
             match self.clients.get_mut(conn).map(|client| &mut client.auth) {
                 Some(Auth::LoggedIn { .. }) => {
                     fx.frames.push((*conn, frame.to_owned()));
+                    fx.deliveries.extend(message_id.map(|id| (*conn, id)));
                     delivered = true;
                 }
                 Some(Auth::Opening { held, held_ids, .. }) => {

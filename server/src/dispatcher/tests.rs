@@ -824,14 +824,12 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
     );
     assert!(matches!(&frames_for(&fx, b)[..],
         [ServerMessage::SuccessLogin(_), ServerMessage::Message(m)] if m.content == "q1"));
-    assert!(matches!(
-        &fx.storage[..],
-        [Command::TakeQueue {
-            user_id: BOB,
-            queue_before: 10,
-            ..
-        }]
-    ));
+    assert!(
+        fx.storage.is_empty(),
+        "the next chunk waits for this one to be written"
+    );
+    assert!(matches!(&fx.after_flush[..],
+        [(to, Command::TakeQueue { user_id: BOB, queue_before: 10, .. })] if *to == b));
 
     let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"live"}"#);
     assert!(

@@ -182,6 +182,14 @@ pub enum Command {
         /// The messages.
         message_ids: Vec<i64>,
     },
+    /// Put messages to `user_id` from `from_message_id` on back into the
+    /// offline queue (their connection was dropped unread). No reply.
+    Requeue {
+        /// The recipient.
+        user_id: i64,
+        /// The first message that may not have arrived.
+        from_message_id: i64,
+    },
     /// A page of one conversation; replies [`Reply::History`].
     History {
         /// Requesting connection.
@@ -287,6 +295,7 @@ impl Command {
             Command::Sync { conn, .. } => Some((*conn, 16)),
             Command::ConnectionLost { .. }
             | Command::MarkDelivered { .. }
+            | Command::Requeue { .. }
             | Command::PurgeSessions { .. } => None,
         }
     }

@@ -22,6 +22,10 @@ use super::{Backend, Command, ContactRow, NewMessage, Reply, Snapshot, StoredMes
 /// to drain between chunks.
 pub const OFFLINE_CHUNK: u32 = 500;
 
+/// A chunk also stops once its contents pass this many bytes, so that one
+/// chunk always fits in a connection's output cap (1 MiB).
+pub const OFFLINE_CHUNK_BYTES: usize = 512 * 1024;
+
 /// Unindexed messages that trigger an index pass right after a batch.
 const INDEX_TAIL_MAX: i64 = 8_192;
 /// How long a small unindexed tail may wait for an idle moment's pass.
@@ -366,6 +370,17 @@ fn apply(
             }
             return Ok(None);
         }
+        Command::Requeue {
+            user_id,
+            from_message_id,
+        } => {
+            tx.prepare_cached(
+                "UPDATE messages SET delivered = FALSE
+                 WHERE message_id >= ?2 AND receiver_id = ?1 AND delivered",
+            )?
+            .execute(params![user_id, from_message_id])?;
+            return Ok(None);
+        }
         Command::History {
             conn,
             user_id,
@@ -539,8 +554,17 @@ fn take_queue(
          ORDER BY message_id LIMIT ?3",
         params![user_id, queue_before, OFFLINE_CHUNK + 1],
     )?;
-    let more = queued.len() > OFFLINE_CHUNK as usize;
-    queued.truncate(OFFLINE_CHUNK as usize);
+    let mut fits = 0;
+    let mut bytes = 0;
+    for message in queued.iter().take(OFFLINE_CHUNK as usize) {
+        bytes += message.content.len();
+        if fits > 0 && bytes > OFFLINE_CHUNK_BYTES {
+            break;
+        }
+        fits += 1;
+    }
+    let more = queued.len() > fits;
+    queued.truncate(fits);
     let mut mark =
         tx.prepare_cached("UPDATE messages SET delivered = TRUE WHERE message_id = ?1")?;
     for message in &queued {

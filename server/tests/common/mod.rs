@@ -39,6 +39,8 @@ pub struct TestServer {
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// RLIMIT_FSIZE for the process (simulates a full disk), if any.
+    file_size_limit: Option<u64>,
     stderr: Arc<Mutex<String>>,
     data_dir: tempfile::TempDir,
 }
@@ -47,9 +49,17 @@ impl TestServer {
     /// Starts a server on `127.0.0.1:0` with a fresh data dir, cheap PBKDF2 and
     /// `extra_args`, and waits for its listening line.
     pub fn start(extra_args: &[&str]) -> TestServer {
+        Self::start_with_file_size_limit(extra_args, None)
+    }
+
+    /// Like [`TestServer::start`], but no file the process writes may grow past
+    /// `limit` bytes (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with
+    /// EFBIG instead of killing it): a disk that fills up.
+    pub fn start_with_file_size_limit(extra_args: &[&str], limit: Option<u64>) -> TestServer {
         let mut server = TestServer {
             port: 0,
             child: None,
+            file_size_limit: limit,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             stderr: Arc::new(Mutex::new(String::new())),
             data_dir: tempfile::Builder::new()
@@ -63,7 +73,8 @@ impl TestServer {
 
     fn spawn(&mut self) {
         let dir = self.data_dir.path();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        command
             .args(["--port", "0", "--host", "127.0.0.1", "--data-dir"])
             .arg(dir)
             .arg("--log-file")
@@ -72,9 +83,25 @@ impl TestServer {
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn chat-server");
+            .stderr(Stdio::piped());
+        if let Some(limit) = self.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn chat-server");
 
         // Both pipes are drained by threads for the whole life of the child, so
         // a chatty server never blocks on a full pipe.
@@ -161,6 +188,11 @@ impl TestServer {
         child.kill().expect("SIGKILL chat-server");
         child.wait().expect("wait for chat-server");
         self.spawn();
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
     }
 
     /// Everything in `--log-file` so far.
@@ -276,6 +308,25 @@ impl Client {
     #[track_caller]
     pub fn send(&mut self, message: &ClientMessage) {
         self.send_raw(&encode_client(message));
+    }
+
+    /// Sends a message, or says why the connection cannot take it.
+    pub fn try_send(&mut self, message: &ClientMessage) -> Result<(), String> {
+        self.ws
+            .send(Message::text(encode_client(message)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next server message, or `None` once the connection is closed,
+    /// broken, or silent for [`RECV_TIMEOUT`].
+    pub fn try_recv(&mut self) -> Option<ServerMessage> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => return decode_server(text.as_str()).ok(),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(Message::Binary(_) | Message::Close(_)) | Err(_) => return None,
+            }
+        }
     }
 
     /// Sends one binary frame.
