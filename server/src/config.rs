@@ -62,7 +62,7 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
 /// `chat-server`: a secure instant-messaging server speaking the chat protocol
 /// over WebSocket, storing everything in SQLite.
 #[derive(Debug, Parser)]
-#[command(name = "chat-server", version, about)]
+#[command(name = "chat-server", version, about, args_override_self = true)]
 pub struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]

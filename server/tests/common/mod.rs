@@ -317,6 +317,20 @@ impl Client {
             .map_err(|e| e.to_string())
     }
 
+    /// Sends a raw text frame, or says why the connection cannot take it.
+    pub fn try_send_raw(&mut self, text: &str) -> Result<(), String> {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends a binary frame, or says why the connection cannot take it.
+    pub fn try_send_binary(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .map_err(|e| e.to_string())
+    }
+
     /// The next server message, or `None` once the connection is closed,
     /// broken, or silent for [`RECV_TIMEOUT`].
     pub fn try_recv(&mut self) -> Option<ServerMessage> {
