@@ -134,9 +134,11 @@ fn handshakes_from_other_origins_are_refused() {
             .headers_mut()
             .insert("Origin", origin.parse().unwrap());
         let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        tungstenite::client(request, stream).map(|(ws, _)| ws)
+        tungstenite::client(request, stream)
+            .map(|(ws, _)| ws)
+            .map_err(Box::new)
     };
-    match with_origin("https://evil.example") {
+    match with_origin("https://evil.example").map_err(|e| *e) {
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
             assert_eq!(response.status(), 403);
         }
