@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::completion::{Completion, CompletionSender, ConnId};
 use crate::password::{self, PasswordHash};
+use crate::priority;
 
 /// Work for a hashing thread.
 #[derive(Debug)]
@@ -132,24 +133,6 @@ impl Drop for Hasher {
     }
 }
 
-/// Niceness of the hashing threads: a burst of logins must not take the CPU
-/// from the event loop (which would stall every conversation), only make
-/// the logins themselves wait.
-const HASHER_NICENESS: libc::c_int = 10;
-
-/// Lowers the calling thread's scheduling priority (Linux: per thread).
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take no pointers; on Linux,
-    // PRIO_PROCESS with a thread id applies to that thread only.
-    let result = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, HASHER_NICENESS)
-    };
-    if result != 0 {
-        log::debug!("cannot lower the hashing thread's priority");
-    }
-}
-
 fn work(
     queue: &Mutex<Receiver<HashJob>>,
     done: &CompletionSender,
@@ -157,7 +140,9 @@ fn work(
     dummy: &str,
     stopping: &AtomicBool,
 ) {
-    lower_priority();
+    // A burst of logins must not take the CPU from the event loop (which
+    // would stall every conversation), only make the logins wait.
+    priority::lower_this_thread(priority::BACKGROUND_NICENESS);
     while !stopping.load(Ordering::Acquire) {
         // Hold the lock only while taking a job, not while hashing.
         let job = match queue.lock() {

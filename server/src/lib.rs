@@ -9,6 +9,7 @@
 //! - [`storage`]: the storage thread and its command/reply vocabulary;
 //!   [`storage::sqlite`] is the only code that touches SQLite.
 //! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
+//! - [`priority`]: background threads yield the CPU to the loop.
 //! - [`completion`]: how worker threads hand results back and wake the loop.
 //! - [`rate_limit`]: token buckets and failed-login lockouts.
 //! - [`config`]: the command line and every limit, with its reasons.
@@ -22,5 +23,6 @@ pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
 pub mod password;
+pub mod priority;
 pub mod rate_limit;
 pub mod storage;

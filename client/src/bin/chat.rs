@@ -1,5 +1,5 @@
-//! `chat`: the line client for chat-server. See `client/CHAT.md` for a
-//! transcript; the work happens in `client::chat`.
+//! `chat`: the line client for chat-server. The "Talking from a terminal"
+//! section of README.md has a transcript; the work happens in `client::chat`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -52,6 +52,7 @@ impl Drop for Checkpointer {
 }
 
 fn run(path: &Path, stop: &AtomicBool) {
+    crate::priority::lower_this_thread(crate::priority::BACKGROUND_NICENESS);
     let conn = match Connection::open(path) {
         Ok(conn) => conn,
         Err(error) => {
