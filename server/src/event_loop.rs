@@ -128,8 +128,13 @@ impl Server {
                 "the previous run did not shut down cleanly; message ids skip {in_flight_max}"
             );
         }
+        let durability = if config.synchronous_full {
+            "synchronous=FULL: acks survive power loss"
+        } else {
+            "synchronous=NORMAL: acks survive a process crash"
+        };
         log::info!(
-            "database {} ({} accounts, next message id {})",
+            "database {} ({} accounts, next message id {}; {durability})",
             database.display(),
             snapshot.users.len(),
             snapshot.next_message_id

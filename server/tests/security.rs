@@ -76,3 +76,21 @@ fn data_files_are_private_to_their_owner() {
         assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
     }
 }
+
+/// `--synchronous full` really sets SQLite's FULL mode (and the default is
+/// NORMAL): the server's startup line says which one the database runs with.
+#[test]
+fn the_durability_mode_follows_the_flag() {
+    let normal = TestServer::start(&[]);
+    let full = TestServer::start(&["--synchronous", "full"]);
+    assert!(
+        normal.log_text().contains("synchronous=NORMAL"),
+        "{}",
+        normal.log_text()
+    );
+    assert!(
+        full.log_text().contains("synchronous=FULL"),
+        "{}",
+        full.log_text()
+    );
+}

@@ -92,6 +92,13 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = if synchronous_full { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", synchronous)?;
+    // Read it back: the durability promise rests on it (1 = NORMAL, 2 = FULL).
+    let in_force: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+    if in_force != if synchronous_full { 2 } else { 1 } {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "PRAGMA synchronous is {in_force}, not {synchronous}"
+        )));
+    }
     conn.pragma_update(None, "foreign_keys", true)?;
     // Query-planner stability: without it this SQLite marks statements whose
     // plan looked at a bound value (LIMIT ?, constant propagation through
