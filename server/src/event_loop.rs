@@ -580,13 +580,14 @@ impl Server {
     }
 
     fn on_signals(&mut self) {
-        let received: Vec<i32> = self.signals.pending().collect();
-        if received.is_empty() || self.shutdown.is_some() {
+        let Some(signal) = self.signals.pending().last() else {
+            return;
+        };
+        if self.shutdown.is_some() {
             return;
         }
         log::info!(
-            "signal {} received: shutting down ({} connections)",
-            received[0],
+            "signal {signal} received: shutting down ({} connections)",
             self.connections.len()
         );
         if let Some(mut listener) = self.listener.take() {

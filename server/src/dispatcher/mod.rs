@@ -349,6 +349,8 @@ impl Dispatcher {
             fx.error(conn, ErrorType::NotLoggedIn, "log in first", tag, now);
             return;
         }
+        // Only the handlers of messages that passed the login gate above use
+        // it, so the placeholder 0 (no user has id 0) is never acted on.
         let user_id = self.logged_in_user(conn).unwrap_or(0);
         match message {
             ClientMessage::Register(body) => self.register(conn, body, now, fx),
