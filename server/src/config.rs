@@ -102,6 +102,9 @@ pub struct Cli {
     /// least one; they run at a lower priority than the event loop).
     #[arg(long)]
     pub hash_workers: Option<usize>,
+    /// Most members of one group, the creator included.
+    #[arg(long, default_value_t = 1000)]
+    pub max_group_size: usize,
     /// Turn every rate limit off (for benchmarks).
     #[arg(long)]
     pub no_rate_limits: bool,
@@ -158,6 +161,8 @@ pub struct Config {
     pub debug: bool,
     /// Rate limits, `None` when disabled.
     pub rate_limits: Option<RateConfig>,
+    /// Most members of one group.
+    pub max_group_size: usize,
     /// Origins allowed to open browser WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// Whether SQLite runs with `synchronous=FULL`.
@@ -190,6 +195,7 @@ impl Config {
             hash_workers: cli.hash_workers.unwrap_or(cores.saturating_sub(1)).max(1),
             debug: cli.debug,
             rate_limits: rate_config(cli)?,
+            max_group_size: cli.max_group_size.max(1),
             allowed_origins: cli.allowed_origins.clone(),
             synchronous_full: cli.synchronous == Synchronous::Full,
         })

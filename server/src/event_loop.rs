@@ -166,6 +166,7 @@ impl Server {
         let limits = DispatchLimits {
             storage_backlog_max: config::STORAGE_QUEUE_MAX * 3 / 4,
             rates: config.rate_limits,
+            max_group_size: config.max_group_size,
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config::READ_BUFFER_BYTES)

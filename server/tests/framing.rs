@@ -138,13 +138,11 @@ fn check_bad_frames(mut connect: impl FnMut() -> Client) {
     client.ping_pong();
 }
 
-/// The group tags 12–15 are not implemented: a logged-in client gets
-/// `unknown_tag` with the tag as `ref_tag`, and the connection stays.
+/// The group tags 12–15 need a login like every tag but 1, 2 and 8.
 #[test]
-fn group_tags_are_unknown_tags() {
+fn group_tags_need_a_login() {
     let server = TestServer::start(&[]);
-    register_all(&server, &["alice", "bob"]);
-    let mut client = logged_in(&server, "alice");
+    let mut client = server.client();
     for (tag, frame) in [
         (12, r#"{"tag":12,"name":"team","members":["bob"]}"#),
         (13, r#"{"tag":13,"group_id":1,"members":["bob"]}"#),
@@ -155,7 +153,7 @@ fn group_tags_are_unknown_tags() {
         let error = client.recv_error();
         assert_eq!(
             (error.error_type, error.ref_tag),
-            (ErrorType::UnknownTag, Some(tag)),
+            (ErrorType::NotLoggedIn, Some(tag)),
             "{frame}"
         );
     }

@@ -27,11 +27,13 @@ fn dispatcher() -> Dispatcher {
     let snapshot = Snapshot {
         users: vec![("alice".into(), 1), ("bob".into(), 2), ("carol".into(), 3)],
         next_message_id: 1,
+        groups: vec![],
         recovered_from_crash: false,
     };
     let limits = DispatchLimits {
         storage_backlog_max: 1000,
         rates: Some(RateConfig::default()),
+        max_group_size: 10,
     };
     let mut d = Dispatcher::new(snapshot, limits);
     let peer = "127.0.0.1:40000".parse().unwrap();
@@ -86,6 +88,22 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
                 conn,
                 message_id: message.message_id,
                 client_message_id,
+            }),
+            Command::CreateGroup {
+                conn,
+                name,
+                member_ids,
+                ..
+            } => Some(Reply::GroupChanged {
+                conn,
+                group: server::storage::GroupRow {
+                    group_id: 5,
+                    name,
+                    members: member_ids
+                        .iter()
+                        .map(|id| (*id, format!("user{id}")))
+                        .collect(),
+                },
             }),
             command => command.requester().map(|requester| Reply::Failed {
                 requester,

@@ -125,7 +125,7 @@ impl Dispatcher {
                 Some(&user_id) => {
                     let session_hash = password::session_hash(&session_id);
                     let peer = client.peer;
-                    let queue_before =
+                    let (queue_before, include_groups) =
                         self.begin_opening(conn, user_id, body.username, session_id, true);
                     fx.storage.push(Command::ResumeSession {
                         conn,
@@ -133,6 +133,7 @@ impl Dispatcher {
                         session_hash,
                         peer,
                         queue_before,
+                        include_groups,
                         now,
                     });
                 }
@@ -232,13 +233,15 @@ impl Dispatcher {
         self.rate_limits.login_succeeded(&username);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
-        let queue_before = self.begin_opening(conn, user_id, username, session_id, false);
+        let (queue_before, include_groups) =
+            self.begin_opening(conn, user_id, username, session_id, false);
         fx.storage.push(Command::OpenSession {
             conn,
             user_id,
             session_hash,
             peer,
             queue_before,
+            include_groups,
             now,
         });
     }
@@ -266,10 +269,11 @@ impl Dispatcher {
         username: String,
         session_id: String,
         resumed: bool,
-    ) -> i64 {
+    ) -> (i64, bool) {
         let queue_before = self.next_message_id;
+        let include_groups = !self.has_logged_in_connection(user_id);
         let Some(client) = self.clients.get_mut(&conn) else {
-            return queue_before;
+            return (queue_before, include_groups);
         };
         client.auth = Auth::Opening {
             user_id,
@@ -278,13 +282,14 @@ impl Dispatcher {
             session_id,
             resumed,
             queue_before,
+            include_groups,
             success_sent: false,
             mutual_contacts: Vec::new(),
             held: Vec::new(),
             held_ids: Vec::new(),
         };
         self.online.entry(user_id).or_default().push(conn);
-        queue_before
+        (queue_before, include_groups)
     }
 
     /// Returns a connection that was logging in to anonymous.
@@ -366,6 +371,7 @@ impl Dispatcher {
         let Some(Auth::Opening {
             user_id,
             queue_before,
+            include_groups,
             ..
         }) = self.clients.get(&conn).map(|c| &c.auth)
         else {
@@ -382,6 +388,7 @@ impl Dispatcher {
                 conn,
                 user_id: *user_id,
                 queue_before: *queue_before,
+                include_groups: *include_groups,
             };
             fx.after_flush.push((conn, next));
         } else {
@@ -540,6 +547,7 @@ impl Dispatcher {
             username,
             session_hash,
             last: !self.has_logged_in_connection(user_id),
+            through: self.next_message_id - 1,
             now,
         });
     }

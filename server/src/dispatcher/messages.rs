@@ -13,7 +13,7 @@ use protocol::{ErrorType, ServerMessage};
 
 use super::{delivered, Dispatcher, Effects};
 use crate::completion::ConnId;
-use crate::storage::{Command, NewMessage, StoredMessage};
+use crate::storage::{Command, Conversation, NewMessage, StoredMessage};
 
 /// GetHistory page size when none is given, and its bounds.
 const HISTORY_LIMIT_DEFAULT: i64 = 50;
@@ -23,6 +23,14 @@ const SYNC_LIMIT_DEFAULT: i64 = 500;
 const SYNC_LIMIT_MAX: i64 = 1000;
 /// The prefix of a group `chat_id`.
 const GROUP_CHAT_PREFIX: &str = "g:";
+
+/// Where a Message goes.
+enum Target {
+    /// To this user.
+    User(i64),
+    /// To this group's members.
+    Group(i64),
+}
 
 const TAG_HISTORY: i64 = 5;
 const TAG_MESSAGE: i64 = 11;
@@ -37,10 +45,10 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let receiver_id = match self.check_message(conn, &body) {
-            Ok(receiver_id) => receiver_id,
+        let target = match self.check_message(conn, sender_id, &body) {
+            Ok(target) => target,
             Err((kind, detail)) => {
-                fx.error(conn, kind, detail, TAG_MESSAGE, now);
+                fx.error(conn, kind, &detail, TAG_MESSAGE, now);
                 return;
             }
         };
@@ -49,6 +57,12 @@ impl Dispatcher {
             fx.error(conn, ErrorType::RateLimited, detail, TAG_MESSAGE, now);
             return;
         }
+        let receiver_id = match target {
+            Target::User(receiver_id) => receiver_id,
+            Target::Group(group_id) => {
+                return self.send_group_message(conn, sender_id, group_id, body, now, fx)
+            }
+        };
         let message_id = self.next_message_id;
         self.next_message_id += 1;
         let mut message = Delivered {
@@ -74,7 +88,8 @@ impl Dispatcher {
             message: NewMessage {
                 message_id,
                 sender_id,
-                receiver_id,
+                receiver_id: Some(receiver_id),
+                group_id: None,
                 content: std::mem::take(&mut message.content),
                 is_encrypted: message.is_encrypted,
                 time: now,
@@ -85,55 +100,63 @@ impl Dispatcher {
         self.counters.messages += 1;
     }
 
-    /// Validates a Message; returns the recipient's id or the error to send.
+    /// Validates a Message; returns where it goes or the error to send.
     fn check_message(
         &self,
         conn: ConnId,
+        sender_id: i64,
         body: &SendMessage,
-    ) -> Result<i64, (ErrorType, &'static str)> {
-        let dest = match (&body.dest_id, body.group_id) {
+    ) -> Result<Target, (ErrorType, String)> {
+        let refuse = |kind, detail: &str| Err((kind, detail.to_owned()));
+        match (&body.dest_id, body.group_id) {
             (Some(_), Some(_)) => {
-                return Err((ErrorType::BadRequest, "give dest_id or group_id, not both"))
+                return refuse(ErrorType::BadRequest, "give dest_id or group_id, not both")
             }
-            (None, None) => return Err((ErrorType::BadRequest, "dest_id or group_id is required")),
-            (None, Some(_)) => {
-                return Err((
-                    ErrorType::UnknownGroup,
-                    "groups are not supported by this server yet",
-                ))
+            (None, None) => {
+                return refuse(ErrorType::BadRequest, "dest_id or group_id is required")
             }
-            (Some(dest), None) => dest,
-        };
+            _ => {}
+        }
         if body.content.is_empty() {
-            return Err((ErrorType::BadRequest, "content is empty"));
+            return refuse(ErrorType::BadRequest, "content is empty");
         }
         if body
             .message_id
             .as_ref()
             .is_some_and(|id| id.chars().count() > CLIENT_MESSAGE_ID_CHARS_MAX)
         {
-            return Err((
+            return refuse(
                 ErrorType::BadRequest,
                 "message_id is longer than 64 characters",
-            ));
+            );
         }
         if body
             .source_id
             .as_ref()
             .is_some_and(|source| source != self.username_of(conn))
         {
-            return Err((ErrorType::Forbidden, "source_id must be your own username"));
+            return refuse(ErrorType::Forbidden, "source_id must be your own username");
         }
-        let Some(&receiver_id) = self.users.get(dest) else {
-            return Err((ErrorType::UnknownUser, "no such user"));
+        let target = match (&body.dest_id, body.group_id) {
+            (Some(dest), _) => match self.users.get(dest) {
+                Some(&receiver_id) => Target::User(receiver_id),
+                None => return refuse(ErrorType::UnknownUser, "no such user"),
+            },
+            (None, Some(group_id)) => {
+                self.check_member(group_id, sender_id)?;
+                Target::Group(group_id)
+            }
+            (None, None) => {
+                return refuse(ErrorType::BadRequest, "dest_id or group_id is required")
+            }
         };
         if self.storage_backlog >= self.limits.storage_backlog_max {
-            return Err((
+            return refuse(
                 ErrorType::ServerBusy,
                 "storage is behind; try again shortly",
-            ));
+            );
         }
-        Ok(receiver_id)
+        Ok(target)
     }
 
     /// Takes a token from the connection's message bucket.
@@ -178,25 +201,29 @@ impl Dispatcher {
                 return;
             }
         };
-        if body.chat_id.starts_with(GROUP_CHAT_PREFIX) {
-            let detail = "groups are not supported by this server yet";
-            fx.error(conn, ErrorType::UnknownGroup, detail, TAG_HISTORY, now);
-            return;
-        }
-        let Some(&peer_id) = self.users.get(&body.chat_id) else {
-            fx.error(
-                conn,
-                ErrorType::UnknownUser,
-                "no such user",
-                TAG_HISTORY,
-                now,
-            );
-            return;
+        let with = match body.chat_id.strip_prefix(GROUP_CHAT_PREFIX) {
+            Some(id) => {
+                let Ok(group_id) = id.parse::<i64>() else {
+                    let detail = "a group chat_id is g:<group_id>";
+                    return fx.error(conn, ErrorType::BadRequest, detail, TAG_HISTORY, now);
+                };
+                if let Err((kind, detail)) = self.check_member(group_id, user_id) {
+                    return fx.error(conn, kind, &detail, TAG_HISTORY, now);
+                }
+                Conversation::Group(group_id)
+            }
+            None => match self.users.get(&body.chat_id) {
+                Some(&peer_id) => Conversation::Peer(peer_id),
+                None => {
+                    let detail = "no such user";
+                    return fx.error(conn, ErrorType::UnknownUser, detail, TAG_HISTORY, now);
+                }
+            },
         };
         fx.storage.push(Command::History {
             conn,
             user_id,
-            peer_id,
+            with,
             chat_id: body.chat_id,
             before: body.before,
             limit,

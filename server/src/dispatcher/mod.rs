@@ -17,10 +17,11 @@
 //!
 //! One file per group of messages: [`accounts`] (register, login, logout,
 //! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
-//! directory, keys).
+//! directory, keys), [`groups`] (groups and group messages).
 
 mod accounts;
 mod contacts;
+mod groups;
 mod messages;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use protocol::{ClientMessage, ErrorType, ServerMessage};
 use crate::completion::{Completion, ConnId};
 use crate::hasher::{HashDone, HashJob};
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
-use crate::storage::{Command, Reply, Snapshot, StoredMessage};
+use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +121,9 @@ pub enum Auth {
         /// Messages from this id on are held here; older ones come from the
         /// offline queue in storage.
         queue_before: i64,
+        /// Whether the queue includes group messages (not when another
+        /// connection of the user was live and got them).
+        include_groups: bool,
         /// SuccessLogin is sent; the offline queue is still being pushed.
         success_sent: bool,
         /// Mutual contacts to tell once the login completes.
@@ -174,6 +178,8 @@ pub struct DispatchLimits {
     pub storage_backlog_max: usize,
     /// Rate limits, or `None` to disable them.
     pub rates: Option<RateConfig>,
+    /// Most members of one group.
+    pub max_group_size: usize,
 }
 
 /// The in-memory state and the rules; see the module docs.
@@ -183,6 +189,8 @@ pub struct Dispatcher {
     users: HashMap<String, i64>,
     clients: HashMap<ConnId, Client>,
     online: HashMap<i64, Vec<ConnId>>,
+    /// Every group and its members, by group id.
+    groups: HashMap<i64, GroupRow>,
     next_message_id: i64,
     storage_backlog: usize,
     limits: DispatchLimits,
@@ -198,6 +206,11 @@ impl Dispatcher {
             users: snapshot.users.into_iter().collect(),
             clients: HashMap::new(),
             online: HashMap::new(),
+            groups: snapshot
+                .groups
+                .into_iter()
+                .map(|group| (group.group_id, group))
+                .collect(),
             next_message_id: snapshot.next_message_id.max(1),
             storage_backlog: 0,
             limits,
@@ -338,13 +351,7 @@ impl Dispatcher {
             log::debug!("{conn:?}: {}", message.name());
         } else if !matches!(
             message,
-            ClientMessage::Register(_)
-                | ClientMessage::Login(_)
-                | ClientMessage::Ping
-                | ClientMessage::CreateGroup(_)
-                | ClientMessage::AddGroupMembers(_)
-                | ClientMessage::LeaveGroup(_)
-                | ClientMessage::GetGroups
+            ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
         ) {
             fx.error(conn, ErrorType::NotLoggedIn, "log in first", tag, now);
             return;
@@ -368,16 +375,12 @@ impl Dispatcher {
             ClientMessage::Message(body) => self.send_message(conn, user_id, body, now, fx),
             ClientMessage::GetHistory(body) => self.history(conn, user_id, body, now, fx),
             ClientMessage::Sync(body) => self.sync(conn, user_id, body, now, fx),
-            ClientMessage::CreateGroup(_)
-            | ClientMessage::AddGroupMembers(_)
-            | ClientMessage::LeaveGroup(_)
-            | ClientMessage::GetGroups => fx.error(
-                conn,
-                ErrorType::UnknownTag,
-                "groups are not supported by this server yet",
-                tag,
-                now,
-            ),
+            ClientMessage::CreateGroup(body) => self.create_group(conn, user_id, body, now, fx),
+            ClientMessage::AddGroupMembers(body) => {
+                self.add_group_members(conn, user_id, body, now, fx)
+            }
+            ClientMessage::LeaveGroup(body) => self.leave_group(conn, user_id, body, now, fx),
+            ClientMessage::GetGroups => self.get_groups(conn, user_id, now, fx),
         }
     }
 
@@ -450,6 +453,13 @@ impl Dispatcher {
                 username,
                 public_key,
             } => self.send_key(conn, username, public_key, now, fx),
+            Reply::GroupChanged { group, .. } => self.group_changed(group, now, fx),
+            Reply::GroupLeft {
+                conn,
+                user_id,
+                group_id,
+                remaining,
+            } => self.group_left(conn, user_id, group_id, remaining, now, fx),
             Reply::Failed { requester, reason } => {
                 log::warn!("storage failed a request of {:?}: {reason}", requester.0);
                 self.request_failed(requester, now, fx);
@@ -602,8 +612,8 @@ fn delivered(message: StoredMessage) -> Delivered {
     Delivered {
         message_id: message.message_id,
         source_id: message.sender,
-        dest_id: Some(message.receiver),
-        group_id: None,
+        dest_id: message.receiver,
+        group_id: message.group_id,
         content: message.content,
         is_encrypted: message.is_encrypted,
         time: message.time,

@@ -23,6 +23,7 @@ fn dispatcher() -> Dispatcher {
             ("carol".into(), CAROL),
         ],
         next_message_id: 10,
+        groups: vec![],
         recovered_from_crash: false,
     };
     Dispatcher::new(
@@ -30,6 +31,7 @@ fn dispatcher() -> Dispatcher {
         DispatchLimits {
             storage_backlog_max: 100,
             rates: Some(crate::rate_limit::RateConfig::default()),
+            max_group_size: 5,
         },
     )
 }
@@ -194,7 +196,8 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
     let queued = StoredMessage {
         message_id: 5,
         sender: "alice".into(),
-        receiver: "bob".into(),
+        receiver: Some("bob".into()),
+        group_id: None,
         content: "while you were away".into(),
         is_encrypted: false,
         time: NOW - 100,
@@ -572,6 +575,7 @@ fn page_limits_are_checked() {
     for json in [
         r#"{"tag":5,"chat_id":"bob","limit":0}"#,
         r#"{"tag":5,"chat_id":"bob","limit":201}"#,
+        r#"{"tag":5,"chat_id":"g:x"}"#,
         r#"{"tag":5,"chat_id":"bob","before":-1}"#,
         r#"{"tag":16,"since":0,"limit":1001}"#,
         r#"{"tag":16,"since":-5}"#,
@@ -593,7 +597,7 @@ fn page_limits_are_checked() {
         &fx.storage[..],
         [Command::History {
             limit: 50,
-            peer_id: BOB,
+            with: crate::storage::Conversation::Peer(BOB),
             ..
         }]
     ));
@@ -792,7 +796,8 @@ fn stored(id: i64, content: &str) -> StoredMessage {
     StoredMessage {
         message_id: id,
         sender: "alice".into(),
-        receiver: "bob".into(),
+        receiver: Some("bob".into()),
+        group_id: None,
         content: content.into(),
         is_encrypted: false,
         time: NOW,
@@ -854,4 +859,138 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
         .collect();
     assert_eq!(contents, vec!["q2", "live"]);
     assert!(matches!(d.client(b).unwrap().auth, Auth::LoggedIn { .. }));
+}
+
+fn group(id: i64, members: &[(i64, &str)]) -> crate::storage::GroupRow {
+    crate::storage::GroupRow {
+        group_id: id,
+        name: "team".into(),
+        members: members.iter().map(|(i, n)| (*i, n.to_string())).collect(),
+    }
+}
+
+#[test]
+fn creating_a_group_validates_members_and_size() {
+    let mut d = dispatcher();
+    let a = conn(1);
+    log_in(&mut d, a, "alice", vec![]);
+    let fx = send(
+        &mut d,
+        a,
+        r#"{"tag":12,"name":"team","members":["bob","bob","alice"]}"#,
+    );
+    assert!(matches!(&fx.storage[..],
+        [Command::CreateGroup { member_ids, .. }] if member_ids == &vec![ALICE, BOB]));
+    let fx = send(
+        &mut d,
+        a,
+        r#"{"tag":12,"name":"team","members":["nobody"]}"#,
+    );
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::UnknownUser)
+    );
+    let fx = send(&mut d, a, r#"{"tag":12,"name":"","members":[]}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::BadRequest)
+    );
+    d.users.extend((4..10).map(|i| (format!("u{i}"), i)));
+    let many = r#"{"tag":12,"name":"big","members":["u4","u5","u6","u7","u8"]}"#;
+    let fx = send(&mut d, a, many);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::BadRequest),
+        "6 > 5"
+    );
+}
+
+#[test]
+fn group_messages_reach_every_member_connection_but_the_sending_one() {
+    let mut d = dispatcher();
+    let (a1, a2, b, c) = (conn(1), conn(2), conn(3), conn(4));
+    log_in(&mut d, a1, "alice", vec![]);
+    log_in(&mut d, a2, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    log_in(&mut d, c, "carol", vec![]);
+    let fx = complete(
+        &mut d,
+        Reply::GroupChanged {
+            conn: a1,
+            group: group(7, &[(ALICE, "alice"), (BOB, "bob")]),
+        },
+    );
+    for member in [a1, a2, b] {
+        assert!(matches!(&frames_for(&fx, member)[..],
+            [ServerMessage::GroupInfo(g)] if g.group_id == 7 && g.members == vec!["alice", "bob"]));
+    }
+    assert!(frames_for(&fx, c).is_empty());
+
+    let fx = send(&mut d, a1, r#"{"tag":11,"group_id":7,"content":"hi all"}"#);
+    assert!(frames_for(&fx, a1).is_empty());
+    for member in [a2, b] {
+        assert!(matches!(&frames_for(&fx, member)[..],
+            [ServerMessage::Message(m)] if m.group_id == Some(7) && m.dest_id.is_none()));
+    }
+    assert!(frames_for(&fx, c).is_empty());
+    assert!(matches!(&fx.storage[..],
+        [Command::StoreMessage { message, .. }] if message.group_id == Some(7) && message.receiver_id.is_none()));
+
+    for json in [
+        r#"{"tag":11,"group_id":7,"content":"let me in"}"#,
+        r#"{"tag":5,"chat_id":"g:7"}"#,
+        r#"{"tag":13,"group_id":7,"members":["carol"]}"#,
+        r#"{"tag":14,"group_id":7}"#,
+    ] {
+        let fx = send(&mut d, c, json);
+        assert_eq!(
+            error_type(&frames_for(&fx, c)[0]),
+            Some(ErrorType::Forbidden),
+            "{json}"
+        );
+        assert!(fx.storage.is_empty() && frames_for(&fx, b).is_empty());
+    }
+    let fx = send(&mut d, c, r#"{"tag":14,"group_id":99}"#);
+    assert_eq!(
+        error_type(&frames_for(&fx, c)[0]),
+        Some(ErrorType::UnknownGroup)
+    );
+}
+
+#[test]
+fn leaving_tells_the_leaver_its_groups_and_the_rest_the_new_group() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    complete(
+        &mut d,
+        Reply::GroupChanged {
+            conn: a,
+            group: group(7, &[(ALICE, "alice"), (BOB, "bob")]),
+        },
+    );
+    let fx = send(&mut d, b, r#"{"tag":14,"group_id":7}"#);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::LeaveGroup {
+            user_id: BOB,
+            group_id: 7,
+            ..
+        }]
+    ));
+    let fx = complete(
+        &mut d,
+        Reply::GroupLeft {
+            conn: b,
+            user_id: BOB,
+            group_id: 7,
+            remaining: Some(group(7, &[(ALICE, "alice")])),
+        },
+    );
+    assert!(matches!(&frames_for(&fx, b)[..], [ServerMessage::Groups(g)] if g.data.is_empty()));
+    assert!(matches!(&frames_for(&fx, a)[..],
+        [ServerMessage::GroupInfo(g)] if g.members == vec!["alice"]));
+    let fx = send(&mut d, a, r#"{"tag":15}"#);
+    assert!(matches!(&frames_for(&fx, a)[..], [ServerMessage::Groups(g)] if g.data.len() == 1));
 }

@@ -35,8 +35,10 @@ pub struct NewMessage {
     pub message_id: i64,
     /// The sender.
     pub sender_id: i64,
-    /// The recipient.
-    pub receiver_id: i64,
+    /// The recipient (1:1 messages).
+    pub receiver_id: Option<i64>,
+    /// The group (group messages).
+    pub group_id: Option<i64>,
     /// The text.
     pub content: String,
     /// End-to-end encrypted?
@@ -55,8 +57,10 @@ pub struct StoredMessage {
     pub message_id: i64,
     /// Sender's username.
     pub sender: String,
-    /// Recipient's username.
-    pub receiver: String,
+    /// Recipient's username (1:1 messages).
+    pub receiver: Option<String>,
+    /// The group (group messages).
+    pub group_id: Option<i64>,
     /// The text.
     pub content: String,
     /// End-to-end encrypted?
@@ -76,6 +80,26 @@ pub struct ContactRow {
     pub mutual: bool,
     /// The contact's last login or disconnect, Unix seconds.
     pub last_activity: Option<i64>,
+}
+
+/// Whose conversation a History page is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conversation {
+    /// With this user.
+    Peer(i64),
+    /// In this group.
+    Group(i64),
+}
+
+/// A group with its members, as storage reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRow {
+    /// The group.
+    pub group_id: i64,
+    /// Its name.
+    pub name: String,
+    /// `(user_id, username)` of each member, by username.
+    pub members: Vec<(i64, String)>,
 }
 
 /// What the loop asks of storage.
@@ -115,6 +139,9 @@ pub enum Command {
         /// Only queued messages with smaller ids are taken (later ones are
         /// held for the connection by the loop).
         queue_before: i64,
+        /// Whether group messages are queued for this login (not when the
+        /// user already has a live connection, which got them).
+        include_groups: bool,
         /// Unix seconds.
         now: i64,
     },
@@ -131,6 +158,8 @@ pub enum Command {
         peer: SocketAddr,
         /// Only queued messages with smaller ids are taken.
         queue_before: i64,
+        /// Whether group messages are queued for this login.
+        include_groups: bool,
         /// Unix seconds.
         now: i64,
     },
@@ -143,6 +172,8 @@ pub enum Command {
         user_id: i64,
         /// Only queued messages with smaller ids are taken.
         queue_before: i64,
+        /// Whether group messages are queued for this login.
+        include_groups: bool,
     },
     /// Delete a session (Logout); replies [`Reply::SessionEnded`].
     EndSession {
@@ -162,6 +193,9 @@ pub enum Command {
         session_hash: String,
         /// Whether it was the user's last connection.
         last: bool,
+        /// The highest message id assigned so far: when `last`, the user's
+        /// group cursors move here (everything up to it was pushed live).
+        through: i64,
         /// Unix seconds.
         now: i64,
     },
@@ -182,6 +216,42 @@ pub enum Command {
         /// The messages.
         message_ids: Vec<i64>,
     },
+    /// Create a group; replies [`Reply::GroupChanged`].
+    CreateGroup {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The group's name.
+        name: String,
+        /// Every member, the creator included, without duplicates.
+        member_ids: Vec<i64>,
+        /// Highest message id assigned: new members' cursor.
+        through: i64,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Add members to a group; replies [`Reply::GroupChanged`].
+    AddGroupMembers {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The group.
+        group_id: i64,
+        /// Users to add (existing members are left alone).
+        member_ids: Vec<i64>,
+        /// Highest message id assigned: new members' cursor.
+        through: i64,
+        /// Unix seconds.
+        now: i64,
+    },
+    /// Remove a member (deleting the group, and its messages, when it was
+    /// the last); replies [`Reply::GroupLeft`].
+    LeaveGroup {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The leaver.
+        user_id: i64,
+        /// The group.
+        group_id: i64,
+    },
     /// Put messages to `user_id` from `from_message_id` on back into the
     /// offline queue (their connection was dropped unread). No reply.
     Requeue {
@@ -196,8 +266,8 @@ pub enum Command {
         conn: ConnId,
         /// The caller.
         user_id: i64,
-        /// The other user.
-        peer_id: i64,
+        /// The other user, or the group.
+        with: Conversation,
         /// Echoed back.
         chat_id: String,
         /// Exclusive upper bound on message ids.
@@ -293,6 +363,9 @@ impl Command {
             Command::GetKey { conn, .. } => Some((*conn, 10)),
             Command::StoreMessage { conn, .. } => Some((*conn, 11)),
             Command::Sync { conn, .. } => Some((*conn, 16)),
+            Command::CreateGroup { conn, .. } => Some((*conn, 12)),
+            Command::AddGroupMembers { conn, .. } => Some((*conn, 13)),
+            Command::LeaveGroup { conn, .. } => Some((*conn, 14)),
             Command::ConnectionLost { .. }
             | Command::MarkDelivered { .. }
             | Command::Requeue { .. }
@@ -420,6 +493,24 @@ pub enum Reply {
         /// The key, if published.
         public_key: Option<String>,
     },
+    /// A group was created or gained members.
+    GroupChanged {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The group as it is now.
+        group: GroupRow,
+    },
+    /// A member left; `remaining` is `None` when the group is gone.
+    GroupLeft {
+        /// Requesting connection.
+        conn: ConnId,
+        /// The leaver.
+        user_id: i64,
+        /// The group.
+        group_id: i64,
+        /// The group without the leaver, if anyone is left.
+        remaining: Option<GroupRow>,
+    },
     /// The command failed (disk error); nothing of it was stored.
     Failed {
         /// Requesting connection and request tag.
@@ -458,6 +549,8 @@ pub struct Snapshot {
     pub users: Vec<(String, i64)>,
     /// The id the next message gets.
     pub next_message_id: i64,
+    /// Every group with its members.
+    pub groups: Vec<GroupRow>,
     /// The previous process did not shut down cleanly.
     pub recovered_from_crash: bool,
 }

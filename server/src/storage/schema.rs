@@ -22,7 +22,7 @@
 use rusqlite::Connection;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const VERSION_1: &str = "
 CREATE TABLE users (
@@ -87,6 +87,21 @@ CREATE TABLE server_state (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2: group membership, with each member's delivery cursor.
+const VERSION_2: &str = "
+CREATE TABLE group_members (
+    group_id          INTEGER NOT NULL REFERENCES groups(group_id) ON DELETE CASCADE,
+    user_id           INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    joined_at         INTEGER NOT NULL,
+    -- Group messages up to this id were pushed to (or predate) the member;
+    -- later ones are its offline queue.
+    delivered_through INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX group_members_by_user ON group_members(user_id, group_id);
+CREATE INDEX messages_by_group ON messages(group_id, message_id) WHERE group_id IS NOT NULL;
+";
+
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].
 pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -120,11 +135,13 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
             "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
         )));
     }
-    if version < 1 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(VERSION_1)?;
-        tx.pragma_update(None, "user_version", 1)?;
-        tx.commit()?;
+    for (target, migration) in [(1, VERSION_1), (2, VERSION_2)] {
+        if version < target {
+            let tx = conn.transaction()?;
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", target)?;
+            tx.commit()?;
+        }
     }
     Ok(())
 }

@@ -14,7 +14,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::checkpoint::Checkpointer;
 use super::schema;
-use super::{Backend, Command, ContactRow, NewMessage, Reply, Snapshot, StoredMessage};
+use super::{
+    Backend, Command, ContactRow, Conversation, GroupRow, NewMessage, Reply, Snapshot,
+    StoredMessage,
+};
 
 /// Offline-queue messages taken per storage round trip at login. The whole
 /// queue is pushed, chunk by chunk, so one reply (and one write into the
@@ -230,9 +233,18 @@ fn read_snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
         )
         .optional()?
         == Some(1);
+    let group_ids: Vec<i64> = conn
+        .prepare("SELECT group_id FROM groups ORDER BY group_id")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let groups = group_ids
+        .into_iter()
+        .filter_map(|id| group_row(conn, id).transpose())
+        .collect::<rusqlite::Result<Vec<GroupRow>>>()?;
     Ok(Snapshot {
         users,
         next_message_id,
+        groups,
         recovered_from_crash,
     })
 }
@@ -277,6 +289,7 @@ fn apply(
             session_hash,
             peer,
             queue_before,
+            include_groups,
             now,
         } => {
             tx.prepare_cached(
@@ -284,7 +297,12 @@ fn apply(
                  VALUES (?1, ?2, ?3, ?3, ?4)",
             )?
             .execute(params![session_hash, user_id, now, peer.ip().to_string()])?;
-            session_opened(tx, *conn, *user_id, *peer, *queue_before, *now)?
+            let queue = QueueTake {
+                user_id: *user_id,
+                queue_before: *queue_before,
+                include_groups: *include_groups,
+            };
+            session_opened(tx, *conn, queue, *peer, *now)?
         }
         Command::ResumeSession {
             conn,
@@ -292,6 +310,7 @@ fn apply(
             session_hash,
             peer,
             queue_before,
+            include_groups,
             now,
         } => {
             let idle_before = now - crate::config::SESSION_IDLE_SECS;
@@ -302,7 +321,12 @@ fn apply(
                 )?
                 .execute(params![session_hash, user_id, now, idle_before])?;
             if touched == 1 {
-                session_opened(tx, *conn, *user_id, *peer, *queue_before, *now)?
+                let queue = QueueTake {
+                    user_id: *user_id,
+                    queue_before: *queue_before,
+                    include_groups: *include_groups,
+                };
+                session_opened(tx, *conn, queue, *peer, *now)?
             } else {
                 Reply::SessionInvalid { conn: *conn }
             }
@@ -311,8 +335,14 @@ fn apply(
             conn,
             user_id,
             queue_before,
+            include_groups,
         } => {
-            let (queued, more_queued) = take_queue(tx, *user_id, *queue_before)?;
+            let queue = QueueTake {
+                user_id: *user_id,
+                queue_before: *queue_before,
+                include_groups: *include_groups,
+            };
+            let (queued, more_queued) = take_queue(tx, queue)?;
             Reply::QueueChunk {
                 conn: *conn,
                 queued,
@@ -329,6 +359,7 @@ fn apply(
             username,
             session_hash,
             last,
+            through,
             now,
         } => {
             tx.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE session_hash = ?1")?
@@ -336,6 +367,12 @@ fn apply(
             if !*last {
                 return Ok(None);
             }
+            // Everything sent to the user's groups so far reached them live.
+            tx.prepare_cached(
+                "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
+                 WHERE user_id = ?1",
+            )?
+            .execute(params![user_id, through])?;
             tx.prepare_cached(
                 "UPDATE users SET is_online = FALSE, last_activity = ?2 WHERE user_id = ?1",
             )?
@@ -370,6 +407,54 @@ fn apply(
             }
             return Ok(None);
         }
+        Command::CreateGroup {
+            conn,
+            name,
+            member_ids,
+            through,
+            now,
+        } => {
+            let creator = member_ids.first().copied().unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO groups (name, creator_id, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, creator, now])?;
+            let group_id = tx.last_insert_rowid();
+            add_members(tx, group_id, member_ids, *through, *now)?;
+            group_changed(tx, *conn, group_id)?
+        }
+        Command::AddGroupMembers {
+            conn,
+            group_id,
+            member_ids,
+            through,
+            now,
+        } => {
+            add_members(tx, *group_id, member_ids, *through, *now)?;
+            group_changed(tx, *conn, *group_id)?
+        }
+        Command::LeaveGroup {
+            conn,
+            user_id,
+            group_id,
+        } => {
+            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+                .execute(params![group_id, user_id])?;
+            let remaining = group_row(tx, *group_id)?.filter(|group| !group.members.is_empty());
+            if remaining.is_none() {
+                // The last member left: the group and its messages go.
+                tx.prepare_cached("DELETE FROM messages WHERE group_id = ?1")?
+                    .execute([group_id])?;
+                tx.prepare_cached("DELETE FROM groups WHERE group_id = ?1")?
+                    .execute([group_id])?;
+            }
+            Reply::GroupLeft {
+                conn: *conn,
+                user_id: *user_id,
+                group_id: *group_id,
+                remaining,
+            }
+        }
         Command::Requeue {
             user_id,
             from_message_id,
@@ -384,13 +469,18 @@ fn apply(
         Command::History {
             conn,
             user_id,
-            peer_id,
+            with,
             chat_id,
             before,
             limit,
         } => {
-            let pair = (*user_id, *peer_id);
-            let (messages, has_more) = history(tx, pair, *before, *limit, indexed_through)?;
+            let (messages, has_more) = match with {
+                Conversation::Peer(peer_id) => {
+                    let pair = (*user_id, *peer_id);
+                    history(tx, pair, *before, *limit, indexed_through)?
+                }
+                Conversation::Group(group_id) => group_history(tx, *group_id, *before, *limit)?,
+            };
             Reply::History {
                 conn: *conn,
                 chat_id: chat_id.clone(),
@@ -501,8 +591,9 @@ fn apply(
 fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO messages
-             (message_id, sender_id, receiver_id, content, is_encrypted, timestamp, delivered)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (message_id, sender_id, receiver_id, group_id, content, is_encrypted, timestamp,
+              delivered)
+         VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         message.message_id,
@@ -512,8 +603,17 @@ fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()
         message.is_encrypted,
         message.time,
         message.delivered,
+        message.group_id,
     ])?;
     Ok(())
+}
+
+/// Whose offline queue to take, and how much of it.
+#[derive(Clone, Copy)]
+struct QueueTake {
+    user_id: i64,
+    queue_before: i64,
+    include_groups: bool,
 }
 
 /// Marks the user online, records the peer, and takes the first chunk of
@@ -521,38 +621,54 @@ fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()
 fn session_opened(
     tx: &Transaction,
     conn: crate::completion::ConnId,
-    user_id: i64,
+    queue: QueueTake,
     peer: std::net::SocketAddr,
-    queue_before: i64,
     now: i64,
 ) -> rusqlite::Result<Reply> {
     tx.prepare_cached(
         "UPDATE users SET is_online = TRUE, last_activity = ?2, ip_address = ?3, port = ?4
          WHERE user_id = ?1",
     )?
-    .execute(params![user_id, now, peer.ip().to_string(), peer.port()])?;
-    let (queued, more_queued) = take_queue(tx, user_id, queue_before)?;
+    .execute(params![
+        queue.user_id,
+        now,
+        peer.ip().to_string(),
+        peer.port()
+    ])?;
+    let (queued, more_queued) = take_queue(tx, queue)?;
     Ok(Reply::SessionOpened {
         conn,
         queued,
         more_queued,
-        mutual_contacts: mutual_contacts(tx, user_id)?,
+        mutual_contacts: mutual_contacts(tx, queue.user_id)?,
     })
 }
 
-/// Takes (marks delivered) the next [`OFFLINE_CHUNK`] undelivered messages
-/// to `user_id` with ids below `queue_before`; says whether more remain.
-fn take_queue(
-    tx: &Transaction,
-    user_id: i64,
-    queue_before: i64,
-) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+/// Takes the next chunk of the user's offline queue below `queue_before`:
+/// 1:1 messages not delivered (now marked delivered) and, with
+/// `include_groups`, messages of the user's groups past the member's cursor
+/// (the cursor moves past what is taken), oldest first. A chunk holds at most
+/// [`OFFLINE_CHUNK`] messages and about [`OFFLINE_CHUNK_BYTES`] of content.
+fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let QueueTake {
+        user_id,
+        queue_before,
+        include_groups,
+    } = queue;
     let mut queued = query_messages(
         tx,
-        "SELECT message_id FROM messages
-         WHERE receiver_id = ?1 AND delivered = 0 AND message_id < ?2
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE receiver_id = ?1 AND delivered = 0 AND message_id < ?2
+             ORDER BY message_id LIMIT ?3)
+         UNION ALL
+         SELECT message_id FROM (
+             SELECT m.message_id FROM group_members g
+             JOIN messages m ON m.group_id = g.group_id AND m.message_id > g.delivered_through
+             WHERE ?4 AND g.user_id = ?1 AND m.message_id < ?2 AND m.sender_id != ?1
+             ORDER BY m.message_id LIMIT ?3)
          ORDER BY message_id LIMIT ?3",
-        params![user_id, queue_before, OFFLINE_CHUNK + 1],
+        params![user_id, queue_before, OFFLINE_CHUNK + 1, include_groups],
     )?;
     let mut fits = 0;
     let mut bytes = 0;
@@ -567,10 +683,99 @@ fn take_queue(
     queued.truncate(fits);
     let mut mark =
         tx.prepare_cached("UPDATE messages SET delivered = TRUE WHERE message_id = ?1")?;
+    let mut advance = tx.prepare_cached(
+        "UPDATE group_members SET delivered_through = MAX(delivered_through, ?3)
+         WHERE group_id = ?1 AND user_id = ?2",
+    )?;
     for message in &queued {
-        mark.execute([message.message_id])?;
+        match message.group_id {
+            Some(group_id) => advance.execute(params![group_id, user_id, message.message_id])?,
+            None => mark.execute([message.message_id])?,
+        };
+    }
+    if !more {
+        // The whole queue is taken: every group message before the login
+        // boundary is now behind each cursor (later ones are held live).
+        tx.prepare_cached(
+            "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
+             WHERE user_id = ?1",
+        )?
+        .execute(params![user_id, queue_before - 1])?;
     }
     Ok((queued, more))
+}
+
+/// Inserts members (ignoring existing ones) with their cursor at `through`.
+fn add_members(
+    tx: &Transaction,
+    group_id: i64,
+    member_ids: &[i64],
+    through: i64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_at, delivered_through)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for user_id in member_ids {
+        insert.execute(params![group_id, user_id, now, through])?;
+    }
+    Ok(())
+}
+
+/// The reply for a created or grown group.
+fn group_changed(
+    tx: &Transaction,
+    conn: crate::completion::ConnId,
+    group_id: i64,
+) -> rusqlite::Result<Reply> {
+    let group = group_row(tx, group_id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    Ok(Reply::GroupChanged { conn, group })
+}
+
+/// A group with its members (by username), if it exists.
+fn group_row(conn: &Connection, group_id: i64) -> rusqlite::Result<Option<GroupRow>> {
+    let Some(name) = conn
+        .prepare_cached("SELECT name FROM groups WHERE group_id = ?1")?
+        .query_row([group_id], |row| row.get::<_, String>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let members = conn
+        .prepare_cached(
+            "SELECT u.user_id, u.username FROM group_members g
+             JOIN users u ON u.user_id = g.user_id
+             WHERE g.group_id = ?1 ORDER BY u.username",
+        )?
+        .query_map([group_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(i64, String)>>>()?;
+    Ok(Some(GroupRow {
+        group_id,
+        name,
+        members,
+    }))
+}
+
+/// The newest `limit` messages of a group older than `before`, oldest first.
+fn group_history(
+    tx: &Transaction,
+    group_id: i64,
+    before: Option<i64>,
+    limit: u32,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let mut messages = query_messages(
+        tx,
+        "SELECT message_id FROM messages
+         WHERE group_id = ?1 AND message_id < ?2
+         ORDER BY message_id DESC LIMIT ?3",
+        params![group_id, before.unwrap_or(i64::MAX), limit + 1],
+    )?;
+    let has_more = messages.len() > limit as usize;
+    if has_more {
+        messages.remove(0);
+    }
+    Ok((messages, has_more))
 }
 
 /// The columns of a delivered message, given a query that yields message ids.
@@ -580,10 +785,11 @@ fn query_messages(
     parameters: impl rusqlite::Params,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
     let sql = format!(
-        "SELECT m.message_id, s.username, r.username, m.content, m.is_encrypted, m.timestamp
+        "SELECT m.message_id, s.username, r.username, m.content, m.is_encrypted, m.timestamp,
+                m.group_id
          FROM messages m
          JOIN users s ON s.user_id = m.sender_id
-         JOIN users r ON r.user_id = m.receiver_id
+         LEFT JOIN users r ON r.user_id = m.receiver_id
          WHERE m.message_id IN ({ids_query})
          ORDER BY m.message_id"
     );
@@ -596,6 +802,7 @@ fn query_messages(
             content: row.get(3)?,
             is_encrypted: row.get(4)?,
             time: row.get(5)?,
+            group_id: row.get(6)?,
         })
     })?;
     rows.collect()
@@ -659,7 +866,7 @@ fn sync(
         tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
-             WHERE indexed = 1 AND sender_id = ?1 AND message_id > ?2
+             WHERE indexed = 1 AND sender_id = ?1 AND message_id > ?2 AND group_id IS NULL
              ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (
@@ -670,7 +877,14 @@ fn sync(
          SELECT message_id FROM (
              SELECT message_id FROM messages
              WHERE message_id > MAX(?2, ?4) AND (sender_id = ?1 OR receiver_id = ?1)
+               AND group_id IS NULL
              ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT m.message_id FROM group_members g
+             JOIN messages m ON m.group_id = g.group_id AND m.message_id > ?2
+             WHERE g.user_id = ?1
+             ORDER BY m.message_id LIMIT ?3)
          ORDER BY message_id LIMIT ?3",
         params![user_id, since, fetch, indexed_through],
     )?;
@@ -800,7 +1014,8 @@ mod tests {
             message: NewMessage {
                 message_id: id,
                 sender_id: from,
-                receiver_id: to,
+                receiver_id: Some(to),
+                group_id: None,
                 content: format!("m{id}"),
                 is_encrypted: false,
                 time: 100 + id,
@@ -905,6 +1120,7 @@ mod tests {
             session_hash: hash.into(),
             peer,
             queue_before: 3,
+            include_groups: true,
             now: 200,
         };
         let replies = backend.execute(vec![open_session("h1")]);
@@ -936,6 +1152,7 @@ mod tests {
             conn: CONN,
             user_id: b,
             queue_before: i64::MAX,
+            include_groups: true,
         };
         let mut taken = Vec::new();
         loop {
@@ -968,6 +1185,7 @@ mod tests {
             session_hash: "h".into(),
             peer,
             queue_before: i64::MAX,
+            include_groups: true,
             now: 200,
         }]);
         let resume = |user_id| Command::ResumeSession {
@@ -976,6 +1194,7 @@ mod tests {
             session_hash: "h".into(),
             peer,
             queue_before: i64::MAX,
+            include_groups: true,
             now: 300,
         };
         assert!(matches!(
@@ -1044,7 +1263,8 @@ mod tests {
             message: NewMessage {
                 message_id: id,
                 sender_id: a,
-                receiver_id: a,
+                receiver_id: Some(a),
+                group_id: None,
                 content: "x".into(),
                 is_encrypted: false,
                 time: 1,

@@ -1,0 +1,278 @@
+//! Groups: CreateGroup (12), AddGroupMembers (13), LeaveGroup (14),
+//! GetGroups (15), group messages (11 with `group_id`) and their History.
+//!
+//! The dispatcher keeps every group's members in memory (loaded at start,
+//! updated from storage replies after each commit), so a group message is
+//! routed — and membership checked — without touching the disk. Writes go
+//! to storage; the GroupInfo frames go out once storage has committed them.
+
+use protocol::client::{AddGroupMembers, CreateGroup, LeaveGroup, SendMessage};
+use protocol::server::{Delivered, GroupInfo, Groups};
+use protocol::{ErrorType, ServerMessage};
+
+use super::{Dispatcher, Effects};
+use crate::completion::ConnId;
+use crate::storage::{Command, GroupRow, NewMessage};
+
+/// Longest group name, in characters.
+const GROUP_NAME_CHARS_MAX: usize = 64;
+
+const TAG_CREATE_GROUP: i64 = 12;
+const TAG_ADD_GROUP_MEMBERS: i64 = 13;
+const TAG_LEAVE_GROUP: i64 = 14;
+
+/// What a group request was refused for.
+type Refusal = (ErrorType, String);
+
+impl Dispatcher {
+    pub(super) fn create_group(
+        &mut self,
+        conn: ConnId,
+        creator_id: i64,
+        body: CreateGroup,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let name_chars = body.name.chars().count();
+        if name_chars == 0 || name_chars > GROUP_NAME_CHARS_MAX {
+            let detail = "a group name is 1 to 64 characters";
+            fx.error(conn, ErrorType::BadRequest, detail, TAG_CREATE_GROUP, now);
+            return;
+        }
+        let mut member_ids = vec![creator_id];
+        match self.resolve_members(&body.members, &mut member_ids) {
+            Ok(()) => {}
+            Err((kind, detail)) => return fx.error(conn, kind, &detail, TAG_CREATE_GROUP, now),
+        }
+        if member_ids.len() > self.limits.max_group_size {
+            let detail = format!("a group has at most {} members", self.limits.max_group_size);
+            return fx.error(conn, ErrorType::BadRequest, &detail, TAG_CREATE_GROUP, now);
+        }
+        fx.storage.push(Command::CreateGroup {
+            conn,
+            name: body.name,
+            member_ids,
+            through: self.next_message_id - 1,
+            now,
+        });
+    }
+
+    pub(super) fn add_group_members(
+        &mut self,
+        conn: ConnId,
+        user_id: i64,
+        body: AddGroupMembers,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        if let Err((kind, detail)) = self.check_member(body.group_id, user_id) {
+            return fx.error(conn, kind, &detail, TAG_ADD_GROUP_MEMBERS, now);
+        }
+        let mut member_ids = Vec::new();
+        if let Err((kind, detail)) = self.resolve_members(&body.members, &mut member_ids) {
+            return fx.error(conn, kind, &detail, TAG_ADD_GROUP_MEMBERS, now);
+        }
+        let current = self
+            .groups
+            .get(&body.group_id)
+            .map_or(0, |g| g.members.len());
+        let joining = member_ids
+            .iter()
+            .filter(|id| !self.is_member(body.group_id, **id))
+            .count();
+        if current + joining > self.limits.max_group_size {
+            let detail = format!("a group has at most {} members", self.limits.max_group_size);
+            return fx.error(
+                conn,
+                ErrorType::BadRequest,
+                &detail,
+                TAG_ADD_GROUP_MEMBERS,
+                now,
+            );
+        }
+        fx.storage.push(Command::AddGroupMembers {
+            conn,
+            group_id: body.group_id,
+            member_ids,
+            through: self.next_message_id - 1,
+            now,
+        });
+    }
+
+    pub(super) fn leave_group(
+        &mut self,
+        conn: ConnId,
+        user_id: i64,
+        body: LeaveGroup,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        if let Err((kind, detail)) = self.check_member(body.group_id, user_id) {
+            return fx.error(conn, kind, &detail, TAG_LEAVE_GROUP, now);
+        }
+        fx.storage.push(Command::LeaveGroup {
+            conn,
+            user_id,
+            group_id: body.group_id,
+        });
+    }
+
+    pub(super) fn get_groups(&mut self, conn: ConnId, user_id: i64, now: i64, fx: &mut Effects) {
+        let groups = ServerMessage::Groups(Groups {
+            data: self.groups_of(user_id),
+        });
+        fx.send(conn, &groups, now);
+    }
+
+    /// Delivers a group message (already checked: the sender is a member)
+    /// to every member's connections except the sending one; stores it once.
+    pub(super) fn send_group_message(
+        &mut self,
+        conn: ConnId,
+        sender_id: i64,
+        group_id: i64,
+        body: SendMessage,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        let mut message = Delivered {
+            message_id,
+            source_id: self.username_of(conn).to_owned(),
+            dest_id: None,
+            group_id: Some(group_id),
+            content: body.content,
+            is_encrypted: body.is_encrypted,
+            time: now,
+        };
+        let frame = protocol::encode_delivered(&message);
+        let members: Vec<i64> = self
+            .groups
+            .get(&group_id)
+            .map(|group| group.members.iter().map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        for member in members {
+            self.push_to_user(member, &frame, Some(message_id), Some(conn), fx);
+        }
+        log::debug!(
+            "message {message_id}: {} -> group {group_id} ({} bytes)",
+            message.source_id,
+            message.content.len()
+        );
+        fx.storage.push(Command::StoreMessage {
+            conn,
+            client_message_id: body.message_id,
+            message: NewMessage {
+                message_id,
+                sender_id,
+                receiver_id: None,
+                group_id: Some(group_id),
+                content: std::mem::take(&mut message.content),
+                is_encrypted: message.is_encrypted,
+                time: now,
+                // Group delivery is tracked per member (storage's cursors).
+                delivered: true,
+            },
+        });
+        self.counters.messages += 1;
+    }
+
+    /// A group was created or grew: remember it and tell every member.
+    pub(super) fn group_changed(&mut self, group: GroupRow, now: i64, fx: &mut Effects) {
+        let info = ServerMessage::GroupInfo(group_info(&group));
+        let members: Vec<i64> = group.members.iter().map(|(id, _)| *id).collect();
+        self.groups.insert(group.group_id, group);
+        for member in members {
+            self.send_to_user(member, &info, now, fx);
+        }
+    }
+
+    /// A member left: the leaver's connection gets its remaining groups,
+    /// the remaining members the updated group.
+    pub(super) fn group_left(
+        &mut self,
+        conn: ConnId,
+        user_id: i64,
+        group_id: i64,
+        remaining: Option<GroupRow>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        match remaining {
+            Some(group) => {
+                let info = ServerMessage::GroupInfo(group_info(&group));
+                let members: Vec<i64> = group.members.iter().map(|(id, _)| *id).collect();
+                self.groups.insert(group_id, group);
+                for member in members {
+                    self.send_to_user(member, &info, now, fx);
+                }
+            }
+            None => {
+                self.groups.remove(&group_id);
+            }
+        }
+        if self.clients.contains_key(&conn) {
+            let groups = ServerMessage::Groups(Groups {
+                data: self.groups_of(user_id),
+            });
+            fx.send(conn, &groups, now);
+        }
+    }
+
+    /// Checks that the group exists and `user_id` is in it.
+    pub(super) fn check_member(&self, group_id: i64, user_id: i64) -> Result<(), Refusal> {
+        if !self.groups.contains_key(&group_id) {
+            return Err((
+                ErrorType::UnknownGroup,
+                format!("there is no group {group_id}"),
+            ));
+        }
+        if !self.is_member(group_id, user_id) {
+            let detail = format!("you are not a member of group {group_id}");
+            return Err((ErrorType::Forbidden, detail));
+        }
+        Ok(())
+    }
+
+    fn is_member(&self, group_id: i64, user_id: i64) -> bool {
+        self.groups
+            .get(&group_id)
+            .is_some_and(|group| group.members.iter().any(|(id, _)| *id == user_id))
+    }
+
+    /// Adds the ids of `names` to `ids` (skipping duplicates), or names the
+    /// first unknown user.
+    fn resolve_members(&self, names: &[String], ids: &mut Vec<i64>) -> Result<(), Refusal> {
+        for name in names {
+            let Some(&id) = self.users.get(name) else {
+                return Err((ErrorType::UnknownUser, format!("no such user: {name}")));
+            };
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups `user_id` is in, by id.
+    fn groups_of(&self, user_id: i64) -> Vec<GroupInfo> {
+        let mut groups: Vec<GroupInfo> = self
+            .groups
+            .values()
+            .filter(|group| group.members.iter().any(|(id, _)| *id == user_id))
+            .map(group_info)
+            .collect();
+        groups.sort_by_key(|group| group.group_id);
+        groups
+    }
+}
+
+/// The protocol's view of a group.
+fn group_info(group: &GroupRow) -> GroupInfo {
+    GroupInfo {
+        group_id: group.group_id,
+        name: group.name.clone(),
+        members: group.members.iter().map(|(_, name)| name.clone()).collect(),
+    }
+}
