@@ -444,3 +444,194 @@ fn catches_up_with_sync_after_its_own_connection_drops() {
     assert_eq!(laptop.finish(), 0);
     assert_eq!(phone.finish(), 0);
 }
+
+/// The group id in a line like `created #team (id 3): alice, bob`.
+fn group_id_in(line: &str) -> i64 {
+    line.split("(id ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no group id in {line:?}"))
+}
+
+/// Group chat between live clients: create a group, message it, the members
+/// see `#team alice: …`, an offline member gets it at login with the group's
+/// name, /groups lists it, adding and leaving are announced to the others.
+#[test]
+fn group_chat_between_live_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[
+            ("alice", "password1"),
+            ("bob", "password2"),
+            ("carol", "password3"),
+            ("dave", "password4"),
+        ],
+    );
+    let mut bob = Live::start(chat_command(&server.url(), &dir.path().join("bob.json")));
+    bob.send("/login bob password2");
+    bob.expect_line("logged in as bob");
+    let mut alice = Live::start(chat_command(&server.url(), &dir.path().join("alice.json")));
+    alice.send("/login alice password1");
+    alice.expect_line("logged in as alice");
+
+    alice.send("/group create team bob carol");
+    let created = alice.expect_line("created #team (id ");
+    let id = group_id_in(&created);
+    assert_eq!(
+        created,
+        format!("created #team (id {id}): alice, bob, carol")
+    );
+    bob.expect_line(&format!("* you are in #team (id {id}): alice, bob, carol"));
+
+    alice.send(&format!("/gmsg {id} hello team"));
+    let own = alice.expect_line("#team alice: hello team");
+    assert!(own.starts_with('[') && own.ends_with("] #team alice: hello team"));
+    let seen = bob.expect_line("#team alice: hello team");
+    assert!(seen.starts_with('[') && seen.ends_with("] #team alice: hello team"));
+
+    bob.send("/groups");
+    bob.expect_line("you are in 1 group:");
+    bob.expect_line(&format!("  #team (id {id}): alice, bob, carol"));
+    bob.send(&format!("/history #{id}"));
+    bob.expect_line("] alice: hello team");
+
+    // carol was offline: the message waits for her and shows with the
+    // group's name, and she can answer the group from a script.
+    let carol = run_script(
+        chat_command(&server.url(), &dir.path().join("carol.json")),
+        &format!("/login carol password3\n/gmsg #{id} hi all\n/groups\n"),
+    );
+    assert_eq!(carol.code, 0, "{carol:?}");
+    assert_eq!(carol.stderr, "", "{carol:?}");
+    for expected in [
+        "] #team alice: hello team",
+        "] #team carol: hi all",
+        &format!("  #team (id {id}): alice, bob, carol"),
+    ] {
+        assert!(carol.stdout.contains(expected), "{expected:?} in {carol:?}");
+    }
+    alice.expect_line("] #team carol: hi all");
+    bob.expect_line("] #team carol: hi all");
+
+    alice.send(&format!("/group add {id} dave"));
+    alice.expect_line(&format!(
+        "added dave to #team (id {id}): alice, bob, carol, dave"
+    ));
+    bob.expect_line(&format!(
+        "* dave joined #team (id {id}): alice, bob, carol, dave"
+    ));
+
+    bob.send(&format!("/group leave {id}"));
+    bob.expect_line(&format!("left #team (id {id})"));
+    alice.expect_line(&format!("* bob left #team (id {id}): alice, carol, dave"));
+    bob.send("/groups");
+    bob.expect_line("you are in no groups");
+
+    // bob is out: the group's messages no longer reach him.
+    alice.send(&format!("/gmsg {id} bob has gone"));
+    alice.expect_line("] #team alice: bob has gone");
+    bob.send("/whoami");
+    bob.expect_line("logged in as bob");
+    assert!(
+        !bob.seen.iter().any(|line| line.contains("bob has gone")),
+        "{:#?}",
+        bob.seen
+    );
+    assert_eq!(alice.finish(), 0);
+    assert_eq!(bob.finish(), 0);
+}
+
+/// Group commands in scripts wait for their answers, and a non-member's
+/// attempts fail in plain words (and fail the script).
+#[test]
+fn group_commands_in_scripts_and_plain_word_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[
+            ("alice", "password1"),
+            ("bob", "password2"),
+            ("zoe", "password3"),
+        ],
+    );
+    let alice_session = dir.path().join("alice.json");
+    let first = run_script(
+        chat_command(&server.url(), &alice_session),
+        "/login alice password1\n/group create ops bob\n/groups\n",
+    );
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(first.stderr, "", "{first:?}");
+    let lines: Vec<&str> = first.stdout.lines().collect();
+    let id = group_id_in(lines[1]);
+    assert_eq!(
+        lines,
+        vec![
+            "logged in as alice".to_string(),
+            format!("created #ops (id {id}): alice, bob"),
+            "you are in 1 group:".to_string(),
+            format!("  #ops (id {id}): alice, bob"),
+        ]
+    );
+
+    // Resumed session: the names are fetched again, so #ops shows by name.
+    let second = run_script(
+        chat_command(&server.url(), &alice_session),
+        &format!("/gmsg {id} deploy at 5\n/history #{id}\n/group leave {id}\n/groups\n"),
+    );
+    assert_eq!(second.code, 0, "{second:?}");
+    let lines: Vec<&str> = second.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{second:?}");
+    assert!(
+        lines[0].ends_with("] #ops alice: deploy at 5"),
+        "{second:?}"
+    );
+    assert!(lines[1].ends_with("] alice: deploy at 5"), "{second:?}");
+    assert_eq!(lines[2], format!("left #ops (id {id})"));
+    assert!(lines[3].starts_with("you are in no groups"), "{second:?}");
+
+    // bob, still a member, gets what was sent while he was away.
+    let bob = run_script(
+        chat_command(&server.url(), &dir.path().join("bob.json")),
+        &format!("/login bob password2\n/gmsg {id} still here\n"),
+    );
+    assert_eq!(bob.code, 0, "{bob:?}");
+    assert!(bob.stdout.contains("] #ops alice: deploy at 5"), "{bob:?}");
+    assert!(bob.stdout.contains("] #ops bob: still here"), "{bob:?}");
+
+    let zoe = run_script(
+        chat_command(&server.url(), &dir.path().join("zoe.json")),
+        &format!(
+            "/login zoe password3\n\
+             /gmsg {id} let me in\n\
+             /history #{id}\n\
+             /group add {id} zoe\n\
+             /group leave {id}\n\
+             /gmsg 9999 anyone?\n\
+             /group create club nobody_here\n\
+             /groups\n"
+        ),
+    );
+    assert_eq!(zoe.code, 1, "{zoe:?}");
+    let errors: Vec<&str> = zoe.stderr.lines().collect();
+    assert_eq!(
+        errors,
+        vec![
+            format!("message to #{id} not sent: you are not a member of group {id}"),
+            format!("history of #{id} failed: you are not a member of group {id}"),
+            format!("could not add zoe to #{id}: you are not a member of group {id}"),
+            format!("could not leave #{id}: you are not a member of group {id}"),
+            "message to #9999 not sent: there is no group 9999".to_string(),
+            "could not create group 'club': there is no user named 'nobody_here'".to_string(),
+        ],
+        "{zoe:?}"
+    );
+    assert!(zoe
+        .stdout
+        .ends_with("you are in no groups; /group create NAME USER... starts one\n"));
+}

@@ -9,17 +9,32 @@
 //! command that caused it. The client's own background requests (resuming a
 //! session, catching up with `Sync`) have answers of their own types
 //! (SuccessLogin/FailLogin while resuming, Synced), so they never get confused
-//! with a command's answer.
+//! with a command's answer. The one exception is the list of groups fetched
+//! after each login (GetGroups, answered by Groups like `/groups` and
+//! `/group leave`): it is sent before any command that could share its answer
+//! type, and the server answers a connection's requests in order, so the
+//! first Groups (or tag-15 Error) after it is its answer.
+//!
+//! Group messages are shown as `#name`; the names come from that list and
+//! from every GroupInfo/Groups frame since. Messages that arrive while the
+//! list is being fetched (the offline queue comes right after SuccessLogin)
+//! are held until it arrives, so they show with their group's name, in order.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use protocol::client::{GetHistory, Login, Logout, Register, SendMessage, Sync, UserRef};
-use protocol::server::{Delivered, Directory, Error as ServerError, SuccessLogin, Synced};
-use protocol::{decode_server, encode_client, ClientMessage, ServerMessage};
+use protocol::client::{
+    AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Login, Logout, Register, SendMessage,
+    Sync, UserRef,
+};
+use protocol::server::{
+    Delivered, Directory, Error as ServerError, GroupInfo, Groups, SuccessLogin, Synced,
+};
+use protocol::{decode_server, encode_client, ClientMessage, ErrorType, ServerMessage};
 
 use crate::chat::clock::{unix_now, Stamper};
-use crate::chat::command::{parse_line, Command, HELP};
+use crate::chat::command::{parse_line, Chat, Command, HELP};
 use crate::chat::connection::{Connection, Received, POLL_INTERVAL};
 use crate::chat::input::{Input, InputEvent};
 use crate::chat::output::Output;
@@ -92,6 +107,15 @@ struct Catchup {
     floor_time: Option<i64>,
 }
 
+/// The client's own GetGroups after a login, awaiting its answer.
+struct GroupsFetch {
+    /// Give up waiting (and show what is held) at this time.
+    deadline: Instant,
+    /// Messages that arrived meanwhile, in order, to be shown once the group
+    /// names are known.
+    held: Vec<Delivered>,
+}
+
 /// The connection and what to do when there is none.
 // There is exactly one `Link`, so the size of its largest variant costs
 // nothing; boxing the connection would only add an indirection.
@@ -124,6 +148,11 @@ struct App {
     first_login_time: Option<i64>,
     pending: Option<Pending>,
     catchup: Option<Catchup>,
+    /// The groups the logged-in user is in, by id, as last heard.
+    groups: BTreeMap<i64, GroupInfo>,
+    /// True once a full list of groups arrived for the logged-in user.
+    groups_loaded: bool,
+    groups_fetch: Option<GroupsFetch>,
     seen: SeenIds,
     /// The user whose message ids `seen` holds.
     seen_owner: Option<String>,
@@ -159,6 +188,9 @@ impl App {
             first_login_time: None,
             pending: None,
             catchup: None,
+            groups: BTreeMap::new(),
+            groups_loaded: false,
+            groups_fetch: None,
             seen: SeenIds::default(),
             seen_owner: None,
             saved_highest: 0,
@@ -203,6 +235,7 @@ impl App {
             }
             self.send_pending_if_ready();
             self.expire_pending();
+            self.expire_groups_fetch();
             self.persist_highest_seen();
             if self.finished() {
                 self.shut_down();
@@ -244,7 +277,10 @@ impl App {
         let Some(ended_at) = self.input_ended_at else {
             return false;
         };
-        !self.busy() && self.catchup.is_none() && ended_at.elapsed() >= self.options.wait
+        !self.busy()
+            && self.catchup.is_none()
+            && self.groups_fetch.is_none()
+            && ended_at.elapsed() >= self.options.wait
     }
 
     /// True while a command (or the client's own resume) awaits an answer.
@@ -373,14 +409,50 @@ impl App {
             } => self.login(username, secret),
             Command::Logout => self.logout(),
             Command::Message { to, text } => self.message(to, text),
-            Command::History { with, limit } => self.submit(
-                Asked::History { with: with.clone() },
-                ClientMessage::GetHistory(GetHistory {
-                    chat_id: with,
-                    before: None,
-                    limit: limit.map(i64::from),
-                }),
+            Command::History { with, limit } => {
+                let (asked, chat_id) = match with {
+                    Chat::User(with) => (Asked::History { with: with.clone() }, with),
+                    Chat::Group(group_id) => (
+                        Asked::GroupHistory {
+                            group_id,
+                            label: self.group_label(group_id),
+                        },
+                        format!("g:{group_id}"),
+                    ),
+                };
+                self.submit(
+                    asked,
+                    ClientMessage::GetHistory(GetHistory {
+                        chat_id,
+                        before: None,
+                        limit: limit.map(i64::from),
+                    }),
+                )
+            }
+            Command::GroupMessage { group_id, text } => self.group_message(group_id, text),
+            Command::CreateGroup { name, members } => self.submit(
+                Asked::CreateGroup {
+                    name: name.clone(),
+                    members: members.clone(),
+                },
+                ClientMessage::CreateGroup(CreateGroup { name, members }),
             ),
+            Command::AddGroupMembers { group_id, members } => self.submit(
+                Asked::AddGroupMembers {
+                    group_id,
+                    label: self.group_label(group_id),
+                    members: members.clone(),
+                },
+                ClientMessage::AddGroupMembers(AddGroupMembers { group_id, members }),
+            ),
+            Command::LeaveGroup { group_id } => self.submit(
+                Asked::LeaveGroup {
+                    group_id,
+                    label: self.group_label(group_id),
+                },
+                ClientMessage::LeaveGroup(LeaveGroup { group_id }),
+            ),
+            Command::Groups => self.submit(Asked::Groups, ClientMessage::GetGroups),
             Command::Friends => self.submit(Asked::Friends, ClientMessage::GetDirectory),
             Command::Add { username } => self.submit(
                 Asked::Add {
@@ -487,6 +559,35 @@ impl App {
                 is_encrypted: false,
             }),
         );
+    }
+
+    fn group_message(&mut self, group_id: i64, text: String) {
+        self.client_message_count += 1;
+        let message_id = format!("chat-{}-{}", std::process::id(), self.client_message_count);
+        self.submit(
+            Asked::GroupMessage {
+                group_id,
+                label: self.group_label(group_id),
+                text: text.clone(),
+            },
+            ClientMessage::Message(SendMessage {
+                dest_id: None,
+                group_id: Some(group_id),
+                content: text,
+                message_id: Some(message_id),
+                source_id: None,
+                is_encrypted: false,
+            }),
+        );
+    }
+
+    fn group_name(&self, group_id: i64) -> Option<&str> {
+        self.groups.get(&group_id).map(|group| group.name.as_str())
+    }
+
+    /// `#team`, or `#5` while the name is unknown.
+    fn group_label(&self, group_id: i64) -> String {
+        render::group_label(group_id, self.group_name(group_id))
     }
 
     /// Queues a command for the server; it is sent once the link is ready.
@@ -637,11 +738,13 @@ impl App {
         }
         self.resuming = false;
         self.catchup = None;
+        self.end_groups_fetch();
     }
 
     fn on_link_lost(&mut self, why: String) {
         self.resuming = false;
         self.catchup = None;
+        self.end_groups_fetch();
         if self.pending.as_ref().is_some_and(|pending| pending.sent) {
             self.fail_pending("the connection was lost before the server answered");
         }
@@ -704,10 +807,14 @@ impl App {
             ServerMessage::Ack(ack) => self.on_ack(ack.message_id, frame_time(text)),
             ServerMessage::History(history) => {
                 if self
-                    .take_pending(|asked| matches!(asked, Asked::History { .. }))
+                    .take_pending(|asked| {
+                        matches!(asked, Asked::History { .. } | Asked::GroupHistory { .. })
+                    })
                     .is_some()
                 {
-                    for line in render::history_lines(&history, &Stamper::local_now()) {
+                    let name = render::group_chat_id(&history.chat_id)
+                        .and_then(|group_id| self.group_name(group_id));
+                    for line in render::history_lines(&history, name, &Stamper::local_now()) {
                         self.out.result(&line);
                     }
                 }
@@ -736,35 +843,154 @@ impl App {
             }
             ServerMessage::Error(error) => self.on_error(&error),
             ServerMessage::Synced(synced) => self.on_synced(synced),
-            // Pong answers nothing this client sends on its own; keys and
-            // groups are not part of the line client yet.
-            ServerMessage::Pong
-            | ServerMessage::Key(_)
-            | ServerMessage::GroupInfo(_)
-            | ServerMessage::Groups(_) => {}
+            ServerMessage::GroupInfo(group) => self.on_group_info(group),
+            ServerMessage::Groups(groups) => self.on_groups(groups),
+            // Pong answers nothing this client sends on its own; keys are not
+            // part of the line client yet.
+            ServerMessage::Pong | ServerMessage::Key(_) => {}
         }
     }
 
     /// A sent message is shown once the server has stored it.
     fn on_ack(&mut self, message_id: i64, server_time: Option<i64>) {
-        let Some(Asked::Message { to, text }) =
-            self.take_pending(|asked| matches!(asked, Asked::Message { .. }))
-        else {
-            return;
+        let (dest_id, group_id, content) = match self.take_pending(|asked| {
+            matches!(asked, Asked::Message { .. } | Asked::GroupMessage { .. })
+        }) {
+            Some(Asked::Message { to, text }) => (Some(to), None, text),
+            Some(Asked::GroupMessage { group_id, text, .. }) => (None, Some(group_id), text),
+            _ => return,
         };
         self.seen.record(message_id);
         let me = self.my_name().unwrap_or_default();
         let sent = Delivered {
             message_id,
             source_id: me.clone(),
-            dest_id: Some(to),
-            group_id: None,
-            content: text,
+            dest_id,
+            group_id,
+            content,
             is_encrypted: false,
             time: server_time.unwrap_or_else(unix_now),
         };
-        let line = render::message_line(&sent, Some(&me), &Stamper::local_now());
+        let name = group_id.and_then(|group_id| self.group_name(group_id));
+        let line = render::message_line(&sent, Some(&me), name, &Stamper::local_now());
         self.out.result(&line);
+    }
+
+    /// A GroupInfo: the answer to `/group create` or `/group add`, or news
+    /// about a group (someone added you, or joined or left one of yours).
+    fn on_group_info(&mut self, group: GroupInfo) {
+        let previous = self.groups.insert(group.group_id, group.clone());
+        let answered = self.take_pending(|asked| match asked {
+            // A new group by the name asked for; pushes about other groups
+            // (someone adding you meanwhile) are told apart by name and id.
+            Asked::CreateGroup { name, .. } => previous.is_none() && group.name == *name,
+            Asked::AddGroupMembers {
+                group_id, members, ..
+            } => {
+                group.group_id == *group_id
+                    && members.iter().all(|member| group.members.contains(member))
+            }
+            _ => false,
+        });
+        let line = match answered {
+            Some(Asked::CreateGroup { .. }) => {
+                self.out.result(&render::group_created_line(&group));
+                return;
+            }
+            Some(Asked::AddGroupMembers { members, .. }) => {
+                self.out.result(&render::group_added_line(&members, &group));
+                return;
+            }
+            _ => render::group_info_event(previous.as_ref(), &group),
+        };
+        self.out.event(&line);
+    }
+
+    /// A Groups list: the answer to the client's own fetch after a login, to
+    /// `/groups`, or to `/group leave` (or news from another device).
+    fn on_groups(&mut self, groups: Groups) {
+        let previous: Vec<GroupInfo> = std::mem::take(&mut self.groups).into_values().collect();
+        self.groups = groups
+            .data
+            .iter()
+            .map(|group| (group.group_id, group.clone()))
+            .collect();
+        let was_loaded = std::mem::replace(&mut self.groups_loaded, true);
+        if let Some(fetch) = self.groups_fetch.take() {
+            if was_loaded {
+                // After a reconnect: say what changed while away.
+                for line in render::groups_changed_events(&previous, &groups) {
+                    self.out.event(&line);
+                }
+            }
+            self.show_held(fetch.held);
+            return;
+        }
+        match self.take_pending(|asked| matches!(asked, Asked::Groups | Asked::LeaveGroup { .. })) {
+            Some(Asked::Groups) => {
+                for line in render::groups_lines(&groups) {
+                    self.out.result(&line);
+                }
+            }
+            Some(Asked::LeaveGroup { group_id, .. }) => {
+                let name = previous
+                    .iter()
+                    .find(|group| group.group_id == group_id)
+                    .map(|group| group.name.as_str());
+                self.out.result(&render::group_left_line(group_id, name));
+            }
+            _ => {
+                for line in render::groups_changed_events(&previous, &groups) {
+                    self.out.event(&line);
+                }
+            }
+        }
+    }
+
+    /// Fetches the user's groups (for their names) right after a login.
+    /// Not with `--json`, whose stdout holds only the frames of what was
+    /// asked and what was pushed; group messages then show as `#<id>` on
+    /// stderr until a GroupInfo or `/groups` names the group.
+    fn start_groups_fetch(&mut self) {
+        if self.options.json {
+            return;
+        }
+        self.groups_fetch = Some(GroupsFetch {
+            deadline: Instant::now() + ANSWER_TIMEOUT,
+            held: Vec::new(),
+        });
+        let frame = encode_client(&ClientMessage::GetGroups);
+        self.send_frame(frame);
+    }
+
+    /// Stops waiting for the group list and shows what was held.
+    fn end_groups_fetch(&mut self) {
+        if let Some(fetch) = self.groups_fetch.take() {
+            self.show_held(fetch.held);
+        }
+    }
+
+    fn expire_groups_fetch(&mut self) {
+        if self
+            .groups_fetch
+            .as_ref()
+            .is_some_and(|fetch| Instant::now() >= fetch.deadline)
+        {
+            self.out
+                .notice("* the server did not list your groups; groups show as #<id>");
+            self.end_groups_fetch();
+        }
+    }
+
+    fn show_held(&mut self, held: Vec<Delivered>) {
+        for delivered in held {
+            self.show_delivered(delivered);
+        }
+    }
+
+    fn forget_groups(&mut self) {
+        self.groups.clear();
+        self.groups_loaded = false;
     }
 
     fn my_name(&self) -> Option<String> {
@@ -774,11 +1000,22 @@ impl App {
     }
 
     fn on_delivered(&mut self, delivered: Delivered) {
+        if let Some(fetch) = &mut self.groups_fetch {
+            fetch.held.push(delivered);
+            return;
+        }
+        self.show_delivered(delivered);
+    }
+
+    fn show_delivered(&mut self, delivered: Delivered) {
         if !self.seen.record(delivered.message_id) {
             return;
         }
         let me = self.my_name();
-        let line = render::message_line(&delivered, me.as_deref(), &Stamper::local_now());
+        let name = delivered
+            .group_id
+            .and_then(|group_id| self.group_name(group_id));
+        let line = render::message_line(&delivered, me.as_deref(), name, &Stamper::local_now());
         self.out.event(&line);
     }
 
@@ -800,6 +1037,9 @@ impl App {
             self.saved_highest = 0;
             self.seen_owner = Some(success.username.clone());
         }
+        if self.my_name().as_deref() != Some(success.username.as_str()) {
+            self.forget_groups();
+        }
         let session_id = success.session_id.or_else(|| {
             self.identity
                 .as_ref()
@@ -815,16 +1055,19 @@ impl App {
         if resumed {
             self.out
                 .notice(&format!("* resumed the session of {}", success.username));
+            self.start_groups_fetch();
             self.start_catchup(!first_login);
         } else {
             self.out
                 .result(&format!("logged in as {}", success.username));
+            self.start_groups_fetch();
         }
     }
 
     fn on_resume_failed(&mut self, reason: &str) {
         self.resuming = false;
         self.identity = None;
+        self.forget_groups();
         self.forget_session();
         self.out.notice(&format!("* {reason}"));
     }
@@ -838,6 +1081,7 @@ impl App {
         }
         let name = self.my_name().unwrap_or_default();
         self.identity = None;
+        self.forget_groups();
         self.forget_session();
         self.out.result(&format!("logged out {name}"));
         // The server closes this connection now; a later command opens a
@@ -874,6 +1118,16 @@ impl App {
                 }),
                 error,
             ));
+            return;
+        }
+        if self.groups_fetch.is_some() && tag_is(15) {
+            // A server without groups says unknown_tag: nothing to report.
+            if error.error_type != ErrorType::UnknownTag {
+                let text = render::error_failure(None, error);
+                self.out
+                    .notice(&format!("* could not fetch your groups: {text}"));
+            }
+            self.end_groups_fetch();
             return;
         }
         if self.catchup.is_some() && tag_is(16) {

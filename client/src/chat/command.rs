@@ -10,6 +10,17 @@ use protocol::validate::is_valid_username;
 
 /// The largest history page the protocol allows (`limit` 1–200).
 pub const HISTORY_LIMIT_MAX: u32 = 200;
+/// The longest group name the server accepts, in characters.
+pub const GROUP_NAME_MAX_CHARS: usize = 64;
+
+/// The other side of a conversation: a user, or a group by id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chat {
+    /// A 1:1 conversation with this user.
+    User(String),
+    /// A group conversation.
+    Group(i64),
+}
 
 /// What one input line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,10 +52,17 @@ pub enum Command {
         /// The text, exactly as typed after the recipient.
         text: String,
     },
-    /// `/history USER [N]`.
+    /// `/gmsg ID TEXT…`.
+    GroupMessage {
+        /// The group.
+        group_id: i64,
+        /// The text, exactly as typed after the group id.
+        text: String,
+    },
+    /// `/history USER [N]` or `/history #ID [N]`.
     History {
         /// The other side of the conversation.
-        with: String,
+        with: Chat,
         /// How many messages (1–200); the server's default when absent.
         limit: Option<u32>,
     },
@@ -60,6 +78,27 @@ pub enum Command {
         /// Who to remove.
         username: String,
     },
+    /// `/group create NAME USER…`.
+    CreateGroup {
+        /// The group's display name (one word, 1–64 characters).
+        name: String,
+        /// Who to add besides the creator.
+        members: Vec<String>,
+    },
+    /// `/group add ID USER…`.
+    AddGroupMembers {
+        /// The group.
+        group_id: i64,
+        /// Who to add.
+        members: Vec<String>,
+    },
+    /// `/group leave ID`.
+    LeaveGroup {
+        /// The group.
+        group_id: i64,
+    },
+    /// `/groups`: the groups you are in.
+    Groups,
     /// `/whoami`.
     Whoami,
     /// `/help`.
@@ -91,6 +130,10 @@ pub enum ParseError {
     InvalidUsername(String),
     /// `/history` with a count outside 1–200.
     InvalidLimit(String),
+    /// A group id that is not a positive number.
+    InvalidGroupId(String),
+    /// A group name longer than the server accepts.
+    InvalidGroupName(String),
 }
 
 impl fmt::Display for ParseError {
@@ -111,6 +154,14 @@ impl fmt::Display for ParseError {
                 f,
                 "'{text}' is not a message count between 1 and {HISTORY_LIMIT_MAX}"
             ),
+            ParseError::InvalidGroupId(text) => write!(
+                f,
+                "'{text}' is not a group id (a number such as 5 or #5; /groups lists yours)"
+            ),
+            ParseError::InvalidGroupName(_) => write!(
+                f,
+                "a group name is one word of at most {GROUP_NAME_MAX_CHARS} characters"
+            ),
         }
     }
 }
@@ -126,6 +177,12 @@ commands:
   /friends                your contacts, with who is online
   /add USER               add USER to your contacts (or accept their request)
   /remove USER            remove USER from your contacts
+  /group create NAME USER...  start a group NAME with you and the USERs
+  /group add ID USER...   add USERs to group ID (any member may)
+  /group leave ID         leave group ID
+  /groups                 the groups you are in, with their ids and members
+  /gmsg ID TEXT           send TEXT to group ID (shown as #name)
+  /history #ID [N]        the last N messages of group ID
   /whoami                 who you are logged in as
   /help                   this list
   /quit                   leave (Ctrl-D works too)
@@ -135,7 +192,13 @@ Incoming messages may hide what you are typing; Ctrl-R redraws it.";
 const USAGE_REGISTER: &str = "/register USER EMAIL";
 const USAGE_LOGIN: &str = "/login USER";
 const USAGE_MESSAGE: &str = "/msg USER TEXT";
-const USAGE_HISTORY: &str = "/history USER [N]";
+const USAGE_HISTORY: &str = "/history USER [N]  or  /history #ID [N]";
+const USAGE_GROUP: &str =
+    "/group create NAME USER...  or  /group add ID USER...  or  /group leave ID";
+const USAGE_GROUP_CREATE: &str = "/group create NAME USER...";
+const USAGE_GROUP_ADD: &str = "/group add ID USER...";
+const USAGE_GROUP_LEAVE: &str = "/group leave ID";
+const USAGE_GROUP_MESSAGE: &str = "/gmsg ID TEXT";
 const USAGE_ADD: &str = "/add USER";
 const USAGE_REMOVE: &str = "/remove USER";
 
@@ -182,6 +245,9 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
             message(to, text)
         }
         "history" => history(arguments),
+        "group" => group(arguments),
+        "groups" => no_arguments(arguments, Command::Groups, "/groups"),
+        "gmsg" => group_message(arguments),
         "add" => Ok(Command::Add {
             username: single_username(arguments, USAGE_ADD)?,
         }),
@@ -247,9 +313,83 @@ fn history(arguments: &str) -> Result<Command, ParseError> {
             _ => return Err(ParseError::InvalidLimit(count.to_string())),
         }
     };
-    Ok(Command::History {
-        with: username_argument(with)?,
-        limit,
+    let with = if with.starts_with('#') {
+        Chat::Group(group_id_argument(with)?)
+    } else {
+        Chat::User(username_argument(with)?)
+    };
+    Ok(Command::History { with, limit })
+}
+
+/// A group id as typed: `5` or `#5`.
+fn group_id_argument(text: &str) -> Result<i64, ParseError> {
+    let digits = text.strip_prefix('#').unwrap_or(text);
+    match digits.parse::<i64>() {
+        Ok(id) if id > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
+        _ => Err(ParseError::InvalidGroupId(text.to_string())),
+    }
+}
+
+/// One or more usernames separated by spaces (commas are allowed too).
+fn usernames(text: &str, usage: &'static str) -> Result<Vec<String>, ParseError> {
+    let names: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|name| !name.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Err(ParseError::Usage(usage));
+    }
+    names.into_iter().map(username_argument).collect()
+}
+
+fn group(arguments: &str) -> Result<Command, ParseError> {
+    let (action, rest) = split_word(arguments);
+    match action.to_ascii_lowercase().as_str() {
+        "create" | "new" => {
+            let (name, members) = split_word(rest);
+            if name.is_empty() {
+                return Err(ParseError::Usage(USAGE_GROUP_CREATE));
+            }
+            if name.chars().count() > GROUP_NAME_MAX_CHARS {
+                return Err(ParseError::InvalidGroupName(name.to_string()));
+            }
+            Ok(Command::CreateGroup {
+                name: name.to_string(),
+                members: usernames(members, USAGE_GROUP_CREATE)?,
+            })
+        }
+        "add" => {
+            let (id, members) = split_word(rest);
+            if id.is_empty() {
+                return Err(ParseError::Usage(USAGE_GROUP_ADD));
+            }
+            Ok(Command::AddGroupMembers {
+                group_id: group_id_argument(id)?,
+                members: usernames(members, USAGE_GROUP_ADD)?,
+            })
+        }
+        "leave" => {
+            let (id, extra) = split_word(rest);
+            if id.is_empty() || !extra.is_empty() {
+                return Err(ParseError::Usage(USAGE_GROUP_LEAVE));
+            }
+            Ok(Command::LeaveGroup {
+                group_id: group_id_argument(id)?,
+            })
+        }
+        _ => Err(ParseError::Usage(USAGE_GROUP)),
+    }
+}
+
+fn group_message(arguments: &str) -> Result<Command, ParseError> {
+    let (id, text) = split_word(arguments);
+    let text = text.trim_end();
+    if id.is_empty() || text.is_empty() {
+        return Err(ParseError::Usage(USAGE_GROUP_MESSAGE));
+    }
+    Ok(Command::GroupMessage {
+        group_id: group_id_argument(id)?,
+        text: text.to_string(),
     })
 }
 
@@ -352,14 +492,14 @@ mod tests {
         assert_eq!(
             parsed("/history bob"),
             Command::History {
-                with: "bob".into(),
+                with: Chat::User("bob".into()),
                 limit: None
             }
         );
         assert_eq!(
             parsed("/history bob 200"),
             Command::History {
-                with: "bob".into(),
+                with: Chat::User("bob".into()),
                 limit: Some(200)
             }
         );
@@ -373,6 +513,124 @@ mod tests {
             parse_line("/history bob 5 6"),
             Err(ParseError::Usage(USAGE_HISTORY))
         );
+    }
+
+    #[test]
+    fn group_history_takes_a_hash_and_the_group_id() {
+        assert_eq!(
+            parsed("/history #5 20"),
+            Command::History {
+                with: Chat::Group(5),
+                limit: Some(20)
+            }
+        );
+        assert_eq!(
+            parse_line("/history #team"),
+            Err(ParseError::InvalidGroupId("#team".into()))
+        );
+        assert_eq!(
+            parse_line("/history #0"),
+            Err(ParseError::InvalidGroupId("#0".into()))
+        );
+    }
+
+    #[test]
+    fn group_commands() {
+        assert_eq!(
+            parsed("/group create team bob carol"),
+            Command::CreateGroup {
+                name: "team".into(),
+                members: vec!["bob".into(), "carol".into()]
+            }
+        );
+        assert_eq!(
+            parsed("/GROUP create   team  bob, carol "),
+            Command::CreateGroup {
+                name: "team".into(),
+                members: vec!["bob".into(), "carol".into()]
+            }
+        );
+        assert_eq!(
+            parse_line("/group create team"),
+            Err(ParseError::Usage(USAGE_GROUP_CREATE))
+        );
+        assert_eq!(
+            parse_line("/group create"),
+            Err(ParseError::Usage(USAGE_GROUP_CREATE))
+        );
+        let long = "x".repeat(GROUP_NAME_MAX_CHARS + 1);
+        assert_eq!(
+            parse_line(&format!("/group create {long} bob")),
+            Err(ParseError::InvalidGroupName(long))
+        );
+        assert_eq!(
+            parse_line("/group create team bob b"),
+            Err(ParseError::InvalidUsername("b".into()))
+        );
+        assert_eq!(
+            parsed("/group add 3 dave"),
+            Command::AddGroupMembers {
+                group_id: 3,
+                members: vec!["dave".into()]
+            }
+        );
+        assert_eq!(
+            parsed("/group add #3 dave erin"),
+            Command::AddGroupMembers {
+                group_id: 3,
+                members: vec!["dave".into(), "erin".into()]
+            }
+        );
+        assert_eq!(
+            parse_line("/group add 3"),
+            Err(ParseError::Usage(USAGE_GROUP_ADD))
+        );
+        assert_eq!(
+            parse_line("/group add team dave"),
+            Err(ParseError::InvalidGroupId("team".into()))
+        );
+        assert_eq!(
+            parsed("/group leave 3"),
+            Command::LeaveGroup { group_id: 3 }
+        );
+        assert_eq!(
+            parse_line("/group leave 3 4"),
+            Err(ParseError::Usage(USAGE_GROUP_LEAVE))
+        );
+        for bad in ["-1", "+3", "1.5", "99999999999999999999"] {
+            assert_eq!(
+                parse_line(&format!("/group leave {bad}")),
+                Err(ParseError::InvalidGroupId(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_line("/group"), Err(ParseError::Usage(USAGE_GROUP)));
+        assert_eq!(
+            parse_line("/group rename 3 x"),
+            Err(ParseError::Usage(USAGE_GROUP))
+        );
+        assert_eq!(parsed("/groups"), Command::Groups);
+        assert_eq!(parse_line("/groups 3"), Err(ParseError::Usage("/groups")));
+        assert!(!parsed("/groups").is_local());
+    }
+
+    #[test]
+    fn group_messages_keep_their_text() {
+        let expected = Command::GroupMessage {
+            group_id: 7,
+            text: "stand-up  in 5".into(),
+        };
+        assert_eq!(parsed("/gmsg 7 stand-up  in 5  "), expected);
+        assert_eq!(parsed("/gmsg #7 stand-up  in 5"), expected);
+        assert_eq!(
+            parse_line("/gmsg 7"),
+            Err(ParseError::Usage(USAGE_GROUP_MESSAGE))
+        );
+        assert_eq!(
+            parse_line("/gmsg team hi"),
+            Err(ParseError::InvalidGroupId("team".into()))
+        );
+        assert!(HELP.contains("/gmsg ID TEXT") && HELP.contains("/history #ID [N]"));
     }
 
     #[test]

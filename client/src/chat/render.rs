@@ -6,8 +6,8 @@
 //! `error_type`; raw JSON never reaches the screen in human mode.
 
 use protocol::server::{
-    ContactRequest, Delivered, Directory, DirectoryEntry, Error, History, LoginError, Presence,
-    RegisterError,
+    ContactRequest, Delivered, Directory, DirectoryEntry, Error, GroupInfo, Groups, History,
+    LoginError, Presence, RegisterError,
 };
 use protocol::ErrorType;
 
@@ -38,11 +38,52 @@ pub enum Asked {
         /// The text sent, shown again once the server acknowledges it.
         text: String,
     },
-    /// `/history`.
+    /// `/history USER`.
     History {
         /// The other side of the conversation.
         with: String,
     },
+    /// `/history #ID`.
+    GroupHistory {
+        /// The group.
+        group_id: i64,
+        /// How the group is shown (`#team`, or `#5` if its name is unknown).
+        label: String,
+    },
+    /// `/gmsg`.
+    GroupMessage {
+        /// The group.
+        group_id: i64,
+        /// How the group is shown.
+        label: String,
+        /// The text sent, shown again once the server acknowledges it.
+        text: String,
+    },
+    /// `/group create`.
+    CreateGroup {
+        /// The requested name.
+        name: String,
+        /// The users asked to join besides the creator.
+        members: Vec<String>,
+    },
+    /// `/group add`.
+    AddGroupMembers {
+        /// The group.
+        group_id: i64,
+        /// How the group is shown.
+        label: String,
+        /// Who was asked to be added.
+        members: Vec<String>,
+    },
+    /// `/group leave`.
+    LeaveGroup {
+        /// The group.
+        group_id: i64,
+        /// How the group is shown.
+        label: String,
+    },
+    /// `/groups`.
+    Groups,
     /// `/friends`.
     Friends,
     /// `/add`.
@@ -67,6 +108,16 @@ impl Asked {
             Asked::Logout => "logout failed".into(),
             Asked::Message { to, .. } => format!("message to {to} not sent"),
             Asked::History { with } => format!("history with {with} failed"),
+            Asked::GroupHistory { label, .. } => format!("history of {label} failed"),
+            Asked::GroupMessage { label, .. } => format!("message to {label} not sent"),
+            Asked::CreateGroup { name, .. } => {
+                format!("could not create group '{}'", printable(name))
+            }
+            Asked::AddGroupMembers { label, members, .. } => {
+                format!("could not add {} to {label}", members.join(", "))
+            }
+            Asked::LeaveGroup { label, .. } => format!("could not leave {label}"),
+            Asked::Groups => "could not list groups".into(),
             Asked::Friends => "could not list friends".into(),
             Asked::Add { username } => format!("could not add {username}"),
             Asked::Remove { username } => format!("could not remove {username}"),
@@ -82,9 +133,157 @@ impl Asked {
             | Asked::Remove { username } => Some(username),
             Asked::Message { to, .. } => Some(to),
             Asked::History { with } => Some(with),
-            Asked::Logout | Asked::Friends => None,
+            Asked::CreateGroup { members, .. } | Asked::AddGroupMembers { members, .. } => {
+                match members.as_slice() {
+                    [only] => Some(only),
+                    _ => None,
+                }
+            }
+            Asked::Logout
+            | Asked::Friends
+            | Asked::GroupHistory { .. }
+            | Asked::GroupMessage { .. }
+            | Asked::LeaveGroup { .. }
+            | Asked::Groups => None,
         }
     }
+
+    /// Which of the several users this request names occurs as a word in
+    /// the server's `detail` (`no such user: zed`).
+    fn user_named_in(&self, detail: &str) -> Option<&str> {
+        let (Asked::CreateGroup { members, .. } | Asked::AddGroupMembers { members, .. }) = self
+        else {
+            return None;
+        };
+        let mut words = detail.split(|c: char| !(c.is_ascii_alphanumeric() || "_.-".contains(c)));
+        let found = words.find(|word| members.iter().any(|member| member == word))?;
+        members
+            .iter()
+            .find(|member| *member == found)
+            .map(String::as_str)
+    }
+
+    /// The group this request is about, for "you are not a member of group 5".
+    fn named_group(&self) -> Option<i64> {
+        match self {
+            Asked::GroupHistory { group_id, .. }
+            | Asked::GroupMessage { group_id, .. }
+            | Asked::AddGroupMembers { group_id, .. }
+            | Asked::LeaveGroup { group_id, .. } => Some(*group_id),
+            _ => None,
+        }
+    }
+}
+
+/// How a group is shown: `#team`, or `#5` while its name is unknown.
+pub fn group_label(group_id: i64, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("#{}", printable(name)),
+        None => format!("#{group_id}"),
+    }
+}
+
+/// `#team (id 3): alice, bob, carol`.
+pub fn group_summary(group: &GroupInfo) -> String {
+    let members: Vec<String> = group.members.iter().map(|name| printable(name)).collect();
+    format!(
+        "{} (id {}): {}",
+        group_label(group.group_id, Some(&group.name)),
+        group.group_id,
+        members.join(", ")
+    )
+}
+
+/// The answer to `/group create`: `created #team (id 3): alice, bob, carol`.
+pub fn group_created_line(group: &GroupInfo) -> String {
+    format!("created {}", group_summary(group))
+}
+
+/// The answer to `/group add`: `added dave to #team (id 3): alice, bob, dave`.
+pub fn group_added_line(added: &[String], group: &GroupInfo) -> String {
+    format!("added {} to {}", added.join(", "), group_summary(group))
+}
+
+/// The answer to `/group leave`: `left #team (id 3)`.
+pub fn group_left_line(group_id: i64, name: Option<&str>) -> String {
+    format!("left {} (id {group_id})", group_label(group_id, name))
+}
+
+/// A GroupInfo pushed by the server, worded against what was known before:
+/// `* you are in #team (id 3): alice, bob, carol` for a group new to this
+/// client, `* dave joined #team (id 3): alice, bob, dave` or
+/// `* carol left #team (id 3): alice, bob` for a change.
+pub fn group_info_event(previous: Option<&GroupInfo>, group: &GroupInfo) -> String {
+    let Some(previous) = previous else {
+        return format!("* you are in {}", group_summary(group));
+    };
+    let names = |list: &[&String]| {
+        list.iter()
+            .map(|name| printable(name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let joined: Vec<&String> = group
+        .members
+        .iter()
+        .filter(|name| !previous.members.contains(name))
+        .collect();
+    let left: Vec<&String> = previous
+        .members
+        .iter()
+        .filter(|name| !group.members.contains(name))
+        .collect();
+    let summary = group_summary(group);
+    match (joined.is_empty(), left.is_empty()) {
+        (false, true) => format!("* {} joined {summary}", names(&joined)),
+        (true, false) => format!("* {} left {summary}", names(&left)),
+        (false, false) => format!(
+            "* {} joined and {} left {summary}",
+            names(&joined),
+            names(&left)
+        ),
+        (true, true) => format!("* you are in {summary}"),
+    }
+}
+
+/// `/groups`: one line per group, with its id and members.
+pub fn groups_lines(groups: &Groups) -> Vec<String> {
+    if groups.data.is_empty() {
+        return vec!["you are in no groups; /group create NAME USER... starts one".into()];
+    }
+    let count = groups.data.len();
+    let plural = if count == 1 { "" } else { "s" };
+    let mut lines = vec![format!("you are in {count} group{plural}:")];
+    lines.extend(
+        groups
+            .data
+            .iter()
+            .map(|group| format!("  {}", group_summary(group))),
+    );
+    lines
+}
+
+/// What changed between the groups known before and a Groups list that
+/// arrived unasked (after leaving on another device, or after a reconnect):
+/// `* you are no longer in #team (id 3)` and `* you are in #ops (id 4): …`.
+pub fn groups_changed_events(previous: &[GroupInfo], now: &Groups) -> Vec<String> {
+    let mut lines = Vec::new();
+    for old in previous {
+        if !now.data.iter().any(|group| group.group_id == old.group_id) {
+            lines.push(format!(
+                "* you are no longer in {} (id {})",
+                group_label(old.group_id, Some(&old.name)),
+                old.group_id
+            ));
+        }
+    }
+    for group in &now.data {
+        let before = previous.iter().find(|old| old.group_id == group.group_id);
+        if before != Some(group) {
+            lines.push(group_info_event(before, group));
+        }
+    }
+    lines
 }
 
 /// Text from the network made safe for one terminal line: control characters
@@ -110,15 +309,24 @@ fn content_of(message: &Delivered) -> String {
 }
 
 /// A live (or caught-up) message as seen by `me`:
-/// `[14:03:07] bob: hello`, or `[14:03:09] alice → bob: hi` for one `me` sent.
-pub fn message_line(message: &Delivered, me: Option<&str>, stamper: &Stamper) -> String {
+/// `[14:03:07] bob: hello`, or `[14:03:09] alice → bob: hi` for one `me` sent;
+/// a group message is `[14:03:07] #team bob: hello` whoever sent it
+/// (`group_name` is the group's name if known, else it shows as `#5`).
+pub fn message_line(
+    message: &Delivered,
+    me: Option<&str>,
+    group_name: Option<&str>,
+    stamper: &Stamper,
+) -> String {
     let stamp = stamper.stamp(message.time);
     let content = content_of(message);
     let from = printable(&message.source_id);
     let mine = me == Some(message.source_id.as_str());
     match (&message.dest_id, message.group_id) {
-        (_, Some(group)) if mine => format!("[{stamp}] {from} → group {group}: {content}"),
-        (_, Some(group)) => format!("[{stamp}] {from} in group {group}: {content}"),
+        (_, Some(group)) => {
+            let label = group_label(group, group_name);
+            format!("[{stamp}] {label} {from}: {content}")
+        }
         (Some(dest), None) if mine => {
             format!("[{stamp}] {from} → {}: {content}", printable(dest))
         }
@@ -136,11 +344,36 @@ pub fn conversation_line(message: &Delivered, stamper: &Stamper) -> String {
     )
 }
 
+/// The group id in a `chat_id` of the form `g:<group_id>`.
+pub fn group_chat_id(chat_id: &str) -> Option<i64> {
+    chat_id.strip_prefix("g:")?.parse().ok()
+}
+
 /// A History page, oldest first, with a note when older messages exist.
-pub fn history_lines(history: &History, stamper: &Stamper) -> Vec<String> {
-    let with = printable(&history.chat_id);
+/// For a group (`chat_id` `g:<id>`), `group_name` names it if known.
+pub fn history_lines(
+    history: &History,
+    group_name: Option<&str>,
+    stamper: &Stamper,
+) -> Vec<String> {
+    let (with, more) = match group_chat_id(&history.chat_id) {
+        Some(group_id) => {
+            let label = group_label(group_id, group_name);
+            (
+                format!("in {label}"),
+                format!("(older messages in {label} exist; /history #{group_id} 200 shows more)"),
+            )
+        }
+        None => {
+            let with = printable(&history.chat_id);
+            (
+                format!("with {with}"),
+                format!("(older messages with {with} exist; /history {with} 200 shows more)"),
+            )
+        }
+    };
     if history.data.is_empty() {
-        return vec![format!("no messages with {with} yet")];
+        return vec![format!("no messages {with} yet")];
     }
     let mut lines: Vec<String> = history
         .data
@@ -148,9 +381,7 @@ pub fn history_lines(history: &History, stamper: &Stamper) -> Vec<String> {
         .map(|message| conversation_line(message, stamper))
         .collect();
     if history.has_more {
-        lines.push(format!(
-            "(older messages with {with} exist; /history {with} 200 shows more)"
-        ));
+        lines.push(more);
     }
     lines
 }
@@ -244,18 +475,29 @@ pub fn login_failure(resume: bool, error: LoginError) -> String {
 /// An Error frame in plain words, prefixed by what was asked (when known).
 pub fn error_failure(asked: Option<&Asked>, error: &Error) -> String {
     let detail = printable(error.detail.trim());
+    let group = asked.and_then(Asked::named_group);
     let reason = match error.error_type {
         ErrorType::BadRequest if detail.is_empty() => "the server rejected the request".into(),
         ErrorType::BadRequest => format!("the server rejected the request ({detail})"),
         ErrorType::UnknownTag => "the server does not support this request".into(),
         ErrorType::NotLoggedIn => "you are not logged in (/login USER first)".into(),
-        ErrorType::Forbidden if detail.is_empty() => "not allowed".into(),
-        ErrorType::Forbidden => format!("not allowed ({detail})"),
+        ErrorType::Forbidden => match group {
+            Some(group_id) => format!("you are not a member of group {group_id}"),
+            None if detail.is_empty() => "not allowed".into(),
+            None => format!("not allowed ({detail})"),
+        },
         ErrorType::UnknownUser => match asked.and_then(Asked::named_user) {
             Some(name) => format!("there is no user named '{name}'"),
-            None => "no such user".into(),
+            None => match asked.and_then(|asked| asked.user_named_in(&error.detail)) {
+                // Several users were named: the server's detail says which.
+                Some(name) => format!("there is no user named '{name}'"),
+                None => "no such user".into(),
+            },
         },
-        ErrorType::UnknownGroup => "no such group".into(),
+        ErrorType::UnknownGroup => match group {
+            Some(group_id) => format!("there is no group {group_id}"),
+            None => "no such group".into(),
+        },
         ErrorType::TooLarge => "the message is too large".into(),
         ErrorType::RateLimited => "too many requests; wait a moment and try again".into(),
         ErrorType::ServerBusy => "the server is busy; try again shortly".into(),
@@ -290,31 +532,45 @@ mod tests {
     fn incoming_and_own_messages() {
         let incoming = delivered("bob", "alice", "hello");
         assert_eq!(
-            message_line(&incoming, Some("alice"), &stamper()),
+            message_line(&incoming, Some("alice"), None, &stamper()),
             "[13:43:07] bob: hello"
         );
         let own = delivered("alice", "bob", "hi");
         assert_eq!(
-            message_line(&own, Some("alice"), &stamper()),
+            message_line(&own, Some("alice"), None, &stamper()),
             "[13:43:07] alice → bob: hi"
         );
         let mut group = delivered("bob", "", "standup");
         group.dest_id = None;
         group.group_id = Some(3);
         assert_eq!(
-            message_line(&group, Some("alice"), &stamper()),
-            "[13:43:07] bob in group 3: standup"
+            message_line(&group, Some("alice"), Some("team"), &stamper()),
+            "[13:43:07] #team bob: standup"
+        );
+        assert_eq!(
+            message_line(&group, Some("alice"), None, &stamper()),
+            "[13:43:07] #3 bob: standup"
+        );
+        group.source_id = "alice".into();
+        assert_eq!(
+            message_line(&group, Some("alice"), Some("team"), &stamper()),
+            "[13:43:07] #team alice: standup"
+        );
+        // A name from the network cannot drive the terminal either.
+        assert_eq!(
+            message_line(&group, None, Some("a\x1bb"), &stamper()),
+            "[13:43:07] #a\\u{1b}b alice: standup"
         );
     }
 
     #[test]
     fn content_cannot_break_the_line_or_drive_the_terminal() {
         let sneaky = delivered("bob", "alice", "two\nlines\x1b[2J");
-        let line = message_line(&sneaky, Some("alice"), &stamper());
+        let line = message_line(&sneaky, Some("alice"), None, &stamper());
         assert_eq!(line, "[13:43:07] bob: two\\nlines\\u{1b}[2J");
         let mut secret = delivered("bob", "alice", "b64==");
         secret.is_encrypted = true;
-        assert!(message_line(&secret, None, &stamper()).ends_with("bob: [encrypted message]"));
+        assert!(message_line(&secret, None, None, &stamper()).ends_with("bob: [encrypted message]"));
     }
 
     #[test]
@@ -331,7 +587,7 @@ mod tests {
             has_more: true,
         };
         assert_eq!(
-            history_lines(&page, &stamper()),
+            history_lines(&page, None, &stamper()),
             vec![
                 "[13:43:07] alice: hi".to_string(),
                 "[2022-01-01 00:00:00] bob: old".to_string(),
@@ -344,8 +600,190 @@ mod tests {
             has_more: false,
         };
         assert_eq!(
-            history_lines(&empty, &stamper()),
+            history_lines(&empty, None, &stamper()),
             vec!["no messages with bob yet"]
+        );
+    }
+
+    #[test]
+    fn group_history_is_titled_by_the_group() {
+        let mut message = delivered("bob", "", "standup");
+        message.dest_id = None;
+        message.group_id = Some(5);
+        let page = History {
+            chat_id: "g:5".into(),
+            data: vec![message],
+            has_more: true,
+        };
+        assert_eq!(
+            history_lines(&page, Some("team"), &stamper()),
+            vec![
+                "[13:43:07] bob: standup",
+                "(older messages in #team exist; /history #5 200 shows more)",
+            ]
+        );
+        let empty = History {
+            chat_id: "g:5".into(),
+            data: vec![],
+            has_more: false,
+        };
+        assert_eq!(
+            history_lines(&empty, None, &stamper()),
+            vec!["no messages in #5 yet"]
+        );
+        assert_eq!(group_chat_id("g:5"), Some(5));
+        assert_eq!(group_chat_id("bob"), None);
+    }
+
+    fn team(members: &[&str]) -> GroupInfo {
+        GroupInfo {
+            group_id: 3,
+            name: "team".into(),
+            members: members.iter().map(|name| name.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn group_answers_and_pushes() {
+        let group = team(&["alice", "bob", "carol"]);
+        assert_eq!(group_summary(&group), "#team (id 3): alice, bob, carol");
+        assert_eq!(
+            group_created_line(&group),
+            "created #team (id 3): alice, bob, carol"
+        );
+        assert_eq!(
+            group_added_line(&["carol".into()], &group),
+            "added carol to #team (id 3): alice, bob, carol"
+        );
+        assert_eq!(group_left_line(3, Some("team")), "left #team (id 3)");
+        assert_eq!(group_left_line(3, None), "left #3 (id 3)");
+        assert_eq!(
+            group_info_event(None, &group),
+            "* you are in #team (id 3): alice, bob, carol"
+        );
+        let before = team(&["alice", "bob"]);
+        assert_eq!(
+            group_info_event(Some(&before), &group),
+            "* carol joined #team (id 3): alice, bob, carol"
+        );
+        assert_eq!(
+            group_info_event(Some(&group), &before),
+            "* carol left #team (id 3): alice, bob"
+        );
+        assert_eq!(
+            group_info_event(Some(&team(&["alice", "dave"])), &before),
+            "* bob joined and dave left #team (id 3): alice, bob"
+        );
+        assert_eq!(
+            group_info_event(Some(&group), &group),
+            "* you are in #team (id 3): alice, bob, carol"
+        );
+    }
+
+    #[test]
+    fn groups_list_and_unasked_changes() {
+        let ops = GroupInfo {
+            group_id: 4,
+            name: "ops".into(),
+            members: vec!["alice".into()],
+        };
+        let groups = Groups {
+            data: vec![team(&["alice", "bob"]), ops.clone()],
+        };
+        assert_eq!(
+            groups_lines(&groups),
+            vec![
+                "you are in 2 groups:",
+                "  #team (id 3): alice, bob",
+                "  #ops (id 4): alice",
+            ]
+        );
+        assert_eq!(
+            groups_lines(&Groups { data: vec![] }),
+            vec!["you are in no groups; /group create NAME USER... starts one"]
+        );
+        let previous = vec![team(&["alice", "bob"])];
+        let now = Groups { data: vec![ops] };
+        assert_eq!(
+            groups_changed_events(&previous, &now),
+            vec![
+                "* you are no longer in #team (id 3)",
+                "* you are in #ops (id 4): alice",
+            ]
+        );
+        assert!(groups_changed_events(
+            &previous,
+            &Groups {
+                data: previous.clone()
+            }
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn group_errors_in_plain_words() {
+        let error = |error_type| Error {
+            error_type,
+            detail: "whatever the server says".into(),
+            ref_tag: Some(11),
+        };
+        let message = Asked::GroupMessage {
+            group_id: 5,
+            label: "#5".into(),
+            text: "hi".into(),
+        };
+        assert_eq!(
+            error_failure(Some(&message), &error(ErrorType::Forbidden)),
+            "message to #5 not sent: you are not a member of group 5"
+        );
+        assert_eq!(
+            error_failure(Some(&message), &error(ErrorType::UnknownGroup)),
+            "message to #5 not sent: there is no group 5"
+        );
+        let leave = Asked::LeaveGroup {
+            group_id: 5,
+            label: "#team".into(),
+        };
+        assert_eq!(
+            error_failure(Some(&leave), &error(ErrorType::Forbidden)),
+            "could not leave #team: you are not a member of group 5"
+        );
+        let history = Asked::GroupHistory {
+            group_id: 9,
+            label: "#9".into(),
+        };
+        assert_eq!(
+            error_failure(Some(&history), &error(ErrorType::UnknownGroup)),
+            "history of #9 failed: there is no group 9"
+        );
+        let add = Asked::AddGroupMembers {
+            group_id: 5,
+            label: "#team".into(),
+            members: vec!["zed".into()],
+        };
+        assert_eq!(
+            error_failure(Some(&add), &error(ErrorType::UnknownUser)),
+            "could not add zed to #team: there is no user named 'zed'"
+        );
+        let create = Asked::CreateGroup {
+            name: "team".into(),
+            members: vec!["bob".into(), "zed".into()],
+        };
+        assert_eq!(
+            error_failure(Some(&create), &error(ErrorType::UnknownUser)),
+            "could not create group 'team': no such user"
+        );
+        let named = Error {
+            detail: "no such user: zed".into(),
+            ..error(ErrorType::UnknownUser)
+        };
+        assert_eq!(
+            error_failure(Some(&create), &named),
+            "could not create group 'team': there is no user named 'zed'"
+        );
+        assert_eq!(
+            error_failure(Some(&Asked::Groups), &error(ErrorType::UnknownTag)),
+            "could not list groups: the server does not support this request"
         );
     }
 
