@@ -120,6 +120,7 @@ if [[ $MODE == quick ]]; then
     run 1-logins logins --users 300 --concurrency 32 --resumes 2000
     run 2-messages-window messages --users 100 --window 16 --duration-secs 5 --grace-secs 3
     run 3-messages-rate messages --users 100 --rate 10000 --duration-secs 5 --grace-secs 3
+    run 3b-groups-10 groups --users 200 --group-size 10 --window 2 --duration-secs 5 --grace-secs 3
     run 4-idle idle --connections 1000 --hold-secs 3 --server-pid @SERVER_PID@
     stop_server
     # Hashing has to cost something for the storm to mean anything; 100,000
@@ -135,6 +136,10 @@ else
     run 3-messages-rate messages --users 100 --rate 10000 --duration-secs 20
     run 4-messages-window-1000 messages --users 1000 --window 4 --duration-secs 20
     run 4b-messages-window-5000 messages --users 5000 --window 1 --duration-secs 15
+    # Fan-out: every member of every group sends (window 1); each message goes
+    # to the other G-1 members.
+    run 4c-groups-10 groups --users 1000 --group-size 10 --window 1 --duration-secs 20
+    run 4d-groups-100 groups --users 1000 --group-size 100 --window 1 --duration-secs 20
     stop_server
     # Memory per connection at three sizes, each on a fresh server.
     start_server idle --pbkdf2-iterations 1000 --max-connections 12000

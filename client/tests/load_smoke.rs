@@ -186,3 +186,43 @@ fn logins_register_log_in_and_resume_every_user() {
         assert!(number(&result, &format!("/{flow}/per_sec")) > 0.0);
     }
 }
+
+#[test]
+fn group_messages_reach_every_other_member() {
+    // 20 users in 4 groups of 5; every member sends, so each acked message
+    // must be delivered to the 4 others and never back to its sender.
+    let server = Server::start();
+    let (_, result) = server.load(
+        "groups",
+        &[
+            "groups",
+            "--users",
+            "20",
+            "--group-size",
+            "5",
+            "--window",
+            "2",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    assert_eq!(result["scenario"], "groups");
+    assert_eq!(result["passed"], true);
+    assert_eq!(number(&result, "/groups"), 4.0);
+    assert_eq!(number(&result, "/group_setup/groups"), 4.0);
+    assert_eq!(
+        number(&result, "/group_setup/all_members_latency/count"),
+        4.0
+    );
+    assert_eq!(number(&result, "/lost"), 0.0);
+    assert_eq!(number(&result, "/unanswered"), 0.0);
+    assert_eq!(number(&result, "/errors"), 0.0, "{result:#}");
+    let sent = number(&result, "/sent");
+    assert!(sent > 0.0, "nothing sent: {result:#}");
+    assert_eq!(number(&result, "/acked"), sent);
+    assert_eq!(number(&result, "/expected_deliveries"), sent * 4.0);
+    assert_eq!(number(&result, "/delivered"), sent * 4.0);
+    assert_eq!(number(&result, "/end_to_end_latency/count"), sent * 4.0);
+    assert_eq!(number(&result, "/fanout_latency/count"), sent);
+    assert!(number(&result, "/delivered_per_sec") > number(&result, "/acked_per_sec"));
+}

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use client::load::report::{write_json, Table};
-use client::load::scenario::{idle, logins, messages, storm, Common};
+use client::load::scenario::{groups, idle, logins, messages, storm, Common};
 use client::load::setup::random_run_id;
 use client::load::summary;
 use client::load::LoadError;
@@ -50,6 +50,9 @@ enum Scenario {
     Logins(LoginsArgs),
     /// Pairs of users exchanging 1:1 messages (closed loop or fixed rate).
     Messages(MessagesArgs),
+    /// Groups of users sending group messages: fan-out deliveries/s, latency
+    /// to each member, lost deliveries.
+    Groups(GroupsArgs),
     /// Hold many logged-in connections; with --server-pid, server RSS growth.
     Idle(IdleArgs),
     /// A message stream with a burst of password logins part-way through.
@@ -96,6 +99,38 @@ struct MessagesArgs {
     #[arg(long, default_value_t = 5.0)]
     grace_secs: f64,
     /// Threads, each driving its share of the pairs on its own poll loop.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pad each message's content to at least this many bytes.
+    #[arg(long, default_value_t = 0)]
+    content_bytes: usize,
+}
+
+#[derive(Args)]
+struct GroupsArgs {
+    /// Users (rounded up to a multiple of --group-size).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Members per group, the creator included.
+    #[arg(long, default_value_t = 10)]
+    group_size: usize,
+    /// Members of each group that send (default: all).
+    #[arg(long)]
+    senders: Option<usize>,
+    /// Closed loop: unacknowledged messages per sender (default 1: each
+    /// message is multiplied by the group size on the way out).
+    #[arg(long, conflicts_with = "rate")]
+    window: Option<usize>,
+    /// Open loop: aggregate messages per second over all senders.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Seconds to wait afterwards for the last acks and deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    grace_secs: f64,
+    /// Threads, each driving its share of the groups on its own poll loop.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Pad each message's content to at least this many bytes.
@@ -217,6 +252,29 @@ fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
             let failure = format!(
                 "{} LOST and {} UNANSWERED messages",
                 outcome.tally.lost, outcome.tally.unanswered
+            );
+            finish(cli, &outcome, outcome.table(), outcome.passed, &failure)
+        }
+        Scenario::Groups(args) => {
+            let pace = match (args.window, args.rate) {
+                (_, Some(rate)) => messages::Pace::Rate(rate),
+                (Some(window), None) => messages::Pace::Window(window.max(1)),
+                (None, None) => messages::Pace::Window(1),
+            };
+            let config = groups::Config {
+                users: args.users,
+                group_size: args.group_size,
+                senders: args.senders.unwrap_or(args.group_size),
+                pace,
+                duration_secs: args.duration_secs,
+                grace_secs: args.grace_secs,
+                threads: args.threads,
+                content_bytes: args.content_bytes,
+            };
+            let outcome = groups::run(common, &config)?;
+            let failure = format!(
+                "{} LOST DELIVERIES (in {} messages) and {} UNANSWERED messages",
+                outcome.tally.lost, outcome.tally.lost_messages, outcome.tally.unanswered
             );
             finish(cli, &outcome, outcome.table(), outcome.passed, &failure)
         }

@@ -75,12 +75,12 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn error(&mut self, kind: impl Into<String>, progress: &Progress) {
+    pub(crate) fn error(&mut self, kind: impl Into<String>, progress: &Progress) {
         *self.errors.entry(kind.into()).or_default() += 1;
         Progress::add(&progress.errors, 1);
     }
 
-    fn merge(&mut self, other: &Counts) {
+    pub(crate) fn merge(&mut self, other: &Counts) {
         self.sent += other.sent;
         self.acked += other.acked;
         self.delivered += other.delivered;
@@ -193,6 +193,45 @@ pub struct TallySummary {
     pub end_to_end_latency: LatencySummary,
     /// Send → Ack.
     pub ack_latency: LatencySummary,
+}
+
+/// What the scenario loops (`messages::send_for_duration`, `messages::drain`)
+/// need from a traffic generator: 1:1 pairs ([`Exchange`]) or groups
+/// ([`super::fanout::GroupExchange`]).
+pub trait Traffic {
+    /// Arrivals inside [start, end) (nanos) count towards throughput.
+    fn set_window(&mut self, start_nanos: u64, end_nanos: u64);
+    /// Messages sent so far.
+    fn sent(&self) -> u64;
+    /// Unanswered messages plus acked messages not yet delivered everywhere.
+    fn outstanding(&self) -> u64;
+    /// Tops every open sender up to `window` unanswered messages.
+    fn fill_windows(&mut self, pool: &mut Pool, window: usize, now: u64);
+    /// Sends round-robin until `due_total` messages have been sent overall.
+    fn send_due(&mut self, pool: &mut Pool, due_total: u64, now: u64);
+    /// Accounts for one pool event; false if it is not about this traffic.
+    fn on_event(&mut self, event: &PoolEvent, now: u64, progress: &Progress) -> bool;
+}
+
+impl Traffic for Exchange {
+    fn set_window(&mut self, start_nanos: u64, end_nanos: u64) {
+        Exchange::set_window(self, start_nanos, end_nanos)
+    }
+    fn sent(&self) -> u64 {
+        Exchange::sent(self)
+    }
+    fn outstanding(&self) -> u64 {
+        Exchange::outstanding(self)
+    }
+    fn fill_windows(&mut self, pool: &mut Pool, window: usize, now: u64) {
+        Exchange::fill_windows(self, pool, window, now)
+    }
+    fn send_due(&mut self, pool: &mut Pool, due_total: u64, now: u64) {
+        Exchange::send_due(self, pool, due_total, now)
+    }
+    fn on_event(&mut self, event: &PoolEvent, now: u64, progress: &Progress) -> bool {
+        Exchange::on_event(self, event, now, progress)
+    }
 }
 
 /// Pairs of users exchanging messages over one pool.
@@ -482,7 +521,7 @@ pub fn parse_content(content: &str) -> Option<(u64, u64)> {
     Some((sent, seq))
 }
 
-fn set_bit(bits: &mut Vec<bool>, index: u64) {
+pub(crate) fn set_bit(bits: &mut Vec<bool>, index: u64) {
     let index = index as usize;
     if bits.len() <= index {
         bits.resize(index + 1, false);
@@ -490,7 +529,7 @@ fn set_bit(bits: &mut Vec<bool>, index: u64) {
     bits[index] = true;
 }
 
-fn get_bit(bits: &[bool], index: u64) -> bool {
+pub(crate) fn get_bit(bits: &[bool], index: u64) -> bool {
     bits.get(index as usize).copied().unwrap_or(false)
 }
 

@@ -10,11 +10,14 @@
 //!   open logged-in connections — bounded in concurrency and time.
 //! - [`exchange`]: 1:1 message traffic between pairs of users (closed loop or
 //!   fixed rate), with ack and end-to-end latency and loss accounting.
+//! - [`fanout`]: group message traffic (members send to their group), with
+//!   per-delivery and whole-fan-out latency and lost-delivery accounting.
 //! - [`stats`]: latency histograms (hdrhistogram, nanoseconds) and their summary.
 //! - [`report`]: the human table and the JSON result file.
 //! - [`progress`]: shared counters and the progress line on long runs.
 //! - [`summary`]: one table over several JSON results, with the targets.
-//! - [`scenario`]: one file per scenario (`logins`, `messages`, `idle`, `storm`).
+//! - [`scenario`]: one file per scenario (`logins`, `messages`,
+//!   `groups`, `idle`, `storm`).
 //!
 //! # Invariants
 //! - One thread drives many sockets: there is never a thread per connection.
@@ -26,6 +29,7 @@
 
 pub mod conn;
 pub mod exchange;
+pub mod fanout;
 pub mod pool;
 pub mod progress;
 pub mod report;

@@ -34,6 +34,7 @@ pub fn summarise(path: &Path) -> Result<Row, LoadError> {
         .unwrap_or_default();
     let (result, target, met) = match value["scenario"].as_str() {
         Some("messages") => messages(&value),
+        Some("groups") => groups(&value),
         Some("logins") => logins(&value),
         Some("idle") => idle(&value),
         Some("storm") => storm(&value),
@@ -101,6 +102,32 @@ fn messages(v: &Value) -> Summary {
     } else {
         (result, String::new(), None)
     }
+}
+
+fn groups(v: &Value) -> Summary {
+    let p = |which: &str| num(v, &format!("/end_to_end_latency/{which}_ms"));
+    let result = format!(
+        "{} users in groups of {} ({} senders each), {}: acked {} deliveries {}; e2e p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms; whole fan-out p99 {:.1} ms; ack p99 {:.1} ms; errors {}; lost deliveries {}",
+        num(v, "/users"),
+        num(v, "/group_size"),
+        num(v, "/senders_per_group"),
+        match v["mode"].as_str() {
+            Some("rate") => format!("rate {}", rate(num(v, "/target_rate"))),
+            _ => format!("window {}", num(v, "/window")),
+        },
+        rate(num(v, "/acked_per_sec")),
+        rate(num(v, "/delivered_per_sec")),
+        p("p50"),
+        p("p99"),
+        p("p999"),
+        p("max"),
+        num(v, "/fanout_latency/p99_ms"),
+        num(v, "/ack_latency/p99_ms"),
+        count(num(v, "/errors") as u64),
+        count(num(v, "/lost") as u64),
+    );
+    // The issue sets no throughput target for groups; loss fails the run.
+    (result, String::new(), None)
 }
 
 fn logins(v: &Value) -> Summary {

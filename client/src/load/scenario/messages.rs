@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{secs_to_nanos, Common};
-use crate::load::exchange::{Exchange, Tally, TallySummary};
+use crate::load::exchange::{Exchange, Tally, TallySummary, Traffic};
 use crate::load::pool::{Pool, READ_BUFFER_BUSY_BYTES};
 use crate::load::progress::{Printer, Progress};
 use crate::load::report::{count, rate, Table};
@@ -230,7 +230,13 @@ impl Shard<'_> {
         }
         let users = self.names.iter().cloned().zip(conns).collect();
         let mut exchange = Exchange::new(users, self.config.content_bytes);
-        let max_send_lag_ms = self.send_for_duration(&mut pool, &mut exchange)?;
+        let max_send_lag_ms = send_for_duration(
+            &mut pool,
+            &mut exchange,
+            self.pace,
+            self.config.duration_secs,
+            self.progress,
+        )?;
         drain(
             &mut pool,
             &mut exchange,
@@ -242,69 +248,72 @@ impl Shard<'_> {
             max_send_lag_ms,
         })
     }
+}
 
-    /// The measured phase; returns the largest send lag (rate mode).
-    fn send_for_duration(
-        &self,
-        pool: &mut Pool,
-        exchange: &mut Exchange,
-    ) -> Result<f64, LoadError> {
-        let start = now_nanos();
-        let end = start + secs_to_nanos(self.config.duration_secs);
-        exchange.set_window(start, end);
-        let mut events = Vec::new();
-        let mut max_lag_nanos = 0;
-        loop {
-            let now = now_nanos();
-            if now >= end {
-                break;
-            }
-            let timeout = match self.pace {
-                Pace::Window(window) => {
-                    exchange.fill_windows(pool, window, now);
-                    Duration::from_nanos((end - now).min(10_000_000))
-                }
-                Pace::Rate(per_sec) => {
-                    let due = ((now - start) as f64 * per_sec / 1e9) as u64;
-                    if due > exchange.sent() {
-                        let scheduled = start + (exchange.sent() as f64 * 1e9 / per_sec) as u64;
-                        max_lag_nanos = max_lag_nanos.max(now.saturating_sub(scheduled));
-                        exchange.send_due(pool, due, now);
-                    }
-                    // epoll waits in whole milliseconds; 1 ms is the finest
-                    // pacing that does not spin a core.
-                    Duration::from_millis(1)
-                }
-            };
-            events.clear();
-            pool.poll(timeout, &mut events)
-                .map_err(|error| load_error(format!("poll: {error}")))?;
-            let now = now_nanos();
-            for event in &events {
-                exchange.on_event(event, now, self.progress);
-            }
+/// The measured phase: sends at `pace` for `duration_secs`, accounting for
+/// every event; returns the largest send lag (rate mode), in milliseconds.
+pub fn send_for_duration(
+    pool: &mut Pool,
+    traffic: &mut impl Traffic,
+    pace: Pace,
+    duration_secs: f64,
+    progress: &Progress,
+) -> Result<f64, LoadError> {
+    let start = now_nanos();
+    let end = start + secs_to_nanos(duration_secs);
+    traffic.set_window(start, end);
+    let mut events = Vec::new();
+    let mut max_lag_nanos = 0;
+    loop {
+        let now = now_nanos();
+        if now >= end {
+            break;
         }
-        Ok(max_lag_nanos as f64 / 1e6)
+        let timeout = match pace {
+            Pace::Window(window) => {
+                traffic.fill_windows(pool, window, now);
+                Duration::from_nanos((end - now).min(10_000_000))
+            }
+            Pace::Rate(per_sec) => {
+                let due = ((now - start) as f64 * per_sec / 1e9) as u64;
+                if due > traffic.sent() {
+                    let scheduled = start + (traffic.sent() as f64 * 1e9 / per_sec) as u64;
+                    max_lag_nanos = max_lag_nanos.max(now.saturating_sub(scheduled));
+                    traffic.send_due(pool, due, now);
+                }
+                // epoll waits in whole milliseconds; 1 ms is the finest
+                // pacing that does not spin a core.
+                Duration::from_millis(1)
+            }
+        };
+        events.clear();
+        pool.poll(timeout, &mut events)
+            .map_err(|error| load_error(format!("poll: {error}")))?;
+        let now = now_nanos();
+        for event in &events {
+            traffic.on_event(event, now, progress);
+        }
     }
+    Ok(max_lag_nanos as f64 / 1e6)
 }
 
 /// After sending stops: waits up to `grace_secs` for every in-flight message
 /// to be acked and every acked message to be delivered.
 pub fn drain(
     pool: &mut Pool,
-    exchange: &mut Exchange,
+    traffic: &mut impl Traffic,
     grace_secs: f64,
     progress: &Progress,
 ) -> Result<(), LoadError> {
     let deadline = now_nanos() + secs_to_nanos(grace_secs);
     let mut events = Vec::new();
-    while exchange.outstanding() > 0 && now_nanos() < deadline {
+    while traffic.outstanding() > 0 && now_nanos() < deadline {
         events.clear();
         pool.poll(Duration::from_millis(10), &mut events)
             .map_err(|error| load_error(format!("poll: {error}")))?;
         let now = now_nanos();
         for event in &events {
-            exchange.on_event(event, now, progress);
+            traffic.on_event(event, now, progress);
         }
     }
     Ok(())

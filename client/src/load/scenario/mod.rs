@@ -2,6 +2,7 @@
 //! config, runs bounded in time and count, and returns a serialisable result
 //! with a `passed` verdict and a [`Table`](super::report::Table) to print.
 
+pub mod groups;
 pub mod idle;
 pub mod logins;
 pub mod messages;

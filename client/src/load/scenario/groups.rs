@@ -1,0 +1,559 @@
+//! `groups`: fan-out. Users are logged in and split into groups of
+//! `group_size`; each group is created by its first member, and setup waits
+//! until every member has its GroupInfo. Then the first `senders` members of
+//! each group send group messages, closed loop (a window of unacknowledged
+//! messages per sender) or at a fixed aggregate rate, for a fixed time; then a
+//! grace period for the last deliveries. Each message should reach the
+//! other `group_size − 1` members.
+//!
+//! With `threads > 1` the groups are split over independent shards, each with
+//! its own `Poll`; a group never spans shards.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use protocol::client::CreateGroup;
+use protocol::{ClientMessage, ServerMessage};
+use serde::Serialize;
+
+use super::messages::{drain, send_for_duration, Pace};
+use super::Common;
+use crate::load::fanout::{GroupExchange, GroupSpec, GroupTally, GroupTallySummary};
+use crate::load::pool::{ConnId, Pool, PoolEvent, READ_BUFFER_BUSY_BYTES};
+use crate::load::progress::{Printer, Progress};
+use crate::load::report::{count, rate, Table};
+use crate::load::setup::logged_in_users;
+use crate::load::stats::{Latency, LatencySummary};
+use crate::load::{load_error, now_nanos, LoadError};
+
+/// How long one `poll` waits while groups are created.
+const SETUP_POLL: Duration = Duration::from_millis(20);
+
+/// The `groups` scenario's knobs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Users (rounded up to a multiple of `group_size`).
+    pub users: usize,
+    /// Members per group, the creator included (at least 2).
+    pub group_size: usize,
+    /// Members of each group that send (at most `group_size`).
+    pub senders: usize,
+    /// Pacing: a window per sender, or an aggregate rate over all senders.
+    pub pace: Pace,
+    /// Seconds of sending.
+    pub duration_secs: f64,
+    /// Seconds to wait after sending for the last acks and deliveries.
+    pub grace_secs: f64,
+    /// Shards, each a thread with its own `Poll`.
+    pub threads: usize,
+    /// Minimum content length of each message.
+    pub content_bytes: usize,
+}
+
+/// How creating the groups went.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupSetup {
+    /// Groups created.
+    pub groups: usize,
+    /// Wall time from the first CreateGroup to the last member's GroupInfo
+    /// (the longest shard).
+    pub elapsed_secs: f64,
+    /// CreateGroup → the creator's GroupInfo.
+    pub create_latency: LatencySummary,
+    /// CreateGroup → the last member's GroupInfo.
+    pub all_members_latency: LatencySummary,
+}
+
+/// The machine-readable result.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// `"groups"`.
+    pub scenario: &'static str,
+    /// The run id in usernames and group names.
+    pub run_id: String,
+    /// Users logged in.
+    pub users: usize,
+    /// Members per group.
+    pub group_size: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Senders per group.
+    pub senders_per_group: usize,
+    /// `"window"` or `"rate"`.
+    pub mode: &'static str,
+    /// Closed-loop window per sender, if any.
+    pub window: Option<usize>,
+    /// Target rate (messages per second over all senders), if any.
+    pub target_rate: Option<f64>,
+    /// Seconds of sending.
+    pub duration_secs: f64,
+    /// Shards.
+    pub threads: usize,
+    /// How late (ms) the most delayed send was against the rate schedule.
+    pub max_send_lag_ms: f64,
+    /// Group creation.
+    pub group_setup: GroupSetup,
+    /// Counts and latency; `lost` counts lost deliveries.
+    #[serde(flatten)]
+    pub tally: GroupTallySummary,
+    /// No delivery lost and no message left unanswered.
+    pub passed: bool,
+}
+
+impl Outcome {
+    /// The human table.
+    pub fn table(&self) -> Table {
+        let pace = match (self.window, self.target_rate) {
+            (Some(window), _) => format!("closed loop, window {window}"),
+            (_, Some(target)) => format!("rate {}", rate(target)),
+            _ => String::new(),
+        };
+        let mut table = Table::new(format!(
+            "groups: {} users in {} groups of {}, {} sender(s) each, {pace}, {:.1} s, {} thread(s), run {}",
+            self.users,
+            self.groups,
+            self.group_size,
+            self.senders_per_group,
+            self.duration_secs,
+            self.threads,
+            self.run_id
+        ));
+        let t = &self.tally;
+        let setup = &self.group_setup;
+        table
+            .row(
+                "groups created",
+                format!(
+                    "{} in {:.2} s (all members informed: p99 {:.1} ms)",
+                    setup.groups, setup.elapsed_secs, setup.all_members_latency.p99_ms
+                ),
+            )
+            .row("sent", count(t.sent))
+            .row(
+                "acked",
+                format!("{:<14} {}", count(t.acked), rate(t.acked_per_sec)),
+            )
+            .row(
+                "deliveries",
+                format!(
+                    "{:<14} {}  (expected {}, {} per message)",
+                    count(t.delivered),
+                    rate(t.delivered_per_sec),
+                    count(t.expected_deliveries),
+                    self.group_size - 1
+                ),
+            )
+            .row(
+                "errors",
+                format!("{} {:?}", count(t.errors), t.errors_by_kind),
+            )
+            .row("unanswered", count(t.unanswered))
+            .row(
+                "lost deliveries",
+                format!("{} (in {} messages)", count(t.lost), count(t.lost_messages)),
+            )
+            .row("reordered", count(t.reordered));
+        if self.target_rate.is_some() {
+            table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
+        }
+        table
+            .latency_header()
+            .latency("end-to-end", &t.end_to_end_latency)
+            .latency("whole fan-out", &t.fanout_latency)
+            .latency("ack", &t.ack_latency)
+            .latency("create group", &setup.create_latency);
+        table
+    }
+}
+
+/// Runs the scenario.
+pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
+    let group_size = config.group_size.max(2);
+    let senders = config.senders.clamp(1, group_size);
+    let groups = config.users.max(group_size).div_ceil(group_size);
+    let users = groups * group_size;
+    let threads = config.threads.clamp(1, groups);
+    let progress = Arc::new(Progress::default());
+    let _printer = Printer::start("groups", progress.clone(), common.progress_secs);
+    let barrier = Barrier::new(threads);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<ShardOutcome, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|shard| {
+                let first_group = groups * shard / threads;
+                let last_group = groups * (shard + 1) / threads;
+                let pace = match config.pace {
+                    Pace::Rate(total) => {
+                        Pace::Rate(total * (last_group - first_group) as f64 / groups as f64)
+                    }
+                    window => window,
+                };
+                let shard = Shard {
+                    common,
+                    config,
+                    group_size,
+                    senders,
+                    pace,
+                    groups: first_group..last_group,
+                    barrier: &barrier,
+                    failed: &failed,
+                    progress: &progress,
+                };
+                scope.spawn(move || shard.run())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(load_error("shard panicked")))
+            })
+            .collect()
+    });
+    let mut tally = GroupTally::default();
+    let mut max_send_lag_ms: f64 = 0.0;
+    let mut created = Creation::default();
+    for result in results {
+        let shard = result?;
+        tally.merge(&shard.tally);
+        created.merge(&shard.created);
+        max_send_lag_ms = max_send_lag_ms.max(shard.max_send_lag_ms);
+    }
+    let summary = tally.summary(config.duration_secs);
+    Ok(Outcome {
+        scenario: "groups",
+        run_id: common.run_id.clone(),
+        users,
+        group_size,
+        groups,
+        senders_per_group: senders,
+        mode: match config.pace {
+            Pace::Window(_) => "window",
+            Pace::Rate(_) => "rate",
+        },
+        window: match config.pace {
+            Pace::Window(window) => Some(window),
+            Pace::Rate(_) => None,
+        },
+        target_rate: match config.pace {
+            Pace::Rate(total) => Some(total),
+            Pace::Window(_) => None,
+        },
+        duration_secs: config.duration_secs,
+        threads,
+        max_send_lag_ms,
+        group_setup: GroupSetup {
+            groups,
+            elapsed_secs: created.elapsed_secs,
+            create_latency: created.create.summary(),
+            all_members_latency: created.all_members.summary(),
+        },
+        passed: summary.lost == 0 && summary.unanswered == 0,
+        tally: summary,
+    })
+}
+
+struct ShardOutcome {
+    tally: GroupTally,
+    created: Creation,
+    max_send_lag_ms: f64,
+}
+
+/// One thread's share of the groups.
+struct Shard<'a> {
+    common: &'a Common,
+    config: &'a Config,
+    group_size: usize,
+    senders: usize,
+    pace: Pace,
+    groups: std::ops::Range<usize>,
+    barrier: &'a Barrier,
+    failed: &'a AtomicBool,
+    progress: &'a Progress,
+}
+
+impl Shard<'_> {
+    fn run(self) -> Result<ShardOutcome, LoadError> {
+        let setup = self.set_up();
+        // Every shard reaches the barrier, so one that failed cannot strand
+        // the others; then all of them stop.
+        if setup.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        self.barrier.wait();
+        let (mut pool, specs, created) = setup?;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(load_error("another shard failed to set up"));
+        }
+        let mut exchange = GroupExchange::new(specs, self.senders, self.config.content_bytes);
+        let max_send_lag_ms = send_for_duration(
+            &mut pool,
+            &mut exchange,
+            self.pace,
+            self.config.duration_secs,
+            self.progress,
+        )?;
+        drain(
+            &mut pool,
+            &mut exchange,
+            self.config.grace_secs,
+            self.progress,
+        )?;
+        Ok(ShardOutcome {
+            tally: exchange.finish(),
+            created,
+            max_send_lag_ms,
+        })
+    }
+
+    /// Logs the shard's users in and creates its groups.
+    fn set_up(&self) -> Result<(Pool, Vec<GroupSpec>, Creation), LoadError> {
+        let mut pool = Pool::new(self.common.addr, READ_BUFFER_BUSY_BYTES)
+            .map_err(|error| load_error(format!("poll: {error}")))?;
+        let deadline = self.common.setup_deadline();
+        let size = self.group_size;
+        let names = self
+            .common
+            .names('l', self.groups.start * size..self.groups.end * size);
+        let conns = logged_in_users(
+            &mut pool,
+            &names,
+            self.common.setup_concurrency,
+            deadline,
+            self.progress,
+        )?;
+        let wanted: Vec<Wanted> = self
+            .groups
+            .clone()
+            .enumerate()
+            .map(|(local, group)| Wanted {
+                name: group_name(&self.common.run_id, group),
+                members: (local * size..(local + 1) * size)
+                    .map(|i| (names[i].clone(), conns[i]))
+                    .collect(),
+            })
+            .collect();
+        let (ids, created) =
+            create_groups(&mut pool, &wanted, self.common.setup_concurrency, deadline)?;
+        let specs = wanted
+            .into_iter()
+            .zip(ids)
+            .map(|(wanted, group_id)| GroupSpec {
+                group_id,
+                members: wanted.members,
+            })
+            .collect();
+        Ok((pool, specs, created))
+    }
+}
+
+/// The name of group `index` of run `run_id`.
+pub fn group_name(run_id: &str, index: usize) -> String {
+    format!("g{run_id}_{index}")
+}
+
+/// A group to create: its name and its members (username, logged-in
+/// connection); the first member creates it.
+pub struct Wanted {
+    /// Unique in the run.
+    pub name: String,
+    /// The creator first.
+    pub members: Vec<(String, ConnId)>,
+}
+
+/// Group-creation latencies, mergeable across shards.
+#[derive(Default)]
+pub struct Creation {
+    /// Wall time of the whole creation flow.
+    pub elapsed_secs: f64,
+    /// CreateGroup → the creator's GroupInfo.
+    pub create: Latency,
+    /// CreateGroup → the last member's GroupInfo.
+    pub all_members: Latency,
+}
+
+impl Creation {
+    fn merge(&mut self, other: &Creation) {
+        self.elapsed_secs = self.elapsed_secs.max(other.elapsed_secs);
+        self.create.merge(&other.create);
+        self.all_members.merge(&other.all_members);
+    }
+}
+
+/// One group being created.
+#[derive(Default)]
+struct Pending {
+    /// When its CreateGroup was sent.
+    sent_nanos: Option<u64>,
+    group_id: Option<i64>,
+    /// By member position: GroupInfo received.
+    informed: Vec<bool>,
+    informed_count: usize,
+}
+
+/// Creates `wanted` (at most `concurrency` unfinished at a time) and waits
+/// until every member of every group has a GroupInfo listing all members.
+/// Returns the group ids in `wanted` order.
+pub fn create_groups(
+    pool: &mut Pool,
+    wanted: &[Wanted],
+    concurrency: usize,
+    deadline: Instant,
+) -> Result<(Vec<i64>, Creation), LoadError> {
+    let started = Instant::now();
+    let mut creation = Creation::default();
+    let mut pending: Vec<Pending> = wanted
+        .iter()
+        .map(|group| Pending {
+            informed: vec![false; group.members.len()],
+            ..Pending::default()
+        })
+        .collect();
+    let by_name: HashMap<&str, usize> = wanted
+        .iter()
+        .enumerate()
+        .map(|(index, group)| (group.name.as_str(), index))
+        .collect();
+    let by_conn: HashMap<ConnId, (usize, usize)> = wanted
+        .iter()
+        .enumerate()
+        .flat_map(|(group, wanted)| {
+            wanted
+                .members
+                .iter()
+                .enumerate()
+                .map(move |(position, (_, conn))| (*conn, (group, position)))
+        })
+        .collect();
+    let (mut next, mut done) = (0, 0);
+    let mut events = Vec::new();
+    while done < wanted.len() {
+        while next < wanted.len() && next - done < concurrency.max(1) {
+            let group = &wanted[next];
+            let (creator, conn) = &group.members[0];
+            let message = ClientMessage::CreateGroup(CreateGroup {
+                name: group.name.clone(),
+                members: group.members[1..].iter().map(|(n, _)| n.clone()).collect(),
+            });
+            if !pool.send(*conn, &message) {
+                return Err(load_error(format!("{creator}: connection gone")));
+            }
+            pending[next].sent_nanos = Some(now_nanos());
+            next += 1;
+        }
+        if Instant::now() >= deadline {
+            return Err(load_error(format!(
+                "group creation timed out: {done} of {} groups complete",
+                wanted.len()
+            )));
+        }
+        events.clear();
+        pool.poll(SETUP_POLL, &mut events)
+            .map_err(|error| load_error(format!("poll: {error}")))?;
+        let now = now_nanos();
+        for event in &events {
+            let (conn, message) = match event {
+                PoolEvent::Frame(conn, message) => (conn, message),
+                PoolEvent::Closed(conn, reason) if by_conn.contains_key(conn) => {
+                    return Err(load_error(format!(
+                        "group setup: connection closed: {reason}"
+                    )))
+                }
+                _ => continue,
+            };
+            let Some(&(group, position)) = by_conn.get(conn) else {
+                continue;
+            };
+            match message {
+                ServerMessage::GroupInfo(info) => {
+                    let Some(&named) = by_name.get(info.name.as_str()) else {
+                        return Err(load_error(format!(
+                            "GroupInfo for unknown group {:?}",
+                            info.name
+                        )));
+                    };
+                    if named != group {
+                        return Err(load_error(format!(
+                            "GroupInfo for {:?} reached a member of {:?}",
+                            info.name, wanted[group].name
+                        )));
+                    }
+                    check_members(&wanted[group], &info.members)?;
+                    let entry = &mut pending[group];
+                    if *entry.group_id.get_or_insert(info.group_id) != info.group_id {
+                        return Err(load_error(format!(
+                            "group {:?} has two ids: {:?} and {}",
+                            info.name, entry.group_id, info.group_id
+                        )));
+                    }
+                    if entry.informed[position] {
+                        continue; // a repeat (AddGroupMembers would cause one)
+                    }
+                    entry.informed[position] = true;
+                    entry.informed_count += 1;
+                    let sent = entry.sent_nanos.unwrap_or(now);
+                    if position == 0 {
+                        creation.create.record_nanos(now.saturating_sub(sent));
+                    }
+                    if entry.informed_count == entry.informed.len() {
+                        creation.all_members.record_nanos(now.saturating_sub(sent));
+                        done += 1;
+                    }
+                }
+                ServerMessage::Error(error) if error.ref_tag == Some(12) => {
+                    return Err(load_error(format!(
+                        "CreateGroup refused: {} ({}); does the server support groups?",
+                        error.error_type.as_str(),
+                        error.detail
+                    )));
+                }
+                // Presence, offline pushes and the like.
+                _ => {}
+            }
+        }
+    }
+    creation.elapsed_secs = started.elapsed().as_secs_f64();
+    let ids = pending
+        .into_iter()
+        .map(|entry| entry.group_id.expect("every group is complete"))
+        .collect();
+    Ok((ids, creation))
+}
+
+/// A GroupInfo must list exactly the wanted members (in any order).
+fn check_members(wanted: &Wanted, listed: &[String]) -> Result<(), LoadError> {
+    let mut expected: Vec<&str> = wanted.members.iter().map(|(n, _)| n.as_str()).collect();
+    let mut got: Vec<&str> = listed.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    got.sort_unstable();
+    if expected != got {
+        return Err(load_error(format!(
+            "GroupInfo for {:?} lists {} members, expected {}",
+            wanted.name,
+            got.len(),
+            expected.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_info_must_list_exactly_the_members() {
+        let wanted = Wanted {
+            name: group_name("abc", 3),
+            members: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+        };
+        assert_eq!(wanted.name, "gabc_3");
+        let listed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(check_members(&wanted, &listed(&["c", "a", "b"])).is_ok());
+        assert!(check_members(&wanted, &listed(&["a", "b"])).is_err());
+        assert!(check_members(&wanted, &listed(&["a", "b", "d"])).is_err());
+    }
+}
