@@ -52,7 +52,8 @@ fn main() {
                     message: NewMessage {
                         message_id: id,
                         sender_id: sender,
-                        receiver_id: receiver,
+                        receiver_id: Some(receiver),
+                        group_id: None,
                         content: "t=123456789 s=42 hello there".into(),
                         is_encrypted: false,
                         time: 1_700_000_000,

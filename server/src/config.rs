@@ -64,6 +64,9 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, about, args_override_self = true)]
 pub struct Cli {
+    /// Without a subcommand, run the server.
+    #[command(subcommand)]
+    pub command: Option<JsonCommand>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -71,7 +74,7 @@ pub struct Cli {
     #[arg(long, default_value_t = protocol::DEFAULT_PORT)]
     pub port: u16,
     /// Directory of the SQLite database `chat.db` (created if missing).
-    #[arg(long, default_value = "./data")]
+    #[arg(long, default_value = "./data", global = true)]
     pub data_dir: PathBuf,
     /// Log file, appended to (the log also goes to stderr).
     #[arg(long, default_value = "server.log")]
@@ -125,6 +128,38 @@ pub struct Cli {
     /// of the process) or `full` (it also survives power loss; slower).
     #[arg(long, value_enum, default_value_t = Synchronous::Normal)]
     pub synchronous: Synchronous,
+    /// Keep `<data-dir>/users.json` and `contacts.json` (the original
+    /// system's files) current while running, rewritten atomically at most
+    /// once a second after a change.
+    #[arg(long)]
+    pub json_mirror: bool,
+}
+
+/// The subcommands: one-off jobs on the `--data-dir` database. The server
+/// must not be running on that data directory meanwhile.
+#[derive(Debug, clap::Subcommand)]
+pub enum JsonCommand {
+    /// Write users.json and contacts.json of the database into DIR. Stop the
+    /// server first.
+    ///
+    /// The accounts (with their password hashes) and contact lists of the
+    /// `--data-dir` database; each file is written atomically, mode 0600.
+    /// The server must not be running on that data directory.
+    ExportJson {
+        /// Directory to write the two files into (created if missing).
+        dir: PathBuf,
+    },
+    /// Load users.json and contacts.json from DIR into the database. Stop
+    /// the server first.
+    ///
+    /// The `--data-dir` database is created if missing. Users whose username
+    /// exists are skipped and left as they are. A malformed file is refused
+    /// and nothing changes. The server must not be running on that data
+    /// directory.
+    ImportJson {
+        /// Directory holding the two files.
+        dir: PathBuf,
+    },
 }
 
 /// SQLite's `synchronous` setting, as offered on the command line.
@@ -167,6 +202,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Whether SQLite runs with `synchronous=FULL`.
     pub synchronous_full: bool,
+    /// Whether the storage thread keeps `users.json` and `contacts.json` in
+    /// the data directory current (see [`crate::json_files::Mirror`]).
+    pub json_mirror: bool,
 }
 
 impl Config {
@@ -198,6 +236,7 @@ impl Config {
             max_group_size: cli.max_group_size.max(1),
             allowed_origins: cli.allowed_origins.clone(),
             synchronous_full: cli.synchronous == Synchronous::Full,
+            json_mirror: cli.json_mirror,
         })
     }
 

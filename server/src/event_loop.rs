@@ -115,8 +115,16 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let database = config.database_path();
-        let (backend, mut snapshot) = SqliteBackend::open(&database, config.synchronous_full)
-            .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
+        let (mut backend, mut snapshot) =
+            SqliteBackend::open(&database, config.synchronous_full)
+                .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
+        if config.json_mirror {
+            backend = backend.with_json_mirror(config.data_dir.clone());
+            log::info!(
+                "mirroring users.json and contacts.json in {}",
+                config.data_dir.display()
+            );
+        }
         if snapshot.recovered_from_crash {
             // Messages delivered but not yet committed when the previous
             // process died had ids just above the highest stored one. Skip

@@ -13,6 +13,7 @@
 //! - [`completion`]: how worker threads hand results back and wake the loop.
 //! - [`rate_limit`]: token buckets and failed-login lockouts.
 //! - [`config`]: the command line and every limit, with its reasons.
+//! - [`json_files`]: the original's `users.json`/`contacts.json`: export, import, mirror.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
 
@@ -22,6 +23,7 @@ pub mod connection;
 pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
+pub mod json_files;
 pub mod password;
 pub mod priority;
 pub mod rate_limit;

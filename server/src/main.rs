@@ -1,18 +1,24 @@
-//! The `chat-server` binary: parse the command line, set up logging, run.
+//! The `chat-server` binary: parse the command line, set up logging, run —
+//! or run one of the JSON-file subcommands and exit.
 
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use log::LevelFilter;
 use simplelog::{CombinedLogger, ConfigBuilder, WriteLogger};
 
-use server::config::{Cli, Config};
+use server::config::{Cli, Config, JsonCommand};
 use server::event_loop::Server;
+use server::json_files;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return run_json_command(command, &cli.data_dir);
+    }
     let config = match Config::from_cli(&cli) {
         Ok(config) => config,
         Err(problem) => {
@@ -50,6 +56,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `export-json` or `import-json` on the `--data-dir` database: the
+/// report on stdout and exit 0, or the error on stderr and exit 2.
+fn run_json_command(command: &JsonCommand, data_dir: &Path) -> ExitCode {
+    let result = match command {
+        JsonCommand::ExportJson { dir } => json_files::open_database(data_dir, false)
+            .and_then(|conn| warn_if_running(&conn).map(|()| conn))
+            .and_then(|conn| json_files::export(&conn, dir))
+            .map(|report| report.to_string()),
+        // The files first: a bad directory must not leave a new database behind.
+        JsonCommand::ImportJson { dir } => json_files::load(dir).and_then(|loaded| {
+            let mut conn = json_files::open_database(data_dir, true)?;
+            warn_if_running(&conn)?;
+            json_files::import_loaded(&mut conn, &loaded).map(|report| report.to_string())
+        }),
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("chat-server: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A server running on the database (or one that crashed: they look alike)
+/// deserves a word before the files are touched.
+fn warn_if_running(conn: &rusqlite::Connection) -> Result<(), json_files::JsonFileError> {
+    if json_files::marked_running(conn)? {
+        eprintln!(
+            "chat-server: warning: the database is marked as in use: a server is \
+             running on it or the last one crashed; stop any server before this"
+        );
+    }
+    Ok(())
 }
 
 /// Logs to stderr and appends to the log file (mode 0600).

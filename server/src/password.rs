@@ -85,6 +85,14 @@ fn parse(phc: &str) -> Option<Parsed> {
     })
 }
 
+/// The salt field (base64) of a PHC string this module can verify — what
+/// `users.salt` holds beside it — or `None` if the string would never verify.
+/// Used to check imported hashes before they are stored.
+pub fn phc_salt(phc: &str) -> Option<&str> {
+    parse(phc)?;
+    phc.split('$').nth(3)
+}
+
 /// Whether `secret` matches the stored PHC string. A malformed stored hash
 /// never matches. The comparison takes the same time wherever bytes differ.
 pub fn verify_password(secret: &str, phc: &str) -> bool {
@@ -151,6 +159,14 @@ mod tests {
         assert!(old.phc.contains("$i=7$"));
         let with_length = old.phc.replace("$i=7$", "$i=7,l=32$");
         assert!(verify_password("secret123", &with_length));
+    }
+
+    #[test]
+    fn the_salt_field_is_read_from_a_well_formed_hash_only() {
+        let hash = hash_password("secret123", 3);
+        assert_eq!(phc_salt(&hash.phc), Some(hash.salt.as_str()));
+        assert_eq!(phc_salt("$pbkdf2-sha256$i=0$AAAA$AAAA"), None);
+        assert_eq!(phc_salt("plain"), None);
     }
 
     #[test]

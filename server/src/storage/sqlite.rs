@@ -7,7 +7,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -18,6 +18,7 @@ use super::{
     Backend, Command, ContactRow, Conversation, GroupRow, NewMessage, Reply, Snapshot,
     StoredMessage,
 };
+use crate::json_files::Mirror;
 
 /// Offline-queue messages taken per storage round trip at login. The whole
 /// queue is pushed, chunk by chunk, so one reply (and one write into the
@@ -74,6 +75,8 @@ pub struct SqliteBackend {
     last_index_pass: Instant,
     /// Copies the WAL back into the database without stalling commits.
     _checkpointer: Checkpointer,
+    /// Keeps `users.json`/`contacts.json` current (`--json-mirror`).
+    mirror: Option<Mirror>,
 }
 
 impl SqliteBackend {
@@ -100,8 +103,16 @@ impl SqliteBackend {
             highest_stored,
             last_index_pass: Instant::now(),
             _checkpointer: checkpointer,
+            mirror: None,
         };
         Ok((backend, snapshot))
+    }
+
+    /// Keeps the original system's JSON files in `dir` current: written
+    /// when idle, at most once per second, after accounts or contacts change.
+    pub fn with_json_mirror(mut self, dir: PathBuf) -> Self {
+        self.mirror = Some(Mirror::new(dir));
+        self
     }
 
     fn execute_in_transaction(&mut self, batch: &[Command]) -> rusqlite::Result<Vec<Reply>> {
@@ -145,6 +156,9 @@ impl SqliteBackend {
 
 impl Backend for SqliteBackend {
     fn idle(&mut self) {
+        if let Some(mirror) = &mut self.mirror {
+            mirror.idle(&self.conn);
+        }
         if self.highest_stored > self.indexed_through
             && self.last_index_pass.elapsed() >= INDEX_DELAY
         {
@@ -154,6 +168,9 @@ impl Backend for SqliteBackend {
 
     fn finish(&mut self) {
         self.index_tail();
+        if let Some(mirror) = &mut self.mirror {
+            mirror.flush(&self.conn);
+        }
         let marked = self.conn.execute(
             "UPDATE server_state SET value = 0 WHERE key = 'running'",
             [],
@@ -164,6 +181,11 @@ impl Backend for SqliteBackend {
     }
 
     fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
+        if let Some(mirror) = &mut self.mirror {
+            if batch.iter().any(changes_mirrored_files) {
+                mirror.mark_dirty();
+            }
+        }
         let replies = self.execute_batch(batch);
         if self.highest_stored - self.indexed_through >= INDEX_TAIL_MAX {
             self.index_tail();
@@ -203,6 +225,20 @@ impl SqliteBackend {
             }
         }
     }
+}
+
+/// Whether a command changes what `users.json`/`contacts.json` hold.
+fn changes_mirrored_files(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::CreateUser { .. }
+            | Command::AddContact { .. }
+            | Command::RemoveContact { .. }
+            | Command::SetKey { .. }
+            | Command::OpenSession { .. }
+            | Command::ResumeSession { .. }
+            | Command::ConnectionLost { last: true, .. }
+    )
 }
 
 /// Creates the database file with mode 0600 before SQLite opens it, so the
