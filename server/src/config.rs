@@ -124,6 +124,12 @@ pub struct Cli {
     /// it any Origin is accepted. Clients that send no Origin always pass.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+    /// Serve `wss://` with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// SQLite durability: `normal` (an acknowledged message survives a crash
     /// of the process) or `full` (it also survives power loss; slower).
     #[arg(long, value_enum, default_value_t = Synchronous::Normal)]
@@ -159,6 +165,18 @@ pub enum JsonCommand {
     ImportJson {
         /// Directory holding the two files.
         dir: PathBuf,
+    },
+    /// Write a development CA and a server certificate signed by it into DIR.
+    ///
+    /// Creates `ca.pem` (give it to clients: `chat --ca-file DIR/ca.pem`),
+    /// `cert.pem` and `key.pem` (for `--tls-cert`/`--tls-key`), mode 0600.
+    /// For development and tests only.
+    GenCert {
+        /// Directory to write the three files into (created if missing).
+        dir: PathBuf,
+        /// Names and addresses the certificate is valid for (repeatable).
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
     },
 }
 
@@ -200,6 +218,8 @@ pub struct Config {
     pub max_group_size: usize,
     /// Origins allowed to open browser WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
+    /// Certificate and key files when serving `wss://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Whether SQLite runs with `synchronous=FULL`.
     pub synchronous_full: bool,
     /// Whether the storage thread keeps `users.json` and `contacts.json` in
@@ -235,6 +255,7 @@ impl Config {
             rate_limits: rate_config(cli)?,
             max_group_size: cli.max_group_size.max(1),
             allowed_origins: cli.allowed_origins.clone(),
+            tls: cli.tls_cert.clone().zip(cli.tls_key.clone()),
             synchronous_full: cli.synchronous == Synchronous::Full,
             json_mirror: cli.json_mirror,
         })

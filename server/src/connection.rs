@@ -11,6 +11,7 @@
 //! reads drain until `WouldBlock`; writes go into tungstenite's buffer and are
 //! flushed by the loop once per turn, the rest on the next WRITABLE event.
 //! It knows nothing of the protocol's messages: text frames go up to the loop.
+//! Underneath is a [`Transport`]: the socket, or TLS over it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,8 +28,9 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, Utf8Bytes, WebSocket};
 
 use crate::completion::ConnId;
+use crate::tls::Transport;
 
-type Handshake = MidHandshake<ServerHandshake<TcpStream, OriginCheck>>;
+type Handshake = MidHandshake<ServerHandshake<Transport, OriginCheck>>;
 
 /// The handshake's one policy: with `--allowed-origin` given, a request that
 /// carries an `Origin` header (browsers always do) must name one of them, so
@@ -80,10 +82,10 @@ enum State {
     /// The HTTP upgrade is in progress (resumable).
     Handshaking(Handshake),
     /// Frames flow both ways.
-    Open(WebSocket<TcpStream>),
+    Open(WebSocket<Transport>),
     /// A close frame was sent or received; flushing and waiting for the
     /// peer's close until the loop's close deadline.
-    Closing(WebSocket<TcpStream>),
+    Closing(WebSocket<Transport>),
     /// Done: the loop removes it.
     Closed,
 }
@@ -143,7 +145,7 @@ impl Connection {
     pub fn accept(
         id: ConnId,
         peer: SocketAddr,
-        stream: TcpStream,
+        stream: Transport,
         config: WebSocketConfig,
         origins: OriginCheck,
     ) -> Self {
@@ -188,8 +190,8 @@ impl Connection {
     /// The socket, for (de)registration with mio.
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.state {
-            State::Handshaking(mid) => Some(mid.get_mut().get_mut()),
-            State::Open(ws) | State::Closing(ws) => Some(ws.get_mut()),
+            State::Handshaking(mid) => Some(mid.get_mut().get_mut().socket_mut()),
+            State::Open(ws) | State::Closing(ws) => Some(ws.get_mut().socket_mut()),
             State::Closed => None,
         }
     }
@@ -221,7 +223,7 @@ impl Connection {
         }
     }
 
-    fn read_open(&mut self, mut ws: WebSocket<TcpStream>) -> ReadEvent {
+    fn read_open(&mut self, mut ws: WebSocket<Transport>) -> ReadEvent {
         loop {
             match ws.read() {
                 Ok(message) => {
@@ -267,7 +269,7 @@ impl Connection {
         }
     }
 
-    fn read_closing(&mut self, mut ws: WebSocket<TcpStream>) -> ReadEvent {
+    fn read_closing(&mut self, mut ws: WebSocket<Transport>) -> ReadEvent {
         loop {
             match ws.read() {
                 Ok(_) => continue, // frames after our close are discarded

@@ -36,6 +36,7 @@ use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
 use crate::hasher::Hasher;
 use crate::storage::sqlite::SqliteBackend;
 use crate::storage::{Command, PurgeSchedule, StorageHandle};
+use crate::tls::{self, Transport};
 
 /// Reserved tokens, far above any slab key.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -55,6 +56,8 @@ pub enum StartError {
     Storage(String),
     /// The socket could not be bound, or a thread not spawned.
     Io(io::Error),
+    /// The TLS certificate or key could not be loaded.
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -62,6 +65,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Storage(detail) => write!(f, "cannot open the database: {detail}"),
             StartError::Io(error) => write!(f, "{error}"),
+            StartError::Tls(detail) => write!(f, "cannot set up TLS: {detail}"),
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Server {
     config: Config,
     ws_config: WebSocketConfig,
     origins: OriginCheck,
+    /// The TLS configuration when serving `wss://`.
+    tls: Option<Arc<rustls::ServerConfig>>,
     next_serial: u64,
     /// Slots with more frames to read than one turn's budget allowed.
     unfinished_reads: VecDeque<ConnId>,
@@ -183,6 +189,12 @@ impl Server {
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
         let origins = OriginCheck::new(config.allowed_origins.clone());
+        let tls = match &config.tls {
+            Some((cert, key)) => {
+                Some(tls::server_config(cert, key).map_err(|e| StartError::Tls(e.to_string()))?)
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -195,6 +207,7 @@ impl Server {
             config,
             ws_config,
             origins,
+            tls,
             next_serial: 1,
             unfinished_reads: VecDeque::new(),
             to_flush: Vec::new(),
@@ -209,6 +222,11 @@ impl Server {
             purge: PurgeSchedule::default(),
             shutdown: None,
         })
+    }
+
+    /// Whether connections are served over TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The bound address (useful with port 0).
@@ -299,7 +317,15 @@ impl Server {
             log::warn!("cannot register {peer}: {error}");
             return;
         }
-        let connection = Connection::accept(id, peer, stream, self.ws_config, self.origins.clone());
+        let transport = match Transport::new(stream, self.tls.as_ref()) {
+            Ok(transport) => transport,
+            Err(error) => {
+                log::warn!("cannot start TLS for {peer}: {error}");
+                return;
+            }
+        };
+        let connection =
+            Connection::accept(id, peer, transport, self.ws_config, self.origins.clone());
         let opened = connection.is_open();
         entry.insert(connection);
         log::debug!("{peer} connected as {id:?}");

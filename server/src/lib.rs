@@ -4,6 +4,7 @@
 //! - [`event_loop`]: the one mio thread — listener, waker, signals, the slab
 //!   of connections, timers; applies the dispatcher's effects.
 //! - [`connection`]: the per-connection state machine around tungstenite.
+//! - [`tls`]: `wss://` (rustls under tungstenite) and development certificates.
 //! - [`dispatcher`]: the protocol's rules as a pure function from (state,
 //!   message) to effects; one file per group of messages.
 //! - [`storage`]: the storage thread and its command/reply vocabulary;
@@ -28,3 +29,4 @@ pub mod password;
 pub mod priority;
 pub mod rate_limit;
 pub mod storage;
+pub mod tls;

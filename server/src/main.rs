@@ -42,7 +42,11 @@ fn main() -> ExitCode {
     };
     match server.local_addr() {
         Ok(address) => {
-            log::info!("listening on ws://{address}/ (plain WebSocket, no TLS)");
+            if server.is_tls() {
+                log::info!("listening on wss://{address}/ (TLS)");
+            } else {
+                log::info!("listening on ws://{address}/ (plain WebSocket, no TLS)");
+            }
             // The one line on stdout: scripts and tests read the address here.
             println!("chat-server listening on {address}");
             let _ = std::io::stdout().flush();
@@ -72,6 +76,22 @@ fn run_json_command(command: &JsonCommand, data_dir: &Path) -> ExitCode {
             warn_if_running(&conn)?;
             json_files::import_loaded(&mut conn, &loaded).map(|report| report.to_string())
         }),
+        JsonCommand::GenCert { dir, names } => {
+            return match server::tls::generate_dev_certificates(dir, names) {
+                Ok(()) => {
+                    println!(
+                        "wrote {0}/ca.pem, {0}/cert.pem and {0}/key.pem for {1}",
+                        dir.display(),
+                        names.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("chat-server: {error}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(report) => {

@@ -1,0 +1,198 @@
+//! TLS (`wss://`): rustls under tungstenite, inside the same non-blocking
+//! loop, and development certificates.
+//!
+//! [`Transport`] is what a [`Connection`](crate::connection::Connection)'s
+//! WebSocket runs over: the plain socket, or a rustls server session on it.
+//! rustls does its handshake as the first bytes are read; when the socket
+//! would block, the `WouldBlock` travels up through tungstenite like any
+//! other, and the connection resumes on the next readiness event.
+//!
+//! One adaptation: rustls buffers at most 64 KiB of unsent plaintext and then
+//! accepts zero bytes, which tungstenite would take for a broken connection,
+//! so a full rustls buffer is reported as `WouldBlock` instead — the frames
+//! stay in tungstenite's buffer, where the slow-consumer cap sees them.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// Why TLS could not be set up.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or parsed: check the path
+    /// and that it is PEM.
+    Pem(String),
+    /// rustls refused the certificate/key pair (e.g. they do not match).
+    Config(rustls::Error),
+    /// Generating a development certificate failed.
+    Generate(String),
+    /// Writing the generated files failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Pem(detail) => write!(f, "cannot read PEM: {detail}"),
+            TlsError::Config(error) => write!(f, "TLS configuration refused: {error}"),
+            TlsError::Generate(detail) => write!(f, "cannot generate a certificate: {detail}"),
+            TlsError::Io(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// Loads a certificate chain and its private key (PEM) into a server config.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem(format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem(format!("{}: no certificate", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Pem(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(TlsError::Config)?;
+    Ok(Arc::new(config))
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+pub enum Transport {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Transport {
+    /// Wraps an accepted socket; with `tls`, a new rustls server session.
+    pub fn new(socket: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Transport> {
+        match tls {
+            None => Ok(Transport::Plain(socket)),
+            Some(config) => {
+                let session =
+                    ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+                Ok(Transport::Tls(Box::new(StreamOwned::new(session, socket))))
+            }
+        }
+    }
+
+    /// The socket underneath, for mio (de)registration.
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(socket) => socket,
+            Transport::Tls(stream) => &mut stream.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.read(buf),
+            Transport::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.write(buf),
+            Transport::Tls(stream) => match stream.write(buf)? {
+                // rustls's plaintext buffer is full: wait for WRITABLE.
+                0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+                written => Ok(written),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Writes a development CA (`ca.pem`) and a server certificate signed by it
+/// (`cert.pem`, `key.pem`, mode 0600) for `hosts` into `dir`. Clients trust
+/// `ca.pem` (`chat --ca-file`). For development only: the CA's key is not
+/// kept, so nothing else can ever be signed with it.
+pub fn generate_dev_certificates(dir: &Path, hosts: &[String]) -> Result<(), TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
+
+    let ca_key = KeyPair::generate().map_err(generate)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "chat-server development CA");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(generate)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().map_err(generate)?;
+    let mut server_params = CertificateParams::new(hosts.to_vec()).map_err(generate)?;
+    server_params.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().map_or("localhost", String::as_str),
+    );
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(generate)?;
+
+    std::fs::create_dir_all(dir).map_err(TlsError::Io)?;
+    write_private(&dir.join("ca.pem"), &ca_cert.pem())?;
+    write_private(&dir.join("cert.pem"), &server_cert.pem())?;
+    write_private(&dir.join("key.pem"), &server_key.serialize_pem())?;
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(TlsError::Io)?;
+    file.write_all(text.as_bytes()).map_err(TlsError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load_into_a_server_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        generate_dev_certificates(dir.path(), &hosts).unwrap();
+        server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        let missing = server_config(&dir.path().join("nope.pem"), &dir.path().join("key.pem"));
+        assert!(matches!(missing, Err(TlsError::Pem(_))));
+        let mismatched = server_config(&dir.path().join("ca.pem"), &dir.path().join("key.pem"));
+        assert!(
+            mismatched.is_err(),
+            "a key that is not the certificate's is refused"
+        );
+    }
+}
