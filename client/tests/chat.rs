@@ -635,3 +635,134 @@ fn group_commands_in_scripts_and_plain_word_errors() {
         .stdout
         .ends_with("you are in no groups; /group create NAME USER... starts one\n"));
 }
+
+/// A raw WebSocket logged in as `username`, for what `chat` would never send.
+fn raw_login(url: &str, username: &str, password: &str) -> client::chat::connection::Connection {
+    let mut connection = client::chat::connection::Connection::open(url).expect("connect");
+    connection
+        .send(format!(
+            r#"{{"tag":2,"username":"{username}","secret":"{password}"}}"#
+        ))
+        .unwrap();
+    let logged_in = raw_frame(&mut connection, 22);
+    assert_eq!(logged_in["username"], username);
+    connection
+}
+
+/// The next frame with `tag` on a raw connection (others are skipped).
+fn raw_frame(connection: &mut client::chat::connection::Connection, tag: i64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if let client::chat::connection::Received::Frame(text) = connection.receive() {
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if frame["tag"] == tag {
+                return frame;
+            }
+        }
+    }
+    panic!("no frame with tag {tag}");
+}
+
+/// True when `needle` occurs anywhere in the server's data directory (the
+/// database, its WAL and anything else written there).
+fn data_dir_contains(data_dir: &std::path::Path, needle: &str) -> bool {
+    fs::read_dir(data_dir).unwrap().any(|entry| {
+        let bytes = fs::read(entry.unwrap().path()).unwrap_or_default();
+        bytes
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    })
+}
+
+/// End-to-end encryption between two live clients: keys are created (0600)
+/// and published at login, messages both ways show decrypted with `[e2e]`
+/// (live and in history), the server stores no plaintext, `--plain` sends
+/// in the clear, and a tampered ciphertext shows as undecryptable.
+#[test]
+fn end_to_end_encrypted_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    let mut bob = Live::start(chat_command(&server.url(), &dir.path().join("bob.json")));
+    bob.send("/login bob password2");
+    bob.expect_line("logged in as bob");
+    let mut alice = Live::start(chat_command(&server.url(), &dir.path().join("alice.json")));
+    alice.send("/login alice password1");
+    alice.expect_line("logged in as alice");
+
+    alice.send("/msg bob the vault code is 4711");
+    let sent = alice.expect_line("alice → bob: the vault code is 4711");
+    assert!(sent.contains("] [e2e] alice → bob:"), "{sent}");
+    let got = bob.expect_line("alice: the vault code is 4711");
+    assert!(got.contains("] [e2e] alice:"), "{got}");
+    let key_file = dir.path().join("keys").join("alice.json");
+    let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    bob.send("@alice meet behind the old mill");
+    bob.expect_line("] [e2e] bob → alice: meet behind the old mill");
+    alice.expect_line("] [e2e] bob: meet behind the old mill");
+    alice.send("/msg --plain bob nothing to hide here");
+    let plain = alice.expect_line("alice → bob: nothing to hide here");
+    assert!(!plain.contains("[e2e]"), "{plain}");
+    let plain = bob.expect_line("alice: nothing to hide here");
+    assert!(!plain.contains("[e2e]"), "{plain}");
+
+    bob.send("/history alice");
+    bob.expect_line("] [e2e] alice: the vault code is 4711");
+    bob.expect_line("] [e2e] bob: meet behind the old mill");
+    let plain = bob.expect_line("] alice: nothing to hide here");
+    assert!(!plain.contains("[e2e]"), "{plain}");
+
+    // The server stored ciphertext only (the plain message is the control).
+    assert!(data_dir_contains(&server.data_dir, "nothing to hide here"));
+    for secret in ["the vault code is 4711", "meet behind the old mill"] {
+        assert!(!data_dir_contains(&server.data_dir, secret), "{secret}");
+    }
+
+    // alice's stored message with one ciphertext byte flipped, sent as alice.
+    let mut raw = raw_login(&server.url(), "alice", "password1");
+    raw.send(r#"{"tag":5,"chat_id":"bob"}"#.to_string())
+        .unwrap();
+    let history = raw_frame(&mut raw, 25);
+    let original = history["data"][0]["content"].as_str().unwrap().to_string();
+    assert_eq!(history["data"][0]["is_encrypted"], true, "{history}");
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut bytes = engine.decode(&original).unwrap();
+    bytes[20] ^= 0x40;
+    let tampered = serde_json::json!({
+        "tag": 11, "dest_id": "bob", "content": engine.encode(&bytes), "is_encrypted": true,
+    });
+    raw.send(tampered.to_string()).unwrap();
+    raw_frame(&mut raw, 24);
+    let shown = bob.expect_line("alice: [encrypted message could not be decrypted]");
+    assert!(!shown.contains("[e2e]"), "{shown}");
+    // The next genuine message still decrypts.
+    alice.send("/msg bob all good again");
+    bob.expect_line("] [e2e] alice: all good again");
+
+    // A later run reuses the key file: old messages still decrypt.
+    assert_eq!(alice.finish(), 0);
+    let again = run_script(
+        chat_command(&server.url(), &dir.path().join("alice.json")),
+        "/history bob\n",
+    );
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("] [e2e] alice: the vault code is 4711"),
+        "{again:?}"
+    );
+    assert!(
+        again
+            .stdout
+            .contains("] alice: [encrypted message could not be decrypted]"),
+        "{again:?}"
+    );
+    assert_eq!(bob.finish(), 0);
+}

@@ -38,6 +38,11 @@ struct Cli {
     /// many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     wait: f64,
+
+    /// For wss:// URLs: the PEM file of the CA that signed the server's
+    /// certificate (e.g. the ca.pem of `chat-server gen-cert`).
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,12 @@ fn main() -> ExitCode {
         eprintln!("chat: --wait must be a number of seconds, 0 or more");
         return ExitCode::from(2);
     };
+    if let Some(ca_file) = &cli.ca_file {
+        if let Err(problem) = client::chat::connection::trust_ca_file(ca_file) {
+            eprintln!("chat: {problem}");
+            return ExitCode::from(2);
+        }
+    }
     let input = match Input::spawn() {
         Ok(input) => input,
         Err(error) => {

@@ -19,26 +19,40 @@
 //! from every GroupInfo/Groups frame since. Messages that arrive while the
 //! list is being fetched (the offline queue comes right after SuccessLogin)
 //! are held until it arrives, so they show with their group's name, in order.
+//!
+//! End-to-end encryption (see [`crate::chat::e2e`]) adds one more kind of
+//! background request: GetKey and PublishKey, answered by Key (or an Error
+//! with `ref_tag` 9 or 10). Only this client sends them, and the server
+//! answers a connection's requests in order, so a queue of those sent
+//! ([`KeyRequest`]) says which request each answer is for. `/msg` to someone
+//! whose key is not known first sends GetKey as the command's own request,
+//! then the message. Messages and history pages that need a key not yet
+//! known wait in the inbox, in order, until the key arrives; the next input
+//! line is read only once the inbox is empty, so output stays in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use protocol::client::{
-    AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Login, Logout, Register, SendMessage,
-    Sync, UserRef,
+    AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Login, Logout, PublishKey, Register,
+    SendMessage, Sync, UserRef,
 };
 use protocol::server::{
-    Delivered, Directory, Error as ServerError, GroupInfo, Groups, SuccessLogin, Synced,
+    Delivered, Directory, Error as ServerError, GroupInfo, Groups, History, Key, SuccessLogin,
+    Synced,
 };
 use protocol::{decode_server, encode_client, ClientMessage, ErrorType, ServerMessage};
+use x25519_dalek::PublicKey;
 
 use crate::chat::clock::{unix_now, Stamper};
 use crate::chat::command::{parse_line, Chat, Command, HELP};
 use crate::chat::connection::{Connection, Received, POLL_INTERVAL};
+use crate::chat::e2e::KeyPair;
 use crate::chat::input::{Input, InputEvent};
+use crate::chat::keys::{self, PeerKey, PeerKeys};
 use crate::chat::output::Output;
-use crate::chat::render::{self, Asked};
+use crate::chat::render::{self, Asked, Opened};
 use crate::chat::seen::SeenIds;
 use crate::chat::session::{self, SavedSession};
 
@@ -116,6 +130,37 @@ struct GroupsFetch {
     held: Vec<Delivered>,
 }
 
+/// A GetKey or PublishKey this client sent, awaiting its Key (or Error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyRequest {
+    /// GetKey for this user.
+    Get(String),
+    /// PublishKey of the logged-in user's key.
+    Publish,
+}
+
+/// Something received that is shown once the keys it needs are known.
+enum Inbound {
+    /// A delivered message (live, from the offline queue, or caught up).
+    Message(Delivered),
+    /// The answer to `/history`.
+    History(History),
+}
+
+/// Whether opening a message may wait for a key from the server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Patience {
+    /// Ask for missing keys and wait; a message that decrypts ends the
+    /// "asked again" state of its peer (see `App::refreshed`).
+    Live,
+    /// Like `Live`, but a success says nothing about the peer's other
+    /// messages (a history page may mix good and tampered ones; clearing
+    /// the state there could ask for the key forever).
+    Page,
+    /// Do not wait: what cannot be opened now is undecryptable.
+    None,
+}
+
 /// The connection and what to do when there is none.
 // There is exactly one `Link`, so the size of its largest variant costs
 // nothing; boxing the connection would only add an indirection.
@@ -159,6 +204,20 @@ struct App {
     /// The highest id written to the session file.
     saved_highest: i64,
     client_message_count: u64,
+    /// The logged-in user's key pair; `None` while end-to-end encryption is
+    /// off (not logged in, or no key file could be used).
+    own_key: Option<KeyPair>,
+    /// Other users' public keys, as the server gave them.
+    peer_keys: PeerKeys,
+    /// GetKey/PublishKey requests sent and not yet answered, oldest first.
+    key_requests: VecDeque<KeyRequest>,
+    /// True once this login sent PublishKey (at most once per login).
+    key_published: bool,
+    /// Peers whose key was asked for again after one of their messages did
+    /// not decrypt; until one decrypts, the next failure is final.
+    refreshed: HashSet<String>,
+    /// Received messages and history pages waiting, in order, for keys.
+    inbox: VecDeque<Inbound>,
     failures: u32,
     exit_code: Option<i32>,
 }
@@ -195,6 +254,12 @@ impl App {
             seen_owner: None,
             saved_highest: 0,
             client_message_count: 0,
+            own_key: None,
+            peer_keys: PeerKeys::default(),
+            key_requests: VecDeque::new(),
+            key_published: false,
+            refreshed: HashSet::new(),
+            inbox: VecDeque::new(),
             failures: 0,
             exit_code: None,
             options,
@@ -280,18 +345,24 @@ impl App {
         !self.busy()
             && self.catchup.is_none()
             && self.groups_fetch.is_none()
+            && self.key_requests.is_empty()
             && ended_at.elapsed() >= self.options.wait
     }
 
-    /// True while a command (or the client's own resume) awaits an answer.
+    /// True while a command (or the client's own resume) awaits an answer,
+    /// or something received waits for a key before it is shown.
     fn busy(&self) -> bool {
-        self.pending.is_some() || self.resuming || self.awaiting_secret.is_some()
+        self.pending.is_some()
+            || self.resuming
+            || self.awaiting_secret.is_some()
+            || !self.inbox.is_empty()
     }
 
     fn shut_down(&mut self) {
         if let Link::Up(connection) = std::mem::replace(&mut self.link, Link::Idle) {
             connection.close();
         }
+        self.flush_inbox();
         self.persist_highest_seen();
     }
 
@@ -408,7 +479,7 @@ impl App {
                 secret: Some(secret),
             } => self.login(username, secret),
             Command::Logout => self.logout(),
-            Command::Message { to, text } => self.message(to, text),
+            Command::Message { to, text, plain } => self.message(to, text, plain),
             Command::History { with, limit } => {
                 let (asked, chat_id) = match with {
                     Chat::User(with) => (Asked::History { with: with.clone() }, with),
@@ -541,22 +612,71 @@ impl App {
         self.submit(Asked::Logout, ClientMessage::Logout(Logout { username }));
     }
 
-    fn message(&mut self, to: String, text: String) {
+    /// `/msg`: encrypted when both sides have a key (looked up first if
+    /// not known), plain with `--plain` or when the recipient has none.
+    fn message(&mut self, to: String, text: String, plain: bool) {
+        let Some(own_key) = self.own_key.as_ref().filter(|_| !plain) else {
+            self.send_message(to, text, None);
+            return;
+        };
+        if self.logged_in_as(&to) {
+            let own_public = *own_key.public();
+            self.send_message(to, text, Some(own_public));
+            return;
+        }
+        match self.peer_keys.get(&to) {
+            Some(PeerKey::Known(public)) => self.send_message(to, text, Some(public)),
+            // Unknown, or none published when last asked (there may be one
+            // by now): ask, and send once the answer is in (`on_key`).
+            _ => self.submit(
+                Asked::Message {
+                    to: to.clone(),
+                    text,
+                    encrypted: true,
+                },
+                ClientMessage::GetKey(UserRef { username: to }),
+            ),
+        }
+    }
+
+    /// Sends a message, sealed for `peer_public` when given.
+    fn send_message(&mut self, to: String, text: String, peer_public: Option<PublicKey>) {
+        let me = self.my_name().unwrap_or_default();
+        let sealed = match (&self.own_key, peer_public) {
+            (Some(own_key), Some(peer_public)) => Some(
+                own_key
+                    .conversation_key(&me, &to, &peer_public)
+                    .and_then(|key| key.seal(&me, &to, &text)),
+            ),
+            _ => None,
+        };
+        let (content, is_encrypted) = match sealed {
+            None => (text.clone(), false),
+            Some(Ok(content)) => (content, true),
+            Some(Err(error)) => {
+                self.fail(&format!(
+                    "message to {to} not sent: it could not be encrypted ({error:?}); \
+                     /msg --plain sends it unencrypted"
+                ));
+                return;
+            }
+        };
         self.client_message_count += 1;
         // The client's own id makes the Ack traceable in --json output.
         let message_id = format!("chat-{}-{}", std::process::id(), self.client_message_count);
         self.submit(
             Asked::Message {
                 to: to.clone(),
-                text: text.clone(),
+                text,
+                encrypted: is_encrypted,
             },
             ClientMessage::Message(SendMessage {
                 dest_id: Some(to),
                 group_id: None,
-                content: text,
+                content,
                 message_id: Some(message_id),
                 source_id: None,
-                is_encrypted: false,
+                is_encrypted,
             }),
         );
     }
@@ -611,6 +731,10 @@ impl App {
         };
         pending.sent = true;
         let frame = encode_client(&pending.request);
+        if let ClientMessage::GetKey(UserRef { username }) = &pending.request {
+            self.key_requests
+                .push_back(KeyRequest::Get(username.clone()));
+        }
         self.send_frame(frame);
     }
 
@@ -738,12 +862,16 @@ impl App {
         }
         self.resuming = false;
         self.catchup = None;
+        self.key_requests.clear();
         self.end_groups_fetch();
     }
 
     fn on_link_lost(&mut self, why: String) {
         self.resuming = false;
         self.catchup = None;
+        // Their answers will not come; what waits for them asks again after
+        // the session is resumed.
+        self.key_requests.clear();
         self.end_groups_fetch();
         if self.pending.as_ref().is_some_and(|pending| pending.sent) {
             self.fail_pending("the connection was lost before the server answered");
@@ -778,8 +906,11 @@ impl App {
     // ----- answers and events -----------------------------------------------
 
     fn on_frame(&mut self, text: &str) {
-        self.out.frame(&one_line(text));
-        let message = match decode_server(text) {
+        let decoded = decode_server(text);
+        if !decoded.as_ref().is_ok_and(is_key_traffic) {
+            self.out.frame(&one_line(text));
+        }
+        let message = match decoded {
             Ok(message) => message,
             Err(error) => {
                 self.out.notice(&format!(
@@ -812,11 +943,8 @@ impl App {
                     })
                     .is_some()
                 {
-                    let name = render::group_chat_id(&history.chat_id)
-                        .and_then(|group_id| self.group_name(group_id));
-                    for line in render::history_lines(&history, name, &Stamper::local_now()) {
-                        self.out.result(&line);
-                    }
+                    self.inbox.push_back(Inbound::History(history));
+                    self.drive_inbox();
                 }
             }
             ServerMessage::Directory(directory) => self.on_directory(&directory),
@@ -845,34 +973,44 @@ impl App {
             ServerMessage::Synced(synced) => self.on_synced(synced),
             ServerMessage::GroupInfo(group) => self.on_group_info(group),
             ServerMessage::Groups(groups) => self.on_groups(groups),
-            // Pong answers nothing this client sends on its own; keys are not
-            // part of the line client yet.
-            ServerMessage::Pong | ServerMessage::Key(_) => {}
+            ServerMessage::Key(key) => self.on_key(key),
+            // Pong answers nothing this client sends on its own.
+            ServerMessage::Pong => {}
         }
     }
 
     /// A sent message is shown once the server has stored it.
     fn on_ack(&mut self, message_id: i64, server_time: Option<i64>) {
-        let (dest_id, group_id, content) = match self.take_pending(|asked| {
+        let (dest_id, group_id, content, encrypted) = match self.take_pending(|asked| {
             matches!(asked, Asked::Message { .. } | Asked::GroupMessage { .. })
         }) {
-            Some(Asked::Message { to, text }) => (Some(to), None, text),
-            Some(Asked::GroupMessage { group_id, text, .. }) => (None, Some(group_id), text),
+            Some(Asked::Message {
+                to,
+                text,
+                encrypted,
+            }) => (Some(to), None, text, encrypted),
+            Some(Asked::GroupMessage { group_id, text, .. }) => (None, Some(group_id), text, false),
             _ => return,
         };
         self.seen.record(message_id);
         let me = self.my_name().unwrap_or_default();
+        // The text as typed is shown, encrypted or not (the sender knows it).
+        let opened = if encrypted {
+            Opened::Decrypted(content.clone())
+        } else {
+            Opened::AsSent
+        };
         let sent = Delivered {
             message_id,
             source_id: me.clone(),
             dest_id,
             group_id,
             content,
-            is_encrypted: false,
+            is_encrypted: encrypted,
             time: server_time.unwrap_or_else(unix_now),
         };
         let name = group_id.and_then(|group_id| self.group_name(group_id));
-        let line = render::message_line(&sent, Some(&me), name, &Stamper::local_now());
+        let line = render::message_line(&sent, &opened, Some(&me), name, &Stamper::local_now());
         self.out.result(&line);
     }
 
@@ -1011,12 +1149,263 @@ impl App {
         if !self.seen.record(delivered.message_id) {
             return;
         }
-        let me = self.my_name();
-        let name = delivered
-            .group_id
-            .and_then(|group_id| self.group_name(group_id));
-        let line = render::message_line(&delivered, me.as_deref(), name, &Stamper::local_now());
-        self.out.event(&line);
+        self.inbox.push_back(Inbound::Message(delivered));
+        self.drive_inbox();
+    }
+
+    // ----- end-to-end encryption ---------------------------------------------
+
+    /// Shows what waits in the inbox, in order, up to the first item that
+    /// still needs a key (asked for by now).
+    fn drive_inbox(&mut self) {
+        while let Some(item) = self.inbox.pop_front() {
+            if let Err(item) = self.show_inbound(item, Patience::Live) {
+                self.inbox.push_front(item);
+                return;
+            }
+        }
+    }
+
+    /// Shows everything in the inbox now; what still lacks a key is shown
+    /// as undecryptable (the session ended, or the client is exiting).
+    fn flush_inbox(&mut self) {
+        while let Some(item) = self.inbox.pop_front() {
+            let shown = self.show_inbound(item, Patience::None);
+            debug_assert!(shown.is_ok(), "Patience::None never waits");
+        }
+    }
+
+    /// Shows one received item, or gives it back when a key is awaited.
+    fn show_inbound(&mut self, item: Inbound, patience: Patience) -> Result<(), Inbound> {
+        match item {
+            Inbound::Message(delivered) => {
+                let Some(opened) = self.open(&delivered, patience) else {
+                    return Err(Inbound::Message(delivered));
+                };
+                let me = self.my_name();
+                let name = delivered
+                    .group_id
+                    .and_then(|group_id| self.group_name(group_id));
+                let line = render::message_line(
+                    &delivered,
+                    &opened,
+                    me.as_deref(),
+                    name,
+                    &Stamper::local_now(),
+                );
+                self.out.event(&line);
+            }
+            Inbound::History(history) => {
+                let patience = match patience {
+                    Patience::None => Patience::None,
+                    _ => Patience::Page,
+                };
+                let mut opened = Vec::with_capacity(history.data.len());
+                for delivered in &history.data {
+                    // Every message is tried, so all missing keys are asked
+                    // for at once.
+                    opened.push(self.open(delivered, patience));
+                }
+                let Some(opened) = opened.into_iter().collect::<Option<Vec<Opened>>>() else {
+                    return Err(Inbound::History(history));
+                };
+                let name = render::group_chat_id(&history.chat_id)
+                    .and_then(|group_id| self.group_name(group_id));
+                for line in render::history_lines(&history, &opened, name, &Stamper::local_now()) {
+                    self.out.result(&line);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts a message for display; `None` when a key was asked for and
+    /// the message must wait for it.
+    fn open(&mut self, delivered: &Delivered, patience: Patience) -> Option<Opened> {
+        if !delivered.is_encrypted {
+            return Some(Opened::AsSent);
+        }
+        // Without a key of our own (end-to-end encryption off) nothing opens.
+        let (Some(me), Some(own_public)) = (
+            self.my_name(),
+            self.own_key.as_ref().map(|own_key| *own_key.public()),
+        ) else {
+            return Some(Opened::Undecryptable);
+        };
+        // Group messages are never encrypted by this client; one that
+        // claims to be cannot be opened.
+        let (None, Some(dest)) = (delivered.group_id, delivered.dest_id.as_deref()) else {
+            return Some(Opened::Undecryptable);
+        };
+        let peer = if delivered.source_id == me {
+            dest
+        } else if dest == me {
+            delivered.source_id.as_str()
+        } else {
+            return Some(Opened::Undecryptable);
+        };
+        let peer_public = if peer == me {
+            own_public
+        } else {
+            match self.peer_keys.get(peer) {
+                Some(PeerKey::Known(public)) => public,
+                Some(PeerKey::Missing) => return self.ask_again_or_give_up(peer, patience),
+                None if patience == Patience::None => return Some(Opened::Undecryptable),
+                None => {
+                    self.request_key(peer);
+                    return None;
+                }
+            }
+        };
+        let own_key = self.own_key.as_ref()?;
+        let opened = own_key
+            .conversation_key(&me, peer, &peer_public)
+            .and_then(|key| key.open(&delivered.source_id, dest, &delivered.content));
+        match opened {
+            Ok(text) => {
+                if patience == Patience::Live {
+                    self.refreshed.remove(peer);
+                }
+                Some(Opened::Decrypted(text))
+            }
+            Err(_) if peer != me => self.ask_again_or_give_up(peer, patience),
+            Err(_) => Some(Opened::Undecryptable),
+        }
+    }
+
+    /// A message from `peer` did not decrypt with the key known for them:
+    /// ask the server for their key once (it may have changed), then give up.
+    fn ask_again_or_give_up(&mut self, peer: &str, patience: Patience) -> Option<Opened> {
+        if patience == Patience::None || !self.refreshed.insert(peer.to_string()) {
+            return Some(Opened::Undecryptable);
+        }
+        self.peer_keys.forget(peer);
+        self.request_key(peer);
+        None
+    }
+
+    /// True when a request can be sent now and will be answered.
+    fn can_send_requests(&self) -> bool {
+        matches!(self.link, Link::Up(_)) && !self.resuming && self.identity.is_some()
+    }
+
+    /// Sends GetKey for `username` unless one is already on its way. When
+    /// it cannot be sent now, what waits for it asks again after the next
+    /// login (`on_success_login` drives the inbox).
+    fn request_key(&mut self, username: &str) {
+        let asked = KeyRequest::Get(username.to_string());
+        if self.key_requests.contains(&asked) || !self.can_send_requests() {
+            return;
+        }
+        self.key_requests.push_back(asked);
+        let frame = encode_client(&ClientMessage::GetKey(UserRef {
+            username: username.to_string(),
+        }));
+        self.send_frame(frame);
+    }
+
+    /// After a login: loads (or creates) the user's key pair and asks for
+    /// the server's copy of the public key, to publish it if it differs.
+    fn set_up_own_key(&mut self, username: &str) {
+        self.key_published = false;
+        self.own_key = None;
+        let Some(session_file) = &self.options.session_file else {
+            self.out.notice(
+                "* end-to-end encryption is off: there is no place to keep your key \
+                 (give --session-file PATH)",
+            );
+            return;
+        };
+        let path = keys::key_path(session_file, username);
+        match keys::load_or_create(&path, username) {
+            Ok(pair) => self.own_key = Some(pair),
+            Err(error) => {
+                self.out.notice(&format!(
+                    "* end-to-end encryption is off: cannot use the key file {}: {error}",
+                    path.display()
+                ));
+                return;
+            }
+        }
+        self.request_key(username);
+    }
+
+    /// A Key: the answer to a GetKey (the client's own, or the lookup of a
+    /// `/msg`) or to PublishKey.
+    fn on_key(&mut self, key: Key) {
+        self.key_requests.pop_front();
+        let recorded = self
+            .peer_keys
+            .record(&key.username, key.public_key.as_deref());
+        if self.logged_in_as(&key.username) {
+            self.publish_own_key_unless(key.public_key.as_deref());
+        }
+        if let Some((to, text)) = self.take_key_lookup(&key.username) {
+            let public = match recorded {
+                PeerKey::Known(public) => Some(public),
+                PeerKey::Missing => None,
+            };
+            self.send_message(to, text, public);
+        }
+        self.drive_inbox();
+    }
+
+    /// Publishes the user's key when the server's copy (`published`)
+    /// differs, once per login.
+    fn publish_own_key_unless(&mut self, published: Option<&str>) {
+        let Some(own_key) = &self.own_key else {
+            return;
+        };
+        let public_key = own_key.public_base64();
+        if published == Some(public_key.as_str()) || self.key_published {
+            return;
+        }
+        self.key_published = true;
+        self.key_requests.push_back(KeyRequest::Publish);
+        let frame = encode_client(&ClientMessage::PublishKey(PublishKey { public_key }));
+        self.send_frame(frame);
+    }
+
+    /// Takes the pending `/msg` if it is waiting for `username`'s key.
+    fn take_key_lookup(&mut self, username: &str) -> Option<(String, String)> {
+        if !self.is_key_lookup_for(username) {
+            return None;
+        }
+        match self.pending.take().map(|pending| pending.asked) {
+            Some(Asked::Message { to, text, .. }) => Some((to, text)),
+            _ => None,
+        }
+    }
+
+    fn is_key_lookup_for(&self, username: &str) -> bool {
+        self.pending.as_ref().is_some_and(|pending| {
+            pending.sent
+                && matches!(&pending.request,
+                    ClientMessage::GetKey(UserRef { username: asked }) if asked == username)
+        })
+    }
+
+    /// An Error answering GetKey or PublishKey. Returns true when handled
+    /// here; false leaves it to the pending command (a `/msg` whose
+    /// recipient does not exist fails as a message would).
+    fn on_key_error(&mut self, error: &ServerError) -> bool {
+        match self.key_requests.pop_front() {
+            Some(KeyRequest::Get(username)) => {
+                if self.is_key_lookup_for(&username) {
+                    return false;
+                }
+                self.peer_keys.record(&username, None);
+                self.drive_inbox();
+                true
+            }
+            Some(KeyRequest::Publish) => {
+                let text = render::error_failure(None, error);
+                self.out
+                    .notice(&format!("* could not publish your encryption key: {text}"));
+                true
+            }
+            None => false,
+        }
     }
 
     fn on_success_login(&mut self, success: SuccessLogin, server_time: Option<i64>) {
@@ -1039,6 +1428,8 @@ impl App {
         }
         if self.my_name().as_deref() != Some(success.username.as_str()) {
             self.forget_groups();
+            self.peer_keys.clear();
+            self.refreshed.clear();
         }
         let session_id = success.session_id.or_else(|| {
             self.identity
@@ -1055,17 +1446,23 @@ impl App {
         if resumed {
             self.out
                 .notice(&format!("* resumed the session of {}", success.username));
-            self.start_groups_fetch();
-            self.start_catchup(!first_login);
         } else {
             self.out
                 .result(&format!("logged in as {}", success.username));
-            self.start_groups_fetch();
         }
+        self.set_up_own_key(&success.username);
+        self.start_groups_fetch();
+        if resumed {
+            self.start_catchup(!first_login);
+        }
+        // What waited for a key when the connection dropped asks again.
+        self.drive_inbox();
     }
 
     fn on_resume_failed(&mut self, reason: &str) {
         self.resuming = false;
+        self.flush_inbox();
+        self.own_key = None;
         self.identity = None;
         self.forget_groups();
         self.forget_session();
@@ -1080,7 +1477,9 @@ impl App {
             return;
         }
         let name = self.my_name().unwrap_or_default();
+        self.flush_inbox();
         self.identity = None;
+        self.own_key = None;
         self.forget_groups();
         self.forget_session();
         self.out.result(&format!("logged out {name}"));
@@ -1128,6 +1527,9 @@ impl App {
                     .notice(&format!("* could not fetch your groups: {text}"));
             }
             self.end_groups_fetch();
+            return;
+        }
+        if (tag_is(9) || tag_is(10)) && self.on_key_error(error) {
             return;
         }
         if self.catchup.is_some() && tag_is(16) {
@@ -1232,6 +1634,17 @@ impl App {
                 ));
             }
         }
+    }
+}
+
+/// Key traffic is the client's own business (the user never asks for a key
+/// directly), so `--json` does not print it: stdout keeps only the frames of
+/// what was asked and what was pushed.
+fn is_key_traffic(message: &ServerMessage) -> bool {
+    match message {
+        ServerMessage::Key(_) => true,
+        ServerMessage::Error(error) => matches!(error.ref_tag, Some(9) | Some(10)),
+        _ => false,
     }
 }
 

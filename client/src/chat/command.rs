@@ -45,12 +45,14 @@ pub enum Command {
     },
     /// `/logout`.
     Logout,
-    /// `/msg USER TEXT…` or `@USER TEXT…`.
+    /// `/msg [--plain] USER TEXT…` or `@USER TEXT…`.
     Message {
         /// The recipient.
         to: String,
         /// The text, exactly as typed after the recipient.
         text: String,
+        /// `--plain`: send unencrypted even if the recipient has a key.
+        plain: bool,
     },
     /// `/gmsg ID TEXT…`.
     GroupMessage {
@@ -172,7 +174,9 @@ commands:
   /register USER EMAIL    create an account (asks for a password)
   /login USER             log in (asks for a password; a saved session is resumed)
   /logout                 end this session and forget it
-  /msg USER TEXT          send TEXT to USER (shortcut: @USER TEXT)
+  /msg USER TEXT          send TEXT to USER (shortcut: @USER TEXT); encrypted
+                          end to end when USER has a key, shown with [e2e]
+  /msg --plain USER TEXT  send TEXT to USER unencrypted
   /history USER [N]       the last N messages with USER (default 50, at most 200)
   /friends                your contacts, with who is online
   /add USER               add USER to your contacts (or accept their request)
@@ -191,7 +195,7 @@ Incoming messages may hide what you are typing; Ctrl-R redraws it.";
 
 const USAGE_REGISTER: &str = "/register USER EMAIL";
 const USAGE_LOGIN: &str = "/login USER";
-const USAGE_MESSAGE: &str = "/msg USER TEXT";
+const USAGE_MESSAGE: &str = "/msg [--plain] USER TEXT";
 const USAGE_HISTORY: &str = "/history USER [N]  or  /history #ID [N]";
 const USAGE_GROUP: &str =
     "/group create NAME USER...  or  /group add ID USER...  or  /group leave ID";
@@ -211,7 +215,7 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
     }
     if let Some(rest) = trimmed.strip_prefix('@') {
         let (to, text) = split_word(rest);
-        return message(to, text);
+        return message(to, text, false);
     }
     let Some(rest) = trimmed.strip_prefix('/') else {
         return Err(ParseError::NotACommand);
@@ -241,8 +245,13 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
             })
         }
         "msg" | "m" => {
-            let (to, text) = split_word(arguments);
-            message(to, text)
+            let (first, rest) = split_word(arguments);
+            if first == "--plain" {
+                let (to, text) = split_word(rest);
+                message(to, text, true)
+            } else {
+                message(first, rest, false)
+            }
         }
         "history" => history(arguments),
         "group" => group(arguments),
@@ -286,7 +295,7 @@ fn optional_rest(rest: &str) -> Option<String> {
     (!rest.is_empty()).then(|| rest.to_string())
 }
 
-fn message(to: &str, text: &str) -> Result<Command, ParseError> {
+fn message(to: &str, text: &str, plain: bool) -> Result<Command, ParseError> {
     // Only the line's end is trimmed: leading spaces inside TEXT were already
     // eaten as the separator, and trailing spaces are rarely meant.
     let text = text.trim_end();
@@ -296,6 +305,7 @@ fn message(to: &str, text: &str) -> Result<Command, ParseError> {
     Ok(Command::Message {
         to: username_argument(to)?,
         text: text.to_string(),
+        plain,
     })
 }
 
@@ -472,6 +482,7 @@ mod tests {
         let expected = Command::Message {
             to: "bob".into(),
             text: "hello,  world  ✓".into(),
+            plain: false,
         };
         assert_eq!(parsed("/msg bob hello,  world  ✓"), expected);
         assert_eq!(parsed("@bob hello,  world  ✓  "), expected);
@@ -481,6 +492,18 @@ mod tests {
             Err(ParseError::Usage(USAGE_MESSAGE))
         );
         assert_eq!(parse_line("@bob   "), Err(ParseError::Usage(USAGE_MESSAGE)));
+        assert_eq!(
+            parsed("/msg --plain bob hello,  world  ✓"),
+            Command::Message {
+                to: "bob".into(),
+                text: "hello,  world  ✓".into(),
+                plain: true,
+            }
+        );
+        assert_eq!(
+            parse_line("/msg --plain bob"),
+            Err(ParseError::Usage(USAGE_MESSAGE))
+        );
         assert_eq!(
             parse_line("@b hi"),
             Err(ParseError::InvalidUsername("b".into()))

@@ -2,13 +2,22 @@
 //! `TcpStream` whose short read timeout lets the caller's loop also watch the
 //! keyboard and its timers.
 //!
+//! `wss://` runs the same blocking tungstenite over a rustls client session,
+//! trusting the CA given with `--ca-file` ([`trust_ca_file`]).
+//!
 //! This module moves text frames and nothing else; it does not know what the
 //! frames mean. Pings from the server are answered inside tungstenite's `read`,
 //! which is why the loop must keep calling [`Connection::receive`].
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocket;
@@ -38,9 +47,74 @@ pub enum Received {
     Closed(String),
 }
 
+/// The TLS settings for `wss://`, set once from `--ca-file`.
+static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Trusts the CA certificate(s) in the PEM file `path` for `wss://`
+/// (this build carries no system trust store). The error is a sentence.
+pub fn trust_ca_file(path: &Path) -> Result<(), String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|error| format!("{}: {error}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+/// The byte stream under the WebSocket: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 /// An open WebSocket to the server.
 pub struct Connection {
-    socket: WebSocket<TcpStream>,
+    socket: WebSocket<Stream>,
 }
 
 impl Connection {
@@ -51,26 +125,37 @@ impl Connection {
             .into_client_request()
             .map_err(|error| format!("{url} is not a usable URL ({error})"))?;
         let uri = request.uri();
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
-                return Err("wss:// needs TLS, which this build of chat does not include".into())
-            }
-            _ => return Err(format!("{url} is not a ws:// URL")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("ws") => None,
+            Some("wss") => Some(TLS.get().cloned().ok_or_else(|| {
+                "wss:// needs --ca-file with the server's CA certificate".to_string()
+            })?),
+            _ => return Err(format!("{url} is not a ws:// or wss:// URL")),
+        };
         let host = uri
             .host()
             .ok_or_else(|| format!("{url} names no host"))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let stream = connect_tcp(&host, port)?;
-        stream
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        let port = uri
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        let tcp = connect_tcp(&host, port)?;
+        tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(|error| error.to_string())?;
         // Frames are small and interactive: do not let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(config) => {
+                let name = ServerName::try_from(host.clone())
+                    .map_err(|error| format!("{host} is not a TLS server name ({error})"))?;
+                let session = ClientConnection::new(config, name)
+                    .map_err(|error| format!("cannot start TLS: {error}"))?;
+                Stream::Tls(Box::new(StreamOwned::new(session, tcp)))
+            }
+        };
         let (socket, _response) =
             tungstenite::client(request, stream).map_err(|error| match error {
                 HandshakeError::Failure(error) => format!("WebSocket handshake failed: {error}"),
@@ -78,6 +163,7 @@ impl Connection {
             })?;
         socket
             .get_ref()
+            .tcp()
             .set_read_timeout(Some(POLL_INTERVAL))
             .map_err(|error| error.to_string())?;
         Ok(Connection { socket })

@@ -10,6 +10,8 @@
 //! - [`input`]: the stdin thread that reads a line (or a secret) on request.
 //! - [`output`]: stdout/stderr routing and the prompt.
 //! - [`session`]: the saved session file (mode 0600).
+//! - [`e2e`]: end-to-end encryption of 1:1 messages (pure cryptography).
+//! - [`keys`]: the user's key file and the peers' published keys.
 //! - [`seen`]: message ids already shown, and the highest one.
 //! - [`clock`]: local time stamps.
 //!
@@ -20,12 +22,17 @@
 //!   before the previous command is answered.
 //! - A secret is never printed, logged or saved; only the session id is
 //!   saved, and only in a file its owner alone can read.
+//! - The end-to-end secret key never leaves its key file (mode 0600) except
+//!   into memory, and an encrypted message is never shown as its ciphertext:
+//!   it is decrypted, or shown as undecryptable.
 
 pub mod app;
 pub mod clock;
 pub mod command;
 pub mod connection;
+pub mod e2e;
 pub mod input;
+pub mod keys;
 pub mod output;
 pub mod render;
 pub mod seen;

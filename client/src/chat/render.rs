@@ -31,12 +31,15 @@ pub enum Asked {
     },
     /// `/logout`.
     Logout,
-    /// `/msg`.
+    /// `/msg` (while its recipient's key is looked up, then while sent).
     Message {
         /// The recipient.
         to: String,
         /// The text sent, shown again once the server acknowledges it.
         text: String,
+        /// Sent end-to-end encrypted (or, while looking up the key, meant
+        /// to be).
+        encrypted: bool,
     },
     /// `/history USER`.
     History {
@@ -300,11 +303,32 @@ pub fn printable(text: &str) -> String {
     shown
 }
 
-fn content_of(message: &Delivered) -> String {
-    if message.is_encrypted {
-        "[encrypted message]".into()
-    } else {
-        printable(&message.content)
+/// What a message's content turned out to be once the client tried to
+/// decrypt it (the app decides; rendering stays pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Shown as sent: plain text (an encrypted message left unopened is
+    /// shown as undecryptable, never as its ciphertext).
+    AsSent,
+    /// Decrypted end to end: this text, marked `[e2e]`.
+    Decrypted(String),
+    /// Encrypted, but it could not be decrypted (tampered, or sealed under
+    /// a key this client does not have).
+    Undecryptable,
+}
+
+/// Shown instead of a message that could not be decrypted.
+pub const UNDECRYPTABLE: &str = "[encrypted message could not be decrypted]";
+/// Marks a message that was end-to-end encrypted, before its sender. It
+/// comes before the sender's name, so no message text can fake it.
+pub const E2E_MARKER: &str = "[e2e] ";
+
+/// The marker and the text of a message.
+fn content_of(message: &Delivered, opened: &Opened) -> (&'static str, String) {
+    match opened {
+        Opened::Decrypted(text) => (E2E_MARKER, printable(text)),
+        Opened::AsSent if !message.is_encrypted => ("", printable(&message.content)),
+        Opened::AsSent | Opened::Undecryptable => ("", UNDECRYPTABLE.into()),
     }
 }
 
@@ -312,35 +336,38 @@ fn content_of(message: &Delivered) -> String {
 /// `[14:03:07] bob: hello`, or `[14:03:09] alice → bob: hi` for one `me` sent;
 /// a group message is `[14:03:07] #team bob: hello` whoever sent it
 /// (`group_name` is the group's name if known, else it shows as `#5`).
+/// A decrypted message reads `[14:03:07] [e2e] bob: hello`.
 pub fn message_line(
     message: &Delivered,
+    opened: &Opened,
     me: Option<&str>,
     group_name: Option<&str>,
     stamper: &Stamper,
 ) -> String {
     let stamp = stamper.stamp(message.time);
-    let content = content_of(message);
+    let (marker, content) = content_of(message, opened);
     let from = printable(&message.source_id);
     let mine = me == Some(message.source_id.as_str());
     match (&message.dest_id, message.group_id) {
         (_, Some(group)) => {
             let label = group_label(group, group_name);
-            format!("[{stamp}] {label} {from}: {content}")
+            format!("[{stamp}] {marker}{label} {from}: {content}")
         }
         (Some(dest), None) if mine => {
-            format!("[{stamp}] {from} → {}: {content}", printable(dest))
+            format!("[{stamp}] {marker}{from} → {}: {content}", printable(dest))
         }
-        _ => format!("[{stamp}] {from}: {content}"),
+        _ => format!("[{stamp}] {marker}{from}: {content}"),
     }
 }
 
-/// One line of a conversation's history: `[14:03:07] bob: hello`.
-pub fn conversation_line(message: &Delivered, stamper: &Stamper) -> String {
+/// One line of a conversation's history: `[14:03:07] bob: hello`
+/// (`[14:03:07] [e2e] bob: hello` when it was decrypted).
+pub fn conversation_line(message: &Delivered, opened: &Opened, stamper: &Stamper) -> String {
+    let (marker, content) = content_of(message, opened);
     format!(
-        "[{}] {}: {}",
+        "[{}] {marker}{}: {content}",
         stamper.stamp(message.time),
         printable(&message.source_id),
-        content_of(message)
     )
 }
 
@@ -350,9 +377,11 @@ pub fn group_chat_id(chat_id: &str) -> Option<i64> {
 }
 
 /// A History page, oldest first, with a note when older messages exist.
+/// `opened[i]` says how message `i` was decrypted (missing: as sent).
 /// For a group (`chat_id` `g:<id>`), `group_name` names it if known.
 pub fn history_lines(
     history: &History,
+    opened: &[Opened],
     group_name: Option<&str>,
     stamper: &Stamper,
 ) -> Vec<String> {
@@ -378,7 +407,11 @@ pub fn history_lines(
     let mut lines: Vec<String> = history
         .data
         .iter()
-        .map(|message| conversation_line(message, stamper))
+        .enumerate()
+        .map(|(index, message)| {
+            let opened = opened.get(index).unwrap_or(&Opened::AsSent);
+            conversation_line(message, opened, stamper)
+        })
         .collect();
     if history.has_more {
         lines.push(more);
@@ -532,33 +565,45 @@ mod tests {
     fn incoming_and_own_messages() {
         let incoming = delivered("bob", "alice", "hello");
         assert_eq!(
-            message_line(&incoming, Some("alice"), None, &stamper()),
+            message_line(&incoming, &Opened::AsSent, Some("alice"), None, &stamper()),
             "[13:43:07] bob: hello"
         );
         let own = delivered("alice", "bob", "hi");
         assert_eq!(
-            message_line(&own, Some("alice"), None, &stamper()),
+            message_line(&own, &Opened::AsSent, Some("alice"), None, &stamper()),
             "[13:43:07] alice → bob: hi"
         );
         let mut group = delivered("bob", "", "standup");
         group.dest_id = None;
         group.group_id = Some(3);
         assert_eq!(
-            message_line(&group, Some("alice"), Some("team"), &stamper()),
+            message_line(
+                &group,
+                &Opened::AsSent,
+                Some("alice"),
+                Some("team"),
+                &stamper()
+            ),
             "[13:43:07] #team bob: standup"
         );
         assert_eq!(
-            message_line(&group, Some("alice"), None, &stamper()),
+            message_line(&group, &Opened::AsSent, Some("alice"), None, &stamper()),
             "[13:43:07] #3 bob: standup"
         );
         group.source_id = "alice".into();
         assert_eq!(
-            message_line(&group, Some("alice"), Some("team"), &stamper()),
+            message_line(
+                &group,
+                &Opened::AsSent,
+                Some("alice"),
+                Some("team"),
+                &stamper()
+            ),
             "[13:43:07] #team alice: standup"
         );
         // A name from the network cannot drive the terminal either.
         assert_eq!(
-            message_line(&group, None, Some("a\x1bb"), &stamper()),
+            message_line(&group, &Opened::AsSent, None, Some("a\x1bb"), &stamper()),
             "[13:43:07] #a\\u{1b}b alice: standup"
         );
     }
@@ -566,11 +611,17 @@ mod tests {
     #[test]
     fn content_cannot_break_the_line_or_drive_the_terminal() {
         let sneaky = delivered("bob", "alice", "two\nlines\x1b[2J");
-        let line = message_line(&sneaky, Some("alice"), None, &stamper());
+        let line = message_line(&sneaky, &Opened::AsSent, Some("alice"), None, &stamper());
         assert_eq!(line, "[13:43:07] bob: two\\nlines\\u{1b}[2J");
         let mut secret = delivered("bob", "alice", "b64==");
         secret.is_encrypted = true;
-        assert!(message_line(&secret, None, None, &stamper()).ends_with("bob: [encrypted message]"));
+        assert!(
+            message_line(&secret, &Opened::AsSent, None, None, &stamper())
+                .ends_with("] bob: [encrypted message could not be decrypted]")
+        );
+        let opened = Opened::Decrypted("psst\x1b[2J".into());
+        assert!(message_line(&secret, &opened, None, None, &stamper())
+            .ends_with("] [e2e] bob: psst\\u{1b}[2J"));
     }
 
     #[test]
@@ -587,7 +638,7 @@ mod tests {
             has_more: true,
         };
         assert_eq!(
-            history_lines(&page, None, &stamper()),
+            history_lines(&page, &[], None, &stamper()),
             vec![
                 "[13:43:07] alice: hi".to_string(),
                 "[2022-01-01 00:00:00] bob: old".to_string(),
@@ -600,7 +651,7 @@ mod tests {
             has_more: false,
         };
         assert_eq!(
-            history_lines(&empty, None, &stamper()),
+            history_lines(&empty, &[], None, &stamper()),
             vec!["no messages with bob yet"]
         );
     }
@@ -616,7 +667,7 @@ mod tests {
             has_more: true,
         };
         assert_eq!(
-            history_lines(&page, Some("team"), &stamper()),
+            history_lines(&page, &[], Some("team"), &stamper()),
             vec![
                 "[13:43:07] bob: standup",
                 "(older messages in #team exist; /history #5 200 shows more)",
@@ -628,7 +679,7 @@ mod tests {
             has_more: false,
         };
         assert_eq!(
-            history_lines(&empty, None, &stamper()),
+            history_lines(&empty, &[], None, &stamper()),
             vec!["no messages in #5 yet"]
         );
         assert_eq!(group_chat_id("g:5"), Some(5));
@@ -890,6 +941,7 @@ mod tests {
         let asked = Asked::Message {
             to: "zed".into(),
             text: "hi".into(),
+            encrypted: false,
         };
         for error_type in all {
             let error = Error {

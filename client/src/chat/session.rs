@@ -61,6 +61,24 @@ pub fn load(path: &Path) -> io::Result<Option<SavedSession>> {
 
 /// Writes the session file atomically with mode 0600.
 pub fn save(path: &Path, session: &SavedSession) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(session).map_err(io::Error::other)?;
+    write_private(path, &text, Replace::Yes).map(|_| ())
+}
+
+/// Whether [`write_private`] may replace a file that already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replace {
+    /// Replace it atomically.
+    Yes,
+    /// Keep it: the first writer wins (two `chat`s starting at once).
+    No,
+}
+
+/// Writes `text` and a line end to `path` with mode 0600, creating its
+/// directory (mode 0700) if needed, through a temporary file so a crash never
+/// leaves half a file. Returns false when `replace` is [`Replace::No`] and the
+/// file already existed (it is left as it was).
+pub(crate) fn write_private(path: &Path, text: &str, replace: Replace) -> io::Result<bool> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -70,9 +88,8 @@ pub fn save(path: &Path, session: &SavedSession) -> io::Result<()> {
         }
     }
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    temporary.push(format!(".{}.tmp", std::process::id()));
     let temporary = PathBuf::from(temporary);
-    let text = serde_json::to_string_pretty(session).map_err(io::Error::other)?;
     {
         let mut file = OpenOptions::new()
             .write(true)
@@ -87,7 +104,19 @@ pub fn save(path: &Path, session: &SavedSession) -> io::Result<()> {
         file.write_all(b"\n")?;
         file.sync_all()?;
     }
-    fs::rename(&temporary, path)
+    match replace {
+        Replace::Yes => fs::rename(&temporary, path).map(|()| true),
+        Replace::No => {
+            // A hard link is created only if nothing has the name yet.
+            let linked = fs::hard_link(&temporary, path);
+            let _ = fs::remove_file(&temporary);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(error) => Err(error),
+            }
+        }
+    }
 }
 
 /// Removes the session file; a missing file is not an error.
