@@ -155,6 +155,15 @@ else
     run 5-idle-10k idle --connections 10000 --hold-secs 30 --concurrency 128 \
         --server-pid @SERVER_PID@
     stop_server
+    # The same message runs over TLS (wss://, a gen-cert certificate).
+    "$SERVER_BIN" gen-cert "$WORK/certs" >/dev/null
+    start_server tls --pbkdf2-iterations 1000 \
+        --tls-cert "$WORK/certs/cert.pem" --tls-key "$WORK/certs/key.pem"
+    run 2t-messages-window-tls --ca-file "$WORK/certs/ca.pem" \
+        messages --users 100 --window 16 --duration-secs 20
+    run 3t-messages-rate-tls --ca-file "$WORK/certs/ca.pem" \
+        messages --users 100 --rate 10000 --duration-secs 20
+    stop_server
     # The default cost, 600,000 iterations.
     start_server hash
     run 6-logins-default-iterations logins --users 40 --concurrency 8 --resumes 5000

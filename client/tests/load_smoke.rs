@@ -15,10 +15,17 @@ struct Server {
     child: Child,
     addr: String,
     dir: PathBuf,
+    /// The CA to trust when the server speaks TLS.
+    ca_file: Option<PathBuf>,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with_tls(false)
+    }
+
+    /// With `tls`, the server gets a `gen-cert` certificate and serves wss://.
+    fn start_with_tls(tls: bool) -> Server {
         let load = Path::new(env!("CARGO_BIN_EXE_chat-load"));
         let binary = load.with_file_name("chat-server");
         assert!(
@@ -40,9 +47,25 @@ impl Server {
             .arg("--help")
             .output()
             .expect("chat-server --help");
-        let mut extra = Vec::new();
+        let mut extra: Vec<String> = Vec::new();
         if String::from_utf8_lossy(&help.stdout).contains("--no-rate-limits") {
-            extra.push("--no-rate-limits");
+            extra.push("--no-rate-limits".into());
+        }
+        let mut ca_file = None;
+        if tls {
+            let certs = dir.join("certs");
+            let status = Command::new(&binary)
+                .arg("gen-cert")
+                .arg(&certs)
+                .stdout(Stdio::null())
+                .status()
+                .expect("chat-server gen-cert");
+            assert!(status.success());
+            for (flag, file) in [("--tls-cert", "cert.pem"), ("--tls-key", "key.pem")] {
+                extra.push(flag.into());
+                extra.push(certs.join(file).display().to_string());
+            }
+            ca_file = Some(certs.join("ca.pem"));
         }
         let mut child = Command::new(&binary)
             .args(extra)
@@ -63,13 +86,22 @@ impl Server {
             .strip_prefix("chat-server listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from chat-server: {line:?}"))
             .to_string();
-        Server { child, addr, dir }
+        Server {
+            child,
+            addr,
+            dir,
+            ca_file,
+        }
     }
 
     /// Runs `chat-load` with `args` and returns its exit code and JSON result.
     fn load(&self, name: &str, args: &[&str]) -> (i32, Value) {
         let json = self.dir.join(format!("{name}.json"));
-        let output = Command::new(env!("CARGO_BIN_EXE_chat-load"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-load"));
+        if let Some(ca_file) = &self.ca_file {
+            command.arg("--ca-file").arg(ca_file);
+        }
+        let output = command
             .args(["--addr", &self.addr, "--progress-secs", "0", "--json"])
             .arg(&json)
             .args(args)
@@ -225,4 +257,28 @@ fn group_messages_reach_every_other_member() {
     assert_eq!(number(&result, "/end_to_end_latency/count"), sent * 4.0);
     assert_eq!(number(&result, "/fanout_latency/count"), sent);
     assert!(number(&result, "/delivered_per_sec") > number(&result, "/acked_per_sec"));
+}
+
+/// Over TLS (`wss://` with a `gen-cert` certificate and `--ca-file`), a
+/// closed loop delivers and acks every message.
+#[test]
+fn closed_loop_messages_work_over_tls() {
+    let server = Server::start_with_tls(true);
+    let (_, result) = server.load(
+        "tls",
+        &[
+            "messages",
+            "--users",
+            "10",
+            "--window",
+            "4",
+            "--duration-secs",
+            "1",
+        ],
+    );
+    let sent = number(&result, "/sent");
+    assert!(sent > 0.0, "{result}");
+    assert_eq!(number(&result, "/acked"), sent, "{result}");
+    assert_eq!(number(&result, "/delivered"), sent, "{result}");
+    assert_eq!(number(&result, "/lost"), 0.0, "{result}");
 }

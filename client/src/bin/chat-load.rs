@@ -24,6 +24,10 @@ struct Cli {
     /// The server's address.
     #[arg(long, global = true, default_value = "127.0.0.1:8765")]
     addr: SocketAddr,
+    /// Connect with TLS (`wss://`), trusting the CA certificate in this PEM
+    /// file (e.g. the ca.pem of `chat-server gen-cert`).
+    #[arg(long, global = true, value_name = "PATH")]
+    ca_file: Option<std::path::PathBuf>,
     /// Also write the result as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -187,6 +191,15 @@ struct StormArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca_file) = &cli.ca_file {
+        if let Err(error) = client::load::conn::use_tls(ca_file) {
+            eprintln!(
+                "chat-load: cannot use {} for TLS: {error}",
+                ca_file.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
     let common = Common {
         addr: cli.addr,
         run_id: cli.run_id.clone().unwrap_or_else(random_run_id),

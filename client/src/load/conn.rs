@@ -4,27 +4,103 @@
 //! `Connecting` (non-blocking TCP connect issued) → `Handshaking` (tungstenite's
 //! `MidHandshake`, resumed on every event until it stops returning WouldBlock)
 //! → `Open` → `Closed`. [`Conn::on_ready`] advances it and collects what
-//! happened; it never blocks.
+//! happened; it never blocks. With [`use_tls`] every connection speaks
+//! `wss://`: a rustls client session under tungstenite, whose handshake also
+//! resumes on WouldBlock.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use mio::net::TcpStream;
 use protocol::{decode_server, ServerMessage};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use tungstenite::client::client_with_config;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+/// The TLS settings when connecting with `wss://` (set once by `--ca-file`).
+static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Makes every later connection use TLS, trusting the CA in `ca_file` (PEM).
+pub fn use_tls(ca_file: &Path) -> io::Result<()> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(io::Error::other)? {
+        roots
+            .add(cert.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+/// The byte stream under a connection's WebSocket.
+pub enum Stream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The socket underneath, for mio.
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(socket) => socket,
+            Stream::Tls(tls) => &mut tls.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(socket) => socket.write(buf),
+            // rustls's plaintext buffer is full: wait for WRITABLE rather
+            // than let tungstenite read 0 as a broken connection.
+            Stream::Tls(tls) => match tls.write(buf)? {
+                0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+                written => Ok(written),
+            },
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(socket) => socket.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 /// Where a connection is in its life.
 pub enum State {
     /// TCP connect in progress; writable means it finished (or failed).
     Connecting(TcpStream),
     /// HTTP upgrade in progress.
-    Handshaking(Box<MidHandshake<ClientHandshake<TcpStream>>>),
+    Handshaking(Box<MidHandshake<ClientHandshake<Stream>>>),
     /// Frames flow.
-    Open(Box<WebSocket<TcpStream>>),
+    Open(Box<WebSocket<Stream>>),
     /// Finished; the socket is dropped.
     Closed,
 }
@@ -67,9 +143,10 @@ impl Conn {
     /// Starts a non-blocking connect; the caller registers [`Conn::stream_mut`].
     pub fn connect(addr: SocketAddr, config: WebSocketConfig) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr)?;
+        let scheme = if TLS.get().is_some() { "wss" } else { "ws" };
         Ok(Conn {
             state: State::Connecting(stream),
-            url: format!("ws://{addr}/"),
+            url: format!("{scheme}://{addr}/"),
             config,
             unflushed: false,
         })
@@ -84,8 +161,8 @@ impl Conn {
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.state {
             State::Connecting(stream) => Some(stream),
-            State::Handshaking(mid) => Some(mid.get_mut().get_mut()),
-            State::Open(ws) => Some(ws.get_mut()),
+            State::Handshaking(mid) => Some(mid.get_mut().get_mut().socket_mut()),
+            State::Open(ws) => Some(ws.get_mut().socket_mut()),
             State::Closed => None,
         }
     }
@@ -181,6 +258,25 @@ impl Conn {
         }
         // Latency is the point of the exercise: never let Nagle hold a frame.
         let _ = stream.set_nodelay(true);
+        let stream = match TLS.get() {
+            None => Stream::Plain(stream),
+            Some(config) => {
+                let session = stream
+                    .peer_addr()
+                    .map_err(|e| e.to_string())
+                    .and_then(|peer| {
+                        let name = ServerName::IpAddress(peer.ip().into());
+                        ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())
+                    });
+                match session {
+                    Ok(session) => Stream::Tls(Box::new(StreamOwned::new(session, stream))),
+                    Err(error) => {
+                        out.push(Happened::Closed(format!("tls: {error}")));
+                        return State::Closed;
+                    }
+                }
+            }
+        };
         let started = client_with_config(self.url.as_str(), stream, Some(self.config));
         self.after_handshake_round(started, out)
     }
@@ -189,11 +285,8 @@ impl Conn {
     fn after_handshake_round(
         &self,
         result: Result<
-            (
-                WebSocket<TcpStream>,
-                tungstenite::handshake::client::Response,
-            ),
-            HandshakeError<ClientHandshake<TcpStream>>,
+            (WebSocket<Stream>, tungstenite::handshake::client::Response),
+            HandshakeError<ClientHandshake<Stream>>,
         >,
         out: &mut Vec<Happened>,
     ) -> State {
