@@ -81,20 +81,25 @@ fn log_in(ws: &mut TlsSocket, name: &str) {
     assert!(matches!(recv(ws), ServerMessage::SuccessLogin(_)));
 }
 
+/// A server serving `wss://` with the certificate generated in `certs`.
+fn start_tls_server(certs: &Path) -> TestServer {
+    let cert = certs.join("cert.pem");
+    let key = certs.join("key.pem");
+    TestServer::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+}
+
 /// Two clients exchange a message over `wss://` with a generated
 /// certificate; the log says the server speaks TLS.
 #[test]
 fn messages_flow_over_tls() {
     let certs = tempfile::tempdir().unwrap();
     generate_certificates(certs.path());
-    let cert = certs.path().join("cert.pem");
-    let key = certs.path().join("key.pem");
-    let server = TestServer::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let server = start_tls_server(certs.path());
     assert!(
         server.log_text().contains("wss://"),
         "{}",
@@ -118,14 +123,7 @@ fn messages_flow_over_tls() {
 fn a_plain_client_on_the_tls_port_fails_without_hurting_others() {
     let certs = tempfile::tempdir().unwrap();
     generate_certificates(certs.path());
-    let cert = certs.path().join("cert.pem");
-    let key = certs.path().join("key.pem");
-    let server = TestServer::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let server = start_tls_server(certs.path());
     let ca = certs.path().join("ca.pem");
     let mut alice = connect_tls(server.port, &ca).expect("TLS handshake");
     log_in(&mut alice, "alice");
@@ -147,14 +145,7 @@ fn a_client_trusting_another_ca_refuses_the_server() {
     let other = tempfile::tempdir().unwrap();
     generate_certificates(certs.path());
     generate_certificates(other.path());
-    let cert = certs.path().join("cert.pem");
-    let key = certs.path().join("key.pem");
-    let server = TestServer::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let server = start_tls_server(certs.path());
     let refused = connect_tls(server.port, &other.path().join("ca.pem"));
     let Err(error) = refused else {
         panic!("the wrong CA must be refused");
