@@ -469,7 +469,8 @@ fn read_tables(conn: &Connection) -> rusqlite::Result<(Vec<UserRecord>, Vec<Cont
 
 /// Pretty JSON with a final newline, as a person would want to read it.
 fn to_json(value: &impl Serialize) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(value).expect("plain structs always serialize");
+    // ok: structs of strings and numbers cannot fail to serialize.
+    let mut bytes = serde_json::to_vec_pretty(value).expect("plain structs always serialize"); // ok: see above
     bytes.push(b'\n');
     bytes
 }
@@ -485,8 +486,10 @@ fn create_private_dir(dir: &Path) -> Result<(), JsonFileError> {
 /// The rename protocol (see the module docs): `path` ends up holding exactly
 /// `bytes`, or keeps what it held.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JsonFileError> {
-    let dir = path.parent().expect("the file is inside a directory");
-    let name = path.file_name().expect("the path names a file");
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        let error = io::Error::new(io::ErrorKind::InvalidInput, "not a file path");
+        return Err(io_error(path)(error));
+    };
     let temp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     // A leftover from a crash is removed, not reused: `create_new` (O_EXCL)
     // then makes a fresh file with our mode and never follows a symlink.
