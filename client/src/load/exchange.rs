@@ -381,12 +381,7 @@ impl Exchange {
 
     /// Accounts for one pool event; false if it is not about the exchange.
     pub fn on_event(&mut self, event: &PoolEvent, now: u64, progress: &Progress) -> bool {
-        let conn = match event {
-            PoolEvent::Opened(conn)
-            | PoolEvent::Frame(conn, _)
-            | PoolEvent::Undecodable(conn, _)
-            | PoolEvent::Closed(conn, _) => *conn,
-        };
+        let conn = event.conn();
         let Some(&index) = self.by_conn.get(&conn) else {
             return false;
         };

@@ -453,12 +453,7 @@ impl Traffic for GroupExchange {
     }
 
     fn on_event(&mut self, event: &PoolEvent, now: u64, progress: &Progress) -> bool {
-        let conn = match event {
-            PoolEvent::Opened(conn)
-            | PoolEvent::Frame(conn, _)
-            | PoolEvent::Undecodable(conn, _)
-            | PoolEvent::Closed(conn, _) => *conn,
-        };
+        let conn = event.conn();
         let Some(&index) = self.by_conn.get(&conn) else {
             return false;
         };

@@ -45,6 +45,18 @@ pub enum PoolEvent {
     Closed(ConnId, String),
 }
 
+impl PoolEvent {
+    /// The connection the event is about.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            PoolEvent::Opened(conn)
+            | PoolEvent::Frame(conn, _)
+            | PoolEvent::Undecodable(conn, _)
+            | PoolEvent::Closed(conn, _) => *conn,
+        }
+    }
+}
+
 /// A set of client connections to one server address.
 pub struct Pool {
     poll: Poll,
