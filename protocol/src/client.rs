@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{read_body, read_tag, write_framed};
+use crate::envelope::{read_body, read_head, write_framed};
 use crate::error::DecodeError;
+use crate::request_id::RequestId;
 
 /// Tag 1: create an account. Never logs the connection in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,9 +211,42 @@ impl ClientMessage {
 
 /// Decodes one text frame from a client.
 ///
-/// Unknown fields are ignored; a client's `time` is ignored.
+/// Unknown fields are ignored; a client's `time` and `request_id` are
+/// ignored (see [`decode_request`] for the latter).
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
-    let tag = read_tag(text)?;
+    decode_request(text).1
+}
+
+/// Decodes one text frame from a client together with its `request_id`.
+///
+/// The request id comes back even when the body is bad, so the `Error` that
+/// answers it can carry it; a `request_id` of the wrong type or over 64
+/// characters is itself a `bad_request` (and then none is echoed).
+pub fn decode_request(text: &str) -> (Option<RequestId>, Result<ClientMessage, DecodeError>) {
+    let head = match read_head(text) {
+        Ok(head) => head,
+        Err(error) => return (None, Err(error)),
+    };
+    let tag = head.tag;
+    if let Some(why) = head.bad_request_id {
+        let error = match known_client_tag(tag) {
+            true => DecodeError::BadField {
+                tag,
+                detail: why.to_string(),
+            },
+            false => DecodeError::UnknownTag(tag),
+        };
+        return (None, Err(error));
+    }
+    (head.request_id, decode_body(tag, text))
+}
+
+/// Whether `tag` names a client → server message.
+fn known_client_tag(tag: i64) -> bool {
+    (1..=16).contains(&tag)
+}
+
+fn decode_body(tag: i64, text: &str) -> Result<ClientMessage, DecodeError> {
     let message = match tag {
         1 => ClientMessage::Register(read_body(tag, text)?),
         2 => ClientMessage::Login(read_body(tag, text)?),
@@ -246,23 +280,30 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
 
 /// Encodes a client message as a frame (without `time`, which is optional).
 pub fn encode_client(message: &ClientMessage) -> String {
+    encode_request(message, None)
+}
+
+/// Encodes a client message carrying `request_id` (protocol 1.1): every
+/// reply to it will carry the same id.
+pub fn encode_request(message: &ClientMessage, request_id: Option<&RequestId>) -> String {
     let tag = message.tag();
+    let id = request_id;
     match message {
-        ClientMessage::Register(body) => write_framed(tag, None, body),
-        ClientMessage::Login(body) => write_framed(tag, None, body),
-        ClientMessage::Logout(body) => write_framed(tag, None, body),
-        ClientMessage::GetHistory(body) => write_framed(tag, None, body),
+        ClientMessage::Register(body) => write_framed(tag, None, id, body),
+        ClientMessage::Login(body) => write_framed(tag, None, id, body),
+        ClientMessage::Logout(body) => write_framed(tag, None, id, body),
+        ClientMessage::GetHistory(body) => write_framed(tag, None, id, body),
         ClientMessage::AddContact(body)
         | ClientMessage::RemoveContact(body)
-        | ClientMessage::GetKey(body) => write_framed(tag, None, body),
-        ClientMessage::PublishKey(body) => write_framed(tag, None, body),
-        ClientMessage::Message(body) => write_framed(tag, None, body),
-        ClientMessage::CreateGroup(body) => write_framed(tag, None, body),
-        ClientMessage::AddGroupMembers(body) => write_framed(tag, None, body),
-        ClientMessage::LeaveGroup(body) => write_framed(tag, None, body),
-        ClientMessage::Sync(body) => write_framed(tag, None, body),
+        | ClientMessage::GetKey(body) => write_framed(tag, None, id, body),
+        ClientMessage::PublishKey(body) => write_framed(tag, None, id, body),
+        ClientMessage::Message(body) => write_framed(tag, None, id, body),
+        ClientMessage::CreateGroup(body) => write_framed(tag, None, id, body),
+        ClientMessage::AddGroupMembers(body) => write_framed(tag, None, id, body),
+        ClientMessage::LeaveGroup(body) => write_framed(tag, None, id, body),
+        ClientMessage::Sync(body) => write_framed(tag, None, id, body),
         ClientMessage::GetDirectory | ClientMessage::Ping | ClientMessage::GetGroups => {
-            write_framed(tag, None, &Empty {})
+            write_framed(tag, None, id, &Empty {})
         }
     }
 }
@@ -450,6 +491,47 @@ mod tests {
             );
             assert_eq!(error.ref_tag(), Some(tag));
         }
+    }
+
+    #[test]
+    fn request_ids_round_trip_as_numbers_and_strings() {
+        for id in [RequestId::Number(7), RequestId::Text("r-1".into())] {
+            let text = encode_request(&ClientMessage::Ping, Some(&id));
+            assert_eq!(decode_request(&text), (Some(id), Ok(ClientMessage::Ping)));
+        }
+        assert_eq!(
+            decode_request(r#"{"tag": 8}"#),
+            (None, Ok(ClientMessage::Ping))
+        );
+    }
+
+    #[test]
+    fn a_request_id_survives_a_bad_body() {
+        let (id, result) = decode_request(r#"{"tag": 16, "request_id": "s1"}"#);
+        assert_eq!(id, Some(RequestId::Text("s1".into())));
+        assert!(matches!(result, Err(DecodeError::BadField { tag: 16, .. })));
+        let (id, result) = decode_request(r#"{"tag": 99, "request_id": 3}"#);
+        assert_eq!(id, Some(RequestId::Number(3)));
+        assert_eq!(result, Err(DecodeError::UnknownTag(99)));
+    }
+
+    #[test]
+    fn a_bad_request_id_is_bad_request_with_the_tag() {
+        let long = "x".repeat(65);
+        for text in [
+            r#"{"tag": 8, "request_id": true}"#.to_string(),
+            r#"{"tag": 8, "request_id": 1.5}"#.to_string(),
+            r#"{"tag": 8, "request_id": [1]}"#.to_string(),
+            format!(r#"{{"tag": 8, "request_id": "{long}"}}"#),
+        ] {
+            let (id, result) = decode_request(&text);
+            assert_eq!(id, None, "{text}");
+            let error = result.unwrap_err();
+            assert_eq!(error.error_type(), crate::ErrorType::BadRequest, "{text}");
+            assert_eq!(error.ref_tag(), Some(8), "{text}");
+        }
+        let ok = format!(r#"{{"tag": 8, "request_id": "{}"}}"#, "x".repeat(64));
+        assert!(decode_request(&ok).1.is_ok());
     }
 
     #[test]

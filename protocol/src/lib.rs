@@ -1,4 +1,4 @@
-//! The chat wire protocol, version 1, as Rust types.
+//! The chat wire protocol, version 1.1, as Rust types.
 //!
 //! Every frame is one JSON object with an integer `tag` that names the message
 //! (see `README.md` beside this crate for the reference with an example frame
@@ -11,6 +11,7 @@
 //!   and [`decode_server`] (used by clients and tests).
 //! - [`error`]: [`DecodeError`] and the protocol's `error_type` values
 //!   ([`ErrorType`]).
+//! - [`request_id`]: [`RequestId`], echoed on every reply (protocol 1.1).
 //! - [`validate`]: the shared rules for usernames, emails and secrets.
 //!
 //! # Decoding in two passes
@@ -23,12 +24,16 @@
 pub mod client;
 mod envelope;
 pub mod error;
+pub mod request_id;
 pub mod server;
 pub mod validate;
 
-pub use client::{decode_client, encode_client, ClientMessage};
+pub use client::{decode_client, decode_request, encode_client, encode_request, ClientMessage};
 pub use error::{DecodeError, ErrorType};
-pub use server::{decode_server, encode_delivered, encode_server, ServerMessage};
+pub use request_id::RequestId;
+pub use server::{
+    decode_reply, decode_server, encode_delivered, encode_reply, encode_server, ServerMessage,
+};
 
 /// The default TCP port of the server.
 pub const DEFAULT_PORT: u16 = 8765;

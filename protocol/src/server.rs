@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::client::Empty;
-use crate::envelope::{read_body, read_tag, write_framed};
+use crate::envelope::{read_body, read_head, write_framed};
 use crate::error::{DecodeError, ErrorType};
+use crate::request_id::RequestId;
 
 /// Tag 11 from the server: a stored message, as pushed to a recipient and as
 /// listed in History and Synced pages.
@@ -273,6 +274,19 @@ impl ServerMessage {
         }
     }
 
+    /// Whether this is a reply to a request (and so carries the request's
+    /// `request_id`): everything but the pushes 11, 27 and 31. A GroupInfo
+    /// (34) is a reply only on the requesting connection; the caller decides
+    /// that by where it sends it.
+    pub fn is_reply(&self) -> bool {
+        !matches!(
+            self,
+            ServerMessage::Message(_)
+                | ServerMessage::Presence(_)
+                | ServerMessage::ContactRequest(_)
+        )
+    }
+
     /// An `Error` frame.
     pub fn error(error_type: ErrorType, detail: impl Into<String>, ref_tag: Option<i64>) -> Self {
         ServerMessage::Error(Error {
@@ -286,38 +300,56 @@ impl ServerMessage {
 /// Encodes a server message; `now` (Unix seconds) becomes its `time`, except
 /// for a delivered Message, whose `time` is when it was accepted.
 pub fn encode_server(message: &ServerMessage, now: i64) -> String {
+    encode_reply(message, now, None)
+}
+
+/// Encodes a server message answering the request `request_id` (protocol
+/// 1.1); a push ([`ServerMessage::is_reply`] false) never carries one.
+pub fn encode_reply(message: &ServerMessage, now: i64, request_id: Option<&RequestId>) -> String {
     let tag = message.tag();
     let time = Some(now);
+    let id = request_id.filter(|_| message.is_reply());
     match message {
         ServerMessage::Message(body) => encode_delivered(body),
-        ServerMessage::SuccessRegister(body) => write_framed(tag, time, body),
-        ServerMessage::SuccessLogin(body) => write_framed(tag, time, body),
-        ServerMessage::SuccessLogout(body) => write_framed(tag, time, body),
-        ServerMessage::Ack(body) => write_framed(tag, time, body),
-        ServerMessage::History(body) => write_framed(tag, time, body),
-        ServerMessage::Directory(body) => write_framed(tag, time, body),
-        ServerMessage::Presence(body) => write_framed(tag, time, body),
-        ServerMessage::FailRegister(body) => write_framed(tag, time, body),
-        ServerMessage::FailLogin(body) => write_framed(tag, time, body),
-        ServerMessage::Error(body) => write_framed(tag, time, body),
-        ServerMessage::ContactRequest(body) => write_framed(tag, time, body),
-        ServerMessage::Pong => write_framed(tag, time, &Empty {}),
-        ServerMessage::Key(body) => write_framed(tag, time, body),
-        ServerMessage::GroupInfo(body) => write_framed(tag, time, body),
-        ServerMessage::Groups(body) => write_framed(tag, time, body),
-        ServerMessage::Synced(body) => write_framed(tag, time, body),
+        ServerMessage::SuccessRegister(body) => write_framed(tag, time, id, body),
+        ServerMessage::SuccessLogin(body) => write_framed(tag, time, id, body),
+        ServerMessage::SuccessLogout(body) => write_framed(tag, time, id, body),
+        ServerMessage::Ack(body) => write_framed(tag, time, id, body),
+        ServerMessage::History(body) => write_framed(tag, time, id, body),
+        ServerMessage::Directory(body) => write_framed(tag, time, id, body),
+        ServerMessage::Presence(body) => write_framed(tag, time, id, body),
+        ServerMessage::FailRegister(body) => write_framed(tag, time, id, body),
+        ServerMessage::FailLogin(body) => write_framed(tag, time, id, body),
+        ServerMessage::Error(body) => write_framed(tag, time, id, body),
+        ServerMessage::ContactRequest(body) => write_framed(tag, time, id, body),
+        ServerMessage::Pong => write_framed(tag, time, id, &Empty {}),
+        ServerMessage::Key(body) => write_framed(tag, time, id, body),
+        ServerMessage::GroupInfo(body) => write_framed(tag, time, id, body),
+        ServerMessage::Groups(body) => write_framed(tag, time, id, body),
+        ServerMessage::Synced(body) => write_framed(tag, time, id, body),
     }
 }
 
 /// Encodes a delivered message (tag 11) without wrapping it in a
 /// [`ServerMessage`]; its own `time` is the frame's time.
 pub fn encode_delivered(message: &Delivered) -> String {
-    write_framed(11, None, message)
+    write_framed(11, None, None, message)
 }
 
 /// Decodes one text frame from the server (for clients and tests).
 pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
-    let tag = read_tag(text)?;
+    decode_reply(text).map(|(message, _)| message)
+}
+
+/// Decodes one text frame from the server with the `request_id` it echoes
+/// (none on pushes and on replies to requests that carried none). A
+/// malformed `request_id` from a server is read as none.
+pub fn decode_reply(text: &str) -> Result<(ServerMessage, Option<RequestId>), DecodeError> {
+    let head = read_head(text)?;
+    Ok((decode_server_body(head.tag, text)?, head.request_id))
+}
+
+fn decode_server_body(tag: i64, text: &str) -> Result<ServerMessage, DecodeError> {
     let message = match tag {
         11 => ServerMessage::Message(read_body(tag, text)?),
         21 => ServerMessage::SuccessRegister(read_body(tag, text)?),
@@ -459,6 +491,37 @@ mod tests {
         let error = encode_server(&ServerMessage::error(ErrorType::BadRequest, "x", None), 0);
         assert!(error.contains(r#""ref_tag":null"#), "{error}");
         assert!(error.contains(r#""error_type":"bad_request""#), "{error}");
+    }
+
+    #[test]
+    fn replies_echo_the_request_id_and_pushes_never_do() {
+        let id = RequestId::Text("r7".into());
+        let pong = encode_reply(&ServerMessage::Pong, 1, Some(&id));
+        assert_eq!(
+            decode_reply(&pong),
+            Ok((ServerMessage::Pong, Some(id.clone())))
+        );
+        let number = RequestId::Number(42);
+        let error = encode_reply(
+            &ServerMessage::error(ErrorType::UnknownUser, "x", Some(10)),
+            1,
+            Some(&number),
+        );
+        assert!(error.contains(r#""request_id":42"#), "{error}");
+        for push in [
+            ServerMessage::Message(delivered(1)),
+            ServerMessage::Presence(Presence {
+                username: "bob".into(),
+                online: true,
+            }),
+            ServerMessage::ContactRequest(ContactRequest {
+                username: "bob".into(),
+            }),
+        ] {
+            let text = encode_reply(&push, 1, Some(&id));
+            assert!(!text.contains("request_id"), "{text}");
+            assert_eq!(decode_reply(&text), Ok((push, None)));
+        }
     }
 
     #[test]

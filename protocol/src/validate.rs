@@ -13,6 +13,8 @@ pub const EMAIL_BYTES_MAX: usize = 254;
 pub const PUBLIC_KEY_BYTES_MAX: usize = 4096;
 /// Longest client `message_id`, in characters.
 pub const CLIENT_MESSAGE_ID_CHARS_MAX: usize = 64;
+/// Longest string `request_id`, in characters (protocol 1.1).
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
 
 /// 3–32 characters of `A-Z a-z 0-9 _ . -`.
 pub fn is_valid_username(username: &str) -> bool {
