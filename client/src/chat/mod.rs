@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`app`]: the loop and its state — commands one at a time, answers matched
 //!   to them, pushed events, reconnecting, resuming and catching up.
+//! - [`requests`]: request ids, and what each request awaiting a reply is for.
 //! - [`command`]: one input line → one [`command::Command`] (pure).
 //! - [`render`]: server messages and failures → the lines a person reads (pure).
 //! - [`connection`]: one WebSocket over a `TcpStream` with a short read timeout.
@@ -35,5 +36,6 @@ pub mod input;
 pub mod keys;
 pub mod output;
 pub mod render;
+pub mod requests;
 pub mod seen;
 pub mod session;
