@@ -1032,7 +1032,11 @@ fn request_ids_ride_along_with_storage_work_and_its_refusal() {
         client_message_id: None,
     };
     let acked = complete(&mut d, stored);
-    assert!(acked.frames[0].1.contains(r#""request_id":"r1""#), "{:?}", acked.frames);
+    assert!(
+        acked.frames[0].1.contains(r#""request_id":"r1""#),
+        "{:?}",
+        acked.frames
+    );
 
     let mut fx = send(
         &mut d,
