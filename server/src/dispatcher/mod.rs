@@ -36,6 +36,7 @@ use crate::config;
 use crate::hasher::{HashDone, HashJob};
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
+use contacts::ContactAdded;
 
 /// Why the server closes a connection; becomes the WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,10 +499,13 @@ impl Dispatcher {
                 contact_id,
                 owner_name,
             } => {
-                self.send_directory(to.conn, contacts, now, fx);
-                if added && !mutual {
-                    self.notify_contact_request(contact_id, owner_name, now, fx);
-                }
+                let added = ContactAdded {
+                    added,
+                    mutual,
+                    contact_id,
+                    owner_name,
+                };
+                self.contact_added(to.conn, contacts, added, now, fx);
             }
             Reply::Directory { to, contacts } => self.send_directory(to.conn, contacts, now, fx),
             Reply::Key {
