@@ -18,7 +18,7 @@ use super::{delivered, Auth, CloseReason, Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
-use crate::storage::{Command, StoredMessage};
+use crate::storage::{Command, GroupsTaken, StoredMessage};
 
 /// Longest username echoed into the log for a failed login (client-chosen text).
 const LOGGED_NAME_CHARS_MAX: usize = 40;
@@ -284,6 +284,7 @@ impl Dispatcher {
             queue_before,
             include_groups,
             success_sent: false,
+            queue_pushed_through: 0,
             mutual_contacts: Vec::new(),
             held: Vec::new(),
             held_ids: Vec::new(),
@@ -372,24 +373,44 @@ impl Dispatcher {
             user_id,
             queue_before,
             include_groups,
+            queue_pushed_through,
             ..
-        }) = self.clients.get(&conn).map(|c| &c.auth)
+        }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
+        };
+        let user_id = *user_id;
+        let direct: Vec<i64> = queued
+            .iter()
+            .filter(|message| message.group_id.is_none())
+            .map(|message| message.message_id)
+            .collect();
+        if let Some(last) = queued.last() {
+            *queue_pushed_through = last.message_id;
+        }
+        let next = Command::TakeQueue {
+            to: fx.requester(conn),
+            user_id,
+            queue_before: *queue_before,
+            after: *queue_pushed_through,
+            include_groups: *include_groups,
         };
         for message in queued {
             fx.deliveries.push((conn, message.message_id));
             fx.send(conn, &ServerMessage::Message(delivered(message)), now);
         }
+        // Taken once written out: a connection that dies first leaves them
+        // in the queue (the loop drops its after-flush commands).
+        if !direct.is_empty() {
+            let taken = Command::MarkDelivered {
+                user_id,
+                message_ids: direct,
+            };
+            fx.after_flush.push((conn, taken));
+        }
         if more_queued {
             // The next chunk once this one is written out, so a long queue
             // never piles up past the connection's output cap.
-            let next = Command::TakeQueue {
-                to: fx.requester(conn),
-                user_id: *user_id,
-                queue_before: *queue_before,
-                include_groups: *include_groups,
-            };
             fx.after_flush.push((conn, next));
         } else {
             self.finish_login(conn, now, fx);
@@ -409,6 +430,8 @@ impl Dispatcher {
             mutual_contacts,
             held,
             held_ids,
+            include_groups,
+            queue_before,
             ..
         } = std::mem::replace(&mut client.auth, Auth::Anonymous)
         else {
@@ -418,6 +441,10 @@ impl Dispatcher {
         let first_connection = !self.has_logged_in_connection(user_id);
         fx.frames
             .extend(held.into_iter().map(|frame| (conn, frame)));
+        // Held messages count as unflushed like any other: if the connection
+        // dies before writing them, its departure puts them back.
+        fx.deliveries
+            .extend(held_ids.iter().map(|message_id| (conn, *message_id)));
         if !held_ids.is_empty() {
             fx.storage.push(Command::MarkDelivered {
                 user_id,
@@ -435,6 +462,7 @@ impl Dispatcher {
                 user_id,
                 username,
                 session_hash,
+                groups_from: if include_groups { 0 } else { queue_before },
             };
         }
         self.run_deferred(conn, now, fx);
@@ -492,6 +520,7 @@ impl Dispatcher {
             user_id,
             username,
             session_hash,
+            ..
         }) = self.clients.get(&conn).map(|c| &c.auth)
         else {
             return;
@@ -518,36 +547,72 @@ impl Dispatcher {
         }
     }
 
-    /// A connection closed: forget it; if it was the user's last, storage
-    /// marks the user offline and the mutual contacts are told.
-    pub fn disconnected(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+    /// The one departure path: `conn` stops being a recipient, whatever the
+    /// reason (clean close, logout, idle timeout, slow consumer, abuse,
+    /// shutdown, error; logged in, mid-login or mid-queue). The loop calls it
+    /// as soon as it decides to close (not when the close completes), with the
+    /// first message id it had not finished writing to the socket.
+    ///
+    /// What the connection may not have received goes back: 1:1 messages from
+    /// `unflushed_from` on return to the offline queue, and the user's group
+    /// cursors move only as far as the connection took. If it was the user's
+    /// last connection, storage marks the user offline and contacts are told.
+    pub fn disconnected(
+        &mut self,
+        conn: ConnId,
+        unflushed_from: Option<i64>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };
-        let (user_id, username, session_hash) = match client.auth {
+        let written_through = |all_through: i64| unflushed_from.map_or(all_through, |id| id - 1);
+        let (user_id, username, session_hash, groups_taken) = match client.auth {
             Auth::LoggedIn {
                 user_id,
                 username,
                 session_hash,
+                groups_from,
             } => {
                 log::info!("{username} disconnected ({})", client.peer);
-                (user_id, username, session_hash)
+                let through = written_through(self.next_message_id - 1);
+                let taken = GroupsTaken {
+                    from: groups_from,
+                    through,
+                };
+                (user_id, username, session_hash, Some(taken))
             }
             Auth::Opening {
                 user_id,
                 username,
                 session_hash,
+                include_groups,
+                queue_before,
+                queue_pushed_through,
                 ..
-            } => (user_id, username, session_hash),
+            } => {
+                let taken = (include_groups && queue_pushed_through > 0).then(|| GroupsTaken {
+                    from: 0,
+                    through: written_through(queue_pushed_through).min(queue_before - 1),
+                });
+                (user_id, username, session_hash, taken)
+            }
             Auth::Anonymous | Auth::Verifying { .. } => return,
         };
+        if let Some(from_message_id) = unflushed_from {
+            fx.storage.push(Command::Requeue {
+                user_id,
+                from_message_id,
+            });
+        }
         self.remove_from_online(user_id, conn);
         fx.storage.push(Command::ConnectionLost {
             user_id,
             username,
             session_hash,
             last: !self.has_logged_in_connection(user_id),
-            through: self.next_message_id - 1,
+            groups_taken,
             now,
         });
     }

@@ -168,6 +168,8 @@ pub enum Auth {
         include_groups: bool,
         /// SuccessLogin is sent; the offline queue is still being pushed.
         success_sent: bool,
+        /// The last message id of the offline queue pushed so far (0: none).
+        queue_pushed_through: i64,
         /// Mutual contacts to tell once the login completes.
         mutual_contacts: Vec<i64>,
         /// Frames that arrived meanwhile.
@@ -183,6 +185,10 @@ pub enum Auth {
         username: String,
         /// The SHA-256 of the session this connection uses.
         session_hash: String,
+        /// The first group message id this connection was sure to be sent
+        /// (0 when its login took the group queue; the login boundary when
+        /// another device of the user was live and got what came before).
+        groups_from: i64,
     },
 }
 
@@ -563,27 +569,6 @@ impl Dispatcher {
             self.request_failed((to.conn, tag), now, fx);
             fx.end_answering(outer);
         }
-    }
-
-    /// The loop is dropping `conn` because it does not read its output.
-    /// Messages written for it from `unread_from` on may never have reached
-    /// it: they go back to the user's offline queue (pushed at the next login;
-    /// a device that did get them drops the duplicates by id). The
-    /// connection stops being a recipient at once.
-    pub fn slow_consumer(
-        &mut self,
-        conn: ConnId,
-        unread_from: Option<i64>,
-        now: i64,
-        fx: &mut Effects,
-    ) {
-        if let (Some(user_id), Some(from_message_id)) = (self.logged_in_user(conn), unread_from) {
-            fx.storage.push(Command::Requeue {
-                user_id,
-                from_message_id,
-            });
-        }
-        self.disconnected(conn, now, fx);
     }
 
     /// A hashing job could not be queued (too many logins at once).

@@ -417,13 +417,13 @@ fn presence_goes_to_mutual_contacts_on_first_login_and_last_disconnect() {
     assert!(frames_for(&fx, b).is_empty(), "not the first connection");
 
     let mut fx = Effects::default();
-    d.disconnected(a1, NOW, &mut fx);
+    d.disconnected(a1, None, NOW, &mut fx);
     assert!(matches!(
         &fx.storage[..],
         [Command::ConnectionLost { last: false, .. }]
     ));
     let mut fx = Effects::default();
-    d.disconnected(a2, NOW, &mut fx);
+    d.disconnected(a2, None, NOW, &mut fx);
     assert!(matches!(
         &fx.storage[..],
         [Command::ConnectionLost { last: true, .. }]
@@ -445,7 +445,7 @@ fn a_late_reply_for_a_closed_connection_reaches_nobody() {
     let mut d = dispatcher();
     let a = conn(1);
     log_in(&mut d, a, "alice", vec![]);
-    d.disconnected(a, NOW, &mut Effects::default());
+    d.disconnected(a, None, NOW, &mut Effects::default());
     // A new connection in the same slot, with a new serial.
     let reused = ConnId {
         slot: 1,
@@ -849,8 +849,14 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
         fx.storage.is_empty(),
         "the next chunk waits for this one to be written"
     );
-    assert!(matches!(&fx.after_flush[..],
-        [(to, Command::TakeQueue { user_id: BOB, queue_before: 10, .. })] if *to == b));
+    assert!(
+        matches!(&fx.after_flush[..],
+        [(to, Command::MarkDelivered { user_id: BOB, message_ids }),
+         (to2, Command::TakeQueue { user_id: BOB, queue_before: 10, after: 1, .. })]
+        if *to == b && *to2 == b && message_ids == &vec![1]),
+        "the chunk counts as taken once written out, then the next is asked for: {:?}",
+        fx.after_flush
+    );
 
     let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"live"}"#);
     assert!(

@@ -102,6 +102,18 @@ pub struct GroupRow {
     pub members: Vec<(i64, String)>,
 }
 
+/// The group messages a departing connection took: every one with an id in
+/// `from..=through` was written out to it (it got those before `from` only
+/// if another device had, so the cursor may move only when it is already at
+/// `from - 1` or beyond).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupsTaken {
+    /// The first group message id this connection was sure to get.
+    pub from: i64,
+    /// Every group message up to here that it was sent is written out.
+    pub through: i64,
+}
+
 /// What the loop asks of storage.
 #[derive(Debug)]
 pub enum Command {
@@ -172,6 +184,9 @@ pub enum Command {
         user_id: i64,
         /// Only queued messages with smaller ids are taken.
         queue_before: i64,
+        /// Only queued messages with larger ids are taken (the last id of
+        /// the previous chunk: taking marks nothing, so chunks page by id).
+        after: i64,
         /// Whether group messages are queued for this login.
         include_groups: bool,
     },
@@ -193,9 +208,9 @@ pub enum Command {
         session_hash: String,
         /// Whether it was the user's last connection.
         last: bool,
-        /// The highest message id assigned so far: when `last`, the user's
-        /// group cursors move here (everything up to it was pushed live).
-        through: i64,
+        /// What the connection took of the user's group messages, if anything:
+        /// the cursors move to `through` where they already cover `from`.
+        groups_taken: Option<GroupsTaken>,
         /// Unix seconds.
         now: i64,
     },
@@ -208,8 +223,9 @@ pub enum Command {
         /// The message.
         message: NewMessage,
     },
-    /// Mark messages pushed to a connection that was logging in while they
-    /// were sent. No reply.
+    /// Mark 1:1 messages as taken: written out to a connection of the
+    /// recipient (held while it logged in, or pushed from its offline queue).
+    /// No reply.
     MarkDelivered {
         /// The recipient.
         user_id: i64,

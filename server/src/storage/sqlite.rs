@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::checkpoint::Checkpointer;
 use super::schema;
 use super::{
-    Backend, Command, ContactRow, Conversation, GroupRow, NewMessage, Reply, Snapshot,
+    Backend, Command, ContactRow, Conversation, GroupRow, GroupsTaken, NewMessage, Reply, Snapshot,
     StoredMessage,
 };
 use crate::config::{MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
@@ -385,6 +385,7 @@ fn apply(
             let queue = QueueTake {
                 user_id: *user_id,
                 queue_before: *queue_before,
+                after: 0,
                 include_groups: *include_groups,
             };
             session_opened(tx, to.clone(), queue, *peer, *now)?
@@ -409,6 +410,7 @@ fn apply(
                 let queue = QueueTake {
                     user_id: *user_id,
                     queue_before: *queue_before,
+                    after: 0,
                     include_groups: *include_groups,
                 };
                 session_opened(tx, to.clone(), queue, *peer, *now)?
@@ -420,11 +422,13 @@ fn apply(
             to,
             user_id,
             queue_before,
+            after,
             include_groups,
         } => {
             let queue = QueueTake {
                 user_id: *user_id,
                 queue_before: *queue_before,
+                after: *after,
                 include_groups: *include_groups,
             };
             let (queued, more_queued) = take_queue(tx, queue)?;
@@ -444,20 +448,17 @@ fn apply(
             username,
             session_hash,
             last,
-            through,
+            groups_taken,
             now,
         } => {
             tx.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE session_hash = ?1")?
                 .execute(params![session_hash, now])?;
+            if let Some(taken) = groups_taken {
+                advance_group_cursors(tx, *user_id, *taken)?;
+            }
             if !*last {
                 return Ok(None);
             }
-            // Everything sent to the user's groups so far reached them live.
-            tx.prepare_cached(
-                "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
-                 WHERE user_id = ?1",
-            )?
-            .execute(params![user_id, through])?;
             tx.prepare_cached(
                 "UPDATE users SET is_online = FALSE, last_activity = ?2 WHERE user_id = ?1",
             )?
@@ -704,6 +705,8 @@ fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()
 struct QueueTake {
     user_id: i64,
     queue_before: i64,
+    /// Only ids above this one (the previous chunk's last).
+    after: i64,
     include_groups: bool,
 }
 
@@ -744,27 +747,32 @@ fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<Store
     let QueueTake {
         user_id,
         queue_before,
+        after,
         include_groups,
     } = queue;
     // Two plain index-ordered queries merged here, rather than one UNION with
     // ORDER BY: SQLite would build and sort an ephemeral table for that on
-    // every login (it halved the session-resume rate).
+    // every login (it halved the session-resume rate). Taking marks nothing:
+    // a message counts as taken once written out (`MarkDelivered`, group
+    // cursors at departure), so two devices logging in at once each get the
+    // whole queue, and a connection that dies mid-queue loses nothing.
     let fetch = OFFLINE_CHUNK + 1;
     let mut queued = query_messages(
         tx,
         "SELECT message_id FROM messages
-         WHERE receiver_id = ?1 AND delivered = 0 AND message_id < ?2
-         ORDER BY message_id LIMIT ?3",
-        params![user_id, queue_before, fetch],
+         WHERE receiver_id = ?1 AND delivered = 0 AND message_id > ?2 AND message_id < ?3
+         ORDER BY message_id LIMIT ?4",
+        params![user_id, after, queue_before, fetch],
     )?;
     if include_groups && is_in_any_group(tx, user_id)? {
         queued.extend(query_messages(
             tx,
             "SELECT m.message_id FROM group_members g
-             JOIN messages m ON m.group_id = g.group_id AND m.message_id > g.delivered_through
-             WHERE g.user_id = ?1 AND m.message_id < ?2 AND m.sender_id != ?1
-             ORDER BY m.message_id LIMIT ?3",
-            params![user_id, queue_before, fetch],
+             JOIN messages m ON m.group_id = g.group_id
+                AND m.message_id > MAX(g.delivered_through, ?2)
+             WHERE g.user_id = ?1 AND m.message_id < ?3 AND m.sender_id != ?1
+             ORDER BY m.message_id LIMIT ?4",
+            params![user_id, after, queue_before, fetch],
         )?);
         queued.sort_by_key(|message| message.message_id);
         queued.truncate(fetch as usize);
@@ -780,28 +788,22 @@ fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<Store
     }
     let more = queued.len() > fits;
     queued.truncate(fits);
-    let mut mark =
-        tx.prepare_cached("UPDATE messages SET delivered = TRUE WHERE message_id = ?1")?;
-    let mut advance = tx.prepare_cached(
-        "UPDATE group_members SET delivered_through = MAX(delivered_through, ?3)
-         WHERE group_id = ?1 AND user_id = ?2",
-    )?;
-    for message in &queued {
-        match message.group_id {
-            Some(group_id) => advance.execute(params![group_id, user_id, message.message_id])?,
-            None => mark.execute([message.message_id])?,
-        };
-    }
-    if !more {
-        // The whole queue is taken: every group message before the login
-        // boundary is now behind each cursor (later ones are held live).
-        tx.prepare_cached(
-            "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
-             WHERE user_id = ?1",
-        )?
-        .execute(params![user_id, queue_before - 1])?;
-    }
     Ok((queued, more))
+}
+
+/// Moves the user's group cursors to `taken.through` where they already
+/// cover everything before `taken.from` (never backwards).
+fn advance_group_cursors(
+    tx: &Transaction,
+    user_id: i64,
+    taken: GroupsTaken,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE group_members SET delivered_through = ?3
+         WHERE user_id = ?1 AND delivered_through >= ?2 - 1 AND delivered_through < ?3",
+    )?
+    .execute(params![user_id, taken.from, taken.through])?;
+    Ok(())
 }
 
 /// Whether the user is in any group (most logins are not: skip that query).
@@ -1210,8 +1212,10 @@ mod tests {
         }
     }
 
+    /// Taking the queue marks nothing (two devices logging in at once each
+    /// get all of it); marking what was written out takes it for good.
     #[test]
-    fn the_offline_queue_is_taken_once() {
+    fn the_offline_queue_is_taken_once_marked() {
         let (_dir, mut backend) = open();
         let a = create_user(&mut backend, "alice");
         let b = create_user(&mut backend, "bob");
@@ -1241,6 +1245,15 @@ mod tests {
         let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
             panic!("{replies:?}");
         };
+        assert_eq!(ids(queued), vec![1], "not taken until written out");
+        backend.execute(vec![Command::MarkDelivered {
+            user_id: b,
+            message_ids: vec![1],
+        }]);
+        let replies = backend.execute(vec![open_session("h3")]);
+        let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+            panic!("{replies:?}");
+        };
         assert!(queued.is_empty());
     }
 
@@ -1253,15 +1266,16 @@ mod tests {
         for id in 1..=total {
             store(&mut backend, id, a, b, false);
         }
-        let take = || Command::TakeQueue {
+        let take = |after| Command::TakeQueue {
             to: CONN,
             user_id: b,
             queue_before: i64::MAX,
+            after,
             include_groups: true,
         };
         let mut taken = Vec::new();
         loop {
-            let replies = backend.execute(vec![take()]);
+            let replies = backend.execute(vec![take(taken.last().copied().unwrap_or(0))]);
             let [Reply::QueueChunk {
                 queued,
                 more_queued,
