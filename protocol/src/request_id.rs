@@ -40,6 +40,12 @@ impl From<u64> for RequestId {
     }
 }
 
+impl From<&str> for RequestId {
+    fn from(value: &str) -> Self {
+        RequestId::Text(value.to_owned())
+    }
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use server::completion::ConnId;
+use server::completion::{ConnId, Requester};
 use server::password::hash_password;
 use server::storage::sqlite::SqliteBackend;
 use server::storage::{Backend, Command, NewMessage, Reply};
@@ -21,11 +21,11 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("storage-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (mut backend, _) = SqliteBackend::open(&dir.join("chat.db"), false).expect("open");
-    let conn = ConnId { slot: 0, serial: 1 };
+    let to = Requester::anonymous(ConnId { slot: 0, serial: 1 });
     let mut ids = Vec::new();
     for i in 0..users {
         let replies = backend.execute(vec![Command::CreateUser {
-            conn,
+            to: to.clone(),
             username: format!("user{i}"),
             email: format!("user{i}@example.com"),
             hash: hash_password("password123", 1),
@@ -47,7 +47,7 @@ fn main() {
                 let sender = ids[(id as usize) % ids.len()];
                 let receiver = ids[(id as usize + 1) % ids.len()];
                 Command::StoreMessage {
-                    conn,
+                    to: to.clone(),
                     client_message_id: Some(format!("c{id}")),
                     message: NewMessage {
                         message_id: id,

@@ -1,7 +1,8 @@
 //! The way back into the event loop: worker threads (storage, hashing) send
 //! their results here, then wake the loop's `mio::Waker` so `poll` returns.
 //!
-//! Every completion names the connection it was for by [`ConnId`], which
+//! Every completion names the connection it was for by [`ConnId`] (inside a
+//! [`Requester`], with the request's id), which
 //! includes a serial number never reused; a result for a connection that has
 //! since closed (its slab slot perhaps taken by another) is dropped.
 
@@ -9,6 +10,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use mio::Waker;
+use protocol::RequestId;
 
 use crate::hasher::HashDone;
 use crate::storage::Reply;
@@ -22,6 +24,27 @@ pub struct ConnId {
     pub slot: usize,
     /// Unique per accepted connection.
     pub serial: u64,
+}
+
+/// Who waits for an answer: the connection, and the `request_id` its request
+/// carried (protocol 1.1), echoed on every reply to it. Off-loop work carries
+/// one from the request to the reply, across as many hops as it takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requester {
+    /// The requesting connection.
+    pub conn: ConnId,
+    /// The request's id, if it had one.
+    pub request_id: Option<RequestId>,
+}
+
+impl Requester {
+    /// A requester whose request carried no id (or none to echo).
+    pub const fn anonymous(conn: ConnId) -> Requester {
+        Requester {
+            conn,
+            request_id: None,
+        }
+    }
 }
 
 /// A finished piece of off-loop work.

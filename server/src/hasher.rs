@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::completion::{Completion, CompletionSender, ConnId};
+use crate::completion::{Completion, CompletionSender, Requester};
 use crate::password::{self, PasswordHash};
 use crate::priority;
 
@@ -16,8 +16,8 @@ use crate::priority;
 pub enum HashJob {
     /// Hash a new account's secret (Register).
     Derive {
-        /// The registering connection.
-        conn: ConnId,
+        /// The registering connection and request.
+        to: Requester,
         /// The account to create once hashed.
         username: String,
         /// Its email.
@@ -28,8 +28,8 @@ pub enum HashJob {
     /// Check a login's secret against the stored hash, or against the dummy
     /// hash when the user does not exist (`stored: None`), at equal cost.
     Verify {
-        /// The logging-in connection.
-        conn: ConnId,
+        /// The logging-in connection and request.
+        to: Requester,
         /// The account, if it exists.
         user_id: Option<i64>,
         /// The secret given.
@@ -44,8 +44,8 @@ pub enum HashJob {
 pub enum HashDone {
     /// A new hash for Register.
     Derived {
-        /// The registering connection.
-        conn: ConnId,
+        /// The registering connection and request.
+        to: Requester,
         /// The account to create.
         username: String,
         /// Its email.
@@ -55,8 +55,8 @@ pub enum HashDone {
     },
     /// The verdict for Login.
     Verified {
-        /// The logging-in connection.
-        conn: ConnId,
+        /// The logging-in connection and request.
+        to: Requester,
         /// The account when the secret matched it; `None` for a wrong secret
         /// or an unknown user alike.
         user_id: Option<i64>,
@@ -159,25 +159,25 @@ fn work(
 fn run(job: HashJob, iterations: u32, dummy: &str) -> HashDone {
     match job {
         HashJob::Derive {
-            conn,
+            to,
             username,
             email,
             secret,
         } => HashDone::Derived {
-            conn,
+            to,
             username,
             email,
             hash: password::hash_password(&secret, iterations),
         },
         HashJob::Verify {
-            conn,
+            to,
             user_id,
             secret,
             stored,
         } => {
             let matched = password::verify_password(&secret, stored.as_deref().unwrap_or(dummy));
             HashDone::Verified {
-                conn,
+                to,
                 user_id: user_id.filter(|_| matched && stored.is_some()),
             }
         }

@@ -5,6 +5,8 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,13 +27,21 @@ struct StreamOutcome {
     sent: Vec<String>,
 }
 
+/// Acks a streaming sender must have before a test interrupts it.
+const ACKS_BEFORE_FAULT: usize = 100;
+/// How long a streaming sender may take to reach [`ACKS_BEFORE_FAULT`]
+/// (generous: a busy machine is slow, never wrong).
+const STREAM_START_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Sends `content-<n>` messages to `dest` with a window of [`WINDOW`] until
-/// `limit` are sent or the connection ends; collects the answers.
+/// `limit` are sent or the connection ends; collects the answers and counts
+/// the acks in `acks` as they come.
 fn stream_until_closed(
     mut client: Client,
     dest: &str,
     prefix: &str,
     limit: usize,
+    acks: &AtomicUsize,
 ) -> StreamOutcome {
     let mut outcome = StreamOutcome::default();
     let mut in_flight = 0;
@@ -55,6 +65,7 @@ fn stream_until_closed(
             Some(ServerMessage::Ack(ack)) => {
                 let content = ack.client_message_id.expect("the client id is echoed");
                 outcome.acked.insert(content, ack.message_id);
+                acks.fetch_add(1, Ordering::Release);
                 in_flight -= 1;
             }
             Some(ServerMessage::Error(error)) => {
@@ -92,6 +103,31 @@ fn stored_messages(data_dir: &Path) -> HashMap<String, Vec<i64>> {
     stored
 }
 
+/// Starts a streaming sender from `client` to `dest` on its own thread and
+/// returns once it has [`ACKS_BEFORE_FAULT`] acks, so a fault hits a stream
+/// that is really flowing, however slow the machine.
+fn start_stream(
+    client: Client,
+    dest: &'static str,
+    prefix: &'static str,
+) -> thread::JoinHandle<StreamOutcome> {
+    let acks = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&acks);
+    let sender =
+        thread::spawn(move || stream_until_closed(client, dest, prefix, 1_000_000, &counted));
+    let started = Instant::now();
+    while acks.load(Ordering::Acquire) < ACKS_BEFORE_FAULT {
+        assert!(
+            started.elapsed() < STREAM_START_DEADLINE && !sender.is_finished(),
+            "the stream never got going: {} acks in {:?}",
+            acks.load(Ordering::Acquire),
+            started.elapsed()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    sender
+}
+
 /// A SIGKILL in the middle of a stream of pipelined messages loses no
 /// acknowledged message, stores none twice, and leaves a sound database.
 #[test]
@@ -99,18 +135,11 @@ fn a_crash_mid_stream_keeps_every_acked_message_exactly_once() {
     let mut server = TestServer::start(&["--no-rate-limits"]);
     register_all(&server, &["alice", "bob"]);
     let alice = logged_in(&server, "alice");
-    let sender = thread::spawn(move || stream_until_closed(alice, "bob", "crash", 1_000_000));
     // Let the stream get going, then kill the process without warning.
-    let started = Instant::now();
-    thread::sleep(Duration::from_millis(400));
+    let sender = start_stream(alice, "bob", "crash");
     server.crash_and_restart();
     let outcome = sender.join().expect("sender thread");
-    assert!(
-        outcome.acked.len() > 100,
-        "only {} acks in {:?}: the stream never got going",
-        outcome.acked.len(),
-        started.elapsed()
-    );
+    assert!(outcome.acked.len() >= ACKS_BEFORE_FAULT);
     // After the restart the server works and ids keep growing.
     let mut alice = logged_in(&server, "alice");
     alice.send(&message_to("bob", "after the crash", None));
@@ -136,8 +165,7 @@ fn sigterm_under_load_acks_or_refuses_everything_it_took() {
     let mut server = TestServer::start(&["--no-rate-limits"]);
     register_all(&server, &["alice", "bob"]);
     let alice = logged_in(&server, "alice");
-    let sender = thread::spawn(move || stream_until_closed(alice, "bob", "term", 1_000_000));
-    thread::sleep(Duration::from_millis(400));
+    let sender = start_stream(alice, "bob", "term");
     let signalled = Instant::now();
     let status = server.stop_gracefully();
     let took = signalled.elapsed();

@@ -171,7 +171,8 @@ fn group_history_and_sync_are_for_members_only() {
         .collect();
 
     let mut bob = logged_in(&server, "bob");
-    let _ = bob.drain(Duration::from_millis(300)); // the offline queue
+    let queued = bob.drain_up_to(ids.len(), Duration::from_secs(10)); // the offline queue
+    assert_eq!(queued.len(), ids.len(), "{queued:?}");
     match group_history(&mut bob, group_id, None, 2) {
         ServerMessage::History(page) => {
             assert_eq!(page.chat_id, format!("g:{group_id}"));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use protocol::decode_server;
 use serde_json::{json, Map, Value};
-use server::completion::{Completion, ConnId};
+use server::completion::{Completion, ConnId, Requester};
 use server::dispatcher::{DispatchLimits, Dispatcher, Effects};
 use server::hasher::HashDone;
 use server::rate_limit::RateConfig;
@@ -47,7 +47,7 @@ fn dispatcher() -> Dispatcher {
         &mut fx,
     );
     let reply = Reply::SessionOpened {
-        conn: ALICE,
+        to: Requester::anonymous(ALICE),
         queued: vec![],
         more_queued: false,
         mutual_contacts: vec![2],
@@ -72,30 +72,28 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
         .chain(fx.after_flush.into_iter().map(|(_, c)| c))
     {
         let reply = match command {
-            Command::CreateUser { conn, username, .. } => Some(Reply::UserCreated {
-                conn,
+            Command::CreateUser { to, username, .. } => Some(Reply::UserCreated {
+                to,
                 username,
                 user_id: Some(99),
             }),
-            Command::FetchCredentials { conn, .. } => {
-                Some(Reply::Credentials { conn, found: None })
-            }
+            Command::FetchCredentials { to, .. } => Some(Reply::Credentials { to, found: None }),
             Command::StoreMessage {
-                conn,
+                to,
                 client_message_id,
                 message,
             } => Some(Reply::MessageStored {
-                conn,
+                to,
                 message_id: message.message_id,
                 client_message_id,
             }),
             Command::CreateGroup {
-                conn,
+                to,
                 name,
                 member_ids,
                 ..
             } => Some(Reply::GroupChanged {
-                conn,
+                to,
                 group: server::storage::GroupRow {
                     group_id: 5,
                     name,
@@ -105,8 +103,8 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
                         .collect(),
                 },
             }),
-            command => command.requester().map(|requester| Reply::Failed {
-                requester,
+            command => command.requester().map(|(to, tag)| Reply::Failed {
+                requester: (to.clone(), tag),
                 reason: "simulated".into(),
             }),
         };
@@ -118,16 +116,16 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
     }
     for job in fx.hashing {
         let done = match job {
-            server::hasher::HashJob::Verify { conn, user_id, .. } => {
-                HashDone::Verified { conn, user_id }
+            server::hasher::HashJob::Verify { to, user_id, .. } => {
+                HashDone::Verified { to, user_id }
             }
             server::hasher::HashJob::Derive {
-                conn,
+                to,
                 username,
                 email,
                 secret,
             } => HashDone::Derived {
-                conn,
+                to,
                 username,
                 email,
                 hash: server::password::hash_password(&secret, 1),

@@ -115,15 +115,17 @@ fn idle_connections_are_pinged_then_closed_but_answering_ones_stay() {
     let first_ping = log
         .first_ping
         .expect("the silent connection never saw a ping");
+    // Upper bounds are generous (a busy machine only delays); the lower
+    // bound is exact: the server must not close before the timeout.
     assert!(
-        first_ping <= Duration::from_millis(2500),
+        first_ping <= Duration::from_millis(4000),
         "first ping after {first_ping:?}"
     );
     let closed = log
         .closed
         .expect("the silent connection was not closed within 8 s");
     assert!(
-        (Duration::from_millis(2500)..=Duration::from_millis(5500)).contains(&closed),
+        (Duration::from_millis(2500)..=Duration::from_millis(7500)).contains(&closed),
         "silent connection closed after {closed:?}, expected about 3 s"
     );
 }
@@ -144,7 +146,7 @@ fn max_connections_refuses_the_extra_one_until_a_slot_frees() {
         "the connection past --max-connections was served"
     );
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(4),
         "refusing the extra connection took {:?}",
         start.elapsed()
     );

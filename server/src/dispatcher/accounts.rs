@@ -47,7 +47,7 @@ impl Dispatcher {
             return;
         }
         fx.hashing.push(HashJob::Derive {
-            conn,
+            to: fx.requester(conn),
             username: body.username,
             email: body.email,
             secret: body.secret,
@@ -128,7 +128,7 @@ impl Dispatcher {
                     let (queue_before, include_groups) =
                         self.begin_opening(conn, user_id, body.username, session_id, true);
                     fx.storage.push(Command::ResumeSession {
-                        conn,
+                        to: fx.requester(conn),
                         user_id,
                         session_hash,
                         peer,
@@ -155,7 +155,7 @@ impl Dispatcher {
             };
             if self.users.contains_key(&username) {
                 fx.storage.push(Command::FetchCredentials {
-                    conn,
+                    to: fx.requester(conn),
                     username: username.clone(),
                 });
                 client.auth = Auth::Verifying { username, secret };
@@ -163,7 +163,7 @@ impl Dispatcher {
                 // An unknown user still costs a full hash, so that timing
                 // does not tell which usernames exist.
                 fx.hashing.push(HashJob::Verify {
-                    conn,
+                    to: fx.requester(conn),
                     user_id: None,
                     secret: secret.clone(),
                     stored: None,
@@ -195,7 +195,7 @@ impl Dispatcher {
             None => (None, None),
         };
         fx.hashing.push(HashJob::Verify {
-            conn,
+            to: fx.requester(conn),
             user_id,
             secret: secret.clone(),
             stored,
@@ -236,7 +236,7 @@ impl Dispatcher {
         let (queue_before, include_groups) =
             self.begin_opening(conn, user_id, username, session_id, false);
         fx.storage.push(Command::OpenSession {
-            conn,
+            to: fx.requester(conn),
             user_id,
             session_hash,
             peer,
@@ -385,7 +385,7 @@ impl Dispatcher {
             // The next chunk once this one is written out, so a long queue
             // never piles up past the connection's output cap.
             let next = Command::TakeQueue {
-                conn,
+                to: fx.requester(conn),
                 user_id: *user_id,
                 queue_before: *queue_before,
                 include_groups: *include_groups,
@@ -481,7 +481,7 @@ impl Dispatcher {
             return;
         }
         fx.storage.push(Command::EndSession {
-            conn,
+            to: fx.requester(conn),
             session_hash: session_hash.clone(),
         });
     }

@@ -44,7 +44,7 @@ impl Dispatcher {
             return;
         }
         fx.storage.push(Command::AddContact {
-            conn,
+            to: fx.requester(conn),
             owner_id,
             owner_name: self.username_of(conn).to_owned(),
             contact_id,
@@ -71,7 +71,7 @@ impl Dispatcher {
             return;
         };
         fx.storage.push(Command::RemoveContact {
-            conn,
+            to: fx.requester(conn),
             owner_id,
             contact_id,
         });
@@ -125,7 +125,7 @@ impl Dispatcher {
             return;
         }
         fx.storage.push(Command::SetKey {
-            conn,
+            to: fx.requester(conn),
             user_id,
             username: self.username_of(conn).to_owned(),
             public_key: body.public_key,
@@ -144,7 +144,7 @@ impl Dispatcher {
             return;
         };
         fx.storage.push(Command::GetKey {
-            conn,
+            to: fx.requester(conn),
             user_id,
             username: body.username,
         });

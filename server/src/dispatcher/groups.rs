@@ -49,7 +49,7 @@ impl Dispatcher {
             return fx.error(conn, ErrorType::BadRequest, &detail, TAG_CREATE_GROUP, now);
         }
         fx.storage.push(Command::CreateGroup {
-            conn,
+            to: fx.requester(conn),
             name: body.name,
             member_ids,
             through: self.next_message_id - 1,
@@ -91,7 +91,7 @@ impl Dispatcher {
             );
         }
         fx.storage.push(Command::AddGroupMembers {
-            conn,
+            to: fx.requester(conn),
             group_id: body.group_id,
             member_ids,
             through: self.next_message_id - 1,
@@ -111,7 +111,7 @@ impl Dispatcher {
             return fx.error(conn, kind, &detail, TAG_LEAVE_GROUP, now);
         }
         fx.storage.push(Command::LeaveGroup {
-            conn,
+            to: fx.requester(conn),
             user_id,
             group_id: body.group_id,
         });
@@ -161,7 +161,7 @@ impl Dispatcher {
             message.content.len()
         );
         fx.storage.push(Command::StoreMessage {
-            conn,
+            to: fx.requester(conn),
             client_message_id: body.message_id,
             message: NewMessage {
                 message_id,

@@ -83,7 +83,7 @@ impl Dispatcher {
             message.content.len()
         );
         fx.storage.push(Command::StoreMessage {
-            conn,
+            to: fx.requester(conn),
             client_message_id: body.message_id,
             message: NewMessage {
                 message_id,
@@ -221,7 +221,7 @@ impl Dispatcher {
             },
         };
         fx.storage.push(Command::History {
-            conn,
+            to: fx.requester(conn),
             user_id,
             with,
             chat_id: body.chat_id,
@@ -264,7 +264,7 @@ impl Dispatcher {
             }
         };
         fx.storage.push(Command::Sync {
-            conn,
+            to: fx.requester(conn),
             user_id,
             since: body.since,
             limit,

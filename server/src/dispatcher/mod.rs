@@ -29,9 +29,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use protocol::server::Delivered;
-use protocol::{ClientMessage, ErrorType, ServerMessage};
+use protocol::{ClientMessage, ErrorType, RequestId, ServerMessage};
 
-use crate::completion::{Completion, ConnId};
+use crate::completion::{Completion, ConnId, Requester};
 use crate::hasher::{HashDone, HashJob};
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
@@ -62,13 +62,53 @@ pub struct Effects {
     /// Message ids among `frames`, per connection, so the loop knows which
     /// messages a connection may not have received if it must be dropped.
     pub deliveries: Vec<(ConnId, i64)>,
+    /// The request being handled: replies to its connection carry its
+    /// `request_id` (set by the dispatcher around each request and each
+    /// off-loop reply; see [`Effects::begin_answering`]).
+    answering: Option<Requester>,
 }
 
 impl Effects {
-    /// Queues `message` for `conn`, encoded with `now` as its time.
+    /// Queues `message` for `conn`, encoded with `now` as its time. A reply
+    /// to the connection whose request is being handled carries that
+    /// request's `request_id`; pushes never do.
     pub fn send(&mut self, conn: ConnId, message: &ServerMessage, now: i64) {
-        self.frames
-            .push((conn, protocol::encode_server(message, now)));
+        let request_id = self.request_id_for(conn);
+        let frame = protocol::encode_reply(message, now, request_id);
+        self.frames.push((conn, frame));
+    }
+
+    /// The request id a reply to `conn` carries now, if any.
+    fn request_id_for(&self, conn: ConnId) -> Option<&RequestId> {
+        self.answering
+            .as_ref()
+            .filter(|request| request.conn == conn)
+            .and_then(|request| request.request_id.as_ref())
+    }
+
+    /// The connection whose request is being handled, if any.
+    pub fn answering_conn(&self) -> Option<ConnId> {
+        self.answering.as_ref().map(|request| request.conn)
+    }
+
+    /// Who off-loop work started now for `conn` answers: `conn`, with the
+    /// current request's id when it is `conn`'s.
+    pub fn requester(&self, conn: ConnId) -> Requester {
+        Requester {
+            conn,
+            request_id: self.request_id_for(conn).cloned(),
+        }
+    }
+
+    /// Starts handling a request (or a reply to one) from `requester`;
+    /// returns what was being answered before, for [`Effects::end_answering`].
+    pub fn begin_answering(&mut self, requester: Option<Requester>) -> Option<Requester> {
+        std::mem::replace(&mut self.answering, requester)
+    }
+
+    /// Restores what [`Effects::begin_answering`] returned.
+    pub fn end_answering(&mut self, outer: Option<Requester>) {
+        self.answering = outer;
     }
 
     /// Queues an `Error` frame.
@@ -266,7 +306,9 @@ impl Dispatcher {
 
     /// Handles one text frame.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
-        match protocol::decode_client(text) {
+        let (request_id, decoded) = protocol::decode_request(text);
+        let outer = fx.begin_answering(Some(Requester { conn, request_id }));
+        match decoded {
             Ok(message) if self.must_defer(conn, &message) => self.defer(conn, text, now, fx),
             Ok(message) => self.handle_message(conn, message, now, fx),
             Err(error) => {
@@ -277,6 +319,7 @@ impl Dispatcher {
                 self.count_bad_frame(conn, fx);
             }
         }
+        fx.end_answering(outer);
     }
 
     /// Disconnects a client that keeps sending bad frames after being told.
@@ -365,7 +408,7 @@ impl Dispatcher {
             ClientMessage::Logout(body) => self.logout(conn, body, now, fx),
             ClientMessage::Ping => fx.send(conn, &ServerMessage::Pong, now),
             ClientMessage::GetDirectory => fx.storage.push(Command::Directory {
-                conn,
+                to: fx.requester(conn),
                 owner_id: user_id,
             }),
             ClientMessage::AddContact(body) => self.add_contact(conn, user_id, body, now, fx),
@@ -393,76 +436,85 @@ impl Dispatcher {
     }
 
     fn storage_done(&mut self, reply: Reply, now: i64, fx: &mut Effects) {
+        let outer = fx.begin_answering(reply.requester().cloned());
+        self.storage_reply(reply, now, fx);
+        fx.end_answering(outer);
+    }
+
+    fn storage_reply(&mut self, reply: Reply, now: i64, fx: &mut Effects) {
         match reply {
             Reply::UserCreated {
-                conn,
+                to,
                 username,
                 user_id,
-            } => self.user_created(conn, username, user_id, now, fx),
-            Reply::Credentials { conn, found } => self.credentials_found(conn, found, fx),
+            } => self.user_created(to.conn, username, user_id, now, fx),
+            Reply::Credentials { to, found } => self.credentials_found(to.conn, found, fx),
             Reply::SessionOpened {
-                conn,
+                to,
                 queued,
                 more_queued,
                 mutual_contacts,
-            } => self.session_opened(conn, queued, more_queued, mutual_contacts, now, fx),
+            } => self.session_opened(to.conn, queued, more_queued, mutual_contacts, now, fx),
             Reply::QueueChunk {
-                conn,
+                to,
                 queued,
                 more_queued,
-            } => self.push_queue_chunk(conn, queued, more_queued, now, fx),
-            Reply::SessionInvalid { conn } => self.session_invalid(conn, now, fx),
-            Reply::SessionEnded { conn } => self.session_ended(conn, now, fx),
+            } => self.push_queue_chunk(to.conn, queued, more_queued, now, fx),
+            Reply::SessionInvalid { to } => self.session_invalid(to.conn, now, fx),
+            Reply::SessionEnded { to } => self.session_ended(to.conn, now, fx),
             Reply::WentOffline {
                 user_id,
                 username,
                 mutual_contacts,
             } => self.went_offline(user_id, &username, &mutual_contacts, now, fx),
             Reply::MessageStored {
-                conn,
+                to,
                 message_id,
                 client_message_id,
-            } => self.message_stored(conn, message_id, client_message_id, now, fx),
+            } => self.message_stored(to.conn, message_id, client_message_id, now, fx),
             Reply::History {
-                conn,
+                to,
                 chat_id,
                 messages,
                 has_more,
-            } => self.history_page(conn, chat_id, messages, has_more, now, fx),
+            } => self.history_page(to.conn, chat_id, messages, has_more, now, fx),
             Reply::Synced {
-                conn,
+                to,
                 messages,
                 has_more,
-            } => self.synced_page(conn, messages, has_more, now, fx),
+            } => self.synced_page(to.conn, messages, has_more, now, fx),
             Reply::ContactAdded {
-                conn,
+                to,
                 contacts,
                 added,
                 mutual,
                 contact_id,
                 owner_name,
             } => {
-                self.send_directory(conn, contacts, now, fx);
+                self.send_directory(to.conn, contacts, now, fx);
                 if added && !mutual {
                     self.notify_contact_request(contact_id, owner_name, now, fx);
                 }
             }
-            Reply::Directory { conn, contacts } => self.send_directory(conn, contacts, now, fx),
+            Reply::Directory { to, contacts } => self.send_directory(to.conn, contacts, now, fx),
             Reply::Key {
-                conn,
+                to,
                 username,
                 public_key,
-            } => self.send_key(conn, username, public_key, now, fx),
+            } => self.send_key(to.conn, username, public_key, now, fx),
             Reply::GroupChanged { group, .. } => self.group_changed(group, now, fx),
             Reply::GroupLeft {
-                conn,
+                to,
                 user_id,
                 group_id,
                 remaining,
-            } => self.group_left(conn, user_id, group_id, remaining, now, fx),
-            Reply::Failed { requester, reason } => {
-                log::warn!("storage failed a request of {:?}: {reason}", requester.0);
-                self.request_failed(requester, now, fx);
+            } => self.group_left(to.conn, user_id, group_id, remaining, now, fx),
+            Reply::Failed {
+                requester: (to, tag),
+                reason,
+            } => {
+                log::warn!("storage failed a request of {:?}: {reason}", to.conn);
+                self.request_failed((to.conn, tag), now, fx);
             }
         }
     }
@@ -470,25 +522,31 @@ impl Dispatcher {
     fn hash_done(&mut self, done: HashDone, now: i64, fx: &mut Effects) {
         match done {
             HashDone::Derived {
-                conn,
+                to,
                 username,
                 email,
                 hash,
             } => fx.storage.push(Command::CreateUser {
-                conn,
+                to,
                 username,
                 email,
                 hash,
                 now,
             }),
-            HashDone::Verified { conn, user_id } => self.password_verified(conn, user_id, now, fx),
+            HashDone::Verified { to, user_id } => {
+                let outer = fx.begin_answering(Some(to.clone()));
+                self.password_verified(to.conn, user_id, now, fx);
+                fx.end_answering(outer);
+            }
         }
     }
 
     /// A storage command could not be queued (queue full or storage gone).
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
-        if let Some(requester) = command.requester() {
-            self.request_failed(requester, now, fx);
+        if let Some((to, tag)) = command.requester() {
+            let outer = fx.begin_answering(Some(to.clone()));
+            self.request_failed((to.conn, tag), now, fx);
+            fx.end_answering(outer);
         }
     }
 
@@ -515,10 +573,16 @@ impl Dispatcher {
 
     /// A hashing job could not be queued (too many logins at once).
     pub fn hashing_refused(&mut self, job: HashJob, now: i64, fx: &mut Effects) {
-        match job {
-            HashJob::Derive { conn, .. } => self.register_rate_limited(conn, now, fx),
-            HashJob::Verify { conn, .. } => self.login_rate_limited(conn, now, fx),
+        let (to, register) = match job {
+            HashJob::Derive { to, .. } => (to, true),
+            HashJob::Verify { to, .. } => (to, false),
+        };
+        let outer = fx.begin_answering(Some(to.clone()));
+        match register {
+            true => self.register_rate_limited(to.conn, now, fx),
+            false => self.login_rate_limited(to.conn, now, fx),
         }
+        fx.end_answering(outer);
     }
 
     /// Tells the requester `server_busy` and undoes a half-done login.
@@ -600,10 +664,18 @@ impl Dispatcher {
         delivered
     }
 
-    /// Sends `message` to every logged-in connection of `user_id`.
+    /// Sends `message` to every logged-in connection of `user_id`; the
+    /// connection whose request this answers (a GroupInfo to the member who
+    /// changed the group) gets it with the request's id.
     fn send_to_user(&mut self, user_id: i64, message: &ServerMessage, now: i64, fx: &mut Effects) {
         let frame = protocol::encode_server(message, now);
-        self.push_to_user(user_id, &frame, None, None, fx);
+        let requester = fx
+            .answering_conn()
+            .filter(|conn| self.logged_in_user(*conn) == Some(user_id));
+        if let Some(conn) = requester {
+            fx.send(conn, message, now);
+        }
+        self.push_to_user(user_id, &frame, None, requester, fx);
     }
 }
 

@@ -80,7 +80,7 @@ fn log_in(d: &mut Dispatcher, c: ConnId, user: &str, mutual_contacts: Vec<i64>) 
     complete(
         d,
         Reply::SessionOpened {
-            conn: c,
+            to: Requester::anonymous(c),
             queued: vec![],
             more_queued: false,
             mutual_contacts,
@@ -162,7 +162,7 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
     let fx = complete(
         &mut d,
         Reply::Credentials {
-            conn: c,
+            to: Requester::anonymous(c),
             found: Some((BOB, "$pbkdf2-sha256$i=1$AAAA$AAAA".into())),
         },
     );
@@ -172,7 +172,7 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
     let mut fx = Effects::default();
     d.complete(
         Completion::Hash(HashDone::Verified {
-            conn: c,
+            to: Requester::anonymous(c),
             user_id: Some(BOB),
         }),
         NOW,
@@ -205,7 +205,7 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
     let fx = complete(
         &mut d,
         Reply::SessionOpened {
-            conn: c,
+            to: Requester::anonymous(c),
             queued: vec![queued],
             more_queued: false,
             mutual_contacts: vec![],
@@ -244,7 +244,7 @@ fn a_wrong_password_and_an_unknown_user_fail_alike() {
     let mut fx = Effects::default();
     d.complete(
         Completion::Hash(HashDone::Verified {
-            conn: c,
+            to: Requester::anonymous(c),
             user_id: None,
         }),
         NOW,
@@ -301,7 +301,7 @@ fn messages_reach_every_recipient_connection_and_ack_only_after_commit() {
     let fx = complete(
         &mut d,
         Reply::MessageStored {
-            conn: a,
+            to: Requester::anonymous(a),
             message_id: 10,
             client_message_id: Some("c1".into()),
         },
@@ -454,7 +454,7 @@ fn a_late_reply_for_a_closed_connection_reaches_nobody() {
     let fx = complete(
         &mut d,
         Reply::MessageStored {
-            conn: a,
+            to: Requester::anonymous(a),
             message_id: 10,
             client_message_id: None,
         },
@@ -477,7 +477,7 @@ fn logout_closes_every_connection_of_that_session_only() {
     complete(
         &mut d,
         Reply::SessionOpened {
-            conn: a3,
+            to: Requester::anonymous(a3),
             queued: vec![],
             more_queued: false,
             mutual_contacts: vec![],
@@ -490,7 +490,12 @@ fn logout_closes_every_connection_of_that_session_only() {
     );
     let fx = send(&mut d, a1, r#"{"tag":3}"#);
     assert!(matches!(&fx.storage[..], [Command::EndSession { .. }]));
-    let fx = complete(&mut d, Reply::SessionEnded { conn: a1 });
+    let fx = complete(
+        &mut d,
+        Reply::SessionEnded {
+            to: Requester::anonymous(a1),
+        },
+    );
     assert!(matches!(
         &frames_for(&fx, a1)[..],
         [ServerMessage::SuccessLogout(_)]
@@ -524,7 +529,7 @@ fn the_directory_hides_presence_of_non_mutual_contacts() {
     let fx = complete(
         &mut d,
         Reply::Directory {
-            conn: a,
+            to: Requester::anonymous(a),
             contacts: rows,
         },
     );
@@ -552,7 +557,7 @@ fn contact_requests_go_to_the_added_user_unless_mutual() {
         Some(ErrorType::UnknownUser)
     );
     let added = |mutual| Reply::ContactAdded {
-        conn: a,
+        to: Requester::anonymous(a),
         contacts: vec![],
         added: true,
         mutual,
@@ -659,7 +664,12 @@ fn a_failed_session_resume_releases_held_messages_to_the_queue() {
         !message.delivered,
         "only held, so it stays in bob's offline queue"
     );
-    let fx = complete(&mut d, Reply::SessionInvalid { conn: b });
+    let fx = complete(
+        &mut d,
+        Reply::SessionInvalid {
+            to: Requester::anonymous(b),
+        },
+    );
     assert!(matches!(&frames_for(&fx, b)[..],
         [ServerMessage::FailLogin(f)] if f.error_type == LoginError::InvalidSession));
     assert!(matches!(d.client(b).unwrap().auth, Auth::Anonymous));
@@ -689,7 +699,7 @@ fn requests_pipelined_behind_a_login_run_after_it_in_order() {
     let fx = complete(
         &mut d,
         Reply::SessionOpened {
-            conn: c,
+            to: Requester::anonymous(c),
             queued: vec![],
             more_queued: false,
             mutual_contacts: vec![],
@@ -717,7 +727,12 @@ fn requests_pipelined_behind_a_login_run_after_it_in_order() {
         r#"{"tag":2,"username":"bob","session_id":"bad"}"#,
     );
     send(&mut d, d2, r#"{"tag":4}"#);
-    let fx = complete(&mut d, Reply::SessionInvalid { conn: d2 });
+    let fx = complete(
+        &mut d,
+        Reply::SessionInvalid {
+            to: Requester::anonymous(d2),
+        },
+    );
     let frames = frames_for(&fx, d2);
     assert!(matches!(&frames[0], ServerMessage::FailLogin(_)));
     assert_eq!(error_type(&frames[1]), Some(ErrorType::NotLoggedIn));
@@ -775,7 +790,7 @@ fn repeated_failed_logins_lock_the_account_without_hashing() {
         let mut fx = Effects::default();
         d.complete(
             Completion::Hash(HashDone::Verified {
-                conn: c,
+                to: Requester::anonymous(c),
                 user_id: None,
             }),
             NOW,
@@ -821,7 +836,7 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
     let fx = complete(
         &mut d,
         Reply::SessionOpened {
-            conn: b,
+            to: Requester::anonymous(b),
             queued: vec![stored(1, "q1")],
             more_queued: true,
             mutual_contacts: vec![],
@@ -845,7 +860,7 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
     let fx = complete(
         &mut d,
         Reply::QueueChunk {
-            conn: b,
+            to: Requester::anonymous(b),
             queued: vec![stored(2, "q2")],
             more_queued: false,
         },
@@ -916,7 +931,7 @@ fn group_messages_reach_every_member_connection_but_the_sending_one() {
     let fx = complete(
         &mut d,
         Reply::GroupChanged {
-            conn: a1,
+            to: Requester::anonymous(a1),
             group: group(7, &[(ALICE, "alice"), (BOB, "bob")]),
         },
     );
@@ -966,7 +981,7 @@ fn leaving_tells_the_leaver_its_groups_and_the_rest_the_new_group() {
     complete(
         &mut d,
         Reply::GroupChanged {
-            conn: a,
+            to: Requester::anonymous(a),
             group: group(7, &[(ALICE, "alice"), (BOB, "bob")]),
         },
     );
@@ -982,7 +997,7 @@ fn leaving_tells_the_leaver_its_groups_and_the_rest_the_new_group() {
     let fx = complete(
         &mut d,
         Reply::GroupLeft {
-            conn: b,
+            to: Requester::anonymous(b),
             user_id: BOB,
             group_id: 7,
             remaining: Some(group(7, &[(ALICE, "alice")])),
@@ -993,4 +1008,48 @@ fn leaving_tells_the_leaver_its_groups_and_the_rest_the_new_group() {
         [ServerMessage::GroupInfo(g)] if g.members == vec!["alice"]));
     let fx = send(&mut d, a, r#"{"tag":15}"#);
     assert!(matches!(&frames_for(&fx, a)[..], [ServerMessage::Groups(g)] if g.data.len() == 1));
+}
+
+/// The request id travels with the storage command and comes back on its
+/// reply, and on the `server_busy` when the command cannot be queued.
+#[test]
+fn request_ids_ride_along_with_storage_work_and_its_refusal() {
+    let mut d = dispatcher();
+    let a = conn(1);
+    log_in(&mut d, a, "alice", vec![]);
+    let fx = send(
+        &mut d,
+        a,
+        r#"{"tag":11,"dest_id":"bob","content":"hi","request_id":"r1"}"#,
+    );
+    let [Command::StoreMessage { to, .. }] = &fx.storage[..] else {
+        panic!("{:?}", fx.storage);
+    };
+    assert_eq!(to.request_id, Some(RequestId::from("r1")));
+    let stored = Reply::MessageStored {
+        to: to.clone(),
+        message_id: 10,
+        client_message_id: None,
+    };
+    let acked = complete(&mut d, stored);
+    assert!(
+        acked.frames[0].1.contains(r#""request_id":"r1""#),
+        "{:?}",
+        acked.frames
+    );
+
+    let mut fx = send(
+        &mut d,
+        a,
+        r#"{"tag":11,"dest_id":"bob","content":"hi","request_id":2}"#,
+    );
+    let command = fx.storage.pop().expect("a store command");
+    let mut refused = Effects::default();
+    d.storage_refused(command, NOW, &mut refused);
+    let [(to, frame)] = &refused.frames[..] else {
+        panic!("{:?}", refused.frames);
+    };
+    assert_eq!(*to, a);
+    assert!(frame.contains(r#""error_type":"server_busy""#), "{frame}");
+    assert!(frame.contains(r#""request_id":2"#), "{frame}");
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::completion::{Completion, CompletionSender, ConnId};
+use crate::completion::{Completion, CompletionSender, Requester};
 use crate::password::PasswordHash;
 
 /// A 1:1 message as the loop hands it to storage (the id is assigned by the
@@ -108,7 +108,7 @@ pub enum Command {
     /// Create an account; replies [`Reply::UserCreated`].
     CreateUser {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// Username (validated).
         username: String,
         /// Email (validated).
@@ -121,7 +121,7 @@ pub enum Command {
     /// Read a user's password hash; replies [`Reply::Credentials`].
     FetchCredentials {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// Username as given.
         username: String,
     },
@@ -129,7 +129,7 @@ pub enum Command {
     /// its offline queue; replies [`Reply::SessionOpened`].
     OpenSession {
         /// Logging-in connection.
-        conn: ConnId,
+        to: Requester,
         /// The user.
         user_id: i64,
         /// SHA-256 of the new session id.
@@ -149,7 +149,7 @@ pub enum Command {
     /// [`Reply::SessionInvalid`].
     ResumeSession {
         /// Logging-in connection.
-        conn: ConnId,
+        to: Requester,
         /// The user the session must belong to.
         user_id: i64,
         /// SHA-256 of the presented session id.
@@ -167,7 +167,7 @@ pub enum Command {
     /// [`Reply::QueueChunk`].
     TakeQueue {
         /// Logging-in connection.
-        conn: ConnId,
+        to: Requester,
         /// The user.
         user_id: i64,
         /// Only queued messages with smaller ids are taken.
@@ -178,7 +178,7 @@ pub enum Command {
     /// Delete a session (Logout); replies [`Reply::SessionEnded`].
     EndSession {
         /// The connection that asked.
-        conn: ConnId,
+        to: Requester,
         /// The session.
         session_hash: String,
     },
@@ -202,7 +202,7 @@ pub enum Command {
     /// Store a 1:1 message; replies [`Reply::MessageStored`] after commit.
     StoreMessage {
         /// Sending connection (for the Ack).
-        conn: ConnId,
+        to: Requester,
         /// The client's id, echoed in the Ack.
         client_message_id: Option<String>,
         /// The message.
@@ -219,7 +219,7 @@ pub enum Command {
     /// Create a group; replies [`Reply::GroupChanged`].
     CreateGroup {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The group's name.
         name: String,
         /// Every member, the creator included, without duplicates.
@@ -232,7 +232,7 @@ pub enum Command {
     /// Add members to a group; replies [`Reply::GroupChanged`].
     AddGroupMembers {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The group.
         group_id: i64,
         /// Users to add (existing members are left alone).
@@ -246,7 +246,7 @@ pub enum Command {
     /// the last); replies [`Reply::GroupLeft`].
     LeaveGroup {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The leaver.
         user_id: i64,
         /// The group.
@@ -263,7 +263,7 @@ pub enum Command {
     /// A page of one conversation; replies [`Reply::History`].
     History {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller.
         user_id: i64,
         /// The other user, or the group.
@@ -279,7 +279,7 @@ pub enum Command {
     /// [`Reply::Synced`].
     Sync {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller.
         user_id: i64,
         /// Exclusive lower bound on message ids.
@@ -290,7 +290,7 @@ pub enum Command {
     /// Add a contact; replies [`Reply::ContactAdded`].
     AddContact {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller.
         owner_id: i64,
         /// The caller's name, for the ContactRequest.
@@ -303,7 +303,7 @@ pub enum Command {
     /// Remove a contact; replies [`Reply::Directory`].
     RemoveContact {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller.
         owner_id: i64,
         /// The user removed.
@@ -312,14 +312,14 @@ pub enum Command {
     /// The caller's contacts; replies [`Reply::Directory`].
     Directory {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller.
         owner_id: i64,
     },
     /// Publish a key; replies [`Reply::Key`].
     SetKey {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller.
         user_id: i64,
         /// Echoed back.
@@ -330,7 +330,7 @@ pub enum Command {
     /// Read a user's key; replies [`Reply::Key`].
     GetKey {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// Whose key.
         user_id: i64,
         /// Echoed back.
@@ -347,25 +347,25 @@ impl Command {
     /// The connection waiting for this command's reply, if any, and the
     /// request tag it answers — used to tell it `server_busy` when the
     /// command cannot be queued or fails.
-    pub fn requester(&self) -> Option<(ConnId, i64)> {
+    pub fn requester(&self) -> Option<(&Requester, i64)> {
         match self {
-            Command::CreateUser { conn, .. } => Some((*conn, 1)),
-            Command::FetchCredentials { conn, .. }
-            | Command::OpenSession { conn, .. }
-            | Command::ResumeSession { conn, .. }
-            | Command::TakeQueue { conn, .. } => Some((*conn, 2)),
-            Command::EndSession { conn, .. } => Some((*conn, 3)),
-            Command::Directory { conn, .. } => Some((*conn, 4)),
-            Command::History { conn, .. } => Some((*conn, 5)),
-            Command::AddContact { conn, .. } => Some((*conn, 6)),
-            Command::RemoveContact { conn, .. } => Some((*conn, 7)),
-            Command::SetKey { conn, .. } => Some((*conn, 9)),
-            Command::GetKey { conn, .. } => Some((*conn, 10)),
-            Command::StoreMessage { conn, .. } => Some((*conn, 11)),
-            Command::Sync { conn, .. } => Some((*conn, 16)),
-            Command::CreateGroup { conn, .. } => Some((*conn, 12)),
-            Command::AddGroupMembers { conn, .. } => Some((*conn, 13)),
-            Command::LeaveGroup { conn, .. } => Some((*conn, 14)),
+            Command::CreateUser { to, .. } => Some((to, 1)),
+            Command::FetchCredentials { to, .. }
+            | Command::OpenSession { to, .. }
+            | Command::ResumeSession { to, .. }
+            | Command::TakeQueue { to, .. } => Some((to, 2)),
+            Command::EndSession { to, .. } => Some((to, 3)),
+            Command::Directory { to, .. } => Some((to, 4)),
+            Command::History { to, .. } => Some((to, 5)),
+            Command::AddContact { to, .. } => Some((to, 6)),
+            Command::RemoveContact { to, .. } => Some((to, 7)),
+            Command::SetKey { to, .. } => Some((to, 9)),
+            Command::GetKey { to, .. } => Some((to, 10)),
+            Command::StoreMessage { to, .. } => Some((to, 11)),
+            Command::Sync { to, .. } => Some((to, 16)),
+            Command::CreateGroup { to, .. } => Some((to, 12)),
+            Command::AddGroupMembers { to, .. } => Some((to, 13)),
+            Command::LeaveGroup { to, .. } => Some((to, 14)),
             Command::ConnectionLost { .. }
             | Command::MarkDelivered { .. }
             | Command::Requeue { .. }
@@ -380,7 +380,7 @@ pub enum Reply {
     /// The account exists now (`Some(user_id)`) or the name was taken (`None`).
     UserCreated {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// Echoed.
         username: String,
         /// The new id, or `None` if the username was taken.
@@ -389,14 +389,14 @@ pub enum Reply {
     /// A user's hash, or `None` if there is no such user.
     Credentials {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// `(user_id, phc)` of the user.
         found: Option<(i64, String)>,
     },
     /// The session is open (created or resumed).
     SessionOpened {
         /// Logging-in connection.
-        conn: ConnId,
+        to: Requester,
         /// The first chunk of the offline queue, oldest first, now marked
         /// delivered.
         queued: Vec<StoredMessage>,
@@ -408,7 +408,7 @@ pub enum Reply {
     /// The next chunk of the offline queue, now marked delivered.
     QueueChunk {
         /// Logging-in connection.
-        conn: ConnId,
+        to: Requester,
         /// Oldest first.
         queued: Vec<StoredMessage>,
         /// More remains.
@@ -417,12 +417,12 @@ pub enum Reply {
     /// The session id is unknown, expired, or another user's.
     SessionInvalid {
         /// Logging-in connection.
-        conn: ConnId,
+        to: Requester,
     },
     /// The session is deleted.
     SessionEnded {
         /// The connection that asked.
-        conn: ConnId,
+        to: Requester,
     },
     /// The user's last connection went away; tell these mutual contacts.
     WentOffline {
@@ -436,7 +436,7 @@ pub enum Reply {
     /// The message is committed.
     MessageStored {
         /// Sending connection.
-        conn: ConnId,
+        to: Requester,
         /// Server id.
         message_id: i64,
         /// Client id.
@@ -445,7 +445,7 @@ pub enum Reply {
     /// A page of history, oldest first.
     History {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// Echoed.
         chat_id: String,
         /// The page.
@@ -456,7 +456,7 @@ pub enum Reply {
     /// A page of everything after `since`, oldest first.
     Synced {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The page.
         messages: Vec<StoredMessage>,
         /// Newer messages exist.
@@ -465,7 +465,7 @@ pub enum Reply {
     /// The directory after AddContact.
     ContactAdded {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The caller's contacts.
         contacts: Vec<ContactRow>,
         /// The contact is new (not added before).
@@ -480,14 +480,14 @@ pub enum Reply {
     /// The caller's contacts.
     Directory {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The contacts.
         contacts: Vec<ContactRow>,
     },
     /// A user's key.
     Key {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// Whose.
         username: String,
         /// The key, if published.
@@ -496,14 +496,14 @@ pub enum Reply {
     /// A group was created or gained members.
     GroupChanged {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The group as it is now.
         group: GroupRow,
     },
     /// A member left; `remaining` is `None` when the group is gone.
     GroupLeft {
         /// Requesting connection.
-        conn: ConnId,
+        to: Requester,
         /// The leaver.
         user_id: i64,
         /// The group.
@@ -514,10 +514,34 @@ pub enum Reply {
     /// The command failed (disk error); nothing of it was stored.
     Failed {
         /// Requesting connection and request tag.
-        requester: (ConnId, i64),
+        requester: (Requester, i64),
         /// What went wrong, for the log.
         reason: String,
     },
+}
+
+impl Reply {
+    /// The connection and request this reply answers, if any.
+    pub fn requester(&self) -> Option<&Requester> {
+        match self {
+            Reply::UserCreated { to, .. }
+            | Reply::Credentials { to, .. }
+            | Reply::SessionOpened { to, .. }
+            | Reply::QueueChunk { to, .. }
+            | Reply::SessionInvalid { to }
+            | Reply::SessionEnded { to }
+            | Reply::MessageStored { to, .. }
+            | Reply::History { to, .. }
+            | Reply::Synced { to, .. }
+            | Reply::ContactAdded { to, .. }
+            | Reply::Directory { to, .. }
+            | Reply::Key { to, .. }
+            | Reply::GroupChanged { to, .. }
+            | Reply::GroupLeft { to, .. } => Some(to),
+            Reply::Failed { requester, .. } => Some(&requester.0),
+            Reply::WentOffline { .. } => None,
+        }
+    }
 }
 
 /// When to ask storage to delete expired sessions: at start, then hourly.

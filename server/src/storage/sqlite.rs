@@ -218,8 +218,8 @@ impl SqliteBackend {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
-                command.requester().map(|requester| Reply::Failed {
-                    requester,
+                command.requester().map(|(to, tag)| Reply::Failed {
+                    requester: (to.clone(), tag),
                     reason: error.to_string(),
                 })
             }
@@ -294,7 +294,7 @@ fn apply(
 ) -> rusqlite::Result<Option<Reply>> {
     let reply = match command {
         Command::CreateUser {
-            conn,
+            to,
             username,
             email,
             hash,
@@ -307,20 +307,23 @@ fn apply(
                 )?
                 .execute(params![username, email, hash.phc, hash.salt, now])?;
             Reply::UserCreated {
-                conn: *conn,
+                to: to.clone(),
                 username: username.clone(),
                 user_id: (inserted == 1).then(|| tx.last_insert_rowid()),
             }
         }
-        Command::FetchCredentials { conn, username } => {
+        Command::FetchCredentials { to, username } => {
             let found = tx
                 .prepare_cached("SELECT user_id, password_hash FROM users WHERE username = ?1")?
                 .query_row([username], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            Reply::Credentials { conn: *conn, found }
+            Reply::Credentials {
+                to: to.clone(),
+                found,
+            }
         }
         Command::OpenSession {
-            conn,
+            to,
             user_id,
             session_hash,
             peer,
@@ -338,10 +341,10 @@ fn apply(
                 queue_before: *queue_before,
                 include_groups: *include_groups,
             };
-            session_opened(tx, *conn, queue, *peer, *now)?
+            session_opened(tx, to.clone(), queue, *peer, *now)?
         }
         Command::ResumeSession {
-            conn,
+            to,
             user_id,
             session_hash,
             peer,
@@ -362,13 +365,13 @@ fn apply(
                     queue_before: *queue_before,
                     include_groups: *include_groups,
                 };
-                session_opened(tx, *conn, queue, *peer, *now)?
+                session_opened(tx, to.clone(), queue, *peer, *now)?
             } else {
-                Reply::SessionInvalid { conn: *conn }
+                Reply::SessionInvalid { to: to.clone() }
             }
         }
         Command::TakeQueue {
-            conn,
+            to,
             user_id,
             queue_before,
             include_groups,
@@ -380,15 +383,15 @@ fn apply(
             };
             let (queued, more_queued) = take_queue(tx, queue)?;
             Reply::QueueChunk {
-                conn: *conn,
+                to: to.clone(),
                 queued,
                 more_queued,
             }
         }
-        Command::EndSession { conn, session_hash } => {
+        Command::EndSession { to, session_hash } => {
             tx.prepare_cached("DELETE FROM sessions WHERE session_hash = ?1")?
                 .execute([session_hash])?;
-            Reply::SessionEnded { conn: *conn }
+            Reply::SessionEnded { to: to.clone() }
         }
         Command::ConnectionLost {
             user_id,
@@ -420,13 +423,13 @@ fn apply(
             }
         }
         Command::StoreMessage {
-            conn,
+            to,
             client_message_id,
             message,
         } => {
             insert_message(tx, message)?;
             Reply::MessageStored {
-                conn: *conn,
+                to: to.clone(),
                 message_id: message.message_id,
                 client_message_id: client_message_id.clone(),
             }
@@ -444,7 +447,7 @@ fn apply(
             return Ok(None);
         }
         Command::CreateGroup {
-            conn,
+            to,
             name,
             member_ids,
             through,
@@ -457,20 +460,20 @@ fn apply(
             .execute(params![name, creator, now])?;
             let group_id = tx.last_insert_rowid();
             add_members(tx, group_id, member_ids, *through, *now)?;
-            group_changed(tx, *conn, group_id)?
+            group_changed(tx, to.clone(), group_id)?
         }
         Command::AddGroupMembers {
-            conn,
+            to,
             group_id,
             member_ids,
             through,
             now,
         } => {
             add_members(tx, *group_id, member_ids, *through, *now)?;
-            group_changed(tx, *conn, *group_id)?
+            group_changed(tx, to.clone(), *group_id)?
         }
         Command::LeaveGroup {
-            conn,
+            to,
             user_id,
             group_id,
         } => {
@@ -485,7 +488,7 @@ fn apply(
                     .execute([group_id])?;
             }
             Reply::GroupLeft {
-                conn: *conn,
+                to: to.clone(),
                 user_id: *user_id,
                 group_id: *group_id,
                 remaining,
@@ -503,7 +506,7 @@ fn apply(
             return Ok(None);
         }
         Command::History {
-            conn,
+            to,
             user_id,
             with,
             chat_id,
@@ -518,27 +521,27 @@ fn apply(
                 Conversation::Group(group_id) => group_history(tx, *group_id, *before, *limit)?,
             };
             Reply::History {
-                conn: *conn,
+                to: to.clone(),
                 chat_id: chat_id.clone(),
                 messages,
                 has_more,
             }
         }
         Command::Sync {
-            conn,
+            to,
             user_id,
             since,
             limit,
         } => {
             let (messages, has_more) = sync(tx, *user_id, *since, *limit, indexed_through)?;
             Reply::Synced {
-                conn: *conn,
+                to: to.clone(),
                 messages,
                 has_more,
             }
         }
         Command::AddContact {
-            conn,
+            to,
             owner_id,
             owner_name,
             contact_id,
@@ -557,7 +560,7 @@ fn apply(
                 )?
                 .query_row(params![contact_id, owner_id], |row| row.get(0))?;
             Reply::ContactAdded {
-                conn: *conn,
+                to: to.clone(),
                 contacts: contacts(tx, *owner_id)?,
                 added,
                 mutual,
@@ -566,23 +569,23 @@ fn apply(
             }
         }
         Command::RemoveContact {
-            conn,
+            to,
             owner_id,
             contact_id,
         } => {
             tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND contact_id = ?2")?
                 .execute(params![owner_id, contact_id])?;
             Reply::Directory {
-                conn: *conn,
+                to: to.clone(),
                 contacts: contacts(tx, *owner_id)?,
             }
         }
-        Command::Directory { conn, owner_id } => Reply::Directory {
-            conn: *conn,
+        Command::Directory { to, owner_id } => Reply::Directory {
+            to: to.clone(),
             contacts: contacts(tx, *owner_id)?,
         },
         Command::SetKey {
-            conn,
+            to,
             user_id,
             username,
             public_key,
@@ -590,13 +593,13 @@ fn apply(
             tx.prepare_cached("UPDATE users SET public_key = ?2 WHERE user_id = ?1")?
                 .execute(params![user_id, public_key])?;
             Reply::Key {
-                conn: *conn,
+                to: to.clone(),
                 username: username.clone(),
                 public_key: Some(public_key.clone()),
             }
         }
         Command::GetKey {
-            conn,
+            to,
             user_id,
             username,
         } => {
@@ -606,7 +609,7 @@ fn apply(
                 .optional()?
                 .flatten();
             Reply::Key {
-                conn: *conn,
+                to: to.clone(),
                 username: username.clone(),
                 public_key,
             }
@@ -656,7 +659,7 @@ struct QueueTake {
 /// the offline queue.
 fn session_opened(
     tx: &Transaction,
-    conn: crate::completion::ConnId,
+    to: crate::completion::Requester,
     queue: QueueTake,
     peer: std::net::SocketAddr,
     now: i64,
@@ -673,7 +676,7 @@ fn session_opened(
     ])?;
     let (queued, more_queued) = take_queue(tx, queue)?;
     Ok(Reply::SessionOpened {
-        conn,
+        to,
         queued,
         more_queued,
         mutual_contacts: mutual_contacts(tx, queue.user_id)?,
@@ -776,11 +779,11 @@ fn add_members(
 /// The reply for a created or grown group.
 fn group_changed(
     tx: &Transaction,
-    conn: crate::completion::ConnId,
+    to: crate::completion::Requester,
     group_id: i64,
 ) -> rusqlite::Result<Reply> {
     let group = group_row(tx, group_id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-    Ok(Reply::GroupChanged { conn, group })
+    Ok(Reply::GroupChanged { to, group })
 }
 
 /// A group with its members (by username), if it exists.
@@ -980,10 +983,10 @@ fn mutual_contacts(tx: &Transaction, user_id: i64) -> rusqlite::Result<Vec<i64>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::completion::ConnId;
+    use crate::completion::{ConnId, Requester};
     use crate::password::hash_password;
 
-    const CONN: ConnId = ConnId { slot: 0, serial: 1 };
+    const CONN: Requester = Requester::anonymous(ConnId { slot: 0, serial: 1 });
 
     fn open() -> (tempfile::TempDir, SqliteBackend) {
         let dir = tempfile::tempdir().unwrap();
@@ -1043,7 +1046,7 @@ mod tests {
 
     fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
         let replies = backend.execute(vec![Command::CreateUser {
-            conn: CONN,
+            to: CONN,
             username: name.into(),
             email: format!("{name}@example.com"),
             hash: hash_password("password123", 1),
@@ -1059,7 +1062,7 @@ mod tests {
 
     fn store(backend: &mut SqliteBackend, id: i64, from: i64, to: i64, delivered: bool) {
         let replies = backend.execute(vec![Command::StoreMessage {
-            conn: CONN,
+            to: CONN,
             client_message_id: None,
             message: NewMessage {
                 message_id: id,
@@ -1087,7 +1090,7 @@ mod tests {
         create_user(&mut backend, "ann");
         create_user(&mut backend, "ANN");
         let replies = backend.execute(vec![Command::CreateUser {
-            conn: CONN,
+            to: CONN,
             username: "ann".into(),
             email: "x@y.z".into(),
             hash: hash_password("password123", 1),
@@ -1165,7 +1168,7 @@ mod tests {
         store(&mut backend, 3, a, b, false);
         let peer = "127.0.0.1:5000".parse().unwrap();
         let open_session = |hash: &str| Command::OpenSession {
-            conn: CONN,
+            to: CONN,
             user_id: b,
             session_hash: hash.into(),
             peer,
@@ -1199,7 +1202,7 @@ mod tests {
             store(&mut backend, id, a, b, false);
         }
         let take = || Command::TakeQueue {
-            conn: CONN,
+            to: CONN,
             user_id: b,
             queue_before: i64::MAX,
             include_groups: true,
@@ -1230,7 +1233,7 @@ mod tests {
         let b = create_user(&mut backend, "bob");
         let peer = "127.0.0.1:5000".parse().unwrap();
         backend.execute(vec![Command::OpenSession {
-            conn: CONN,
+            to: CONN,
             user_id: a,
             session_hash: "h".into(),
             peer,
@@ -1239,7 +1242,7 @@ mod tests {
             now: 200,
         }]);
         let resume = |user_id| Command::ResumeSession {
-            conn: CONN,
+            to: CONN,
             user_id,
             session_hash: "h".into(),
             peer,
@@ -1256,7 +1259,7 @@ mod tests {
             [Reply::SessionOpened { .. }]
         ));
         backend.execute(vec![Command::EndSession {
-            conn: CONN,
+            to: CONN,
             session_hash: "h".into(),
         }]);
         assert!(matches!(
@@ -1271,7 +1274,7 @@ mod tests {
         let a = create_user(&mut backend, "alice");
         let b = create_user(&mut backend, "bob");
         let add = |owner_id, contact_id| Command::AddContact {
-            conn: CONN,
+            to: CONN,
             owner_id,
             owner_name: String::new(),
             contact_id,
@@ -1308,7 +1311,7 @@ mod tests {
         let a = create_user(&mut backend, "alice");
         // Message 1 twice: the second violates the primary key.
         let message = |id| Command::StoreMessage {
-            conn: CONN,
+            to: CONN,
             client_message_id: None,
             message: NewMessage {
                 message_id: id,

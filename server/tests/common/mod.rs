@@ -20,7 +20,10 @@ use protocol::server::{
     Ack, Delivered, Directory, Error, FailLogin, FailRegister, History, Key, Presence,
     SuccessLogin, Synced,
 };
-use protocol::{decode_server, encode_client, ClientMessage, ErrorType, ServerMessage};
+use protocol::{
+    decode_reply, decode_server, encode_client, encode_request, ClientMessage, ErrorType,
+    RequestId, ServerMessage,
+};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
@@ -378,6 +381,19 @@ impl Client {
     pub fn recv(&mut self) -> ServerMessage {
         let text = self.recv_text();
         decode_server(&text).unwrap_or_else(|e| panic!("undecodable server frame {text}: {e}"))
+    }
+
+    /// Sends `message` carrying `request_id` (protocol 1.1).
+    #[track_caller]
+    pub fn send_with_id(&mut self, message: &ClientMessage, request_id: impl Into<RequestId>) {
+        self.send_raw(&encode_request(message, Some(&request_id.into())));
+    }
+
+    /// The next frame, decoded, with the `request_id` it echoes.
+    #[track_caller]
+    pub fn recv_with_id(&mut self) -> (ServerMessage, Option<RequestId>) {
+        let text = self.recv_text();
+        decode_reply(&text).unwrap_or_else(|e| panic!("undecodable server frame {text}: {e}"))
     }
 
     /// The next frame as JSON.
