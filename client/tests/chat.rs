@@ -6,9 +6,11 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{chat_command, free_port, register_all, run_script, Live, Server};
+use common::{
+    chat_command, free_port, register_all, run_script, wait_for_file, DelayProxy, Live, Server,
+};
 
 /// Register, log in and send: each command's result on stdout, exit code 0.
 #[test]
@@ -72,6 +74,63 @@ fn failures_are_worded_for_people_and_fail_the_script() {
     assert!(!finished.stderr.contains('{'), "no raw JSON: {finished:?}");
     // The commands after each failure still ran.
     assert!(finished.stdout.contains("logged in as alice on"));
+}
+
+/// Issue 16: replies are matched to their requests by request id, never by
+/// order. A proxy holds back every Key (the answers to the login's own
+/// GetKey and PublishKey, and to the lookups of `/msg`) for 1.5 s while later
+/// replies overtake it. The Error about the unknown user still fails `/msg
+/// zed` in plain words at once (an order-matching client took it for the
+/// answer to its own earlier GetKey and then waited 15 s for an answer that
+/// had come), and bob's late Key still seals the message to him.
+#[test]
+fn replies_are_matched_by_request_id_whatever_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(
+        &server,
+        dir.path(),
+        &[("alice", "password1"), ("bob", "password2")],
+    );
+    // bob logs in once, which publishes his key.
+    let bob = run_script(
+        chat_command(&server.url(), &dir.path().join("bob.json")),
+        "/login bob password2\n",
+    );
+    assert_eq!(bob.code, 0, "{bob:?}");
+    let proxy = DelayProxy::start(server.port, 33, Duration::from_millis(1500));
+
+    let started = Instant::now();
+    let alice = run_script(
+        chat_command(&proxy.url(), &dir.path().join("alice.json")),
+        "/login alice password1\n\
+         /msg zed are you there?\n\
+         /msg bob hello bob\n\
+         /whoami\n",
+    );
+    let took = started.elapsed();
+    assert_eq!(alice.code, 1, "{alice:?}");
+    let errors: Vec<&str> = alice.stderr.lines().collect();
+    assert_eq!(
+        errors,
+        vec!["message to zed not sent: there is no user named 'zed'"],
+        "{alice:?}"
+    );
+    assert!(
+        !alice.stderr.contains("no answer from the server"),
+        "{alice:?}"
+    );
+    let lines: Vec<&str> = alice.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{alice:?}");
+    assert_eq!(lines[0], "logged in as alice");
+    assert!(
+        lines[1].starts_with('[') && lines[1].ends_with("] [e2e] alice → bob: hello bob"),
+        "{alice:?}"
+    );
+    assert_eq!(lines[2], format!("logged in as alice on {}", proxy.url()));
+    // Nothing waited for the 15 s answer timeout (the held Keys cost about
+    // 3 s in all).
+    assert!(took < Duration::from_secs(15), "took {took:?}: {alice:?}");
 }
 
 /// Two `chat` processes exchange messages; the receiver shows each one as it
@@ -326,12 +385,18 @@ fn wait_keeps_listening_after_the_last_line() {
     );
     let url = server.url();
     let bob_session = dir.path().join("bob.json");
-    let listener = std::thread::spawn(move || {
-        let mut command = chat_command(&url, &bob_session);
-        command.args(["--wait", "3"]);
-        run_script(command, "/login bob password2\n")
-    });
-    std::thread::sleep(Duration::from_millis(1000));
+    let listener = {
+        let bob_session = bob_session.clone();
+        std::thread::spawn(move || {
+            let mut command = chat_command(&url, &bob_session);
+            command.args(["--wait", "10"]);
+            run_script(command, "/login bob password2\n")
+        })
+    };
+    // bob's session file is saved once he is logged in; his --wait is
+    // generous, so alice's message arrives within it however busy the
+    // machine is.
+    wait_for_file(&bob_session);
     let alice = run_script(
         chat_command(&server.url(), &dir.path().join("alice.json")),
         "/login alice password1\n/msg bob ping\n",
@@ -651,8 +716,8 @@ fn raw_login(url: &str, username: &str, password: &str) -> client::chat::connect
 
 /// The next frame with `tag` on a raw connection (others are skipped).
 fn raw_frame(connection: &mut client::chat::connection::Connection, tag: i64) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
-    while std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + common::STEP_TIMEOUT;
+    while Instant::now() < deadline {
         if let client::chat::connection::Received::Frame(text) = connection.receive() {
             let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
             if frame["tag"] == tag {

@@ -121,9 +121,8 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let database = config.database_path();
-        let (mut backend, mut snapshot) =
-            SqliteBackend::open(&database, config.synchronous_full)
-                .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
+        let (mut backend, snapshot) = SqliteBackend::open(&database, config.synchronous_full)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
         if config.json_mirror {
             backend = backend.with_json_mirror(config.data_dir.clone());
             log::info!(
@@ -132,15 +131,9 @@ impl Server {
             );
         }
         if snapshot.recovered_from_crash {
-            // Messages delivered but not yet committed when the previous
-            // process died had ids just above the highest stored one. Skip
-            // every id that could have been in flight, so no id a client has
-            // seen is ever given to another message.
-            let in_flight_max = (config::STORAGE_QUEUE_MAX + config::STORAGE_BATCH_MAX) as i64;
-            snapshot.next_message_id += in_flight_max;
-            log::warn!(
-                "the previous run did not shut down cleanly; message ids skip {in_flight_max}"
-            );
+            // Ids are reserved durably before use, so the next id is past
+            // anything the crashed run could have handed out.
+            log::warn!("the previous run did not shut down cleanly");
         }
         let durability = if config.synchronous_full {
             "synchronous=FULL: acks survive power loss"

@@ -43,8 +43,8 @@ fn names(directory: &Directory) -> Vec<&str> {
     directory.data.iter().map(|e| e.username.as_str()).collect()
 }
 
-/// Frames that arrive within a short window, minus Presence (whose push when a
-/// pair becomes mutual while both are online the contract leaves open).
+/// Frames that arrive within a short window, minus Presence (pushed to both
+/// when a pair becomes mutual while both are online; tested on its own).
 fn drain_except_presence(client: &mut Client) -> Vec<ServerMessage> {
     let frames = client.drain(QUIET);
     frames
@@ -119,6 +119,7 @@ fn remove_contact_leaves_the_remover_listed_as_not_mutual() {
     let mut bob = logged_in(&server, "bob");
     bob.expect_silence(QUIET);
     add_contact(&mut bob, "alice");
+    assert!(matches!(bob.recv(), ServerMessage::Presence(p) if p.username == "alice"));
     drain_except_presence(&mut alice);
 
     let bob_view = remove_contact(&mut bob, "alice");
@@ -323,4 +324,43 @@ fn key_over_four_kib_is_refused() {
         username: "alice".into(),
     }));
     assert_eq!(alice.recv_key().public_key.as_deref(), Some("small"));
+}
+
+/// Protocol 1.1: when two online users become mutual contacts, each gets a
+/// Presence (online) for the other; nobody else hears of it, and an add that
+/// makes a pair mutual while the other is offline sends none.
+#[test]
+fn becoming_mutual_while_both_are_online_sends_presence_both_ways() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob", "carol"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = logged_in(&server, "bob");
+    let mut carol = logged_in(&server, "carol");
+    add_contact(&mut alice, "bob");
+    assert!(matches!(bob.recv(), ServerMessage::ContactRequest(r) if r.username == "alice"));
+
+    add_contact(&mut bob, "alice");
+    match bob.recv() {
+        ServerMessage::Presence(p) => assert!(p.username == "alice" && p.online, "{p:?}"),
+        other => panic!("expected Presence for alice, got {other:?}"),
+    }
+    match alice.recv() {
+        ServerMessage::Presence(p) => assert!(p.username == "bob" && p.online, "{p:?}"),
+        other => panic!("expected Presence for bob, got {other:?}"),
+    }
+    carol.expect_silence(QUIET);
+
+    // carol adds alice while alice is away; alice adds carol back on return:
+    // carol is online, alice is the one acting, so both hear of it.
+    add_contact(&mut carol, "alice");
+    drop(alice);
+    let _ = bob.recv(); // Presence: alice went offline
+    let mut alice = logged_in(&server, "alice");
+    add_contact(&mut alice, "carol");
+    assert!(
+        matches!(alice.recv(), ServerMessage::Presence(p) if p.username == "carol" && p.online)
+    );
+    assert!(
+        matches!(carol.recv(), ServerMessage::Presence(p) if p.username == "alice" && p.online)
+    );
 }

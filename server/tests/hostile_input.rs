@@ -27,6 +27,7 @@ fn dispatcher() -> Dispatcher {
     let snapshot = Snapshot {
         users: vec![("alice".into(), 1), ("bob".into(), 2), ("carol".into(), 3)],
         next_message_id: 1,
+        ids_reserved_through: 1 << 40,
         groups: vec![],
         recovered_from_crash: false,
     };

@@ -5,30 +5,27 @@
 //! short read timeout ([`POLL_INTERVAL`]); the only other thread reads stdin
 //! on request ([`Input`]). Commands run one at a time: the next line is read
 //! only once the previous command is answered (or has failed), which is what
-//! makes piped scripts deterministic and lets each answer be matched to the
-//! command that caused it. The client's own background requests (resuming a
-//! session, catching up with `Sync`) have answers of their own types
-//! (SuccessLogin/FailLogin while resuming, Synced), so they never get confused
-//! with a command's answer. The one exception is the list of groups fetched
-//! after each login (GetGroups, answered by Groups like `/groups` and
-//! `/group leave`): it is sent before any command that could share its answer
-//! type, and the server answers a connection's requests in order, so the
-//! first Groups (or tag-15 Error) after it is its answer.
+//! makes piped scripts deterministic.
 //!
-//! Group messages are shown as `#name`; the names come from that list and
-//! from every GroupInfo/Groups frame since. Messages that arrive while the
-//! list is being fetched (the offline queue comes right after SuccessLogin)
-//! are held until it arrives, so they show with their group's name, in order.
+//! Every request carries a fresh `request_id`, and every reply echoes it
+//! (protocol 1.1), so each reply is matched to its request by id
+//! ([`Requests`]): the command's, or one of the client's own background
+//! requests — resuming a saved session, fetching the groups after a login,
+//! catching up with `Sync`, looking up and publishing end-to-end keys. These
+//! may be answered in any order. Frames without an id are pushes: delivered
+//! messages, presence, contact requests, news about groups.
 //!
-//! End-to-end encryption (see [`crate::chat::e2e`]) adds one more kind of
-//! background request: GetKey and PublishKey, answered by Key (or an Error
-//! with `ref_tag` 9 or 10). Only this client sends them, and the server
-//! answers a connection's requests in order, so a queue of those sent
-//! ([`KeyRequest`]) says which request each answer is for. `/msg` to someone
-//! whose key is not known first sends GetKey as the command's own request,
-//! then the message. Messages and history pages that need a key not yet
-//! known wait in the inbox, in order, until the key arrives; the next input
-//! line is read only once the inbox is empty, so output stays in order.
+//! Group messages are shown as `#name`; the names come from the list fetched
+//! after each login and from every GroupInfo/Groups since. Messages that
+//! arrive while the list is being fetched (the offline queue comes right
+//! after SuccessLogin) are held until it arrives, so they show with their
+//! group's name, in order.
+//!
+//! End-to-end encryption (see [`crate::chat::e2e`]): `/msg` to someone whose
+//! key is not known first sends GetKey as the command's own request, then the
+//! message. Messages and history pages that need a key not yet known wait in
+//! the inbox, in order, until the key arrives; the next input line is read
+//! only once the inbox is empty, so output stays in order.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -42,7 +39,7 @@ use protocol::server::{
     Delivered, Directory, Error as ServerError, GroupInfo, Groups, History, Key, SuccessLogin,
     Synced,
 };
-use protocol::{decode_server, encode_client, ClientMessage, ErrorType, ServerMessage};
+use protocol::{decode_reply, encode_request, ClientMessage, ErrorType, RequestId, ServerMessage};
 use x25519_dalek::PublicKey;
 
 use crate::chat::clock::{unix_now, Stamper};
@@ -53,6 +50,7 @@ use crate::chat::input::{Input, InputEvent};
 use crate::chat::keys::{self, PeerKey, PeerKeys};
 use crate::chat::output::Output;
 use crate::chat::render::{self, Asked, Opened};
+use crate::chat::requests::{Purpose, Requests};
 use crate::chat::seen::SeenIds;
 use crate::chat::session::{self, SavedSession};
 
@@ -110,7 +108,8 @@ struct Identity {
 struct Pending {
     asked: Asked,
     request: ClientMessage,
-    sent: bool,
+    /// The request id it was sent with; `None` until sent.
+    id: Option<RequestId>,
     deadline: Instant,
 }
 
@@ -128,15 +127,6 @@ struct GroupsFetch {
     /// Messages that arrived meanwhile, in order, to be shown once the group
     /// names are known.
     held: Vec<Delivered>,
-}
-
-/// A GetKey or PublishKey this client sent, awaiting its Key (or Error).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum KeyRequest {
-    /// GetKey for this user.
-    Get(String),
-    /// PublishKey of the logged-in user's key.
-    Publish,
 }
 
 /// Something received that is shown once the keys it needs are known.
@@ -209,8 +199,8 @@ struct App {
     own_key: Option<KeyPair>,
     /// Other users' public keys, as the server gave them.
     peer_keys: PeerKeys,
-    /// GetKey/PublishKey requests sent and not yet answered, oldest first.
-    key_requests: VecDeque<KeyRequest>,
+    /// Every request sent and not yet answered, by request id.
+    requests: Requests,
     /// True once this login sent PublishKey (at most once per login).
     key_published: bool,
     /// Peers whose key was asked for again after one of their messages did
@@ -256,7 +246,7 @@ impl App {
             client_message_count: 0,
             own_key: None,
             peer_keys: PeerKeys::default(),
-            key_requests: VecDeque::new(),
+            requests: Requests::default(),
             key_published: false,
             refreshed: HashSet::new(),
             inbox: VecDeque::new(),
@@ -345,7 +335,7 @@ impl App {
         !self.busy()
             && self.catchup.is_none()
             && self.groups_fetch.is_none()
-            && self.key_requests.is_empty()
+            && !self.requests.awaits_keys()
             && ended_at.elapsed() >= self.options.wait
     }
 
@@ -716,7 +706,7 @@ impl App {
         self.pending = Some(Pending {
             asked,
             request,
-            sent: false,
+            id: None,
             deadline: Instant::now() + ANSWER_TIMEOUT,
         });
         self.send_pending_if_ready();
@@ -726,16 +716,19 @@ impl App {
         if self.resuming || !matches!(self.link, Link::Up(_)) {
             return;
         }
-        let Some(pending) = self.pending.as_mut().filter(|pending| !pending.sent) else {
+        let Some(pending) = self.pending.as_mut().filter(|pending| pending.id.is_none()) else {
             return;
         };
-        pending.sent = true;
-        let frame = encode_client(&pending.request);
-        if let ClientMessage::GetKey(UserRef { username }) = &pending.request {
-            self.key_requests
-                .push_back(KeyRequest::Get(username.clone()));
-        }
+        let id = self.requests.start(Purpose::Command);
+        let frame = encode_request(&pending.request, Some(&id));
+        pending.id = Some(id);
         self.send_frame(frame);
+    }
+
+    /// Sends one of the client's own requests with a fresh request id.
+    fn send_request(&mut self, purpose: Purpose, request: &ClientMessage) {
+        let id = self.requests.start(purpose);
+        self.send_frame(encode_request(request, Some(&id)));
     }
 
     fn expire_pending(&mut self) {
@@ -745,7 +738,7 @@ impl App {
         if Instant::now() < pending.deadline {
             return;
         }
-        let reason = if pending.sent {
+        let reason = if pending.id.is_some() {
             format!(
                 "no answer from the server within {} s",
                 ANSWER_TIMEOUT.as_secs()
@@ -758,6 +751,9 @@ impl App {
 
     fn fail_pending(&mut self, reason: &str) {
         if let Some(pending) = self.pending.take() {
+            if let Some(id) = &pending.id {
+                self.requests.forget(id);
+            }
             self.fail(&format!("{}: {reason}", pending.asked.failure_prefix()));
         }
     }
@@ -767,21 +763,16 @@ impl App {
         self.out.failure(line);
     }
 
-    /// Takes the pending command if `matches` says this answer is for it.
-    fn take_pending(&mut self, matches: impl Fn(&Asked) -> bool) -> Option<Asked> {
-        match &self.pending {
-            Some(pending) if pending.sent && matches(&pending.asked) => {
-                self.pending.take().map(|pending| pending.asked)
-            }
-            _ => None,
-        }
-    }
-
     // ----- the connection ----------------------------------------------------
 
     fn maintain_link(&mut self) {
         match self.link {
-            Link::Idle if self.pending.as_ref().is_some_and(|pending| !pending.sent) => {
+            Link::Idle
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|pending| pending.id.is_none()) =>
+            {
                 self.link = Link::Down {
                     retry_at: Instant::now(),
                     attempts: 0,
@@ -836,13 +827,13 @@ impl App {
         let Some(identity) = &self.identity else {
             return;
         };
-        let frame = encode_client(&ClientMessage::Login(Login {
+        let resume = ClientMessage::Login(Login {
             username: identity.username.clone(),
             secret: None,
             session_id: Some(identity.session_id.clone()),
-        }));
+        });
         self.resuming = true;
-        self.send_frame(frame);
+        self.send_request(Purpose::Resume, &resume);
     }
 
     fn send_frame(&mut self, frame: String) {
@@ -862,7 +853,7 @@ impl App {
         }
         self.resuming = false;
         self.catchup = None;
-        self.key_requests.clear();
+        self.requests.clear();
         self.end_groups_fetch();
     }
 
@@ -871,9 +862,13 @@ impl App {
         self.catchup = None;
         // Their answers will not come; what waits for them asks again after
         // the session is resumed.
-        self.key_requests.clear();
+        self.requests.clear();
         self.end_groups_fetch();
-        if self.pending.as_ref().is_some_and(|pending| pending.sent) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.id.is_some())
+        {
             self.fail_pending("the connection was lost before the server answered");
         }
         if self.identity.is_some() {
@@ -906,12 +901,15 @@ impl App {
     // ----- answers and events -----------------------------------------------
 
     fn on_frame(&mut self, text: &str) {
-        let decoded = decode_server(text);
-        if !decoded.as_ref().is_ok_and(is_key_traffic) {
+        let decoded = decode_reply(text);
+        if !decoded
+            .as_ref()
+            .is_ok_and(|(message, _)| is_key_traffic(message))
+        {
             self.out.frame(&one_line(text));
         }
-        let message = match decoded {
-            Ok(message) => message,
+        let (message, request_id) = match decoded {
+            Ok(decoded) => decoded,
             Err(error) => {
                 self.out.notice(&format!(
                     "* ignoring a frame this client does not understand: {error}"
@@ -919,77 +917,139 @@ impl App {
                 return;
             }
         };
+        // Every request this client sends carries an id, so a reply without
+        // one (only a 1.0 server sends those) matches nothing and is handled
+        // like a push: an Error is shown as a notice, the rest is ignored,
+        // and a command waiting for it fails by its timeout. Falling back to
+        // matching by order is what issue 16 was about: this client needs a
+        // server that speaks protocol 1.1.
+        let purpose = request_id
+            .filter(|_| message.is_reply())
+            .and_then(|id| self.requests.finish(&id));
+        let server_time = frame_time(text);
+        match purpose {
+            Some(Purpose::Command) => self.on_command_answer(message, server_time),
+            Some(purpose) => self.on_own_answer(purpose, message, server_time),
+            None => self.on_push(message),
+        }
+    }
+
+    /// The reply to the pending command.
+    fn on_command_answer(&mut self, message: ServerMessage, server_time: Option<i64>) {
+        let Some(Pending { asked, .. }) = self.pending.take() else {
+            return;
+        };
+        match (asked, message) {
+            (Asked::Register { .. }, ServerMessage::SuccessRegister(registered)) => {
+                let name = registered.username;
+                self.out
+                    .result(&format!("registered {name}; now /login {name}"));
+            }
+            (Asked::Register { username }, ServerMessage::FailRegister(failed)) => {
+                self.fail(&render::register_failure(&username, failed.error_type));
+            }
+            (Asked::Login { .. }, ServerMessage::SuccessLogin(success)) => {
+                self.on_success_login(success, server_time, false)
+            }
+            (Asked::Login { .. }, ServerMessage::FailLogin(failed)) => {
+                self.fail(&render::login_failure(false, failed.error_type));
+            }
+            (Asked::Logout, ServerMessage::SuccessLogout(_)) => self.on_logged_out(),
+            (asked, ServerMessage::Ack(ack)) => self.on_ack(asked, ack.message_id, server_time),
+            (Asked::Message { to, text, .. }, ServerMessage::Key(key)) => {
+                self.on_recipient_key(to, text, &key)
+            }
+            (_, ServerMessage::History(history)) => {
+                self.inbox.push_back(Inbound::History(history));
+                self.drive_inbox();
+            }
+            (asked, ServerMessage::Directory(directory)) => self.on_directory(asked, &directory),
+            (asked, ServerMessage::GroupInfo(group)) => self.on_group_answer(asked, group),
+            (asked, ServerMessage::Groups(groups)) => self.on_groups_answer(asked, &groups),
+            (asked, ServerMessage::Error(error)) => {
+                self.fail(&render::error_failure(Some(&asked), &error));
+            }
+            (asked, other) => self.fail(&format!(
+                "{}: the server answered with an unexpected frame (tag {})",
+                asked.failure_prefix(),
+                other.tag()
+            )),
+        }
+    }
+
+    /// The reply to one of the client's own background requests.
+    fn on_own_answer(&mut self, purpose: Purpose, message: ServerMessage, time: Option<i64>) {
+        match (purpose, message) {
+            (Purpose::Resume, ServerMessage::SuccessLogin(success)) => {
+                self.on_success_login(success, time, true)
+            }
+            (Purpose::Resume, ServerMessage::FailLogin(failed)) => {
+                self.on_resume_failed(&render::login_failure(true, failed.error_type))
+            }
+            (Purpose::Resume, ServerMessage::Error(error)) => {
+                let asked = Asked::Login {
+                    username: self.my_name().unwrap_or_default(),
+                    resume: true,
+                };
+                self.on_resume_failed(&render::error_failure(Some(&asked), &error));
+            }
+            (Purpose::GroupsFetch, ServerMessage::Groups(groups)) => {
+                self.on_groups_fetched(&groups)
+            }
+            (Purpose::GroupsFetch, ServerMessage::Error(error)) => {
+                self.on_groups_fetch_failed(&error)
+            }
+            (Purpose::SyncPage, ServerMessage::Synced(synced)) => self.on_synced(synced),
+            (Purpose::SyncPage, ServerMessage::Error(error)) => {
+                self.catchup = None;
+                let text = render::error_failure(None, &error);
+                self.out
+                    .notice(&format!("* could not fetch missed messages: {text}"));
+            }
+            (Purpose::GetKey(_), ServerMessage::Key(key)) => self.on_key(&key),
+            (Purpose::GetKey(username), ServerMessage::Error(_)) => {
+                self.peer_keys.record(&username, None);
+                self.drive_inbox();
+            }
+            (Purpose::PublishKey, ServerMessage::Error(error)) => {
+                let text = render::error_failure(None, &error);
+                self.out
+                    .notice(&format!("* could not publish your encryption key: {text}"));
+            }
+            // PublishKey's Key repeats what was published; a reply of a type
+            // the request never gets means nothing either.
+            _ => {}
+        }
+    }
+
+    /// A frame that answers no request in flight: a push, or a reply whose
+    /// request was given up (or that carries no request id).
+    fn on_push(&mut self, message: ServerMessage) {
         match message {
             ServerMessage::Message(delivered) => self.on_delivered(delivered),
-            ServerMessage::SuccessRegister(registered) => {
-                if self
-                    .take_pending(|asked| matches!(asked, Asked::Register { .. }))
-                    .is_some()
-                {
-                    let name = registered.username;
-                    self.out
-                        .result(&format!("registered {name}; now /login {name}"));
-                }
-            }
-            ServerMessage::SuccessLogin(success) => {
-                self.on_success_login(success, frame_time(text))
-            }
-            ServerMessage::SuccessLogout(_) => self.on_logged_out(),
-            ServerMessage::Ack(ack) => self.on_ack(ack.message_id, frame_time(text)),
-            ServerMessage::History(history) => {
-                if self
-                    .take_pending(|asked| {
-                        matches!(asked, Asked::History { .. } | Asked::GroupHistory { .. })
-                    })
-                    .is_some()
-                {
-                    self.inbox.push_back(Inbound::History(history));
-                    self.drive_inbox();
-                }
-            }
-            ServerMessage::Directory(directory) => self.on_directory(&directory),
             ServerMessage::Presence(presence) => self.out.event(&render::presence_line(&presence)),
             ServerMessage::ContactRequest(request) => {
                 self.out.event(&render::contact_request_line(&request))
             }
-            ServerMessage::FailRegister(failed) => {
-                if let Some(Asked::Register { username }) =
-                    self.take_pending(|asked| matches!(asked, Asked::Register { .. }))
-                {
-                    self.fail(&render::register_failure(&username, failed.error_type));
-                }
+            ServerMessage::GroupInfo(group) => {
+                let previous = self.groups.insert(group.group_id, group.clone());
+                self.out
+                    .event(&render::group_info_event(previous.as_ref(), &group));
             }
-            ServerMessage::FailLogin(failed) => {
-                if self.resuming {
-                    self.on_resume_failed(&render::login_failure(true, failed.error_type));
-                } else if self
-                    .take_pending(|asked| matches!(asked, Asked::Login { .. }))
-                    .is_some()
-                {
-                    self.fail(&render::login_failure(false, failed.error_type));
-                }
-            }
-            ServerMessage::Error(error) => self.on_error(&error),
-            ServerMessage::Synced(synced) => self.on_synced(synced),
-            ServerMessage::GroupInfo(group) => self.on_group_info(group),
-            ServerMessage::Groups(groups) => self.on_groups(groups),
-            ServerMessage::Key(key) => self.on_key(key),
-            // Pong answers nothing this client sends on its own.
-            ServerMessage::Pong => {}
+            ServerMessage::Error(error) => self.out.notice(&render::error_failure(None, &error)),
+            _ => {}
         }
     }
 
     /// A sent message is shown once the server has stored it.
-    fn on_ack(&mut self, message_id: i64, server_time: Option<i64>) {
-        let (dest_id, group_id, content, encrypted) = match self.take_pending(|asked| {
-            matches!(asked, Asked::Message { .. } | Asked::GroupMessage { .. })
-        }) {
-            Some(Asked::Message {
+    fn on_ack(&mut self, asked: Asked, message_id: i64, server_time: Option<i64>) {
+        let (dest_id, group_id, content, encrypted) = match asked {
+            Asked::Message {
                 to,
                 text,
                 encrypted,
-            }) => (Some(to), None, text, encrypted),
-            Some(Asked::GroupMessage { group_id, text, .. }) => (None, Some(group_id), text, false),
+            } => (Some(to), None, text, encrypted),
+            Asked::GroupMessage { group_id, text, .. } => (None, Some(group_id), text, false),
             _ => return,
         };
         self.seen.record(message_id);
@@ -1014,75 +1074,72 @@ impl App {
         self.out.result(&line);
     }
 
-    /// A GroupInfo: the answer to `/group create` or `/group add`, or news
-    /// about a group (someone added you, or joined or left one of yours).
-    fn on_group_info(&mut self, group: GroupInfo) {
-        let previous = self.groups.insert(group.group_id, group.clone());
-        let answered = self.take_pending(|asked| match asked {
-            // A new group by the name asked for; pushes about other groups
-            // (someone adding you meanwhile) are told apart by name and id.
-            Asked::CreateGroup { name, .. } => previous.is_none() && group.name == *name,
-            Asked::AddGroupMembers {
-                group_id, members, ..
-            } => {
-                group.group_id == *group_id
-                    && members.iter().all(|member| group.members.contains(member))
+    /// A GroupInfo answering `/group create` or `/group add`.
+    fn on_group_answer(&mut self, asked: Asked, group: GroupInfo) {
+        self.groups.insert(group.group_id, group.clone());
+        match asked {
+            Asked::CreateGroup { .. } => self.out.result(&render::group_created_line(&group)),
+            Asked::AddGroupMembers { members, .. } => {
+                self.out.result(&render::group_added_line(&members, &group))
             }
-            _ => false,
-        });
-        let line = match answered {
-            Some(Asked::CreateGroup { .. }) => {
-                self.out.result(&render::group_created_line(&group));
-                return;
-            }
-            Some(Asked::AddGroupMembers { members, .. }) => {
-                self.out.result(&render::group_added_line(&members, &group));
-                return;
-            }
-            _ => render::group_info_event(previous.as_ref(), &group),
-        };
-        self.out.event(&line);
+            _ => {}
+        }
     }
 
-    /// A Groups list: the answer to the client's own fetch after a login, to
-    /// `/groups`, or to `/group leave` (or news from another device).
-    fn on_groups(&mut self, groups: Groups) {
-        let previous: Vec<GroupInfo> = std::mem::take(&mut self.groups).into_values().collect();
-        self.groups = groups
-            .data
-            .iter()
-            .map(|group| (group.group_id, group.clone()))
-            .collect();
-        let was_loaded = std::mem::replace(&mut self.groups_loaded, true);
-        if let Some(fetch) = self.groups_fetch.take() {
-            if was_loaded {
-                // After a reconnect: say what changed while away.
-                for line in render::groups_changed_events(&previous, &groups) {
-                    self.out.event(&line);
-                }
-            }
-            self.show_held(fetch.held);
-            return;
-        }
-        match self.take_pending(|asked| matches!(asked, Asked::Groups | Asked::LeaveGroup { .. })) {
-            Some(Asked::Groups) => {
-                for line in render::groups_lines(&groups) {
+    /// A Groups list answering `/groups` or `/group leave`.
+    fn on_groups_answer(&mut self, asked: Asked, groups: &Groups) {
+        let previous = self.replace_groups(groups);
+        match asked {
+            Asked::Groups => {
+                for line in render::groups_lines(groups) {
                     self.out.result(&line);
                 }
             }
-            Some(Asked::LeaveGroup { group_id, .. }) => {
+            Asked::LeaveGroup { group_id, .. } => {
                 let name = previous
                     .iter()
                     .find(|group| group.group_id == group_id)
                     .map(|group| group.name.as_str());
                 self.out.result(&render::group_left_line(group_id, name));
             }
-            _ => {
-                for line in render::groups_changed_events(&previous, &groups) {
-                    self.out.event(&line);
-                }
+            _ => {}
+        }
+    }
+
+    /// Takes `groups` as the full list of the user's groups; returns the
+    /// previous one.
+    fn replace_groups(&mut self, groups: &Groups) -> Vec<GroupInfo> {
+        self.groups_loaded = true;
+        let previous = std::mem::take(&mut self.groups).into_values().collect();
+        self.groups = groups
+            .data
+            .iter()
+            .map(|group| (group.group_id, group.clone()))
+            .collect();
+        previous
+    }
+
+    /// The answer to the client's own GetGroups after a login (late or not).
+    fn on_groups_fetched(&mut self, groups: &Groups) {
+        let was_loaded = self.groups_loaded;
+        let previous = self.replace_groups(groups);
+        if was_loaded {
+            // After a reconnect: say what changed while away.
+            for line in render::groups_changed_events(&previous, groups) {
+                self.out.event(&line);
             }
         }
+        self.end_groups_fetch();
+    }
+
+    fn on_groups_fetch_failed(&mut self, error: &ServerError) {
+        // A server without groups says unknown_tag: nothing to report.
+        if error.error_type != ErrorType::UnknownTag {
+            let text = render::error_failure(None, error);
+            self.out
+                .notice(&format!("* could not fetch your groups: {text}"));
+        }
+        self.end_groups_fetch();
     }
 
     /// Fetches the user's groups (for their names) right after a login.
@@ -1097,8 +1154,7 @@ impl App {
             deadline: Instant::now() + ANSWER_TIMEOUT,
             held: Vec::new(),
         });
-        let frame = encode_client(&ClientMessage::GetGroups);
-        self.send_frame(frame);
+        self.send_request(Purpose::GroupsFetch, &ClientMessage::GetGroups);
     }
 
     /// Stops waiting for the group list and shows what was held.
@@ -1293,15 +1349,13 @@ impl App {
     /// it cannot be sent now, what waits for it asks again after the next
     /// login (`on_success_login` drives the inbox).
     fn request_key(&mut self, username: &str) {
-        let asked = KeyRequest::Get(username.to_string());
-        if self.key_requests.contains(&asked) || !self.can_send_requests() {
+        if self.requests.is_getting_key(username) || !self.can_send_requests() {
             return;
         }
-        self.key_requests.push_back(asked);
-        let frame = encode_client(&ClientMessage::GetKey(UserRef {
+        let get_key = ClientMessage::GetKey(UserRef {
             username: username.to_string(),
-        }));
-        self.send_frame(frame);
+        });
+        self.send_request(Purpose::GetKey(username.to_string()), &get_key);
     }
 
     /// After a login: loads (or creates) the user's key pair and asks for
@@ -1330,23 +1384,27 @@ impl App {
         self.request_key(username);
     }
 
-    /// A Key: the answer to a GetKey (the client's own, or the lookup of a
-    /// `/msg`) or to PublishKey.
-    fn on_key(&mut self, key: Key) {
-        self.key_requests.pop_front();
-        let recorded = self
-            .peer_keys
+    /// A Key answering the client's own GetKey.
+    fn on_key(&mut self, key: &Key) {
+        self.peer_keys
             .record(&key.username, key.public_key.as_deref());
         if self.logged_in_as(&key.username) {
             self.publish_own_key_unless(key.public_key.as_deref());
         }
-        if let Some((to, text)) = self.take_key_lookup(&key.username) {
-            let public = match recorded {
-                PeerKey::Known(public) => Some(public),
-                PeerKey::Missing => None,
-            };
-            self.send_message(to, text, public);
-        }
+        self.drive_inbox();
+    }
+
+    /// The recipient's Key, looked up by `/msg`: the message goes now,
+    /// sealed for the key if there is one.
+    fn on_recipient_key(&mut self, to: String, text: String, key: &Key) {
+        let recorded = self
+            .peer_keys
+            .record(&key.username, key.public_key.as_deref());
+        let public = match recorded {
+            PeerKey::Known(public) => Some(public),
+            PeerKey::Missing => None,
+        };
+        self.send_message(to, text, public);
         self.drive_inbox();
     }
 
@@ -1361,62 +1419,12 @@ impl App {
             return;
         }
         self.key_published = true;
-        self.key_requests.push_back(KeyRequest::Publish);
-        let frame = encode_client(&ClientMessage::PublishKey(PublishKey { public_key }));
-        self.send_frame(frame);
+        let publish = ClientMessage::PublishKey(PublishKey { public_key });
+        self.send_request(Purpose::PublishKey, &publish);
     }
 
-    /// Takes the pending `/msg` if it is waiting for `username`'s key.
-    fn take_key_lookup(&mut self, username: &str) -> Option<(String, String)> {
-        if !self.is_key_lookup_for(username) {
-            return None;
-        }
-        match self.pending.take().map(|pending| pending.asked) {
-            Some(Asked::Message { to, text, .. }) => Some((to, text)),
-            _ => None,
-        }
-    }
-
-    fn is_key_lookup_for(&self, username: &str) -> bool {
-        self.pending.as_ref().is_some_and(|pending| {
-            pending.sent
-                && matches!(&pending.request,
-                    ClientMessage::GetKey(UserRef { username: asked }) if asked == username)
-        })
-    }
-
-    /// An Error answering GetKey or PublishKey. Returns true when handled
-    /// here; false leaves it to the pending command (a `/msg` whose
-    /// recipient does not exist fails as a message would).
-    fn on_key_error(&mut self, error: &ServerError) -> bool {
-        match self.key_requests.pop_front() {
-            Some(KeyRequest::Get(username)) => {
-                if self.is_key_lookup_for(&username) {
-                    return false;
-                }
-                self.peer_keys.record(&username, None);
-                self.drive_inbox();
-                true
-            }
-            Some(KeyRequest::Publish) => {
-                let text = render::error_failure(None, error);
-                self.out
-                    .notice(&format!("* could not publish your encryption key: {text}"));
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn on_success_login(&mut self, success: SuccessLogin, server_time: Option<i64>) {
-        let resumed = self.resuming;
-        if !resumed
-            && self
-                .take_pending(|asked| matches!(asked, Asked::Login { .. }))
-                .is_none()
-        {
-            return;
-        }
+    /// A SuccessLogin answering `/login` or the client's own resume.
+    fn on_success_login(&mut self, success: SuccessLogin, server_time: Option<i64>, resumed: bool) {
         self.resuming = false;
         let first_login = self.first_login_time.is_none();
         self.first_login_time = self.first_login_time.or(server_time).or(Some(unix_now()));
@@ -1470,12 +1478,6 @@ impl App {
     }
 
     fn on_logged_out(&mut self) {
-        if self
-            .take_pending(|asked| matches!(asked, Asked::Logout))
-            .is_none()
-        {
-            return;
-        }
         let name = self.my_name().unwrap_or_default();
         self.flush_inbox();
         self.identity = None;
@@ -1488,15 +1490,8 @@ impl App {
         self.drop_link_quietly();
     }
 
-    fn on_directory(&mut self, directory: &Directory) {
-        let Some(asked) = self.take_pending(|asked| {
-            matches!(
-                asked,
-                Asked::Friends | Asked::Add { .. } | Asked::Remove { .. }
-            )
-        }) else {
-            return;
-        };
+    /// A Directory answering `/friends`, `/add` or `/remove`.
+    fn on_directory(&mut self, asked: Asked, directory: &Directory) {
         let lines = match asked {
             Asked::Add { username } => vec![render::added_line(&username, directory)],
             Asked::Remove { username } => vec![format!("removed {username}")],
@@ -1504,51 +1499,6 @@ impl App {
         };
         for line in lines {
             self.out.result(&line);
-        }
-    }
-
-    fn on_error(&mut self, error: &ServerError) {
-        let tag_is = |tag: u8| error.ref_tag == Some(i64::from(tag));
-        if self.resuming && tag_is(2) {
-            self.on_resume_failed(&render::error_failure(
-                Some(&Asked::Login {
-                    username: self.my_name().unwrap_or_default(),
-                    resume: true,
-                }),
-                error,
-            ));
-            return;
-        }
-        if self.groups_fetch.is_some() && tag_is(15) {
-            // A server without groups says unknown_tag: nothing to report.
-            if error.error_type != ErrorType::UnknownTag {
-                let text = render::error_failure(None, error);
-                self.out
-                    .notice(&format!("* could not fetch your groups: {text}"));
-            }
-            self.end_groups_fetch();
-            return;
-        }
-        if (tag_is(9) || tag_is(10)) && self.on_key_error(error) {
-            return;
-        }
-        if self.catchup.is_some() && tag_is(16) {
-            self.catchup = None;
-            let text = render::error_failure(None, error);
-            self.out
-                .notice(&format!("* could not fetch missed messages: {text}"));
-            return;
-        }
-        let for_pending = self.pending.as_ref().is_some_and(|pending| {
-            pending.sent
-                && (error.ref_tag.is_none()
-                    || error.ref_tag == Some(i64::from(pending.request.tag())))
-        });
-        if for_pending {
-            let asked = self.pending.take().map(|pending| pending.asked);
-            self.fail(&render::error_failure(asked.as_ref(), error));
-        } else {
-            self.out.notice(&render::error_failure(None, error));
         }
     }
 
@@ -1569,11 +1519,11 @@ impl App {
     }
 
     fn request_sync_page(&mut self, since: i64) {
-        let frame = encode_client(&ClientMessage::Sync(Sync {
+        let page = ClientMessage::Sync(Sync {
             since,
             limit: Some(SYNC_PAGE_LIMIT),
-        }));
-        self.send_frame(frame);
+        });
+        self.send_request(Purpose::SyncPage, &page);
     }
 
     fn on_synced(&mut self, synced: Synced) {

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`app`]: the loop and its state — commands one at a time, answers matched
-//!   to them, pushed events, reconnecting, resuming and catching up.
+//!   by request id ([`requests`]), pushed events, reconnects and catching up.
 //! - [`command`]: one input line → one [`command::Command`] (pure).
 //! - [`render`]: server messages and failures → the lines a person reads (pure).
 //! - [`connection`]: one WebSocket over a `TcpStream` with a short read timeout.
@@ -18,8 +18,7 @@
 //! # Invariants
 //! - Nothing but [`render`] turns a server message into text for a person, and
 //!   raw JSON reaches stdout only with `--json`.
-//! - At most one command is in flight; the next input line is not even read
-//!   before the previous command is answered.
+//! - One command at a time: the next input line is read once it is answered.
 //! - A secret is never printed, logged or saved; only the session id is
 //!   saved, and only in a file its owner alone can read.
 //! - The end-to-end secret key never leaves its key file (mode 0600) except
@@ -35,5 +34,6 @@ pub mod input;
 pub mod keys;
 pub mod output;
 pub mod render;
+pub mod requests;
 pub mod seen;
 pub mod session;

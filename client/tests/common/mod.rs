@@ -346,3 +346,134 @@ impl Proxy {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Waits until `path` exists (a `chat` run saves its session file once it
+/// is logged in), failing the test after [`STEP_TIMEOUT`].
+pub fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A WebSocket forwarder that holds back the server's frames of one tag for
+/// a while and forwards every other frame at once, so replies sent after a
+/// held one overtake it: the client sees answers out of order, however fast
+/// or slow the machine is.
+pub struct DelayProxy {
+    pub port: u16,
+}
+
+impl DelayProxy {
+    /// Forwards connections on a fresh local port to the server on
+    /// `target_port`, holding each server frame with `tag` for `delay`.
+    pub fn start(target_port: u16, tag: i64, delay: Duration) -> DelayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                thread::spawn(move || relay_delaying(client, target_port, tag, delay));
+            }
+        });
+        DelayProxy { port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+type WebSocket = tungstenite::WebSocket<std::net::TcpStream>;
+
+/// How long one read on either side of a [`DelayProxy`] connection waits.
+const RELAY_POLL: Duration = Duration::from_millis(5);
+
+/// One proxied connection: both handshakes, then frames both ways on this
+/// thread, reading each side in turn with a short timeout. Ends when either
+/// side closes (frames still held are dropped with the connection).
+fn relay_delaying(client: std::net::TcpStream, target_port: u16, tag: i64, delay: Duration) {
+    let Ok(mut client) = tungstenite::accept(client) else {
+        return;
+    };
+    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+        return;
+    };
+    let Ok((mut server, _)) = tungstenite::client(format!("ws://127.0.0.1:{target_port}/"), server)
+    else {
+        return;
+    };
+    for socket in [client.get_ref(), server.get_ref()] {
+        socket
+            .set_read_timeout(Some(RELAY_POLL))
+            .expect("set a read timeout");
+    }
+    let mut held = std::collections::VecDeque::new();
+    loop {
+        let (Ok(from_client), Ok(from_server)) = (read_data(&mut client), read_data(&mut server))
+        else {
+            return;
+        };
+        let mut to_client = take_due(&mut held);
+        match from_server {
+            Some(frame) if has_tag(&frame, tag) => held.push_back((Instant::now() + delay, frame)),
+            Some(frame) => to_client.push(frame),
+            None => {}
+        }
+        let forwarded = from_client
+            .map_or(Ok(()), |frame| server.send(frame))
+            .and_then(|()| {
+                to_client
+                    .into_iter()
+                    .try_for_each(|frame| client.send(frame))
+            });
+        if forwarded.is_err() {
+            return;
+        }
+    }
+}
+
+/// Takes the held frames whose time has come, oldest first.
+fn take_due(
+    held: &mut std::collections::VecDeque<(Instant, tungstenite::Message)>,
+) -> Vec<tungstenite::Message> {
+    let mut due = Vec::new();
+    while held.front().is_some_and(|(at, _)| *at <= Instant::now()) {
+        due.extend(held.pop_front().map(|(_, frame)| frame));
+    }
+    due
+}
+
+/// One read: a data frame, `None` when nothing (or only a control frame,
+/// which tungstenite answers itself) arrived in time, `Err` once closed.
+fn read_data(socket: &mut WebSocket) -> Result<Option<tungstenite::Message>, ()> {
+    use tungstenite::Message;
+    match socket.read() {
+        Ok(frame @ (Message::Text(_) | Message::Binary(_))) => Ok(Some(frame)),
+        Ok(Message::Close(_)) => Err(()),
+        Ok(_) => Ok(None),
+        Err(tungstenite::Error::Io(error))
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// True when `frame` is a JSON text frame with this `tag`.
+fn has_tag(frame: &tungstenite::Message, tag: i64) -> bool {
+    let Ok(text) = frame.to_text() else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|value| value["tag"].as_i64() == Some(tag))
+}

@@ -6,13 +6,25 @@
 //! about when you are around.
 
 use protocol::client::{PublishKey, UserRef};
-use protocol::server::{ContactRequest, Directory, DirectoryEntry, Key};
+use protocol::server::{ContactRequest, Directory, DirectoryEntry, Key, Presence};
 use protocol::validate::PUBLIC_KEY_BYTES_MAX;
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::storage::{Command, ContactRow};
+
+/// What storage says an AddContact did.
+pub(super) struct ContactAdded {
+    /// The contact is new (not added before).
+    pub added: bool,
+    /// The contact had already added the caller.
+    pub mutual: bool,
+    /// The user added.
+    pub contact_id: i64,
+    /// The caller's name.
+    pub owner_name: String,
+}
 
 const TAG_ADD_CONTACT: i64 = 6;
 const TAG_REMOVE_CONTACT: i64 = 7;
@@ -148,6 +160,48 @@ impl Dispatcher {
             user_id,
             username: body.username,
         });
+    }
+
+    /// AddContact committed: the caller gets the Directory; the added user a
+    /// ContactRequest, or — when the add made the pair mutual and both are
+    /// online — each gets a Presence for the other (protocol 1.1).
+    pub(super) fn contact_added(
+        &mut self,
+        conn: ConnId,
+        contacts: Vec<ContactRow>,
+        outcome: ContactAdded,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let contact_name = contacts
+            .iter()
+            .find(|row| row.user_id == outcome.contact_id)
+            .map(|row| row.username.clone());
+        self.send_directory(conn, contacts, now, fx);
+        if !outcome.added {
+            return;
+        }
+        if !outcome.mutual {
+            self.notify_contact_request(outcome.contact_id, outcome.owner_name, now, fx);
+            return;
+        }
+        let (Some(owner_id), Some(contact_name)) = (self.logged_in_user(conn), contact_name) else {
+            return;
+        };
+        let contact_id = outcome.contact_id;
+        if self.has_logged_in_connection(contact_id) {
+            self.send_presence(owner_id, contact_name, now, fx);
+            self.send_presence(contact_id, outcome.owner_name, now, fx);
+        }
+    }
+
+    /// Tells every connection of `user_id` that `username` is online.
+    fn send_presence(&mut self, user_id: i64, username: String, now: i64, fx: &mut Effects) {
+        let presence = ServerMessage::Presence(Presence {
+            username,
+            online: true,
+        });
+        self.send_to_user(user_id, &presence, now, fx);
     }
 
     pub(super) fn send_key(

@@ -10,6 +10,7 @@ use protocol::client::{AddGroupMembers, CreateGroup, LeaveGroup, SendMessage};
 use protocol::server::{Delivered, GroupInfo, Groups};
 use protocol::{ErrorType, ServerMessage};
 
+use super::messages::TAG_MESSAGE;
 use super::{Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::storage::{Command, GroupRow, NewMessage};
@@ -135,8 +136,11 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let message_id = self.next_message_id;
-        self.next_message_id += 1;
+        let Some(message_id) = self.take_message_id(fx) else {
+            let detail = "the server is reserving message ids; try again";
+            fx.error(conn, ErrorType::ServerBusy, detail, TAG_MESSAGE, now);
+            return;
+        };
         let mut message = Delivered {
             message_id,
             source_id: self.username_of(conn).to_owned(),

@@ -33,7 +33,7 @@ enum Target {
 }
 
 const TAG_HISTORY: i64 = 5;
-const TAG_MESSAGE: i64 = 11;
+pub(super) const TAG_MESSAGE: i64 = 11;
 const TAG_SYNC: i64 = 16;
 
 impl Dispatcher {
@@ -63,8 +63,11 @@ impl Dispatcher {
                 return self.send_group_message(conn, sender_id, group_id, body, now, fx)
             }
         };
-        let message_id = self.next_message_id;
-        self.next_message_id += 1;
+        let Some(message_id) = self.take_message_id(fx) else {
+            let detail = "the server is reserving message ids; try again";
+            fx.error(conn, ErrorType::ServerBusy, detail, TAG_MESSAGE, now);
+            return;
+        };
         let mut message = Delivered {
             message_id,
             source_id: self.username_of(conn).to_owned(),

@@ -32,9 +32,11 @@ use protocol::server::Delivered;
 use protocol::{ClientMessage, ErrorType, RequestId, ServerMessage};
 
 use crate::completion::{Completion, ConnId, Requester};
+use crate::config;
 use crate::hasher::{HashDone, HashJob};
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
+use contacts::ContactAdded;
 
 /// Why the server closes a connection; becomes the WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +234,10 @@ pub struct Dispatcher {
     /// Every group and its members, by group id.
     groups: HashMap<i64, GroupRow>,
     next_message_id: i64,
+    /// Ids up to here are reserved durably and may be handed out.
+    ids_reserved_through: i64,
+    /// A reservation of the next block is on its way to storage.
+    reserving_ids: bool,
     storage_backlog: usize,
     limits: DispatchLimits,
     counters: Counters,
@@ -252,6 +258,8 @@ impl Dispatcher {
                 .map(|group| (group.group_id, group))
                 .collect(),
             next_message_id: snapshot.next_message_id.max(1),
+            ids_reserved_through: snapshot.ids_reserved_through,
+            reserving_ids: false,
             storage_backlog: 0,
             limits,
             counters: Counters::default(),
@@ -491,10 +499,13 @@ impl Dispatcher {
                 contact_id,
                 owner_name,
             } => {
-                self.send_directory(to.conn, contacts, now, fx);
-                if added && !mutual {
-                    self.notify_contact_request(contact_id, owner_name, now, fx);
-                }
+                let added = ContactAdded {
+                    added,
+                    mutual,
+                    contact_id,
+                    owner_name,
+                };
+                self.contact_added(to.conn, contacts, added, now, fx);
             }
             Reply::Directory { to, contacts } => self.send_directory(to.conn, contacts, now, fx),
             Reply::Key {
@@ -509,6 +520,7 @@ impl Dispatcher {
                 group_id,
                 remaining,
             } => self.group_left(to.conn, user_id, group_id, remaining, now, fx),
+            Reply::IdsReserved { through } => self.ids_reserved(through),
             Reply::Failed {
                 requester: (to, tag),
                 reason,
@@ -543,6 +555,9 @@ impl Dispatcher {
 
     /// A storage command could not be queued (queue full or storage gone).
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
+        if let Command::ReserveIds { .. } = command {
+            self.ids_reserved(None);
+        }
         if let Some((to, tag)) = command.requester() {
             let outer = fx.begin_answering(Some(to.clone()));
             self.request_failed((to.conn, tag), now, fx);
@@ -600,6 +615,41 @@ impl Dispatcher {
         if tag == 2 {
             self.abandon_login(conn);
             self.run_deferred(conn, now, fx);
+        }
+    }
+
+    /// The next message id, or `None` when every reserved id is used and the
+    /// next block is not reserved yet (the caller answers `server_busy`).
+    /// Asks storage for the next block once half of this one is used.
+    fn take_message_id(&mut self, fx: &mut Effects) -> Option<i64> {
+        if self.next_message_id > self.ids_reserved_through {
+            self.reserve_more_ids(fx);
+            return None;
+        }
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        if self.ids_reserved_through - id < config::MESSAGE_ID_BLOCK / 2 {
+            self.reserve_more_ids(fx);
+        }
+        Some(id)
+    }
+
+    fn reserve_more_ids(&mut self, fx: &mut Effects) {
+        if !self.reserving_ids {
+            self.reserving_ids = true;
+            let from = self.ids_reserved_through.max(self.next_message_id - 1);
+            fx.storage.push(Command::ReserveIds {
+                through: from + config::MESSAGE_ID_BLOCK,
+            });
+        }
+    }
+
+    /// Storage answered a reservation (`None`: it failed; the next message
+    /// asks again).
+    fn ids_reserved(&mut self, through: Option<i64>) {
+        self.reserving_ids = false;
+        if let Some(through) = through {
+            self.ids_reserved_through = self.ids_reserved_through.max(through);
         }
     }
 

@@ -23,6 +23,7 @@ fn dispatcher() -> Dispatcher {
             ("carol".into(), CAROL),
         ],
         next_message_id: 10,
+        ids_reserved_through: 10 + crate::config::MESSAGE_ID_BLOCK - 1,
         groups: vec![],
         recovered_from_crash: false,
     };
@@ -1052,4 +1053,55 @@ fn request_ids_ride_along_with_storage_work_and_its_refusal() {
     assert_eq!(*to, a);
     assert!(frame.contains(r#""error_type":"server_busy""#), "{frame}");
     assert!(frame.contains(r#""request_id":2"#), "{frame}");
+}
+
+/// Ids are handed out only from a durably reserved block: the next block is
+/// asked for at half-time, and a message that finds none reserved is refused
+/// (not delivered) until storage confirms the reservation.
+#[test]
+fn message_ids_come_only_from_reserved_blocks() {
+    let mut d = dispatcher();
+    d.ids_reserved_through = 10 + crate::config::MESSAGE_ID_BLOCK / 2;
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    let message = r#"{"tag":11,"dest_id":"bob","content":"x"}"#;
+    let first = send(&mut d, a, message);
+    assert!(!first
+        .storage
+        .iter()
+        .any(|c| matches!(c, Command::ReserveIds { .. })));
+    let second = send(&mut d, a, message);
+    let reserve: Vec<i64> = second
+        .storage
+        .iter()
+        .filter_map(|c| match c {
+            Command::ReserveIds { through } => Some(*through),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reserve,
+        [10 + crate::config::MESSAGE_ID_BLOCK / 2 + crate::config::MESSAGE_ID_BLOCK]
+    );
+
+    d.next_message_id = d.ids_reserved_through + 1;
+    let refused = send(&mut d, a, message);
+    assert_eq!(
+        error_type(&frames_for(&refused, a)[0]),
+        Some(ErrorType::ServerBusy)
+    );
+    assert!(frames_for(&refused, b).is_empty(), "nothing delivered");
+    assert!(
+        refused.storage.is_empty(),
+        "the reservation is already on its way"
+    );
+
+    let through = Some(d.next_message_id + 100);
+    complete(&mut d, Reply::IdsReserved { through });
+    let sent = send(&mut d, a, message);
+    assert!(matches!(
+        &frames_for(&sent, b)[..],
+        [ServerMessage::Message(_)]
+    ));
 }

@@ -336,6 +336,12 @@ pub enum Command {
         /// Echoed back.
         username: String,
     },
+    /// Reserve message ids up to `through` durably; replies
+    /// [`Reply::IdsReserved`] (also when it fails, with `None`).
+    ReserveIds {
+        /// The new highest reserved id.
+        through: i64,
+    },
     /// Delete sessions unused since `idle_before` (Unix seconds). No reply.
     PurgeSessions {
         /// Cut-off.
@@ -369,6 +375,7 @@ impl Command {
             Command::ConnectionLost { .. }
             | Command::MarkDelivered { .. }
             | Command::Requeue { .. }
+            | Command::ReserveIds { .. }
             | Command::PurgeSessions { .. } => None,
         }
     }
@@ -511,6 +518,12 @@ pub enum Reply {
         /// The group without the leaver, if anyone is left.
         remaining: Option<GroupRow>,
     },
+    /// Message ids up to `through` are reserved durably (`None`: the
+    /// reservation failed and may be asked for again).
+    IdsReserved {
+        /// The highest reserved id, if the reservation was committed.
+        through: Option<i64>,
+    },
     /// The command failed (disk error); nothing of it was stored.
     Failed {
         /// Requesting connection and request tag.
@@ -539,7 +552,7 @@ impl Reply {
             | Reply::GroupChanged { to, .. }
             | Reply::GroupLeft { to, .. } => Some(to),
             Reply::Failed { requester, .. } => Some(&requester.0),
-            Reply::WentOffline { .. } => None,
+            Reply::WentOffline { .. } | Reply::IdsReserved { .. } => None,
         }
     }
 }
@@ -571,8 +584,10 @@ impl PurgeSchedule {
 pub struct Snapshot {
     /// Every account, `(username, user_id)`.
     pub users: Vec<(String, i64)>,
-    /// The id the next message gets.
+    /// The id the next message gets: past every id ever reserved.
     pub next_message_id: i64,
+    /// Ids up to this one are reserved durably for this run.
+    pub ids_reserved_through: i64,
     /// Every group with its members.
     pub groups: Vec<GroupRow>,
     /// The previous process did not shut down cleanly.

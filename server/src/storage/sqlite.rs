@@ -18,6 +18,7 @@ use super::{
     Backend, Command, ContactRow, Conversation, GroupRow, NewMessage, Reply, Snapshot,
     StoredMessage,
 };
+use crate::config::{MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
 use crate::json_files::Mirror;
 
 /// Offline-queue messages taken per storage round trip at login. The whole
@@ -90,12 +91,16 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
         conn.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0", [])?;
-        let snapshot = read_snapshot(&conn)?;
-        let highest_stored = snapshot.next_message_id - 1;
-        conn.execute(
+        let mut snapshot = read_snapshot(&conn)?;
+        let highest_stored = highest_stored_id(&conn)?;
+        snapshot.ids_reserved_through = snapshot.next_message_id + MESSAGE_ID_BLOCK - 1;
+        let tx = conn.transaction()?;
+        reserve_ids(&tx, snapshot.ids_reserved_through)?;
+        tx.execute(
             "INSERT OR REPLACE INTO server_state (key, value) VALUES ('running', 1)",
             [],
         )?;
+        tx.commit()?;
         let checkpointer = Checkpointer::start(path).map_err(OpenError::Thread)?;
         let backend = SqliteBackend {
             conn,
@@ -218,6 +223,9 @@ impl SqliteBackend {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
+                if let Command::ReserveIds { .. } = command {
+                    return Some(Reply::IdsReserved { through: None });
+                }
                 command.requester().map(|(to, tag)| Reply::Failed {
                     requester: (to.clone(), tag),
                     reason: error.to_string(),
@@ -256,19 +264,8 @@ fn read_snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
     let users = statement
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
-    let next_message_id: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(message_id), 0) + 1 FROM messages",
-        [],
-        |row| row.get(0),
-    )?;
-    let recovered_from_crash = conn
-        .query_row(
-            "SELECT value FROM server_state WHERE key = 'running'",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .optional()?
-        == Some(1);
+    let recovered_from_crash = server_state(conn, "running")? == Some(1);
+    let next_message_id = first_unreserved_id(conn, recovered_from_crash)?;
     let group_ids: Vec<i64> = conn
         .prepare("SELECT group_id FROM groups ORDER BY group_id")?
         .query_map([], |row| row.get(0))?
@@ -280,9 +277,58 @@ fn read_snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
     Ok(Snapshot {
         users,
         next_message_id,
+        ids_reserved_through: next_message_id - 1,
         groups,
         recovered_from_crash,
     })
+}
+
+/// One value of `server_state`, if set.
+fn server_state(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT value FROM server_state WHERE key = ?1",
+        [key],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+/// The highest message id stored (0 for none).
+fn highest_stored_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(message_id), 0) FROM messages",
+        [],
+        |row| row.get(0),
+    )
+}
+
+/// The first id no earlier run can have handed out: past the last reserved
+/// block. A database from before reservations has none; then past the
+/// highest stored id, and past every id that could have been in flight if
+/// that run crashed.
+fn first_unreserved_id(conn: &Connection, recovered_from_crash: bool) -> rusqlite::Result<i64> {
+    let highest_stored = highest_stored_id(conn)?;
+    let reserved = match server_state(conn, IDS_RESERVED_KEY)? {
+        Some(reserved) => reserved,
+        None if recovered_from_crash => {
+            highest_stored + (STORAGE_QUEUE_MAX + STORAGE_BATCH_MAX) as i64
+        }
+        None => highest_stored,
+    };
+    Ok(reserved.max(highest_stored) + 1)
+}
+
+/// The `server_state` key of the highest reserved message id.
+const IDS_RESERVED_KEY: &str = "ids_reserved_through";
+
+/// Records that ids up to `through` may be handed out (never lowers it).
+fn reserve_ids(tx: &Transaction, through: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO server_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+    )?
+    .execute(params![IDS_RESERVED_KEY, through])?;
+    Ok(())
 }
 
 /// Executes one command inside the batch's transaction; `indexed_through` is
@@ -612,6 +658,12 @@ fn apply(
                 to: to.clone(),
                 username: username.clone(),
                 public_key,
+            }
+        }
+        Command::ReserveIds { through } => {
+            reserve_ids(tx, *through)?;
+            Reply::IdsReserved {
+                through: Some(*through),
             }
         }
         Command::PurgeSessions { idle_before } => {

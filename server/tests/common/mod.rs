@@ -184,6 +184,15 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Stops the server with SIGTERM (whatever its exit status: a server on a
+    /// full disk may fail to record its clean stop) and starts it again
+    /// without a file size limit: the disk has been freed.
+    pub fn restart_with_free_disk(&mut self) {
+        self.stop_gracefully();
+        self.file_size_limit = None;
+        self.spawn();
+    }
+
     /// Kills the server with SIGKILL (no chance to clean up, like a crash) and
     /// starts it again on the same data dir; `port` is updated.
     pub fn crash_and_restart(&mut self) {
