@@ -598,12 +598,11 @@ impl Server {
             self.log_stats(now);
             self.dispatcher.prune_rate_limits();
         }
-        if let Some(command) = self.purge.due(unix_now()) {
-            let mut fx = std::mem::take(&mut self.effects);
-            fx.storage.push(command);
-            self.apply(&mut fx);
-            self.effects = fx;
-        }
+        let mut fx = std::mem::take(&mut self.effects);
+        self.dispatcher.send_due_receipts(unix_now(), &mut fx);
+        fx.storage.extend(self.purge.due(unix_now()));
+        self.apply(&mut fx);
+        self.effects = fx;
     }
 
     fn log_stats(&mut self, now: Instant) {

@@ -421,6 +421,7 @@ fn login_message(spec: &LoginSpec) -> ClientMessage {
         username: spec.username.clone(),
         secret,
         session_id,
+        receipts: false,
     })
 }
 

@@ -101,7 +101,7 @@ impl Dispatcher {
             return;
         };
         match client.auth {
-            Auth::Anonymous => {}
+            Auth::Anonymous => client.receipts = body.receipts,
             Auth::LoggedIn { .. } => {
                 let reply = ServerMessage::FailLogin(FailLogin {
                     error_type: LoginError::AlreadyLoggedIn,
@@ -131,6 +131,7 @@ impl Dispatcher {
                         to: fx.requester(conn),
                         user_id,
                         session_hash,
+                        receipts: body.receipts,
                         peer,
                         queue_before,
                         include_groups,
@@ -285,6 +286,8 @@ impl Dispatcher {
             include_groups,
             success_sent: false,
             queue_pushed_through: 0,
+            receipts: client.receipts,
+            confirmed_through: 0,
             mutual_contacts: Vec::new(),
             held: Vec::new(),
             held_ids: Vec::new(),
@@ -330,9 +333,7 @@ impl Dispatcher {
     pub(super) fn session_opened(
         &mut self,
         conn: ConnId,
-        queued: Vec<StoredMessage>,
-        more_queued: bool,
-        contacts: Vec<i64>,
+        opened: SessionOpened,
         now: i64,
         fx: &mut Effects,
     ) {
@@ -342,12 +343,14 @@ impl Dispatcher {
             session_id,
             success_sent,
             mutual_contacts,
+            confirmed_through,
             ..
         }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
         };
-        *mutual_contacts = contacts;
+        *mutual_contacts = opened.mutual_contacts;
+        *confirmed_through = opened.confirmed_through;
         if !*success_sent {
             *success_sent = true;
             let success = SuccessLogin {
@@ -357,7 +360,7 @@ impl Dispatcher {
             };
             fx.send(conn, &ServerMessage::SuccessLogin(success), now);
         }
-        self.push_queue_chunk(conn, queued, more_queued, now, fx);
+        self.push_queue_chunk(conn, opened.queued, opened.more_queued, now, fx);
     }
 
     /// Pushes one chunk of the offline queue; asks for the next or finishes.
@@ -374,12 +377,19 @@ impl Dispatcher {
             queue_before,
             include_groups,
             queue_pushed_through,
+            resumed,
+            receipts,
+            confirmed_through,
             ..
         }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
         };
         let user_id = *user_id;
+        let receipts = *receipts;
+        // A resumed receipts session is pushed everything past its
+        // confirmation; any other login the offline queue.
+        let since = (receipts && *resumed).then_some(*confirmed_through);
         let direct: Vec<i64> = queued
             .iter()
             .filter(|message| message.group_id.is_none())
@@ -393,6 +403,7 @@ impl Dispatcher {
             user_id,
             queue_before: *queue_before,
             after: *queue_pushed_through,
+            since,
             include_groups: *include_groups,
         };
         for message in queued {
@@ -401,7 +412,7 @@ impl Dispatcher {
         }
         // Taken once written out: a connection that dies first leaves them
         // in the queue (the loop drops its after-flush commands).
-        if !direct.is_empty() {
+        if !direct.is_empty() && !receipts {
             let taken = Command::MarkDelivered {
                 user_id,
                 message_ids: direct,
@@ -432,6 +443,8 @@ impl Dispatcher {
             held_ids,
             include_groups,
             queue_before,
+            receipts,
+            confirmed_through,
             ..
         } = std::mem::replace(&mut client.auth, Auth::Anonymous)
         else {
@@ -445,7 +458,7 @@ impl Dispatcher {
         // dies before writing them, its departure puts them back.
         fx.deliveries
             .extend(held_ids.iter().map(|message_id| (conn, *message_id)));
-        if !held_ids.is_empty() {
+        if !held_ids.is_empty() && !receipts {
             fx.storage.push(Command::MarkDelivered {
                 user_id,
                 message_ids: held_ids,
@@ -463,6 +476,8 @@ impl Dispatcher {
                 username,
                 session_hash,
                 groups_from: if include_groups { 0 } else { queue_before },
+                receipts,
+                confirmed_through,
             };
         }
         self.run_deferred(conn, now, fx);
@@ -568,12 +583,14 @@ impl Dispatcher {
             return;
         };
         let written_through = |all_through: i64| unflushed_from.map_or(all_through, |id| id - 1);
-        let (user_id, username, session_hash, groups_taken) = match client.auth {
+        let (user_id, username, session_hash, receipts, groups_taken) = match client.auth {
             Auth::LoggedIn {
                 user_id,
                 username,
                 session_hash,
                 groups_from,
+                receipts,
+                ..
             } => {
                 log::info!("{username} disconnected ({})", client.peer);
                 let through = written_through(self.next_message_id - 1);
@@ -581,7 +598,13 @@ impl Dispatcher {
                     from: groups_from,
                     through,
                 };
-                (user_id, username, session_hash, Some(taken))
+                (
+                    user_id,
+                    username,
+                    session_hash,
+                    receipts,
+                    (!receipts).then_some(taken),
+                )
             }
             Auth::Opening {
                 user_id,
@@ -590,17 +613,20 @@ impl Dispatcher {
                 include_groups,
                 queue_before,
                 queue_pushed_through,
+                receipts,
                 ..
             } => {
-                let taken = (include_groups && queue_pushed_through > 0).then(|| GroupsTaken {
+                let took_groups = include_groups && queue_pushed_through > 0 && !receipts;
+                let taken = took_groups.then(|| GroupsTaken {
                     from: 0,
                     through: written_through(queue_pushed_through).min(queue_before - 1),
                 });
-                (user_id, username, session_hash, taken)
+                (user_id, username, session_hash, receipts, taken)
             }
             Auth::Anonymous | Auth::Verifying { .. } => return,
         };
-        if let Some(from_message_id) = unflushed_from {
+        // A receipts device took only what it confirmed; nothing to put back.
+        if let Some(from_message_id) = unflushed_from.filter(|_| !receipts) {
             fx.storage.push(Command::Requeue {
                 user_id,
                 from_message_id,
@@ -630,6 +656,18 @@ impl Dispatcher {
             self.announce_presence(username, mutual_contacts, false, now, fx);
         }
     }
+}
+
+/// What storage says about a session it opened (see `Reply::SessionOpened`).
+pub(super) struct SessionOpened {
+    /// The first chunk of the queue.
+    pub queued: Vec<StoredMessage>,
+    /// More of the queue remains.
+    pub more_queued: bool,
+    /// Mutual contacts, for Presence.
+    pub mutual_contacts: Vec<i64>,
+    /// The session's confirmation.
+    pub confirmed_through: i64,
 }
 
 /// At most [`LOGGED_NAME_CHARS_MAX`] characters of a client-chosen name.

@@ -21,6 +21,7 @@
 
 mod accounts;
 mod contacts;
+mod delivery;
 mod groups;
 mod messages;
 
@@ -36,6 +37,7 @@ use crate::config;
 use crate::hasher::{HashDone, HashJob};
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
+use accounts::SessionOpened;
 use contacts::ContactAdded;
 
 /// Why the server closes a connection; becomes the WebSocket close code.
@@ -170,6 +172,10 @@ pub enum Auth {
         success_sent: bool,
         /// The last message id of the offline queue pushed so far (0: none).
         queue_pushed_through: i64,
+        /// A receipts login (1.1): nothing counts as taken until confirmed.
+        receipts: bool,
+        /// The session's confirmation, once storage has told it.
+        confirmed_through: i64,
         /// Mutual contacts to tell once the login completes.
         mutual_contacts: Vec<i64>,
         /// Frames that arrived meanwhile.
@@ -189,6 +195,11 @@ pub enum Auth {
         /// (0 when its login took the group queue; the login boundary when
         /// another device of the user was live and got what came before).
         groups_from: i64,
+        /// Whether this connection confirms with Received (1.1).
+        receipts: bool,
+        /// The session's confirmation: this device holds everything
+        /// addressed to the user up to here.
+        confirmed_through: i64,
     },
 }
 
@@ -204,6 +215,8 @@ pub struct Client {
     deferred: Vec<String>,
     /// Per-connection rate limits (`None` with `--no-rate-limits`).
     buckets: Option<ConnectionBuckets>,
+    /// The login in progress asked for receipts.
+    receipts: bool,
 }
 
 /// Requests a connection may pipeline behind an unfinished Login; more get
@@ -245,6 +258,9 @@ pub struct Dispatcher {
     /// A reservation of the next block is on its way to storage.
     reserving_ids: bool,
     storage_backlog: usize,
+    /// Delivered receipts (37) waiting for the next tick, coalesced:
+    /// `(sender, recipient) → (recipient's name, through)`.
+    receipts_due: HashMap<(i64, i64), (String, i64)>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -267,6 +283,7 @@ impl Dispatcher {
             ids_reserved_through: snapshot.ids_reserved_through,
             reserving_ids: false,
             storage_backlog: 0,
+            receipts_due: HashMap::new(),
             limits,
             counters: Counters::default(),
         }
@@ -281,6 +298,7 @@ impl Dispatcher {
                 auth: Auth::Anonymous,
                 deferred: Vec::new(),
                 buckets: self.rate_limits.connection_buckets(self.clock),
+                receipts: false,
             },
         );
     }
@@ -438,6 +456,7 @@ impl Dispatcher {
             }
             ClientMessage::LeaveGroup(body) => self.leave_group(conn, user_id, body, now, fx),
             ClientMessage::GetGroups => self.get_groups(conn, user_id, now, fx),
+            ClientMessage::Received(body) => self.received(conn, user_id, body, now, fx),
         }
     }
 
@@ -468,7 +487,16 @@ impl Dispatcher {
                 queued,
                 more_queued,
                 mutual_contacts,
-            } => self.session_opened(to.conn, queued, more_queued, mutual_contacts, now, fx),
+                confirmed_through,
+            } => {
+                let opened = SessionOpened {
+                    queued,
+                    more_queued,
+                    mutual_contacts,
+                    confirmed_through,
+                };
+                self.session_opened(to.conn, opened, now, fx)
+            }
             Reply::QueueChunk {
                 to,
                 queued,
@@ -527,6 +555,11 @@ impl Dispatcher {
                 remaining,
             } => self.group_left(to.conn, user_id, group_id, remaining, now, fx),
             Reply::IdsReserved { through } => self.ids_reserved(through),
+            Reply::Confirmed {
+                user_id,
+                username,
+                senders,
+            } => self.confirmed(user_id, &username, senders),
             Reply::Failed {
                 requester: (to, tag),
                 reason,
@@ -666,7 +699,8 @@ impl Dispatcher {
 
     /// Sends `frame` to every connection of `user_id` except `except`: written
     /// now to logged-in ones, held for ones finishing their login. Returns
-    /// whether a logged-in connection got it.
+    /// whether a logged-in connection without receipts got it (which takes it
+    /// off the offline queue; its departure puts back what it did not write).
     fn push_to_user(
         &mut self,
         user_id: i64,
@@ -684,10 +718,11 @@ impl Dispatcher {
                 continue;
             }
             match self.clients.get_mut(conn).map(|client| &mut client.auth) {
-                Some(Auth::LoggedIn { .. }) => {
+                Some(Auth::LoggedIn { receipts, .. }) => {
                     fx.frames.push((*conn, frame.to_owned()));
                     fx.deliveries.extend(message_id.map(|id| (*conn, id)));
-                    delivered = true;
+                    // A receipts device takes a message only by confirming it.
+                    delivered |= !*receipts;
                 }
                 Some(Auth::Opening { held, held_ids, .. }) => {
                     held.push(frame.to_owned());

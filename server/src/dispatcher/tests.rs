@@ -85,6 +85,7 @@ fn log_in(d: &mut Dispatcher, c: ConnId, user: &str, mutual_contacts: Vec<i64>) 
             queued: vec![],
             more_queued: false,
             mutual_contacts,
+            confirmed_through: 0,
         },
     )
 }
@@ -210,6 +211,7 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
             queued: vec![queued],
             more_queued: false,
             mutual_contacts: vec![],
+            confirmed_through: 0,
         },
     );
     let frames = frames_for(&fx, c);
@@ -482,6 +484,7 @@ fn logout_closes_every_connection_of_that_session_only() {
             queued: vec![],
             more_queued: false,
             mutual_contacts: vec![],
+            confirmed_through: 0,
         },
     );
     let fx = send(&mut d, a1, r#"{"tag":3,"username":"bob"}"#);
@@ -704,6 +707,7 @@ fn requests_pipelined_behind_a_login_run_after_it_in_order() {
             queued: vec![],
             more_queued: false,
             mutual_contacts: vec![],
+            confirmed_through: 0,
         },
     );
     assert!(matches!(
@@ -841,6 +845,7 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
             queued: vec![stored(1, "q1")],
             more_queued: true,
             mutual_contacts: vec![],
+            confirmed_through: 0,
         },
     );
     assert!(matches!(&frames_for(&fx, b)[..],

@@ -592,6 +592,7 @@ pub fn login_with_secret(name: &str, secret: &str) -> ClientMessage {
         username: name.into(),
         secret: Some(secret.into()),
         session_id: None,
+        receipts: false,
     })
 }
 
@@ -601,6 +602,7 @@ pub fn login_with_session(name: &str, session_id: &str) -> ClientMessage {
         username: name.into(),
         secret: None,
         session_id: Some(session_id.into()),
+        receipts: false,
     })
 }
 
