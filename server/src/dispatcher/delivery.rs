@@ -27,22 +27,25 @@ impl Dispatcher {
     /// `Received{through}`: cumulative; a `through` at or below the session's
     /// confirmation is ignored, one past the highest id assigned counts as
     /// that id.
-    pub(super) fn received(
-        &mut self,
-        conn: ConnId,
-        user_id: i64,
-        body: Received,
-        now: i64,
-        fx: &mut Effects,
-    ) {
+    pub(super) fn received(&mut self, conn: ConnId, body: Received, now: i64, fx: &mut Effects) {
         let highest_assigned = self.next_message_id - 1;
-        let Some(Auth::LoggedIn {
+        let auth = self.clients.get_mut(&conn).map(|client| &mut client.auth);
+        let (Some(Auth::LoggedIn {
+            user_id,
             receipts,
             confirmed_through,
             session_hash,
             username,
             ..
-        }) = self.clients.get_mut(&conn).map(|client| &mut client.auth)
+        })
+        | Some(Auth::Opening {
+            user_id,
+            receipts,
+            confirmed_through,
+            session_hash,
+            username,
+            ..
+        })) = auth
         else {
             return;
         };
@@ -57,7 +60,7 @@ impl Dispatcher {
         }
         *confirmed_through = through;
         fx.storage.push(Command::Confirm {
-            user_id,
+            user_id: *user_id,
             username: username.clone(),
             session_hash: session_hash.clone(),
             through,

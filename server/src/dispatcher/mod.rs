@@ -391,6 +391,10 @@ impl Dispatcher {
                 message,
                 ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
             )
+            && !self
+                .clients
+                .get(&conn)
+                .is_some_and(|c| is_confirmation_while_queue_pushed(&c.auth, message))
     }
 
     fn defer(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
@@ -427,7 +431,8 @@ impl Dispatcher {
         } else if !matches!(
             message,
             ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
-        ) {
+        ) && !is_confirmation_while_queue_pushed(&client.auth, &message)
+        {
             fx.error(conn, ErrorType::NotLoggedIn, "log in first", tag, now);
             return;
         }
@@ -456,7 +461,7 @@ impl Dispatcher {
             }
             ClientMessage::LeaveGroup(body) => self.leave_group(conn, user_id, body, now, fx),
             ClientMessage::GetGroups => self.get_groups(conn, user_id, now, fx),
-            ClientMessage::Received(body) => self.received(conn, user_id, body, now, fx),
+            ClientMessage::Received(body) => self.received(conn, body, now, fx),
         }
     }
 
@@ -747,6 +752,20 @@ impl Dispatcher {
         }
         self.push_to_user(user_id, &frame, None, requester, fx);
     }
+}
+
+/// A Received on a connection whose SuccessLogin is sent and whose queue is
+/// still being pushed: it confirms what it has read so far, so it is handled
+/// at once rather than waiting behind the login.
+fn is_confirmation_while_queue_pushed(auth: &Auth, message: &ClientMessage) -> bool {
+    matches!(message, ClientMessage::Received(_))
+        && matches!(
+            auth,
+            Auth::Opening {
+                success_sent: true,
+                ..
+            }
+        )
 }
 
 /// A stored message as the protocol shows it.
