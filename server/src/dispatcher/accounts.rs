@@ -272,7 +272,11 @@ impl Dispatcher {
         resumed: bool,
     ) -> (i64, bool) {
         let queue_before = self.next_message_id;
-        let include_groups = !self.has_logged_in_connection(user_id);
+        // The group part of the queue is what lies past the user's group
+        // cursors, which confirmations keep current. A live device without
+        // receipts moves them only when it leaves, so while one is live it
+        // counts as having taken the group messages before this login.
+        let include_groups = !self.has_any_legacy_connection(user_id);
         let Some(client) = self.clients.get_mut(&conn) else {
             return (queue_before, include_groups);
         };

@@ -17,7 +17,7 @@ use protocol::client::Received;
 use protocol::server::{Delivered, DeliveryReceipt};
 use protocol::{ErrorType, ServerMessage};
 
-use super::{Auth, Dispatcher, Effects};
+use super::{Auth, Dispatcher, Effects, Queued};
 use crate::completion::ConnId;
 use crate::storage::{Command, NewMessage};
 
@@ -108,7 +108,11 @@ impl Dispatcher {
         let except = Some(waiting.except);
         match waiting.route {
             Route::User { receiver_id, .. } => {
-                let pushed = self.push_to_user(receiver_id, &frame, Some(message_id), except, fx);
+                let queued = Queued::Direct {
+                    taken: message.delivered,
+                };
+                let message_ref = Some((message_id, queued));
+                let pushed = self.push_to_user(receiver_id, &frame, message_ref, except, fx);
                 let taken = pushed || receiver_id == message.sender_id;
                 if taken && !message.delivered {
                     let message_ids = vec![message_id];
@@ -125,27 +129,39 @@ impl Dispatcher {
             }
             Route::Group(group_id) => {
                 for member in self.group_member_ids(group_id) {
-                    self.push_to_user(member, &frame, Some(message_id), except, fx);
+                    let message_ref = Some((message_id, Queued::Group));
+                    self.push_to_user(member, &frame, message_ref, except, fx);
                 }
             }
         }
     }
 
+    /// Whether `user_id` has a logged-in connection without receipts.
+    pub(super) fn has_any_legacy_connection(&self, user_id: i64) -> bool {
+        self.legacy_connections(user_id).next().is_some()
+    }
+
     /// Whether `user_id` has a logged-in connection without receipts other
     /// than `except` (one that takes a message by reading it).
     pub(super) fn has_legacy_connection(&self, user_id: i64, except: ConnId) -> bool {
-        self.online.get(&user_id).is_some_and(|conns| {
-            conns.iter().any(|conn| {
-                *conn != except
-                    && matches!(
-                        self.clients.get(conn).map(|client| &client.auth),
-                        Some(Auth::LoggedIn {
-                            receipts: false,
-                            ..
-                        })
-                    )
+        self.legacy_connections(user_id).any(|conn| conn != except)
+    }
+
+    fn legacy_connections(&self, user_id: i64) -> impl Iterator<Item = ConnId> + '_ {
+        self.online
+            .get(&user_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|conn| {
+                matches!(
+                    self.clients.get(conn).map(|client| &client.auth),
+                    Some(Auth::LoggedIn {
+                        receipts: false,
+                        ..
+                    })
+                )
             })
-        })
     }
 
     /// `Received{through}`: cumulative; a `through` at or below the session's

@@ -724,14 +724,15 @@ impl Dispatcher {
     }
 
     /// Sends `frame` to every connection of `user_id` except `except`: written
-    /// now to logged-in ones, held for ones finishing their login. Returns
-    /// whether a logged-in connection without receipts got it (which takes it
-    /// off the offline queue; its departure puts back what it did not write).
+    /// now to logged-in ones, held for ones finishing their login (unless
+    /// their offline queue already has it: see [`Queued`]). Returns whether a
+    /// logged-in connection without receipts got it (which takes it off the
+    /// offline queue; its departure puts back what it did not write).
     fn push_to_user(
         &mut self,
         user_id: i64,
         frame: &str,
-        message_id: Option<i64>,
+        message: Option<(i64, Queued)>,
         except: Option<ConnId>,
         fx: &mut Effects,
     ) -> bool {
@@ -746,7 +747,7 @@ impl Dispatcher {
             match self.clients.get_mut(conn).map(|client| &mut client.auth) {
                 Some(Auth::LoggedIn { receipts, .. }) => {
                     fx.frames.push((*conn, frame.to_owned()));
-                    fx.deliveries.extend(message_id.map(|id| (*conn, id)));
+                    fx.deliveries.extend(message.map(|(id, _)| (*conn, id)));
                     // A receipts device takes a message only by confirming it.
                     delivered |= !*receipts;
                 }
@@ -754,14 +755,24 @@ impl Dispatcher {
                     held,
                     held_ids,
                     queue_before,
+                    include_groups,
+                    receipts,
+                    resumed,
                     ..
                 }) => {
-                    // A message from before the login began is the queue's.
-                    if message_id.is_some_and(|id| id < *queue_before) {
-                        continue;
+                    if let Some((id, queued)) = message {
+                        let whole_history = *receipts && *resumed;
+                        let in_queue = id < *queue_before
+                            && match queued {
+                                Queued::Direct { taken } => whole_history || !taken,
+                                Queued::Group => whole_history || *include_groups,
+                            };
+                        if in_queue {
+                            continue;
+                        }
                     }
                     held.push(frame.to_owned());
-                    held_ids.extend(message_id);
+                    held_ids.extend(message.map(|(id, _)| id));
                 }
                 _ => {}
             }
@@ -782,6 +793,20 @@ impl Dispatcher {
         }
         self.push_to_user(user_id, &frame, None, requester, fx);
     }
+}
+
+/// Which part of a login's offline queue a delivered message belongs to, so a
+/// connection finishing its login is not sent it twice (queue and live).
+#[derive(Clone, Copy, Debug)]
+enum Queued {
+    /// A 1:1 message, and whether it was stored as taken (then only a
+    /// resumed receipts session's queue has it).
+    Direct {
+        /// Stored as taken by a device without receipts.
+        taken: bool,
+    },
+    /// A group message (in the queue when the login includes groups).
+    Group,
 }
 
 /// A Received on a connection whose SuccessLogin is sent and whose queue is

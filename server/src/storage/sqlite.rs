@@ -729,10 +729,17 @@ fn remember_client_id(
     message: &NewMessage,
     client_id: &str,
 ) -> rusqlite::Result<Option<i64>> {
-    let inserted = tx
+    // Read first: a resend is answered even when the disk is full.
+    let first = tx
         .prepare_cached(
+            "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
+        )?
+        .query_row(params![message.sender_id, client_id], |row| row.get(0))
+        .optional()?;
+    if first.is_none() {
+        tx.prepare_cached(
             "INSERT INTO client_ids (sender_id, client_message_id, message_id, created_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![
             message.sender_id,
@@ -740,14 +747,8 @@ fn remember_client_id(
             message.message_id,
             message.time
         ])?;
-    if inserted == 1 {
-        return Ok(None);
     }
-    tx.prepare_cached(
-        "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
-    )?
-    .query_row(params![message.sender_id, client_id], |row| row.get(0))
-    .optional()
+    Ok(first)
 }
 
 fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {

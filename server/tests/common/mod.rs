@@ -87,12 +87,19 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(limit) = self.file_size_limit {
+        let limit = self.file_size_limit;
+        {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls between fork and exec.
+            // SIGXFSZ is ignored in every test server, so a file size limit
+            // set later (`set_file_size_limit`) fails writes with EFBIG
+            // rather than killing the process.
             unsafe {
                 command.pre_exec(move || {
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let Some(limit) = limit else {
+                        return Ok(());
+                    };
                     let rlimit = libc::rlimit {
                         rlim_cur: limit,
                         rlim_max: limit,
@@ -199,6 +206,30 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Caps (or, with `None`, uncaps) the size of every file the running
+    /// server writes: its disk fills up, or is freed, without a restart.
+    pub fn set_file_size_limit(&self, limit: Option<u64>) {
+        let rlimit = libc::rlimit {
+            rlim_cur: limit.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: plain system call on a child process we own.
+        let result =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &rlimit, std::ptr::null_mut()) };
+        assert_eq!(result, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    /// Kills the server with SIGKILL and starts it again with `limit` as
+    /// RLIMIT_FSIZE (`None`: no limit): a crash into, or out of, a full disk.
+    pub fn crash_and_restart_with_file_size_limit(&mut self, limit: Option<u64>) {
+        let mut child = self.child.take().expect("server is running");
+        child.kill().expect("SIGKILL chat-server");
+        child.wait().expect("wait for chat-server");
+        self.file_size_limit = limit;
+        self.spawn();
+    }
+
     /// Kills the server with SIGKILL (no chance to clean up, like a crash) and
     /// starts it again on the same data dir; `port` is updated.
     pub fn crash_and_restart(&mut self) {
@@ -278,6 +309,16 @@ macro_rules! recv_variant {
     };
 }
 
+/// What [`Client::poll`] saw.
+pub enum Polled {
+    /// A text frame, decoded, with the request id it echoes.
+    Frame(ServerMessage, Option<RequestId>),
+    /// Nothing within the wait.
+    Quiet,
+    /// The connection ended (close frame, reset, or an undecodable frame).
+    Ended,
+}
+
 /// A blocking WebSocket client with a read timeout.
 pub struct Client {
     ws: WebSocket<TcpStream>,
@@ -294,6 +335,7 @@ impl Client {
     pub fn try_connect(port: u16) -> Result<Client, String> {
         let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(RECV_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         let url = format!("ws://127.0.0.1:{port}/");
         match tungstenite::client(url, stream) {
@@ -490,6 +532,35 @@ impl Client {
                 Err(e) => return Closed::Dropped(e.to_string()),
             }
         }
+    }
+
+    /// The next frame if one arrives within `wait`; never panics.
+    pub fn poll(&mut self, wait: Duration) -> Polled {
+        if self.ws.get_ref().set_read_timeout(Some(wait)).is_err() {
+            return Polled::Ended;
+        }
+        let polled = loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => match decode_reply(text.as_str()) {
+                    Ok((message, id)) => break Polled::Frame(message, id),
+                    Err(_) => break Polled::Ended,
+                },
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => break Polled::Quiet,
+                Ok(_) | Err(_) => break Polled::Ended,
+            }
+        };
+        let _ = self.ws.get_ref().set_read_timeout(Some(RECV_TIMEOUT));
+        polled
+    }
+
+    /// Sends `message` with `request_id`; an error if the connection is gone.
+    pub fn try_send_with_id(
+        &mut self,
+        message: &ClientMessage,
+        request_id: impl Into<RequestId>,
+    ) -> Result<(), String> {
+        self.try_send_raw(&encode_request(message, Some(&request_id.into())))
     }
 
     /// Every message frame until the server closes the connection (or drops

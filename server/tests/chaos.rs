@@ -1,0 +1,653 @@
+//! The fault-injection checker: the real binary driven the way Jepsen drives a
+//! database — seeded and reproducible — with faults at random moments, then
+//! every promise of the delivery model checked against what clients saw and
+//! what the database holds.
+//!
+//! Users have two receipts devices each (and the first user one device
+//! without receipts). They send 1:1 and group messages, pipelined, with
+//! client ids and request ids. Faults: connections dropped mid-login,
+//! mid-queue and mid-read (a dropped device resends what it never got an
+//! answer for, on its next connection, with the same client id), logouts and
+//! new sessions, `SIGKILL` and restart, and a full disk (RLIMIT_FSIZE) for a
+//! while. At the end every device resumes and drains, and the checker asserts:
+//! - every acked message is held by every receipts device of every recipient
+//!   (all other members, for a group), exactly once by id;
+//! - no id names two different messages anywhere (devices, database);
+//! - no device holds a message whose sender got an error and never an Ack;
+//! - on every device, messages from one sender arrive in increasing id order;
+//! - a client id is stored at most once, however often it was resent.
+//!
+//! `CHAOS_SEED` replays a run (the seed is printed first); `CHAOS_SECONDS`
+//! sets the length of the fault phase (default 20; `scripts/chaos.sh` runs
+//! longer and many seeds).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{register_all, Client, Polled, TestServer, SECRET};
+use protocol::client::{Login, Logout, Received, SendMessage};
+use protocol::{ClientMessage, ServerMessage};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const USERS: usize = 4;
+const RECEIPTS_DEVICES_PER_USER: usize = 2;
+/// How long the end phase waits for every device to catch up.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// Messages a device may have unanswered before it stops sending.
+const WINDOW: usize = 16;
+
+/// Where a message was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dest {
+    User(usize),
+    Group,
+}
+
+/// What the sender knows about one client id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Sent, no answer yet (or the connection died before one came).
+    Unanswered,
+    /// Acked with this server id.
+    Acked(i64),
+    /// Refused with an error and never acked.
+    Refused,
+}
+
+struct Sent {
+    sender: usize,
+    dest: Dest,
+    content: String,
+    outcome: Outcome,
+}
+
+struct Device {
+    user: usize,
+    receipts: bool,
+    session: Option<String>,
+    conn: Option<Client>,
+    /// Whether the current connection got its SuccessLogin.
+    logged_in: bool,
+    /// Every message this device holds, by id.
+    held: BTreeMap<i64, String>,
+    /// The highest id received on the current connection.
+    highest_on_connection: i64,
+    confirmed: i64,
+    /// Client ids sent on the current connection and not yet answered.
+    in_flight: BTreeSet<String>,
+    /// Messages with smaller ids are not owed to the current session: it
+    /// began with a password login after other devices may have taken them.
+    owed_after: i64,
+    /// Per sender, the last id first seen from them (order check).
+    last_from: HashMap<String, i64>,
+    order_violations: Vec<String>,
+}
+
+struct Chaos {
+    rng: StdRng,
+    server: TestServer,
+    names: Vec<String>,
+    devices: Vec<Device>,
+    sent: BTreeMap<String, Sent>,
+    group_id: i64,
+    next_seq: Vec<u64>,
+    disk_full_until: Option<Instant>,
+    log: Vec<String>,
+}
+
+fn seed() -> u64 {
+    match std::env::var("CHAOS_SEED") {
+        Ok(text) => text.parse().expect("CHAOS_SEED must be an integer"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
+fn fault_phase() -> Duration {
+    let seconds = std::env::var("CHAOS_SECONDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(seconds)
+}
+
+#[test]
+fn delivery_survives_faults() {
+    let seed = seed();
+    println!("chaos seed {seed} (replay: CHAOS_SEED={seed} cargo test -p server --test chaos)");
+    let mut chaos = Chaos::new(seed);
+    let end = Instant::now() + fault_phase();
+    while Instant::now() < end {
+        chaos.step();
+    }
+    chaos.finish();
+    chaos.check();
+    println!(
+        "chaos seed {seed}: {} messages sent, {} acked, {} faults",
+        chaos.sent.len(),
+        chaos.acked().count(),
+        chaos.log.len()
+    );
+}
+
+impl Chaos {
+    fn new(seed: u64) -> Chaos {
+        let server = TestServer::start(&["--no-rate-limits"]);
+        let names: Vec<String> = (0..USERS).map(|u| format!("user{u}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        register_all(&server, &refs);
+        let mut devices = Vec::new();
+        for user in 0..USERS {
+            for _ in 0..RECEIPTS_DEVICES_PER_USER {
+                devices.push(Device::new(user, true));
+            }
+        }
+        devices.push(Device::new(0, false));
+        let mut chaos = Chaos {
+            rng: StdRng::seed_from_u64(seed),
+            server,
+            names,
+            devices,
+            sent: BTreeMap::new(),
+            group_id: 0,
+            next_seq: vec![0; USERS],
+            disk_full_until: None,
+            log: Vec::new(),
+        };
+        chaos.group_id = chaos.create_group();
+        for index in 0..chaos.devices.len() {
+            chaos.connect(index);
+        }
+        chaos
+    }
+
+    fn create_group(&mut self) -> i64 {
+        let mut creator = common::logged_in(&self.server, &self.names[0]);
+        creator.send(&ClientMessage::CreateGroup(protocol::client::CreateGroup {
+            name: "everyone".into(),
+            members: self.names[1..].to_vec(),
+        }));
+        match creator.recv() {
+            ServerMessage::GroupInfo(info) => info.group_id,
+            other => panic!("expected GroupInfo, got {other:?}"),
+        }
+    }
+
+    /// One random action.
+    fn step(&mut self) {
+        self.end_full_disk_when_due();
+        let roll = self.rng.random_range(0..1000);
+        let index = self.rng.random_range(0..self.devices.len());
+        match roll {
+            0..=399 => self.send_random(index),
+            400..=849 => self.read(index, Duration::from_millis(5)),
+            850..=919 => self.drop_connection(index, "drop"),
+            920..=969 => self.connect(index),
+            970..=984 => self.logout_and_login(index),
+            985..=993 => self.crash(),
+            _ => self.fill_disk(),
+        }
+    }
+
+    fn send_random(&mut self, index: usize) {
+        let device = &self.devices[index];
+        if !device.logged_in || device.in_flight.len() >= WINDOW {
+            return self.read(index, Duration::from_millis(1));
+        }
+        let sender = device.user;
+        let dest = match self.rng.random_range(0..4) {
+            0 => Dest::Group,
+            _ => Dest::User((sender + self.rng.random_range(1..USERS)) % USERS),
+        };
+        let seq = self.next_seq[sender];
+        self.next_seq[sender] += 1;
+        let client_id = format!("u{sender}-{seq}");
+        let padding = "x".repeat(self.padding_len());
+        let content = format!("{client_id}|{padding}");
+        self.sent.insert(
+            client_id.clone(),
+            Sent {
+                sender,
+                dest,
+                content,
+                outcome: Outcome::Unanswered,
+            },
+        );
+        self.send_message(index, &client_id);
+    }
+
+    /// Mostly small messages, now and then a large one (slow readers).
+    fn padding_len(&mut self) -> usize {
+        match self.rng.random_range(0..50) {
+            0 => 60 * 1024,
+            1..=5 => 4 * 1024,
+            _ => 16,
+        }
+    }
+
+    fn send_message(&mut self, index: usize, client_id: &str) {
+        let sent = &self.sent[client_id];
+        let (dest_id, group_id) = match sent.dest {
+            Dest::User(user) => (Some(self.names[user].clone()), None),
+            Dest::Group => (None, Some(self.group_id)),
+        };
+        let message = ClientMessage::Message(SendMessage {
+            dest_id,
+            group_id,
+            content: sent.content.clone(),
+            message_id: Some(client_id.to_owned()),
+            source_id: None,
+            is_encrypted: false,
+        });
+        let device = &mut self.devices[index];
+        let Some(conn) = device.conn.as_mut() else {
+            return;
+        };
+        if conn.try_send_with_id(&message, client_id).is_ok() {
+            device.in_flight.insert(client_id.to_owned());
+        } else {
+            self.drop_connection(index, "send failed");
+        }
+    }
+
+    /// Reads what arrives on `index` within `wait` (and everything already
+    /// there), confirming on a receipts device.
+    fn read(&mut self, index: usize, wait: Duration) {
+        let mut wait = wait;
+        loop {
+            let Some(conn) = self.devices[index].conn.as_mut() else {
+                return;
+            };
+            match conn.poll(wait) {
+                Polled::Frame(frame, request_id) => {
+                    self.on_frame(index, frame, request_id.map(|id| id.to_string()))
+                }
+                Polled::Quiet => break,
+                Polled::Ended => {
+                    self.drop_connection(index, "ended by the server");
+                    return;
+                }
+            }
+            wait = Duration::from_millis(1);
+        }
+        self.confirm(index);
+    }
+
+    fn on_frame(&mut self, index: usize, frame: ServerMessage, request_id: Option<String>) {
+        match frame {
+            ServerMessage::SuccessLogin(ok) => {
+                let known = self.highest_known_id();
+                let device = &mut self.devices[index];
+                device.logged_in = true;
+                if device.receipts && device.session.is_none() {
+                    // A new session: what others took before it began is
+                    // not owed to it; everything after is.
+                    device.owed_after = known;
+                    device.session = ok.session_id;
+                }
+                self.resend_unanswered(index);
+            }
+            ServerMessage::FailLogin(_) => {
+                self.devices[index].session = None;
+                self.drop_connection(index, "login failed");
+            }
+            ServerMessage::Message(message) => self.devices[index].hold(message),
+            ServerMessage::Ack(ack) => {
+                let client_id = ack.client_message_id.unwrap_or_default();
+                self.devices[index].in_flight.remove(&client_id);
+                if let Some(sent) = self.sent.get_mut(&client_id) {
+                    if let Outcome::Acked(first) = sent.outcome {
+                        assert_eq!(first, ack.message_id, "{client_id} acked with two ids");
+                    }
+                    sent.outcome = Outcome::Acked(ack.message_id);
+                }
+            }
+            ServerMessage::Error(error) if error.ref_tag == Some(11) => {
+                let client_id = request_id.unwrap_or_default();
+                self.devices[index].in_flight.remove(&client_id);
+                if let Some(sent) = self.sent.get_mut(&client_id) {
+                    if sent.outcome == Outcome::Unanswered {
+                        sent.outcome = Outcome::Refused;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A receipts device confirms everything up to the highest id it got on
+    /// this connection (pushes come in id order).
+    fn confirm(&mut self, index: usize) {
+        let device = &mut self.devices[index];
+        if !device.receipts || !device.logged_in || device.highest_on_connection <= device.confirmed
+        {
+            return;
+        }
+        let through = device.highest_on_connection;
+        let Some(conn) = device.conn.as_mut() else {
+            return;
+        };
+        let received = ClientMessage::Received(Received { through });
+        if conn.try_send(&received).is_ok() {
+            device.confirmed = through;
+        }
+    }
+
+    /// The messages this device sent and never got an answer for go out
+    /// again, same client id, on its new connection.
+    fn resend_unanswered(&mut self, index: usize) {
+        let user = self.devices[index].user;
+        let owner = self.owner_device(user);
+        if owner != index {
+            return;
+        }
+        let unanswered: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(_, sent)| sent.sender == user && sent.outcome == Outcome::Unanswered)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in unanswered {
+            self.send_message(index, &client_id);
+        }
+    }
+
+    /// The device that resends a user's unanswered messages (its first).
+    fn owner_device(&self, user: usize) -> usize {
+        self.devices
+            .iter()
+            .position(|device| device.user == user)
+            .unwrap_or(0)
+    }
+
+    fn drop_connection(&mut self, index: usize, why: &str) {
+        let device = &mut self.devices[index];
+        if device.conn.take().is_some() {
+            self.log.push(format!("{why}: device {index}"));
+        }
+        device.logged_in = false;
+        device.in_flight.clear();
+        device.highest_on_connection = device.confirmed;
+    }
+
+    /// (Re)connects: a receipts device resumes its session (or logs in with
+    /// the password the first time); the other logs in with the password.
+    /// Does not wait for the answer: reads handle it, so a drop can hit
+    /// mid-login or mid-queue.
+    fn connect(&mut self, index: usize) {
+        if self.devices[index].conn.is_some() {
+            return self.read(index, Duration::from_millis(1));
+        }
+        let Ok(mut conn) = Client::try_connect(self.server.port) else {
+            return;
+        };
+        let device = &self.devices[index];
+        let login = Login {
+            username: self.names[device.user].clone(),
+            secret: device.session.is_none().then(|| SECRET.to_owned()),
+            session_id: device.session.clone(),
+            receipts: device.receipts,
+        };
+        if conn.try_send(&ClientMessage::Login(login)).is_ok() {
+            let device = &mut self.devices[index];
+            device.conn = Some(conn);
+            device.highest_on_connection = device.confirmed;
+        }
+    }
+
+    /// Logout (ending the session) and a fresh password login.
+    fn logout_and_login(&mut self, index: usize) {
+        let device = &mut self.devices[index];
+        if let (true, Some(conn)) = (device.logged_in, device.conn.as_mut()) {
+            let _ = conn.try_send(&ClientMessage::Logout(Logout::default()));
+            self.log.push(format!("logout: device {index}"));
+        }
+        // Whatever arrives before the close still counts as held.
+        self.read(index, Duration::from_millis(20));
+        self.drop_connection(index, "logout");
+        self.devices[index].session = None;
+        self.devices[index].confirmed = 0;
+        self.devices[index].highest_on_connection = 0;
+        self.connect(index);
+    }
+
+    fn crash(&mut self) {
+        self.log.push("SIGKILL and restart".into());
+        for index in 0..self.devices.len() {
+            self.drop_connection(index, "crash");
+        }
+        self.server.crash_and_restart_with_file_size_limit(None);
+        self.disk_full_until = None;
+    }
+
+    /// Caps the server's files just above their size now: writes fail (the
+    /// disk is full) until the cap is lifted a couple of seconds later.
+    fn fill_disk(&mut self) {
+        if self.disk_full_until.is_some() {
+            return;
+        }
+        self.log.push("disk full".into());
+        let limit = largest_file(self.server.data_dir()) + 16 * 1024;
+        self.server.set_file_size_limit(Some(limit));
+        self.disk_full_until = Some(Instant::now() + Duration::from_secs(2));
+    }
+
+    fn end_full_disk_when_due(&mut self) {
+        if self
+            .disk_full_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.log.push("disk freed".into());
+            self.server.set_file_size_limit(None);
+            self.disk_full_until = None;
+        }
+    }
+
+    /// The end: a clean restart, every device reconnects, every unanswered
+    /// message is resent until answered, and every receipts device reads
+    /// until it holds everything acked for its user.
+    fn finish(&mut self) {
+        self.server.crash_and_restart_with_file_size_limit(None);
+        for index in 0..self.devices.len() {
+            self.drop_connection(index, "final restart");
+        }
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while !self.caught_up() {
+            assert!(
+                Instant::now() < deadline,
+                "devices never caught up: {}",
+                self.lag()
+            );
+            for index in 0..self.devices.len() {
+                self.connect(index);
+                self.read(index, Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        let unanswered = self.sent.values().any(|s| s.outcome == Outcome::Unanswered);
+        !unanswered
+            && self
+                .devices
+                .iter()
+                .filter(|device| device.receipts)
+                .all(|device| self.missing(device).is_empty())
+    }
+
+    fn lag(&self) -> String {
+        let unanswered = self
+            .sent
+            .values()
+            .filter(|s| s.outcome == Outcome::Unanswered)
+            .count();
+        let mut report = format!("{unanswered} unanswered");
+        for (index, device) in self.devices.iter().enumerate() {
+            let missing = self.missing(device);
+            if device.receipts && !missing.is_empty() {
+                let first: Vec<i64> = missing.iter().take(5).copied().collect();
+                report += &format!(
+                    "; device {index} (user{}, owed after {}, confirmed {}) misses {} e.g. {first:?}",
+                    device.user,
+                    device.owed_after,
+                    device.confirmed,
+                    missing.len()
+                );
+            }
+        }
+        report
+    }
+
+    /// The highest message id any client has seen so far.
+    fn highest_known_id(&self) -> i64 {
+        let acked = self.acked().map(|(_, _, id)| id).max().unwrap_or(0);
+        let held = self
+            .devices
+            .iter()
+            .filter_map(|device| device.held.keys().next_back().copied())
+            .max()
+            .unwrap_or(0);
+        acked.max(held)
+    }
+
+    fn acked(&self) -> impl Iterator<Item = (&String, &Sent, i64)> {
+        self.sent
+            .iter()
+            .filter_map(|(id, sent)| match sent.outcome {
+                Outcome::Acked(message_id) => Some((id, sent, message_id)),
+                _ => None,
+            })
+    }
+
+    /// Acked messages addressed to the device's user that it does not hold.
+    fn missing(&self, device: &Device) -> Vec<i64> {
+        self.acked()
+            .filter(|(_, sent, _)| match sent.dest {
+                Dest::User(user) => user == device.user,
+                Dest::Group => sent.sender != device.user,
+            })
+            .filter(|(_, _, id)| *id > device.owed_after && !device.held.contains_key(id))
+            .map(|(_, _, id)| id)
+            .collect()
+    }
+
+    fn check(&mut self) {
+        for (index, device) in self.devices.iter().enumerate() {
+            if device.receipts {
+                let missing = self.missing(device);
+                assert!(
+                    missing.is_empty(),
+                    "device {index} lost acked messages {missing:?}"
+                );
+            }
+            assert!(
+                device.order_violations.is_empty(),
+                "device {index}: {:?}",
+                device.order_violations
+            );
+        }
+        let mut names: HashMap<i64, &str> = HashMap::new();
+        for device in &self.devices {
+            for (id, content) in &device.held {
+                let first = names.entry(*id).or_insert(content);
+                assert_eq!(*first, content.as_str(), "id {id} names two messages");
+                let client_id = client_id_of(content);
+                let sent = &self.sent[client_id];
+                assert_ne!(
+                    sent.outcome,
+                    Outcome::Refused,
+                    "{client_id} is held but its sender was refused and never acked"
+                );
+                assert_eq!(sent.content, *content, "{client_id} arrived changed");
+            }
+        }
+        self.server.stop_gracefully();
+        let stored = stored_messages(self.server.data_dir());
+        let mut per_client_id: HashMap<&str, usize> = HashMap::new();
+        for (id, content) in &stored {
+            *per_client_id.entry(client_id_of(content)).or_default() += 1;
+            if let Some(seen) = names.get(id) {
+                assert_eq!(seen, content, "id {id}: devices and database disagree");
+            }
+        }
+        for (client_id, count) in per_client_id {
+            assert_eq!(count, 1, "{client_id} stored {count} times");
+        }
+        for (client_id, _, id) in self.acked() {
+            assert!(
+                stored
+                    .get(&id)
+                    .is_some_and(|c| client_id_of(c) == client_id),
+                "acked {client_id} (id {id}) is not in the database"
+            );
+        }
+    }
+}
+
+impl Device {
+    fn new(user: usize, receipts: bool) -> Device {
+        Device {
+            user,
+            receipts,
+            session: None,
+            conn: None,
+            logged_in: false,
+            held: BTreeMap::new(),
+            owed_after: 0,
+            highest_on_connection: 0,
+            confirmed: 0,
+            in_flight: BTreeSet::new(),
+            last_from: HashMap::new(),
+            order_violations: Vec::new(),
+        }
+    }
+
+    fn hold(&mut self, message: protocol::server::Delivered) {
+        let id = message.message_id;
+        self.highest_on_connection = self.highest_on_connection.max(id);
+        if self.held.contains_key(&id) {
+            return; // a duplicate by id: the client drops it
+        }
+        let last = self.last_from.entry(message.source_id.clone()).or_insert(0);
+        if id < *last {
+            let from = &message.source_id;
+            self.order_violations
+                .push(format!("{id} from {from} after {last}"));
+        }
+        *last = (*last).max(id);
+        self.held.insert(id, message.content);
+    }
+}
+
+fn client_id_of(content: &str) -> &str {
+    content.split('|').next().unwrap_or(content)
+}
+
+fn largest_file(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|meta| meta.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+fn stored_messages(data_dir: &Path) -> BTreeMap<i64, String> {
+    let db = rusqlite::Connection::open(data_dir.join("chat.db")).expect("open chat.db");
+    let mut statement = db
+        .prepare("SELECT message_id, content FROM messages")
+        .expect("prepare");
+    let rows = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("query");
+    rows.map(|row| row.expect("row")).collect()
+}
