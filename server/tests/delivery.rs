@@ -463,3 +463,25 @@ fn a_resent_client_id_is_stored_and_delivered_once() {
     assert!(stored.contains(&first) && stored.contains(&other));
     assert_eq!(stored.len(), 2, "stored once: {stored:?}");
 }
+
+/// A receipts device's confirmation earns the sender a Delivered receipt even
+/// when another device of the recipient, without receipts, had already read
+/// the message.
+#[test]
+fn delivered_receipts_come_even_when_a_legacy_device_took_the_message() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = server.client();
+    alice.login_with_receipts("alice");
+    let mut phone = server.client();
+    phone.login_with_receipts("bob");
+    let mut laptop = logged_in(&server, "bob");
+    let id = send_and_ack(&mut alice, message_to("bob", "hi", None));
+    assert_eq!(recv_messages(&mut laptop, 1), [id]);
+    assert_eq!(recv_messages(&mut phone, 1), [id]);
+    phone.confirm(id);
+    match alice.recv() {
+        ServerMessage::Delivered(receipt) => assert_eq!(receipt.through, id),
+        other => panic!("expected Delivered, got {other:?}"),
+    }
+}

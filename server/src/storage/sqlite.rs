@@ -692,8 +692,9 @@ fn apply(
             session_hash,
             through,
         } => {
+            let previous = confirmed_through(tx, session_hash)?;
             set_confirmed(tx, session_hash, *through)?;
-            let senders = confirm(tx, *user_id, *through)?;
+            let senders = confirm(tx, *user_id, (previous, *through), indexed_through)?;
             Reply::Confirmed {
                 user_id: *user_id,
                 username: username.clone(),
@@ -853,27 +854,37 @@ fn set_confirmed(tx: &Transaction, session_hash: &str, through: i64) -> rusqlite
     Ok(())
 }
 
-/// A device of `user_id` holds everything up to `through`: the 1:1 messages
-/// no device had taken are taken now (their senders are reported for the
-/// Delivered receipts), and the group cursors move up to `through`.
-fn confirm(tx: &Transaction, user_id: i64, through: i64) -> rusqlite::Result<Vec<(i64, i64)>> {
+/// A device of `user_id` now holds everything up to `range.1` (it held
+/// everything up to `range.0` before): the 1:1 messages no device had taken
+/// are taken now, the group cursors move up to `range.1`, and the senders of
+/// the 1:1 messages in the range are returned, each with its highest id, for
+/// the Delivered receipts (whether or not another device had taken them).
+fn confirm(
+    tx: &Transaction,
+    user_id: i64,
+    (previous, through): (i64, i64),
+    indexed_through: i64,
+) -> rusqlite::Result<Vec<(i64, i64)>> {
     let senders = tx
         .prepare_cached(
-            "SELECT sender_id, MAX(message_id) FROM messages
-             WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2
+            "SELECT sender_id, MAX(message_id) FROM (
+                 SELECT sender_id, message_id FROM messages
+                 WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
+                 UNION ALL
+                 SELECT sender_id, message_id FROM messages
+                 WHERE message_id > MAX(?2, ?4) AND message_id <= ?3 AND receiver_id = ?1)
              GROUP BY sender_id",
         )?
-        .query_map(params![user_id, through], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
-    if !senders.is_empty() {
-        tx.prepare_cached(
-            "UPDATE messages SET delivered = TRUE
-             WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2",
+        .query_map(
+            params![user_id, previous, through, indexed_through],
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )?
-        .execute(params![user_id, through])?;
-    }
+        .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+    tx.prepare_cached(
+        "UPDATE messages SET delivered = TRUE
+         WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2",
+    )?
+    .execute(params![user_id, through])?;
     tx.prepare_cached(
         "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
          WHERE user_id = ?1",
