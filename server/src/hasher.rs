@@ -175,10 +175,13 @@ fn run(job: HashJob, iterations: u32, dummy: &str) -> HashDone {
             secret,
             stored,
         } => {
-            let matched = password::verify_password(&secret, stored.as_deref().unwrap_or(dummy));
+            // A stored hash that would not verify (malformed, oversized) is
+            // a failure at the cost of the dummy, like an unknown user.
+            let usable = stored.as_deref().filter(|phc| password::is_verifiable(phc));
+            let matched = password::verify_password(&secret, usable.unwrap_or(dummy));
             HashDone::Verified {
                 to,
-                user_id: user_id.filter(|_| matched && stored.is_some()),
+                user_id: user_id.filter(|_| matched && usable.is_some()),
             }
         }
     }

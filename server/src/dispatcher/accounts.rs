@@ -18,14 +18,19 @@ use super::{delivered, Auth, CloseReason, Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
+use crate::rate_limit::Verdict;
 use crate::storage::{Command, StoredMessage};
 
 /// Longest username echoed into the log for a failed login (client-chosen text).
 const LOGGED_NAME_CHARS_MAX: usize = 40;
 
 impl Dispatcher {
+    /// Register: the address's rate limit first, before anything is looked
+    /// up, so `username_taken` cannot be probed faster than registrations.
     pub(super) fn register(&mut self, conn: ConnId, body: Register, now: i64, fx: &mut Effects) {
-        let failure = if !validate::is_valid_username(&body.username) {
+        let failure = if !self.allow_registration(conn) {
+            Some(RegisterError::RateLimited)
+        } else if !validate::is_valid_username(&body.username) {
             Some(RegisterError::InvalidUsername)
         } else if !validate::is_valid_email(&body.email) {
             Some(RegisterError::InvalidEmail)
@@ -33,8 +38,6 @@ impl Dispatcher {
             Some(RegisterError::WeakSecret)
         } else if self.users.contains_key(&body.username) {
             Some(RegisterError::UsernameTaken)
-        } else if !self.allow_registration(conn) {
-            Some(RegisterError::RateLimited)
         } else {
             None
         };
@@ -142,7 +145,9 @@ impl Dispatcher {
         } else if let Some(secret) = body.secret {
             let username = body.username;
             let (ip, clock) = (client.peer.ip(), self.clock);
-            if !self.rate_limits.allow_login(ip, &username, clock) {
+            // At most one attempt per account in flight: parallel guesses
+            // get `rate_limited` here, before any hashing.
+            if !self.rate_limits.begin_login(conn, ip, &username, clock) {
                 log::info!(
                     "login for {:?} from {ip} rate limited",
                     truncated(&username)
@@ -188,6 +193,9 @@ impl Dispatcher {
         fx: &mut Effects,
     ) {
         let Some(Auth::Verifying { secret, .. }) = self.clients.get(&conn).map(|c| &c.auth) else {
+            // Gone meanwhile: the attempt ends unheard, counted as a failure.
+            self.rate_limits
+                .end_login(conn, Verdict::Failed, self.clock);
             return;
         };
         let (user_id, stored) = match found {
@@ -209,6 +217,17 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        let heard = matches!(
+            self.clients.get(&conn).map(|c| &c.auth),
+            Some(Auth::Verifying { .. })
+        );
+        // A verdict nobody hears counts as a failure whatever it is, so
+        // hanging up cannot tell a right guess from the lockout it avoided.
+        let verdict = match user_id {
+            Some(_) if heard => Verdict::Succeeded,
+            _ => Verdict::Failed,
+        };
+        self.rate_limits.end_login(conn, verdict, self.clock);
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -223,14 +242,11 @@ impl Dispatcher {
                 client.peer
             );
             client.auth = Auth::Anonymous;
-            let ip = client.peer.ip();
-            self.rate_limits.login_failed(ip, &username, self.clock);
             self.send_login_failure(conn, LoginError::InvalidCredentials, now, fx);
             self.run_deferred(conn, now, fx);
             return;
         };
         let peer = client.peer;
-        self.rate_limits.login_succeeded(&username);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
         let (queue_before, include_groups) =
@@ -247,6 +263,8 @@ impl Dispatcher {
     }
 
     pub(super) fn login_rate_limited(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        self.rate_limits
+            .end_login(conn, Verdict::NotTried, self.clock);
         self.abandon_login(conn);
         self.send_login_failure(conn, LoginError::RateLimited, now, fx);
         self.run_deferred(conn, now, fx);
@@ -486,7 +504,9 @@ impl Dispatcher {
         });
     }
 
-    /// The session is deleted: confirm, and close every connection using it.
+    /// The session is deleted: confirm, and close every connection using it,
+    /// including those still resuming it (their login is abandoned, and what
+    /// they pipelined behind it never runs).
     pub(super) fn session_ended(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
         let Some(Auth::LoggedIn {
             user_id,
@@ -510,11 +530,29 @@ impl Dispatcher {
             .copied()
             .filter(|other| {
                 matches!(self.clients.get(other).map(|c| &c.auth),
-                    Some(Auth::LoggedIn { session_hash: h, .. }) if *h == session_hash)
+                    Some(Auth::LoggedIn { session_hash: h, .. }
+                        | Auth::Opening { session_hash: h, .. }) if *h == session_hash)
             })
             .collect();
         for other in same_session {
+            self.refuse_opening(other);
             fx.closes.push((other, CloseReason::LoggedOut));
+        }
+    }
+
+    /// A connection still opening a session that was just ended: back to
+    /// anonymous (no longer a recipient; storage's late answer finds nothing
+    /// to finish) with nothing left to run.
+    fn refuse_opening(&mut self, conn: ConnId) {
+        let opening = self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| matches!(c.auth, Auth::Opening { .. }));
+        if opening {
+            self.abandon_login(conn);
+            if let Some(client) = self.clients.get_mut(&conn) {
+                client.deferred.clear();
+            }
         }
     }
 
