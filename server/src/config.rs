@@ -54,11 +54,13 @@ pub const STORAGE_BATCH_MAX: usize = 4_096;
 /// restart skips at most one block of the 2^63.
 pub const MESSAGE_ID_BLOCK: i64 = 1 << 20;
 
-/// Password hashing jobs one address may have waiting or running at once;
-/// past it its logins and registrations get `rate_limited`. With the workers
+/// Password hashing jobs one address (IPv6: one /64) may have waiting for a
+/// worker; past it its logins and registrations get `rate_limited` (with
+/// `--no-rate-limits`, only [`HASH_QUEUE_MAX`] applies). With the workers
 /// taking addresses in turn (see [`crate::hasher`]), a login from a quiet
-/// address waits for at most about one hash per busy address, however many
-/// jobs a flooding address queued.
+/// address waits for about one hash per busy address however many jobs a
+/// flooding address queued; this share keeps one address from filling the
+/// whole queue. 64 logins at 0.3 s on one worker is 20 s: a NAT's worth.
 pub const HASH_JOBS_PER_ADDRESS_MAX: usize = 64;
 
 /// `--max-connections` by default: 10,000 idle connections cost about 40 MiB

@@ -35,7 +35,7 @@ use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
 use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
-use crate::hasher::Hasher;
+use crate::hasher::{FairQueue, Hasher};
 use crate::storage::sqlite::SqliteBackend;
 use crate::storage::{Command, PurgeSchedule, StorageHandle};
 use crate::tls::{self, Transport};
@@ -163,7 +163,7 @@ impl Server {
         let hasher = Hasher::start(
             config.hash_workers,
             config.pbkdf2_iterations,
-            config::HASH_QUEUE_MAX,
+            FairQueue::new(config::HASH_QUEUE_MAX, hash_jobs_per_address(&config)),
             done,
         )?;
 
@@ -493,7 +493,8 @@ impl Server {
             for job in std::mem::take(&mut fx.hashing) {
                 match self.hasher.submit(job) {
                     Ok(()) => self.hash_in_flight += 1,
-                    Err((error, job)) => {
+                    Err(refusal) => {
+                        let (error, job) = *refusal;
                         log::warn!("hashing queue refused a job: {error:?}");
                         self.dispatcher.hashing_refused(job, now, &mut refused);
                     }
@@ -686,6 +687,15 @@ impl Server {
         self.storage.finish();
         self.drain_completions();
         log::info!("shutdown complete");
+    }
+}
+
+/// Hashing jobs one address may have waiting: its share, unless rate limits
+/// are off (benchmarks log thousands of users in from one address).
+fn hash_jobs_per_address(config: &Config) -> usize {
+    match config.rate_limits {
+        Some(_) => config::HASH_JOBS_PER_ADDRESS_MAX,
+        None => config::HASH_QUEUE_MAX,
     }
 }
 

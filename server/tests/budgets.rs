@@ -98,6 +98,43 @@ fn parallel_password_guesses_for_one_account_are_not_all_hashed() {
     }
 }
 
+/// Issue 11.3: sixty logins flooding from one address do not stall a login
+/// from another: the hashing workers take addresses in turn, so the quiet
+/// login is verified after about one of the flood's hashes, while most of the
+/// flood is still waiting.
+#[test]
+fn a_login_flood_from_one_address_does_not_delay_another_address() {
+    // One worker and a hash of tens of milliseconds: the flood takes seconds.
+    let server = TestServer::start(&["--pbkdf2-iterations", "50000", "--hash-workers", "1"]);
+    register_all(&server, &["alice"]);
+    let flood = 60;
+    let mut flooders: Vec<Client> = (0..flood)
+        .map(|_| Client::try_connect_from(ELSEWHERE, server.port).expect("connect"))
+        .collect();
+    for (i, flooder) in flooders.iter_mut().enumerate() {
+        flooder.send(&login_with_secret(&format!("nobody{i}"), "wrong-guess-1"));
+    }
+    let mut quiet = server.client();
+    quiet.send(&login_with_secret("alice", SECRET));
+    assert_eq!(login_outcome(&mut quiet), LoginOutcome::Success);
+    // Every flood answer sent before the quiet one is in its socket by now
+    // (loopback delivers within the sending write).
+    let answered = flooders
+        .iter()
+        .filter(|flooder| flooder.has_unread_bytes())
+        .count();
+    assert!(
+        answered <= 10,
+        "{answered} of {flood} flood logins were hashed before the quiet one"
+    );
+    for flooder in flooders.iter_mut().filter(|f| f.has_unread_bytes()) {
+        assert_eq!(
+            login_outcome(flooder),
+            LoginOutcome::Failed(LoginError::InvalidCredentials)
+        );
+    }
+}
+
 /// Issue 11.13 (lockout): an attacker failing from other addresses keeps
 /// the account locked for them, but the address the user logged in from
 /// before still logs in; and that address is locked only by its own failures.

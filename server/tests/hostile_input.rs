@@ -125,6 +125,7 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
                 username,
                 email,
                 secret,
+                ..
             } => HashDone::Derived {
                 to,
                 username,

@@ -14,7 +14,7 @@ use protocol::server::{
 use protocol::validate;
 use protocol::{ErrorType, ServerMessage};
 
-use super::{delivered, Auth, CloseReason, Dispatcher, Effects};
+use super::{delivered, Auth, Client, CloseReason, Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
@@ -49,8 +49,12 @@ impl Dispatcher {
             );
             return;
         }
+        let Some(from) = self.clients.get(&conn).map(|c| c.peer.ip()) else {
+            return;
+        };
         fx.hashing.push(HashJob::Derive {
             to: fx.requester(conn),
+            from,
             username: body.username,
             email: body.email,
             secret: body.secret,
@@ -169,6 +173,7 @@ impl Dispatcher {
                 // does not tell which usernames exist.
                 fx.hashing.push(HashJob::Verify {
                     to: fx.requester(conn),
+                    from: ip,
                     user_id: None,
                     secret: secret.clone(),
                     stored: None,
@@ -192,7 +197,12 @@ impl Dispatcher {
         found: Option<(i64, String)>,
         fx: &mut Effects,
     ) {
-        let Some(Auth::Verifying { secret, .. }) = self.clients.get(&conn).map(|c| &c.auth) else {
+        let Some(Client {
+            auth: Auth::Verifying { secret, .. },
+            peer,
+            ..
+        }) = self.clients.get(&conn)
+        else {
             // Gone meanwhile: the attempt ends unheard, counted as a failure.
             self.rate_limits
                 .end_login(conn, Verdict::Failed, self.clock);
@@ -204,6 +214,7 @@ impl Dispatcher {
         };
         fx.hashing.push(HashJob::Verify {
             to: fx.requester(conn),
+            from: peer.ip(),
             user_id,
             secret: secret.clone(),
             stored,

@@ -520,6 +520,18 @@ impl Client {
         }
     }
 
+    /// Whether the server has sent bytes this client has not read from its
+    /// socket yet (without waiting; only for a client that has not read
+    /// ahead, as tungstenite's own buffer is not looked at).
+    pub fn has_unread_bytes(&self) -> bool {
+        let stream = self.ws.get_ref();
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let unread = matches!(stream.peek(&mut byte), Ok(n) if n > 0);
+        stream.set_nonblocking(false).unwrap();
+        unread
+    }
+
     /// Sends Ping and asserts the next frame is Pong.
     #[track_caller]
     pub fn ping_pong(&mut self) {
