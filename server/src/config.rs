@@ -96,6 +96,15 @@ pub fn default_connections_per_address(max_connections: usize) -> usize {
         .min(max_connections)
 }
 
+/// `--heartbeat` by default: a ping after 30 s of silence keeps NATs and
+/// proxies from dropping an idle but live connection.
+pub const HEARTBEAT_SECS_DEFAULT: u64 = 30;
+
+/// `--timeout` by default: a connection silent for 60 s (it did not even
+/// answer the heartbeat ping) is closed, so a dead peer holds its place, and
+/// its address's share of connections, for at most a minute.
+pub const IDLE_TIMEOUT_SECS_DEFAULT: u64 = 60;
+
 /// A connection that has not finished its WebSocket handshake by then is
 /// dropped (slowloris).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,10 +150,10 @@ pub struct Cli {
     #[arg(long)]
     pub max_connections_per_address: Option<usize>,
     /// Seconds of silence from a client before the server sends a WebSocket ping.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = HEARTBEAT_SECS_DEFAULT)]
     pub heartbeat: u64,
     /// Seconds with nothing received after which a connection is closed.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = IDLE_TIMEOUT_SECS_DEFAULT)]
     pub timeout: u64,
     /// PBKDF2-HMAC-SHA256 iterations for new password hashes.
     #[arg(long, default_value_t = PBKDF2_ITERATIONS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..))]
