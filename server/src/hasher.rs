@@ -149,16 +149,24 @@ impl FairQueue {
     /// The next job: the oldest of the address whose turn it is (that
     /// address then waits behind every other address with jobs).
     pub fn pop(&mut self) -> Option<HashJob> {
-        let address = self.turns.pop_front()?;
-        let queue = self.waiting.get_mut(&address)?;
-        let job = queue.pop_front();
-        if queue.is_empty() {
-            self.waiting.remove(&address);
-        } else {
-            self.turns.push_back(address);
+        // `turns` names exactly the addresses in `waiting`; an address
+        // without a queue would only be skipped.
+        while let Some(address) = self.turns.pop_front() {
+            let Some(queue) = self.waiting.get_mut(&address) else {
+                continue;
+            };
+            let job = queue.pop_front();
+            if queue.is_empty() {
+                self.waiting.remove(&address);
+            } else {
+                self.turns.push_back(address);
+            }
+            if let Some(job) = job {
+                self.len -= 1;
+                return Some(job);
+            }
         }
-        self.len -= usize::from(job.is_some());
-        job
+        None
     }
 }
 
