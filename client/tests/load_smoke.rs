@@ -21,11 +21,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        Server::start_with_tls(false)
+        Server::start_with(false, None)
     }
 
     /// With `tls`, the server gets a `gen-cert` certificate and serves wss://.
-    fn start_with_tls(tls: bool) -> Server {
+    /// With `rate_limits`, it runs with those rate-limit flags instead of
+    /// `--no-rate-limits`.
+    fn start_with(tls: bool, rate_limits: Option<&[&str]>) -> Server {
         let load = Path::new(env!("CARGO_BIN_EXE_chat-load"));
         let binary = load.with_file_name("chat-server");
         assert!(
@@ -48,8 +50,12 @@ impl Server {
             .output()
             .expect("chat-server --help");
         let mut extra: Vec<String> = Vec::new();
-        if String::from_utf8_lossy(&help.stdout).contains("--no-rate-limits") {
-            extra.push("--no-rate-limits".into());
+        match rate_limits {
+            Some(flags) => extra.extend(flags.iter().map(|flag| flag.to_string())),
+            None if String::from_utf8_lossy(&help.stdout).contains("--no-rate-limits") => {
+                extra.push("--no-rate-limits".into())
+            }
+            None => {}
         }
         let mut ca_file = None;
         if tls {
@@ -168,6 +174,39 @@ fn closed_loop_messages_are_all_acked_and_delivered() {
     assert!(p50 > 0.0 && p50 <= max, "{result:#}");
 }
 
+/// Refusals answer exactly the messages they refuse: with a burst of 5 per
+/// connection and windows of 8, the server refuses some messages at once
+/// (`rate_limited`) while the Acks of earlier ones wait for their commit, and
+/// still every message is acked or refused, none is left unanswered, and only
+/// acked ones are delivered.
+#[test]
+fn rate_limited_messages_are_each_refused_or_acked() {
+    let limits = ["--messages-per-second", "20", "--message-burst", "5"];
+    let server = Server::start_with(false, Some(&limits));
+    let (_, result) = server.load(
+        "refused",
+        &[
+            "messages",
+            "--users",
+            "4",
+            "--window",
+            "8",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    let sent = number(&result, "/sent");
+    let acked = number(&result, "/acked");
+    let refused = number(&result, "/errors_by_kind/rate_limited");
+    assert!(refused > 0.0, "nothing was rate limited: {result:#}");
+    assert_eq!(acked + refused, sent, "{result:#}");
+    assert_eq!(number(&result, "/errors"), refused, "{result:#}");
+    assert_eq!(number(&result, "/unanswered"), 0.0, "{result:#}");
+    assert_eq!(number(&result, "/lost"), 0.0, "{result:#}");
+    assert_eq!(number(&result, "/delivered"), acked, "{result:#}");
+    assert_eq!(result["passed"], true);
+}
+
 #[test]
 fn fixed_rate_messages_keep_the_rate() {
     let server = Server::start();
@@ -263,7 +302,7 @@ fn group_messages_reach_every_other_member() {
 /// closed loop delivers and acks every message.
 #[test]
 fn closed_loop_messages_work_over_tls() {
-    let server = Server::start_with_tls(true);
+    let server = Server::start_with(true, None);
     let (_, result) = server.load(
         "tls",
         &[

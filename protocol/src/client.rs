@@ -1,4 +1,4 @@
-//! Client → server messages (tags 1–16).
+//! Client → server messages (tags 1–17).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,10 @@ pub struct Login {
     /// A session id from an earlier SuccessLogin, to resume without a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// Opt this connection into per-device receipts (1.1): confirm with
+    /// [`Received`]; messages count as delivered only once confirmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receipts: bool,
 }
 
 /// Tag 3: end this connection's session.
@@ -122,6 +126,14 @@ pub struct Sync {
     pub limit: Option<i64>,
 }
 
+/// Tag 17 (1.1): this device holds every message addressed to the user with
+/// an id up to `through` (cumulative; only after a login with `receipts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// The highest message id the device holds everything up to.
+    pub through: i64,
+}
+
 /// A body with no fields (GetDirectory, Ping, GetGroups).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -161,6 +173,8 @@ pub enum ClientMessage {
     GetGroups,
     /// Tag 16.
     Sync(Sync),
+    /// Tag 17.
+    Received(Received),
 }
 
 impl ClientMessage {
@@ -183,6 +197,7 @@ impl ClientMessage {
             ClientMessage::LeaveGroup(_) => 14,
             ClientMessage::GetGroups => 15,
             ClientMessage::Sync(_) => 16,
+            ClientMessage::Received(_) => 17,
         }
     }
 
@@ -205,6 +220,7 @@ impl ClientMessage {
             ClientMessage::LeaveGroup(_) => "LeaveGroup",
             ClientMessage::GetGroups => "GetGroups",
             ClientMessage::Sync(_) => "Sync",
+            ClientMessage::Received(_) => "Received",
         }
     }
 }
@@ -243,7 +259,7 @@ pub fn decode_request(text: &str) -> (Option<RequestId>, Result<ClientMessage, D
 
 /// Whether `tag` names a client → server message.
 fn known_client_tag(tag: i64) -> bool {
-    (1..=16).contains(&tag)
+    (1..=17).contains(&tag)
 }
 
 fn decode_body(tag: i64, text: &str) -> Result<ClientMessage, DecodeError> {
@@ -273,6 +289,7 @@ fn decode_body(tag: i64, text: &str) -> Result<ClientMessage, DecodeError> {
             ClientMessage::GetGroups
         }
         16 => ClientMessage::Sync(read_body(tag, text)?),
+        17 => ClientMessage::Received(read_body(tag, text)?),
         other => return Err(DecodeError::UnknownTag(other)),
     };
     Ok(message)
@@ -302,6 +319,7 @@ pub fn encode_request(message: &ClientMessage, request_id: Option<&RequestId>) -
         ClientMessage::AddGroupMembers(body) => write_framed(tag, None, id, body),
         ClientMessage::LeaveGroup(body) => write_framed(tag, None, id, body),
         ClientMessage::Sync(body) => write_framed(tag, None, id, body),
+        ClientMessage::Received(body) => write_framed(tag, None, id, body),
         ClientMessage::GetDirectory | ClientMessage::Ping | ClientMessage::GetGroups => {
             write_framed(tag, None, id, &Empty {})
         }
@@ -328,11 +346,13 @@ mod tests {
             username: "alice".into(),
             secret: Some("password123".into()),
             session_id: None,
+            receipts: false,
         }));
         round_trip(ClientMessage::Login(Login {
             username: "alice".into(),
             secret: None,
             session_id: Some("5f0c0d3e-0000-4000-8000-000000000000".into()),
+            receipts: true,
         }));
         round_trip(ClientMessage::Logout(Logout {
             username: Some("alice".into()),
@@ -379,6 +399,7 @@ mod tests {
             since: 42,
             limit: None,
         }));
+        round_trip(ClientMessage::Received(Received { through: 42 }));
     }
 
     #[test]
@@ -395,6 +416,7 @@ mod tests {
                 username: "alice".into(),
                 secret: Some("password123".into()),
                 session_id: None,
+                receipts: false,
             }))
         );
     }
@@ -460,7 +482,7 @@ mod tests {
 
     #[test]
     fn unknown_tags_carry_their_tag() {
-        for tag in [0, 17, 21, 99, -1] {
+        for tag in [0, 18, 21, 99, -1] {
             let error = decode_client(&format!(r#"{{"tag": {tag}}}"#)).unwrap_err();
             assert_eq!(error, DecodeError::UnknownTag(tag));
             assert_eq!(error.error_type(), crate::ErrorType::UnknownTag);

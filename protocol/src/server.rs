@@ -1,4 +1,4 @@
-//! Server → client messages (tags 11 and 21–36).
+//! Server → client messages (tags 11 and 21–37).
 
 use serde::{Deserialize, Serialize};
 
@@ -211,6 +211,16 @@ pub struct Synced {
     pub has_more: bool,
 }
 
+/// Tag 37 (1.1): every 1:1 message from the receiver of this frame to
+/// `username` with an id up to `through` is confirmed by one of their devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReceipt {
+    /// The recipient who confirmed.
+    pub username: String,
+    /// Everything sent to them up to this id is delivered.
+    pub through: i64,
+}
+
 /// Every message the server sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerMessage {
@@ -248,6 +258,8 @@ pub enum ServerMessage {
     Groups(Groups),
     /// Tag 36.
     Synced(Synced),
+    /// Tag 37.
+    Delivered(DeliveryReceipt),
 }
 
 impl ServerMessage {
@@ -271,6 +283,7 @@ impl ServerMessage {
             ServerMessage::GroupInfo(_) => 34,
             ServerMessage::Groups(_) => 35,
             ServerMessage::Synced(_) => 36,
+            ServerMessage::Delivered(_) => 37,
         }
     }
 
@@ -284,6 +297,7 @@ impl ServerMessage {
             ServerMessage::Message(_)
                 | ServerMessage::Presence(_)
                 | ServerMessage::ContactRequest(_)
+                | ServerMessage::Delivered(_)
         )
     }
 
@@ -327,6 +341,7 @@ pub fn encode_reply(message: &ServerMessage, now: i64, request_id: Option<&Reque
         ServerMessage::GroupInfo(body) => write_framed(tag, time, id, body),
         ServerMessage::Groups(body) => write_framed(tag, time, id, body),
         ServerMessage::Synced(body) => write_framed(tag, time, id, body),
+        ServerMessage::Delivered(body) => write_framed(tag, time, id, body),
     }
 }
 
@@ -371,6 +386,7 @@ fn decode_server_body(tag: i64, text: &str) -> Result<ServerMessage, DecodeError
         34 => ServerMessage::GroupInfo(read_body(tag, text)?),
         35 => ServerMessage::Groups(read_body(tag, text)?),
         36 => ServerMessage::Synced(read_body(tag, text)?),
+        37 => ServerMessage::Delivered(read_body(tag, text)?),
         other => return Err(DecodeError::UnknownTag(other)),
     };
     Ok(message)
@@ -471,6 +487,10 @@ mod tests {
             ServerMessage::Synced(Synced {
                 data: vec![delivered(3)],
                 has_more: false,
+            }),
+            ServerMessage::Delivered(DeliveryReceipt {
+                username: "bob".into(),
+                through: 9,
             }),
         ];
         for message in messages {

@@ -440,7 +440,7 @@ impl Server {
     /// Carries out the dispatcher's effects; the only place they happen.
     fn apply(&mut self, fx: &mut Effects) {
         let now = unix_now();
-        let mut slow_consumers = Vec::new();
+        let mut departing = Vec::new();
         while !fx.is_empty() {
             for (id, message_id) in fx.deliveries.drain(..) {
                 if let Some(connection) = self.connection(id) {
@@ -458,17 +458,14 @@ impl Server {
                     Ok(()) => {}
                     Err(WriteError::SlowConsumer) => {
                         log::warn!("{}: slow consumer, closing", connection.peer);
-                        slow_consumers.push((id, connection.unflushed_from));
                         connection.close(CloseCode::Policy, "too much unread output");
+                        departing.push((id, connection.unflushed_from));
                     }
                     Err(WriteError::Closed) => {}
                 }
                 if connection.needs_flush {
                     self.to_flush.push(id.slot);
                 }
-            }
-            for (id, unread_from) in slow_consumers.drain(..) {
-                self.dispatcher.slow_consumer(id, unread_from, now, fx);
             }
             for (id, reason) in std::mem::take(&mut fx.closes) {
                 if let Some(connection) = self.connection(id) {
@@ -478,8 +475,14 @@ impl Server {
                             connection.close(CloseCode::Policy, "too many bad frames")
                         }
                     }
+                    departing.push((id, connection.unflushed_from));
                     self.to_flush.push(id.slot);
                 }
+            }
+            // A connection stops being a recipient the moment its close is
+            // decided, not when the close completes.
+            for (id, unflushed_from) in departing.drain(..) {
+                self.dispatcher.disconnected(id, unflushed_from, now, fx);
             }
             self.after_flush.append(&mut fx.after_flush);
             let mut refused = Effects::default();
@@ -552,8 +555,9 @@ impl Server {
         }
         log::debug!("{} disconnected ({:?})", connection.peer, connection.id);
         let mut fx = std::mem::take(&mut self.effects);
+        let unflushed_from = connection.unflushed_from;
         self.dispatcher
-            .disconnected(connection.id, unix_now(), &mut fx);
+            .disconnected(connection.id, unflushed_from, unix_now(), &mut fx);
         self.apply(&mut fx);
         self.effects = fx;
     }
@@ -564,6 +568,7 @@ impl Server {
         self.next_tick = now + config::TICK;
         let (heartbeat, timeout) = (self.config.heartbeat, self.config.timeout);
         let mut finished = Vec::new();
+        let mut idle = Vec::new();
         for (slot, connection) in self.connections.iter_mut() {
             if let Some(since) = connection.closing_since {
                 if now.duration_since(since) >= CLOSE_DEADLINE {
@@ -588,11 +593,21 @@ impl Server {
                     silent.as_secs()
                 );
                 connection.close(CloseCode::Away, "idle timeout");
+                idle.push((connection.id, connection.unflushed_from));
                 finished.push(slot);
             } else if silent >= heartbeat && !connection.ping_sent {
                 connection.ping();
                 finished.push(slot);
             }
+        }
+        if !idle.is_empty() {
+            let mut fx = std::mem::take(&mut self.effects);
+            for (id, unflushed_from) in idle {
+                self.dispatcher
+                    .disconnected(id, unflushed_from, unix_now(), &mut fx);
+            }
+            self.apply(&mut fx);
+            self.effects = fx;
         }
         for slot in finished {
             self.after_io(slot);
@@ -601,12 +616,11 @@ impl Server {
             self.log_stats(now);
             self.dispatcher.prune_rate_limits();
         }
-        if let Some(command) = self.purge.due(unix_now()) {
-            let mut fx = std::mem::take(&mut self.effects);
-            fx.storage.push(command);
-            self.apply(&mut fx);
-            self.effects = fx;
-        }
+        let mut fx = std::mem::take(&mut self.effects);
+        self.dispatcher.send_due_receipts(unix_now(), &mut fx);
+        fx.storage.extend(self.purge.due(unix_now()));
+        self.apply(&mut fx);
+        self.effects = fx;
     }
 
     fn log_stats(&mut self, now: Instant) {

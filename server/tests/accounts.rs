@@ -217,6 +217,7 @@ fn login_with_session_id_ignores_the_secret() {
         username: "alice".into(),
         secret: Some("wrong-password".into()),
         session_id: Some(session_id),
+        receipts: false,
     }));
     assert_eq!(both.recv_success_login().username, "alice");
 
@@ -225,6 +226,7 @@ fn login_with_session_id_ignores_the_secret() {
         username: "alice".into(),
         secret: Some(SECRET.into()),
         session_id: Some("00000000-0000-4000-8000-000000000000".into()),
+        receipts: false,
     }));
     assert_eq!(
         stale.recv_fail_login().error_type,

@@ -52,6 +52,7 @@ fn dispatcher() -> Dispatcher {
         queued: vec![],
         more_queued: false,
         mutual_contacts: vec![2],
+        confirmed_through: 0,
     };
     d.complete(Completion::Storage(reply), NOW, &mut Effects::default());
     d

@@ -589,6 +589,7 @@ impl App {
                 username,
                 secret: Some(secret),
                 session_id: None,
+                receipts: false,
             }),
         );
     }
@@ -831,6 +832,7 @@ impl App {
             username: identity.username.clone(),
             secret: None,
             session_id: Some(identity.session_id.clone()),
+            receipts: false,
         });
         self.resuming = true;
         self.send_request(Purpose::Resume, &resume);

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use mio::net::TcpStream;
-use protocol::{decode_server, ServerMessage};
+use protocol::{decode_reply, RequestId, ServerMessage};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -122,8 +122,9 @@ impl State {
 pub enum Happened {
     /// The handshake completed.
     Opened,
-    /// A text frame from the server, decoded.
-    Frame(ServerMessage),
+    /// A text frame from the server, decoded, with the request id it echoes
+    /// (see [`request_number`]).
+    Frame(ServerMessage, Option<u64>),
     /// A frame that did not decode (counted as a protocol error by scenarios).
     Undecodable(String),
     /// The connection ended; the string says why.
@@ -310,8 +311,10 @@ impl Conn {
         };
         let reason = loop {
             match ws.read() {
-                Ok(Message::Text(text)) => match decode_server(text.as_str()) {
-                    Ok(message) => out.push(Happened::Frame(message)),
+                Ok(Message::Text(text)) => match decode_reply(text.as_str()) {
+                    Ok((message, request_id)) => {
+                        out.push(Happened::Frame(message, request_number(request_id)))
+                    }
                     Err(error) => out.push(Happened::Undecodable(format!("{error:?}: {text}"))),
                 },
                 Ok(Message::Close(frame)) => {
@@ -332,5 +335,15 @@ impl Conn {
             }
         };
         out.push(Happened::Closed(self.close(reason)));
+    }
+}
+
+/// The echoed request id as chat-load's own kind of id: chat-load only ever
+/// sends non-negative integers, so anything else (none, a string, a negative
+/// number) names no request of ours and reads as None.
+pub fn request_number(request_id: Option<RequestId>) -> Option<u64> {
+    match request_id {
+        Some(RequestId::Number(number)) => u64::try_from(number).ok(),
+        _ => None,
     }
 }

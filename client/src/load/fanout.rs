@@ -1,8 +1,9 @@
 //! Group message traffic, and its accounting: members of groups send messages
 //! to their group, and every other member should receive each one.
 //!
-//! Contents and client ids are those of [`super::exchange`] (`t=<nanos>
-//! s=<seq>`, client `message_id` = the sender's sequence number), so:
+//! Contents, client ids and request ids are those of [`super::exchange`]
+//! (`t=<nanos> s=<seq>`; client `message_id` and request id = the sender's
+//! sequence number; answers matched by request id in [`super::traffic`]), so:
 //! - ack latency is Ack arrival minus send time;
 //! - end-to-end latency is sampled once per delivery: a recipient's arrival
 //!   time minus `t`;
@@ -18,17 +19,15 @@
 //! Like [`super::exchange::Exchange`], the exchange only sends when told to
 //! and only accounts for events it is handed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
-use protocol::client::SendMessage;
 use protocol::server::Delivered;
-use protocol::{ClientMessage, ServerMessage};
 use serde::Serialize;
 
-use super::exchange::{get_bit, parse_content, set_bit, Counts, Traffic};
-use super::pool::{ConnId, Pool, PoolEvent};
+use super::pool::ConnId;
 use super::progress::Progress;
 use super::stats::{per_sec, Latency, LatencySummary};
+use super::traffic::{get_bit, parse_content, set_bit, Counts, Senders, Target, Traffic};
 
 /// A group the exchange runs over: its server id and its members (username,
 /// logged-in connection). The first `senders` members send.
@@ -39,21 +38,12 @@ pub struct GroupSpec {
     pub members: Vec<(String, ConnId)>,
 }
 
-/// One member of one group.
+/// What one member of one group has received (its sending side lives in
+/// [`Senders`], under the same index).
 struct Member {
-    conn: ConnId,
-    open: bool,
     group: usize,
     /// Index of this member in its group's `members`.
     position: usize,
-    next_seq: u64,
-    /// (sequence, send time) of messages sent and not yet acked.
-    in_flight: VecDeque<(u64, u64)>,
-    /// Error replies (ref_tag 11) not yet matched to a message in flight.
-    refusals: u64,
-    /// By sequence: the message was acked.
-    acked: Vec<bool>,
-    acked_count: u64,
     /// By sequence: how many other members received it.
     reached: Vec<u32>,
     /// By the sender's position in the group, then its sequence: received.
@@ -63,17 +53,9 @@ struct Member {
     last_received: Vec<Option<u64>>,
 }
 
-impl Member {
-    fn unanswered(&self) -> u64 {
-        (self.in_flight.len() as u64).saturating_sub(self.refusals)
-    }
-}
-
-/// One group: its members (indices into the exchange's members) and how many
-/// of its messages were acked.
+/// One group: its members (indices into the exchange's members).
 struct Group {
     members: Vec<usize>,
-    acked: u64,
 }
 
 /// The final tally of a group exchange, mergeable across shards.
@@ -179,21 +161,13 @@ pub struct GroupTallySummary {
 
 /// Groups of users sending group messages over one pool.
 pub struct GroupExchange {
+    senders: Senders,
     members: Vec<Member>,
     groups: Vec<Group>,
-    group_ids: Vec<i64>,
-    by_conn: HashMap<ConnId, usize>,
     by_group_id: HashMap<i64, usize>,
     by_username: HashMap<String, usize>,
-    /// Members that send, in round-robin order.
-    senders: Vec<usize>,
-    next_sender: usize,
-    counts: Counts,
     end_to_end: Latency,
     fanout: Latency,
-    ack: Latency,
-    window: (u64, u64),
-    padding: String,
 }
 
 impl GroupExchange {
@@ -205,43 +179,28 @@ impl GroupExchange {
         content_bytes: usize,
     ) -> GroupExchange {
         let mut exchange = GroupExchange {
+            senders: Senders::new(content_bytes),
             members: Vec::new(),
             groups: Vec::new(),
-            group_ids: Vec::new(),
-            by_conn: HashMap::new(),
             by_group_id: HashMap::new(),
             by_username: HashMap::new(),
-            senders: Vec::new(),
-            next_sender: 0,
-            counts: Counts::default(),
             end_to_end: Latency::default(),
             fanout: Latency::default(),
-            ack: Latency::default(),
-            window: (0, u64::MAX),
-            // "t=<20 digits> s=<20 digits>" is at most 45 bytes.
-            padding: " ".repeat(content_bytes.saturating_sub(45)),
         };
         for (group, spec) in groups.into_iter().enumerate() {
             let size = spec.members.len();
             let mut indices = Vec::with_capacity(size);
             for (position, (username, conn)) in spec.members.into_iter().enumerate() {
-                let index = exchange.members.len();
+                let target = Target::Group(spec.group_id);
+                let index = exchange
+                    .senders
+                    .add(conn, target, position < senders_per_group);
+                assert_eq!(index, exchange.members.len());
                 indices.push(index);
-                exchange.by_conn.insert(conn, index);
                 exchange.by_username.insert(username, index);
-                if position < senders_per_group {
-                    exchange.senders.push(index);
-                }
                 exchange.members.push(Member {
-                    conn,
-                    open: true,
                     group,
                     position,
-                    next_seq: 0,
-                    in_flight: VecDeque::new(),
-                    refusals: 0,
-                    acked: Vec::new(),
-                    acked_count: 0,
                     reached: Vec::new(),
                     received: vec![Vec::new(); size.min(senders_per_group)],
                     received_count: 0,
@@ -249,140 +208,22 @@ impl GroupExchange {
                 });
             }
             exchange.by_group_id.insert(spec.group_id, group);
-            exchange.group_ids.push(spec.group_id);
-            exchange.groups.push(Group {
-                members: indices,
-                acked: 0,
-            });
+            exchange.groups.push(Group { members: indices });
         }
         exchange
-    }
-
-    fn send(&mut self, pool: &mut Pool, index: usize, now: u64) -> bool {
-        let member = &self.members[index];
-        let seq = member.next_seq;
-        let message = ClientMessage::Message(SendMessage {
-            dest_id: None,
-            group_id: Some(self.group_ids[member.group]),
-            content: format!("t={now} s={seq}{}", self.padding),
-            message_id: Some(seq.to_string()),
-            source_id: None,
-            is_encrypted: false,
-        });
-        if !pool.send(member.conn, &message) {
-            return false;
-        }
-        let member = &mut self.members[index];
-        member.next_seq += 1;
-        member.in_flight.push_back((seq, now));
-        self.counts.sent += 1;
-        true
-    }
-
-    /// Matches an Ack to its message; see `Exchange::on_ack` for why every
-    /// message in flight before the acked one was refused.
-    fn on_ack(&mut self, index: usize, client_id: Option<&str>, now: u64, progress: &Progress) {
-        let member = &mut self.members[index];
-        let wanted = client_id.and_then(|id| id.parse::<u64>().ok());
-        let position = wanted.and_then(|seq| member.in_flight.iter().position(|&(s, _)| s == seq));
-        let Some(position) = position else {
-            self.counts.error("ack for no message in flight", progress);
-            return;
-        };
-        let refused = position as u64;
-        if refused > member.refusals {
-            self.counts
-                .error("message skipped: neither acked nor refused", progress);
-        }
-        member.refusals = member.refusals.saturating_sub(refused);
-        member.in_flight.drain(..position);
-        let (seq, sent) = member.in_flight.pop_front().expect("position is valid");
-        set_bit(&mut member.acked, seq);
-        member.acked_count += 1;
-        self.groups[member.group].acked += 1;
-        self.ack.record_nanos(now.saturating_sub(sent));
-        self.counts.acked += 1;
-        if (self.window.0..self.window.1).contains(&now) {
-            self.counts.acked_in_window += 1;
-        }
-        Progress::add(&progress.acked, 1);
-    }
-
-    fn on_delivered(&mut self, index: usize, delivered: &Delivered, now: u64, progress: &Progress) {
-        let group = delivered
-            .group_id
-            .and_then(|id| self.by_group_id.get(&id).copied());
-        let source = self.by_username.get(&delivered.source_id).copied();
-        let (Some(group), Some(source)) = (group, source) else {
-            self.counts.error("message from a stranger", progress);
-            return;
-        };
-        if self.members[index].group != group || self.members[source].group != group {
-            self.counts.error("message of another group", progress);
-            return;
-        }
-        if source == index {
-            self.counts
-                .error("echo to the sending connection", progress);
-            return;
-        }
-        let Some((sent, seq)) = parse_content(&delivered.content) else {
-            self.counts.error("unparsable content", progress);
-            return;
-        };
-        let from = self.members[source].position;
-        let recipient = &mut self.members[index];
-        let Some(received) = recipient.received.get_mut(from) else {
-            self.counts
-                .error("message from a member that does not send", progress);
-            return;
-        };
-        if get_bit(received, seq) {
-            self.counts.duplicates += 1;
-            self.counts.error("duplicate delivery", progress);
-            return;
-        }
-        set_bit(received, seq);
-        recipient.received_count += 1;
-        let last = &mut recipient.last_received[from];
-        if last.is_some_and(|last| seq < last) {
-            // Counted, not an error: the contract orders 1:1 messages only.
-            self.counts.reordered += 1;
-        }
-        *last = Some(last.map_or(seq, |last| last.max(seq)));
-        let latency = now.saturating_sub(sent);
-        self.end_to_end.record_nanos(latency);
-        let others = self.groups[group].members.len() as u32 - 1;
-        let reached = &mut self.members[source].reached;
-        if reached.len() <= seq as usize {
-            reached.resize(seq as usize + 1, 0);
-        }
-        reached[seq as usize] += 1;
-        if reached[seq as usize] == others {
-            self.fanout.record_nanos(latency);
-        }
-        self.counts.delivered += 1;
-        if (self.window.0..self.window.1).contains(&now) {
-            self.counts.delivered_in_window += 1;
-        }
-        Progress::add(&progress.delivered, 1);
     }
 
     /// The final tally: compares every sender's acks with every other
     /// member's deliveries.
     pub fn finish(self) -> GroupTally {
         let mut tally = GroupTally {
-            counts: self.counts,
-            end_to_end: self.end_to_end,
-            fanout: self.fanout,
-            ack: self.ack,
+            unanswered: self.senders.unanswered(),
             ..GroupTally::default()
         };
         for (index, member) in self.members.iter().enumerate() {
-            tally.unanswered += member.unanswered();
             let others = &self.groups[member.group].members;
-            for seq in 0..member.next_seq {
-                let acked = get_bit(&member.acked, seq);
+            for seq in 0..self.senders.sent_by(index) {
+                let acked = self.senders.was_acked(index, seq);
                 let mut missing = 0;
                 for &other in others.iter().filter(|&&other| other != index) {
                     let got = self.members[other]
@@ -402,93 +243,106 @@ impl GroupExchange {
                 tally.lost_messages += u64::from(missing > 0);
             }
         }
+        (tally.counts, tally.ack) = self.senders.finish();
+        tally.end_to_end = self.end_to_end;
+        tally.fanout = self.fanout;
         tally
     }
 }
 
 impl Traffic for GroupExchange {
-    fn set_window(&mut self, start_nanos: u64, end_nanos: u64) {
-        self.window = (start_nanos, end_nanos);
+    fn senders(&self) -> &Senders {
+        &self.senders
     }
 
-    fn sent(&self) -> u64 {
-        self.counts.sent
+    fn senders_mut(&mut self) -> &mut Senders {
+        &mut self.senders
     }
 
-    /// Unanswered messages of open senders, plus for every open member the
-    /// acked messages of the others in its group it has not received.
-    fn outstanding(&self) -> u64 {
-        self.members
-            .iter()
-            .filter(|member| member.open)
-            .map(|member| {
-                let others_acked = self.groups[member.group].acked - member.acked_count;
-                member.unanswered() + others_acked.saturating_sub(member.received_count)
-            })
-            .sum()
-    }
-
-    fn fill_windows(&mut self, pool: &mut Pool, window: usize, now: u64) {
-        for i in 0..self.senders.len() {
-            let index = self.senders[i];
-            while self.members[index].open && self.members[index].unanswered() < window as u64 {
-                if !self.send(pool, index, now) {
-                    break;
+    /// For every open member, the acked messages of the others in its group
+    /// it has not received.
+    fn undelivered(&self) -> u64 {
+        let mut total = 0;
+        for group in &self.groups {
+            let acked = |&index: &usize| self.senders.acked_count(index);
+            let group_acked: u64 = group.members.iter().map(acked).sum();
+            for &index in &group.members {
+                if self.senders.is_open(index) {
+                    let others_acked = group_acked - self.senders.acked_count(index);
+                    total += others_acked.saturating_sub(self.members[index].received_count);
                 }
             }
         }
+        total
     }
 
-    fn send_due(&mut self, pool: &mut Pool, due_total: u64, now: u64) {
-        let mut skipped = 0;
-        while self.counts.sent < due_total && skipped < self.senders.len() {
-            let index = self.senders[self.next_sender];
-            self.next_sender = (self.next_sender + 1) % self.senders.len();
-            if self.members[index].open && self.send(pool, index, now) {
-                skipped = 0;
-            } else {
-                skipped += 1;
-            }
-        }
-    }
-
-    fn on_event(&mut self, event: &PoolEvent, now: u64, progress: &Progress) -> bool {
-        let conn = event.conn();
-        let Some(&index) = self.by_conn.get(&conn) else {
-            return false;
+    fn on_delivered(&mut self, index: usize, delivered: &Delivered, now: u64, progress: &Progress) {
+        let in_window = self.senders.in_window(now);
+        let counts = self.senders.counts_mut();
+        let group = delivered
+            .group_id
+            .and_then(|id| self.by_group_id.get(&id).copied());
+        let source = self.by_username.get(&delivered.source_id).copied();
+        let (Some(group), Some(source)) = (group, source) else {
+            counts.error("message from a stranger", progress);
+            return;
         };
-        match event {
-            PoolEvent::Opened(_) => {}
-            PoolEvent::Frame(_, ServerMessage::Ack(ack)) => {
-                self.on_ack(index, ack.client_message_id.as_deref(), now, progress)
-            }
-            PoolEvent::Frame(_, ServerMessage::Message(delivered)) => {
-                self.on_delivered(index, delivered, now, progress)
-            }
-            PoolEvent::Frame(_, ServerMessage::Error(error)) => {
-                if error.ref_tag == Some(11) {
-                    self.members[index].refusals += 1;
-                }
-                self.counts.error(error.error_type.as_str(), progress);
-            }
-            // GroupInfo echoes, Presence and the like are not traffic.
-            PoolEvent::Frame(_, _) => {}
-            PoolEvent::Undecodable(_, _) => self.counts.error("undecodable frame", progress),
-            PoolEvent::Closed(_, _) => {
-                self.members[index].open = false;
-                self.by_conn.remove(&conn);
-                Progress::sub(&progress.connections, 1);
-                self.counts.error("disconnected", progress);
-            }
+        if self.members[index].group != group || self.members[source].group != group {
+            counts.error("message of another group", progress);
+            return;
         }
-        true
+        if source == index {
+            counts.error("echo to the sending connection", progress);
+            return;
+        }
+        let Some((sent, seq)) = parse_content(&delivered.content) else {
+            counts.error("unparsable content", progress);
+            return;
+        };
+        let from = self.members[source].position;
+        let recipient = &mut self.members[index];
+        let Some(received) = recipient.received.get_mut(from) else {
+            counts.error("message from a member that does not send", progress);
+            return;
+        };
+        if get_bit(received, seq) {
+            counts.duplicates += 1;
+            counts.error("duplicate delivery", progress);
+            return;
+        }
+        set_bit(received, seq);
+        recipient.received_count += 1;
+        let last = &mut recipient.last_received[from];
+        if last.is_some_and(|last| seq < last) {
+            // Counted, not an error: the contract orders 1:1 messages only.
+            counts.reordered += 1;
+        }
+        *last = Some(last.map_or(seq, |last| last.max(seq)));
+        let latency = now.saturating_sub(sent);
+        self.end_to_end.record_nanos(latency);
+        let others = self.groups[group].members.len() as u32 - 1;
+        let reached = &mut self.members[source].reached;
+        if reached.len() <= seq as usize {
+            reached.resize(seq as usize + 1, 0);
+        }
+        reached[seq as usize] += 1;
+        if reached[seq as usize] == others {
+            self.fanout.record_nanos(latency);
+        }
+        counts.delivered += 1;
+        if in_window {
+            counts.delivered_in_window += 1;
+        }
+        Progress::add(&progress.delivered, 1);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::pool::PoolEvent;
     use protocol::server::Ack;
+    use protocol::ServerMessage;
 
     const GROUP_ID: i64 = 7;
 
@@ -504,12 +358,7 @@ mod tests {
 
     /// What `send` records, without a pool.
     fn sent(exchange: &mut GroupExchange, index: usize, at: u64) -> u64 {
-        let member = &mut exchange.members[index];
-        let seq = member.next_seq;
-        member.next_seq += 1;
-        member.in_flight.push_back((seq, at));
-        exchange.counts.sent += 1;
-        seq
+        exchange.senders.record_sent(index, at)
     }
 
     fn ack(conn: ConnId, seq: u64) -> PoolEvent {
@@ -519,6 +368,7 @@ mod tests {
                 message_id: seq as i64 + 100,
                 client_message_id: Some(seq.to_string()),
             }),
+            Some(seq),
         )
     }
 
@@ -534,6 +384,7 @@ mod tests {
                 is_encrypted: false,
                 time: 0,
             }),
+            None,
         )
     }
 

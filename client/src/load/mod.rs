@@ -8,6 +8,9 @@
 //!   [`pool::PoolEvent`]s (opened, a decoded frame, closed). No scenario logic.
 //! - [`setup`]: the request flows every scenario needs first — register users,
 //!   open logged-in connections — bounded in concurrency and time.
+//! - [`traffic`]: the sending side every traffic shares — sender windows,
+//!   messages in flight, answers (Ack or refusal) matched by request id — and
+//!   the [`traffic::Traffic`] trait the scenario loops drive.
 //! - [`exchange`]: 1:1 message traffic between pairs of users (closed loop or
 //!   fixed rate), with ack and end-to-end latency and loss accounting.
 //! - [`fanout`]: group message traffic (members send to their group), with
@@ -26,6 +29,9 @@
 //!   the server.
 //! - The scenario owns control flow; the pool and the exchange only react to
 //!   events and report.
+//! - Replies are matched to requests by request id (protocol 1.1), never by
+//!   order or content: every request chat-load sends carries an integer id
+//!   (see [`pool`] for how ids are chosen).
 
 pub mod conn;
 pub mod exchange;
@@ -37,6 +43,7 @@ pub mod scenario;
 pub mod setup;
 pub mod stats;
 pub mod summary;
+pub mod traffic;
 
 use std::sync::OnceLock;
 use std::time::Instant;

@@ -4,13 +4,21 @@
 //! frames, flushes, and turns readiness into [`PoolEvent`]s for the scenario to
 //! act on. It follows mio's `tcp_server` example: one `poll`, one lookup by
 //! token, every ready connection drained until WouldBlock.
+//!
+//! # Request ids
+//! Every request goes out with an integer request id chosen by the caller
+//! ([`Pool::send`]), and every frame comes back with the id it echoes
+//! ([`PoolEvent::Frame`]; protocol 1.1): callers match replies to requests by
+//! id, never by order or content. Ids only need to be unique among one
+//! connection's requests in flight, because a reply comes back on the
+//! connection that sent the request; each caller documents its numbering.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
-use protocol::{encode_client, ClientMessage, ServerMessage};
+use protocol::{encode_request, ClientMessage, RequestId, ServerMessage};
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
@@ -37,8 +45,10 @@ pub const READ_BUFFER_IDLE_BYTES: usize = 4 * 1024;
 pub enum PoolEvent {
     /// The WebSocket handshake finished; frames may be sent.
     Opened(ConnId),
-    /// A decoded frame from the server.
-    Frame(ConnId, ServerMessage),
+    /// A decoded frame from the server, with the request id it echoes: the id
+    /// of the request it answers, or None on a push (a delivered message,
+    /// Presence, a GroupInfo to another member).
+    Frame(ConnId, ServerMessage, Option<u64>),
     /// A frame that did not decode as a server message.
     Undecodable(ConnId, String),
     /// The connection ended and was removed from the pool.
@@ -50,7 +60,7 @@ impl PoolEvent {
     pub fn conn(&self) -> ConnId {
         match self {
             PoolEvent::Opened(conn)
-            | PoolEvent::Frame(conn, _)
+            | PoolEvent::Frame(conn, _, _)
             | PoolEvent::Undecodable(conn, _)
             | PoolEvent::Closed(conn, _) => *conn,
         }
@@ -112,15 +122,16 @@ impl Pool {
         self.conns.is_empty()
     }
 
-    /// Queues a message on an open connection; it goes out at the next
-    /// [`Pool::flush`] or [`Pool::poll`]. Returns false if the connection is
-    /// gone or not open yet.
-    pub fn send(&mut self, id: ConnId, message: &ClientMessage) -> bool {
+    /// Queues a request carrying `request_id` on an open connection; it goes
+    /// out at the next [`Pool::flush`] or [`Pool::poll`]. Returns false if the
+    /// connection is gone or not open yet.
+    pub fn send(&mut self, id: ConnId, message: &ClientMessage, request_id: u64) -> bool {
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
         let was_unflushed = conn.is_unflushed();
-        let written = conn.write_text(encode_client(message));
+        let frame = encode_request(message, Some(&RequestId::from(request_id)));
+        let written = conn.write_text(frame);
         if written && !was_unflushed {
             self.unflushed.push(id);
         }
@@ -169,7 +180,9 @@ impl Pool {
             for happened in self.happened.drain(..) {
                 out.push(match happened {
                     Happened::Opened => PoolEvent::Opened(id),
-                    Happened::Frame(message) => PoolEvent::Frame(id, message),
+                    Happened::Frame(message, request_id) => {
+                        PoolEvent::Frame(id, message, request_id)
+                    }
                     Happened::Undecodable(text) => PoolEvent::Undecodable(id, text),
                     Happened::Closed(reason) => {
                         closed = true;

@@ -4,6 +4,12 @@
 //!
 //! Usernames carry a random run id (`l<run>_<i>`), so reruns against the same
 //! database never collide.
+//!
+//! Each request's id is the index of the name (registration) or the spec
+//! (login) it is for, and its answer is the reply echoing that id; frames
+//! without one (Presence, offline messages after a login) are pushes. A
+//! success, failure or Error echoing no id (a server before protocol 1.1) or
+//! another id fails the request at once rather than leave it to time out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -119,7 +125,8 @@ pub fn register_users(
 ) -> Result<FlowReport, LoadError> {
     let started = Instant::now();
     let mut report = FlowReport::default();
-    // Connection → the request it waits for (index, send time), if any.
+    // Connection → the request it waits for (name index = request id, send
+    // time), if any.
     let mut waiting: HashMap<ConnId, Option<(usize, u64)>> = HashMap::new();
     let mut next = 0;
     let mut answered = 0;
@@ -138,35 +145,39 @@ pub fn register_users(
         events.clear();
         pool.poll(SETUP_POLL, &mut events).map_err(poll_error)?;
         for event in events.drain(..) {
-            let id = match &event {
-                PoolEvent::Opened(id)
-                | PoolEvent::Frame(id, _)
-                | PoolEvent::Undecodable(id, _)
-                | PoolEvent::Closed(id, _) => *id,
-            };
-            if !waiting.contains_key(&id) {
+            let id = event.conn();
+            let Some(&pending) = waiting.get(&id) else {
                 continue;
-            }
+            };
             match event {
                 PoolEvent::Opened(_) => {}
-                PoolEvent::Frame(_, message) => {
-                    let Some((_, sent)) = waiting.get_mut(&id).and_then(Option::take) else {
-                        continue; // unsolicited (Presence…): ignore
+                PoolEvent::Frame(_, message, request_id) => {
+                    let Some((index, sent)) = pending else {
+                        continue; // nothing asked yet: a push
                     };
+                    let failure = match answer_to(index, &message, request_id) {
+                        Answer::Push => continue,
+                        Answer::Stray(kind) => Some(kind.to_string()),
+                        Answer::Ours => match message {
+                            ServerMessage::SuccessRegister(_) => None,
+                            ServerMessage::FailRegister(fail) => {
+                                Some(format!("{:?}", fail.error_type))
+                            }
+                            ServerMessage::Error(error) => {
+                                Some(error.error_type.as_str().to_string())
+                            }
+                            other => Some(format!("unexpected tag {}", other.tag())),
+                        },
+                    };
+                    waiting.insert(id, None);
                     answered += 1;
-                    match message {
-                        ServerMessage::SuccessRegister(_) => {
+                    match failure {
+                        None => {
                             report.ok += 1;
                             report.latency.record_nanos(now_nanos() - sent);
                             Progress::add(&progress.logins, 1);
                         }
-                        ServerMessage::FailRegister(fail) => {
-                            report.fail(format!("{:?}", fail.error_type), progress)
-                        }
-                        ServerMessage::Error(error) => {
-                            report.fail(error.error_type.as_str(), progress)
-                        }
-                        other => report.fail(format!("unexpected tag {}", other.tag()), progress),
+                        Some(kind) => report.fail(kind, progress),
                     }
                 }
                 PoolEvent::Undecodable(_, _) => report.fail("undecodable", progress),
@@ -193,7 +204,7 @@ pub fn register_users(
                     secret: SECRET.to_string(),
                     email: email(name),
                 });
-                if pool.send(id, &message) {
+                if pool.send(id, &message, next as u64) {
                     waiting.insert(id, Some((next, now_nanos())));
                     next += 1;
                 }
@@ -298,29 +309,30 @@ impl LoginDriver {
 
     /// Accounts for one pool event; false if it is not about these logins.
     pub fn on_event(&mut self, pool: &mut Pool, event: &PoolEvent, progress: &Progress) -> bool {
-        let id = match event {
-            PoolEvent::Opened(id)
-            | PoolEvent::Frame(id, _)
-            | PoolEvent::Undecodable(id, _)
-            | PoolEvent::Closed(id, _) => *id,
-        };
+        let id = event.conn();
         let Some(&(index, started_nanos)) = self.in_flight.get(&id) else {
             return false;
         };
         let outcome = match event {
             PoolEvent::Opened(_) => {
-                if pool.send(id, &login_message(&self.specs[index])) {
+                if pool.send(id, &login_message(&self.specs[index]), index as u64) {
                     return true;
                 }
                 Err("send failed".to_string())
             }
-            PoolEvent::Frame(_, message) => match message {
-                ServerMessage::SuccessLogin(success) => Ok(success.session_id.clone()),
-                ServerMessage::FailLogin(fail) => Err(format!("{:?}", fail.error_type)),
-                ServerMessage::Error(error) => Err(error.error_type.as_str().to_string()),
-                // Offline-queue messages or presence after a login: not ours.
-                _ => return true,
-            },
+            PoolEvent::Frame(_, message, request_id) => {
+                match answer_to(index, message, *request_id) {
+                    // Offline-queue messages or presence after a login.
+                    Answer::Push => return true,
+                    Answer::Stray(kind) => Err(kind.to_string()),
+                    Answer::Ours => match message {
+                        ServerMessage::SuccessLogin(success) => Ok(success.session_id.clone()),
+                        ServerMessage::FailLogin(fail) => Err(format!("{:?}", fail.error_type)),
+                        ServerMessage::Error(error) => Err(error.error_type.as_str().to_string()),
+                        other => Err(format!("unexpected tag {}", other.tag())),
+                    },
+                }
+            }
             PoolEvent::Undecodable(_, _) => Err("undecodable".to_string()),
             PoolEvent::Closed(_, reason) => Err(closed_kind(reason)),
         };
@@ -368,6 +380,38 @@ impl LoginDriver {
     }
 }
 
+/// How a frame on a connection waiting for the answer to request `index`
+/// relates to that request.
+enum Answer {
+    /// It echoes the request's id: the answer.
+    Ours,
+    /// A push (no request id, not an answer): not about the request.
+    Push,
+    /// An answer that is not to the request, with the failure kind: the
+    /// request can never be answered now.
+    Stray(&'static str),
+}
+
+fn answer_to(index: usize, message: &ServerMessage, request_id: Option<u64>) -> Answer {
+    let answer_kind = matches!(
+        message,
+        ServerMessage::SuccessRegister(_)
+            | ServerMessage::FailRegister(_)
+            | ServerMessage::SuccessLogin(_)
+            | ServerMessage::FailLogin(_)
+            | ServerMessage::Error(_)
+    );
+    match request_id {
+        Some(id) if id == index as u64 => Answer::Ours,
+        // One request is in flight per connection, so this is a server bug.
+        Some(_) => Answer::Stray("reply to another request_id"),
+        None if answer_kind => {
+            Answer::Stray("reply without request_id (server before protocol 1.1?)")
+        }
+        None => Answer::Push,
+    }
+}
+
 fn login_message(spec: &LoginSpec) -> ClientMessage {
     let (secret, session_id) = match &spec.credential {
         Credential::Secret(secret) => (Some(secret.clone()), None),
@@ -377,6 +421,7 @@ fn login_message(spec: &LoginSpec) -> ClientMessage {
         username: spec.username.clone(),
         secret,
         session_id,
+        receipts: false,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
 use crate::rate_limit::Verdict;
-use crate::storage::{Command, StoredMessage};
+use crate::storage::{Command, GroupsTaken, StoredMessage};
 
 /// Longest username echoed into the log for a failed login (client-chosen text).
 const LOGGED_NAME_CHARS_MAX: usize = 40;
@@ -108,7 +108,7 @@ impl Dispatcher {
             return;
         };
         match client.auth {
-            Auth::Anonymous => {}
+            Auth::Anonymous => client.receipts = body.receipts,
             Auth::LoggedIn { .. } => {
                 let reply = ServerMessage::FailLogin(FailLogin {
                     error_type: LoginError::AlreadyLoggedIn,
@@ -138,6 +138,7 @@ impl Dispatcher {
                         to: fx.requester(conn),
                         user_id,
                         session_hash,
+                        receipts: body.receipts,
                         peer,
                         queue_before,
                         include_groups,
@@ -313,6 +314,9 @@ impl Dispatcher {
             queue_before,
             include_groups,
             success_sent: false,
+            queue_pushed_through: 0,
+            receipts: client.receipts,
+            confirmed_through: 0,
             mutual_contacts: Vec::new(),
             held: Vec::new(),
             held_ids: Vec::new(),
@@ -358,9 +362,7 @@ impl Dispatcher {
     pub(super) fn session_opened(
         &mut self,
         conn: ConnId,
-        queued: Vec<StoredMessage>,
-        more_queued: bool,
-        contacts: Vec<i64>,
+        opened: SessionOpened,
         now: i64,
         fx: &mut Effects,
     ) {
@@ -370,12 +372,14 @@ impl Dispatcher {
             session_id,
             success_sent,
             mutual_contacts,
+            confirmed_through,
             ..
         }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
         };
-        *mutual_contacts = contacts;
+        *mutual_contacts = opened.mutual_contacts;
+        *confirmed_through = opened.confirmed_through;
         if !*success_sent {
             *success_sent = true;
             let success = SuccessLogin {
@@ -385,7 +389,7 @@ impl Dispatcher {
             };
             fx.send(conn, &ServerMessage::SuccessLogin(success), now);
         }
-        self.push_queue_chunk(conn, queued, more_queued, now, fx);
+        self.push_queue_chunk(conn, opened.queued, opened.more_queued, now, fx);
     }
 
     /// Pushes one chunk of the offline queue; asks for the next or finishes.
@@ -401,24 +405,52 @@ impl Dispatcher {
             user_id,
             queue_before,
             include_groups,
+            queue_pushed_through,
+            resumed,
+            receipts,
+            confirmed_through,
             ..
-        }) = self.clients.get(&conn).map(|c| &c.auth)
+        }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
+        };
+        let user_id = *user_id;
+        let receipts = *receipts;
+        // A resumed receipts session is pushed everything past its
+        // confirmation; any other login the offline queue.
+        let since = (receipts && *resumed).then_some(*confirmed_through);
+        let direct: Vec<i64> = queued
+            .iter()
+            .filter(|message| message.group_id.is_none())
+            .map(|message| message.message_id)
+            .collect();
+        if let Some(last) = queued.last() {
+            *queue_pushed_through = last.message_id;
+        }
+        let next = Command::TakeQueue {
+            to: fx.requester(conn),
+            user_id,
+            queue_before: *queue_before,
+            after: *queue_pushed_through,
+            since,
+            include_groups: *include_groups,
         };
         for message in queued {
             fx.deliveries.push((conn, message.message_id));
             fx.send(conn, &ServerMessage::Message(delivered(message)), now);
         }
+        // Taken once written out: a connection that dies first leaves them
+        // in the queue (the loop drops its after-flush commands).
+        if !direct.is_empty() && !receipts {
+            let taken = Command::MarkDelivered {
+                user_id,
+                message_ids: direct,
+            };
+            fx.after_flush.push((conn, taken));
+        }
         if more_queued {
             // The next chunk once this one is written out, so a long queue
             // never piles up past the connection's output cap.
-            let next = Command::TakeQueue {
-                to: fx.requester(conn),
-                user_id: *user_id,
-                queue_before: *queue_before,
-                include_groups: *include_groups,
-            };
             fx.after_flush.push((conn, next));
         } else {
             self.finish_login(conn, now, fx);
@@ -438,6 +470,10 @@ impl Dispatcher {
             mutual_contacts,
             held,
             held_ids,
+            include_groups,
+            queue_before,
+            receipts,
+            confirmed_through,
             ..
         } = std::mem::replace(&mut client.auth, Auth::Anonymous)
         else {
@@ -447,7 +483,11 @@ impl Dispatcher {
         let first_connection = !self.has_logged_in_connection(user_id);
         fx.frames
             .extend(held.into_iter().map(|frame| (conn, frame)));
-        if !held_ids.is_empty() {
+        // Held messages count as unflushed like any other: if the connection
+        // dies before writing them, its departure puts them back.
+        fx.deliveries
+            .extend(held_ids.iter().map(|message_id| (conn, *message_id)));
+        if !held_ids.is_empty() && !receipts {
             fx.storage.push(Command::MarkDelivered {
                 user_id,
                 message_ids: held_ids,
@@ -464,6 +504,9 @@ impl Dispatcher {
                 user_id,
                 username,
                 session_hash,
+                groups_from: if include_groups { 0 } else { queue_before },
+                receipts,
+                confirmed_through,
             };
         }
         self.run_deferred(conn, now, fx);
@@ -516,13 +559,14 @@ impl Dispatcher {
     }
 
     /// The session is deleted: confirm, and close every connection using it,
-    /// including those still resuming it (their login is abandoned, and what
-    /// they pipelined behind it never runs).
+    /// including those still resuming it (their login never finishes, and
+    /// what they pipelined behind it never runs).
     pub(super) fn session_ended(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
         let Some(Auth::LoggedIn {
             user_id,
             username,
             session_hash,
+            ..
         }) = self.clients.get(&conn).map(|c| &c.auth)
         else {
             return;
@@ -545,58 +589,91 @@ impl Dispatcher {
                         | Auth::Opening { session_hash: h, .. }) if *h == session_hash)
             })
             .collect();
+        // Closing is departing: each one, logging in or not, stops being a
+        // recipient at once and what it pipelined behind its Login is
+        // dropped with it (see `disconnected`).
         for other in same_session {
-            self.refuse_opening(other);
             fx.closes.push((other, CloseReason::LoggedOut));
         }
     }
 
-    /// A connection still opening a session that was just ended: back to
-    /// anonymous (no longer a recipient; storage's late answer finds nothing
-    /// to finish) with nothing left to run.
-    fn refuse_opening(&mut self, conn: ConnId) {
-        let opening = self
-            .clients
-            .get(&conn)
-            .is_some_and(|c| matches!(c.auth, Auth::Opening { .. }));
-        if opening {
-            self.abandon_login(conn);
-            if let Some(client) = self.clients.get_mut(&conn) {
-                client.deferred.clear();
-            }
-        }
-    }
-
-    /// A connection closed: forget it; if it was the user's last, storage
-    /// marks the user offline and the mutual contacts are told.
-    pub fn disconnected(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+    /// The one departure path: `conn` stops being a recipient, whatever the
+    /// reason (clean close, logout, idle timeout, slow consumer, abuse,
+    /// shutdown, error; logged in, mid-login or mid-queue). The loop calls it
+    /// as soon as it decides to close (not when the close completes), with the
+    /// first message id it had not finished writing to the socket.
+    ///
+    /// What the connection may not have received goes back: 1:1 messages from
+    /// `unflushed_from` on return to the offline queue, and the user's group
+    /// cursors move only as far as the connection took. If it was the user's
+    /// last connection, storage marks the user offline and contacts are told.
+    pub fn disconnected(
+        &mut self,
+        conn: ConnId,
+        unflushed_from: Option<i64>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };
-        let (user_id, username, session_hash) = match client.auth {
+        let written_through = |all_through: i64| unflushed_from.map_or(all_through, |id| id - 1);
+        let (user_id, username, session_hash, receipts, groups_taken) = match client.auth {
             Auth::LoggedIn {
                 user_id,
                 username,
                 session_hash,
+                groups_from,
+                receipts,
+                ..
             } => {
                 log::info!("{username} disconnected ({})", client.peer);
-                (user_id, username, session_hash)
+                let through = written_through(self.next_message_id - 1);
+                let taken = GroupsTaken {
+                    from: groups_from,
+                    through,
+                };
+                (
+                    user_id,
+                    username,
+                    session_hash,
+                    receipts,
+                    (!receipts).then_some(taken),
+                )
             }
             Auth::Opening {
                 user_id,
                 username,
                 session_hash,
+                include_groups,
+                queue_before,
+                queue_pushed_through,
+                receipts,
                 ..
-            } => (user_id, username, session_hash),
+            } => {
+                let took_groups = include_groups && queue_pushed_through > 0 && !receipts;
+                let taken = took_groups.then(|| GroupsTaken {
+                    from: 0,
+                    through: written_through(queue_pushed_through).min(queue_before - 1),
+                });
+                (user_id, username, session_hash, receipts, taken)
+            }
             Auth::Anonymous | Auth::Verifying { .. } => return,
         };
+        // A receipts device took only what it confirmed; nothing to put back.
+        if let Some(from_message_id) = unflushed_from.filter(|_| !receipts) {
+            fx.storage.push(Command::Requeue {
+                user_id,
+                from_message_id,
+            });
+        }
         self.remove_from_online(user_id, conn);
         fx.storage.push(Command::ConnectionLost {
             user_id,
             username,
             session_hash,
             last: !self.has_logged_in_connection(user_id),
-            through: self.next_message_id - 1,
+            groups_taken,
             now,
         });
     }
@@ -614,6 +691,18 @@ impl Dispatcher {
             self.announce_presence(username, mutual_contacts, false, now, fx);
         }
     }
+}
+
+/// What storage says about a session it opened (see `Reply::SessionOpened`).
+pub(super) struct SessionOpened {
+    /// The first chunk of the queue.
+    pub queued: Vec<StoredMessage>,
+    /// More of the queue remains.
+    pub more_queued: bool,
+    /// Mutual contacts, for Presence.
+    pub mutual_contacts: Vec<i64>,
+    /// The session's confirmation.
+    pub confirmed_through: i64,
 }
 
 /// At most [`LOGGED_NAME_CHARS_MAX`] characters of a client-chosen name.

@@ -21,6 +21,7 @@
 
 mod accounts;
 mod contacts;
+mod delivery;
 mod groups;
 mod messages;
 
@@ -36,6 +37,7 @@ use crate::config;
 use crate::hasher::{HashDone, HashJob};
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
+use accounts::SessionOpened;
 use contacts::ContactAdded;
 
 /// Why the server closes a connection; becomes the WebSocket close code.
@@ -168,6 +170,12 @@ pub enum Auth {
         include_groups: bool,
         /// SuccessLogin is sent; the offline queue is still being pushed.
         success_sent: bool,
+        /// The last message id of the offline queue pushed so far (0: none).
+        queue_pushed_through: i64,
+        /// A receipts login (1.1): nothing counts as taken until confirmed.
+        receipts: bool,
+        /// The session's confirmation, once storage has told it.
+        confirmed_through: i64,
         /// Mutual contacts to tell once the login completes.
         mutual_contacts: Vec<i64>,
         /// Frames that arrived meanwhile.
@@ -183,6 +191,15 @@ pub enum Auth {
         username: String,
         /// The SHA-256 of the session this connection uses.
         session_hash: String,
+        /// The first group message id this connection was sure to be sent
+        /// (0 when its login took the group queue; the login boundary when
+        /// another device of the user was live and got what came before).
+        groups_from: i64,
+        /// Whether this connection confirms with Received (1.1).
+        receipts: bool,
+        /// The session's confirmation: this device holds everything
+        /// addressed to the user up to here.
+        confirmed_through: i64,
     },
 }
 
@@ -198,6 +215,8 @@ pub struct Client {
     deferred: Vec<String>,
     /// Per-connection rate limits (`None` with `--no-rate-limits`).
     buckets: Option<ConnectionBuckets>,
+    /// The login in progress asked for receipts.
+    receipts: bool,
 }
 
 /// Requests a connection may pipeline behind an unfinished Login; more get
@@ -239,6 +258,9 @@ pub struct Dispatcher {
     /// A reservation of the next block is on its way to storage.
     reserving_ids: bool,
     storage_backlog: usize,
+    /// Delivered receipts (37) waiting for the next tick, coalesced:
+    /// `(sender, recipient) → (recipient's name, through)`.
+    receipts_due: HashMap<(i64, i64), (String, i64)>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -261,6 +283,7 @@ impl Dispatcher {
             ids_reserved_through: snapshot.ids_reserved_through,
             reserving_ids: false,
             storage_backlog: 0,
+            receipts_due: HashMap::new(),
             limits,
             counters: Counters::default(),
         }
@@ -275,6 +298,7 @@ impl Dispatcher {
                 auth: Auth::Anonymous,
                 deferred: Vec::new(),
                 buckets: self.rate_limits.connection_buckets(self.clock),
+                receipts: false,
             },
         );
     }
@@ -367,6 +391,10 @@ impl Dispatcher {
                 message,
                 ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
             )
+            && !self
+                .clients
+                .get(&conn)
+                .is_some_and(|c| is_confirmation_while_queue_pushed(&c.auth, message))
     }
 
     fn defer(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
@@ -403,7 +431,8 @@ impl Dispatcher {
         } else if !matches!(
             message,
             ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
-        ) {
+        ) && !is_confirmation_while_queue_pushed(&client.auth, &message)
+        {
             fx.error(conn, ErrorType::NotLoggedIn, "log in first", tag, now);
             return;
         }
@@ -432,6 +461,7 @@ impl Dispatcher {
             }
             ClientMessage::LeaveGroup(body) => self.leave_group(conn, user_id, body, now, fx),
             ClientMessage::GetGroups => self.get_groups(conn, user_id, now, fx),
+            ClientMessage::Received(body) => self.received(conn, body, now, fx),
         }
     }
 
@@ -462,7 +492,16 @@ impl Dispatcher {
                 queued,
                 more_queued,
                 mutual_contacts,
-            } => self.session_opened(to.conn, queued, more_queued, mutual_contacts, now, fx),
+                confirmed_through,
+            } => {
+                let opened = SessionOpened {
+                    queued,
+                    more_queued,
+                    mutual_contacts,
+                    confirmed_through,
+                };
+                self.session_opened(to.conn, opened, now, fx)
+            }
             Reply::QueueChunk {
                 to,
                 queued,
@@ -521,6 +560,11 @@ impl Dispatcher {
                 remaining,
             } => self.group_left(to.conn, user_id, group_id, remaining, now, fx),
             Reply::IdsReserved { through } => self.ids_reserved(through),
+            Reply::Confirmed {
+                user_id,
+                username,
+                senders,
+            } => self.confirmed(user_id, &username, senders),
             Reply::Failed {
                 requester: (to, tag),
                 reason,
@@ -563,27 +607,6 @@ impl Dispatcher {
             self.request_failed((to.conn, tag), now, fx);
             fx.end_answering(outer);
         }
-    }
-
-    /// The loop is dropping `conn` because it does not read its output.
-    /// Messages written for it from `unread_from` on may never have reached
-    /// it: they go back to the user's offline queue (pushed at the next login;
-    /// a device that did get them drops the duplicates by id). The
-    /// connection stops being a recipient at once.
-    pub fn slow_consumer(
-        &mut self,
-        conn: ConnId,
-        unread_from: Option<i64>,
-        now: i64,
-        fx: &mut Effects,
-    ) {
-        if let (Some(user_id), Some(from_message_id)) = (self.logged_in_user(conn), unread_from) {
-            fx.storage.push(Command::Requeue {
-                user_id,
-                from_message_id,
-            });
-        }
-        self.disconnected(conn, now, fx);
     }
 
     /// A hashing job could not be queued (too many logins at once).
@@ -687,7 +710,8 @@ impl Dispatcher {
 
     /// Sends `frame` to every connection of `user_id` except `except`: written
     /// now to logged-in ones, held for ones finishing their login. Returns
-    /// whether a logged-in connection got it.
+    /// whether a logged-in connection without receipts got it (which takes it
+    /// off the offline queue; its departure puts back what it did not write).
     fn push_to_user(
         &mut self,
         user_id: i64,
@@ -705,10 +729,11 @@ impl Dispatcher {
                 continue;
             }
             match self.clients.get_mut(conn).map(|client| &mut client.auth) {
-                Some(Auth::LoggedIn { .. }) => {
+                Some(Auth::LoggedIn { receipts, .. }) => {
                     fx.frames.push((*conn, frame.to_owned()));
                     fx.deliveries.extend(message_id.map(|id| (*conn, id)));
-                    delivered = true;
+                    // A receipts device takes a message only by confirming it.
+                    delivered |= !*receipts;
                 }
                 Some(Auth::Opening { held, held_ids, .. }) => {
                     held.push(frame.to_owned());
@@ -733,6 +758,20 @@ impl Dispatcher {
         }
         self.push_to_user(user_id, &frame, None, requester, fx);
     }
+}
+
+/// A Received on a connection whose SuccessLogin is sent and whose queue is
+/// still being pushed: it confirms what it has read so far, so it is handled
+/// at once rather than waiting behind the login.
+fn is_confirmation_while_queue_pushed(auth: &Auth, message: &ClientMessage) -> bool {
+    matches!(message, ClientMessage::Received(_))
+        && matches!(
+            auth,
+            Auth::Opening {
+                success_sent: true,
+                ..
+            }
+        )
 }
 
 /// A stored message as the protocol shows it.

@@ -102,6 +102,18 @@ pub struct GroupRow {
     pub members: Vec<(i64, String)>,
 }
 
+/// The group messages a departing connection took: every one with an id in
+/// `from..=through` was written out to it (it got those before `from` only
+/// if another device had, so the cursor may move only when it is already at
+/// `from - 1` or beyond).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupsTaken {
+    /// The first group message id this connection was sure to get.
+    pub from: i64,
+    /// Every group message up to here that it was sent is written out.
+    pub through: i64,
+}
+
 /// What the loop asks of storage.
 #[derive(Debug)]
 pub enum Command {
@@ -154,6 +166,9 @@ pub enum Command {
         user_id: i64,
         /// SHA-256 of the presented session id.
         session_hash: String,
+        /// A receipts login: the queue is everything addressed to the user
+        /// past the session's confirmation, not the offline queue.
+        receipts: bool,
         /// Peer address.
         peer: SocketAddr,
         /// Only queued messages with smaller ids are taken.
@@ -172,6 +187,13 @@ pub enum Command {
         user_id: i64,
         /// Only queued messages with smaller ids are taken.
         queue_before: i64,
+        /// Only queued messages with larger ids are taken (the last id of
+        /// the previous chunk: taking marks nothing, so chunks page by id).
+        after: i64,
+        /// `Some(confirmed)`: a receipts session's queue — everything
+        /// addressed to the user past `confirmed` — instead of the offline
+        /// queue.
+        since: Option<i64>,
         /// Whether group messages are queued for this login.
         include_groups: bool,
     },
@@ -193,9 +215,9 @@ pub enum Command {
         session_hash: String,
         /// Whether it was the user's last connection.
         last: bool,
-        /// The highest message id assigned so far: when `last`, the user's
-        /// group cursors move here (everything up to it was pushed live).
-        through: i64,
+        /// What the connection took of the user's group messages, if anything:
+        /// the cursors move to `through` where they already cover `from`.
+        groups_taken: Option<GroupsTaken>,
         /// Unix seconds.
         now: i64,
     },
@@ -208,8 +230,9 @@ pub enum Command {
         /// The message.
         message: NewMessage,
     },
-    /// Mark messages pushed to a connection that was logging in while they
-    /// were sent. No reply.
+    /// Mark 1:1 messages as taken: written out to a connection of the
+    /// recipient (held while it logged in, or pushed from its offline queue).
+    /// No reply.
     MarkDelivered {
         /// The recipient.
         user_id: i64,
@@ -336,6 +359,20 @@ pub enum Command {
         /// Echoed back.
         username: String,
     },
+    /// A receipts device holds everything addressed to `user_id` up to
+    /// `through`: record it on the session, take those messages off the
+    /// offline queue, and reply [`Reply::Confirmed`] with whose 1:1 messages
+    /// this confirmed.
+    Confirm {
+        /// The recipient.
+        user_id: i64,
+        /// Their name, echoed for the Delivered receipts.
+        username: String,
+        /// The device's session.
+        session_hash: String,
+        /// The confirmation (already capped at the highest id assigned).
+        through: i64,
+    },
     /// Reserve message ids up to `through` durably; replies
     /// [`Reply::IdsReserved`] (also when it fails, with `None`).
     ReserveIds {
@@ -376,6 +413,7 @@ impl Command {
             | Command::MarkDelivered { .. }
             | Command::Requeue { .. }
             | Command::ReserveIds { .. }
+            | Command::Confirm { .. }
             | Command::PurgeSessions { .. } => None,
         }
     }
@@ -411,6 +449,9 @@ pub enum Reply {
         more_queued: bool,
         /// Users that are mutual contacts of this one (for Presence).
         mutual_contacts: Vec<i64>,
+        /// The session's confirmation (receipts): everything up to here is
+        /// on the device.
+        confirmed_through: i64,
     },
     /// The next chunk of the offline queue, now marked delivered.
     QueueChunk {
@@ -518,6 +559,16 @@ pub enum Reply {
         /// The group without the leaver, if anyone is left.
         remaining: Option<GroupRow>,
     },
+    /// A confirmation is recorded: the senders whose 1:1 messages to the
+    /// user it newly covered, each with the highest such id.
+    Confirmed {
+        /// The recipient who confirmed.
+        user_id: i64,
+        /// Their name.
+        username: String,
+        /// `(sender_id, highest confirmed id from them)`.
+        senders: Vec<(i64, i64)>,
+    },
     /// Message ids up to `through` are reserved durably (`None`: the
     /// reservation failed and may be asked for again).
     IdsReserved {
@@ -552,7 +603,7 @@ impl Reply {
             | Reply::GroupChanged { to, .. }
             | Reply::GroupLeft { to, .. } => Some(to),
             Reply::Failed { requester, .. } => Some(&requester.0),
-            Reply::WentOffline { .. } | Reply::IdsReserved { .. } => None,
+            Reply::WentOffline { .. } | Reply::IdsReserved { .. } | Reply::Confirmed { .. } => None,
         }
     }
 }

@@ -22,7 +22,7 @@
 use rusqlite::Connection;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const VERSION_1: &str = "
 CREATE TABLE users (
@@ -102,6 +102,13 @@ CREATE INDEX group_members_by_user ON group_members(user_id, group_id);
 CREATE INDEX messages_by_group ON messages(group_id, message_id) WHERE group_id IS NOT NULL;
 ";
 
+/// Version 3 (protocol 1.1 receipts): each session (= device) keeps the
+/// highest message id it confirmed holding everything up to; a resumed
+/// receipts session is pushed everything addressed to the user past it.
+const VERSION_3: &str = "
+ALTER TABLE sessions ADD COLUMN confirmed_through INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].
 pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -135,7 +142,7 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
             "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
         )));
     }
-    for (target, migration) in [(1, VERSION_1), (2, VERSION_2)] {
+    for (target, migration) in [(1, VERSION_1), (2, VERSION_2), (3, VERSION_3)] {
         if version < target {
             let tx = conn.transaction()?;
             tx.execute_batch(migration)?;

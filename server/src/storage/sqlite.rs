@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::checkpoint::Checkpointer;
 use super::schema;
 use super::{
-    Backend, Command, ContactRow, Conversation, GroupRow, NewMessage, Reply, Snapshot,
+    Backend, Command, ContactRow, Conversation, GroupRow, GroupsTaken, NewMessage, Reply, Snapshot,
     StoredMessage,
 };
 use crate::config::{MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
@@ -385,14 +385,19 @@ fn apply(
             let queue = QueueTake {
                 user_id: *user_id,
                 queue_before: *queue_before,
+                after: 0,
+                since: None,
                 include_groups: *include_groups,
+                indexed_through,
             };
-            session_opened(tx, to.clone(), queue, *peer, *now)?
+            let session = Confirmation::StartNew(session_hash);
+            session_opened(tx, to.clone(), queue, *peer, *now, session)?
         }
         Command::ResumeSession {
             to,
             user_id,
             session_hash,
+            receipts,
             peer,
             queue_before,
             include_groups,
@@ -406,12 +411,17 @@ fn apply(
                 )?
                 .execute(params![session_hash, user_id, now, idle_before])?;
             if touched == 1 {
+                let confirmed = confirmed_through(tx, session_hash)?;
                 let queue = QueueTake {
                     user_id: *user_id,
                     queue_before: *queue_before,
+                    after: 0,
+                    since: receipts.then_some(confirmed),
                     include_groups: *include_groups,
+                    indexed_through,
                 };
-                session_opened(tx, to.clone(), queue, *peer, *now)?
+                let session = Confirmation::Existing(confirmed);
+                session_opened(tx, to.clone(), queue, *peer, *now, session)?
             } else {
                 Reply::SessionInvalid { to: to.clone() }
             }
@@ -420,12 +430,17 @@ fn apply(
             to,
             user_id,
             queue_before,
+            after,
+            since,
             include_groups,
         } => {
             let queue = QueueTake {
                 user_id: *user_id,
                 queue_before: *queue_before,
+                after: *after,
+                since: *since,
                 include_groups: *include_groups,
+                indexed_through,
             };
             let (queued, more_queued) = take_queue(tx, queue)?;
             Reply::QueueChunk {
@@ -444,20 +459,17 @@ fn apply(
             username,
             session_hash,
             last,
-            through,
+            groups_taken,
             now,
         } => {
             tx.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE session_hash = ?1")?
                 .execute(params![session_hash, now])?;
+            if let Some(taken) = groups_taken {
+                advance_group_cursors(tx, *user_id, *taken)?;
+            }
             if !*last {
                 return Ok(None);
             }
-            // Everything sent to the user's groups so far reached them live.
-            tx.prepare_cached(
-                "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
-                 WHERE user_id = ?1",
-            )?
-            .execute(params![user_id, through])?;
             tx.prepare_cached(
                 "UPDATE users SET is_online = FALSE, last_activity = ?2 WHERE user_id = ?1",
             )?
@@ -660,6 +672,20 @@ fn apply(
                 public_key,
             }
         }
+        Command::Confirm {
+            user_id,
+            username,
+            session_hash,
+            through,
+        } => {
+            set_confirmed(tx, session_hash, *through)?;
+            let senders = confirm(tx, *user_id, *through)?;
+            Reply::Confirmed {
+                user_id: *user_id,
+                username: username.clone(),
+                senders,
+            }
+        }
         Command::ReserveIds { through } => {
             reserve_ids(tx, *through)?;
             Reply::IdsReserved {
@@ -704,7 +730,14 @@ fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()
 struct QueueTake {
     user_id: i64,
     queue_before: i64,
+    /// Only ids above this one (the previous chunk's last).
+    after: i64,
+    /// A receipts session's confirmation: take everything addressed to the
+    /// user past it instead of the offline queue.
+    since: Option<i64>,
     include_groups: bool,
+    /// The deferred-index watermark (see `schema.rs`).
+    indexed_through: i64,
 }
 
 /// Marks the user online, records the peer, and takes the first chunk of
@@ -715,6 +748,7 @@ fn session_opened(
     queue: QueueTake,
     peer: std::net::SocketAddr,
     now: i64,
+    session: Confirmation,
 ) -> rusqlite::Result<Reply> {
     tx.prepare_cached(
         "UPDATE users SET is_online = TRUE, last_activity = ?2, ip_address = ?3, port = ?4
@@ -727,12 +761,79 @@ fn session_opened(
         peer.port()
     ])?;
     let (queued, more_queued) = take_queue(tx, queue)?;
+    let confirmed_through = match session {
+        Confirmation::Existing(confirmed) => confirmed,
+        Confirmation::StartNew(session_hash) => {
+            // Just below the first message pushed to it: its queue, else the
+            // next live one.
+            let first = queued.first().map_or(queue.queue_before, |m| m.message_id);
+            set_confirmed(tx, session_hash, first - 1)?;
+            first - 1
+        }
+    };
     Ok(Reply::SessionOpened {
         to,
         queued,
         more_queued,
         mutual_contacts: mutual_contacts(tx, queue.user_id)?,
+        confirmed_through,
     })
+}
+
+/// Where an opened session's confirmation stands.
+enum Confirmation<'a> {
+    /// A resumed session's, as stored.
+    Existing(i64),
+    /// A new session (this hash): set just below the first message pushed.
+    StartNew(&'a str),
+}
+
+/// A session's confirmation (0 for an unknown session).
+fn confirmed_through(tx: &Transaction, session_hash: &str) -> rusqlite::Result<i64> {
+    let confirmed = tx
+        .prepare_cached("SELECT confirmed_through FROM sessions WHERE session_hash = ?1")?
+        .query_row([session_hash], |row| row.get(0))
+        .optional()?;
+    Ok(confirmed.unwrap_or(0))
+}
+
+/// Raises a session's confirmation to `through` (never lowers it).
+fn set_confirmed(tx: &Transaction, session_hash: &str, through: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE sessions SET confirmed_through = MAX(confirmed_through, ?2)
+         WHERE session_hash = ?1",
+    )?
+    .execute(params![session_hash, through])?;
+    Ok(())
+}
+
+/// A device of `user_id` holds everything up to `through`: the 1:1 messages
+/// no device had taken are taken now (their senders are reported for the
+/// Delivered receipts), and the group cursors move up to `through`.
+fn confirm(tx: &Transaction, user_id: i64, through: i64) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let senders = tx
+        .prepare_cached(
+            "SELECT sender_id, MAX(message_id) FROM messages
+             WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2
+             GROUP BY sender_id",
+        )?
+        .query_map(params![user_id, through], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+    if !senders.is_empty() {
+        tx.prepare_cached(
+            "UPDATE messages SET delivered = TRUE
+             WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2",
+        )?
+        .execute(params![user_id, through])?;
+    }
+    tx.prepare_cached(
+        "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
+         WHERE user_id = ?1",
+    )?
+    .execute(params![user_id, through])?;
+    Ok(senders)
 }
 
 /// Takes the next chunk of the user's offline queue below `queue_before`:
@@ -741,34 +842,87 @@ fn session_opened(
 /// (the cursor moves past what is taken), oldest first. A chunk holds at most
 /// [`OFFLINE_CHUNK`] messages and about [`OFFLINE_CHUNK_BYTES`] of content.
 fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    if let Some(confirmed) = queue.since {
+        return take_addressed(tx, queue, confirmed);
+    }
     let QueueTake {
         user_id,
         queue_before,
+        after,
         include_groups,
+        ..
     } = queue;
     // Two plain index-ordered queries merged here, rather than one UNION with
     // ORDER BY: SQLite would build and sort an ephemeral table for that on
-    // every login (it halved the session-resume rate).
+    // every login (it halved the session-resume rate). Taking marks nothing:
+    // a message counts as taken once written out (`MarkDelivered`, group
+    // cursors at departure), so two devices logging in at once each get the
+    // whole queue, and a connection that dies mid-queue loses nothing.
     let fetch = OFFLINE_CHUNK + 1;
     let mut queued = query_messages(
         tx,
         "SELECT message_id FROM messages
-         WHERE receiver_id = ?1 AND delivered = 0 AND message_id < ?2
-         ORDER BY message_id LIMIT ?3",
-        params![user_id, queue_before, fetch],
+         WHERE receiver_id = ?1 AND delivered = 0 AND message_id > ?2 AND message_id < ?3
+         ORDER BY message_id LIMIT ?4",
+        params![user_id, after, queue_before, fetch],
     )?;
     if include_groups && is_in_any_group(tx, user_id)? {
         queued.extend(query_messages(
             tx,
             "SELECT m.message_id FROM group_members g
-             JOIN messages m ON m.group_id = g.group_id AND m.message_id > g.delivered_through
-             WHERE g.user_id = ?1 AND m.message_id < ?2 AND m.sender_id != ?1
-             ORDER BY m.message_id LIMIT ?3",
-            params![user_id, queue_before, fetch],
+             JOIN messages m ON m.group_id = g.group_id
+                AND m.message_id > MAX(g.delivered_through, ?2)
+             WHERE g.user_id = ?1 AND m.message_id < ?3 AND m.sender_id != ?1
+             ORDER BY m.message_id LIMIT ?4",
+            params![user_id, after, queue_before, fetch],
         )?);
         queued.sort_by_key(|message| message.message_id);
         queued.truncate(fetch as usize);
     }
+    Ok(cut_chunk(queued))
+}
+
+/// A receipts session's queue: every message addressed to the user past
+/// `confirmed` (1:1 to them, and their groups' messages from others), below
+/// the login boundary, whether or not another device took it.
+fn take_addressed(
+    tx: &Transaction,
+    queue: QueueTake,
+    confirmed: i64,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let queued = query_messages(
+        tx,
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id < ?5
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE message_id > MAX(?2, ?4) AND message_id < ?5 AND receiver_id = ?1
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT m.message_id FROM group_members g
+             JOIN messages m ON m.group_id = g.group_id AND m.message_id > ?2
+             WHERE g.user_id = ?1 AND m.message_id < ?5 AND m.sender_id != ?1
+             ORDER BY m.message_id LIMIT ?3)
+         ORDER BY message_id LIMIT ?3",
+        params![
+            queue.user_id,
+            queue.after.max(confirmed),
+            OFFLINE_CHUNK + 1,
+            queue.indexed_through,
+            queue.queue_before
+        ],
+    )?;
+    Ok(cut_chunk(queued))
+}
+
+/// The first chunk of `queued` (oldest first): at most [`OFFLINE_CHUNK`]
+/// messages and about [`OFFLINE_CHUNK_BYTES`] of content; and whether more
+/// remain.
+fn cut_chunk(mut queued: Vec<StoredMessage>) -> (Vec<StoredMessage>, bool) {
     let mut fits = 0;
     let mut bytes = 0;
     for message in queued.iter().take(OFFLINE_CHUNK as usize) {
@@ -780,28 +934,22 @@ fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<Store
     }
     let more = queued.len() > fits;
     queued.truncate(fits);
-    let mut mark =
-        tx.prepare_cached("UPDATE messages SET delivered = TRUE WHERE message_id = ?1")?;
-    let mut advance = tx.prepare_cached(
-        "UPDATE group_members SET delivered_through = MAX(delivered_through, ?3)
-         WHERE group_id = ?1 AND user_id = ?2",
-    )?;
-    for message in &queued {
-        match message.group_id {
-            Some(group_id) => advance.execute(params![group_id, user_id, message.message_id])?,
-            None => mark.execute([message.message_id])?,
-        };
-    }
-    if !more {
-        // The whole queue is taken: every group message before the login
-        // boundary is now behind each cursor (later ones are held live).
-        tx.prepare_cached(
-            "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
-             WHERE user_id = ?1",
-        )?
-        .execute(params![user_id, queue_before - 1])?;
-    }
-    Ok((queued, more))
+    (queued, more)
+}
+
+/// Moves the user's group cursors to `taken.through` where they already
+/// cover everything before `taken.from` (never backwards).
+fn advance_group_cursors(
+    tx: &Transaction,
+    user_id: i64,
+    taken: GroupsTaken,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE group_members SET delivered_through = ?3
+         WHERE user_id = ?1 AND delivered_through >= ?2 - 1 AND delivered_through < ?3",
+    )?
+    .execute(params![user_id, taken.from, taken.through])?;
+    Ok(())
 }
 
 /// Whether the user is in any group (most logins are not: skip that query).
@@ -1210,8 +1358,10 @@ mod tests {
         }
     }
 
+    /// Taking the queue marks nothing (two devices logging in at once each
+    /// get all of it); marking what was written out takes it for good.
     #[test]
-    fn the_offline_queue_is_taken_once() {
+    fn the_offline_queue_is_taken_once_marked() {
         let (_dir, mut backend) = open();
         let a = create_user(&mut backend, "alice");
         let b = create_user(&mut backend, "bob");
@@ -1241,6 +1391,15 @@ mod tests {
         let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
             panic!("{replies:?}");
         };
+        assert_eq!(ids(queued), vec![1], "not taken until written out");
+        backend.execute(vec![Command::MarkDelivered {
+            user_id: b,
+            message_ids: vec![1],
+        }]);
+        let replies = backend.execute(vec![open_session("h3")]);
+        let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+            panic!("{replies:?}");
+        };
         assert!(queued.is_empty());
     }
 
@@ -1253,15 +1412,17 @@ mod tests {
         for id in 1..=total {
             store(&mut backend, id, a, b, false);
         }
-        let take = || Command::TakeQueue {
+        let take = |after| Command::TakeQueue {
             to: CONN,
             user_id: b,
             queue_before: i64::MAX,
+            after,
+            since: None,
             include_groups: true,
         };
         let mut taken = Vec::new();
         loop {
-            let replies = backend.execute(vec![take()]);
+            let replies = backend.execute(vec![take(taken.last().copied().unwrap_or(0))]);
             let [Reply::QueueChunk {
                 queued,
                 more_queued,
@@ -1296,6 +1457,7 @@ mod tests {
         let resume = |user_id| Command::ResumeSession {
             to: CONN,
             user_id,
+            receipts: false,
             session_hash: "h".into(),
             peer,
             queue_before: i64::MAX,

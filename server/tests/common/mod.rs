@@ -508,6 +508,59 @@ impl Client {
         }
     }
 
+    /// Every message frame until the server closes the connection (or drops
+    /// it), and how it ended; fails if it stays open past `deadline`.
+    #[track_caller]
+    pub fn read_until_closed(&mut self, deadline: Duration) -> (Vec<ServerMessage>, Closed) {
+        let end = Instant::now() + deadline;
+        let mut frames = Vec::new();
+        loop {
+            assert!(Instant::now() < end, "still open after {deadline:?}");
+            match self.ws.read() {
+                Ok(Message::Text(text)) => frames.push(
+                    decode_server(text.as_str())
+                        .unwrap_or_else(|e| panic!("undecodable server frame {text}: {e}")),
+                ),
+                Ok(Message::Close(frame)) => return (frames, Closed::Frame(frame)),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => continue,
+                Err(e) => return (frames, Closed::Dropped(e.to_string())),
+            }
+        }
+    }
+
+    /// Logs in with a password and `receipts: true`; asserts SuccessLogin.
+    #[track_caller]
+    pub fn login_with_receipts(&mut self, name: &str) -> SuccessLogin {
+        self.send(&ClientMessage::Login(Login {
+            username: name.into(),
+            secret: Some(SECRET.into()),
+            session_id: None,
+            receipts: true,
+        }));
+        self.recv_success_login()
+    }
+
+    /// Resumes a session with `receipts: true`; asserts SuccessLogin.
+    #[track_caller]
+    pub fn resume_with_receipts(&mut self, name: &str, session_id: &str) -> SuccessLogin {
+        self.send(&ClientMessage::Login(Login {
+            username: name.into(),
+            secret: None,
+            session_id: Some(session_id.into()),
+            receipts: true,
+        }));
+        self.recv_success_login()
+    }
+
+    /// Confirms holding everything up to `through` (Received, tag 17).
+    #[track_caller]
+    pub fn confirm(&mut self, through: i64) {
+        self.send(&ClientMessage::Received(protocol::client::Received {
+            through,
+        }));
+    }
+
     /// Closes the connection from this side and waits for the server's answer.
     pub fn close(mut self) {
         let _ = self.ws.close(None);
@@ -626,6 +679,7 @@ pub fn login_with_secret(name: &str, secret: &str) -> ClientMessage {
         username: name.into(),
         secret: Some(secret.into()),
         session_id: None,
+        receipts: false,
     })
 }
 
@@ -635,6 +689,7 @@ pub fn login_with_session(name: &str, session_id: &str) -> ClientMessage {
         username: name.into(),
         secret: None,
         session_id: Some(session_id.into()),
+        receipts: false,
     })
 }
 

@@ -397,6 +397,10 @@ struct Pending {
 /// Creates `wanted` (at most `concurrency` unfinished at a time) and waits
 /// until every member of every group has a GroupInfo listing all members.
 /// Returns the group ids in `wanted` order.
+///
+/// A CreateGroup's request id is its group's index in `wanted`: the
+/// creator's GroupInfo answers it and echoes that id, and is the only one
+/// that may; every other member's GroupInfo is a push and carries none.
 pub fn create_groups(
     pool: &mut Pool,
     wanted: &[Wanted],
@@ -411,11 +415,6 @@ pub fn create_groups(
             informed: vec![false; group.members.len()],
             ..Pending::default()
         })
-        .collect();
-    let by_name: HashMap<&str, usize> = wanted
-        .iter()
-        .enumerate()
-        .map(|(index, group)| (group.name.as_str(), index))
         .collect();
     let by_conn: HashMap<ConnId, (usize, usize)> = wanted
         .iter()
@@ -438,7 +437,7 @@ pub fn create_groups(
                 name: group.name.clone(),
                 members: group.members[1..].iter().map(|(n, _)| n.clone()).collect(),
             });
-            if !pool.send(*conn, &message) {
+            if !pool.send(*conn, &message, next as u64) {
                 return Err(load_error(format!("{creator}: connection gone")));
             }
             pending[next].sent_nanos = Some(now_nanos());
@@ -455,8 +454,8 @@ pub fn create_groups(
             .map_err(|error| load_error(format!("poll: {error}")))?;
         let now = now_nanos();
         for event in &events {
-            let (conn, message) = match event {
-                PoolEvent::Frame(conn, message) => (conn, message),
+            let (conn, message, request_id) = match event {
+                PoolEvent::Frame(conn, message, request_id) => (conn, message, *request_id),
                 PoolEvent::Closed(conn, reason) if by_conn.contains_key(conn) => {
                     return Err(load_error(format!(
                         "group setup: connection closed: {reason}"
@@ -467,15 +466,20 @@ pub fn create_groups(
             let Some(&(group, position)) = by_conn.get(conn) else {
                 continue;
             };
+            // Only the creator's connection asked anything: its CreateGroup.
+            let create_id = (position == 0).then_some(group as u64);
+            let answers_create = create_id.is_some() && request_id == create_id;
             match message {
                 ServerMessage::GroupInfo(info) => {
-                    let Some(&named) = by_name.get(info.name.as_str()) else {
+                    if request_id != create_id {
                         return Err(load_error(format!(
-                            "GroupInfo for unknown group {:?}",
-                            info.name
+                            "GroupInfo for {:?} to member {position} of {:?} carries request_id \
+                             {request_id:?}, expected {create_id:?} (does the server speak \
+                             protocol 1.1?)",
+                            info.name, wanted[group].name
                         )));
-                    };
-                    if named != group {
+                    }
+                    if info.name != wanted[group].name {
                         return Err(load_error(format!(
                             "GroupInfo for {:?} reached a member of {:?}",
                             info.name, wanted[group].name
@@ -503,9 +507,17 @@ pub fn create_groups(
                         done += 1;
                     }
                 }
-                ServerMessage::Error(error) if error.ref_tag == Some(12) => {
+                ServerMessage::Error(error) if answers_create => {
                     return Err(load_error(format!(
                         "CreateGroup refused: {} ({}); does the server support groups?",
+                        error.error_type.as_str(),
+                        error.detail
+                    )));
+                }
+                ServerMessage::Error(error) => {
+                    return Err(load_error(format!(
+                        "group setup: an Error answering no CreateGroup (request_id \
+                         {request_id:?}): {} ({})",
                         error.error_type.as_str(),
                         error.detail
                     )));

@@ -12,11 +12,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{secs_to_nanos, Common};
-use crate::load::exchange::{Exchange, Tally, TallySummary, Traffic};
+use crate::load::exchange::{Exchange, Tally, TallySummary};
 use crate::load::pool::{Pool, READ_BUFFER_BUSY_BYTES};
 use crate::load::progress::{Printer, Progress};
 use crate::load::report::{count, rate, Table};
 use crate::load::setup::logged_in_users;
+use crate::load::traffic::Traffic;
 use crate::load::{load_error, now_nanos, LoadError};
 
 /// How senders pace themselves.

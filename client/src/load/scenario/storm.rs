@@ -18,6 +18,7 @@ use crate::load::setup::{
     logged_in_users, password_logins, register_users, FlowSummary, LoginDriver,
 };
 use crate::load::stats::LatencySummary;
+use crate::load::traffic::Traffic;
 use crate::load::{load_error, now_nanos, LoadError};
 
 /// The `storm` scenario's knobs.

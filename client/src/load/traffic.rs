@@ -1,0 +1,616 @@
+//! The sending side every message traffic shares: sender windows, messages
+//! in flight, and matching each answer (Ack or refusal) to its message.
+//!
+//! Every message carries its sender's sequence number three times: in its
+//! content (`t=<nanos> s=<seq>`, read by the recipient), as its client
+//! `message_id` (echoed in the Ack), and as its request id (protocol 1.1,
+//! echoed on every answer, Ack or Error alike). Answers are matched by request
+//! id alone, so a refusal (`rate_limited`, `server_busy`, …) is attributed to
+//! exactly the message it refused, in whatever order answers arrive.
+//!
+//! [`Senders`] owns that bookkeeping, the event [`Counts`] and the ack
+//! latency. What is sent to whom and what arrives where belongs to the
+//! traffic that embeds it ([`super::exchange::Exchange`] for 1:1 pairs,
+//! [`super::fanout::GroupExchange`] for groups); the [`Traffic`] trait gives
+//! the scenario loops one interface over both.
+//!
+//! Request ids are per connection (a reply comes back on the connection that
+//! sent the request) and the connections here send nothing else while
+//! traffic runs: their logins and group creations were answered during setup.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write;
+
+use protocol::client::SendMessage;
+use protocol::server::{Ack, Delivered, Error};
+use protocol::{ClientMessage, ServerMessage};
+use serde::Serialize;
+
+use super::pool::{ConnId, Pool, PoolEvent};
+use super::progress::Progress;
+use super::stats::Latency;
+
+/// Counts of what happened, summed over all members (and shards).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    /// Messages sent.
+    pub sent: u64,
+    /// Acks received.
+    pub acked: u64,
+    /// Messages received by their recipient (first copies).
+    pub delivered: u64,
+    /// Acks that arrived inside the measured window.
+    pub acked_in_window: u64,
+    /// Deliveries that arrived inside the measured window.
+    pub delivered_in_window: u64,
+    /// A second copy of a message already received.
+    pub duplicates: u64,
+    /// A message from a sender that arrived after a later one.
+    pub reordered: u64,
+    /// Error frames and other failures, by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub(crate) fn error(&mut self, kind: &str, progress: &Progress) {
+        // Look up before inserting: a known kind costs no allocation.
+        match self.errors.get_mut(kind) {
+            Some(count) => *count += 1,
+            None => {
+                self.errors.insert(kind.to_string(), 1);
+            }
+        }
+        Progress::add(&progress.errors, 1);
+    }
+
+    pub(crate) fn merge(&mut self, other: &Counts) {
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.delivered += other.delivered;
+        self.acked_in_window += other.acked_in_window;
+        self.delivered_in_window += other.delivered_in_window;
+        self.duplicates += other.duplicates;
+        self.reordered += other.reordered;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Where a member's messages go.
+pub enum Target {
+    /// 1:1 to this username.
+    User(String),
+    /// To this group id.
+    Group(i64),
+}
+
+/// Messages sent and not yet answered, by sequence number (= request id).
+/// Sequences are dense, so a lookup is an index into a ring, not a search; an
+/// answered slot is emptied and the ring drops empty slots from its front.
+#[derive(Default)]
+struct InFlight {
+    /// The sequence number of `sent_at[0]`.
+    first_seq: u64,
+    /// By sequence − `first_seq`: the send time (nanos), None once answered.
+    sent_at: VecDeque<Option<u64>>,
+    /// Slots still holding a send time.
+    len: u64,
+}
+
+impl InFlight {
+    /// Records message `seq`, which must be the next sequence number.
+    fn push(&mut self, seq: u64, now: u64) {
+        assert_eq!(
+            seq,
+            self.first_seq + self.sent_at.len() as u64,
+            "sequences are dense"
+        );
+        self.sent_at.push_back(Some(now));
+        self.len += 1;
+    }
+
+    /// Removes message `seq` and returns its send time; None if it is not in
+    /// flight (never sent, or already answered).
+    fn take(&mut self, seq: u64) -> Option<u64> {
+        let offset = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let sent = self.sent_at.get_mut(offset)?.take()?;
+        self.len -= 1;
+        while let Some(None) = self.sent_at.front() {
+            self.sent_at.pop_front();
+            self.first_seq += 1;
+        }
+        Some(sent)
+    }
+}
+
+/// One member connection: what it sends, what it has in flight, what was
+/// acked. Members that only receive have one too (with nothing sent).
+struct Sender {
+    conn: ConnId,
+    open: bool,
+    /// The member's Message, rewritten in place for every send (content and
+    /// client id), so a send allocates nothing but the encoded frame.
+    message: ClientMessage,
+    next_seq: u64,
+    in_flight: InFlight,
+    /// By sequence: the message was acked.
+    acked: Vec<bool>,
+    acked_count: u64,
+}
+
+impl Sender {
+    /// Writes `t=<now> s=<seq><padding>` and client id `seq` into the message.
+    fn stamp(&mut self, seq: u64, now: u64, padding: &str) {
+        let ClientMessage::Message(body) = &mut self.message else {
+            unreachable!("a sender's message is always a Message (see Senders::add)");
+        };
+        body.content.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(body.content, "t={now} s={seq}{padding}");
+        let id = body.message_id.get_or_insert_with(String::new);
+        id.clear();
+        let _ = write!(id, "{seq}");
+    }
+}
+
+/// What [`Senders::on_event`] left to the traffic that embeds it.
+pub enum Routed<'e> {
+    /// The event is about a connection of no member.
+    Foreign,
+    /// Fully accounted for.
+    Handled,
+    /// A message arrived at member `.0`: the embedding traffic accounts for it.
+    Delivered(usize, &'e Delivered),
+}
+
+/// The members of one traffic (indexed as the embedding traffic indexes
+/// them), the round-robin order of those that send, and the counts.
+pub struct Senders {
+    members: Vec<Sender>,
+    by_conn: HashMap<ConnId, usize>,
+    /// Indices of the members that send, in round-robin order.
+    order: Vec<usize>,
+    next_in_order: usize,
+    counts: Counts,
+    ack: Latency,
+    /// Arrivals in [start, end) (nanos) count towards throughput.
+    window: (u64, u64),
+    padding: String,
+}
+
+impl Senders {
+    /// No members yet; contents will be padded to at least `content_bytes`.
+    pub fn new(content_bytes: usize) -> Senders {
+        Senders {
+            members: Vec::new(),
+            by_conn: HashMap::new(),
+            order: Vec::new(),
+            next_in_order: 0,
+            counts: Counts::default(),
+            ack: Latency::default(),
+            window: (0, u64::MAX),
+            // "t=<20 digits> s=<20 digits>" is at most 45 bytes.
+            padding: " ".repeat(content_bytes.saturating_sub(45)),
+        }
+    }
+
+    /// Adds a member on `conn` whose messages go to `target`; with `sends`
+    /// false it only receives. Returns its index (members are numbered in the
+    /// order they are added).
+    pub fn add(&mut self, conn: ConnId, target: Target, sends: bool) -> usize {
+        let (dest_id, group_id) = match target {
+            Target::User(username) => (Some(username), None),
+            Target::Group(group_id) => (None, Some(group_id)),
+        };
+        let index = self.members.len();
+        self.members.push(Sender {
+            conn,
+            open: true,
+            message: ClientMessage::Message(SendMessage {
+                dest_id,
+                group_id,
+                content: String::new(),
+                message_id: None,
+                source_id: None,
+                is_encrypted: false,
+            }),
+            next_seq: 0,
+            in_flight: InFlight::default(),
+            acked: Vec::new(),
+            acked_count: 0,
+        });
+        self.by_conn.insert(conn, index);
+        if sends {
+            self.order.push(index);
+        }
+        index
+    }
+
+    /// Arrivals inside [start, end) (nanos) count towards throughput.
+    pub fn set_window(&mut self, start_nanos: u64, end_nanos: u64) {
+        self.window = (start_nanos, end_nanos);
+    }
+
+    /// Whether `now` is inside the measured window.
+    pub fn in_window(&self, now: u64) -> bool {
+        (self.window.0..self.window.1).contains(&now)
+    }
+
+    /// Messages sent so far.
+    pub fn sent(&self) -> u64 {
+        self.counts.sent
+    }
+
+    /// The counts, for the embedding traffic's own events.
+    pub fn counts_mut(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+
+    /// Whether member `index`'s connection is still open.
+    pub fn is_open(&self, index: usize) -> bool {
+        self.members[index].open
+    }
+
+    /// Messages member `index` has sent.
+    pub fn sent_by(&self, index: usize) -> u64 {
+        self.members[index].next_seq
+    }
+
+    /// Whether member `index`'s message `seq` was acked.
+    pub fn was_acked(&self, index: usize, seq: u64) -> bool {
+        get_bit(&self.members[index].acked, seq)
+    }
+
+    /// Messages of member `index` that were acked.
+    pub fn acked_count(&self, index: usize) -> u64 {
+        self.members[index].acked_count
+    }
+
+    /// Messages answered by neither Ack nor Error, over open members only
+    /// (a closed one will never be answered: the grace period does not wait).
+    pub fn unanswered_open(&self) -> u64 {
+        let open = self.members.iter().filter(|member| member.open);
+        open.map(|member| member.in_flight.len).sum()
+    }
+
+    /// Messages answered by neither Ack nor Error, over every member.
+    pub fn unanswered(&self) -> u64 {
+        self.members.iter().map(|member| member.in_flight.len).sum()
+    }
+
+    /// The counts and the ack latency, once the traffic is over.
+    pub fn finish(self) -> (Counts, Latency) {
+        (self.counts, self.ack)
+    }
+
+    /// Tops every open sender up to `window` unanswered messages.
+    pub fn fill_windows(&mut self, pool: &mut Pool, window: usize, now: u64) {
+        for i in 0..self.order.len() {
+            let index = self.order[i];
+            while self.members[index].open && self.members[index].in_flight.len < window as u64 {
+                if !self.send(pool, index, now) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends round-robin until `due_total` messages have been sent overall.
+    pub fn send_due(&mut self, pool: &mut Pool, due_total: u64, now: u64) {
+        let mut skipped = 0;
+        while self.counts.sent < due_total && skipped < self.order.len() {
+            let index = self.order[self.next_in_order];
+            self.next_in_order = (self.next_in_order + 1) % self.order.len();
+            if self.members[index].open && self.send(pool, index, now) {
+                skipped = 0;
+            } else {
+                skipped += 1;
+            }
+        }
+    }
+
+    /// Sends member `index`'s next message, its sequence number as request id.
+    fn send(&mut self, pool: &mut Pool, index: usize, now: u64) -> bool {
+        let member = &mut self.members[index];
+        let seq = member.next_seq;
+        member.stamp(seq, now, &self.padding);
+        if !pool.send(member.conn, &member.message, seq) {
+            return false;
+        }
+        self.record_sent(index, now);
+        true
+    }
+
+    /// Books member `index`'s next message as sent at `now`; returns its
+    /// sequence number.
+    pub(crate) fn record_sent(&mut self, index: usize, now: u64) -> u64 {
+        let member = &mut self.members[index];
+        let seq = member.next_seq;
+        member.next_seq += 1;
+        member.in_flight.push(seq, now);
+        self.counts.sent += 1;
+        seq
+    }
+
+    /// Accounts for one pool event: answers, undecodable frames and closes
+    /// here; deliveries are handed back.
+    pub fn on_event<'e>(
+        &mut self,
+        event: &'e PoolEvent,
+        now: u64,
+        progress: &Progress,
+    ) -> Routed<'e> {
+        let conn = event.conn();
+        let Some(&index) = self.by_conn.get(&conn) else {
+            return Routed::Foreign;
+        };
+        match event {
+            PoolEvent::Opened(_) => {}
+            PoolEvent::Frame(_, ServerMessage::Message(delivered), _) => {
+                return Routed::Delivered(index, delivered)
+            }
+            PoolEvent::Frame(_, ServerMessage::Ack(ack), request_id) => {
+                self.on_ack(index, *request_id, ack, now, progress)
+            }
+            PoolEvent::Frame(_, ServerMessage::Error(error), request_id) => {
+                self.on_error(index, *request_id, error, progress)
+            }
+            // GroupInfo pushes, Presence and the like are not traffic.
+            PoolEvent::Frame(_, _, _) => {}
+            PoolEvent::Undecodable(_, _) => self.counts.error("undecodable frame", progress),
+            PoolEvent::Closed(_, _) => {
+                self.members[index].open = false;
+                self.by_conn.remove(&conn);
+                Progress::sub(&progress.connections, 1);
+                self.counts.error("disconnected", progress);
+            }
+        }
+        Routed::Handled
+    }
+
+    /// An Ack answers the message its request id names.
+    fn on_ack(
+        &mut self,
+        index: usize,
+        request_id: Option<u64>,
+        ack: &Ack,
+        now: u64,
+        progress: &Progress,
+    ) {
+        let member = &mut self.members[index];
+        let answered = request_id.and_then(|seq| Some((seq, member.in_flight.take(seq)?)));
+        let Some((seq, sent)) = answered else {
+            self.counts.error("ack for no message in flight", progress);
+            return;
+        };
+        // The request id decides; the client id is only checked against it.
+        let client_id = ack.client_message_id.as_deref();
+        if client_id.and_then(|id| id.parse::<u64>().ok()) != Some(seq) {
+            self.counts.error("ack names another message", progress);
+        }
+        set_bit(&mut member.acked, seq);
+        member.acked_count += 1;
+        self.ack.record_nanos(now.saturating_sub(sent));
+        self.counts.acked += 1;
+        if self.in_window(now) {
+            self.counts.acked_in_window += 1;
+        }
+        Progress::add(&progress.acked, 1);
+    }
+
+    /// An Error is counted by kind; when its request id names a message in
+    /// flight, that message was refused and is answered. One without a
+    /// request id answers nothing (every request carries one, so the server
+    /// sends such an Error only for a frame it could not read).
+    fn on_error(
+        &mut self,
+        index: usize,
+        request_id: Option<u64>,
+        error: &Error,
+        progress: &Progress,
+    ) {
+        if let Some(seq) = request_id {
+            self.members[index].in_flight.take(seq);
+        }
+        self.counts.error(error.error_type.as_str(), progress);
+    }
+}
+
+/// What the scenario loops (`messages::send_for_duration`, `messages::drain`,
+/// storm) need from a traffic: 1:1 pairs ([`super::exchange::Exchange`]) or
+/// groups ([`super::fanout::GroupExchange`]). A traffic embeds [`Senders`]
+/// and adds its recipients; the sending side comes with the trait.
+pub trait Traffic {
+    /// The shared sending side.
+    fn senders(&self) -> &Senders;
+    /// The shared sending side, mutably.
+    fn senders_mut(&mut self) -> &mut Senders;
+    /// Acked messages not yet delivered to a recipient that is still open.
+    fn undelivered(&self) -> u64;
+    /// A message arrived at member `index`.
+    fn on_delivered(&mut self, index: usize, delivered: &Delivered, now: u64, progress: &Progress);
+
+    /// Arrivals inside [start, end) (nanos) count towards throughput.
+    fn set_window(&mut self, start_nanos: u64, end_nanos: u64) {
+        self.senders_mut().set_window(start_nanos, end_nanos)
+    }
+    /// Messages sent so far.
+    fn sent(&self) -> u64 {
+        self.senders().sent()
+    }
+    /// Unanswered messages plus acked messages not yet delivered everywhere:
+    /// the grace period waits for this to reach zero.
+    fn outstanding(&self) -> u64 {
+        self.senders().unanswered_open() + self.undelivered()
+    }
+    /// Tops every open sender up to `window` unanswered messages.
+    fn fill_windows(&mut self, pool: &mut Pool, window: usize, now: u64) {
+        self.senders_mut().fill_windows(pool, window, now)
+    }
+    /// Sends round-robin until `due_total` messages have been sent overall.
+    fn send_due(&mut self, pool: &mut Pool, due_total: u64, now: u64) {
+        self.senders_mut().send_due(pool, due_total, now)
+    }
+    /// Accounts for one pool event; false if it is not about this traffic.
+    fn on_event(&mut self, event: &PoolEvent, now: u64, progress: &Progress) -> bool {
+        match self.senders_mut().on_event(event, now, progress) {
+            Routed::Foreign => false,
+            Routed::Handled => true,
+            Routed::Delivered(index, delivered) => {
+                self.on_delivered(index, delivered, now, progress);
+                true
+            }
+        }
+    }
+}
+
+/// Reads `t=<nanos> s=<seq>` from a message content.
+pub fn parse_content(content: &str) -> Option<(u64, u64)> {
+    let mut words = content.split_ascii_whitespace();
+    let sent = words.next()?.strip_prefix("t=")?.parse().ok()?;
+    let seq = words.next()?.strip_prefix("s=")?.parse().ok()?;
+    Some((sent, seq))
+}
+
+/// Sets bit `index`, growing `bits` as needed.
+pub(crate) fn set_bit(bits: &mut Vec<bool>, index: u64) {
+    let index = index as usize;
+    if bits.len() <= index {
+        bits.resize(index + 1, false);
+    }
+    bits[index] = true;
+}
+
+/// Bit `index`; false past the end.
+pub(crate) fn get_bit(bits: &[bool], index: u64) -> bool {
+    bits.get(index as usize).copied().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::ErrorType;
+
+    /// A stamped message carries its send time and sequence, padded, and
+    /// the parser reads them back.
+    #[test]
+    fn content_round_trips_through_the_parser() {
+        let mut sender = Senders::new(60);
+        let index = sender.add(1, Target::User("bob".into()), true);
+        let member = &mut sender.members[index];
+        member.stamp(7, 123, &sender.padding);
+        let ClientMessage::Message(body) = &member.message else {
+            panic!("not a Message");
+        };
+        assert_eq!(body.content.len(), "t=123 s=7".len() + 15);
+        assert_eq!(body.message_id.as_deref(), Some("7"));
+        assert_eq!(parse_content(&body.content), Some((123, 7)));
+        assert_eq!(parse_content("t=123 s=7"), Some((123, 7)));
+        assert_eq!(parse_content("hello"), None);
+        assert_eq!(parse_content("t=x s=1"), None);
+    }
+
+    /// Lookups work in any order, and answered messages leave the ring.
+    #[test]
+    fn in_flight_finds_any_message_and_forgets_answered_ones() {
+        let mut in_flight = InFlight::default();
+        for seq in 0..4 {
+            in_flight.push(seq, 100 + seq);
+        }
+        assert_eq!(in_flight.take(2), Some(102), "out of order");
+        assert_eq!(in_flight.take(2), None, "answered twice");
+        assert_eq!(in_flight.take(0), Some(100));
+        assert_eq!(in_flight.first_seq, 1, "the answered front is dropped");
+        assert_eq!(in_flight.take(9), None, "never sent");
+        assert_eq!(in_flight.len, 2);
+        assert_eq!(in_flight.take(1), Some(101));
+        assert_eq!(in_flight.first_seq, 3, "1 and the answered 2 are dropped");
+        in_flight.push(4, 104);
+        assert_eq!(in_flight.take(3), Some(103));
+        assert_eq!(in_flight.take(4), Some(104));
+        assert_eq!((in_flight.len, in_flight.sent_at.len()), (0, 0));
+    }
+
+    fn ack(conn: ConnId, seq: u64, request_id: Option<u64>) -> PoolEvent {
+        PoolEvent::Frame(
+            conn,
+            ServerMessage::Ack(Ack {
+                message_id: seq as i64 + 100,
+                client_message_id: Some(seq.to_string()),
+            }),
+            request_id,
+        )
+    }
+
+    fn refusal(conn: ConnId, request_id: Option<u64>) -> PoolEvent {
+        PoolEvent::Frame(
+            conn,
+            ServerMessage::error(ErrorType::RateLimited, "slow down", Some(11)),
+            request_id,
+        )
+    }
+
+    /// A refusal that overtakes the Acks of earlier messages answers exactly
+    /// the message it names, and only that one.
+    #[test]
+    fn a_refusal_answers_the_message_its_request_id_names() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0);
+        let index = senders.add(5, Target::User("bob".into()), true);
+        for at in [10, 20, 30] {
+            senders.record_sent(index, at);
+        }
+        senders.on_event(&refusal(5, Some(1)), 40, &progress);
+        assert_eq!(senders.unanswered(), 2);
+        senders.on_event(&ack(5, 2, Some(2)), 50, &progress);
+        senders.on_event(&ack(5, 0, Some(0)), 60, &progress);
+        assert_eq!(senders.unanswered(), 0);
+        assert!(senders.was_acked(index, 0) && senders.was_acked(index, 2));
+        assert!(!senders.was_acked(index, 1));
+        let (counts, ack_latency) = senders.finish();
+        assert_eq!(counts.acked, 2);
+        assert_eq!(ack_latency.count(), 2);
+        let kinds: Vec<_> = counts.errors.into_iter().collect();
+        assert_eq!(kinds, vec![("rate_limited".to_string(), 1)]);
+    }
+
+    /// Answers without a request id, or naming no message in flight, answer
+    /// nothing: the message stays unanswered.
+    #[test]
+    fn answers_without_a_known_request_id_answer_nothing() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0);
+        let index = senders.add(5, Target::Group(9), true);
+        senders.record_sent(index, 10);
+        senders.on_event(&ack(5, 0, None), 20, &progress);
+        senders.on_event(&ack(5, 0, Some(7)), 20, &progress);
+        senders.on_event(&refusal(5, None), 20, &progress);
+        assert_eq!(senders.unanswered(), 1);
+        senders.on_event(&ack(5, 3, Some(0)), 30, &progress);
+        assert_eq!(senders.unanswered(), 0, "the request id decides");
+        let (counts, _) = senders.finish();
+        assert_eq!(counts.errors.get("ack for no message in flight"), Some(&2));
+        assert_eq!(counts.errors.get("rate_limited"), Some(&1));
+        assert_eq!(counts.errors.get("ack names another message"), Some(&1));
+        assert_eq!(counts.acked, 1);
+    }
+
+    /// Events of connections that are no member's are left alone; a close
+    /// marks its member closed.
+    #[test]
+    fn events_of_other_connections_are_foreign() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0);
+        senders.add(5, Target::User("bob".into()), true);
+        let other = ack(6, 0, Some(0));
+        let routed = senders.on_event(&other, 0, &progress);
+        assert!(matches!(routed, Routed::Foreign));
+        let closed = PoolEvent::Closed(5, "gone".into());
+        assert!(matches!(
+            senders.on_event(&closed, 0, &progress),
+            Routed::Handled
+        ));
+        assert!(!senders.is_open(0));
+    }
+}
