@@ -105,6 +105,11 @@ pub const HEARTBEAT_SECS_DEFAULT: u64 = 30;
 /// its address's share of connections, for at most a minute.
 pub const IDLE_TIMEOUT_SECS_DEFAULT: u64 = 60;
 
+/// How long a sender's client `message_id` is remembered: a resend within
+/// this window is acked with the first message's id and not stored again
+/// (PROTOCOL.md 1.1 asks for at least 24 hours). Purged with the sessions.
+pub const CLIENT_ID_RETENTION_SECS: i64 = 24 * 60 * 60;
+
 /// A connection that has not finished its WebSocket handshake by then is
 /// dropped (slowloris).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

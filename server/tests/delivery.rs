@@ -14,6 +14,20 @@ use common::{logged_in, message_to, register_all, Client, TestServer};
 use protocol::client::{CreateGroup, LeaveGroup, Logout, SendMessage};
 use protocol::{ClientMessage, ErrorType, ServerMessage};
 
+/// The ids of every message in the database of a stopped server.
+fn stored_ids(data_dir: &std::path::Path) -> BTreeSet<i64> {
+    let db = rusqlite::Connection::open(data_dir.join("chat.db")).expect("open chat.db");
+    let mut statement = db
+        .prepare("SELECT message_id FROM messages")
+        .expect("prepare");
+    let ids = statement
+        .query_map([], |row| row.get::<_, i64>(0))
+        .expect("query")
+        .map(|id| id.expect("row"))
+        .collect();
+    ids
+}
+
 /// How long a test waits for frames it knows are coming.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -141,9 +155,10 @@ fn ids_of_a_deleted_group_are_not_reused_after_a_restart() {
     );
 }
 
-/// Messages delivered to a live recipient while the disk was full (their
-/// sender got `server_busy`) used ids that are not in the database; after a
-/// clean restart with the disk freed, no new message gets any of them.
+/// While the disk is full, a live recipient gets only messages that were
+/// stored (delivery follows the commit: no message is handed out and then
+/// refused to its sender); and after a restart with the disk freed, no new
+/// message gets an id anyone has seen.
 #[test]
 fn ids_seen_during_a_full_disk_are_not_reused_after_a_restart() {
     let limit = 2 * 1024 * 1024;
@@ -179,8 +194,15 @@ fn ids_seen_during_a_full_disk_are_not_reused_after_a_restart() {
         .collect();
     let highest_seen = seen.iter().max().copied().expect("bob got messages");
     drop((alice, bob));
+    server.stop_gracefully();
+    let stored = stored_ids(server.data_dir());
+    let not_kept: Vec<&i64> = seen.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(
+        not_kept.is_empty(),
+        "bob holds messages the server did not keep: {not_kept:?}"
+    );
 
-    server.restart_with_free_disk();
+    server.start_again_with_free_disk();
     let mut alice = logged_in(&server, "alice");
     let next = send_and_ack(
         &mut alice,
@@ -416,4 +438,28 @@ fn a_login_dropped_mid_queue_leaves_the_rest_queued() {
         start < queued.len() - 2,
         "both kinds come back (from index {start})"
     );
+}
+
+/// A resend with the same client `message_id` (after a lost Ack, on a new
+/// connection) is acked with the first message's id, stored once and
+/// delivered once.
+#[test]
+fn a_resent_client_id_is_stored_and_delivered_once() {
+    let mut server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut bob = logged_in(&server, "bob");
+    let mut alice = logged_in(&server, "alice");
+    let first = send_and_ack(&mut alice, message_to("bob", "once", Some("c-42")));
+    drop(alice);
+    let mut alice = logged_in(&server, "alice");
+    let again = send_and_ack(&mut alice, message_to("bob", "once", Some("c-42")));
+    assert_eq!(again, first, "the resend is acked with the first id");
+    let other = send_and_ack(&mut alice, message_to("bob", "twice", Some("c-43")));
+    assert!(other > first);
+    assert_eq!(recv_messages(&mut bob, 2), [first, other], "delivered once");
+    drop((alice, bob));
+    server.stop_gracefully();
+    let stored = stored_ids(server.data_dir());
+    assert!(stored.contains(&first) && stored.contains(&other));
+    assert_eq!(stored.len(), 2, "stored once: {stored:?}");
 }

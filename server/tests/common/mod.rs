@@ -198,6 +198,12 @@ impl TestServer {
     /// without a file size limit: the disk has been freed.
     pub fn restart_with_free_disk(&mut self) {
         self.stop_gracefully();
+        self.start_again_with_free_disk();
+    }
+
+    /// Starts a stopped server again on the same data dir, without a file
+    /// size limit.
+    pub fn start_again_with_free_disk(&mut self) {
         self.file_size_limit = None;
         self.spawn();
     }
