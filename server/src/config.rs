@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::rate_limit::{Rate, RateConfig};
+use crate::rate_limit::{self, Rate, RateConfig};
 
 /// Bytes tungstenite allocates per connection for reading. Its default is
 /// 128 KiB, which for 10,000 connections would be 1.25 GiB of buffers; chat
@@ -54,6 +54,57 @@ pub const STORAGE_BATCH_MAX: usize = 4_096;
 /// restart skips at most one block of the 2^63.
 pub const MESSAGE_ID_BLOCK: i64 = 1 << 20;
 
+/// Password hashing jobs one address (IPv6: one /64) may have waiting for a
+/// worker; past it its logins and registrations get `rate_limited` (with
+/// `--no-rate-limits`, only [`HASH_QUEUE_MAX`] applies). With the workers
+/// taking addresses in turn (see [`crate::hasher`]), a login from a quiet
+/// address waits for about one hash per busy address however many jobs a
+/// flooding address queued; this share keeps one address from filling the
+/// whole queue. 64 logins at 0.3 s on one worker is 20 s: a NAT's worth.
+pub const HASH_JOBS_PER_ADDRESS_MAX: usize = 64;
+
+/// `--max-connections` by default: 10,000 idle connections cost about 40 MiB
+/// (the 4 KiB-per-connection budget of [`READ_BUFFER_BYTES`] and friends).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+
+/// The per-address connection cap is `--max-connections` divided by this
+/// (one sixteenth), so no single address can take more than a small share
+/// of the server; see [`CONNECTIONS_PER_ADDRESS_MIN`].
+pub const CONNECTIONS_PER_ADDRESS_SHARE: usize = 16;
+
+/// The per-address connection cap is never below this: a household behind
+/// one NAT with a few devices each, or a person with several tabs, fits.
+pub const CONNECTIONS_PER_ADDRESS_MIN: usize = 8;
+
+/// `--max-message-bytes` by default: the largest frame (64 KiB), far above
+/// any chat message, small enough that a frame is buffered whole cheaply.
+pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 64 * 1024;
+
+/// `--pbkdf2-iterations` by default: OWASP's figure for PBKDF2-HMAC-SHA256.
+pub const PBKDF2_ITERATIONS_DEFAULT: u32 = 600_000;
+
+/// `--max-group-size` by default: members of one group, the creator
+/// included (a group message fans out to each one's connections).
+pub const MAX_GROUP_SIZE_DEFAULT: usize = 1000;
+
+/// The default per-address connection cap for a given `--max-connections`:
+/// one [`CONNECTIONS_PER_ADDRESS_SHARE`]th, at least
+/// [`CONNECTIONS_PER_ADDRESS_MIN`] (and never above the total).
+pub fn default_connections_per_address(max_connections: usize) -> usize {
+    (max_connections / CONNECTIONS_PER_ADDRESS_SHARE)
+        .max(CONNECTIONS_PER_ADDRESS_MIN)
+        .min(max_connections)
+}
+
+/// `--heartbeat` by default: a ping after 30 s of silence keeps NATs and
+/// proxies from dropping an idle but live connection.
+pub const HEARTBEAT_SECS_DEFAULT: u64 = 30;
+
+/// `--timeout` by default: a connection silent for 60 s (it did not even
+/// answer the heartbeat ping) is closed, so a dead peer holds its place, and
+/// its address's share of connections, for at most a minute.
+pub const IDLE_TIMEOUT_SECS_DEFAULT: u64 = 60;
+
 /// How long a sender's client `message_id` is remembered: a resend within
 /// this window is acked with the first message's id and not stored again
 /// (PROTOCOL.md 1.1 asks for at least 24 hours). Purged with the sessions.
@@ -96,20 +147,25 @@ pub struct Cli {
     #[arg(long)]
     pub debug: bool,
     /// Most simultaneous connections; past it new ones get HTTP 503.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = MAX_CONNECTIONS_DEFAULT)]
     pub max_connections: usize,
+    /// Most simultaneous connections from one address (IPv6: one /64); past
+    /// it new ones from there get HTTP 503. Default: --max-connections / 16,
+    /// at least 8; none with --no-rate-limits unless given.
+    #[arg(long)]
+    pub max_connections_per_address: Option<usize>,
     /// Seconds of silence from a client before the server sends a WebSocket ping.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = HEARTBEAT_SECS_DEFAULT)]
     pub heartbeat: u64,
     /// Seconds with nothing received after which a connection is closed.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = IDLE_TIMEOUT_SECS_DEFAULT)]
     pub timeout: u64,
     /// PBKDF2-HMAC-SHA256 iterations for new password hashes.
-    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = PBKDF2_ITERATIONS_DEFAULT, value_parser = clap::value_parser!(u32).range(1..))]
     pub pbkdf2_iterations: u32,
     /// Largest accepted WebSocket frame/message in bytes; larger ones close the
     /// connection with code 1009.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = MAX_MESSAGE_BYTES_DEFAULT)]
     pub max_message_bytes: usize,
     /// Seconds between the stats lines in the log.
     #[arg(long, default_value_t = 60)]
@@ -119,19 +175,19 @@ pub struct Cli {
     #[arg(long)]
     pub hash_workers: Option<usize>,
     /// Most members of one group, the creator included.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = MAX_GROUP_SIZE_DEFAULT)]
     pub max_group_size: usize,
     /// Turn every rate limit off (for benchmarks).
     #[arg(long)]
     pub no_rate_limits: bool,
     /// Sustained messages per second allowed on one connection.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = rate_limit::MESSAGES_PER_CONNECTION.per_second)]
     pub messages_per_second: f64,
     /// Messages one connection may send in a burst (pipelined).
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value_t = rate_limit::MESSAGES_PER_CONNECTION.burst)]
     pub message_burst: f64,
     /// Failed password logins per account within a minute before a lockout.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = rate_limit::FAILURES_PER_ACCOUNT)]
     pub login_failures_per_account: u32,
     /// Accept browser handshakes only from this Origin (repeatable); without
     /// it any Origin is accepted. Clients that send no Origin always pass.
@@ -211,6 +267,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// See [`Cli::max_connections`].
     pub max_connections: usize,
+    /// Most connections from one address (`None`: no per-address cap).
+    pub max_connections_per_address: Option<usize>,
     /// Silence before a ping.
     pub heartbeat: Duration,
     /// Silence before a close.
@@ -254,10 +312,12 @@ impl Config {
             return Err("--max-message-bytes must be at least 256".into());
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max_connections = cli.max_connections.max(1);
         Ok(Config {
             listen: SocketAddr::new(ip, cli.port),
             data_dir: cli.data_dir.clone(),
-            max_connections: cli.max_connections.max(1),
+            max_connections,
+            max_connections_per_address: connections_per_address(cli, max_connections),
             heartbeat: Duration::from_secs(cli.heartbeat),
             timeout: Duration::from_secs(cli.timeout),
             pbkdf2_iterations: cli.pbkdf2_iterations,
@@ -277,6 +337,17 @@ impl Config {
     /// The database file inside the data directory.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("chat.db")
+    }
+}
+
+/// The per-address connection cap: as given, else the default share unless
+/// `--no-rate-limits` (benchmarks open thousands of connections from one
+/// address).
+fn connections_per_address(cli: &Cli, max_connections: usize) -> Option<usize> {
+    match cli.max_connections_per_address {
+        Some(cap) => Some(cap.max(1)),
+        None if cli.no_rate_limits => None,
+        None => Some(default_connections_per_address(max_connections)),
     }
 }
 

@@ -27,6 +27,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, Utf8Bytes, WebSocket};
 
+use crate::address_cap::AddressTicket;
 use crate::completion::ConnId;
 use crate::tls::Transport;
 
@@ -101,6 +102,8 @@ pub enum ReadEvent {
     Binary,
     /// A frame over the size limit: the connection is now closing (1009).
     TooLarge,
+    /// A text frame that is not UTF-8: the connection is now closing (1007).
+    NotUtf8,
     /// Nothing more to read now.
     WouldBlock,
     /// The connection is closed (by the peer, an error, or after our close).
@@ -138,13 +141,15 @@ pub struct Connection {
     pub unflushed_from: Option<i64>,
     /// Frames were queued that the socket has not taken yet.
     pub output_pending: bool,
+    /// Its place in its address's connection count, given back on drop.
+    _address_ticket: AddressTicket,
 }
 
 impl Connection {
-    /// Starts the server handshake on an accepted socket.
+    /// Starts the server handshake on an accepted socket, which holds
+    /// `ticket` (its address's place) for as long as it lives.
     pub fn accept(
-        id: ConnId,
-        peer: SocketAddr,
+        (id, peer, ticket): (ConnId, SocketAddr, AddressTicket),
         stream: Transport,
         config: WebSocketConfig,
         origins: OriginCheck,
@@ -169,6 +174,7 @@ impl Connection {
             needs_flush: false,
             unflushed_from: None,
             output_pending: false,
+            _address_ticket: ticket,
         }
     }
 
@@ -260,6 +266,12 @@ impl Connection {
                     self.state = State::Open(ws);
                     self.close(CloseCode::Size, "frame too large");
                     return ReadEvent::TooLarge;
+                }
+                Err(WsError::Utf8(_)) => {
+                    log::info!("{}: a text frame is not UTF-8; closing", self.peer);
+                    self.state = State::Open(ws);
+                    self.close(CloseCode::Invalid, "text frame is not UTF-8");
+                    return ReadEvent::NotUtf8;
                 }
                 Err(error) => {
                     log::debug!("{}: read error: {error}", self.peer);

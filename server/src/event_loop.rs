@@ -1,8 +1,9 @@
 //! The event loop: one thread, one `mio::Poll`, everything non-blocking.
 //!
 //! Each turn: wait for readiness (or the next tick), then
-//! 1. accept new sockets until `WouldBlock` (past `--max-connections`, answer
-//!    HTTP 503 and drop);
+//! 1. accept new sockets until `WouldBlock` (past `--max-connections`, or
+//!    past `--max-connections-per-address` from one address, answer HTTP 503
+//!    and drop);
 //! 2. for each ready connection, advance its handshake or read its frames
 //!    (up to a budget) and hand each to the [`Dispatcher`];
 //! 3. drain the completion channel (storage replies, hashing results) into
@@ -29,11 +30,12 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::address_cap::AddressCap;
 use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
 use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
-use crate::hasher::Hasher;
+use crate::hasher::{FairQueue, Hasher};
 use crate::storage::sqlite::SqliteBackend;
 use crate::storage::{Command, PurgeSchedule, StorageHandle};
 use crate::tls::{self, Transport};
@@ -84,6 +86,8 @@ pub struct Server {
     listener: Option<TcpListener>,
     signals: Signals,
     connections: Slab<Connection>,
+    /// Connections per address, against `--max-connections-per-address`.
+    address_cap: AddressCap,
     dispatcher: Dispatcher,
     storage: StorageHandle,
     hasher: Hasher,
@@ -118,7 +122,7 @@ struct StatsWindow {
 impl Server {
     /// Opens the database, binds the socket and starts the worker threads.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        std::fs::create_dir_all(&config.data_dir)
+        create_private_dir(&config.data_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let database = config.database_path();
         let (mut backend, snapshot) = SqliteBackend::open(&database, config.synchronous_full)
@@ -159,7 +163,7 @@ impl Server {
         let hasher = Hasher::start(
             config.hash_workers,
             config.pbkdf2_iterations,
-            config::HASH_QUEUE_MAX,
+            FairQueue::new(config::HASH_QUEUE_MAX, hash_jobs_per_address(&config)),
             done,
         )?;
 
@@ -193,6 +197,7 @@ impl Server {
             listener: Some(listener),
             signals,
             connections: Slab::with_capacity(config.max_connections.min(1024)),
+            address_cap: AddressCap::new(config.max_connections_per_address),
             dispatcher: Dispatcher::new(snapshot, limits),
             storage,
             hasher,
@@ -289,12 +294,17 @@ impl Server {
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         if self.connections.len() >= self.config.max_connections {
             log::warn!("refusing {peer}: {} connections", self.connections.len());
-            // The socket is fresh, so this small write will not block.
-            let _ = stream.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            );
+            refuse(&mut stream);
             return;
         }
+        let Some(ticket) = self.address_cap.admit(peer.ip()) else {
+            log::info!(
+                "refusing {peer}: {} connections from its address",
+                self.address_cap.connections_from(peer.ip())
+            );
+            refuse(&mut stream);
+            return;
+        };
         let _ = stream.set_nodelay(true);
         let entry = self.connections.vacant_entry();
         let id = ConnId {
@@ -317,8 +327,12 @@ impl Server {
                 return;
             }
         };
-        let connection =
-            Connection::accept(id, peer, transport, self.ws_config, self.origins.clone());
+        let connection = Connection::accept(
+            (id, peer, ticket),
+            transport,
+            self.ws_config,
+            self.origins.clone(),
+        );
         let opened = connection.is_open();
         entry.insert(connection);
         log::debug!("{peer} connected as {id:?}");
@@ -367,7 +381,10 @@ impl Server {
                 }
                 ReadEvent::Text(text) => self.dispatcher.handle_text(id, &text, now, &mut fx),
                 ReadEvent::Binary => self.dispatcher.handle_binary(id, now, &mut fx),
-                ReadEvent::TooLarge | ReadEvent::WouldBlock | ReadEvent::Closed => break,
+                ReadEvent::TooLarge
+                | ReadEvent::NotUtf8
+                | ReadEvent::WouldBlock
+                | ReadEvent::Closed => break,
             }
             budget -= 1;
             if budget == 0 {
@@ -479,7 +496,8 @@ impl Server {
             for job in std::mem::take(&mut fx.hashing) {
                 match self.hasher.submit(job) {
                     Ok(()) => self.hash_in_flight += 1,
-                    Err((error, job)) => {
+                    Err(refusal) => {
+                        let (error, job) = *refusal;
                         log::warn!("hashing queue refused a job: {error:?}");
                         self.dispatcher.hashing_refused(job, now, &mut refused);
                     }
@@ -684,6 +702,33 @@ impl Server {
         self.drain_completions();
         log::info!("shutdown complete");
     }
+}
+
+/// Hashing jobs one address may have waiting: its share, unless rate limits
+/// are off (benchmarks log thousands of users in from one address).
+fn hash_jobs_per_address(config: &Config) -> usize {
+    match config.rate_limits {
+        Some(_) => config::HASH_JOBS_PER_ADDRESS_MAX,
+        None => config::HASH_QUEUE_MAX,
+    }
+}
+
+/// Creates the data directory (and missing parents) readable by the owner
+/// only (0700), like the files in it; an existing directory keeps its mode.
+fn create_private_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Answers a connection the server will not take: HTTP 503, then drop.
+fn refuse(stream: &mut TcpStream) {
+    // The socket is fresh, so this small write will not block.
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
 }
 
 /// Seconds since the Unix epoch.

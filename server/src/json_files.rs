@@ -570,6 +570,9 @@ fn user_problem(user: &UserRecord) -> Option<&'static str> {
     if !protocol::validate::is_valid_email(&user.email) {
         return Some("the email is not an address");
     }
+    if user.password_hash.len() > password::PHC_BYTES_MAX {
+        return Some("password_hash is longer than 256 bytes");
+    }
     match password::phc_salt(&user.password_hash) {
         None => return Some("password_hash is not a pbkdf2-sha256 PHC string"),
         Some(salt) if salt != user.salt => {

@@ -4,6 +4,7 @@
 //! - [`event_loop`]: the one mio thread — listener, waker, signals, the slab
 //!   of connections, timers; applies the dispatcher's effects.
 //! - [`connection`]: the per-connection state machine around tungstenite.
+//! - [`address_cap`]: connections per address (IPv6 by /64), capped at accept.
 //! - [`tls`]: `wss://` (rustls under tungstenite) and development certificates.
 //! - [`dispatcher`]: the protocol's rules as a pure function from (state,
 //!   message) to effects; one file per group of messages.
@@ -18,6 +19,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
 
+pub mod address_cap;
 pub mod completion;
 pub mod config;
 pub mod connection;

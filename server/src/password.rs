@@ -19,6 +19,15 @@ const ALGORITHM: &str = "pbkdf2-sha256";
 /// Iteration counts above this in a stored hash are refused (a corrupted or
 /// hostile database must not make one login burn minutes of CPU).
 const ITERATIONS_MAX: u32 = 10_000_000;
+/// Longest stored PHC string accepted, in bytes. Ours are about 90; 256
+/// leaves room for other tools' longer salts and parameters. A longer one is
+/// refused by `import-json` and never verifies: PBKDF2 costs the iteration
+/// count once per 32 bytes of output, so a 48 KB hash made one failed login
+/// cost seconds.
+pub const PHC_BYTES_MAX: usize = 256;
+/// Longest derived key in a stored hash, in bytes: two SHA-256 blocks, so a
+/// verification costs at most twice the iteration count.
+const STORED_HASH_BYTES_MAX: usize = 2 * HASH_BYTES;
 
 /// A freshly derived password hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +69,9 @@ struct Parsed {
 }
 
 fn parse(phc: &str) -> Option<Parsed> {
+    if phc.len() > PHC_BYTES_MAX {
+        return None;
+    }
     let mut fields = phc.split('$');
     let (Some(""), Some(ALGORITHM), Some(params), Some(salt), Some(hash), None) = (
         fields.next(),
@@ -81,8 +93,17 @@ fn parse(phc: &str) -> Option<Parsed> {
     Some(Parsed {
         iterations,
         salt: STANDARD_NO_PAD.decode(salt).ok()?,
-        hash: STANDARD_NO_PAD.decode(hash).ok()?,
+        hash: STANDARD_NO_PAD
+            .decode(hash)
+            .ok()
+            .filter(|hash| (1..=STORED_HASH_BYTES_MAX).contains(&hash.len()))?,
     })
+}
+
+/// Whether `phc` is a stored hash this module would verify against (within
+/// [`PHC_BYTES_MAX`], the iteration bound and the key-length bound).
+pub fn is_verifiable(phc: &str) -> bool {
+    parse(phc).is_some()
 }
 
 /// The salt field (base64) of a PHC string this module can verify — what
@@ -99,7 +120,7 @@ pub fn verify_password(secret: &str, phc: &str) -> bool {
     let Some(parsed) = parse(phc) else {
         return false;
     };
-    let mut out = vec![0u8; parsed.hash.len().max(1)];
+    let mut out = vec![0u8; parsed.hash.len()];
     pbkdf2::pbkdf2_hmac::<Sha256>(secret.as_bytes(), &parsed.salt, parsed.iterations, &mut out);
     constant_time_eq(&out, &parsed.hash)
 }
@@ -182,6 +203,26 @@ mod tests {
         ] {
             assert!(!verify_password("x", phc), "{phc}");
         }
+    }
+
+    #[test]
+    fn oversized_hashes_never_verify_and_cost_nothing() {
+        let hash = hash_password("secret123", 1000);
+        let long_key = STANDARD_NO_PAD.encode(vec![7u8; 36 * 1024]);
+        let huge = format!("$pbkdf2-sha256$i=600000${}${long_key}", hash.salt);
+        let started = std::time::Instant::now();
+        assert!(!verify_password("secret123", &huge));
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        assert!(!is_verifiable(&huge) && phc_salt(&huge).is_none());
+        let padded = format!("{}{}", hash.phc, "A".repeat(PHC_BYTES_MAX));
+        assert!(!is_verifiable(&padded));
+        let three_blocks = format!(
+            "$pbkdf2-sha256$i=10${}${}",
+            hash.salt,
+            STANDARD_NO_PAD.encode([1u8; 3 * HASH_BYTES])
+        );
+        assert!(three_blocks.len() <= PHC_BYTES_MAX && !is_verifiable(&three_blocks));
+        assert!(is_verifiable(&hash.phc));
     }
 
     #[test]

@@ -129,6 +129,7 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
                 username,
                 email,
                 secret,
+                ..
             } => HashDone::Derived {
                 to,
                 username,

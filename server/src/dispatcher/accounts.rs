@@ -14,18 +14,23 @@ use protocol::server::{
 use protocol::validate;
 use protocol::{ErrorType, ServerMessage};
 
-use super::{delivered, Auth, CloseReason, Dispatcher, Effects};
+use super::{delivered, Auth, Client, CloseReason, Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
+use crate::rate_limit::Verdict;
 use crate::storage::{Command, GroupsTaken, StoredMessage};
 
 /// Longest username echoed into the log for a failed login (client-chosen text).
 const LOGGED_NAME_CHARS_MAX: usize = 40;
 
 impl Dispatcher {
+    /// Register: the address's rate limit first, before anything is looked
+    /// up, so `username_taken` cannot be probed faster than registrations.
     pub(super) fn register(&mut self, conn: ConnId, body: Register, now: i64, fx: &mut Effects) {
-        let failure = if !validate::is_valid_username(&body.username) {
+        let failure = if !self.allow_registration(conn) {
+            Some(RegisterError::RateLimited)
+        } else if !validate::is_valid_username(&body.username) {
             Some(RegisterError::InvalidUsername)
         } else if !validate::is_valid_email(&body.email) {
             Some(RegisterError::InvalidEmail)
@@ -33,8 +38,6 @@ impl Dispatcher {
             Some(RegisterError::WeakSecret)
         } else if self.users.contains_key(&body.username) {
             Some(RegisterError::UsernameTaken)
-        } else if !self.allow_registration(conn) {
-            Some(RegisterError::RateLimited)
         } else {
             None
         };
@@ -46,8 +49,12 @@ impl Dispatcher {
             );
             return;
         }
+        let Some(from) = self.clients.get(&conn).map(|c| c.peer.ip()) else {
+            return;
+        };
         fx.hashing.push(HashJob::Derive {
             to: fx.requester(conn),
+            from,
             username: body.username,
             email: body.email,
             secret: body.secret,
@@ -143,7 +150,9 @@ impl Dispatcher {
         } else if let Some(secret) = body.secret {
             let username = body.username;
             let (ip, clock) = (client.peer.ip(), self.clock);
-            if !self.rate_limits.allow_login(ip, &username, clock) {
+            // At most one attempt per account in flight: parallel guesses
+            // get `rate_limited` here, before any hashing.
+            if !self.rate_limits.begin_login(conn, ip, &username, clock) {
                 log::info!(
                     "login for {:?} from {ip} rate limited",
                     truncated(&username)
@@ -165,6 +174,7 @@ impl Dispatcher {
                 // does not tell which usernames exist.
                 fx.hashing.push(HashJob::Verify {
                     to: fx.requester(conn),
+                    from: ip,
                     user_id: None,
                     secret: secret.clone(),
                     stored: None,
@@ -188,7 +198,15 @@ impl Dispatcher {
         found: Option<(i64, String)>,
         fx: &mut Effects,
     ) {
-        let Some(Auth::Verifying { secret, .. }) = self.clients.get(&conn).map(|c| &c.auth) else {
+        let Some(Client {
+            auth: Auth::Verifying { secret, .. },
+            peer,
+            ..
+        }) = self.clients.get(&conn)
+        else {
+            // Gone meanwhile: the attempt ends unheard, counted as a failure.
+            self.rate_limits
+                .end_login(conn, Verdict::Failed, self.clock);
             return;
         };
         let (user_id, stored) = match found {
@@ -197,6 +215,7 @@ impl Dispatcher {
         };
         fx.hashing.push(HashJob::Verify {
             to: fx.requester(conn),
+            from: peer.ip(),
             user_id,
             secret: secret.clone(),
             stored,
@@ -210,6 +229,17 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        let heard = matches!(
+            self.clients.get(&conn).map(|c| &c.auth),
+            Some(Auth::Verifying { .. })
+        );
+        // A verdict nobody hears counts as a failure whatever it is, so
+        // hanging up cannot tell a right guess from the lockout it avoided.
+        let verdict = match user_id {
+            Some(_) if heard => Verdict::Succeeded,
+            _ => Verdict::Failed,
+        };
+        self.rate_limits.end_login(conn, verdict, self.clock);
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -224,14 +254,11 @@ impl Dispatcher {
                 client.peer
             );
             client.auth = Auth::Anonymous;
-            let ip = client.peer.ip();
-            self.rate_limits.login_failed(ip, &username, self.clock);
             self.send_login_failure(conn, LoginError::InvalidCredentials, now, fx);
             self.run_deferred(conn, now, fx);
             return;
         };
         let peer = client.peer;
-        self.rate_limits.login_succeeded(&username);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
         let (queue_before, include_groups) =
@@ -248,6 +275,8 @@ impl Dispatcher {
     }
 
     pub(super) fn login_rate_limited(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        self.rate_limits
+            .end_login(conn, Verdict::NotTried, self.clock);
         self.abandon_login(conn);
         self.send_login_failure(conn, LoginError::RateLimited, now, fx);
         self.run_deferred(conn, now, fx);
@@ -533,7 +562,9 @@ impl Dispatcher {
         });
     }
 
-    /// The session is deleted: confirm, and close every connection using it.
+    /// The session is deleted: confirm, and close every connection using it,
+    /// including those still resuming it (their login never finishes, and
+    /// what they pipelined behind it never runs).
     pub(super) fn session_ended(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
         let Some(Auth::LoggedIn {
             user_id,
@@ -558,9 +589,13 @@ impl Dispatcher {
             .copied()
             .filter(|other| {
                 matches!(self.clients.get(other).map(|c| &c.auth),
-                    Some(Auth::LoggedIn { session_hash: h, .. }) if *h == session_hash)
+                    Some(Auth::LoggedIn { session_hash: h, .. }
+                        | Auth::Opening { session_hash: h, .. }) if *h == session_hash)
             })
             .collect();
+        // Closing is departing: each one, logging in or not, stops being a
+        // recipient at once and what it pipelined behind its Login is
+        // dropped with it (see `disconnected`).
         for other in same_session {
             fx.closes.push((other, CloseReason::LoggedOut));
         }

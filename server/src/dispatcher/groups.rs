@@ -5,6 +5,11 @@
 //! updated from storage replies after each commit), so a group message is
 //! routed — and membership checked — without touching the disk. Writes go
 //! to storage; the GroupInfo frames go out once storage has committed them.
+//!
+//! The three writes (create, add members, leave) share one token bucket per
+//! connection ([`crate::rate_limit::GROUP_OPERATIONS_PER_CONNECTION`]): each
+//! costs a commit and a GroupInfo to every online member, so past the bucket
+//! they are answered `rate_limited` before anything else is checked.
 
 use protocol::client::{AddGroupMembers, CreateGroup, LeaveGroup, SendMessage};
 use protocol::server::{GroupInfo, Groups};
@@ -35,6 +40,9 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        if !self.allow_group_operation(conn, TAG_CREATE_GROUP, now, fx) {
+            return;
+        }
         let name_chars = body.name.chars().count();
         if name_chars == 0 || name_chars > GROUP_NAME_CHARS_MAX {
             let detail = "a group name is 1 to 64 characters";
@@ -67,6 +75,9 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        if !self.allow_group_operation(conn, TAG_ADD_GROUP_MEMBERS, now, fx) {
+            return;
+        }
         if let Err((kind, detail)) = self.check_member(body.group_id, user_id) {
             return fx.error(conn, kind, &detail, TAG_ADD_GROUP_MEMBERS, now);
         }
@@ -109,6 +120,9 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        if !self.allow_group_operation(conn, TAG_LEAVE_GROUP, now, fx) {
+            return;
+        }
         if let Err((kind, detail)) = self.check_member(body.group_id, user_id) {
             return fx.error(conn, kind, &detail, TAG_LEAVE_GROUP, now);
         }
@@ -214,6 +228,27 @@ impl Dispatcher {
             });
             fx.send(conn, &groups, now);
         }
+    }
+
+    /// Takes a token from the connection's group-operation bucket, or
+    /// answers `rate_limited` (to the request tagged `tag`) and says no.
+    fn allow_group_operation(
+        &mut self,
+        conn: ConnId,
+        tag: i64,
+        now: i64,
+        fx: &mut Effects,
+    ) -> bool {
+        let clock = self.clock;
+        let allowed = match self.clients.get_mut(&conn).and_then(|c| c.buckets.as_mut()) {
+            Some(buckets) => buckets.group_operations.try_take(clock),
+            None => true,
+        };
+        if !allowed {
+            let detail = "too many group changes; slow down";
+            fx.error(conn, ErrorType::RateLimited, detail, tag, now);
+        }
+        allowed
     }
 
     /// Checks that the group exists and `user_id` is in it.

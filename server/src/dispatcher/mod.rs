@@ -646,6 +646,12 @@ impl Dispatcher {
 
     /// Tells the requester `server_busy` and undoes a half-done login.
     fn request_failed(&mut self, (conn, tag): (ConnId, i64), now: i64, fx: &mut Effects) {
+        if tag == 2 {
+            // A password attempt that never reached the hasher is no guess.
+            let clock = self.clock;
+            self.rate_limits
+                .end_login(conn, crate::rate_limit::Verdict::NotTried, clock);
+        }
         if !self.clients.contains_key(&conn) {
             return;
         }

@@ -1152,3 +1152,83 @@ fn message_ids_come_only_from_reserved_blocks() {
         [ServerMessage::Message(_)]
     ));
 }
+
+#[test]
+fn logout_also_closes_a_connection_still_resuming_that_session() {
+    let mut d = dispatcher();
+    let (a1, a2) = (conn(1), conn(2));
+    log_in(&mut d, a1, "alice", vec![]);
+    d.connected(a2, peer());
+    send(
+        &mut d,
+        a2,
+        r#"{"tag":2,"username":"alice","session_id":"s-alice"}"#,
+    );
+    send(&mut d, a2, r#"{"tag":11,"dest_id":"bob","content":"late"}"#);
+    send(&mut d, a1, r#"{"tag":3}"#);
+    let fx = complete(
+        &mut d,
+        Reply::SessionEnded {
+            to: Requester::anonymous(a1),
+        },
+    );
+    let mut closed: Vec<ConnId> = fx.closes.iter().map(|(c, _)| *c).collect();
+    closed.sort();
+    assert_eq!(closed, vec![a1, a2]);
+    // The loop departs each closing connection at once.
+    for c in closed {
+        d.disconnected(c, None, NOW, &mut Effects::default());
+    }
+    // Storage's late answer to the resume finds nothing to finish, and the
+    // message pipelined behind it never runs.
+    let fx = complete(
+        &mut d,
+        Reply::SessionOpened {
+            to: Requester::anonymous(a2),
+            queued: vec![],
+            more_queued: false,
+            mutual_contacts: vec![],
+            confirmed_through: 0,
+        },
+    );
+    assert!(fx.frames.is_empty() && fx.storage.is_empty());
+    assert!(d.client(a2).is_none());
+}
+
+#[test]
+fn a_second_password_attempt_for_an_account_in_flight_is_refused_at_once() {
+    let mut d = dispatcher();
+    let (c1, c2) = (conn(1), conn(2));
+    d.connected(c1, peer());
+    d.connected(c2, peer());
+    let fx = send(
+        &mut d,
+        c1,
+        r#"{"tag":2,"username":"bob","secret":"guess-1"}"#,
+    );
+    assert_eq!(fx.storage.len(), 1, "credentials are fetched");
+    let fx = send(
+        &mut d,
+        c2,
+        r#"{"tag":2,"username":"bob","secret":"guess-2"}"#,
+    );
+    assert!(fx.storage.is_empty() && fx.hashing.is_empty());
+    assert!(matches!(&frames_for(&fx, c2)[..],
+        [ServerMessage::FailLogin(f)] if f.error_type == LoginError::RateLimited));
+    // The first one's verdict frees the account for the next attempt.
+    let mut fx = Effects::default();
+    d.complete(
+        Completion::Hash(HashDone::Verified {
+            to: Requester::anonymous(c1),
+            user_id: None,
+        }),
+        NOW,
+        &mut fx,
+    );
+    let fx = send(
+        &mut d,
+        c2,
+        r#"{"tag":2,"username":"bob","secret":"guess-2"}"#,
+    );
+    assert_eq!(fx.storage.len(), 1);
+}

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -191,6 +191,15 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Like [`TestServer::restart`], running `between` on the data directory
+    /// while the server is stopped (to change its files behind its back).
+    pub fn restart_with(&mut self, between: impl FnOnce(&Path)) {
+        let status = self.stop_gracefully();
+        assert!(status.success(), "exit status after SIGTERM: {status}");
+        between(self.data_dir.path());
+        self.spawn();
+    }
+
     /// Stops the server with SIGTERM (whatever its exit status: a server on a
     /// full disk may fail to record its clean stop) and starts it again
     /// without a file size limit: the disk has been freed.
@@ -334,6 +343,19 @@ impl Client {
     /// WebSocket handshake failed.
     pub fn try_connect(port: u16) -> Result<Client, String> {
         let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        Client::handshake(stream, port)
+    }
+
+    /// Connects to `ws://127.0.0.1:port/` from the loopback address `source`
+    /// (any 127.x.y.z: the server sees another client address), or says why
+    /// it failed.
+    pub fn try_connect_from(source: Ipv4Addr, port: u16) -> Result<Client, String> {
+        let stream = tcp_connect_from(source, port, None).map_err(|e| e.to_string())?;
+        Client::handshake(stream, port)
+    }
+
+    /// Completes the WebSocket handshake on a connected socket.
+    pub fn handshake(stream: TcpStream, port: u16) -> Result<Client, String> {
         stream.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(RECV_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -628,6 +650,18 @@ impl Client {
         }
     }
 
+    /// Whether the server has sent bytes this client has not read from its
+    /// socket yet (without waiting; only for a client that has not read
+    /// ahead, as tungstenite's own buffer is not looked at).
+    pub fn has_unread_bytes(&self) -> bool {
+        let stream = self.ws.get_ref();
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let unread = matches!(stream.peek(&mut byte), Ok(n) if n > 0);
+        stream.set_nonblocking(false).unwrap();
+        unread
+    }
+
     /// Sends Ping and asserts the next frame is Pong.
     #[track_caller]
     pub fn ping_pong(&mut self) {
@@ -762,6 +796,62 @@ pub fn logged_in(server: &TestServer, name: &str) -> Client {
     let mut client = server.client();
     client.login(name, SECRET);
     client
+}
+
+/// A TCP connection to `127.0.0.1:port` from the loopback address `source`,
+/// with its receive buffer fixed at about `receive_buffer` bytes if given (a
+/// client that reads slowly without the kernel absorbing megabytes for it).
+pub fn tcp_connect_from(
+    source: Ipv4Addr,
+    port: u16,
+    receive_buffer: Option<usize>,
+) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let address = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let check = |result: libc::c_int| match result {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns (the
+    // TcpStream closes it on every path), with correctly sized arguments.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        if let Some(bytes) = receive_buffer {
+            let bytes = bytes as libc::c_int;
+            check(libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ))?;
+        }
+        let from = address(source, 0);
+        check(libc::bind(
+            fd,
+            (&from as *const libc::sockaddr_in).cast(),
+            length,
+        ))?;
+        let to = address(Ipv4Addr::LOCALHOST, port);
+        check(libc::connect(
+            fd,
+            (&to as *const libc::sockaddr_in).cast(),
+            length,
+        ))?;
+        Ok(stream)
+    }
 }
 
 fn is_timeout(error: &std::io::Error) -> bool {
