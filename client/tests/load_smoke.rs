@@ -174,6 +174,81 @@ fn closed_loop_messages_are_all_acked_and_delivered() {
     assert!(p50 > 0.0 && p50 <= max, "{result:#}");
 }
 
+/// With receipts (the default) every connection confirms what it receives,
+/// and every acked message is covered by a Delivered receipt: none lost, a
+/// non-zero Delivered count, one receipt latency sample per acked message.
+#[test]
+fn closed_loop_messages_with_receipts_are_confirmed_and_receipted() {
+    let server = Server::start();
+    let (_, result) = server.load(
+        "receipts",
+        &[
+            "messages",
+            "--users",
+            "4",
+            "--window",
+            "4",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    assert_eq!(result["receipts"], true, "{result:#}");
+    assert_eq!(result["passed"], true, "{result:#}");
+    assert_eq!(number(&result, "/lost"), 0.0, "{result:#}");
+    assert_eq!(number(&result, "/errors"), 0.0, "{result:#}");
+    let sent = number(&result, "/sent");
+    assert!(sent > 0.0, "nothing sent: {result:#}");
+    assert_eq!(number(&result, "/delivered"), sent, "{result:#}");
+    let received_sent = number(&result, "/received_sent");
+    assert!(received_sent > 0.0, "no Received sent: {result:#}");
+    assert!(
+        received_sent <= sent,
+        "more than one Received per message: {result:#}"
+    );
+    assert!(
+        number(&result, "/delivered_receipts") > 0.0,
+        "no Delivered: {result:#}"
+    );
+    let acked = number(&result, "/acked");
+    assert_eq!(number(&result, "/receipted"), acked, "{result:#}");
+    assert_eq!(number(&result, "/unreceipted"), 0.0, "{result:#}");
+    assert_eq!(
+        number(&result, "/receipt_latency/count"),
+        acked,
+        "{result:#}"
+    );
+}
+
+/// `--no-receipts` runs the version-1 path: nothing confirmed, no Delivered,
+/// and still nothing lost.
+#[test]
+fn closed_loop_messages_without_receipts_still_work() {
+    let server = Server::start();
+    let (_, result) = server.load(
+        "no-receipts",
+        &[
+            "messages",
+            "--users",
+            "4",
+            "--window",
+            "4",
+            "--duration-secs",
+            "2",
+            "--no-receipts",
+        ],
+    );
+    assert_eq!(result["receipts"], false, "{result:#}");
+    assert_eq!(result["passed"], true, "{result:#}");
+    assert_eq!(number(&result, "/lost"), 0.0, "{result:#}");
+    assert_eq!(number(&result, "/errors"), 0.0, "{result:#}");
+    let sent = number(&result, "/sent");
+    assert!(sent > 0.0, "nothing sent: {result:#}");
+    assert_eq!(number(&result, "/acked"), sent, "{result:#}");
+    assert_eq!(number(&result, "/delivered"), sent, "{result:#}");
+    assert_eq!(number(&result, "/received_sent"), 0.0, "{result:#}");
+    assert_eq!(number(&result, "/delivered_receipts"), 0.0, "{result:#}");
+}
+
 /// Refusals answer exactly the messages they refuse: with a burst of 5 per
 /// connection and windows of 8, the server refuses some messages at once
 /// (`rate_limited`) while the Acks of earlier ones wait for their commit, and
@@ -295,6 +370,10 @@ fn group_messages_reach_every_other_member() {
     assert_eq!(number(&result, "/delivered"), sent * 4.0);
     assert_eq!(number(&result, "/end_to_end_latency/count"), sent * 4.0);
     assert_eq!(number(&result, "/fanout_latency/count"), sent);
+    // Receipts are on by default: members confirm; Delivered is 1:1 only.
+    assert_eq!(result["receipts"], true, "{result:#}");
+    assert!(number(&result, "/received_sent") > 0.0, "{result:#}");
+    assert_eq!(number(&result, "/delivered_receipts"), 0.0, "{result:#}");
     assert!(number(&result, "/delivered_per_sec") > number(&result, "/acked_per_sec"));
 }
 

@@ -108,6 +108,10 @@ struct MessagesArgs {
     /// Pad each message's content to at least this many bytes.
     #[arg(long, default_value_t = 0)]
     content_bytes: usize,
+    /// Log in without receipts (protocol 1.1) and send no `Received`: the
+    /// version-1 delivery path.
+    #[arg(long)]
+    no_receipts: bool,
 }
 
 #[derive(Args)]
@@ -140,6 +144,10 @@ struct GroupsArgs {
     /// Pad each message's content to at least this many bytes.
     #[arg(long, default_value_t = 0)]
     content_bytes: usize,
+    /// Log in without receipts (protocol 1.1) and send no `Received`: the
+    /// version-1 delivery path.
+    #[arg(long)]
+    no_receipts: bool,
 }
 
 #[derive(Args)]
@@ -260,6 +268,7 @@ fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
                 grace_secs: args.grace_secs,
                 threads: args.threads,
                 content_bytes: args.content_bytes,
+                receipts: !args.no_receipts,
             };
             let outcome = messages::run(common, &config)?;
             let failure = format!(
@@ -283,6 +292,7 @@ fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
                 grace_secs: args.grace_secs,
                 threads: args.threads,
                 content_bytes: args.content_bytes,
+                receipts: !args.no_receipts,
             };
             let outcome = groups::run(common, &config)?;
             let failure = format!(

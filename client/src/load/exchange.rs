@@ -8,7 +8,10 @@
 //! - ack latency is Ack arrival minus send time;
 //! - end-to-end latency is the recipient's arrival time minus `t`;
 //! - a message is *lost* when its sender got an Ack but the recipient never
-//!   got the message.
+//!   got the message (each user has exactly one connection, one device);
+//! - with receipts (protocol 1.1, see [`super::receipts`]) each recipient
+//!   confirms what it holds once per read batch, and receipt latency is the
+//!   `Delivered` covering a message minus `t`.
 //!
 //! The exchange only sends when told to ([`Traffic::fill_windows`],
 //! [`Traffic::send_due`]) and only accounts for events it is handed; the
@@ -50,6 +53,10 @@ pub struct Tally {
     pub end_to_end: Vec<Latency>,
     /// Ack latency.
     pub ack: Latency,
+    /// Send → the `Delivered` covering the message (receipts on).
+    pub receipt: Latency,
+    /// Acked messages no `Delivered` covered (receipts on).
+    pub unreceipted: u64,
 }
 
 impl Tally {
@@ -66,6 +73,8 @@ impl Tally {
             mine.merge(theirs);
         }
         self.ack.merge(&other.ack);
+        self.receipt.merge(&other.receipt);
+        self.unreceipted += other.unreceipted;
     }
 
     /// All errors.
@@ -99,6 +108,11 @@ impl Tally {
             errors_by_kind: self.counts.errors.clone(),
             end_to_end_latency: self.end_to_end_all().summary(),
             ack_latency: self.ack.summary(),
+            received_sent: self.counts.received_sent,
+            delivered_receipts: self.counts.receipts,
+            receipted: self.counts.receipted,
+            unreceipted: self.unreceipted,
+            receipt_latency: self.receipt.summary(),
         }
     }
 }
@@ -134,6 +148,16 @@ pub struct TallySummary {
     pub end_to_end_latency: LatencySummary,
     /// Send → Ack.
     pub ack_latency: LatencySummary,
+    /// `Received` confirmations sent (receipts on).
+    pub received_sent: u64,
+    /// `Delivered` receipts received.
+    pub delivered_receipts: u64,
+    /// Acked messages a `Delivered` covered.
+    pub receipted: u64,
+    /// Acked messages no `Delivered` covered (receipts on).
+    pub unreceipted: u64,
+    /// Send → the `Delivered` covering the message.
+    pub receipt_latency: LatencySummary,
 }
 
 /// Pairs of users exchanging messages over one pool.
@@ -148,10 +172,11 @@ pub struct Exchange {
 impl Exchange {
     /// An exchange between `users` (username, logged-in connection); their
     /// number must be even. Each message's content is padded to at least
-    /// `content_bytes`.
-    pub fn new(users: Vec<(String, ConnId)>, content_bytes: usize) -> Exchange {
+    /// `content_bytes`. With `receipts`, the connections logged in with
+    /// receipts: they confirm what they receive, and expect `Delivered`.
+    pub fn new(users: Vec<(String, ConnId)>, content_bytes: usize, receipts: bool) -> Exchange {
         assert!(users.len().is_multiple_of(2), "users come in pairs");
-        let mut senders = Senders::new(content_bytes);
+        let mut senders = Senders::new(content_bytes, receipts);
         let usernames: Vec<String> = users.iter().map(|(name, _)| name.clone()).collect();
         let peers = users
             .into_iter()
@@ -209,7 +234,9 @@ impl Exchange {
                 }
             }
         }
-        (tally.counts, tally.ack) = self.senders.finish();
+        let senders = self.senders.finish();
+        (tally.counts, tally.ack) = (senders.counts, senders.ack);
+        (tally.receipt, tally.unreceipted) = (senders.receipt, senders.unreceipted);
         tally.end_to_end = self.end_to_end;
         tally
     }
@@ -313,7 +340,7 @@ mod tests {
     #[test]
     fn acked_but_undelivered_messages_are_lost() {
         let progress = Progress::default();
-        let mut exchange = Exchange::new(vec![("a".into(), 1), ("b".into(), 2)], 0);
+        let mut exchange = Exchange::new(vec![("a".into(), 1), ("b".into(), 2)], 0, false);
         for at in [10, 20] {
             exchange.senders.record_sent(0, at);
         }

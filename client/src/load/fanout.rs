@@ -11,6 +11,11 @@
 //!   other members has it;
 //! - a *lost delivery* is an (acked message, other member) pair where the
 //!   member never got the message; a *lost message* misses at least one.
+//!   Every member is one connection (one device), so a message is lost as
+//!   soon as any recipient connection misses it;
+//! - with receipts (protocol 1.1, see [`super::receipts`]) every member
+//!   confirms what it holds once per read batch. `Delivered` receipts cover
+//!   1:1 messages only, so a group run expects none.
 //!
 //! The server delivers a group message to every member's live connections
 //! except the sending one; each member here has exactly one connection, so
@@ -79,6 +84,9 @@ pub struct GroupTally {
     pub fanout: Latency,
     /// Send → Ack.
     pub ack: Latency,
+    /// Send → the `Delivered` covering the message (expected empty: group
+    /// messages get no `Delivered`).
+    pub receipt: Latency,
 }
 
 impl GroupTally {
@@ -93,6 +101,7 @@ impl GroupTally {
         self.end_to_end.merge(&other.end_to_end);
         self.fanout.merge(&other.fanout);
         self.ack.merge(&other.ack);
+        self.receipt.merge(&other.receipt);
     }
 
     /// The serialisable summary for a window of `window_secs`.
@@ -116,6 +125,9 @@ impl GroupTally {
             end_to_end_latency: self.end_to_end.summary(),
             fanout_latency: self.fanout.summary(),
             ack_latency: self.ack.summary(),
+            received_sent: c.received_sent,
+            delivered_receipts: c.receipts,
+            receipt_latency: self.receipt.summary(),
         }
     }
 }
@@ -157,6 +169,12 @@ pub struct GroupTallySummary {
     pub fanout_latency: LatencySummary,
     /// Send → Ack.
     pub ack_latency: LatencySummary,
+    /// `Received` confirmations sent (receipts on).
+    pub received_sent: u64,
+    /// `Delivered` receipts received (expected 0: they cover 1:1 messages).
+    pub delivered_receipts: u64,
+    /// Send → the `Delivered` covering the message.
+    pub receipt_latency: LatencySummary,
 }
 
 /// Groups of users sending group messages over one pool.
@@ -172,14 +190,17 @@ pub struct GroupExchange {
 
 impl GroupExchange {
     /// An exchange over `groups`; in each, the first `senders_per_group`
-    /// members send. Contents are padded to at least `content_bytes`.
+    /// members send. Contents are padded to at least `content_bytes`. With
+    /// `receipts`, the connections logged in with receipts and confirm what
+    /// they receive.
     pub fn new(
         groups: Vec<GroupSpec>,
         senders_per_group: usize,
         content_bytes: usize,
+        receipts: bool,
     ) -> GroupExchange {
         let mut exchange = GroupExchange {
-            senders: Senders::new(content_bytes),
+            senders: Senders::new(content_bytes, receipts),
             members: Vec::new(),
             groups: Vec::new(),
             by_group_id: HashMap::new(),
@@ -243,7 +264,8 @@ impl GroupExchange {
                 tally.lost_messages += u64::from(missing > 0);
             }
         }
-        (tally.counts, tally.ack) = self.senders.finish();
+        let senders = self.senders.finish();
+        (tally.counts, tally.ack, tally.receipt) = (senders.counts, senders.ack, senders.receipt);
         tally.end_to_end = self.end_to_end;
         tally.fanout = self.fanout;
         tally
@@ -353,7 +375,7 @@ mod tests {
             group_id: GROUP_ID,
             members,
         };
-        GroupExchange::new(vec![spec], 2, 0)
+        GroupExchange::new(vec![spec], 2, 0, false)
     }
 
     /// What `send` records, without a pool.

@@ -15,6 +15,9 @@
 //!   fixed rate), with ack and end-to-end latency and loss accounting.
 //! - [`fanout`]: group message traffic (members send to their group), with
 //!   per-delivery and whole-fan-out latency and lost-delivery accounting.
+//! - [`receipts`]: protocol 1.1 receipts — the `Received` confirmations each
+//!   connection sends once per read batch, and `Delivered` matched to acked
+//!   1:1 messages (count and send → Delivered latency).
 //! - [`stats`]: latency histograms (hdrhistogram, nanoseconds) and their summary.
 //! - [`report`]: the human table and the JSON result file.
 //! - [`progress`]: shared counters and the progress line on long runs.
@@ -38,6 +41,7 @@ pub mod exchange;
 pub mod fanout;
 pub mod pool;
 pub mod progress;
+pub mod receipts;
 pub mod report;
 pub mod scenario;
 pub mod setup;

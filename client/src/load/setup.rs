@@ -234,6 +234,9 @@ pub struct LoginSpec {
     pub username: String,
     /// How.
     pub credential: Credential,
+    /// Log in with receipts (protocol 1.1): the connection confirms what it
+    /// receives with `Received`, and gets `Delivered` for what it sent.
+    pub receipts: bool,
 }
 
 /// The outcome of [`login_connections`].
@@ -421,7 +424,7 @@ fn login_message(spec: &LoginSpec) -> ClientMessage {
         username: spec.username.clone(),
         secret,
         session_id,
-        receipts: false,
+        receipts: spec.receipts,
     })
 }
 
@@ -481,22 +484,25 @@ fn poll_error(error: std::io::Error) -> LoadError {
     load_error(format!("poll: {error}"))
 }
 
-/// Password-login specs for `names`.
+/// Password-login specs for `names` (without receipts).
 pub fn password_logins(names: &[String]) -> Vec<LoginSpec> {
     names
         .iter()
         .map(|name| LoginSpec {
             username: name.clone(),
             credential: Credential::Secret(SECRET.to_string()),
+            receipts: false,
         })
         .collect()
 }
 
-/// Registers `names` and opens one logged-in connection per name; fails
-/// unless every step succeeded. Returns the connections in `names` order.
+/// Registers `names` and opens one logged-in connection per name, with
+/// `receipts` or without; fails unless every step succeeded. Returns the
+/// connections in `names` order.
 pub fn logged_in_users(
     pool: &mut Pool,
     names: &[String],
+    receipts: bool,
     concurrency: usize,
     deadline: Instant,
     progress: &Progress,
@@ -508,14 +514,11 @@ pub fn logged_in_users(
             registered.failures
         )));
     }
-    let logins = login_connections(
-        pool,
-        &password_logins(names),
-        concurrency,
-        true,
-        deadline,
-        progress,
-    )?;
+    let mut specs = password_logins(names);
+    for spec in &mut specs {
+        spec.receipts = receipts;
+    }
+    let logins = login_connections(pool, &specs, concurrency, true, deadline, progress)?;
     if logins.report.failed() > 0 {
         return Err(load_error(format!(
             "login failed: {:?}",

@@ -16,18 +16,25 @@
 //!
 //! Request ids are per connection (a reply comes back on the connection that
 //! sent the request) and the connections here send nothing else while
-//! traffic runs: their logins and group creations were answered during setup.
+//! traffic runs but `Received` confirmations (which use an id no message
+//! uses, see [`super::receipts`]): their logins and group creations were
+//! answered during setup.
+//!
+//! With receipts on (protocol 1.1) [`Senders`] also confirms what each
+//! connection received ([`Senders::send_confirmations`], once per read batch)
+//! and matches `Delivered` pushes to acked 1:1 messages.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 
-use protocol::client::SendMessage;
-use protocol::server::{Ack, Delivered, Error};
+use protocol::client::{Received, SendMessage};
+use protocol::server::{Ack, Delivered, DeliveryReceipt, Error};
 use protocol::{ClientMessage, ServerMessage};
 use serde::Serialize;
 
 use super::pool::{ConnId, Pool, PoolEvent};
 use super::progress::Progress;
+use super::receipts::{Awaiting, Holding, RECEIVED_REQUEST_ID};
 use super::stats::Latency;
 
 /// Counts of what happened, summed over all members (and shards).
@@ -47,6 +54,12 @@ pub struct Counts {
     pub duplicates: u64,
     /// A message from a sender that arrived after a later one.
     pub reordered: u64,
+    /// `Received` confirmations sent (receipts on).
+    pub received_sent: u64,
+    /// `Delivered` receipts received.
+    pub receipts: u64,
+    /// Acked messages a `Delivered` covered (each counted once).
+    pub receipted: u64,
     /// Error frames and other failures, by kind.
     pub errors: BTreeMap<String, u64>,
 }
@@ -71,6 +84,9 @@ impl Counts {
         self.delivered_in_window += other.delivered_in_window;
         self.duplicates += other.duplicates;
         self.reordered += other.reordered;
+        self.received_sent += other.received_sent;
+        self.receipts += other.receipts;
+        self.receipted += other.receipted;
         for (kind, n) in &other.errors {
             *self.errors.entry(kind.clone()).or_default() += n;
         }
@@ -137,6 +153,12 @@ struct Sender {
     /// By sequence: the message was acked.
     acked: Vec<bool>,
     acked_count: u64,
+    /// 1:1 messages to this username (None: group messages).
+    dest_id: Option<String>,
+    /// What this connection received and confirmed (receipts on).
+    holding: Holding,
+    /// Acked 1:1 messages no `Delivered` covered yet (receipts on).
+    awaiting: Awaiting,
 }
 
 impl Sender {
@@ -164,6 +186,18 @@ pub enum Routed<'e> {
     Delivered(usize, &'e Delivered),
 }
 
+/// What [`Senders::finish`] hands back.
+pub struct SendersTally {
+    /// Event counts.
+    pub counts: Counts,
+    /// Send → Ack.
+    pub ack: Latency,
+    /// Send → the `Delivered` that covered the message (receipts on).
+    pub receipt: Latency,
+    /// Acked 1:1 messages no `Delivered` covered (receipts on).
+    pub unreceipted: u64,
+}
+
 /// The members of one traffic (indexed as the embedding traffic indexes
 /// them), the round-robin order of those that send, and the counts.
 pub struct Senders {
@@ -177,11 +211,21 @@ pub struct Senders {
     /// Arrivals in [start, end) (nanos) count towards throughput.
     window: (u64, u64),
     padding: String,
+    /// The connections logged in with receipts: they confirm what they
+    /// receive and expect `Delivered` for their 1:1 messages.
+    receipts: bool,
+    /// Members that received messages in the current batch (receipts on).
+    to_confirm: Vec<usize>,
+    /// The `Received` frame, rewritten in place for every confirmation.
+    received: ClientMessage,
+    /// Send → Delivered.
+    receipt: Latency,
 }
 
 impl Senders {
     /// No members yet; contents will be padded to at least `content_bytes`.
-    pub fn new(content_bytes: usize) -> Senders {
+    /// With `receipts`, the members' connections logged in with receipts.
+    pub fn new(content_bytes: usize, receipts: bool) -> Senders {
         Senders {
             members: Vec::new(),
             by_conn: HashMap::new(),
@@ -192,6 +236,10 @@ impl Senders {
             window: (0, u64::MAX),
             // "t=<20 digits> s=<20 digits>" is at most 45 bytes.
             padding: " ".repeat(content_bytes.saturating_sub(45)),
+            receipts,
+            to_confirm: Vec::new(),
+            received: ClientMessage::Received(Received { through: 0 }),
+            receipt: Latency::default(),
         }
     }
 
@@ -208,7 +256,7 @@ impl Senders {
             conn,
             open: true,
             message: ClientMessage::Message(SendMessage {
-                dest_id,
+                dest_id: dest_id.clone(),
                 group_id,
                 content: String::new(),
                 message_id: None,
@@ -219,6 +267,9 @@ impl Senders {
             in_flight: InFlight::default(),
             acked: Vec::new(),
             acked_count: 0,
+            dest_id,
+            holding: Holding::default(),
+            awaiting: Awaiting::default(),
         });
         self.by_conn.insert(conn, index);
         if sends {
@@ -279,9 +330,47 @@ impl Senders {
         self.members.iter().map(|member| member.in_flight.len).sum()
     }
 
-    /// The counts and the ack latency, once the traffic is over.
-    pub fn finish(self) -> (Counts, Latency) {
-        (self.counts, self.ack)
+    /// Acked 1:1 messages of open members that no `Delivered` covered yet
+    /// (0 without receipts).
+    pub fn unreceipted_open(&self) -> u64 {
+        let open = self.members.iter().filter(|member| member.open);
+        open.map(|member| member.awaiting.len()).sum()
+    }
+
+    /// The counts and latencies, once the traffic is over.
+    pub fn finish(self) -> SendersTally {
+        SendersTally {
+            unreceipted: self.members.iter().map(|m| m.awaiting.len()).sum(),
+            counts: self.counts,
+            ack: self.ack,
+            receipt: self.receipt,
+        }
+    }
+
+    /// Sends one `Received` from every connection that received messages
+    /// since the last call, through the highest id it holds. Called once per
+    /// read batch, so a connection confirms at most once per batch however
+    /// many messages the batch held. Does nothing without receipts.
+    pub fn send_confirmations(&mut self, pool: &mut Pool) {
+        for i in 0..self.to_confirm.len() {
+            let member = &mut self.members[self.to_confirm[i]];
+            member.holding.listed = false;
+            let Some(through) = member.holding.due() else {
+                continue;
+            };
+            if !member.open {
+                continue;
+            }
+            let ClientMessage::Received(body) = &mut self.received else {
+                unreachable!("always a Received (see Senders::new)");
+            };
+            body.through = through;
+            if pool.send(member.conn, &self.received, RECEIVED_REQUEST_ID) {
+                member.holding.confirmed(through);
+                self.counts.received_sent += 1;
+            }
+        }
+        self.to_confirm.clear();
     }
 
     /// Tops every open sender up to `window` unanswered messages.
@@ -348,7 +437,13 @@ impl Senders {
         match event {
             PoolEvent::Opened(_) => {}
             PoolEvent::Frame(_, ServerMessage::Message(delivered), _) => {
-                return Routed::Delivered(index, delivered)
+                if self.receipts {
+                    self.hold(index, delivered.message_id, progress);
+                }
+                return Routed::Delivered(index, delivered);
+            }
+            PoolEvent::Frame(_, ServerMessage::Delivered(receipt), _) => {
+                self.on_receipt(index, receipt, now, progress)
             }
             PoolEvent::Frame(_, ServerMessage::Ack(ack), request_id) => {
                 self.on_ack(index, *request_id, ack, now, progress)
@@ -391,6 +486,12 @@ impl Senders {
         }
         set_bit(&mut member.acked, seq);
         member.acked_count += 1;
+        if self.receipts && member.dest_id.is_some() {
+            let latency = &mut self.receipt;
+            if member.awaiting.acked(ack.message_id, sent, now, latency) {
+                self.counts.receipted += 1;
+            }
+        }
         self.ack.record_nanos(now.saturating_sub(sent));
         self.counts.acked += 1;
         if self.in_window(now) {
@@ -410,10 +511,57 @@ impl Senders {
         error: &Error,
         progress: &Progress,
     ) {
+        if request_id == Some(RECEIVED_REQUEST_ID) {
+            // Refusals of confirmations are rare enough to name each.
+            let kind = format!("Received refused: {}", error.error_type.as_str());
+            self.counts.error(&kind, progress);
+            return;
+        }
         if let Some(seq) = request_id {
             self.members[index].in_flight.take(seq);
         }
         self.counts.error(error.error_type.as_str(), progress);
+    }
+
+    /// Member `index` received message `message_id`: list it for the
+    /// confirmation after this batch.
+    fn hold(&mut self, index: usize, message_id: i64, progress: &Progress) {
+        let holding = &mut self.members[index].holding;
+        if !holding.hold(message_id) {
+            // The server pushes a receipts session its messages in id order.
+            self.counts
+                .error("message id below an earlier one", progress);
+        }
+        if !holding.listed {
+            holding.listed = true;
+            self.to_confirm.push(index);
+        }
+    }
+
+    /// A `Delivered` push: covers member `index`'s acked 1:1 messages to
+    /// the user it names up to its `through`.
+    fn on_receipt(
+        &mut self,
+        index: usize,
+        receipt: &DeliveryReceipt,
+        now: u64,
+        progress: &Progress,
+    ) {
+        self.counts.receipts += 1;
+        let member = &mut self.members[index];
+        if !self.receipts {
+            self.counts.error("Delivered without receipts", progress);
+            return;
+        }
+        if member.dest_id.as_deref() != Some(receipt.username.as_str()) {
+            self.counts
+                .error("Delivered for a user not written to", progress);
+            return;
+        }
+        let covered = member
+            .awaiting
+            .delivered(receipt.through, now, &mut self.receipt);
+        self.counts.receipted += covered;
     }
 }
 
@@ -439,10 +587,16 @@ pub trait Traffic {
     fn sent(&self) -> u64 {
         self.senders().sent()
     }
-    /// Unanswered messages plus acked messages not yet delivered everywhere:
-    /// the grace period waits for this to reach zero.
+    /// Unanswered messages, acked messages not yet delivered everywhere,
+    /// and (receipts on) acked 1:1 messages no `Delivered` covered yet: the
+    /// grace period waits for this to reach zero.
     fn outstanding(&self) -> u64 {
-        self.senders().unanswered_open() + self.undelivered()
+        let senders = self.senders();
+        senders.unanswered_open() + self.undelivered() + senders.unreceipted_open()
+    }
+    /// After every read batch: the confirmations it calls for (receipts on).
+    fn after_batch(&mut self, pool: &mut Pool) {
+        self.senders_mut().send_confirmations(pool)
     }
     /// Tops every open sender up to `window` unanswered messages.
     fn fill_windows(&mut self, pool: &mut Pool, window: usize, now: u64) {
@@ -496,7 +650,7 @@ mod tests {
     /// the parser reads them back.
     #[test]
     fn content_round_trips_through_the_parser() {
-        let mut sender = Senders::new(60);
+        let mut sender = Senders::new(60, false);
         let index = sender.add(1, Target::User("bob".into()), true);
         let member = &mut sender.members[index];
         member.stamp(7, 123, &sender.padding);
@@ -556,7 +710,7 @@ mod tests {
     #[test]
     fn a_refusal_answers_the_message_its_request_id_names() {
         let progress = Progress::default();
-        let mut senders = Senders::new(0);
+        let mut senders = Senders::new(0, false);
         let index = senders.add(5, Target::User("bob".into()), true);
         for at in [10, 20, 30] {
             senders.record_sent(index, at);
@@ -568,9 +722,10 @@ mod tests {
         assert_eq!(senders.unanswered(), 0);
         assert!(senders.was_acked(index, 0) && senders.was_acked(index, 2));
         assert!(!senders.was_acked(index, 1));
-        let (counts, ack_latency) = senders.finish();
+        let tally = senders.finish();
+        let counts = tally.counts;
         assert_eq!(counts.acked, 2);
-        assert_eq!(ack_latency.count(), 2);
+        assert_eq!(tally.ack.count(), 2);
         let kinds: Vec<_> = counts.errors.into_iter().collect();
         assert_eq!(kinds, vec![("rate_limited".to_string(), 1)]);
     }
@@ -580,7 +735,7 @@ mod tests {
     #[test]
     fn answers_without_a_known_request_id_answer_nothing() {
         let progress = Progress::default();
-        let mut senders = Senders::new(0);
+        let mut senders = Senders::new(0, false);
         let index = senders.add(5, Target::Group(9), true);
         senders.record_sent(index, 10);
         senders.on_event(&ack(5, 0, None), 20, &progress);
@@ -589,11 +744,119 @@ mod tests {
         assert_eq!(senders.unanswered(), 1);
         senders.on_event(&ack(5, 3, Some(0)), 30, &progress);
         assert_eq!(senders.unanswered(), 0, "the request id decides");
-        let (counts, _) = senders.finish();
+        let counts = senders.finish().counts;
         assert_eq!(counts.errors.get("ack for no message in flight"), Some(&2));
         assert_eq!(counts.errors.get("rate_limited"), Some(&1));
         assert_eq!(counts.errors.get("ack names another message"), Some(&1));
         assert_eq!(counts.acked, 1);
+    }
+
+    fn message(to: ConnId, message_id: i64) -> PoolEvent {
+        PoolEvent::Frame(
+            to,
+            ServerMessage::Message(Delivered {
+                message_id,
+                source_id: "bob".into(),
+                dest_id: Some("ann".into()),
+                group_id: None,
+                content: "t=1 s=0".into(),
+                is_encrypted: false,
+                time: 0,
+            }),
+            None,
+        )
+    }
+
+    fn receipt(to: ConnId, username: &str, through: i64) -> PoolEvent {
+        let receipt = DeliveryReceipt {
+            username: username.into(),
+            through,
+        };
+        PoolEvent::Frame(to, ServerMessage::Delivered(receipt), None)
+    }
+
+    /// With receipts, a batch of messages lists its connection once for one
+    /// confirmation through the highest id; an id below an earlier one is an
+    /// error and never lowers it.
+    #[test]
+    fn a_batch_lists_each_receiving_connection_once() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0, true);
+        let ann = senders.add(5, Target::User("bob".into()), true);
+        let bob = senders.add(6, Target::User("ann".into()), true);
+        for id in [3, 7, 9] {
+            senders.on_event(&message(5, id), 0, &progress);
+        }
+        senders.on_event(&message(6, 8), 0, &progress);
+        assert_eq!(senders.to_confirm, vec![ann, bob]);
+        assert_eq!(senders.members[ann].holding.due(), Some(9));
+        senders.on_event(&message(5, 4), 0, &progress);
+        assert_eq!(senders.to_confirm.len(), 2, "listed once");
+        assert_eq!(senders.members[ann].holding.due(), Some(9));
+        let counts = senders.finish().counts;
+        assert_eq!(
+            counts.errors.get("message id below an earlier one"),
+            Some(&1)
+        );
+    }
+
+    /// Without receipts nothing is listed for confirmation.
+    #[test]
+    fn without_receipts_nothing_is_confirmed() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0, false);
+        senders.add(5, Target::User("bob".into()), true);
+        senders.on_event(&message(5, 3), 0, &progress);
+        assert!(senders.to_confirm.is_empty());
+        senders.on_event(&receipt(5, "bob", 3), 0, &progress);
+        let counts = senders.finish().counts;
+        assert_eq!(counts.errors.get("Delivered without receipts"), Some(&1));
+    }
+
+    /// A Delivered covers the acked messages to the user it names up to its
+    /// `through`, each once, with a send → Delivered latency; the grace
+    /// period waits for the rest.
+    #[test]
+    fn a_delivered_covers_acked_messages_to_its_user() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0, true);
+        let index = senders.add(5, Target::User("bob".into()), true);
+        for at in [10, 20, 30] {
+            senders.record_sent(index, at);
+        }
+        for seq in 0..3 {
+            // Server ids 100, 101, 102.
+            senders.on_event(&ack(5, seq, Some(seq)), 40, &progress);
+        }
+        assert_eq!(senders.unreceipted_open(), 3);
+        senders.on_event(&receipt(5, "bob", 101), 1_000, &progress);
+        senders.on_event(&receipt(5, "bob", 101), 1_000, &progress);
+        senders.on_event(&receipt(5, "carl", 102), 1_000, &progress);
+        assert_eq!(senders.unreceipted_open(), 1);
+        let tally = senders.finish();
+        assert_eq!(tally.counts.receipts, 3);
+        assert_eq!(tally.counts.receipted, 2);
+        assert_eq!(tally.unreceipted, 1);
+        assert_eq!(tally.receipt.count(), 2);
+        let errors = &tally.counts.errors;
+        assert_eq!(errors.get("Delivered for a user not written to"), Some(&1));
+    }
+
+    /// An Error answering a confirmation is named apart and answers no
+    /// message.
+    #[test]
+    fn a_refused_confirmation_answers_no_message() {
+        let progress = Progress::default();
+        let mut senders = Senders::new(0, true);
+        let index = senders.add(5, Target::User("bob".into()), true);
+        senders.record_sent(index, 10);
+        senders.on_event(&refusal(5, Some(RECEIVED_REQUEST_ID)), 20, &progress);
+        assert_eq!(senders.unanswered(), 1);
+        let counts = senders.finish().counts;
+        assert_eq!(
+            counts.errors.get("Received refused: rate_limited"),
+            Some(&1)
+        );
     }
 
     /// Events of connections that are no member's are left alone; a close
@@ -601,7 +864,7 @@ mod tests {
     #[test]
     fn events_of_other_connections_are_foreign() {
         let progress = Progress::default();
-        let mut senders = Senders::new(0);
+        let mut senders = Senders::new(0, false);
         senders.add(5, Target::User("bob".into()), true);
         let other = ack(6, 0, Some(0));
         let routed = senders.on_event(&other, 0, &progress);

@@ -4,7 +4,8 @@
 //! each group send group messages, closed loop (a window of unacknowledged
 //! messages per sender) or at a fixed aggregate rate, for a fixed time; then a
 //! grace period for the last deliveries. Each message should reach the
-//! other `group_size − 1` members.
+//! other `group_size − 1` members. By default every connection logs in with
+//! receipts (protocol 1.1) and confirms what it receives once per read batch.
 //!
 //! With `threads > 1` the groups are split over independent shards, each with
 //! its own `Poll`; a group never spans shards.
@@ -50,6 +51,8 @@ pub struct Config {
     pub threads: usize,
     /// Minimum content length of each message.
     pub content_bytes: usize,
+    /// Log in with receipts and confirm with `Received` (protocol 1.1).
+    pub receipts: bool,
 }
 
 /// How creating the groups went.
@@ -91,6 +94,8 @@ pub struct Outcome {
     pub duration_secs: f64,
     /// Shards.
     pub threads: usize,
+    /// Connections logged in with receipts and confirmed with `Received`.
+    pub receipts: bool,
     /// How late (ms) the most delayed send was against the rate schedule.
     pub max_send_lag_ms: f64,
     /// Group creation.
@@ -158,6 +163,19 @@ impl Outcome {
         if self.target_rate.is_some() {
             table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
         }
+        let receipts = if self.receipts {
+            format!(
+                "on: {} Received sent; {} Delivered (they cover 1:1 messages only)",
+                count(t.received_sent),
+                count(t.delivered_receipts)
+            )
+        } else {
+            format!(
+                "off (--no-receipts); {} Delivered",
+                count(t.delivered_receipts)
+            )
+        };
+        table.row("receipts", receipts);
         table
             .latency_header()
             .latency("end-to-end", &t.end_to_end_latency)
@@ -244,6 +262,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         },
         duration_secs: config.duration_secs,
         threads,
+        receipts: config.receipts,
         max_send_lag_ms,
         group_setup: GroupSetup {
             groups,
@@ -288,7 +307,12 @@ impl Shard<'_> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(load_error("another shard failed to set up"));
         }
-        let mut exchange = GroupExchange::new(specs, self.senders, self.config.content_bytes);
+        let mut exchange = GroupExchange::new(
+            specs,
+            self.senders,
+            self.config.content_bytes,
+            self.config.receipts,
+        );
         let max_send_lag_ms = send_for_duration(
             &mut pool,
             &mut exchange,
@@ -321,6 +345,7 @@ impl Shard<'_> {
         let conns = logged_in_users(
             &mut pool,
             &names,
+            self.config.receipts,
             self.common.setup_concurrency,
             deadline,
             self.progress,

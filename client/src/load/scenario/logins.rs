@@ -117,6 +117,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
             LoginSpec {
                 username: username.clone(),
                 credential: Credential::Session(session.clone()),
+                receipts: false,
             }
         })
         .collect();

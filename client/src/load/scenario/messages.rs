@@ -1,6 +1,9 @@
 //! `messages`: pairs of logged-in users exchanging 1:1 messages, closed loop
 //! (a window of unacknowledged messages per sender) or at a fixed aggregate
 //! rate, for a fixed time; then a grace period for the last deliveries.
+//! By default every connection logs in with receipts (protocol 1.1) and
+//! confirms what it receives once per read batch; `receipts: false` measures
+//! the version-1 path.
 //!
 //! With `threads > 1` the pairs are split over independent shards, each with
 //! its own `Poll`; tallies are merged at the end.
@@ -44,6 +47,8 @@ pub struct Config {
     pub threads: usize,
     /// Minimum content length of each message.
     pub content_bytes: usize,
+    /// Log in with receipts and confirm with `Received` (protocol 1.1).
+    pub receipts: bool,
 }
 
 /// The machine-readable result.
@@ -65,6 +70,8 @@ pub struct Outcome {
     pub duration_secs: f64,
     /// Shards.
     pub threads: usize,
+    /// Connections logged in with receipts and confirmed with `Received`.
+    pub receipts: bool,
     /// How late (ms) the most delayed send was against the rate schedule: a
     /// large value means the load generator itself could not keep up.
     pub max_send_lag_ms: f64,
@@ -107,12 +114,35 @@ impl Outcome {
         if self.target_rate.is_some() {
             table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
         }
+        table.row("receipts", receipts_row(self.receipts, t));
         table
             .latency_header()
             .latency("end-to-end", &t.end_to_end_latency)
             .latency("ack", &t.ack_latency);
+        if self.receipts {
+            table.latency("receipt", &t.receipt_latency);
+        }
         table
     }
+}
+
+/// The table's receipts line (a line of its own, so the lines before it
+/// keep their format).
+fn receipts_row(on: bool, t: &TallySummary) -> String {
+    if !on {
+        return format!(
+            "off (--no-receipts); {} Delivered",
+            count(t.delivered_receipts)
+        );
+    }
+    format!(
+        "{:<14} Delivered covering {} of {} acked ({} never); {} Received sent",
+        count(t.delivered_receipts),
+        count(t.receipted),
+        count(t.acked),
+        count(t.unreceipted),
+        count(t.received_sent)
+    )
 }
 
 /// Runs the scenario.
@@ -182,6 +212,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         },
         duration_secs: config.duration_secs,
         threads,
+        receipts: config.receipts,
         max_send_lag_ms,
         passed: summary.lost == 0 && summary.unanswered == 0,
         tally: summary,
@@ -213,6 +244,7 @@ impl Shard<'_> {
             let conns = logged_in_users(
                 &mut pool,
                 &self.names,
+                self.config.receipts,
                 self.common.setup_concurrency,
                 deadline,
                 self.progress,
@@ -230,7 +262,7 @@ impl Shard<'_> {
             return Err(load_error("another shard failed to set up"));
         }
         let users = self.names.iter().cloned().zip(conns).collect();
-        let mut exchange = Exchange::new(users, self.config.content_bytes);
+        let mut exchange = Exchange::new(users, self.config.content_bytes, self.config.receipts);
         let max_send_lag_ms = send_for_duration(
             &mut pool,
             &mut exchange,
@@ -294,12 +326,13 @@ pub fn send_for_duration(
         for event in &events {
             traffic.on_event(event, now, progress);
         }
+        traffic.after_batch(pool);
     }
     Ok(max_lag_nanos as f64 / 1e6)
 }
 
 /// After sending stops: waits up to `grace_secs` for every in-flight message
-/// to be acked and every acked message to be delivered.
+/// to be acked and delivered, and (receipts on) covered by a `Delivered`.
 pub fn drain(
     pool: &mut Pool,
     traffic: &mut impl Traffic,
@@ -316,6 +349,7 @@ pub fn drain(
         for event in &events {
             traffic.on_event(event, now, progress);
         }
+        traffic.after_batch(pool);
     }
     Ok(())
 }

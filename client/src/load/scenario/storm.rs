@@ -147,14 +147,17 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
             registered.failures
         )));
     }
+    // The stream measures the login burst's effect; it runs without
+    // receipts, like a version-1 client.
     let conns = logged_in_users(
         &mut pool,
         &names,
+        false,
         common.setup_concurrency,
         common.setup_deadline(),
         &progress,
     )?;
-    let mut exchange = Exchange::new(names.into_iter().zip(conns).collect(), 0);
+    let mut exchange = Exchange::new(names.into_iter().zip(conns).collect(), 0, false);
     let burst_specs = (0..config.burst_logins)
         .map(|i| password_logins(&burst_names[i % burst_names.len()..][..1]).remove(0))
         .collect();
@@ -192,6 +195,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
                 burst.on_event(&mut pool, event, &progress);
             }
         }
+        exchange.after_batch(&mut pool);
     }
     drain(&mut pool, &mut exchange, config.grace_secs, &progress)?;
     let burst_completed = burst.is_done();
