@@ -54,6 +54,11 @@ pub const STORAGE_BATCH_MAX: usize = 4_096;
 /// restart skips at most one block of the 2^63.
 pub const MESSAGE_ID_BLOCK: i64 = 1 << 20;
 
+/// How long a sender's client `message_id` is remembered: a resend within
+/// this window is acked with the first message's id and not stored again
+/// (PROTOCOL.md 1.1 asks for at least 24 hours). Purged with the sessions.
+pub const CLIENT_ID_RETENTION_SECS: i64 = 24 * 60 * 60;
+
 /// A connection that has not finished its WebSocket handshake by then is
 /// dropped (slowloris).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

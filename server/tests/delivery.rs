@@ -1,15 +1,102 @@
-//! Delivery guarantees through the real binary: a delivered `message_id`
-//! names one message forever — ids are reserved durably before they are
-//! handed out, so no restart, crash, failed store or deleted group makes the
-//! server give an id twice.
+//! Delivery guarantees through the real binary (protocol 1.1): a delivered
+//! `message_id` names one message forever; a receipts device gets everything
+//! past its confirmation whatever happens to its connection; a device without
+//! receipts loses nothing the server had not finished writing to it; every
+//! way out of a connection goes through one departure path.
 
 mod common;
 
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use common::{logged_in, message_to, register_all, Client, TestServer};
-use protocol::client::{CreateGroup, LeaveGroup, SendMessage};
+use protocol::client::{CreateGroup, LeaveGroup, Logout, SendMessage};
 use protocol::{ClientMessage, ErrorType, ServerMessage};
+
+/// The ids of every message in the database of a stopped server.
+fn stored_ids(data_dir: &std::path::Path) -> BTreeSet<i64> {
+    let db = rusqlite::Connection::open(data_dir.join("chat.db")).expect("open chat.db");
+    let mut statement = db
+        .prepare("SELECT message_id FROM messages")
+        .expect("prepare");
+    let ids = statement
+        .query_map([], |row| row.get::<_, i64>(0))
+        .expect("query")
+        .map(|id| id.expect("row"))
+        .collect();
+    ids
+}
+
+/// How long a test waits for frames it knows are coming.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The ids of the delivered messages among `frames`.
+fn message_ids(frames: &[ServerMessage]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerMessage::Message(message) => Some(message.message_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Receives exactly `count` delivered messages (skipping other frames).
+#[track_caller]
+fn recv_messages(client: &mut Client, count: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        if let ServerMessage::Message(message) = client.recv() {
+            ids.push(message.message_id);
+        }
+    }
+    ids
+}
+
+/// Sends a Ping and reads up to its Pong: everything sent before it has been
+/// handled. Returns the ids of the messages that arrived meanwhile.
+#[track_caller]
+fn ping_through(client: &mut Client) -> Vec<i64> {
+    client.send(&ClientMessage::Ping);
+    let mut ids = Vec::new();
+    loop {
+        match client.recv() {
+            ServerMessage::Pong => return ids,
+            ServerMessage::Message(message) => ids.push(message.message_id),
+            _ => {}
+        }
+    }
+}
+
+/// Reads messages until every id in `wanted` is among `held` (or fails
+/// after [`PATIENCE`]).
+#[track_caller]
+fn read_until_held(client: &mut Client, wanted: &BTreeSet<i64>, held: &mut BTreeSet<i64>) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !wanted.is_subset(held) {
+        let missing: Vec<&i64> = wanted.difference(held).take(10).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never arrived: {missing:?}…"
+        );
+        if let ServerMessage::Message(message) = client.recv() {
+            held.insert(message.message_id);
+        }
+    }
+}
+
+/// Creates a group of `creator` and `members`; returns its id.
+fn create_group(creator: &mut Client, members: &[&str]) -> i64 {
+    creator.send(&ClientMessage::CreateGroup(CreateGroup {
+        name: "team".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    }));
+    match creator.recv() {
+        ServerMessage::GroupInfo(info) => info.group_id,
+        other => panic!("expected GroupInfo, got {other:?}"),
+    }
+}
 
 fn send_and_ack(client: &mut Client, message: ClientMessage) -> i64 {
     client.send(&message);
@@ -68,9 +155,10 @@ fn ids_of_a_deleted_group_are_not_reused_after_a_restart() {
     );
 }
 
-/// Messages delivered to a live recipient while the disk was full (their
-/// sender got `server_busy`) used ids that are not in the database; after a
-/// clean restart with the disk freed, no new message gets any of them.
+/// While the disk is full, a live recipient gets only messages that were
+/// stored (delivery follows the commit: no message is handed out and then
+/// refused to its sender); and after a restart with the disk freed, no new
+/// message gets an id anyone has seen.
 #[test]
 fn ids_seen_during_a_full_disk_are_not_reused_after_a_restart() {
     let limit = 2 * 1024 * 1024;
@@ -106,8 +194,15 @@ fn ids_seen_during_a_full_disk_are_not_reused_after_a_restart() {
         .collect();
     let highest_seen = seen.iter().max().copied().expect("bob got messages");
     drop((alice, bob));
+    server.stop_gracefully();
+    let stored = stored_ids(server.data_dir());
+    let not_kept: Vec<&i64> = seen.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(
+        not_kept.is_empty(),
+        "bob holds messages the server did not keep: {not_kept:?}"
+    );
 
-    server.restart_with_free_disk();
+    server.start_again_with_free_disk();
     let mut alice = logged_in(&server, "alice");
     let next = send_and_ack(
         &mut alice,
@@ -117,4 +212,254 @@ fn ids_seen_during_a_full_disk_are_not_reused_after_a_restart() {
         next > highest_seen,
         "id {next} handed out again: bob already holds a message with id up to {highest_seen}"
     );
+}
+
+/// A receipts device that resumes its session is pushed everything addressed
+/// to the user past its last confirmation, in order — however the previous
+/// connection ended — and nothing it confirmed.
+#[test]
+fn a_receipts_session_resumes_from_its_confirmation() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = server.client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session id");
+    let sent: Vec<i64> = (0..4)
+        .map(|i| send_and_ack(&mut alice, message_to("bob", &format!("m{i}"), None)))
+        .collect();
+    assert_eq!(recv_messages(&mut bob, 4), sent);
+    bob.confirm(sent[1]);
+    drop(bob); // the connection dies; two messages were never confirmed
+
+    let mut bob = server.client();
+    bob.resume_with_receipts("bob", &session);
+    assert_eq!(recv_messages(&mut bob, 2), sent[2..]);
+    bob.confirm(sent[3]);
+    ping_through(&mut bob); // the confirmation is handled before the Pong
+    drop(bob);
+
+    let mut bob = server.client();
+    bob.resume_with_receipts("bob", &session);
+    bob.expect_silence(Duration::from_millis(300));
+}
+
+/// A confirmation takes messages off the offline queue (a new device does
+/// not get them again) and earns the sender a Delivered receipt (37).
+#[test]
+fn confirmed_messages_are_taken_and_their_sender_is_told() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = server.client();
+    alice.login_with_receipts("alice");
+    let mut bob = server.client();
+    bob.login_with_receipts("bob");
+    let sent: Vec<i64> = (0..3)
+        .map(|i| send_and_ack(&mut alice, message_to("bob", &format!("m{i}"), None)))
+        .collect();
+    assert_eq!(recv_messages(&mut bob, 3), sent);
+    bob.confirm(sent[2]);
+    match alice.recv() {
+        ServerMessage::Delivered(receipt) => {
+            assert_eq!(
+                (receipt.username.as_str(), receipt.through),
+                ("bob", sent[2])
+            );
+        }
+        other => panic!("expected Delivered, got {other:?}"),
+    }
+    let mut phone = logged_in(&server, "bob");
+    phone.expect_silence(Duration::from_millis(300));
+}
+
+/// A device without receipts takes nothing it was not sent: messages that
+/// reached only a receipts device (unconfirmed) are in the next password
+/// login's offline queue.
+#[test]
+fn unconfirmed_messages_stay_queued_for_other_devices() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = server.client();
+    bob.login_with_receipts("bob");
+    let id = send_and_ack(&mut alice, message_to("bob", "unconfirmed", None));
+    assert_eq!(recv_messages(&mut bob, 1), [id]);
+    let mut laptop = logged_in(&server, "bob");
+    assert_eq!(recv_messages(&mut laptop, 1), [id]);
+}
+
+/// Two receipts devices logging in at the same moment each get the whole
+/// offline queue: taking it marks nothing, and for a receipts device only a
+/// confirmation does. (Before, each take marked its chunk delivered, so two
+/// logins split a long queue between them.)
+#[test]
+fn two_devices_logging_in_at_once_each_get_the_whole_queue() {
+    let server = TestServer::start(&["--no-rate-limits"]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let padding = "p".repeat(8 * 1024);
+    let sent: Vec<i64> = (0..150)
+        .map(|i| {
+            send_and_ack(
+                &mut alice,
+                message_to("bob", &format!("q{i}-{padding}"), None),
+            )
+        })
+        .collect();
+    let mut phone = server.client();
+    let mut laptop = server.client();
+    for device in [&mut phone, &mut laptop] {
+        device.send(&ClientMessage::Login(protocol::client::Login {
+            username: "bob".into(),
+            secret: Some(common::SECRET.into()),
+            session_id: None,
+            receipts: true,
+        }));
+    }
+    assert_eq!(recv_messages(&mut phone, sent.len()), sent);
+    assert_eq!(recv_messages(&mut laptop, sent.len()), sent);
+}
+
+/// A message sent to a user whose only connection is closing (here: right
+/// after its Logout was answered) is not counted as delivered to it: the next
+/// login gets it.
+#[test]
+fn a_closing_connection_is_no_longer_a_recipient() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = logged_in(&server, "bob");
+    bob.send(&ClientMessage::Logout(Logout::default()));
+    assert!(matches!(bob.recv(), ServerMessage::SuccessLogout(_)));
+    let id = send_and_ack(&mut alice, message_to("bob", "while closing", None));
+    let mut again = logged_in(&server, "bob");
+    assert_eq!(recv_messages(&mut again, 1), [id]);
+}
+
+/// A member that does not read is closed as a slow consumer; the group
+/// messages it did not get are not lost: what it can still read after the
+/// close plus what its next login is pushed covers every acked message.
+/// (Before, the member's group cursor jumped past everything.)
+#[test]
+fn a_slow_consumers_group_messages_come_back_at_its_next_login() {
+    let server = TestServer::start(&["--no-rate-limits"]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = logged_in(&server, "bob");
+    let group_id = create_group(&mut alice, &["bob"]);
+    assert!(matches!(bob.recv(), ServerMessage::GroupInfo(_)));
+    let padding = "g".repeat(60 * 1024);
+    let mut acked = BTreeSet::new();
+    for i in 0..200 {
+        acked.insert(send_and_ack(
+            &mut alice,
+            group_message(group_id, &format!("{i}-{padding}")),
+        ));
+    }
+    let (frames, closed) = bob.read_until_closed(PATIENCE * 3);
+    assert_eq!(
+        closed.code(),
+        Some(1008),
+        "bob should be closed as a slow consumer"
+    );
+    let mut held: BTreeSet<i64> = message_ids(&frames).into_iter().collect();
+    let mut bob = logged_in(&server, "bob");
+    read_until_held(&mut bob, &acked, &mut held);
+}
+
+/// A legacy connection that dies while its offline queue is pushed: the next
+/// login is pushed the rest of the queue — group and 1:1 messages alike, as
+/// one unbroken run up to the end. (Before, the group cursor jumped past
+/// what was not pushed.) With receipts, nothing at all is lost.
+#[test]
+fn a_login_dropped_mid_queue_leaves_the_rest_queued() {
+    let server = TestServer::start(&["--no-rate-limits"]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = logged_in(&server, "bob");
+    let group_id = create_group(&mut alice, &["bob"]);
+    drop(bob);
+    let padding = "q".repeat(60 * 1024);
+    let mut queued = Vec::new();
+    for i in 0..30 {
+        queued.push(send_and_ack(
+            &mut alice,
+            group_message(group_id, &format!("g{i}-{padding}")),
+        ));
+        queued.push(send_and_ack(
+            &mut alice,
+            message_to("bob", &format!("d{i}-{padding}"), None),
+        ));
+    }
+    // A receipts device reads five, confirms them, and drops.
+    bob = server.client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session id");
+    let first = recv_messages(&mut bob, 5);
+    assert_eq!(first, queued[..5]);
+    bob.confirm(first[4]);
+    ping_through(&mut bob);
+    drop(bob);
+    let mut bob = server.client();
+    bob.resume_with_receipts("bob", &session);
+    assert_eq!(
+        recv_messages(&mut bob, queued.len() - 5),
+        queued[5..],
+        "receipts lose nothing"
+    );
+    drop(bob);
+
+    // A legacy device reads five and drops; the next login gets a suffix of
+    // the queue with both kinds of message, without gaps.
+    // (The receipts device confirmed the first five: they are taken.)
+    let mut legacy = logged_in(&server, "bob");
+    assert_eq!(recv_messages(&mut legacy, 5), queued[5..10]);
+    drop(legacy);
+    let mut again = logged_in(&server, "bob");
+    let last = *queued.last().expect("a queue");
+    let mut rest = Vec::new();
+    while rest.last() != Some(&last) {
+        rest.extend(recv_messages(&mut again, 1));
+    }
+    let start = queued
+        .iter()
+        .position(|id| Some(id) == rest.first())
+        .expect("the next login gets the rest of the queue");
+    assert_eq!(
+        rest,
+        queued[start..],
+        "an unbroken run to the end of the queue"
+    );
+    assert!(
+        start < queued.len() - 2,
+        "both kinds come back (from index {start})"
+    );
+}
+
+/// A resend with the same client `message_id` (after a lost Ack, on a new
+/// connection) is acked with the first message's id, stored once and
+/// delivered once.
+#[test]
+fn a_resent_client_id_is_stored_and_delivered_once() {
+    let mut server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut bob = logged_in(&server, "bob");
+    let mut alice = logged_in(&server, "alice");
+    let first = send_and_ack(&mut alice, message_to("bob", "once", Some("c-42")));
+    drop(alice);
+    let mut alice = logged_in(&server, "alice");
+    let again = send_and_ack(&mut alice, message_to("bob", "once", Some("c-42")));
+    assert_eq!(again, first, "the resend is acked with the first id");
+    let other = send_and_ack(&mut alice, message_to("bob", "twice", Some("c-43")));
+    assert!(other > first);
+    assert_eq!(recv_messages(&mut bob, 2), [first, other], "delivered once");
+    drop((alice, bob));
+    server.stop_gracefully();
+    let stored = stored_ids(server.data_dir());
+    assert!(stored.contains(&first) && stored.contains(&other));
+    assert_eq!(stored.len(), 2, "stored once: {stored:?}");
 }

@@ -88,6 +88,8 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
                 to,
                 message_id: message.message_id,
                 client_message_id,
+                duplicate_of: None,
+                stored: Some(message),
             }),
             Command::CreateGroup {
                 to,
@@ -107,6 +109,7 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
             }),
             command => command.requester().map(|(to, tag)| Reply::Failed {
                 requester: (to.clone(), tag),
+                message_id: None,
                 reason: "simulated".into(),
             }),
         };

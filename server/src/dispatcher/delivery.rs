@@ -14,35 +14,162 @@
 //!   each member's cursor) is what no device has taken.
 
 use protocol::client::Received;
-use protocol::server::DeliveryReceipt;
+use protocol::server::{Delivered, DeliveryReceipt};
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Auth, Dispatcher, Effects};
 use crate::completion::ConnId;
-use crate::storage::Command;
+use crate::storage::{Command, NewMessage};
+
+/// Where a message goes once it is committed.
+#[derive(Debug)]
+pub(super) enum Route {
+    /// To this user's connections.
+    User {
+        /// The recipient.
+        receiver_id: i64,
+        /// Their name (the frame's `dest_id`).
+        name: String,
+    },
+    /// To every member of this group.
+    Group(i64),
+}
+
+/// A message accepted and on its way to storage: delivered only after the
+/// commit, so no recipient holds a message the server did not keep.
+#[derive(Debug)]
+pub(super) struct AwaitingCommit {
+    /// The sender's name (the frame's `source_id`).
+    source: String,
+    /// Where it goes.
+    route: Route,
+    /// The sending connection, which gets no copy.
+    except: ConnId,
+}
+
+/// What storage says about a StoreMessage (see `Reply::MessageStored`).
+pub(super) struct MessageStored {
+    /// The id this send was given.
+    pub message_id: i64,
+    /// The client's id, echoed in the Ack.
+    pub client_message_id: Option<String>,
+    /// A resend: the first message's id (nothing was stored).
+    pub duplicate_of: Option<i64>,
+    /// The committed message, handed back for delivery.
+    pub message: Option<NewMessage>,
+}
 
 const TAG_RECEIVED: i64 = 17;
 
 impl Dispatcher {
+    /// Remembers where message `message_id` goes until its commit.
+    pub(super) fn await_commit(
+        &mut self,
+        message_id: i64,
+        source: String,
+        route: Route,
+        except: ConnId,
+    ) {
+        let waiting = AwaitingCommit {
+            source,
+            route,
+            except,
+        };
+        self.awaiting_commit.insert(message_id, waiting);
+    }
+
+    /// The message was not stored (a resend, or storage failed): it is
+    /// never delivered.
+    pub(super) fn forget_delivery(&mut self, message_id: i64) {
+        self.awaiting_commit.remove(&message_id);
+    }
+
+    /// The message is committed: deliver it to every recipient connection.
+    /// If whether a device without receipts took it differs from what was
+    /// stored (a recipient came or went meanwhile), storage is told.
+    pub(super) fn deliver_committed(&mut self, message: NewMessage, fx: &mut Effects) {
+        let Some(waiting) = self.awaiting_commit.remove(&message.message_id) else {
+            return;
+        };
+        let message_id = message.message_id;
+        let (dest_id, group_id) = match &waiting.route {
+            Route::User { name, .. } => (Some(name.clone()), None),
+            Route::Group(group_id) => (None, Some(*group_id)),
+        };
+        let frame = protocol::encode_delivered(&Delivered {
+            message_id,
+            source_id: waiting.source,
+            dest_id,
+            group_id,
+            content: message.content,
+            is_encrypted: message.is_encrypted,
+            time: message.time,
+        });
+        let except = Some(waiting.except);
+        match waiting.route {
+            Route::User { receiver_id, .. } => {
+                let pushed = self.push_to_user(receiver_id, &frame, Some(message_id), except, fx);
+                let taken = pushed || receiver_id == message.sender_id;
+                if taken && !message.delivered {
+                    let message_ids = vec![message_id];
+                    fx.storage.push(Command::MarkDelivered {
+                        user_id: receiver_id,
+                        message_ids,
+                    });
+                } else if !taken && message.delivered {
+                    fx.storage.push(Command::Requeue {
+                        user_id: receiver_id,
+                        from_message_id: message_id,
+                    });
+                }
+            }
+            Route::Group(group_id) => {
+                for member in self.group_member_ids(group_id) {
+                    self.push_to_user(member, &frame, Some(message_id), except, fx);
+                }
+            }
+        }
+    }
+
+    /// Whether `user_id` has a logged-in connection without receipts other
+    /// than `except` (one that takes a message by reading it).
+    pub(super) fn has_legacy_connection(&self, user_id: i64, except: ConnId) -> bool {
+        self.online.get(&user_id).is_some_and(|conns| {
+            conns.iter().any(|conn| {
+                *conn != except
+                    && matches!(
+                        self.clients.get(conn).map(|client| &client.auth),
+                        Some(Auth::LoggedIn {
+                            receipts: false,
+                            ..
+                        })
+                    )
+            })
+        })
+    }
+
     /// `Received{through}`: cumulative; a `through` at or below the session's
     /// confirmation is ignored, one past the highest id assigned counts as
     /// that id.
-    pub(super) fn received(
-        &mut self,
-        conn: ConnId,
-        user_id: i64,
-        body: Received,
-        now: i64,
-        fx: &mut Effects,
-    ) {
+    pub(super) fn received(&mut self, conn: ConnId, body: Received, now: i64, fx: &mut Effects) {
         let highest_assigned = self.next_message_id - 1;
-        let Some(Auth::LoggedIn {
+        let auth = self.clients.get_mut(&conn).map(|client| &mut client.auth);
+        let (Some(Auth::LoggedIn {
+            user_id,
             receipts,
             confirmed_through,
             session_hash,
             username,
             ..
-        }) = self.clients.get_mut(&conn).map(|client| &mut client.auth)
+        })
+        | Some(Auth::Opening {
+            user_id,
+            receipts,
+            confirmed_through,
+            session_hash,
+            username,
+            ..
+        })) = auth
         else {
             return;
         };
@@ -57,7 +184,7 @@ impl Dispatcher {
         }
         *confirmed_through = through;
         fx.storage.push(Command::Confirm {
-            user_id,
+            user_id: *user_id,
             username: username.clone(),
             session_hash: session_hash.clone(),
             through,

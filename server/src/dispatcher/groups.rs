@@ -7,9 +7,10 @@
 //! to storage; the GroupInfo frames go out once storage has committed them.
 
 use protocol::client::{AddGroupMembers, CreateGroup, LeaveGroup, SendMessage};
-use protocol::server::{Delivered, GroupInfo, Groups};
+use protocol::server::{GroupInfo, Groups};
 use protocol::{ErrorType, ServerMessage};
 
+use super::delivery::Route;
 use super::messages::TAG_MESSAGE;
 use super::{Dispatcher, Effects};
 use crate::completion::ConnId;
@@ -118,6 +119,14 @@ impl Dispatcher {
         });
     }
 
+    /// The members of `group_id` (none for an unknown group).
+    pub(super) fn group_member_ids(&self, group_id: i64) -> Vec<i64> {
+        self.groups
+            .get(&group_id)
+            .map(|group| group.members.iter().map(|(id, _)| *id).collect())
+            .unwrap_or_default()
+    }
+
     pub(super) fn get_groups(&mut self, conn: ConnId, user_id: i64, now: i64, fx: &mut Effects) {
         let groups = ServerMessage::Groups(Groups {
             data: self.groups_of(user_id),
@@ -141,29 +150,12 @@ impl Dispatcher {
             fx.error(conn, ErrorType::ServerBusy, detail, TAG_MESSAGE, now);
             return;
         };
-        let mut message = Delivered {
-            message_id,
-            source_id: self.username_of(conn).to_owned(),
-            dest_id: None,
-            group_id: Some(group_id),
-            content: body.content,
-            is_encrypted: body.is_encrypted,
-            time: now,
-        };
-        let frame = protocol::encode_delivered(&message);
-        let members: Vec<i64> = self
-            .groups
-            .get(&group_id)
-            .map(|group| group.members.iter().map(|(id, _)| *id).collect())
-            .unwrap_or_default();
-        for member in members {
-            self.push_to_user(member, &frame, Some(message_id), Some(conn), fx);
-        }
+        let source = self.username_of(conn).to_owned();
         log::debug!(
-            "message {message_id}: {} -> group {group_id} ({} bytes)",
-            message.source_id,
-            message.content.len()
+            "message {message_id}: {source} -> group {group_id} ({} bytes)",
+            body.content.len()
         );
+        self.await_commit(message_id, source, Route::Group(group_id), conn);
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
             client_message_id: body.message_id,
@@ -172,8 +164,8 @@ impl Dispatcher {
                 sender_id,
                 receiver_id: None,
                 group_id: Some(group_id),
-                content: std::mem::take(&mut message.content),
-                is_encrypted: message.is_encrypted,
+                content: body.content,
+                is_encrypted: body.is_encrypted,
                 time: now,
                 // Group delivery is tracked per member (storage's cursors).
                 delivered: true,

@@ -7,10 +7,11 @@
 //! connection come back in sending order with increasing ids.
 
 use protocol::client::{GetHistory, SendMessage, Sync};
-use protocol::server::{Ack, Delivered, History, Synced};
+use protocol::server::{Ack, History, Synced};
 use protocol::validate::CLIENT_MESSAGE_ID_CHARS_MAX;
 use protocol::{ErrorType, ServerMessage};
 
+use super::delivery::{MessageStored, Route};
 use super::{delivered, Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::storage::{Command, Conversation, NewMessage, StoredMessage};
@@ -68,23 +69,19 @@ impl Dispatcher {
             fx.error(conn, ErrorType::ServerBusy, detail, TAG_MESSAGE, now);
             return;
         };
-        let mut message = Delivered {
-            message_id,
-            source_id: self.username_of(conn).to_owned(),
-            dest_id: body.dest_id,
-            group_id: None,
-            content: body.content,
-            is_encrypted: body.is_encrypted,
-            time: now,
-        };
-        let frame = protocol::encode_delivered(&message);
-        let pushed = self.push_to_user(receiver_id, &frame, Some(message_id), Some(conn), fx);
+        let source = self.username_of(conn).to_owned();
         log::debug!(
-            "message {message_id}: {} -> {} ({} bytes)",
-            message.source_id,
-            message.dest_id.as_deref().unwrap_or(""),
-            message.content.len()
+            "message {message_id}: {source} -> {} ({} bytes)",
+            body.dest_id.as_deref().unwrap_or(""),
+            body.content.len()
         );
+        // A message to yourself is already on the sending device.
+        let taken = receiver_id == sender_id || self.has_legacy_connection(receiver_id, conn);
+        let route = Route::User {
+            receiver_id,
+            name: body.dest_id.unwrap_or_default(),
+        };
+        self.await_commit(message_id, source, route, conn);
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
             client_message_id: body.message_id,
@@ -93,11 +90,10 @@ impl Dispatcher {
                 sender_id,
                 receiver_id: Some(receiver_id),
                 group_id: None,
-                content: std::mem::take(&mut message.content),
-                is_encrypted: message.is_encrypted,
+                content: body.content,
+                is_encrypted: body.is_encrypted,
                 time: now,
-                // A message to yourself is already on the sending device.
-                delivered: pushed || receiver_id == sender_id,
+                delivered: taken,
             },
         });
         self.counters.messages += 1;
@@ -171,20 +167,32 @@ impl Dispatcher {
         }
     }
 
+    /// The message is committed: Ack the sender (with the first message's
+    /// id for a resend), then deliver it — only now, so no recipient ever
+    /// holds a message the server did not keep.
     pub(super) fn message_stored(
         &mut self,
         conn: ConnId,
-        message_id: i64,
-        client_message_id: Option<String>,
+        stored: MessageStored,
         now: i64,
         fx: &mut Effects,
     ) {
+        let MessageStored {
+            message_id,
+            client_message_id,
+            duplicate_of,
+            message,
+        } = stored;
         if self.clients.contains_key(&conn) {
             let ack = Ack {
-                message_id,
+                message_id: duplicate_of.unwrap_or(message_id),
                 client_message_id,
             };
             fx.send(conn, &ServerMessage::Ack(ack), now);
+        }
+        match message {
+            Some(message) => self.deliver_committed(message, fx),
+            None => self.forget_delivery(message_id),
         }
     }
 

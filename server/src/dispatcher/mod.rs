@@ -39,6 +39,7 @@ use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
 use contacts::ContactAdded;
+use delivery::{AwaitingCommit, MessageStored};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +259,9 @@ pub struct Dispatcher {
     /// A reservation of the next block is on its way to storage.
     reserving_ids: bool,
     storage_backlog: usize,
+    /// Messages on their way to storage, delivered once committed (at most
+    /// one per storage command in flight: bounded by the storage queue).
+    awaiting_commit: HashMap<i64, AwaitingCommit>,
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
@@ -283,6 +287,7 @@ impl Dispatcher {
             ids_reserved_through: snapshot.ids_reserved_through,
             reserving_ids: false,
             storage_backlog: 0,
+            awaiting_commit: HashMap::new(),
             receipts_due: HashMap::new(),
             limits,
             counters: Counters::default(),
@@ -391,6 +396,10 @@ impl Dispatcher {
                 message,
                 ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
             )
+            && !self
+                .clients
+                .get(&conn)
+                .is_some_and(|c| is_confirmation_while_queue_pushed(&c.auth, message))
     }
 
     fn defer(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
@@ -427,7 +436,8 @@ impl Dispatcher {
         } else if !matches!(
             message,
             ClientMessage::Register(_) | ClientMessage::Login(_) | ClientMessage::Ping
-        ) {
+        ) && !is_confirmation_while_queue_pushed(&client.auth, &message)
+        {
             fx.error(conn, ErrorType::NotLoggedIn, "log in first", tag, now);
             return;
         }
@@ -456,7 +466,7 @@ impl Dispatcher {
             }
             ClientMessage::LeaveGroup(body) => self.leave_group(conn, user_id, body, now, fx),
             ClientMessage::GetGroups => self.get_groups(conn, user_id, now, fx),
-            ClientMessage::Received(body) => self.received(conn, user_id, body, now, fx),
+            ClientMessage::Received(body) => self.received(conn, body, now, fx),
         }
     }
 
@@ -513,7 +523,17 @@ impl Dispatcher {
                 to,
                 message_id,
                 client_message_id,
-            } => self.message_stored(to.conn, message_id, client_message_id, now, fx),
+                duplicate_of,
+                stored,
+            } => {
+                let stored = MessageStored {
+                    message_id,
+                    client_message_id,
+                    duplicate_of,
+                    message: stored,
+                };
+                self.message_stored(to.conn, stored, now, fx)
+            }
             Reply::History {
                 to,
                 chat_id,
@@ -562,8 +582,12 @@ impl Dispatcher {
             } => self.confirmed(user_id, &username, senders),
             Reply::Failed {
                 requester: (to, tag),
+                message_id,
                 reason,
             } => {
+                if let Some(message_id) = message_id {
+                    self.forget_delivery(message_id);
+                }
                 log::warn!("storage failed a request of {:?}: {reason}", to.conn);
                 self.request_failed((to.conn, tag), now, fx);
             }
@@ -594,8 +618,10 @@ impl Dispatcher {
 
     /// A storage command could not be queued (queue full or storage gone).
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
-        if let Command::ReserveIds { .. } = command {
-            self.ids_reserved(None);
+        match &command {
+            Command::ReserveIds { .. } => self.ids_reserved(None),
+            Command::StoreMessage { message, .. } => self.forget_delivery(message.message_id),
+            _ => {}
         }
         if let Some((to, tag)) = command.requester() {
             let outer = fx.begin_answering(Some(to.clone()));
@@ -724,7 +750,16 @@ impl Dispatcher {
                     // A receipts device takes a message only by confirming it.
                     delivered |= !*receipts;
                 }
-                Some(Auth::Opening { held, held_ids, .. }) => {
+                Some(Auth::Opening {
+                    held,
+                    held_ids,
+                    queue_before,
+                    ..
+                }) => {
+                    // A message from before the login began is the queue's.
+                    if message_id.is_some_and(|id| id < *queue_before) {
+                        continue;
+                    }
                     held.push(frame.to_owned());
                     held_ids.extend(message_id);
                 }
@@ -747,6 +782,20 @@ impl Dispatcher {
         }
         self.push_to_user(user_id, &frame, None, requester, fx);
     }
+}
+
+/// A Received on a connection whose SuccessLogin is sent and whose queue is
+/// still being pushed: it confirms what it has read so far, so it is handled
+/// at once rather than waiting behind the login.
+fn is_confirmation_while_queue_pushed(auth: &Auth, message: &ClientMessage) -> bool {
+    matches!(message, ClientMessage::Received(_))
+        && matches!(
+            auth,
+            Auth::Opening {
+                success_sent: true,
+                ..
+            }
+        )
 }
 
 /// A stored message as the protocol shows it.

@@ -481,14 +481,20 @@ pub enum Reply {
         /// Mutual contacts to notify.
         mutual_contacts: Vec<i64>,
     },
-    /// The message is committed.
+    /// The message is committed (or was already: a resend).
     MessageStored {
         /// Sending connection.
         to: Requester,
-        /// Server id.
+        /// Server id given to this send.
         message_id: i64,
         /// Client id.
         client_message_id: Option<String>,
+        /// The same sender used this client id within the last 24 hours:
+        /// nothing was stored, and this is the first message's server id.
+        duplicate_of: Option<i64>,
+        /// The message itself, handed back after the commit so the loop
+        /// delivers it without having kept a copy (`None` for a duplicate).
+        stored: Option<NewMessage>,
     },
     /// A page of history, oldest first.
     History {
@@ -579,6 +585,9 @@ pub enum Reply {
     Failed {
         /// Requesting connection and request tag.
         requester: (Requester, i64),
+        /// The message that was not stored (and so is never delivered), if
+        /// the command was a StoreMessage.
+        message_id: Option<i64>,
         /// What went wrong, for the log.
         reason: String,
     },
@@ -604,6 +613,29 @@ impl Reply {
             | Reply::GroupLeft { to, .. } => Some(to),
             Reply::Failed { requester, .. } => Some(&requester.0),
             Reply::WentOffline { .. } | Reply::IdsReserved { .. } | Reply::Confirmed { .. } => None,
+        }
+    }
+}
+
+/// Hands each stored message back to its `MessageStored` reply (in command
+/// order), so delivery after the commit needs no second copy of the content.
+/// Backends call it with the batch they executed.
+pub fn hand_back_stored(batch: Vec<Command>, replies: &mut [Reply]) {
+    let mut next = 0;
+    for command in batch {
+        let Command::StoreMessage { message, .. } = command else {
+            continue;
+        };
+        let found = replies[next..].iter().position(|reply| {
+            matches!(reply, Reply::MessageStored { message_id, duplicate_of: None, .. }
+                if *message_id == message.message_id)
+        });
+        if let Some(offset) = found {
+            next += offset;
+            if let Reply::MessageStored { stored, .. } = &mut replies[next] {
+                *stored = Some(message);
+            }
+            next += 1;
         }
     }
 }

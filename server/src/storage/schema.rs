@@ -102,11 +102,22 @@ CREATE INDEX group_members_by_user ON group_members(user_id, group_id);
 CREATE INDEX messages_by_group ON messages(group_id, message_id) WHERE group_id IS NOT NULL;
 ";
 
-/// Version 3 (protocol 1.1 receipts): each session (= device) keeps the
-/// highest message id it confirmed holding everything up to; a resumed
-/// receipts session is pushed everything addressed to the user past it.
+/// Version 3 (protocol 1.1): each session (= device) keeps the highest
+/// message id it confirmed holding everything up to (a resumed receipts
+/// session is pushed everything addressed to the user past it); client
+/// message ids are remembered for idempotent sends.
 const VERSION_3: &str = "
 ALTER TABLE sessions ADD COLUMN confirmed_through INTEGER NOT NULL DEFAULT 0;
+
+-- Idempotent sends: each sender's client message ids of the last 24 hours,
+-- so a resend is answered with the first message's id and stored once.
+CREATE TABLE client_ids (
+    sender_id         INTEGER NOT NULL,
+    client_message_id TEXT NOT NULL,
+    message_id        INTEGER NOT NULL,
+    created_at        INTEGER NOT NULL,
+    PRIMARY KEY (sender_id, client_message_id)
+) WITHOUT ROWID;
 ";
 
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].

@@ -191,7 +191,8 @@ impl Backend for SqliteBackend {
                 mirror.mark_dirty();
             }
         }
-        let replies = self.execute_batch(batch);
+        let mut replies = self.execute_batch(&batch);
+        super::hand_back_stored(batch, &mut replies);
         if self.highest_stored - self.indexed_through >= INDEX_TAIL_MAX {
             self.index_tail();
         }
@@ -200,8 +201,8 @@ impl Backend for SqliteBackend {
 }
 
 impl SqliteBackend {
-    fn execute_batch(&mut self, batch: Vec<Command>) -> Vec<Reply> {
-        match self.execute_in_transaction(&batch) {
+    fn execute_batch(&mut self, batch: &[Command]) -> Vec<Reply> {
+        match self.execute_in_transaction(batch) {
             Ok(replies) => replies,
             Err(error) => {
                 log::error!(
@@ -226,8 +227,13 @@ impl SqliteBackend {
                 if let Command::ReserveIds { .. } = command {
                     return Some(Reply::IdsReserved { through: None });
                 }
+                let message_id = match command {
+                    Command::StoreMessage { message, .. } => Some(message.message_id),
+                    _ => None,
+                };
                 command.requester().map(|(to, tag)| Reply::Failed {
                     requester: (to.clone(), tag),
+                    message_id,
                     reason: error.to_string(),
                 })
             }
@@ -485,11 +491,19 @@ fn apply(
             client_message_id,
             message,
         } => {
-            insert_message(tx, message)?;
+            let duplicate_of = match client_message_id {
+                Some(client_id) => remember_client_id(tx, message, client_id)?,
+                None => None,
+            };
+            if duplicate_of.is_none() {
+                insert_message(tx, message)?;
+            }
             Reply::MessageStored {
                 to: to.clone(),
                 message_id: message.message_id,
                 client_message_id: client_message_id.clone(),
+                duplicate_of,
+                stored: None,
             }
         }
         Command::MarkDelivered {
@@ -696,6 +710,9 @@ fn apply(
             let purged = tx
                 .prepare_cached("DELETE FROM sessions WHERE last_used_at <= ?1")?
                 .execute([idle_before])?;
+            let now = idle_before + crate::config::SESSION_IDLE_SECS;
+            tx.prepare_cached("DELETE FROM client_ids WHERE created_at <= ?1")?
+                .execute([now - crate::config::CLIENT_ID_RETENTION_SECS])?;
             if purged > 0 {
                 log::info!("expired {purged} sessions unused for 7 days");
             }
@@ -703,6 +720,34 @@ fn apply(
         }
     };
     Ok(Some(reply))
+}
+
+/// Records that the sender used `client_id` for this message; if they used
+/// it before (within the retention window), returns that message's id.
+fn remember_client_id(
+    tx: &Transaction,
+    message: &NewMessage,
+    client_id: &str,
+) -> rusqlite::Result<Option<i64>> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO client_ids (sender_id, client_message_id, message_id, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            message.sender_id,
+            client_id,
+            message.message_id,
+            message.time
+        ])?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
+    )?
+    .query_row(params![message.sender_id, client_id], |row| row.get(0))
+    .optional()
 }
 
 fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {

@@ -189,6 +189,12 @@ impl TestServer {
     /// without a file size limit: the disk has been freed.
     pub fn restart_with_free_disk(&mut self) {
         self.stop_gracefully();
+        self.start_again_with_free_disk();
+    }
+
+    /// Starts a stopped server again on the same data dir, without a file
+    /// size limit.
+    pub fn start_again_with_free_disk(&mut self) {
         self.file_size_limit = None;
         self.spawn();
     }
@@ -484,6 +490,59 @@ impl Client {
                 Err(e) => return Closed::Dropped(e.to_string()),
             }
         }
+    }
+
+    /// Every message frame until the server closes the connection (or drops
+    /// it), and how it ended; fails if it stays open past `deadline`.
+    #[track_caller]
+    pub fn read_until_closed(&mut self, deadline: Duration) -> (Vec<ServerMessage>, Closed) {
+        let end = Instant::now() + deadline;
+        let mut frames = Vec::new();
+        loop {
+            assert!(Instant::now() < end, "still open after {deadline:?}");
+            match self.ws.read() {
+                Ok(Message::Text(text)) => frames.push(
+                    decode_server(text.as_str())
+                        .unwrap_or_else(|e| panic!("undecodable server frame {text}: {e}")),
+                ),
+                Ok(Message::Close(frame)) => return (frames, Closed::Frame(frame)),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => continue,
+                Err(e) => return (frames, Closed::Dropped(e.to_string())),
+            }
+        }
+    }
+
+    /// Logs in with a password and `receipts: true`; asserts SuccessLogin.
+    #[track_caller]
+    pub fn login_with_receipts(&mut self, name: &str) -> SuccessLogin {
+        self.send(&ClientMessage::Login(Login {
+            username: name.into(),
+            secret: Some(SECRET.into()),
+            session_id: None,
+            receipts: true,
+        }));
+        self.recv_success_login()
+    }
+
+    /// Resumes a session with `receipts: true`; asserts SuccessLogin.
+    #[track_caller]
+    pub fn resume_with_receipts(&mut self, name: &str, session_id: &str) -> SuccessLogin {
+        self.send(&ClientMessage::Login(Login {
+            username: name.into(),
+            secret: None,
+            session_id: Some(session_id.into()),
+            receipts: true,
+        }));
+        self.recv_success_login()
+    }
+
+    /// Confirms holding everything up to `through` (Received, tag 17).
+    #[track_caller]
+    pub fn confirm(&mut self, through: i64) {
+        self.send(&ClientMessage::Received(protocol::client::Received {
+            through,
+        }));
     }
 
     /// Closes the connection from this side and waits for the server's answer.
