@@ -3,6 +3,8 @@
 //! stdin exactly as a script would.
 
 mod common;
+#[path = "chat/receipts.rs"]
+mod receipts;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

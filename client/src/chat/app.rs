@@ -21,6 +21,10 @@
 //! after SuccessLogin) are held until it arrives, so they show with their
 //! group's name, in order.
 //!
+//! Receipts (see [`crate::chat::receipts`]): every login asks for them; what
+//! has been shown is confirmed with `Received` once per batch, and
+//! `Delivered` pushes are recorded quietly for `/status` and `/history`.
+//!
 //! End-to-end encryption (see [`crate::chat::e2e`]): `/msg` to someone whose
 //! key is not known first sends GetKey as the command's own request, then the
 //! message. Messages and history pages that need a key not yet known wait in
@@ -49,6 +53,7 @@ use crate::chat::e2e::KeyPair;
 use crate::chat::input::{Input, InputEvent};
 use crate::chat::keys::{self, PeerKey, PeerKeys};
 use crate::chat::output::Output;
+use crate::chat::receipts::{self, Confirmations, DeliveryStatus};
 use crate::chat::render::{self, Asked, Opened};
 use crate::chat::requests::{Purpose, Requests};
 use crate::chat::seen::SeenIds;
@@ -66,6 +71,8 @@ const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(30);
 const SCRIPT_RECONNECT_ATTEMPTS_MAX: u32 = 8;
 /// Messages asked for per `Sync` page (the protocol allows 1–1000).
 const SYNC_PAGE_LIMIT: i64 = 500;
+/// The tag of `Received`, for recognising the server's refusal of it.
+const RECEIVED_TAG: i64 = 17;
 
 /// Every command succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -193,6 +200,14 @@ struct App {
     seen_owner: Option<String>,
     /// The highest id written to the session file.
     saved_highest: i64,
+    /// What this device has shown and confirmed (receipts).
+    confirmations: Confirmations,
+    /// The `confirmed_through` written to the session file.
+    saved_confirmed: i64,
+    /// How far the user's messages are delivered (Delivered receipts).
+    delivery: DeliveryStatus,
+    /// The last read of the socket found nothing: a batch has ended.
+    socket_quiet: bool,
     client_message_count: u64,
     /// The logged-in user's key pair; `None` while end-to-end encryption is
     /// off (not logged in, or no key file could be used).
@@ -243,6 +258,10 @@ impl App {
             seen: SeenIds::default(),
             seen_owner: None,
             saved_highest: 0,
+            confirmations: Confirmations::default(),
+            saved_confirmed: 0,
+            delivery: DeliveryStatus::default(),
+            socket_quiet: true,
             client_message_count: 0,
             own_key: None,
             peer_keys: PeerKeys::default(),
@@ -265,8 +284,11 @@ impl App {
         };
         match session::load(path) {
             Ok(Some(saved)) if saved.url == self.options.url => {
-                self.seen = SeenIds::starting_after(saved.last_message_id);
+                self.seen = SeenIds::resuming(saved.last_message_id, saved.confirmed_through);
                 self.saved_highest = saved.last_message_id;
+                self.confirmations = Confirmations::starting_at(saved.confirmed_through);
+                self.saved_confirmed = saved.confirmed_through;
+                self.delivery = DeliveryStatus::from_saved(&saved.delivered);
                 self.seen_owner = Some(saved.username.clone());
                 self.identity = Some(Identity {
                     username: saved.username,
@@ -292,6 +314,7 @@ impl App {
             self.expire_pending();
             self.expire_groups_fetch();
             self.persist_highest_seen();
+            self.confirm_if_due();
             if self.finished() {
                 self.shut_down();
                 return if self.failures > 0 {
@@ -349,11 +372,16 @@ impl App {
     }
 
     fn shut_down(&mut self) {
+        self.flush_inbox();
+        self.persist_highest_seen();
+        // Confirm what was shown before leaving (else the next resume would
+        // push it again, to be dropped as a duplicate).
+        if let Some(through) = self.confirmations.unconfirmed() {
+            self.send_received(through);
+        }
         if let Link::Up(connection) = std::mem::replace(&mut self.link, Link::Idle) {
             connection.close();
         }
-        self.flush_inbox();
-        self.persist_highest_seen();
     }
 
     // ----- input -------------------------------------------------------------
@@ -446,6 +474,7 @@ impl App {
                 }
             }
             Command::Whoami => self.whoami(),
+            Command::Status { with } => self.status(with.as_deref()),
             Command::Quit => self.exit_code = Some(self.exit_code_so_far()),
             Command::Register { secret: None, .. } | Command::Login { secret: None, .. } => {
                 self.start_login_without_secret(command)
@@ -548,6 +577,14 @@ impl App {
         self.out.result(&line);
     }
 
+    /// `/status`: who you are, then how far your messages are delivered.
+    fn status(&mut self, only: Option<&str>) {
+        self.whoami();
+        for line in self.delivery.status_lines(only, &Stamper::local_now()) {
+            self.out.result(&line);
+        }
+    }
+
     /// `/login USER` with no secret: nothing to ask if already logged in as
     /// USER (for example by a resumed session).
     fn start_login_without_secret(&mut self, command: Command) {
@@ -589,7 +626,7 @@ impl App {
                 username,
                 secret: Some(secret),
                 session_id: None,
-                receipts: false,
+                receipts: true,
             }),
         );
     }
@@ -832,7 +869,7 @@ impl App {
             username: identity.username.clone(),
             secret: None,
             session_id: Some(identity.session_id.clone()),
-            receipts: false,
+            receipts: true,
         });
         self.resuming = true;
         self.send_request(Purpose::Resume, &resume);
@@ -888,8 +925,9 @@ impl App {
 
     fn on_received(&mut self, received: Received) {
         match received {
-            Received::Idle => {}
+            Received::Idle => self.socket_quiet = true,
             Received::Frame(text) => {
+                self.socket_quiet = false;
                 self.on_frame(&text);
                 // Saved before anything else happens, so the file is never
                 // behind what the user has been shown.
@@ -1038,9 +1076,44 @@ impl App {
                 self.out
                     .event(&render::group_info_event(previous.as_ref(), &group));
             }
+            ServerMessage::Delivered(receipt) => {
+                self.delivery.delivered(&receipt.username, receipt.through)
+            }
+            ServerMessage::Error(error) if error.ref_tag == Some(RECEIVED_TAG) => {
+                self.on_received_refused(&error)
+            }
             ServerMessage::Error(error) => self.out.notice(&render::error_failure(None, &error)),
             _ => {}
         }
+    }
+
+    /// The server answered `Received` with an error: say so once, and stop
+    /// confirming.
+    fn on_received_refused(&mut self, error: &ServerError) {
+        if self.confirmations.refuse() {
+            let text = render::error_failure(None, error);
+            self.out.notice(&format!(
+                "* the server does not take delivery confirmations ({text}); \
+                 a resumed session may show messages again"
+            ));
+        }
+    }
+
+    /// Sends `Received` when a batch of shown messages awaits it.
+    fn confirm_if_due(&mut self) {
+        if let Some(through) = self.confirmations.due(Instant::now(), self.socket_quiet) {
+            self.send_received(through);
+        }
+    }
+
+    /// Sends `Received{through}` (when logged in on a live connection).
+    fn send_received(&mut self, through: i64) {
+        if !self.can_send_requests() {
+            return;
+        }
+        // It gets no reply, so it carries no request id.
+        self.send_frame(encode_request(&receipts::received_request(through), None));
+        self.confirmations.sent(through, Instant::now());
     }
 
     /// A sent message is shown once the server has stored it.
@@ -1055,6 +1128,10 @@ impl App {
             _ => return,
         };
         self.seen.record(message_id);
+        let time = server_time.unwrap_or_else(unix_now);
+        if let Some(to) = &dest_id {
+            self.delivery.sent(to, message_id, time);
+        }
         let me = self.my_name().unwrap_or_default();
         // The text as typed is shown, encrypted or not (the sender knows it).
         let opened = if encrypted {
@@ -1069,7 +1146,7 @@ impl App {
             group_id,
             content,
             is_encrypted: encrypted,
-            time: server_time.unwrap_or_else(unix_now),
+            time,
         };
         let name = group_id.and_then(|group_id| self.group_name(group_id));
         let line = render::message_line(&sent, &opened, Some(&me), name, &Stamper::local_now());
@@ -1252,6 +1329,13 @@ impl App {
                     &Stamper::local_now(),
                 );
                 self.out.event(&line);
+                if me
+                    .as_deref()
+                    .is_some_and(|me| receipts::counts_as_received(&delivered, me))
+                {
+                    self.confirmations
+                        .shown(delivered.message_id, Instant::now());
+                }
             }
             Inbound::History(history) => {
                 let patience = match patience {
@@ -1267,9 +1351,14 @@ impl App {
                 let Some(opened) = opened.into_iter().collect::<Option<Vec<Opened>>>() else {
                     return Err(Inbound::History(history));
                 };
-                let name = render::group_chat_id(&history.chat_id)
-                    .and_then(|group_id| self.group_name(group_id));
-                for line in render::history_lines(&history, &opened, name, &Stamper::local_now()) {
+                let group_id = render::group_chat_id(&history.chat_id);
+                let name = group_id.and_then(|group_id| self.group_name(group_id));
+                let mut lines =
+                    render::history_lines(&history, &opened, name, &Stamper::local_now());
+                if let (None, Some(me)) = (group_id, self.my_name()) {
+                    self.delivery.mark_history(&history, &me, &mut lines);
+                }
+                for line in lines {
                     self.out.result(&line);
                 }
             }
@@ -1434,8 +1523,12 @@ impl App {
             // Another user's high-water mark says nothing about this one's.
             self.seen = SeenIds::default();
             self.saved_highest = 0;
+            self.confirmations = Confirmations::default();
+            self.saved_confirmed = 0;
+            self.delivery = DeliveryStatus::default();
             self.seen_owner = Some(success.username.clone());
         }
+        self.confirmations.logged_in(Instant::now());
         if self.my_name().as_deref() != Some(success.username.as_str()) {
             self.forget_groups();
             self.peer_keys.clear();
@@ -1560,9 +1653,14 @@ impl App {
             username: identity.username.clone(),
             session_id: identity.session_id.clone(),
             last_message_id: self.seen.highest(),
+            confirmed_through: self.confirmations.shown_through(),
+            delivered: self.delivery.to_saved(),
         };
         match session::save(path, &saved) {
-            Ok(()) => self.saved_highest = saved.last_message_id,
+            Ok(()) => {
+                self.saved_highest = saved.last_message_id;
+                self.saved_confirmed = saved.confirmed_through;
+            }
             Err(error) => self.out.notice(&format!(
                 "* could not save the session to {}: {error}",
                 path.display()
@@ -1570,14 +1668,24 @@ impl App {
         }
     }
 
+    /// Saves the session file when what it keeps has changed: the highest
+    /// id seen, the highest shown (confirmed), the Delivered receipts.
     fn persist_highest_seen(&mut self) {
-        if self.identity.is_some() && !self.resuming && self.seen.highest() > self.saved_highest {
+        if self.identity.is_none() || self.resuming {
+            return;
+        }
+        let delivery_changed = self.delivery.take_dirty();
+        if delivery_changed
+            || self.seen.highest() > self.saved_highest
+            || self.confirmations.shown_through() > self.saved_confirmed
+        {
             self.save_session();
         }
     }
 
     fn forget_session(&mut self) {
         self.saved_highest = 0;
+        self.saved_confirmed = 0;
         if let Some(path) = &self.options.session_file {
             if let Err(error) = session::forget(path) {
                 self.out.notice(&format!(

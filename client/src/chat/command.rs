@@ -103,6 +103,12 @@ pub enum Command {
     Groups,
     /// `/whoami`.
     Whoami,
+    /// `/status [USER]`: who you are, and how far your 1:1 messages are
+    /// delivered, per recipient (or only to USER).
+    Status {
+        /// Only this recipient.
+        with: Option<String>,
+    },
     /// `/help`.
     Help,
     /// `/quit`.
@@ -114,7 +120,11 @@ impl Command {
     pub fn is_local(&self) -> bool {
         matches!(
             self,
-            Command::Nothing | Command::Whoami | Command::Help | Command::Quit
+            Command::Nothing
+                | Command::Whoami
+                | Command::Status { .. }
+                | Command::Help
+                | Command::Quit
         )
     }
 }
@@ -177,7 +187,8 @@ commands:
   /msg USER TEXT          send TEXT to USER (shortcut: @USER TEXT); encrypted
                           end to end when USER has a key, shown with [e2e]
   /msg --plain USER TEXT  send TEXT to USER unencrypted
-  /history USER [N]       the last N messages with USER (default 50, at most 200)
+  /history USER [N]       the last N messages with USER (default 50, at most 200);
+                          yours that reached one of USER's devices end in ✓✓
   /friends                your contacts, with who is online
   /add USER               add USER to your contacts (or accept their request)
   /remove USER            remove USER from your contacts
@@ -188,6 +199,8 @@ commands:
   /gmsg ID TEXT           send TEXT to group ID (shown as #name)
   /history #ID [N]        the last N messages of group ID
   /whoami                 who you are logged in as
+  /status [USER]          who you are, and per person (or only USER) how far
+                          your messages are delivered (✓✓) and what still waits
   /help                   this list
   /quit                   leave (Ctrl-D works too)
 In a script the password may follow on the line: /login USER PASSWORD.
@@ -205,6 +218,7 @@ const USAGE_GROUP_LEAVE: &str = "/group leave ID";
 const USAGE_GROUP_MESSAGE: &str = "/gmsg ID TEXT";
 const USAGE_ADD: &str = "/add USER";
 const USAGE_REMOVE: &str = "/remove USER";
+const USAGE_STATUS: &str = "/status [USER]";
 
 /// Parses one input line (without its line ending).
 pub fn parse_line(line: &str) -> Result<Command, ParseError> {
@@ -266,6 +280,12 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
         "logout" => no_arguments(arguments, Command::Logout, "/logout"),
         "friends" => no_arguments(arguments, Command::Friends, "/friends"),
         "whoami" => no_arguments(arguments, Command::Whoami, "/whoami"),
+        "status" => Ok(Command::Status {
+            with: match arguments.trim() {
+                "" => None,
+                _ => Some(single_username(arguments, USAGE_STATUS)?),
+            },
+        }),
         "help" | "?" => Ok(Command::Help),
         "quit" | "exit" => Ok(Command::Quit),
         _ => Err(ParseError::UnknownCommand(word.to_string())),
@@ -679,6 +699,19 @@ mod tests {
         assert_eq!(parsed("/quit"), Command::Quit);
         assert_eq!(parse_line("/friends x"), Err(ParseError::Usage("/friends")));
         assert!(parsed("/quit").is_local() && !parsed("/friends").is_local());
+        assert_eq!(parsed("/status"), Command::Status { with: None });
+        assert_eq!(
+            parsed("/status  bob "),
+            Command::Status {
+                with: Some("bob".into())
+            }
+        );
+        assert_eq!(
+            parse_line("/status bob carol"),
+            Err(ParseError::Usage(USAGE_STATUS))
+        );
+        assert!(parsed("/status").is_local());
+        assert!(HELP.contains("/status [USER]") && HELP.contains("✓✓"));
     }
 
     #[test]

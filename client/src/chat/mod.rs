@@ -13,6 +13,8 @@
 //! - [`e2e`]: end-to-end encryption of 1:1 messages (pure cryptography).
 //! - [`keys`]: the user's key file and the peers' published keys.
 //! - [`seen`]: message ids already shown, and the highest one.
+//! - [`receipts`]: what this device confirms with `Received`, and how far
+//!   the user's own messages are delivered (`/status`, ✓✓).
 //! - [`clock`]: local time stamps.
 //!
 //! # Invariants
@@ -24,6 +26,8 @@
 //! - The end-to-end secret key never leaves its key file (mode 0600) except
 //!   into memory, and an encrypted message is never shown as its ciphertext:
 //!   it is decrypted, or shown as undecryptable.
+//! - `Received` confirms only messages already shown (printed, or written
+//!   as a frame with `--json`), and the session file knows it first.
 
 pub mod app;
 pub mod clock;
@@ -33,6 +37,7 @@ pub mod e2e;
 pub mod input;
 pub mod keys;
 pub mod output;
+pub mod receipts;
 pub mod render;
 pub mod requests;
 pub mod seen;

@@ -1,6 +1,7 @@
 //! Which server message ids this client has already shown, so a message that
-//! arrives twice (pushed live and again in a `Sync` page after a reconnect) is
-//! shown once, and the highest id to `Sync` from next time.
+//! arrives twice (pushed live and again in a `Sync` page after a reconnect, or
+//! pushed again after a resume because it was not confirmed yet) is shown
+//! once, and the highest id to `Sync` from next time.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -15,6 +16,10 @@ pub struct SeenIds {
     recent: HashSet<i64>,
     order: VecDeque<i64>,
     highest: i64,
+    /// Every message addressed to the user up to this id was shown by an
+    /// earlier run of this session (see `receipts`): anything at or below
+    /// it that arrives now is a duplicate.
+    floor: i64,
 }
 
 impl SeenIds {
@@ -26,20 +31,37 @@ impl SeenIds {
         }
     }
 
+    /// Starts a run that resumes a saved session: `highest` as in
+    /// [`SeenIds::starting_after`], and ids up to `floor` (the session's
+    /// saved confirmation) count as seen.
+    pub fn resuming(highest: i64, floor: i64) -> Self {
+        SeenIds {
+            highest: highest.max(floor),
+            floor,
+            ..SeenIds::default()
+        }
+    }
+
     /// The highest id seen (or saved); `Sync{since}` starts here.
     pub fn highest(&self) -> i64 {
         self.highest
     }
 
-    /// True when `id` was recorded recently.
-    pub fn contains(&self, id: i64) -> bool {
-        self.recent.contains(&id)
+    /// True when `id` is at or below a floor that was set (0: none).
+    fn below_floor(&self, id: i64) -> bool {
+        self.floor > 0 && id <= self.floor
     }
 
-    /// Records `id`; returns false when it was already recorded.
+    /// True when `id` was recorded recently (or is at or below the floor).
+    pub fn contains(&self, id: i64) -> bool {
+        self.below_floor(id) || self.recent.contains(&id)
+    }
+
+    /// Records `id`; returns false when it was already recorded (or is at
+    /// or below the floor).
     pub fn record(&mut self, id: i64) -> bool {
         self.highest = self.highest.max(id);
-        if !self.recent.insert(id) {
+        if self.below_floor(id) || !self.recent.insert(id) {
             return false;
         }
         self.order.push_back(id);
@@ -65,6 +87,18 @@ mod tests {
         assert!(!seen.record(12));
         assert!(seen.contains(11));
         assert_eq!(seen.highest(), 12);
+    }
+
+    #[test]
+    fn a_resumed_session_drops_what_an_earlier_run_showed() {
+        let mut seen = SeenIds::resuming(30, 20);
+        assert_eq!(seen.highest(), 30);
+        assert!(!seen.record(20));
+        assert!(!seen.record(3));
+        assert!(seen.contains(19));
+        assert!(seen.record(21));
+        assert!(!seen.record(21));
+        assert_eq!(SeenIds::resuming(5, 9).highest(), 9);
     }
 
     #[test]

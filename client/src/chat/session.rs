@@ -1,12 +1,15 @@
 //! The saved session: one small JSON file that lets the next `chat` resume
 //! without the password and catch up from the last message it saw.
 //!
-//! The file holds `{url, username, session_id, last_message_id}`. A session id
+//! The file holds `{url, username, session_id, last_message_id,
+//! confirmed_through, delivered}` (the last two: receipts, see
+//! `crate::chat::receipts`). A session id
 //! is as good as a password until it ends, so the file is created with mode
 //! 0600 (in a 0700 directory) and replaced atomically (write a temporary file,
 //! then rename) so a crash never leaves half a file. It is used only for the
 //! same server URL; one file holds one session.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -31,6 +34,15 @@ pub struct SavedSession {
     /// The highest message_id seen; `Sync` starts after it.
     #[serde(default)]
     pub last_message_id: i64,
+    /// The highest id of a message addressed to the user that this device
+    /// has shown, which it confirms with `Received{through}`; messages the
+    /// server pushes again at or below it are dropped as duplicates.
+    #[serde(default)]
+    pub confirmed_through: i64,
+    /// How far the user's 1:1 messages are delivered: recipient → the
+    /// `through` of their last `Delivered` receipt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delivered: BTreeMap<String, i64>,
 }
 
 /// The default place: `$XDG_CONFIG_HOME/chat/session.json`, else
@@ -137,6 +149,8 @@ mod tests {
             username: "alice".into(),
             session_id: "9d5c2f8e-6b1a-4c3d-8e2f-1a2b3c4d5e6f".into(),
             last_message_id: 42,
+            confirmed_through: 40,
+            delivered: BTreeMap::from([("bob".to_string(), 39)]),
         }
     }
 
@@ -151,6 +165,8 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some(sample()));
         let updated = SavedSession {
             last_message_id: 43,
+            confirmed_through: 43,
+            delivered: BTreeMap::new(),
             ..sample()
         };
         save(&path, &updated).unwrap();
@@ -158,6 +174,20 @@ mod tests {
         forget(&path).unwrap();
         forget(&path).unwrap();
         assert_eq!(load(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn a_file_from_before_receipts_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session.json");
+        fs::write(
+            &path,
+            r#"{"url":"ws://h","username":"alice","session_id":"s","last_message_id":7}"#,
+        )
+        .unwrap();
+        let saved = load(&path).unwrap().unwrap();
+        assert_eq!((saved.last_message_id, saved.confirmed_through), (7, 0));
+        assert!(saved.delivered.is_empty());
     }
 
     #[test]

@@ -244,6 +244,12 @@ impl Live {
         drained
     }
 
+    /// Kills the process with SIGKILL (no clean shutdown) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Closes stdin and waits for the exit code.
     pub fn finish(mut self) -> i32 {
         drop(self.stdin.take());
@@ -373,20 +379,86 @@ impl DelayProxy {
     /// Forwards connections on a fresh local port to the server on
     /// `target_port`, holding each server frame with `tag` for `delay`.
     pub fn start(target_port: u16, tag: i64, delay: Duration) -> DelayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                thread::spawn(move || relay_delaying(client, target_port, tag, delay));
-            }
-        });
-        DelayProxy { port }
+        let filter = Filter {
+            hold: Some((tag, delay)),
+            drop_from_client: None,
+        };
+        DelayProxy {
+            port: start_relay(target_port, filter),
+        }
     }
 
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }
+}
+
+/// A WebSocket forwarder that drops the client's frames of one tag while
+/// told to (for example every `Received`, so the server never hears what
+/// the client confirmed), and forwards everything else.
+pub struct DropProxy {
+    pub port: u16,
+    dropping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DropProxy {
+    /// Forwards connections on a fresh local port to the server on
+    /// `target_port`, dropping the client's frames with `tag` (at first).
+    pub fn start(target_port: u16, tag: i64) -> DropProxy {
+        let dropping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let filter = Filter {
+            hold: None,
+            drop_from_client: Some((tag, dropping.clone())),
+        };
+        DropProxy {
+            port: start_relay(target_port, filter),
+            dropping,
+        }
+    }
+
+    /// Drops the frames (`true`) or forwards them (`false`) from now on.
+    pub fn set_dropping(&self, dropping: bool) {
+        self.dropping
+            .store(dropping, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+/// What a relay does besides forwarding.
+#[derive(Clone)]
+struct Filter {
+    /// Hold the server's frames with this tag for this long.
+    hold: Option<(i64, Duration)>,
+    /// Drop the client's frames with this tag while the flag is set.
+    drop_from_client: Option<(i64, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
+}
+
+impl Filter {
+    fn drops(&self, frame: &tungstenite::Message) -> bool {
+        self.drop_from_client
+            .as_ref()
+            .is_some_and(|(tag, dropping)| {
+                dropping.load(std::sync::atomic::Ordering::SeqCst) && has_tag(frame, *tag)
+            })
+    }
+}
+
+/// Listens on a fresh local port and relays each connection to the server
+/// on `target_port` through `filter`; returns the port.
+fn start_relay(target_port: u16, filter: Filter) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let filter = filter.clone();
+            thread::spawn(move || relay(client, target_port, filter));
+        }
+    });
+    port
 }
 
 type WebSocket = tungstenite::WebSocket<std::net::TcpStream>;
@@ -397,7 +469,7 @@ const RELAY_POLL: Duration = Duration::from_millis(5);
 /// One proxied connection: both handshakes, then frames both ways on this
 /// thread, reading each side in turn with a short timeout. Ends when either
 /// side closes (frames still held are dropped with the connection).
-fn relay_delaying(client: std::net::TcpStream, target_port: u16, tag: i64, delay: Duration) {
+fn relay(client: std::net::TcpStream, target_port: u16, filter: Filter) {
     let Ok(mut client) = tungstenite::accept(client) else {
         return;
     };
@@ -420,12 +492,15 @@ fn relay_delaying(client: std::net::TcpStream, target_port: u16, tag: i64, delay
             return;
         };
         let mut to_client = take_due(&mut held);
-        match from_server {
-            Some(frame) if has_tag(&frame, tag) => held.push_back((Instant::now() + delay, frame)),
-            Some(frame) => to_client.push(frame),
-            None => {}
+        match (from_server, filter.hold) {
+            (Some(frame), Some((tag, delay))) if has_tag(&frame, tag) => {
+                held.push_back((Instant::now() + delay, frame))
+            }
+            (Some(frame), _) => to_client.push(frame),
+            (None, _) => {}
         }
         let forwarded = from_client
+            .filter(|frame| !filter.drops(frame))
             .map_or(Ok(()), |frame| server.send(frame))
             .and_then(|()| {
                 to_client
