@@ -485,3 +485,35 @@ fn delivered_receipts_come_even_when_a_legacy_device_took_the_message() {
         other => panic!("expected Delivered, got {other:?}"),
     }
 }
+
+/// A receipts session resumed after its user joined a group is not pushed
+/// the group's messages from before the join.
+#[test]
+fn a_resume_does_not_push_group_messages_from_before_joining() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob", "carol"]);
+    let mut bob = server.client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session id");
+    drop(bob);
+    let mut alice = logged_in(&server, "alice");
+    let group_id = create_group(&mut alice, &["carol"]);
+    send_and_ack(&mut alice, group_message(group_id, "before bob joined"));
+    alice.send(&ClientMessage::AddGroupMembers(
+        protocol::client::AddGroupMembers {
+            group_id,
+            members: vec!["bob".into()],
+        },
+    ));
+    assert!(matches!(alice.recv(), ServerMessage::GroupInfo(_)));
+    let after = send_and_ack(&mut alice, group_message(group_id, "after bob joined"));
+    let mut bob = server.client();
+    bob.resume_with_receipts("bob", &session);
+    assert_eq!(recv_messages(&mut bob, 1), [after]);
+    assert!(
+        ping_through(&mut bob).is_empty(),
+        "nothing from before the join"
+    );
+}

@@ -109,6 +109,10 @@ CREATE INDEX messages_by_group ON messages(group_id, message_id) WHERE group_id 
 const VERSION_3: &str = "
 ALTER TABLE sessions ADD COLUMN confirmed_through INTEGER NOT NULL DEFAULT 0;
 
+-- The highest message id when the member joined: a resumed receipts session
+-- is never pushed the group's messages from before that.
+ALTER TABLE group_members ADD COLUMN joined_through INTEGER NOT NULL DEFAULT 0;
+
 -- Idempotent sends: each sender's client message ids of the last 24 hours,
 -- so a resend is answered with the first message's id and stored once.
 CREATE TABLE client_ids (

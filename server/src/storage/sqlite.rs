@@ -961,7 +961,8 @@ fn take_addressed(
          UNION
          SELECT message_id FROM (
              SELECT m.message_id FROM group_members g
-             JOIN messages m ON m.group_id = g.group_id AND m.message_id > ?2
+             JOIN messages m ON m.group_id = g.group_id
+                AND m.message_id > MAX(?2, g.joined_through)
              WHERE g.user_id = ?1 AND m.message_id < ?5 AND m.sender_id != ?1
              ORDER BY m.message_id LIMIT ?3)
          ORDER BY message_id LIMIT ?3",
@@ -1024,8 +1025,9 @@ fn add_members(
     now: i64,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO group_members (group_id, user_id, joined_at, delivered_through)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO group_members
+             (group_id, user_id, joined_at, delivered_through, joined_through)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
     )?;
     for user_id in member_ids {
         insert.execute(params![group_id, user_id, now, through])?;
