@@ -14,6 +14,8 @@
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
 mod checkpoint;
+#[cfg(test)]
+mod queue_model_tests;
 pub mod schema;
 pub mod sqlite;
 
