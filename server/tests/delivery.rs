@@ -28,6 +28,13 @@ fn stored_ids(data_dir: &std::path::Path) -> BTreeSet<i64> {
     ids
 }
 
+/// An offline queue of 60 KiB messages larger than loopback's socket buffers
+/// take, so a login whose client does not read stays in progress.
+const QUEUED: usize = 300;
+/// Messages held for that login in progress, 60 KiB each: more than the
+/// socket buffers and the 1 MiB output cap together.
+const HELD: usize = 250;
+
 /// How long a test waits for frames it knows are coming.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -86,6 +93,26 @@ fn read_until_held(client: &mut Client, wanted: &BTreeSet<i64>, held: &mut BTree
     }
 }
 
+/// Makes `a` (logged in on `a_client`) and `b` mutual contacts, so `a` is
+/// told when `b` comes and goes.
+fn befriend(server: &TestServer, a_client: &mut Client, a: &str, b: &str) {
+    let user = |name: &str| protocol::client::UserRef {
+        username: name.into(),
+    };
+    a_client.send(&ClientMessage::AddContact(user(b)));
+    a_client.recv_directory();
+    let mut b_client = logged_in(server, b);
+    b_client.send(&ClientMessage::AddContact(user(a)));
+    b_client.recv_directory();
+    drop(b_client);
+    loop {
+        match a_client.recv() {
+            ServerMessage::Presence(p) if p.username == b && !p.online => return,
+            _ => continue,
+        }
+    }
+}
+
 /// Creates a group of `creator` and `members`; returns its id.
 fn create_group(creator: &mut Client, members: &[&str]) -> i64 {
     creator.send(&ClientMessage::CreateGroup(CreateGroup {
@@ -103,7 +130,9 @@ fn send_and_ack(client: &mut Client, message: ClientMessage) -> i64 {
     loop {
         match client.recv() {
             ServerMessage::Ack(ack) => return ack.message_id,
-            ServerMessage::GroupInfo(_) | ServerMessage::Groups(_) => continue,
+            ServerMessage::GroupInfo(_) | ServerMessage::Groups(_) | ServerMessage::Presence(_) => {
+                continue
+            }
             other => panic!("expected an Ack, got {other:?}"),
         }
     }
@@ -515,5 +544,68 @@ fn a_resume_does_not_push_group_messages_from_before_joining() {
     assert!(
         ping_through(&mut bob).is_empty(),
         "nothing from before the join"
+    );
+}
+
+/// Messages held for a connection still finishing its login (its offline
+/// queue is being pushed) count as taken only once written. Here bob reads
+/// his queue and stops: the held messages, far more than socket buffers and
+/// the output cap take, are released and the server drops him before writing
+/// them — they come back at his next login. (Before, held messages were
+/// marked delivered as soon as they were queued for the socket, and lost
+/// when the connection died.)
+#[test]
+fn messages_held_during_a_login_are_not_lost_if_it_dies_before_writing_them() {
+    let server = TestServer::start(&["--no-rate-limits"]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    befriend(&server, &mut alice, "alice", "bob");
+    let padding = "h".repeat(60 * 1024);
+    let queued: Vec<i64> = (0..QUEUED)
+        .map(|i| {
+            send_and_ack(
+                &mut alice,
+                message_to("bob", &format!("q{i}-{padding}"), None),
+            )
+        })
+        .collect();
+    // bob logs in but does not read yet: his queue push stalls, so he stays
+    // mid-login while alice's next messages arrive and are held for him.
+    let mut bob = server.client();
+    bob.send(&common::login_with_secret("bob", common::SECRET));
+    let held: Vec<i64> = (0..HELD)
+        .map(|i| {
+            send_and_ack(
+                &mut alice,
+                message_to("bob", &format!("h{i}-{padding}"), None),
+            )
+        })
+        .collect();
+    assert_eq!(recv_messages(&mut bob, queued.len()), queued);
+    drop(bob);
+    // Wait until the server has seen bob go (alice is told he is offline).
+    loop {
+        match alice.recv() {
+            ServerMessage::Presence(p) if p.username == "bob" && !p.online => break,
+            _ => continue,
+        }
+    }
+    let last = *held.last().expect("held messages");
+    let mut again = logged_in(&server, "bob");
+    let mut got = Vec::new();
+    while got.last() != Some(&last) {
+        got.extend(recv_messages(&mut again, 1));
+    }
+    // Everything from the first message the server had not finished writing
+    // to bob (what reached his socket buffers is his: he has no receipts).
+    let all: Vec<i64> = queued.iter().chain(&held).copied().collect();
+    let start = all
+        .iter()
+        .position(|id| Some(id) == got.first())
+        .expect("a message of bob's");
+    assert_eq!(
+        got,
+        all[start..],
+        "an unbroken run to the last held message"
     );
 }
