@@ -4,7 +4,10 @@
 # scenarios against each — alternating, twice — and prints one table.
 # Each side uses its own chat-load (the protocol changed between them).
 #
-#   scripts/compare.sh BEFORE [--seconds N]
+#   scripts/compare.sh BEFORE [--seconds N] [--before-target DIR]
+#
+# --before-target DIR uses binaries already built from BEFORE in DIR/release
+# instead of building them.
 #
 # Scenarios: closed loop (100 users, window 16) and open loop (100 users,
 # 10,000 msg/s); the current side once with receipts (the default) and once
@@ -15,9 +18,11 @@ cd "$(dirname "$0")/.."
 BEFORE=${1:?usage: scripts/compare.sh BEFORE [--seconds N]}
 shift
 SECONDS_PER_RUN=10
+BEFORE_TARGET=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --seconds) SECONDS_PER_RUN=${2:?--seconds needs a number}; shift ;;
+        --before-target) BEFORE_TARGET=${2:?--before-target needs a directory}; shift ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 64 ;;
     esac
     shift
@@ -33,9 +38,11 @@ cleanup() {
 trap cleanup EXIT
 
 echo "compare: building $BEFORE and the work tree (release)" >&2
-git worktree add --quiet --detach "$WORK/before-src" "$BEFORE"
-BEFORE_TARGET=${BEFORE_TARGET:-$PWD/target/compare-before}
-(cd "$WORK/before-src" && CARGO_TARGET_DIR=$BEFORE_TARGET cargo build --release --quiet -p server -p client)
+if [[ -z $BEFORE_TARGET ]]; then
+    git worktree add --quiet --detach "$WORK/before-src" "$BEFORE"
+    BEFORE_TARGET=$PWD/target/compare-before
+    (cd "$WORK/before-src" && CARGO_TARGET_DIR=$BEFORE_TARGET cargo build --release --quiet -p server -p client)
+fi
 cargo build --release --quiet -p server -p client
 AFTER_TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 
