@@ -617,7 +617,7 @@ impl Server {
             self.dispatcher.prune_rate_limits();
         }
         let mut fx = std::mem::take(&mut self.effects);
-        self.dispatcher.send_due_receipts(unix_now(), &mut fx);
+        self.dispatcher.tick(unix_now(), &mut fx);
         fx.storage.extend(self.purge.due(unix_now()));
         self.apply(&mut fx);
         self.effects = fx;

@@ -618,6 +618,7 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        self.record_confirmation(conn, fx);
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };

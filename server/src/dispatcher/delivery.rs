@@ -171,19 +171,13 @@ impl Dispatcher {
         let highest_assigned = self.next_message_id - 1;
         let auth = self.clients.get_mut(&conn).map(|client| &mut client.auth);
         let (Some(Auth::LoggedIn {
-            user_id,
             receipts,
             confirmed_through,
-            session_hash,
-            username,
             ..
         })
         | Some(Auth::Opening {
-            user_id,
             receipts,
             confirmed_through,
-            session_hash,
-            username,
             ..
         })) = auth
         else {
@@ -199,12 +193,49 @@ impl Dispatcher {
             return;
         }
         *confirmed_through = through;
+        // Recorded at the next tick (or when the connection goes): one write
+        // per device per tick, however often it confirms. A crash meanwhile
+        // only means the device is pushed those messages again on resume.
+        self.confirms_due.insert(conn);
+    }
+
+    /// Writes the confirmation of `conn`'s session if one is waiting.
+    pub(super) fn record_confirmation(&mut self, conn: ConnId, fx: &mut Effects) {
+        if !self.confirms_due.remove(&conn) {
+            return;
+        }
+        let auth = self.clients.get(&conn).map(|client| &client.auth);
+        let (Some(Auth::LoggedIn {
+            user_id,
+            username,
+            session_hash,
+            confirmed_through,
+            ..
+        })
+        | Some(Auth::Opening {
+            user_id,
+            username,
+            session_hash,
+            confirmed_through,
+            ..
+        })) = auth
+        else {
+            return;
+        };
         fx.storage.push(Command::Confirm {
             user_id: *user_id,
             username: username.clone(),
             session_hash: session_hash.clone(),
-            through,
+            through: *confirmed_through,
         });
+    }
+
+    /// Writes every confirmation that came since the last tick.
+    pub(super) fn record_due_confirmations(&mut self, fx: &mut Effects) {
+        let due: Vec<ConnId> = self.confirms_due.iter().copied().collect();
+        for conn in due {
+            self.record_confirmation(conn, fx);
+        }
     }
 
     /// Storage recorded a confirmation: queue a Delivered receipt for each
@@ -219,9 +250,16 @@ impl Dispatcher {
         }
     }
 
+    /// Once per tick: records the confirmations that came since the last one,
+    /// and sends the Delivered receipts that came due.
+    pub fn tick(&mut self, now: i64, fx: &mut Effects) {
+        self.record_due_confirmations(fx);
+        self.send_due_receipts(now, fx);
+    }
+
     /// Sends the Delivered receipts that came due since the last tick to the
     /// senders' receipts connections (at most one per pair per tick).
-    pub fn send_due_receipts(&mut self, now: i64, fx: &mut Effects) {
+    fn send_due_receipts(&mut self, now: i64, fx: &mut Effects) {
         if self.receipts_due.is_empty() {
             return;
         }

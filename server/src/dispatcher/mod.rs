@@ -25,7 +25,7 @@ mod delivery;
 mod groups;
 mod messages;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -262,6 +262,8 @@ pub struct Dispatcher {
     /// Messages on their way to storage, delivered once committed (at most
     /// one per storage command in flight: bounded by the storage queue).
     awaiting_commit: HashMap<i64, AwaitingCommit>,
+    /// Connections whose confirmation (Received) waits for the next tick.
+    confirms_due: HashSet<ConnId>,
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
@@ -288,6 +290,7 @@ impl Dispatcher {
             reserving_ids: false,
             storage_backlog: 0,
             awaiting_commit: HashMap::new(),
+            confirms_due: HashSet::new(),
             receipts_due: HashMap::new(),
             limits,
             counters: Counters::default(),

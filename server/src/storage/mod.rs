@@ -689,6 +689,10 @@ pub trait Backend: Send + 'static {
     /// Called when no command is waiting (background upkeep may run).
     fn idle(&mut self) {}
 
+    /// Called after a batch's replies are on their way: upkeep that must not
+    /// delay those replies (and so the Acks and deliveries) runs here.
+    fn after_replies(&mut self) {}
+
     /// Called once after the last batch, on a clean shutdown.
     fn finish(&mut self) {}
 }
@@ -807,6 +811,7 @@ fn run<B: Backend>(
         }
         // After the replies are queued, so a backlog of 0 means "all answered".
         backlog.fetch_sub(executed, Ordering::AcqRel);
+        backend.after_replies();
     }
     backend.finish();
     log::info!("storage thread: queue drained, all work committed");

@@ -33,6 +33,10 @@ pub const OFFLINE_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Unindexed messages that trigger an index pass right after a batch.
 const INDEX_TAIL_MAX: i64 = 8_192;
+/// Rows one index pass moves into the indexes: a pass is one transaction on
+/// the storage thread, so a batch arriving meanwhile waits for it; this
+/// keeps that wait around a millisecond.
+const INDEX_PASS_ROWS: i64 = 1_024;
 /// How long a small unindexed tail may wait for an idle moment's pass.
 const INDEX_DELAY: Duration = Duration::from_secs(1);
 
@@ -123,8 +127,9 @@ impl SqliteBackend {
     fn execute_in_transaction(&mut self, batch: &[Command]) -> rusqlite::Result<Vec<Reply>> {
         let tx = self.conn.transaction()?;
         let mut replies = Vec::with_capacity(batch.len());
+        let mut tail = UnindexedTail::default();
         for command in batch {
-            if let Some(reply) = apply(&tx, command, self.indexed_through)? {
+            if let Some(reply) = apply(&tx, command, self.indexed_through, &mut tail)? {
                 replies.push(reply);
             }
         }
@@ -140,7 +145,12 @@ impl SqliteBackend {
     /// Moves every stored message into the per-user indexes, in one
     /// transaction. Queries stay correct whether or not this has run.
     fn index_tail(&mut self) {
-        let (from, to) = (self.indexed_through, self.highest_stored);
+        let from = self.indexed_through;
+        // A small pass, unless the tail has outgrown its bound: then enough
+        // to bring it back under.
+        let rows =
+            INDEX_PASS_ROWS.max(self.highest_stored - from - INDEX_TAIL_MAX + INDEX_PASS_ROWS);
+        let to = self.highest_stored.min(from + rows);
         self.last_index_pass = Instant::now();
         if to <= from {
             return;
@@ -193,10 +203,15 @@ impl Backend for SqliteBackend {
         }
         let mut replies = self.execute_batch(&batch);
         super::hand_back_stored(batch, &mut replies);
+        replies
+    }
+
+    fn after_replies(&mut self) {
+        // Past the tail bound, index now — but only after the replies went
+        // out, so no Ack or delivery waits for the pass.
         if self.highest_stored - self.indexed_through >= INDEX_TAIL_MAX {
             self.index_tail();
         }
-        replies
     }
 }
 
@@ -343,7 +358,11 @@ fn apply(
     tx: &Transaction,
     command: &Command,
     indexed_through: i64,
+    tail: &mut UnindexedTail,
 ) -> rusqlite::Result<Option<Reply>> {
+    if let Command::StoreMessage { .. } = command {
+        tail.forget();
+    }
     let reply = match command {
         Command::CreateUser {
             to,
@@ -694,7 +713,8 @@ fn apply(
         } => {
             let previous = confirmed_through(tx, session_hash)?;
             set_confirmed(tx, session_hash, *through)?;
-            let senders = confirm(tx, *user_id, (previous, *through), indexed_through)?;
+            let rows = tail.rows(tx, indexed_through)?;
+            let senders = confirm(tx, *user_id, (previous, *through), indexed_through, rows)?;
             Reply::Confirmed {
                 user_id: *user_id,
                 username: username.clone(),
@@ -730,17 +750,12 @@ fn remember_client_id(
     message: &NewMessage,
     client_id: &str,
 ) -> rusqlite::Result<Option<i64>> {
-    // Read first: a resend is answered even when the disk is full.
-    let first = tx
+    // One statement for a new id (the common case); a conflict writes
+    // nothing, so a resend is answered even when the disk is full.
+    let inserted = tx
         .prepare_cached(
-            "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
-        )?
-        .query_row(params![message.sender_id, client_id], |row| row.get(0))
-        .optional()?;
-    if first.is_none() {
-        tx.prepare_cached(
             "INSERT INTO client_ids (sender_id, client_message_id, message_id, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             message.sender_id,
@@ -748,8 +763,14 @@ fn remember_client_id(
             message.message_id,
             message.time
         ])?;
+    if inserted == 1 {
+        return Ok(None);
     }
-    Ok(first)
+    tx.prepare_cached(
+        "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
+    )?
+    .query_row(params![message.sender_id, client_id], |row| row.get(0))
+    .optional()
 }
 
 fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {
@@ -854,32 +875,71 @@ fn set_confirmed(tx: &Transaction, session_hash: &str, through: i64) -> rusqlite
     Ok(())
 }
 
+/// The 1:1 messages past the deferred-index watermark, `(receiver, sender,
+/// id)`, read once per batch for all its confirmations (the tick sends them
+/// together) rather than scanned again for each.
+#[derive(Default)]
+struct UnindexedTail {
+    rows: Option<Vec<(i64, i64, i64)>>,
+}
+
+impl UnindexedTail {
+    fn rows(
+        &mut self,
+        tx: &Transaction,
+        indexed_through: i64,
+    ) -> rusqlite::Result<&[(i64, i64, i64)]> {
+        if self.rows.is_none() {
+            let rows = tx
+                .prepare_cached(
+                    "SELECT receiver_id, sender_id, message_id FROM messages
+                     WHERE message_id > ?1 AND receiver_id IS NOT NULL",
+                )?
+                .query_map([indexed_through], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            self.rows = Some(rows);
+        }
+        Ok(self.rows.as_deref().unwrap_or_default())
+    }
+
+    /// A message was stored: read the tail again when next asked.
+    fn forget(&mut self) {
+        self.rows = None;
+    }
+}
+
 /// A device of `user_id` now holds everything up to `range.1` (it held
 /// everything up to `range.0` before): the 1:1 messages no device had taken
 /// are taken now, the group cursors move up to `range.1`, and the senders of
 /// the 1:1 messages in the range are returned, each with its highest id, for
-/// the Delivered receipts (whether or not another device had taken them).
+/// the Delivered receipts (whether or not another device had taken them):
+/// from the per-receiver index, and from `tail` past the index watermark.
 fn confirm(
     tx: &Transaction,
     user_id: i64,
     (previous, through): (i64, i64),
     indexed_through: i64,
+    tail: &[(i64, i64, i64)],
 ) -> rusqlite::Result<Vec<(i64, i64)>> {
-    let senders = tx
+    let mut senders: std::collections::HashMap<i64, i64> = tx
         .prepare_cached(
-            "SELECT sender_id, MAX(message_id) FROM (
-                 SELECT sender_id, message_id FROM messages
-                 WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
-                 UNION ALL
-                 SELECT sender_id, message_id FROM messages
-                 WHERE message_id > MAX(?2, ?4) AND message_id <= ?3 AND receiver_id = ?1)
+            "SELECT sender_id, MAX(message_id) FROM messages
+             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
              GROUP BY sender_id",
         )?
-        .query_map(
-            params![user_id, previous, through, indexed_through],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?
-        .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+        .query_map(params![user_id, previous, through], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let lower = previous.max(indexed_through);
+    for &(receiver, sender, id) in tail {
+        if receiver == user_id && id > lower && id <= through {
+            let highest = senders.entry(sender).or_insert(id);
+            *highest = (*highest).max(id);
+        }
+    }
     tx.prepare_cached(
         "UPDATE messages SET delivered = TRUE
          WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2",
@@ -890,7 +950,7 @@ fn confirm(
          WHERE user_id = ?1",
     )?
     .execute(params![user_id, through])?;
-    Ok(senders)
+    Ok(senders.into_iter().collect())
 }
 
 /// Takes the next chunk of the user's offline queue below `queue_before`:
