@@ -561,7 +561,7 @@ impl Chaos {
             }
         }
         self.server.stop_gracefully();
-        let stored = stored_messages(self.server.data_dir());
+        let stored = self.server.stored_messages();
         let mut per_client_id: HashMap<&str, usize> = HashMap::new();
         for (id, content) in &stored {
             *per_client_id.entry(client_id_of(content)).or_default() += 1;
@@ -632,15 +632,4 @@ fn largest_file(dir: &Path) -> u64 {
                 .unwrap_or(0)
         })
         .unwrap_or(0)
-}
-
-fn stored_messages(data_dir: &Path) -> BTreeMap<i64, String> {
-    let db = rusqlite::Connection::open(data_dir.join("chat.db")).expect("open chat.db");
-    let mut statement = db
-        .prepare("SELECT message_id, content FROM messages")
-        .expect("prepare");
-    let rows = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .expect("query");
-    rows.map(|row| row.expect("row")).collect()
 }

@@ -14,20 +14,6 @@ use common::{logged_in, message_to, register_all, Client, TestServer};
 use protocol::client::{CreateGroup, LeaveGroup, Logout, SendMessage};
 use protocol::{ClientMessage, ErrorType, ServerMessage};
 
-/// The ids of every message in the database of a stopped server.
-fn stored_ids(data_dir: &std::path::Path) -> BTreeSet<i64> {
-    let db = rusqlite::Connection::open(data_dir.join("chat.db")).expect("open chat.db");
-    let mut statement = db
-        .prepare("SELECT message_id FROM messages")
-        .expect("prepare");
-    let ids = statement
-        .query_map([], |row| row.get::<_, i64>(0))
-        .expect("query")
-        .map(|id| id.expect("row"))
-        .collect();
-    ids
-}
-
 /// An offline queue of 60 KiB messages larger than loopback's socket buffers
 /// take, so a login whose client does not read stays in progress.
 const QUEUED: usize = 300;
@@ -224,7 +210,7 @@ fn ids_seen_during_a_full_disk_are_not_reused_after_a_restart() {
     let highest_seen = seen.iter().max().copied().expect("bob got messages");
     drop((alice, bob));
     server.stop_gracefully();
-    let stored = stored_ids(server.data_dir());
+    let stored: BTreeSet<i64> = server.stored_messages().into_keys().collect();
     let not_kept: Vec<&i64> = seen.iter().filter(|id| !stored.contains(id)).collect();
     assert!(
         not_kept.is_empty(),
@@ -488,7 +474,7 @@ fn a_resent_client_id_is_stored_and_delivered_once() {
     assert_eq!(recv_messages(&mut bob, 2), [first, other], "delivered once");
     drop((alice, bob));
     server.stop_gracefully();
-    let stored = stored_ids(server.data_dir());
+    let stored: BTreeSet<i64> = server.stored_messages().into_keys().collect();
     assert!(stored.contains(&first) && stored.contains(&other));
     assert_eq!(stored.len(), 2, "stored once: {stored:?}");
 }

@@ -268,6 +268,19 @@ impl TestServer {
         self.data_dir.path()
     }
 
+    /// Every message in the database (`id → content`); read it once the
+    /// server has stopped, or accept a snapshot of a moment.
+    pub fn stored_messages(&self) -> std::collections::BTreeMap<i64, String> {
+        let db = rusqlite::Connection::open(self.data_dir().join("chat.db")).expect("open chat.db");
+        let mut statement = db
+            .prepare("SELECT message_id, content FROM messages")
+            .expect("prepare");
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query");
+        rows.map(|row| row.expect("row")).collect()
+    }
+
     /// A new client connected to this server.
     pub fn client(&self) -> Client {
         Client::connect(self.port)
