@@ -29,13 +29,18 @@
 //! - `Received` confirms only messages already shown (printed, or written
 //!   as a frame with `--json`), and the session file knows it first.
 
+mod account;
 pub mod app;
+mod catchup;
 pub mod clock;
 pub mod command;
 pub mod connection;
 pub mod e2e;
+mod groups;
+mod inbox;
 pub mod input;
 pub mod keys;
+mod link;
 pub mod output;
 pub mod receipts;
 pub mod render;
