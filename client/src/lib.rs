@@ -1,3 +1,6 @@
-//! client
+//! `chat` (the line client) and `chat-load` (the load generator) for
+//! chat-server: [`chat`] and [`load`] are each one binary's work, and
+//! [`tls`] is what both trust for `wss://`.
 pub mod chat;
 pub mod load;
+pub mod tls;

@@ -39,8 +39,11 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     wait: f64,
 
-    /// For wss:// URLs: the PEM file of the CA that signed the server's
-    /// certificate (e.g. the ca.pem of `chat-server gen-cert`).
+    /// For wss:// URLs: a PEM file of certificates to trust besides the
+    /// system's trust store (which honours SSL_CERT_FILE and SSL_CERT_DIR):
+    /// the CA that signed the server's certificate (e.g. the ca.pem of
+    /// `chat-server gen-cert`), or the server's own self-signed certificate,
+    /// which is then accepted exactly as it is.
     #[arg(long, value_name = "PATH")]
     ca_file: Option<PathBuf>,
 }
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if let Some(ca_file) = &cli.ca_file {
-        if let Err(problem) = client::chat::connection::trust_ca_file(ca_file) {
+        if let Err(problem) = client::chat::connection::trust(Some(ca_file)) {
             eprintln!("chat: {problem}");
             return ExitCode::from(2);
         }
