@@ -1,13 +1,14 @@
 //! `chat`: the line client for chat-server. The "Talking from a terminal"
 //! section of README.md has a transcript; the work happens in `client::chat`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 
 use client::chat::app::{self, Options};
+use client::chat::editor::{self, LineEditor, SharedVocabulary, Terminal};
 use client::chat::input::{stdin_is_terminal, Input};
 use client::chat::session;
 
@@ -60,7 +61,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let input = match Input::spawn() {
+    let session_file = cli.session_file.or_else(session::default_path);
+    let interactive = stdin_is_terminal();
+    let (editor, terminal) = if interactive {
+        match start_editor(session_file.as_deref()) {
+            Ok((editor, terminal)) => (Some(editor), Some(terminal)),
+            Err(error) => {
+                eprintln!("chat: cannot start the line editor: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let input = match Input::spawn(editor) {
         Ok(input) => input,
         Err(error) => {
             eprintln!("chat: cannot start reading stdin: {error}");
@@ -70,10 +84,25 @@ fn main() -> ExitCode {
     let options = Options {
         url: cli.url,
         json: cli.json,
-        session_file: cli.session_file.or_else(session::default_path),
+        session_file,
         wait,
-        interactive: stdin_is_terminal(),
+        interactive,
     };
-    let code = app::run(options, input);
+    let code = app::run(options, input, terminal);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The line editor for a person at a terminal, its history beside the
+/// session file (none kept without one).
+fn start_editor(session_file: Option<&Path>) -> std::io::Result<(LineEditor, Terminal)> {
+    let vocabulary = SharedVocabulary::default();
+    let history = session_file.map(editor::history_path);
+    let (line_editor, printer) = LineEditor::new(history, vocabulary.clone())?;
+    Ok((
+        line_editor,
+        Terminal {
+            printer,
+            vocabulary,
+        },
+    ))
 }

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use crate::chat::editor::Vocabulary;
+
 use protocol::client::{Login, Logout};
 use protocol::server::{Directory, SuccessLogin};
 use protocol::ClientMessage;
@@ -59,8 +61,7 @@ impl App {
             return;
         }
         self.awaiting_secret = Some(command);
-        self.out.show_prompt("password: ");
-        self.input.request_secret();
+        self.input.request_secret("password: ");
     }
 
     pub(super) fn whoami(&mut self) {
@@ -163,6 +164,7 @@ impl App {
         }
         self.confirmations.logged_in(Instant::now());
         if self.my_name().as_deref() != Some(success.username.as_str()) {
+            self.learn(Vocabulary::clear);
             self.forget_groups();
             self.peer_keys.clear();
             self.refreshed.clear();
@@ -188,6 +190,7 @@ impl App {
         }
         self.set_up_own_key(&success.username);
         self.start_groups_fetch();
+        self.start_contacts_fetch();
         if resumed {
             self.start_catchup(!first_login);
         }
@@ -220,6 +223,7 @@ impl App {
 
     /// A Directory answering `/friends`, `/add` or `/remove`.
     pub(super) fn on_directory(&mut self, asked: Asked, directory: &Directory) {
+        self.learn_contacts(directory);
         let lines = match asked {
             Asked::Add { username } => vec![render::added_line(&username, directory)],
             Asked::Remove { username } => vec![format!("removed {username}")],

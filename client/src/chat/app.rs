@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use protocol::client::{AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Register, UserRef};
@@ -44,6 +45,7 @@ use crate::chat::catchup::*;
 use crate::chat::command::{parse_line, Chat, Command, HELP};
 use crate::chat::connection::POLL_INTERVAL;
 use crate::chat::e2e::KeyPair;
+use crate::chat::editor::{SharedVocabulary, Terminal, Vocabulary};
 use crate::chat::groups::*;
 use crate::chat::inbox::*;
 use crate::chat::input::{Input, InputEvent};
@@ -83,8 +85,9 @@ pub struct Options {
 
 /// Runs the client until `/quit`, the end of input, or a fatal error, and
 /// returns the process exit code.
-pub fn run(options: Options, input: Input) -> i32 {
-    let mut app = App::new(options, input);
+/// `terminal` is the line editor's side when a person types at a terminal.
+pub fn run(options: Options, input: Input, terminal: Option<Terminal>) -> i32 {
+    let mut app = App::new(options, input, terminal);
     app.run()
 }
 
@@ -149,11 +152,20 @@ pub(super) struct App {
     pub(super) inbox: VecDeque<Inbound>,
     pub(super) failures: u32,
     pub(super) exit_code: Option<i32>,
+    /// What Tab completes, when a person types at a terminal.
+    pub(super) vocabulary: Option<SharedVocabulary>,
 }
 
 impl App {
-    pub(super) fn new(options: Options, input: Input) -> Self {
-        let out = Output::new(options.interactive, options.json);
+    pub(super) fn new(options: Options, input: Input, terminal: Option<Terminal>) -> Self {
+        let (printer, vocabulary) = match terminal {
+            Some(Terminal {
+                printer,
+                vocabulary,
+            }) => (Some(printer), Some(vocabulary)),
+            None => (None, None),
+        };
+        let out = Output::new(options.json, printer);
         let mut app = App {
             out,
             input,
@@ -188,6 +200,7 @@ impl App {
             inbox: VecDeque::new(),
             failures: 0,
             exit_code: None,
+            vocabulary,
             options,
         };
         app.load_saved_session();
@@ -289,12 +302,10 @@ impl App {
             Some(identity) => format!("{}> ", identity.username),
             None => "> ".to_string(),
         };
-        self.out.show_prompt(&prompt);
-        self.input.request_line();
+        self.input.request_line(&prompt);
     }
 
     pub(super) fn on_input(&mut self, event: InputEvent) {
-        self.out.prompt_answered();
         match (event, self.awaiting_secret.take()) {
             (InputEvent::Line(secret), Some(command)) => self.on_secret(command, secret),
             (InputEvent::Line(line), None) => match parse_line(&line) {
@@ -587,6 +598,9 @@ impl App {
             (Purpose::GroupsFetch, ServerMessage::Error(error)) => {
                 self.on_groups_fetch_failed(&error)
             }
+            (Purpose::ContactsFetch, ServerMessage::Directory(directory)) => {
+                self.learn_contacts(&directory)
+            }
             (Purpose::SyncPage, ServerMessage::Synced(synced)) => self.on_synced(synced),
             (Purpose::SyncPage, ServerMessage::Error(error)) => {
                 self.catchup = None;
@@ -615,12 +629,16 @@ impl App {
     pub(super) fn on_push(&mut self, message: ServerMessage) {
         match message {
             ServerMessage::Message(delivered) => self.on_delivered(delivered),
-            ServerMessage::Presence(presence) => self.out.event(&render::presence_line(&presence)),
+            ServerMessage::Presence(presence) => {
+                self.learn(|vocabulary| vocabulary.learn_names([presence.username.as_str()]));
+                self.out.event(&render::presence_line(&presence))
+            }
             ServerMessage::ContactRequest(request) => {
+                self.learn(|vocabulary| vocabulary.learn_names([request.username.as_str()]));
                 self.out.event(&render::contact_request_line(&request))
             }
             ServerMessage::GroupInfo(group) => {
-                let previous = self.groups.insert(group.group_id, group.clone());
+                let previous = self.remember_group(&group);
                 self.out
                     .event(&render::group_info_event(previous.as_ref(), &group));
             }
@@ -632,6 +650,30 @@ impl App {
             }
             ServerMessage::Error(error) => self.out.notice(&render::error_failure(None, &error)),
             _ => {}
+        }
+    }
+}
+
+impl App {
+    /// Tells the line editor's completion something (only when a person
+    /// types at a terminal).
+    pub(super) fn learn(&self, change: impl FnOnce(&mut Vocabulary)) {
+        if let Some(shared) = &self.vocabulary {
+            change(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
+
+    /// The user's contacts, for completion.
+    pub(super) fn learn_contacts(&self, directory: &protocol::server::Directory) {
+        let names = directory.data.iter().map(|entry| entry.username.as_str());
+        self.learn(|vocabulary| vocabulary.learn_names(names));
+    }
+
+    /// Fetches the contact list after a login, for completion only (so
+    /// not in a script, nor with `--json`, whose stdout is frames asked for).
+    pub(super) fn start_contacts_fetch(&mut self) {
+        if self.vocabulary.is_some() && !self.options.json {
+            self.send_request(Purpose::ContactsFetch, &ClientMessage::GetDirectory);
         }
     }
 }

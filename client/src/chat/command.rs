@@ -204,7 +204,8 @@ commands:
   /help                   this list
   /quit                   leave (Ctrl-D works too)
 In a script the password may follow on the line: /login USER PASSWORD.
-Incoming messages may hide what you are typing; Ctrl-R redraws it.";
+At a terminal: Tab completes commands, names and group ids; Up and Down walk
+the history (kept across runs, passwords left out); Ctrl-R searches it.";
 
 const USAGE_REGISTER: &str = "/register USER EMAIL";
 const USAGE_LOGIN: &str = "/login USER";

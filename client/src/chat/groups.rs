@@ -54,7 +54,7 @@ impl App {
 
     /// A GroupInfo answering `/group create` or `/group add`.
     pub(super) fn on_group_answer(&mut self, asked: Asked, group: GroupInfo) {
-        self.groups.insert(group.group_id, group.clone());
+        self.remember_group(&group);
         match asked {
             Asked::CreateGroup { .. } => self.out.result(&render::group_created_line(&group)),
             Asked::AddGroupMembers { members, .. } => {
@@ -84,6 +84,23 @@ impl App {
         }
     }
 
+    /// Takes in one group's news; returns what was known of it before.
+    pub(super) fn remember_group(&mut self, group: &GroupInfo) -> Option<GroupInfo> {
+        let previous = self.groups.insert(group.group_id, group.clone());
+        self.groups_changed();
+        previous
+    }
+
+    /// Tells the line editor's completion the groups' ids and members.
+    fn groups_changed(&self) {
+        let groups = &self.groups;
+        self.learn(|vocabulary| {
+            vocabulary.set_group_ids(groups.keys().copied());
+            let members = groups.values().flat_map(|group| &group.members);
+            vocabulary.learn_names(members.map(String::as_str));
+        });
+    }
+
     /// Takes `groups` as the full list of the user's groups; returns the
     /// previous one.
     pub(super) fn replace_groups(&mut self, groups: &Groups) -> Vec<GroupInfo> {
@@ -94,6 +111,7 @@ impl App {
             .iter()
             .map(|group| (group.group_id, group.clone()))
             .collect();
+        self.groups_changed();
         previous
     }
 
@@ -163,5 +181,6 @@ impl App {
     pub(super) fn forget_groups(&mut self) {
         self.groups.clear();
         self.groups_loaded = false;
+        self.groups_changed();
     }
 }

@@ -133,6 +133,8 @@ impl App {
                     &Stamper::local_now(),
                 );
                 self.out.event(&line);
+                let sender = delivered.source_id.as_str();
+                self.learn(|vocabulary| vocabulary.learn_names([sender]));
                 if me
                     .as_deref()
                     .is_some_and(|me| receipts::counts_as_received(&delivered, me))

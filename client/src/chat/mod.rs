@@ -36,6 +36,7 @@ pub mod clock;
 pub mod command;
 pub mod connection;
 pub mod e2e;
+pub mod editor;
 mod groups;
 mod inbox;
 pub mod input;

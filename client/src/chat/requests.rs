@@ -20,6 +20,9 @@ pub enum Purpose {
     Resume,
     /// The client's own GetGroups after a login, for the groups' names.
     GroupsFetch,
+    /// The client's own GetDirectory after a login, for Tab completion of
+    /// contact names.
+    ContactsFetch,
     /// One page of the client's own `Sync` catch-up after a resume.
     SyncPage,
     /// The client's own GetKey for this user: to open their messages, or

@@ -143,7 +143,11 @@ pub fn run_script(mut command: Command, script: &str) -> Finished {
         .expect("piped stdin")
         .write_all(script.as_bytes());
     if let Err(error) = written {
-        assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "write the script");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write the script"
+        );
     }
     let stdout = read_all_in_background(child.stdout.take().expect("piped stdout"));
     let stderr = read_all_in_background(child.stderr.take().expect("piped stderr"));
