@@ -77,7 +77,11 @@ impl App {
     /// `/status`: who you are, then how far your messages are delivered.
     pub(super) fn status(&mut self, only: Option<&str>) {
         self.whoami();
-        for line in self.delivery.status_lines(only, &Stamper::local_now()) {
+        for line in self
+            .progress
+            .delivery
+            .status_lines(only, &Stamper::local_now())
+        {
             self.out.result(&line);
         }
     }
@@ -153,21 +157,21 @@ impl App {
         self.resuming = false;
         let first_login = self.first_login_time.is_none();
         self.first_login_time = self.first_login_time.or(server_time).or(Some(unix_now()));
-        if self.seen_owner.as_deref() != Some(success.username.as_str()) {
+        if self.progress.owner.as_deref() != Some(success.username.as_str()) {
             // Another user's high-water mark says nothing about this one's.
-            self.seen = SeenIds::default();
-            self.saved_highest = 0;
-            self.confirmations = Confirmations::default();
-            self.saved_confirmed = 0;
-            self.delivery = DeliveryStatus::default();
-            self.seen_owner = Some(success.username.clone());
+            self.progress.seen = SeenIds::default();
+            self.progress.saved_highest = 0;
+            self.progress.confirmations = Confirmations::default();
+            self.progress.saved_confirmed = 0;
+            self.progress.delivery = DeliveryStatus::default();
+            self.progress.owner = Some(success.username.clone());
         }
-        self.confirmations.logged_in(Instant::now());
+        self.progress.confirmations.logged_in(Instant::now());
         if self.my_name().as_deref() != Some(success.username.as_str()) {
             self.learn(Vocabulary::clear);
             self.forget_groups();
-            self.peer_keys.clear();
-            self.refreshed.clear();
+            self.keys.peers.clear();
+            self.keys.refreshed.clear();
         }
         let session_id = success.session_id.or_else(|| {
             self.identity
@@ -201,7 +205,7 @@ impl App {
     pub(super) fn on_resume_failed(&mut self, reason: &str) {
         self.resuming = false;
         self.flush_inbox();
-        self.own_key = None;
+        self.keys.own = None;
         self.identity = None;
         self.forget_groups();
         self.forget_session();
@@ -212,7 +216,7 @@ impl App {
         let name = self.my_name().unwrap_or_default();
         self.flush_inbox();
         self.identity = None;
-        self.own_key = None;
+        self.keys.own = None;
         self.forget_groups();
         self.forget_session();
         self.out.result(&format!("logged out {name}"));

@@ -15,47 +15,32 @@
 //! may be answered in any order. Frames without an id are pushes: delivered
 //! messages, presence, contact requests, news about groups.
 //!
-//! Group messages are shown as `#name`; the names come from the list fetched
-//! after each login and from every GroupInfo/Groups since. Messages that
-//! arrive while the list is being fetched (the offline queue comes right
-//! after SuccessLogin) are held until it arrives, so they show with their
-//! group's name, in order.
-//!
-//! Receipts (see [`crate::chat::receipts`]): every login asks for them; what
-//! has been shown is confirmed with `Received` once per batch, and
-//! `Delivered` pushes are recorded quietly for `/status` and `/history`.
-//!
-//! End-to-end encryption (see [`crate::chat::e2e`]): `/msg` to someone whose
-//! key is not known first sends GetKey as the command's own request, then the
-//! message. Messages and history pages that need a key not yet known wait in
-//! the inbox, in order, until the key arrives; the next input line is read
-//! only once the inbox is empty, so output stays in order.
+//! The rest lives with its owner, each an `impl App` beside its own state:
+//! `link` (connect, reconnect, resume), `account` (login, logout), `groups`
+//! (the group directory), `inbox` (showing in order), [`keys`](super::keys)
+//! (end-to-end keys), `catchup` (Sync, receipts, the session file),
+//! [`editor`](super::editor) (what Tab knows), [`input`](super::input)
+//! (asking for lines).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use protocol::client::{AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Register, UserRef};
-use protocol::server::GroupInfo;
 use protocol::{decode_reply, encode_request, ClientMessage, RequestId, ServerMessage};
 
 use crate::chat::account::*;
 use crate::chat::catchup::*;
-use crate::chat::command::{parse_line, Chat, Command, HELP};
+use crate::chat::command::{Command, HELP};
 use crate::chat::connection::POLL_INTERVAL;
-use crate::chat::e2e::KeyPair;
-use crate::chat::editor::{SharedVocabulary, Terminal, Vocabulary};
+use crate::chat::editor::{SharedVocabulary, Terminal};
 use crate::chat::groups::*;
 use crate::chat::inbox::*;
-use crate::chat::input::{Input, InputEvent};
-use crate::chat::keys::PeerKeys;
+use crate::chat::input::Input;
+use crate::chat::keys::Keyring;
 use crate::chat::link::*;
-use crate::chat::output::Output;
-use crate::chat::receipts::{Confirmations, DeliveryStatus};
+use crate::chat::output::{is_key_traffic, one_line, Output};
 use crate::chat::render::{self, Asked};
-use crate::chat::requests::{Purpose, Requests};
-use crate::chat::seen::SeenIds;
+use crate::chat::requests::{self, Purpose, Requests};
 
 /// How long a command waits for its answer before it counts as failed.
 pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -117,37 +102,17 @@ pub(super) struct App {
     pub(super) first_login_time: Option<i64>,
     pub(super) pending: Option<Pending>,
     pub(super) catchup: Option<Catchup>,
-    /// The groups the logged-in user is in, by id, as last heard.
-    pub(super) groups: BTreeMap<i64, GroupInfo>,
-    /// True once a full list of groups arrived for the logged-in user.
-    pub(super) groups_loaded: bool,
-    pub(super) groups_fetch: Option<GroupsFetch>,
-    pub(super) seen: SeenIds,
-    /// The user whose message ids `seen` holds.
-    pub(super) seen_owner: Option<String>,
-    /// The highest id written to the session file.
-    pub(super) saved_highest: i64,
-    /// What this device has shown and confirmed (receipts).
-    pub(super) confirmations: Confirmations,
-    /// The `confirmed_through` written to the session file.
-    pub(super) saved_confirmed: i64,
-    /// How far the user's messages are delivered (Delivered receipts).
-    pub(super) delivery: DeliveryStatus,
+    /// The groups the user is in (for their names), and the wait for them.
+    pub(super) groups: GroupDirectory,
+    /// What was seen, shown, confirmed and saved (see [`Progress`]).
+    pub(super) progress: Progress,
     /// The last read of the socket found nothing: a batch has ended.
     pub(super) socket_quiet: bool,
     pub(super) client_message_count: u64,
-    /// The logged-in user's key pair; `None` while end-to-end encryption is
-    /// off (not logged in, or no key file could be used).
-    pub(super) own_key: Option<KeyPair>,
-    /// Other users' public keys, as the server gave them.
-    pub(super) peer_keys: PeerKeys,
+    /// The end-to-end keys: the user's own, and the peers'.
+    pub(super) keys: Keyring,
     /// Every request sent and not yet answered, by request id.
     pub(super) requests: Requests,
-    /// True once this login sent PublishKey (at most once per login).
-    pub(super) key_published: bool,
-    /// Peers whose key was asked for again after one of their messages did
-    /// not decrypt; until one decrypts, the next failure is final.
-    pub(super) refreshed: HashSet<String>,
     /// Received messages and history pages waiting, in order, for keys.
     pub(super) inbox: VecDeque<Inbound>,
     pub(super) failures: u32,
@@ -181,22 +146,12 @@ impl App {
             first_login_time: None,
             pending: None,
             catchup: None,
-            groups: BTreeMap::new(),
-            groups_loaded: false,
-            groups_fetch: None,
-            seen: SeenIds::default(),
-            seen_owner: None,
-            saved_highest: 0,
-            confirmations: Confirmations::default(),
-            saved_confirmed: 0,
-            delivery: DeliveryStatus::default(),
+            groups: GroupDirectory::default(),
+            progress: Progress::default(),
             socket_quiet: true,
             client_message_count: 0,
-            own_key: None,
-            peer_keys: PeerKeys::default(),
+            keys: Keyring::default(),
             requests: Requests::default(),
-            key_published: false,
-            refreshed: HashSet::new(),
             inbox: VecDeque::new(),
             failures: 0,
             exit_code: None,
@@ -261,7 +216,7 @@ impl App {
         };
         !self.busy()
             && self.catchup.is_none()
-            && self.groups_fetch.is_none()
+            && self.groups.fetch.is_none()
             && !self.requests.awaits_keys()
             && ended_at.elapsed() >= self.options.wait
     }
@@ -280,7 +235,7 @@ impl App {
         self.persist_highest_seen();
         // Confirm what was shown before leaving (else the next resume would
         // push it again, to be dropped as a duplicate).
-        if let Some(through) = self.confirmations.unconfirmed() {
+        if let Some(through) = self.progress.confirmations.unconfirmed() {
             self.send_received(through);
         }
         if let Link::Up(connection) = std::mem::replace(&mut self.link, Link::Idle) {
@@ -288,45 +243,10 @@ impl App {
         }
     }
 
-    // ----- input -------------------------------------------------------------
-
-    pub(super) fn request_input_if_ready(&mut self) {
-        if self.input.is_reading()
-            || self.input_ended_at.is_some()
-            || self.busy()
-            || !self.ever_connected
-        {
-            return;
-        }
-        let prompt = match &self.identity {
-            Some(identity) => format!("{}> ", identity.username),
-            None => "> ".to_string(),
-        };
-        self.input.request_line(&prompt);
-    }
-
-    pub(super) fn on_input(&mut self, event: InputEvent) {
-        match (event, self.awaiting_secret.take()) {
-            (InputEvent::Line(secret), Some(command)) => self.on_secret(command, secret),
-            (InputEvent::Line(line), None) => match parse_line(&line) {
-                Ok(command) => self.start(command),
-                Err(error) => self.fail(&error.to_string()),
-            },
-            (InputEvent::End, waiting) => {
-                if waiting.is_some() {
-                    self.fail("no password given");
-                }
-                if self.options.interactive {
-                    // Ctrl-D at the prompt: end the prompt line neatly.
-                    println!();
-                }
-                self.input_ended_at = Some(Instant::now());
-            }
-        }
-    }
-
     // ----- commands ----------------------------------------------------------
 
+    /// Runs one command: locally, through its own steps, or as the one
+    /// request it sends ([`requests::command_request`]).
     pub(super) fn start(&mut self, command: Command) {
         match command {
             Command::Nothing => {}
@@ -341,83 +261,20 @@ impl App {
             Command::Register { secret: None, .. } | Command::Login { secret: None, .. } => {
                 self.start_login_without_secret(command)
             }
-            Command::Register {
-                username,
-                email,
-                secret: Some(secret),
-            } => self.submit(
-                Asked::Register {
-                    username: username.clone(),
-                },
-                ClientMessage::Register(Register {
-                    username,
-                    secret,
-                    email,
-                }),
-            ),
             Command::Login {
                 username,
                 secret: Some(secret),
             } => self.login(username, secret),
             Command::Logout => self.logout(),
             Command::Message { to, text, plain } => self.message(to, text, plain),
-            Command::History { with, limit } => {
-                let (asked, chat_id) = match with {
-                    Chat::User(with) => (Asked::History { with: with.clone() }, with),
-                    Chat::Group(group_id) => (
-                        Asked::GroupHistory {
-                            group_id,
-                            label: self.group_label(group_id),
-                        },
-                        format!("g:{group_id}"),
-                    ),
-                };
-                self.submit(
-                    asked,
-                    ClientMessage::GetHistory(GetHistory {
-                        chat_id,
-                        before: None,
-                        limit: limit.map(i64::from),
-                    }),
-                )
-            }
             Command::GroupMessage { group_id, text } => self.group_message(group_id, text),
-            Command::CreateGroup { name, members } => self.submit(
-                Asked::CreateGroup {
-                    name: name.clone(),
-                    members: members.clone(),
-                },
-                ClientMessage::CreateGroup(CreateGroup { name, members }),
-            ),
-            Command::AddGroupMembers { group_id, members } => self.submit(
-                Asked::AddGroupMembers {
-                    group_id,
-                    label: self.group_label(group_id),
-                    members: members.clone(),
-                },
-                ClientMessage::AddGroupMembers(AddGroupMembers { group_id, members }),
-            ),
-            Command::LeaveGroup { group_id } => self.submit(
-                Asked::LeaveGroup {
-                    group_id,
-                    label: self.group_label(group_id),
-                },
-                ClientMessage::LeaveGroup(LeaveGroup { group_id }),
-            ),
-            Command::Groups => self.submit(Asked::Groups, ClientMessage::GetGroups),
-            Command::Friends => self.submit(Asked::Friends, ClientMessage::GetDirectory),
-            Command::Add { username } => self.submit(
-                Asked::Add {
-                    username: username.clone(),
-                },
-                ClientMessage::AddContact(UserRef { username }),
-            ),
-            Command::Remove { username } => self.submit(
-                Asked::Remove {
-                    username: username.clone(),
-                },
-                ClientMessage::RemoveContact(UserRef { username }),
-            ),
+            simple => {
+                let label = |group_id| self.group_label(group_id);
+                match requests::command_request(simple, label) {
+                    Some((asked, request)) => self.submit(asked, request),
+                    None => unreachable!("every other command has its own arm above"),
+                }
+            }
         }
     }
 
@@ -610,7 +467,7 @@ impl App {
             }
             (Purpose::GetKey(_), ServerMessage::Key(key)) => self.on_key(&key),
             (Purpose::GetKey(username), ServerMessage::Error(_)) => {
-                self.peer_keys.record(&username, None);
+                self.keys.peers.record(&username, None);
                 self.drive_inbox();
             }
             (Purpose::PublishKey, ServerMessage::Error(error)) => {
@@ -642,50 +499,16 @@ impl App {
                 self.out
                     .event(&render::group_info_event(previous.as_ref(), &group));
             }
-            ServerMessage::Delivered(receipt) => {
-                self.delivery.delivered(&receipt.username, receipt.through)
-            }
+            ServerMessage::Delivered(receipt) => self
+                .progress
+                .delivery
+                .delivered(&receipt.username, receipt.through),
             ServerMessage::Error(error) if error.ref_tag == Some(RECEIVED_TAG) => {
                 self.on_received_refused(&error)
             }
             ServerMessage::Error(error) => self.out.notice(&render::error_failure(None, &error)),
             _ => {}
         }
-    }
-}
-
-impl App {
-    /// Tells the line editor's completion something (only when a person
-    /// types at a terminal).
-    pub(super) fn learn(&self, change: impl FnOnce(&mut Vocabulary)) {
-        if let Some(shared) = &self.vocabulary {
-            change(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
-        }
-    }
-
-    /// The user's contacts, for completion.
-    pub(super) fn learn_contacts(&self, directory: &protocol::server::Directory) {
-        let names = directory.data.iter().map(|entry| entry.username.as_str());
-        self.learn(|vocabulary| vocabulary.learn_names(names));
-    }
-
-    /// Fetches the contact list after a login, for completion only (so
-    /// not in a script, nor with `--json`, whose stdout is frames asked for).
-    pub(super) fn start_contacts_fetch(&mut self) {
-        if self.vocabulary.is_some() && !self.options.json {
-            self.send_request(Purpose::ContactsFetch, &ClientMessage::GetDirectory);
-        }
-    }
-}
-
-/// Key traffic is the client's own business (the user never asks for a key
-/// directly), so `--json` does not print it: stdout keeps only the frames of
-/// what was asked and what was pushed.
-pub(super) fn is_key_traffic(message: &ServerMessage) -> bool {
-    match message {
-        ServerMessage::Key(_) => true,
-        ServerMessage::Error(error) => matches!(error.ref_tag, Some(9) | Some(10)),
-        _ => false,
     }
 }
 
@@ -699,31 +522,16 @@ pub(super) fn frame_time(text: &str) -> Option<i64> {
     serde_json::from_str::<Timed>(text).ok()?.time
 }
 
-/// A frame on one line for `--json` (the server sends compact JSON already;
-/// this only matters if a frame holds a raw line break between fields).
-pub(super) fn one_line(text: &str) -> String {
-    if !text.contains('\n') {
-        return text.to_string();
-    }
-    serde_json::from_str::<serde_json::Value>(text)
-        .map(|value| value.to_string())
-        .unwrap_or_else(|_| text.replace('\n', " "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn frame_time_and_one_line() {
+    fn the_time_is_read_from_the_frame() {
         assert_eq!(
             frame_time(r#"{"tag":24,"time":17,"message_id":3}"#),
             Some(17)
         );
         assert_eq!(frame_time(r#"{"tag":24}"#), None);
-        assert_eq!(
-            one_line("{\"tag\":\n32,\"time\":1}"),
-            r#"{"tag":32,"time":1}"#
-        );
     }
 }

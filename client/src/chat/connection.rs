@@ -9,7 +9,7 @@
 //! frames mean. Pings from the server are answered inside tungstenite's `read`,
 //! which is why the loop must keep calling [`Connection::receive`].
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -71,44 +71,7 @@ fn tls_config() -> Result<Arc<ClientConfig>, String> {
 }
 
 /// The byte stream under the WebSocket: plain TCP, or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => &tls.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.write(buf),
-            Stream::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(tcp) => tcp.flush(),
-            Stream::Tls(tls) => tls.flush(),
-        }
-    }
-}
+type Stream = crate::stream::Stream<TcpStream>;
 
 /// An open WebSocket to the server.
 pub struct Connection {
@@ -159,7 +122,7 @@ impl Connection {
             })?;
         socket
             .get_ref()
-            .tcp()
+            .socket()
             .set_read_timeout(Some(POLL_INTERVAL))
             .map_err(|error| error.to_string())?;
         Ok(Connection { socket })

@@ -32,8 +32,13 @@ use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Context, Editor, ExternalPrinter, Helper};
 
+use protocol::server::Directory;
+use protocol::ClientMessage;
+
+use crate::chat::app::App;
 use crate::chat::command::{parse_line, Command};
 use crate::chat::input::InputEvent;
+use crate::chat::requests::Purpose;
 
 /// Lines kept in the history file: a few weeks of typing, and a file small
 /// enough to read at every start.
@@ -284,6 +289,32 @@ impl LineEditor {
             if let Err(error) = self.editor.append_history(path) {
                 eprintln!("* cannot save the history to {}: {error}", path.display());
             }
+        }
+    }
+}
+
+// ----- the loop's side: what Tab knows -----------------------------------------
+
+impl App {
+    /// Tells the line editor's completion something (only when a person
+    /// types at a terminal).
+    pub(super) fn learn(&self, change: impl FnOnce(&mut Vocabulary)) {
+        if let Some(shared) = &self.vocabulary {
+            change(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
+
+    /// The user's contacts, for completion.
+    pub(super) fn learn_contacts(&self, directory: &Directory) {
+        let names = directory.data.iter().map(|entry| entry.username.as_str());
+        self.learn(|vocabulary| vocabulary.learn_names(names));
+    }
+
+    /// Fetches the contact list after a login, for completion only (so
+    /// not in a script, nor with `--json`, whose stdout is frames asked for).
+    pub(super) fn start_contacts_fetch(&mut self) {
+        if self.vocabulary.is_some() && !self.options.json {
+            self.send_request(Purpose::ContactsFetch, &ClientMessage::GetDirectory);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the messages held while that list is on its way, so they show with their
 //! group's name, in order.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use protocol::client::SendMessage;
@@ -12,6 +13,17 @@ use protocol::{ClientMessage, ErrorType};
 use crate::chat::app::*;
 use crate::chat::render::{self, Asked};
 use crate::chat::requests::Purpose;
+
+/// The groups the logged-in user is in, as last heard.
+#[derive(Default)]
+pub(super) struct GroupDirectory {
+    /// By id.
+    pub(super) by_id: BTreeMap<i64, GroupInfo>,
+    /// True once a full list of groups arrived for the logged-in user.
+    pub(super) loaded: bool,
+    /// The client's own GetGroups after a login, while it is awaited.
+    pub(super) fetch: Option<GroupsFetch>,
+}
 
 /// The client's own GetGroups after a login, awaiting its answer.
 pub(super) struct GroupsFetch {
@@ -44,7 +56,10 @@ impl App {
     }
 
     pub(super) fn group_name(&self, group_id: i64) -> Option<&str> {
-        self.groups.get(&group_id).map(|group| group.name.as_str())
+        self.groups
+            .by_id
+            .get(&group_id)
+            .map(|group| group.name.as_str())
     }
 
     /// `#team`, or `#5` while the name is unknown.
@@ -86,14 +101,14 @@ impl App {
 
     /// Takes in one group's news; returns what was known of it before.
     pub(super) fn remember_group(&mut self, group: &GroupInfo) -> Option<GroupInfo> {
-        let previous = self.groups.insert(group.group_id, group.clone());
+        let previous = self.groups.by_id.insert(group.group_id, group.clone());
         self.groups_changed();
         previous
     }
 
     /// Tells the line editor's completion the groups' ids and members.
     fn groups_changed(&self) {
-        let groups = &self.groups;
+        let groups = &self.groups.by_id;
         self.learn(|vocabulary| {
             vocabulary.set_group_ids(groups.keys().copied());
             let members = groups.values().flat_map(|group| &group.members);
@@ -104,9 +119,11 @@ impl App {
     /// Takes `groups` as the full list of the user's groups; returns the
     /// previous one.
     pub(super) fn replace_groups(&mut self, groups: &Groups) -> Vec<GroupInfo> {
-        self.groups_loaded = true;
-        let previous = std::mem::take(&mut self.groups).into_values().collect();
-        self.groups = groups
+        self.groups.loaded = true;
+        let previous = std::mem::take(&mut self.groups.by_id)
+            .into_values()
+            .collect();
+        self.groups.by_id = groups
             .data
             .iter()
             .map(|group| (group.group_id, group.clone()))
@@ -117,7 +134,7 @@ impl App {
 
     /// The answer to the client's own GetGroups after a login (late or not).
     pub(super) fn on_groups_fetched(&mut self, groups: &Groups) {
-        let was_loaded = self.groups_loaded;
+        let was_loaded = self.groups.loaded;
         let previous = self.replace_groups(groups);
         if was_loaded {
             // After a reconnect: say what changed while away.
@@ -146,7 +163,7 @@ impl App {
         if self.options.json {
             return;
         }
-        self.groups_fetch = Some(GroupsFetch {
+        self.groups.fetch = Some(GroupsFetch {
             deadline: Instant::now() + ANSWER_TIMEOUT,
             held: Vec::new(),
         });
@@ -155,14 +172,15 @@ impl App {
 
     /// Stops waiting for the group list and shows what was held.
     pub(super) fn end_groups_fetch(&mut self) {
-        if let Some(fetch) = self.groups_fetch.take() {
+        if let Some(fetch) = self.groups.fetch.take() {
             self.show_held(fetch.held);
         }
     }
 
     pub(super) fn expire_groups_fetch(&mut self) {
         if self
-            .groups_fetch
+            .groups
+            .fetch
             .as_ref()
             .is_some_and(|fetch| Instant::now() >= fetch.deadline)
         {
@@ -179,8 +197,8 @@ impl App {
     }
 
     pub(super) fn forget_groups(&mut self) {
-        self.groups.clear();
-        self.groups_loaded = false;
+        self.groups.by_id.clear();
+        self.groups.loaded = false;
         self.groups_changed();
     }
 }

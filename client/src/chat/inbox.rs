@@ -2,6 +2,11 @@
 //! through the inbox, where an encrypted one waits for its sender's key
 //! before it (and everything after it) is shown; a sent message is shown
 //! once the server has stored it.
+//!
+//! End-to-end encryption (see [`crate::chat::e2e`]): messages and history
+//! pages that need a key not yet known wait in the inbox, in order, until
+//! the key arrives; the next input line is read only once the inbox is
+//! empty, so output stays in order.
 
 use std::time::Instant;
 
@@ -46,10 +51,10 @@ impl App {
             Asked::GroupMessage { group_id, text, .. } => (None, Some(group_id), text, false),
             _ => return,
         };
-        self.seen.record(message_id);
+        self.progress.seen.record(message_id);
         let time = server_time.unwrap_or_else(unix_now);
         if let Some(to) = &dest_id {
-            self.delivery.sent(to, message_id, time);
+            self.progress.delivery.sent(to, message_id, time);
         }
         let me = self.my_name().unwrap_or_default();
         // The text as typed is shown, encrypted or not (the sender knows it).
@@ -73,7 +78,7 @@ impl App {
     }
 
     pub(super) fn on_delivered(&mut self, delivered: Delivered) {
-        if let Some(fetch) = &mut self.groups_fetch {
+        if let Some(fetch) = &mut self.groups.fetch {
             fetch.held.push(delivered);
             return;
         }
@@ -81,7 +86,7 @@ impl App {
     }
 
     pub(super) fn show_delivered(&mut self, delivered: Delivered) {
-        if !self.seen.record(delivered.message_id) {
+        if !self.progress.seen.record(delivered.message_id) {
             return;
         }
         self.inbox.push_back(Inbound::Message(delivered));
@@ -139,7 +144,8 @@ impl App {
                     .as_deref()
                     .is_some_and(|me| receipts::counts_as_received(&delivered, me))
                 {
-                    self.confirmations
+                    self.progress
+                        .confirmations
                         .shown(delivered.message_id, Instant::now());
                 }
             }
@@ -162,7 +168,9 @@ impl App {
                 let mut lines =
                     render::history_lines(&history, &opened, name, &Stamper::local_now());
                 if let (None, Some(me)) = (group_id, self.my_name()) {
-                    self.delivery.mark_history(&history, &me, &mut lines);
+                    self.progress
+                        .delivery
+                        .mark_history(&history, &me, &mut lines);
                 }
                 for line in lines {
                     self.out.result(&line);

@@ -17,8 +17,10 @@
 use std::io::{self, BufRead, IsTerminal};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::chat::app::App;
+use crate::chat::command::parse_line;
 use crate::chat::editor::LineEditor;
 
 /// What the main loop asks the reader for.
@@ -168,4 +170,45 @@ fn edit_on_request(
 fn hand_over(events: &Sender<InputEvent>, event: InputEvent) -> bool {
     let ended = event == InputEvent::End;
     events.send(event).is_ok() && !ended
+}
+
+// ----- the loop's side ---------------------------------------------------------
+
+impl App {
+    /// Asks for the next line once nothing is in progress.
+    pub(super) fn request_input_if_ready(&mut self) {
+        if self.input.is_reading()
+            || self.input_ended_at.is_some()
+            || self.busy()
+            || !self.ever_connected
+        {
+            return;
+        }
+        let prompt = match &self.identity {
+            Some(identity) => format!("{}> ", identity.username),
+            None => "> ".to_string(),
+        };
+        self.input.request_line(&prompt);
+    }
+
+    /// A line (or the end of input) arrived.
+    pub(super) fn on_input(&mut self, event: InputEvent) {
+        match (event, self.awaiting_secret.take()) {
+            (InputEvent::Line(secret), Some(command)) => self.on_secret(command, secret),
+            (InputEvent::Line(line), None) => match parse_line(&line) {
+                Ok(command) => self.start(command),
+                Err(error) => self.fail(&error.to_string()),
+            },
+            (InputEvent::End, waiting) => {
+                if waiting.is_some() {
+                    self.fail("no password given");
+                }
+                if self.options.interactive {
+                    // Ctrl-D at the prompt: end the prompt line neatly.
+                    println!();
+                }
+                self.input_ended_at = Some(Instant::now());
+            }
+        }
+    }
 }

@@ -9,10 +9,13 @@
 //! session files in the same directory, so two `chat`s of the same user
 //! share one key). Losing it makes earlier encrypted messages unreadable.
 //!
+//! `/msg` to someone whose key is not known first sends GetKey as the
+//! command's own request, then the message (see `App::message` below).
+//!
 //! Peers' keys are trusted on first use: whatever the server answers to
 //! GetKey is believed (SECURITY.md, "End-to-end encryption").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -123,6 +126,21 @@ impl PeerKeys {
     }
 }
 
+/// The end-to-end keys the client holds for the logged-in user.
+#[derive(Default)]
+pub struct Keyring {
+    /// The user's key pair; `None` while end-to-end encryption is off (not
+    /// logged in, or no key file could be used).
+    pub(crate) own: Option<KeyPair>,
+    /// Other users' public keys, as the server gave them.
+    pub(crate) peers: PeerKeys,
+    /// True once this login sent PublishKey (at most once per login).
+    pub(crate) published: bool,
+    /// Peers whose key was asked for again after one of their messages did
+    /// not decrypt; until one decrypts, the next failure is final.
+    pub(crate) refreshed: HashSet<String>,
+}
+
 // ----- the client's key traffic ----------------------------------------------
 // (sealing what `/msg` sends, opening what arrives, GetKey and PublishKey)
 
@@ -139,7 +157,7 @@ impl App {
     /// `/msg`: encrypted when both sides have a key (looked up first if
     /// not known), plain with `--plain` or when the recipient has none.
     pub(super) fn message(&mut self, to: String, text: String, plain: bool) {
-        let Some(own_key) = self.own_key.as_ref().filter(|_| !plain) else {
+        let Some(own_key) = self.keys.own.as_ref().filter(|_| !plain) else {
             self.send_message(to, text, None);
             return;
         };
@@ -148,7 +166,7 @@ impl App {
             self.send_message(to, text, Some(own_public));
             return;
         }
-        match self.peer_keys.get(&to) {
+        match self.keys.peers.get(&to) {
             Some(PeerKey::Known(public)) => self.send_message(to, text, Some(public)),
             // Unknown, or none published when last asked (there may be one
             // by now): ask, and send once the answer is in (`on_key`).
@@ -171,7 +189,7 @@ impl App {
         peer_public: Option<PublicKey>,
     ) {
         let me = self.my_name().unwrap_or_default();
-        let sealed = match (&self.own_key, peer_public) {
+        let sealed = match (&self.keys.own, peer_public) {
             (Some(own_key), Some(peer_public)) => Some(
                 own_key
                     .conversation_key(&me, &to, &peer_public)
@@ -219,7 +237,7 @@ impl App {
         // Without a key of our own (end-to-end encryption off) nothing opens.
         let (Some(me), Some(own_public)) = (
             self.my_name(),
-            self.own_key.as_ref().map(|own_key| *own_key.public()),
+            self.keys.own.as_ref().map(|own_key| *own_key.public()),
         ) else {
             return Some(Opened::Undecryptable);
         };
@@ -238,7 +256,7 @@ impl App {
         let peer_public = if peer == me {
             own_public
         } else {
-            match self.peer_keys.get(peer) {
+            match self.keys.peers.get(peer) {
                 Some(PeerKey::Known(public)) => public,
                 Some(PeerKey::Missing) => return self.ask_again_or_give_up(peer, patience),
                 None if patience == Patience::None => return Some(Opened::Undecryptable),
@@ -248,14 +266,14 @@ impl App {
                 }
             }
         };
-        let own_key = self.own_key.as_ref()?;
+        let own_key = self.keys.own.as_ref()?;
         let opened = own_key
             .conversation_key(&me, peer, &peer_public)
             .and_then(|key| key.open(&delivered.source_id, dest, &delivered.content));
         match opened {
             Ok(text) => {
                 if patience == Patience::Live {
-                    self.refreshed.remove(peer);
+                    self.keys.refreshed.remove(peer);
                 }
                 Some(Opened::Decrypted(text))
             }
@@ -271,10 +289,10 @@ impl App {
         peer: &str,
         patience: Patience,
     ) -> Option<Opened> {
-        if patience == Patience::None || !self.refreshed.insert(peer.to_string()) {
+        if patience == Patience::None || !self.keys.refreshed.insert(peer.to_string()) {
             return Some(Opened::Undecryptable);
         }
-        self.peer_keys.forget(peer);
+        self.keys.peers.forget(peer);
         self.request_key(peer);
         None
     }
@@ -300,8 +318,8 @@ impl App {
     /// After a login: loads (or creates) the user's key pair and asks for
     /// the server's copy of the public key, to publish it if it differs.
     pub(super) fn set_up_own_key(&mut self, username: &str) {
-        self.key_published = false;
-        self.own_key = None;
+        self.keys.published = false;
+        self.keys.own = None;
         let Some(session_file) = &self.options.session_file else {
             self.out.notice(
                 "* end-to-end encryption is off: there is no place to keep your key \
@@ -311,7 +329,7 @@ impl App {
         };
         let path = key_path(session_file, username);
         match load_or_create(&path, username) {
-            Ok(pair) => self.own_key = Some(pair),
+            Ok(pair) => self.keys.own = Some(pair),
             Err(error) => {
                 self.out.notice(&format!(
                     "* end-to-end encryption is off: cannot use the key file {}: {error}",
@@ -325,7 +343,8 @@ impl App {
 
     /// A Key answering the client's own GetKey.
     pub(super) fn on_key(&mut self, key: &Key) {
-        self.peer_keys
+        self.keys
+            .peers
             .record(&key.username, key.public_key.as_deref());
         if self.logged_in_as(&key.username) {
             self.publish_own_key_unless(key.public_key.as_deref());
@@ -337,7 +356,8 @@ impl App {
     /// sealed for the key if there is one.
     pub(super) fn on_recipient_key(&mut self, to: String, text: String, key: &Key) {
         let recorded = self
-            .peer_keys
+            .keys
+            .peers
             .record(&key.username, key.public_key.as_deref());
         let public = match recorded {
             PeerKey::Known(public) => Some(public),
@@ -350,14 +370,14 @@ impl App {
     /// Publishes the user's key when the server's copy (`published`)
     /// differs, once per login.
     pub(super) fn publish_own_key_unless(&mut self, published: Option<&str>) {
-        let Some(own_key) = &self.own_key else {
+        let Some(own_key) = &self.keys.own else {
             return;
         };
         let public_key = own_key.public_base64();
-        if published == Some(public_key.as_str()) || self.key_published {
+        if published == Some(public_key.as_str()) || self.keys.published {
             return;
         }
-        self.key_published = true;
+        self.keys.published = true;
         let publish = ClientMessage::PublishKey(PublishKey { public_key });
         self.send_request(Purpose::PublishKey, &publish);
     }

@@ -8,6 +8,8 @@
 
 use std::io::{self, IsTerminal, Write};
 
+use protocol::ServerMessage;
+
 use crate::chat::editor::Printer;
 
 /// The screen (or the script's output streams).
@@ -91,5 +93,41 @@ impl Output {
                 let _ = writeln!(io::stderr().lock(), "{line}");
             }
         }
+    }
+}
+
+/// Key traffic is the client's own business (the user never asks for a key
+/// directly), so `--json` does not print it: stdout keeps only the frames of
+/// what was asked and what was pushed.
+pub fn is_key_traffic(message: &ServerMessage) -> bool {
+    match message {
+        ServerMessage::Key(_) => true,
+        ServerMessage::Error(error) => matches!(error.ref_tag, Some(9) | Some(10)),
+        _ => false,
+    }
+}
+
+/// A frame on one line for `--json` (the server sends compact JSON already;
+/// this only matters if a frame holds a raw line break between fields).
+pub fn one_line(text: &str) -> String {
+    if !text.contains('\n') {
+        return text.to_string();
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|value| value.to_string())
+        .unwrap_or_else(|_| text.replace('\n', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_printed_on_one_line() {
+        assert_eq!(
+            one_line("{\"tag\":\n32,\"time\":1}"),
+            r#"{"tag":32,"time":1}"#
+        );
+        assert_eq!(one_line(r#"{"tag":32}"#), r#"{"tag":32}"#);
     }
 }

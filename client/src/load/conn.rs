@@ -8,7 +8,7 @@
 //! `wss://`: a rustls client session under tungstenite, whose handshake also
 //! resumes on WouldBlock; whom it trusts is [`crate::tls`]'s business.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -36,52 +36,7 @@ pub fn use_tls(ca_file: Option<&Path>) -> Result<(), TrustError> {
 }
 
 /// The byte stream under a connection's WebSocket.
-pub enum Stream {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://`.
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    /// The socket underneath, for mio.
-    pub fn socket_mut(&mut self) -> &mut TcpStream {
-        match self {
-            Stream::Plain(socket) => socket,
-            Stream::Tls(tls) => &mut tls.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(socket) => socket.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(socket) => socket.write(buf),
-            // rustls's plaintext buffer is full: wait for WRITABLE rather
-            // than let tungstenite read 0 as a broken connection.
-            Stream::Tls(tls) => match tls.write(buf)? {
-                0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-                written => Ok(written),
-            },
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(socket) => socket.flush(),
-            Stream::Tls(tls) => tls.flush(),
-        }
-    }
-}
+pub type Stream = crate::stream::Stream<TcpStream>;
 
 /// Where a connection is in its life.
 pub enum State {

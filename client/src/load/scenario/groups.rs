@@ -248,18 +248,9 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         group_size,
         groups,
         senders_per_group: senders,
-        mode: match config.pace {
-            Pace::Window(_) => "window",
-            Pace::Rate(_) => "rate",
-        },
-        window: match config.pace {
-            Pace::Window(window) => Some(window),
-            Pace::Rate(_) => None,
-        },
-        target_rate: match config.pace {
-            Pace::Rate(total) => Some(total),
-            Pace::Window(_) => None,
-        },
+        mode: config.pace.mode(),
+        window: config.pace.window(),
+        target_rate: config.pace.target_rate(),
         duration_secs: config.duration_secs,
         threads,
         receipts: config.receipts,
