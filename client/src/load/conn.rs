@@ -251,7 +251,7 @@ impl Conn {
             Err(HandshakeError::Failure(error)) => {
                 let reason = match &error {
                     tungstenite::Error::Io(io) => tls::tls_error(io)
-                        .map(|tls| tls::explain(tls, self.server()))
+                        .map(|tls| format!("handshake: {}", tls::explain(tls, self.server())))
                         .unwrap_or_else(|| format!("handshake: {error}")),
                     _ => format!("handshake: {error}"),
                 };
