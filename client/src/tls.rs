@@ -236,7 +236,8 @@ pub fn explain(error: &rustls::Error, host: &str) -> String {
             if presented.is_empty() {
                 "nothing".to_string()
             } else {
-                presented.join(", ")
+                let names: Vec<&str> = presented.iter().map(|name| bare_name(name)).collect();
+                names.join(", ")
             }
         ),
         CertificateError::Expired => format!(
@@ -271,6 +272,15 @@ fn is_ca_used_as_end_entity(error: &CertificateError) -> bool {
         && format!("{error:?}").contains("CaUsedAsEndEntity")
 }
 
+/// `localhost` from webpki's `DnsName("localhost")` (an IP address comes
+/// likewise); anything else as it is.
+fn bare_name(presented: &str) -> &str {
+    match (presented.find('"'), presented.rfind('"')) {
+        (Some(first), Some(last)) if first < last => &presented[first + 1..last],
+        _ => presented,
+    }
+}
+
 /// A certificate time as a UTC date and time.
 fn date(time: UnixTime) -> String {
     i64::try_from(time.as_secs())
@@ -293,7 +303,7 @@ mod tests {
             presented: vec!["DnsName(\"localhost\")".into()],
         });
         let text = explain(&name, "chat.example.com");
-        assert!(text.contains("localhost"), "{text}");
+        assert!(text.contains("lists only localhost;"), "{text}");
         assert!(
             text.contains("gen-cert DIR --name chat.example.com"),
             "{text}"

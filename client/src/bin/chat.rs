@@ -14,10 +14,13 @@ use client::chat::session;
 
 /// Talk to a chat-server from a terminal, or run chat commands from a script.
 ///
-/// Type /help at the prompt for the commands. When stdin is not a terminal,
-/// each line runs in order after the previous one is answered, results go to
-/// stdout and errors to stderr, and the exit status is 1 if any command failed
-/// (2 if the server could not be reached).
+/// Type /help at the prompt for the commands. At a terminal, lines are
+/// edited with history (kept beside the session file, passwords left out)
+/// and Tab completion of commands, contact names and group ids; messages
+/// that arrive are printed above the line being typed. When stdin is not a
+/// terminal, each line runs in order after the previous one is answered,
+/// results go to stdout and errors to stderr, and the exit status is 1 if
+/// any command failed (2 if the server could not be reached).
 #[derive(Parser, Debug)]
 #[command(name = "chat", version)]
 struct Cli {
@@ -31,7 +34,8 @@ struct Cli {
     json: bool,
 
     /// Where to save the session [default: $XDG_CONFIG_HOME/chat/session.json
-    /// or ~/.config/chat/session.json].
+    /// or ~/.config/chat/session.json]; the line editor's history is kept
+    /// beside it (session.history).
     #[arg(long, value_name = "PATH")]
     session_file: Option<PathBuf>,
 
