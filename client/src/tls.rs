@@ -206,16 +206,35 @@ impl ServerCertVerifier for PinningVerifier {
     }
 }
 
-/// The rustls error inside an I/O error from a TLS stream, if that is what
-/// it is.
-pub fn tls_error(error: &io::Error) -> Option<&rustls::Error> {
-    error.get_ref()?.downcast_ref::<rustls::Error>()
+/// An I/O error during a TLS handshake with `host` as a sentence that says
+/// what to do, when it is about TLS: rustls refused something, or the
+/// server hung up on the ClientHello (as a plain `ws://` server does).
+pub fn explain_handshake(error: &io::Error, host: &str) -> Option<String> {
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Some(explain(tls, host));
+    }
+    (error.kind() == io::ErrorKind::UnexpectedEof).then(|| {
+        format!(
+            "{host} closed the connection during the TLS handshake: if it serves \
+             plain WebSockets, connect with ws:// instead of wss://"
+        )
+    })
 }
 
 /// A TLS failure with `host` as a sentence that says what to do.
 pub fn explain(error: &rustls::Error, host: &str) -> String {
-    let rustls::Error::InvalidCertificate(certificate) = error else {
-        return format!("TLS with {host} failed: {error}");
+    let certificate = match error {
+        rustls::Error::InvalidCertificate(certificate) => certificate,
+        rustls::Error::InvalidMessage(_) => {
+            return format!(
+                "{host} did not answer in TLS ({error}): if it serves plain \
+                 WebSockets, connect with ws:// instead of wss://"
+            )
+        }
+        _ => return format!("TLS with {host} failed: {error}"),
     };
     match certificate {
         CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(

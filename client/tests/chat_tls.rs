@@ -102,6 +102,32 @@ fn self_signed_ca_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert_path, key_path)
 }
 
+/// A development CA and a server certificate it signed for `localhost`
+/// that expired on 2020-01-02. Returns the paths of the CA, the
+/// certificate and its key.
+fn expired_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{date_time_ymd, BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = date_time_ymd(2019, 1, 1);
+    params.not_after = date_time_ymd(2020, 1, 2);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("expired-ca.pem"),
+        dir.join("expired.pem"),
+        dir.join("expired.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
 /// Registers and logs in `name` through `command`; the run's outcome.
 fn register(command: Command, name: &str) -> common::Finished {
     run_script(
@@ -231,4 +257,37 @@ fn a_certificate_for_another_name_is_explained() {
             .contains("chat-server gen-cert DIR --name 127.0.0.1"),
         "{done:?}"
     );
+}
+
+/// An expired certificate is refused with its date and the fix.
+#[test]
+fn an_expired_certificate_is_explained_with_its_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = expired_certificate(dir.path());
+    let server = start_server_with(dir.path(), &cert, &key);
+    let url = format!("wss://localhost:{}", server.port);
+    let mut command = chat_command(&url, &dir.path().join("x.session"));
+    command.arg("--ca-file").arg(&ca);
+    let done = run_script(command, "/login x password-x\n");
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(
+        done.stderr.contains("expired on 2020-01-02 00:00 UTC"),
+        "{done:?}"
+    );
+    assert!(done.stderr.contains("gen-cert"), "{done:?}");
+}
+
+/// A server that does not speak TLS is named as such.
+#[test]
+fn a_plain_server_behind_wss_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(dir.path());
+    let url = format!("wss://127.0.0.1:{}", server.port);
+    let done = run_script(
+        chat_command(&url, &dir.path().join("x.session")),
+        "/login x password-x\n",
+    );
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(done.stderr.contains("during the TLS handshake"), "{done:?}");
+    assert!(done.stderr.contains("connect with ws://"), "{done:?}");
 }

@@ -191,8 +191,8 @@ fn tls_handshake(
 ) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
     while session.is_handshaking() {
         if let Err(error) = session.complete_io(&mut tcp) {
-            return Err(match tls::tls_error(&error) {
-                Some(tls_error) => tls::explain(tls_error, host),
+            return Err(match tls::explain_handshake(&error, host) {
+                Some(explained) => explained,
                 None if is_timeout(&error) => format!(
                     "{host} did not finish the TLS handshake within {} s",
                     HANDSHAKE_TIMEOUT.as_secs()

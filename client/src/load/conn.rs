@@ -250,8 +250,8 @@ impl Conn {
             Err(HandshakeError::Interrupted(mid)) => State::Handshaking(Box::new(mid)),
             Err(HandshakeError::Failure(error)) => {
                 let reason = match &error {
-                    tungstenite::Error::Io(io) => tls::tls_error(io)
-                        .map(|tls| format!("handshake: {}", tls::explain(tls, self.server())))
+                    tungstenite::Error::Io(io) => tls::explain_handshake(io, self.server())
+                        .map(|explained| format!("handshake: {explained}"))
                         .unwrap_or_else(|| format!("handshake: {error}")),
                     _ => format!("handshake: {error}"),
                 };
