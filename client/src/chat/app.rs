@@ -176,11 +176,7 @@ impl App {
             self.confirm_if_due();
             if self.finished() {
                 self.shut_down();
-                return if self.failures > 0 {
-                    EXIT_COMMAND_FAILED
-                } else {
-                    EXIT_OK
-                };
+                return self.exit_code_so_far();
             }
             self.request_input_if_ready();
             self.wait_for_something();
