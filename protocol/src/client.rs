@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{read_body, read_head, write_framed};
+use crate::envelope::read_head;
 use crate::error::DecodeError;
 use crate::request_id::RequestId;
+use crate::table::wire_messages;
 
 /// Tag 1: create an account. Never logs the connection in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,86 +139,11 @@ pub struct Received {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
-/// Declares every client message once — its tag, its name and its body —
-/// and derives from that one table the [`ClientMessage`] enum, the
-/// [`ClientTag`] names, and the decoding and encoding of each.
-macro_rules! client_messages {
-    ($($tag:literal => $name:ident $(($body:ty))?, $doc:literal;)*) => {
-        /// Every message a client may send.
-        #[derive(Clone, Debug, PartialEq, Eq)]
-        pub enum ClientMessage {
-            $(#[doc = $doc] $name $(($body))?,)*
-        }
-
-        /// Every client → server tag, by name: the one place tag numbers
-        /// are written (a reply's `ref_tag` names one of these).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum ClientTag {
-            $(#[doc = $doc] $name = $tag,)*
-        }
-
-        impl ClientTag {
-            /// The tag with this number, if clients may send it.
-            pub fn from_number(tag: i64) -> Option<ClientTag> {
-                match tag {
-                    $($tag => Some(ClientTag::$name),)*
-                    _ => None,
-                }
-            }
-
-            /// The message's name, for logs (never its content).
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(ClientTag::$name => stringify!($name),)*
-                }
-            }
-        }
-
-        impl ClientMessage {
-            /// The message's tag, by name.
-            pub fn kind(&self) -> ClientTag {
-                match self {
-                    $(client_messages!(@pattern $name $($body)?) => ClientTag::$name,)*
-                }
-            }
-        }
-
-        fn decode_body(tag: i64, text: &str) -> Result<ClientMessage, DecodeError> {
-            match ClientTag::from_number(tag) {
-                $(Some(ClientTag::$name) => client_messages!(@decode tag, text, $name $($body)?),)*
-                None => Err(DecodeError::UnknownTag(tag)),
-            }
-        }
-
-        /// Encodes a client message carrying `request_id` (protocol 1.1):
-        /// every reply to it will carry the same id.
-        pub fn encode_request(message: &ClientMessage, request_id: Option<&RequestId>) -> String {
-            let tag = message.tag();
-            match message {
-                $(client_messages!(@bind body, $name $($body)?) =>
-                    client_messages!(@encode tag, request_id, body, $($body)?),)*
-            }
-        }
-    };
-    (@pattern $name:ident) => { ClientMessage::$name };
-    (@pattern $name:ident $body:ty) => { ClientMessage::$name(_) };
-    (@bind $var:ident, $name:ident) => { ClientMessage::$name };
-    (@bind $var:ident, $name:ident $body:ty) => { ClientMessage::$name($var) };
-    (@decode $tag:ident, $text:ident, $name:ident) => {{
-        read_body::<Empty>($tag, $text)?;
-        Ok(ClientMessage::$name)
-    }};
-    (@decode $tag:ident, $text:ident, $name:ident $body:ty) => {
-        Ok(ClientMessage::$name(read_body($tag, $text)?))
-    };
-    (@encode $tag:ident, $id:ident, $var:ident,) => { write_framed($tag, None, $id, &Empty {}) };
-    (@encode $tag:ident, $id:ident, $var:ident, $body:ty) => {
-        write_framed($tag, None, $id, $var)
-    };
-}
-
-client_messages! {
+wire_messages! {
+    /// Every message a client may send.
+    enum ClientMessage;
+    /// Every client → server tag, by name (a reply's `ref_tag` names one).
+    tags ClientTag;
     1 => Register(Register), "Tag 1: create an account.";
     2 => Login(Login), "Tag 2: log in with a password or resume a session.";
     3 => Logout(Logout), "Tag 3: end the session.";
@@ -235,18 +161,6 @@ client_messages! {
     15 => GetGroups, "Tag 15: the caller's groups.";
     16 => Sync(Sync), "Tag 16: everything sent or received after a message id.";
     17 => Received(Received), "Tag 17 (1.1): confirm holding messages (receipts).";
-}
-
-impl ClientMessage {
-    /// The message's wire tag.
-    pub fn tag(&self) -> u8 {
-        self.kind() as u8
-    }
-
-    /// The message's name, for logs (never its content).
-    pub fn name(&self) -> &'static str {
-        self.kind().name()
-    }
 }
 
 /// Decodes one text frame from a client.
@@ -279,6 +193,12 @@ pub fn decode_request(text: &str) -> (Option<RequestId>, Result<ClientMessage, D
         return (None, Err(error));
     }
     (head.request_id, decode_body(tag, text))
+}
+
+/// Encodes a client message carrying `request_id` (protocol 1.1): every
+/// reply to it will carry the same id.
+pub fn encode_request(message: &ClientMessage, request_id: Option<&RequestId>) -> String {
+    encode_body(message, None, request_id)
 }
 
 /// Encodes a client message as a frame (without `time`, which is optional).

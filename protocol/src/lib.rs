@@ -26,6 +26,7 @@ mod envelope;
 pub mod error;
 pub mod request_id;
 pub mod server;
+mod table;
 pub mod validate;
 
 pub use client::{

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::Empty;
-use crate::envelope::{read_body, read_head, write_framed};
+use crate::envelope::{read_head, write_framed};
 use crate::error::{DecodeError, ErrorType};
 use crate::request_id::RequestId;
+use crate::table::wire_messages;
 
 /// Tag 11 from the server: a stored message, as pushed to a recipient and as
 /// listed in History and Synced pages.
@@ -221,85 +221,11 @@ pub struct DeliveryReceipt {
     pub through: i64,
 }
 
-/// Declares every server message once — its tag, its name and its body —
-/// and derives from that one table the [`ServerMessage`] enum, the
-/// [`ServerTag`] names, and the decoding and encoding of each.
-macro_rules! server_messages {
-    ($($tag:literal => $name:ident $(($body:ty))?, $doc:literal;)*) => {
-        /// Every message the server sends.
-        #[derive(Clone, Debug, PartialEq, Eq)]
-        pub enum ServerMessage {
-            $(#[doc = $doc] $name $(($body))?,)*
-        }
-
-        /// Every server → client tag, by name: the one place tag numbers
-        /// are written.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum ServerTag {
-            $(#[doc = $doc] $name = $tag,)*
-        }
-
-        impl ServerTag {
-            /// The tag with this number, if the server sends it.
-            pub fn from_number(tag: i64) -> Option<ServerTag> {
-                match tag {
-                    $($tag => Some(ServerTag::$name),)*
-                    _ => None,
-                }
-            }
-        }
-
-        impl ServerMessage {
-            /// The message's tag, by name.
-            pub fn kind(&self) -> ServerTag {
-                match self {
-                    $(server_messages!(@pattern $name $($body)?) => ServerTag::$name,)*
-                }
-            }
-        }
-
-        fn decode_server_body(tag: i64, text: &str) -> Result<ServerMessage, DecodeError> {
-            match ServerTag::from_number(tag) {
-                $(Some(ServerTag::$name) => server_messages!(@decode tag, text, $name $($body)?),)*
-                None => Err(DecodeError::UnknownTag(tag)),
-            }
-        }
-
-        /// Encodes a server message's body under its tag (all but a
-        /// delivered Message, whose own `time` is the frame's).
-        fn encode_body(
-            message: &ServerMessage,
-            time: Option<i64>,
-            id: Option<&RequestId>,
-        ) -> String {
-            let tag = message.tag();
-            match message {
-                $(server_messages!(@bind body, $name $($body)?) =>
-                    server_messages!(@encode tag, time, id, body, $($body)?),)*
-            }
-        }
-    };
-    (@pattern $name:ident) => { ServerMessage::$name };
-    (@pattern $name:ident $body:ty) => { ServerMessage::$name(_) };
-    (@bind $var:ident, $name:ident) => { ServerMessage::$name };
-    (@bind $var:ident, $name:ident $body:ty) => { ServerMessage::$name($var) };
-    (@decode $tag:ident, $text:ident, $name:ident) => {{
-        read_body::<Empty>($tag, $text)?;
-        Ok(ServerMessage::$name)
-    }};
-    (@decode $tag:ident, $text:ident, $name:ident $body:ty) => {
-        Ok(ServerMessage::$name(read_body($tag, $text)?))
-    };
-    (@encode $tag:ident, $time:ident, $id:ident, $var:ident,) => {
-        write_framed($tag, $time, $id, &Empty {})
-    };
-    (@encode $tag:ident, $time:ident, $id:ident, $var:ident, $body:ty) => {
-        write_framed($tag, $time, $id, $var)
-    };
-}
-
-server_messages! {
+wire_messages! {
+    /// Every message the server sends.
+    enum ServerMessage;
+    /// Every server → client tag, by name.
+    tags ServerTag;
     11 => Message(Delivered), "Tag 11: a message delivered (a push).";
     21 => SuccessRegister(SuccessRegister), "Tag 21: the account is created.";
     22 => SuccessLogin(SuccessLogin), "Tag 22: logged in.";
@@ -321,11 +247,6 @@ server_messages! {
 }
 
 impl ServerMessage {
-    /// The message's wire tag.
-    pub fn tag(&self) -> u8 {
-        self.kind() as u8
-    }
-
     /// Whether this is a reply to a request (and so carries the request's
     /// `request_id`): everything but the pushes 11, 27 and 31. A GroupInfo
     /// (34) is a reply only on the requesting connection; the caller decides
@@ -383,7 +304,7 @@ pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
 /// malformed `request_id` from a server is read as none.
 pub fn decode_reply(text: &str) -> Result<(ServerMessage, Option<RequestId>), DecodeError> {
     let head = read_head(text)?;
-    Ok((decode_server_body(head.tag, text)?, head.request_id))
+    Ok((decode_body(head.tag, text)?, head.request_id))
 }
 
 #[cfg(test)]
