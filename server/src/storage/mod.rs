@@ -14,6 +14,7 @@
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
 mod checkpoint;
+pub mod json_files;
 #[cfg(test)]
 mod queue_model_tests;
 pub mod schema;

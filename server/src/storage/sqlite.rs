@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::checkpoint::Checkpointer;
+use super::json_files::Mirror;
 use super::schema;
 use super::{
     Backend, Command, ContactRow, Conversation, GroupRow, GroupsTaken, NewMessage, Reply, Snapshot,
@@ -21,7 +22,6 @@ use super::{
 use crate::config::{
     MESSAGE_ID_BLOCK, QUEUE_PAGE_BYTES, READ_PAGE_BYTES, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX,
 };
-use crate::json_files::Mirror;
 
 /// Offline-queue messages taken per storage round trip at login. The whole
 /// queue is pushed, chunk by chunk, so one reply (and one write into the
