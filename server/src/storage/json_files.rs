@@ -35,7 +35,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::schema;
+use super::sqlite::schema;
 use crate::password;
 
 /// The accounts file.
