@@ -8,9 +8,10 @@
 //! - [`tls`]: `wss://` (rustls under tungstenite) and development certificates.
 //! - [`dispatcher`]: the protocol's rules as a pure function from (state,
 //!   message) to effects; one file per group of messages.
-//! - [`storage`]: the storage thread and its command/reply vocabulary;
-//!   [`storage::sqlite`] (one file per family of commands) is the only code
-//!   that touches SQLite; [`storage::json_files`] is the original's
+//! - [`storage`]: the storage thread and its command/reply vocabulary, the
+//!   only code that touches SQLite; [`storage::open`] chooses the backend and
+//!   runs the crash-recovery policy; [`storage::sqlite`] has one file per
+//!   family of commands; [`storage::json_files`] is the original's
 //!   `users.json`/`contacts.json`: export, import, mirror.
 //! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
 //! - [`priority`]: background threads yield the CPU to the loop.
