@@ -23,7 +23,7 @@ mod queue_model_tests;
 pub mod sqlite;
 pub mod startup;
 
-/// The SQLite schema, where tools and tests have always found it.
+/// The SQLite schema, also at its first path (`storage::schema`).
 pub use sqlite::schema;
 pub use startup::{begin_run, open, OpenError, PreviousRun};
 
