@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{logged_in, message_to, register_all, tcp_connect_from, Client, TestServer};
@@ -98,12 +98,40 @@ fn request(port: u16, method: &str, path: &str, headers: &[&str]) -> Answer {
     exchange(stream, text.as_bytes())
 }
 
-/// A file of the web client as it is in the repository.
-fn web_file(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../client/web")
-        .join(name);
+/// The web client's folder in the repository.
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../client/web")
+}
+
+/// A file of the web client as it is in the repository, by URL path.
+fn web_file(url_path: &str) -> Vec<u8> {
+    let path = web_dir().join(url_path.trim_start_matches('/'));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The URL paths of the web client's files ending in `.extension`, largest
+/// first (whatever the client's files are called: they change with it).
+fn web_paths(extension: &str) -> Vec<String> {
+    fn walk(dir: &Path, prefix: &str, extension: &str, found: &mut Vec<(u64, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with('.') {
+                continue; // not embedded (build.rs)
+            }
+            if path.is_dir() {
+                walk(&path, &format!("{prefix}{name}/"), extension, found);
+            } else if name.ends_with(&format!(".{extension}")) {
+                let size = entry.metadata().unwrap().len();
+                found.push((size, format!("{prefix}{name}")));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&web_dir(), "/", extension, &mut found);
+    found.sort_by(|a, b| b.cmp(a));
+    assert!(!found.is_empty(), "client/web has no .{extension} file");
+    found.into_iter().map(|(_, path)| path).collect()
 }
 
 /// `GET /` serves the embedded index.html with the CSP (no inline script,
@@ -115,7 +143,7 @@ fn the_web_client_is_served_with_its_security_and_cache_headers() {
     let server = TestServer::start(&[]);
     let index = get(server.port, "/", &[]);
     assert_eq!(index.status, 200, "{index:?}");
-    assert_eq!(index.body, web_file("index.html"));
+    assert_eq!(index.body, web_file("/index.html"));
     assert_eq!(
         index.header("Content-Type"),
         Some("text/html; charset=utf-8")
@@ -140,24 +168,26 @@ fn the_web_client_is_served_with_its_security_and_cache_headers() {
     );
     assert_eq!(index.header("Connection"), Some("close"));
 
-    let script = get(server.port, "/app.js", &[]);
-    assert_eq!(script.status, 200);
-    assert_eq!(script.body, web_file("app.js"));
-    assert_eq!(
-        script.header("Content-Type"),
-        Some("text/javascript; charset=utf-8")
-    );
-    let style = get(server.port, "/style.css", &[]);
-    assert_eq!(style.body, web_file("style.css"));
-    assert_eq!(
-        style.header("Content-Type"),
-        Some("text/css; charset=utf-8")
-    );
-    assert_ne!(
-        style.header("ETag"),
-        index.header("ETag"),
-        "an ETag per file"
-    );
+    for path in web_paths("js") {
+        let script = get(server.port, &path, &[]);
+        assert_eq!(script.status, 200, "{path}");
+        assert_eq!(script.body, web_file(&path), "{path}");
+        let content_type = script.header("Content-Type");
+        assert_eq!(content_type, Some("text/javascript; charset=utf-8"));
+    }
+    for path in web_paths("css") {
+        let style = get(server.port, &path, &[]);
+        assert_eq!(style.body, web_file(&path), "{path}");
+        assert_eq!(
+            style.header("Content-Type"),
+            Some("text/css; charset=utf-8")
+        );
+        assert_ne!(
+            style.header("ETag"),
+            index.header("ETag"),
+            "an ETag per file"
+        );
+    }
 }
 
 /// A browser that accepts gzip gets the build-time gzip copy (its own ETag,
@@ -165,12 +195,11 @@ fn the_web_client_is_served_with_its_security_and_cache_headers() {
 #[test]
 fn gzip_is_sent_when_the_browser_accepts_it() {
     let server = TestServer::start(&[]);
-    let plain = get(server.port, "/app.js", &[]);
-    let packed = get(
-        server.port,
-        "/app.js",
-        &["Accept-Encoding: gzip, deflate, br"],
-    );
+    // The largest script: big enough for gzip to pay (build.rs keeps a gzip
+    // copy only when it is smaller).
+    let script = &web_paths("js")[0];
+    let plain = get(server.port, script, &[]);
+    let packed = get(server.port, script, &["Accept-Encoding: gzip, deflate, br"]);
     assert_eq!(packed.status, 200);
     assert_eq!(packed.header("Content-Encoding"), Some("gzip"));
     assert_eq!(packed.header("Vary"), Some("Accept-Encoding"));
@@ -183,9 +212,9 @@ fn gzip_is_sent_when_the_browser_accepts_it() {
     flate2::read::GzDecoder::new(packed.body.as_slice())
         .read_to_end(&mut unpacked)
         .expect("a gzip body");
-    assert_eq!(unpacked, web_file("app.js"));
+    assert_eq!(unpacked, web_file(script));
     assert_eq!(plain.header("Content-Encoding"), None);
-    assert_eq!(plain.body, web_file("app.js"));
+    assert_eq!(plain.body, web_file(script));
 }
 
 /// `If-None-Match` with the ETag just served gets 304 and no body; a stale
@@ -272,7 +301,7 @@ fn a_half_request_counts_toward_max_connections() {
 fn no_web_turns_the_client_off_and_nothing_else() {
     let server = TestServer::start(&["--no-web"]);
     assert_eq!(get(server.port, "/", &[]).status, 404);
-    assert_eq!(get(server.port, "/app.js", &[]).status, 404);
+    assert_eq!(get(server.port, &web_paths("js")[0], &[]).status, 404);
     assert_eq!(get(server.port, "/healthz", &[]).status, 200);
     assert_eq!(get(server.port, "/metrics", &[]).status, 200);
     server.client().ping_pong();
