@@ -20,6 +20,7 @@
 //! | another method | 405 |
 //! | an unknown path | 404 |
 //! | a head that does not parse / is too large | 400 / 431 |
+//! | a TLS handshake on a plain port | closed, no answer |
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -122,11 +123,22 @@ pub enum HeadError {
     TooLarge,
     /// Not an HTTP/1.x request head: answered 400.
     Malformed,
+    /// A TLS handshake (a `wss://` or `https://` client on a plain port):
+    /// closed without an answer, which a TLS client could not read anyway;
+    /// its TLS stack reports the failed handshake.
+    TlsHandshake,
 }
+
+/// The first byte of a TLS record carrying a handshake (RFC 8446, 5.1); no
+/// HTTP method starts with it.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Parses the bytes of a connection read so far: `Ok(None)` while the head
 /// is incomplete (and under the size limit).
 pub fn parse_head(bytes: &[u8]) -> Result<Option<Request>, HeadError> {
+    if bytes.first() == Some(&TLS_HANDSHAKE_RECORD) {
+        return Err(HeadError::TlsHandshake);
+    }
     let mut headers = [httparse::EMPTY_HEADER; config::REQUEST_HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(bytes) {
@@ -371,11 +383,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The answer to a head that could not be parsed.
-pub fn refuse_head(error: HeadError) -> Response {
+/// The answer to a head that could not be parsed, if it gets one.
+pub fn refuse_head(error: HeadError) -> Option<Response> {
     match error {
-        HeadError::TooLarge => Response::text(431, "request head too large\n"),
-        HeadError::Malformed => Response::text(400, "malformed request\n"),
+        HeadError::TooLarge => Some(Response::text(431, "request head too large\n")),
+        HeadError::Malformed => Some(Response::text(400, "malformed request\n")),
+        HeadError::TlsHandshake => None,
     }
 }
 
@@ -729,8 +742,12 @@ mod tests {
             .unwrap()
             .is_websocket_upgrade());
         assert_eq!(
-            parse_head(b"\x16\x03\x01 hello\r\n\r\n"),
+            parse_head(b"\x01\x02 hello\r\n\r\n"),
             Err(HeadError::Malformed)
+        );
+        assert_eq!(
+            parse_head(b"\x16\x03\x01\x02"),
+            Err(HeadError::TlsHandshake)
         );
         let long = vec![b'a'; config::REQUEST_HEAD_BYTES_MAX];
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
@@ -742,7 +759,9 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(parse_head(&many), Err(HeadError::TooLarge));
-        assert_eq!(refuse_head(HeadError::TooLarge).status(), 431);
-        assert_eq!(refuse_head(HeadError::Malformed).status(), 400);
+        let status = |error| refuse_head(error).map(|answer| answer.status());
+        assert_eq!(status(HeadError::TooLarge), Some(431));
+        assert_eq!(status(HeadError::Malformed), Some(400));
+        assert_eq!(status(HeadError::TlsHandshake), None);
     }
 }

@@ -241,7 +241,8 @@ fn a_matching_etag_gets_304_and_head_gets_no_body() {
 }
 
 /// Unknown paths are 404, other methods 405 (with `Allow`), garbage and a
-/// 1.1 request without Host 400 — and the server goes on serving.
+/// 1.1 request without Host 400, a TLS handshake a close — and the server
+/// goes on serving.
 #[test]
 fn refusals_are_plain_http_errors() {
     let server = TestServer::start(&[]);
@@ -251,8 +252,17 @@ fn refusals_are_plain_http_errors() {
     assert_eq!(post.status, 405);
     assert_eq!(post.header("Allow"), Some("GET, HEAD"));
     let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let garbage = exchange(stream, b"\x16\x03\x01\x02\x00 not http\r\n\r\n");
+    let garbage = exchange(stream, b"\x01\x02\x00 not http\r\n\r\n");
     assert_eq!(garbage.status, 400);
+    // A TLS client on the plain port gets no plain-text answer it could not
+    // read: the connection just closes (its TLS stack explains).
+    let mut tls = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    tls.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+    tls.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer); // end of stream or a reset
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
     let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let no_host = exchange(stream, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(no_host.status, 400);
