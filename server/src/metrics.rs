@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use protocol::server::{FailLogin, FailRegister, LoginError, RegisterError};
-use protocol::{ErrorType, ServerMessage};
+use protocol::{ClientTag, ErrorType, ServerMessage};
 
 /// The `Content-Type` of what [`encode`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -87,11 +87,13 @@ impl RateLimited {
 
     /// The kind of a `rate_limited` Error frame answering request `ref_tag`.
     fn of_tag(ref_tag: Option<i64>) -> RateLimited {
-        match ref_tag {
-            Some(11) => RateLimited::Message,
-            Some(12..=14) => RateLimited::GroupChange,
-            Some(2) => RateLimited::Login,
-            Some(1) => RateLimited::Registration,
+        match ref_tag.and_then(ClientTag::from_number) {
+            Some(ClientTag::Message) => RateLimited::Message,
+            Some(ClientTag::CreateGroup | ClientTag::AddGroupMembers | ClientTag::LeaveGroup) => {
+                RateLimited::GroupChange
+            }
+            Some(ClientTag::Login) => RateLimited::Login,
+            Some(ClientTag::Register) => RateLimited::Registration,
             _ => RateLimited::Other,
         }
     }
