@@ -30,7 +30,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use tungstenite::error::{CapacityError, Error as WsError};
@@ -196,26 +196,26 @@ pub struct Connection {
     pub peer: SocketAddr,
     state: State,
     /// When the TCP connection was accepted.
-    pub accepted_at: Instant,
+    accepted_at: Instant,
     /// When anything last arrived from the client.
-    pub last_received: Instant,
+    last_received: Instant,
     /// When the loop started closing it, if it did.
-    pub closing_since: Option<Instant>,
+    closing_since: Option<Instant>,
     /// Whether a heartbeat ping went out since the last thing received.
-    pub ping_sent: bool,
+    ping_sent: bool,
     /// Whether frames were queued since the last flush.
-    pub needs_flush: bool,
+    needs_flush: bool,
     /// The first message id written since the output was last fully
     /// flushed: what the client may not have received if dropped now.
-    pub unflushed_from: Option<i64>,
+    unflushed_from: Option<i64>,
     /// Frames were queued that the socket has not taken yet.
-    pub output_pending: bool,
+    output_pending: bool,
     /// Bytes of frames queued since the output was last fully flushed (an
     /// upper bound on what is unsent).
     pending_bytes: usize,
     /// The dispatcher was told the output is past
     /// [`crate::config::PUSH_BYTES_MAX`] and not yet that it drained.
-    pub told_output_full: bool,
+    told_output_full: bool,
     /// Its place in its address's connection count, given back on drop.
     _address_ticket: AddressTicket,
 }
@@ -630,6 +630,108 @@ impl Connection {
     pub fn abort(&mut self) {
         self.state = State::Closed;
     }
+
+    /// Its timers, once per loop tick: a close past its deadline or a first
+    /// exchange past the handshake deadline is dropped; a connection silent
+    /// for `timeout` starts closing (1001); one silent for `heartbeat` is
+    /// pinged once.
+    pub fn on_tick(&mut self, now: Instant, timers: Timers) -> TickAction {
+        if let Some(since) = self.closing_since {
+            if now.duration_since(since) < timers.close_deadline {
+                return TickAction::Nothing;
+            }
+            self.abort();
+            return TickAction::Dropped;
+        }
+        if self.is_handshaking() {
+            if now.duration_since(self.accepted_at) < timers.handshake_timeout {
+                return TickAction::Nothing;
+            }
+            log::debug!("{}: handshake timed out", self.peer);
+            self.abort();
+            return TickAction::HandshakeTimedOut;
+        }
+        let silent = now.duration_since(self.last_received);
+        if silent >= timers.timeout {
+            log::info!("{}: idle for {}s, closing", self.peer, silent.as_secs());
+            self.close(CloseCode::Away, "idle timeout");
+            TickAction::IdleClosed
+        } else if silent >= timers.heartbeat && !self.ping_sent {
+            self.ping();
+            TickAction::Pinged
+        } else {
+            TickAction::Nothing
+        }
+    }
+
+    /// Whether frames were queued since the last flush.
+    pub fn needs_flush(&self) -> bool {
+        self.needs_flush
+    }
+
+    /// The first message id written since the output was last fully
+    /// flushed: what the client may not have received if dropped now.
+    pub fn unflushed_from(&self) -> Option<i64> {
+        self.unflushed_from
+    }
+
+    /// Whether frames are queued that the socket has not taken yet.
+    pub fn has_output_pending(&self) -> bool {
+        self.output_pending
+    }
+
+    /// Whether the loop has started closing it.
+    pub fn is_closing(&self) -> bool {
+        self.closing_since.is_some()
+    }
+
+    /// Whether its unsent output just passed `limit` (true once, until it
+    /// drains: see [`Connection::take_drained`]).
+    pub fn newly_past(&mut self, limit: usize) -> bool {
+        if self.told_output_full || !self.output_past(limit) {
+            return false;
+        }
+        self.told_output_full = true;
+        true
+    }
+
+    /// Whether output that was past the limit has all been written out
+    /// since (true once).
+    pub fn take_drained(&mut self) -> bool {
+        if !self.told_output_full || self.output_pending {
+            return false;
+        }
+        self.told_output_full = false;
+        true
+    }
+}
+
+/// The deadlines [`Connection::on_tick`] applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    /// Silence after which a ping goes out.
+    pub heartbeat: Duration,
+    /// Silence after which the connection is closed.
+    pub timeout: Duration,
+    /// How long a close may take before the connection is dropped.
+    pub close_deadline: Duration,
+    /// How long the first exchange (head, upgrade, HTTP answer) may take.
+    pub handshake_timeout: Duration,
+}
+
+/// What a tick did to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TickAction {
+    /// Nothing was due.
+    Nothing,
+    /// A heartbeat ping was queued.
+    Pinged,
+    /// Silent too long: it is now closing (a departure).
+    IdleClosed,
+    /// Its first exchange took too long: dropped.
+    HandshakeTimedOut,
+    /// Its close took too long: dropped.
+    Dropped,
 }
 
 #[cfg(test)]

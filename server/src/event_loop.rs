@@ -34,7 +34,7 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::address_cap::AddressCap;
 use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
-use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
+use crate::connection::{Connection, OriginCheck, ReadEvent, TickAction, Timers, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects, Outbound};
 use crate::hasher::{FairQueue, Hasher};
 use crate::http::{self, Condition, HeadError, Health, Live, Site};
@@ -478,7 +478,7 @@ impl Server {
         };
         if connection.is_closed() {
             self.remove(slot);
-        } else if connection.needs_flush {
+        } else if connection.needs_flush() {
             self.to_flush.push(slot);
         }
     }
@@ -526,17 +526,16 @@ impl Server {
                     Err(WriteError::SlowConsumer) => {
                         log::warn!("{}: slow consumer, closing", connection.peer);
                         connection.close(CloseCode::Policy, "too much unread output");
-                        departing.push((id, connection.unflushed_from));
+                        departing.push((id, connection.unflushed_from()));
                         self.counters.closed(CloseKind::SlowConsumer);
                     }
                     Err(WriteError::Closed) => {}
                 }
-                if !connection.told_output_full && connection.output_past(config::PUSH_BYTES_MAX) {
-                    connection.told_output_full = true;
+                if connection.newly_past(config::PUSH_BYTES_MAX) {
                     self.dispatcher.set_output_full(id, true);
                     self.output_full.push(id);
                 }
-                if connection.needs_flush {
+                if connection.needs_flush() {
                     self.to_flush.push(id.slot);
                 }
             }
@@ -552,7 +551,7 @@ impl Server {
                             CloseKind::Abuse
                         }
                     };
-                    departing.push((id, connection.unflushed_from));
+                    departing.push((id, connection.unflushed_from()));
                     self.to_flush.push(id.slot);
                     self.counters.closed(kind);
                 }
@@ -594,7 +593,7 @@ impl Server {
         slots.dedup();
         for slot in slots.drain(..) {
             if let Some(connection) = self.connections.get_mut(slot) {
-                if connection.needs_flush {
+                if connection.needs_flush() {
                     connection.flush();
                 }
                 if connection.is_closed() {
@@ -619,10 +618,9 @@ impl Server {
             else {
                 return false;
             };
-            if connection.output_pending {
-                return true;
+            if !connection.take_drained() {
+                return connection.has_output_pending();
             }
-            connection.told_output_full = false;
             self.dispatcher.set_output_full(*id, false);
             false
         });
@@ -638,7 +636,7 @@ impl Server {
         let mut fx = std::mem::take(&mut self.effects);
         for (id, command) in std::mem::take(&mut self.after_flush) {
             match self.connection(id) {
-                Some(connection) if !connection.output_pending => fx.storage.push(command),
+                Some(connection) if !connection.has_output_pending() => fx.storage.push(command),
                 Some(_) => self.after_flush.push((id, command)),
                 None => {}
             }
@@ -658,7 +656,7 @@ impl Server {
         }
         log::debug!("{} disconnected ({:?})", connection.peer, connection.id);
         let mut fx = std::mem::take(&mut self.effects);
-        let unflushed_from = connection.unflushed_from;
+        let unflushed_from = connection.unflushed_from();
         self.dispatcher
             .disconnected(connection.id, unflushed_from, unix_now(), &mut fx);
         self.apply(&mut fx);
@@ -669,41 +667,25 @@ impl Server {
     fn tick(&mut self) {
         let now = Instant::now();
         self.next_tick = now + config::TICK;
-        let (heartbeat, timeout) = (self.config.heartbeat, self.config.timeout);
+        let timers = Timers {
+            heartbeat: self.config.heartbeat,
+            timeout: self.config.timeout,
+            close_deadline: CLOSE_DEADLINE,
+            handshake_timeout: config::HANDSHAKE_TIMEOUT,
+        };
         let mut finished = Vec::new();
         let mut idle = Vec::new();
         for (slot, connection) in self.connections.iter_mut() {
-            if let Some(since) = connection.closing_since {
-                if now.duration_since(since) >= CLOSE_DEADLINE {
-                    connection.abort();
-                    finished.push(slot);
+            match connection.on_tick(now, timers) {
+                TickAction::Nothing => continue,
+                TickAction::HandshakeTimedOut => self.counters.closed(CloseKind::HandshakeTimeout),
+                TickAction::IdleClosed => {
+                    idle.push((connection.id, connection.unflushed_from()));
+                    self.counters.closed(CloseKind::Idle);
                 }
-                continue;
+                TickAction::Pinged | TickAction::Dropped => {}
             }
-            if connection.is_handshaking() {
-                if now.duration_since(connection.accepted_at) >= config::HANDSHAKE_TIMEOUT {
-                    log::debug!("{}: handshake timed out", connection.peer);
-                    connection.abort();
-                    finished.push(slot);
-                    self.counters.closed(CloseKind::HandshakeTimeout);
-                }
-                continue;
-            }
-            let silent = now.duration_since(connection.last_received);
-            if silent >= timeout {
-                log::info!(
-                    "{}: idle for {}s, closing",
-                    connection.peer,
-                    silent.as_secs()
-                );
-                connection.close(CloseCode::Away, "idle timeout");
-                idle.push((connection.id, connection.unflushed_from));
-                finished.push(slot);
-                self.counters.closed(CloseKind::Idle);
-            } else if silent >= heartbeat && !connection.ping_sent {
-                connection.ping();
-                finished.push(slot);
-            }
+            finished.push(slot);
         }
         if !idle.is_empty() {
             let mut fx = std::mem::take(&mut self.effects);
@@ -785,7 +767,7 @@ impl Server {
             if connection.is_handshaking() && requests_may_finish {
                 continue;
             }
-            if connection.closing_since.is_none() {
+            if !connection.is_closing() {
                 connection.close(CloseCode::Away, "server shutting down");
                 closing.push(slot);
             }
