@@ -119,11 +119,12 @@ fn start_hostile_load(server: &TestServer, stop: &Arc<AtomicBool>) -> Vec<JoinHa
             thread::sleep(Duration::from_millis(50));
         }
     }));
-    // Large messages at the good user, as fast as the limits let through.
+    // Large messages at a user who is away, as fast as the limits let through
+    // (storage takes them; the reader side is `output_budgets.rs`).
     let large = "m".repeat(60_000);
     load.push(hostile(stop, move || {
         for _ in 0..16 {
-            let _ = flooder.try_send(&message_to("good", &large, None));
+            let _ = flooder.try_send(&message_to("victim", &large, None));
         }
         thread::sleep(Duration::from_millis(5));
         discard(&mut flooder);
@@ -161,6 +162,7 @@ fn a_well_behaved_client_is_served_during_a_hostile_load() {
     register_from(&server, GOOD, "good");
     register_from(&server, GOOD_PEER, "friend");
     register_from(&server, HOSTILE, "mallory");
+    register_from(&server, GOOD_PEER, "victim");
     // good has logged in from its address before: the guesses at its
     // password lock the account for the guessers, not for that address.
     let (_, quiet_login) = login_from(&server, GOOD, "good");
@@ -172,7 +174,7 @@ fn a_well_behaved_client_is_served_during_a_hostile_load() {
     let (mut good, login_time) = login_from(&server, GOOD, "good");
     let epoch = Instant::now();
     let reader = thread::spawn(move || {
-        // good reads everything (mallory's flood too) and times friend's.
+        // good times friend's messages.
         let mut latencies = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while latencies.len() < MEASURED_MESSAGES && Instant::now() < deadline {
