@@ -10,7 +10,7 @@ use super::contacts::mutual_contacts;
 use super::delivery::{self, QueueTake};
 use super::Batch;
 use crate::completion::Requester;
-use crate::config::{CLIENT_ID_RETENTION_SECS, SESSION_IDLE_SECS};
+use crate::config::SESSION_IDLE_SECS;
 use crate::password::PasswordHash;
 use crate::storage::{GroupsTaken, Reply};
 
@@ -149,14 +149,11 @@ pub(super) fn connection_lost(
     }))
 }
 
-/// `PurgeSessions`: sessions unused since `idle_before` are deleted, and
-/// client ids past their retention with them (the same hourly purge).
+/// `PurgeSessions`: sessions unused since `idle_before` are deleted.
 pub(super) fn purge_sessions(tx: &Transaction, idle_before: i64) -> rusqlite::Result<()> {
     let purged = tx
         .prepare_cached("DELETE FROM sessions WHERE last_used_at <= ?1")?
         .execute([idle_before])?;
-    let now = idle_before + SESSION_IDLE_SECS;
-    delivery::forget_client_ids(tx, now - CLIENT_ID_RETENTION_SECS)?;
     if purged > 0 {
         log::info!("expired {purged} sessions unused for 7 days");
     }

@@ -1,8 +1,7 @@
 //! The delivery bookkeeping (the dispatcher's `delivery.rs`; ARCHITECTURE.md,
 //! "Delivery"): the offline queue and the catch-up pages read like it, what
 //! takes a message (written out, confirmed) and what puts it back, the group
-//! cursors, the sessions' confirmations, and the client ids that make a
-//! resend idempotent.
+//! cursors, and the sessions' confirmations.
 
 use std::collections::HashMap;
 
@@ -12,7 +11,7 @@ use super::messages::{read_page, PageBudget, PageFrom};
 use super::Batch;
 use crate::completion::Requester;
 use crate::config::QUEUE_PAGE_BYTES;
-use crate::storage::{GroupsTaken, NewMessage, Reply, StoredMessage};
+use crate::storage::{GroupsTaken, Reply, StoredMessage};
 
 /// Offline-queue messages taken per storage round trip at login. The whole
 /// queue is pushed, chunk by chunk, so one reply (and one write into the
@@ -377,42 +376,4 @@ pub(super) fn advance_group_cursors(
 fn is_in_any_group(tx: &Transaction, user_id: i64) -> rusqlite::Result<bool> {
     tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM group_members WHERE user_id = ?1)")?
         .query_row([user_id], |row| row.get(0))
-}
-
-/// Records that the sender used `client_id` for this message; if they used
-/// it before (within the retention window), returns that message's id.
-pub(super) fn remember_client_id(
-    tx: &Transaction,
-    message: &NewMessage,
-    client_id: &str,
-) -> rusqlite::Result<Option<i64>> {
-    // One statement for a new id (the common case); a conflict writes
-    // nothing, so a resend is answered even when the disk is full.
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO client_ids (sender_id, client_message_id, message_id, created_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            message.sender_id,
-            client_id,
-            message.message_id,
-            message.time
-        ])?;
-    if inserted == 1 {
-        return Ok(None);
-    }
-    tx.prepare_cached(
-        "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
-    )?
-    .query_row(params![message.sender_id, client_id], |row| row.get(0))
-    .optional()
-}
-
-/// Forgets the client ids recorded at or before `created_before`: a resend
-/// after that is a new message.
-pub(super) fn forget_client_ids(tx: &Transaction, created_before: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM client_ids WHERE created_at <= ?1")?
-        .execute([created_before])?;
-    Ok(())
 }

@@ -8,7 +8,7 @@
 
 use rusqlite::{params, Connection, Transaction};
 
-use super::{delivery, Batch};
+use super::Batch;
 use crate::completion::Requester;
 use crate::config::READ_PAGE_BYTES;
 use crate::storage::{Conversation, NewMessage, Reply, StoredMessage};
@@ -24,12 +24,19 @@ pub(super) fn store_message(
     // The message lands past the index watermark: the batch's read of the
     // unindexed tail no longer holds.
     batch.tail.forget();
-    let duplicate_of = match client_message_id {
-        Some(client_id) => delivery::remember_client_id(batch.tx, message, client_id)?,
-        None => None,
-    };
+    let duplicate_of =
+        client_message_id.and_then(|client_id| batch.client_ids.find(message.sender_id, client_id));
     if duplicate_of.is_none() {
-        insert_message(batch.tx, message)?;
+        insert_message(batch.tx, message, client_message_id)?;
+        if let Some(client_id) = client_message_id {
+            let ids = &mut batch.client_ids;
+            ids.remember(
+                message.sender_id,
+                client_id,
+                message.message_id,
+                message.time,
+            );
+        }
     }
     Ok(Reply::MessageStored {
         to: to.clone(),
@@ -90,12 +97,16 @@ pub(super) fn highest_stored_id(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {
+fn insert_message(
+    tx: &Transaction,
+    message: &NewMessage,
+    client_message_id: Option<&str>,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO messages
              (message_id, sender_id, receiver_id, group_id, content, is_encrypted, timestamp,
-              delivered)
-         VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7)",
+              delivered, client_message_id)
+         VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7, ?9)",
     )?
     .execute(params![
         message.message_id,
@@ -106,6 +117,7 @@ fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()
         message.time,
         message.delivered,
         message.group_id,
+        client_message_id,
     ])?;
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! - [`schema`]: the tables and indexes, and why they are shaped so.
 
 mod accounts;
+mod client_ids;
 mod contacts;
 mod delivery;
 mod groups;
@@ -40,6 +41,8 @@ use rusqlite::{params, Connection, Transaction};
 use super::checkpoint::Checkpointer;
 use super::json_files::Mirror;
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
+use crate::config::{CLIENT_ID_RETENTION_SECS, SESSION_IDLE_SECS};
+use client_ids::ClientIds;
 use delivery::{QueueTake, UnindexedTail};
 
 pub use delivery::OFFLINE_CHUNK;
@@ -64,6 +67,8 @@ pub struct SqliteBackend {
     highest_stored: i64,
     /// When the last index pass ran.
     last_index_pass: Instant,
+    /// The recent client ids, for idempotent sends.
+    client_ids: ClientIds,
     /// Copies the WAL back into the database without stalling commits.
     _checkpointer: Checkpointer,
     /// Keeps `users.json`/`contacts.json` current (`--json-mirror`).
@@ -80,6 +85,8 @@ struct Batch<'a> {
     indexed_through: i64,
     /// The 1:1 messages past the watermark, once read.
     tail: UnindexedTail,
+    /// The recent client ids (what the batch adds is taken back if it fails).
+    client_ids: &'a mut ClientIds,
 }
 
 impl SqliteBackend {
@@ -91,8 +98,11 @@ impl SqliteBackend {
         create_private_file(path);
         let (conn, highest_stored) = prepare_connection(path, synchronous_full)
             .map_err(|error| OpenError::database(path.display(), error))?;
+        let client_ids = ClientIds::load(&conn, unix_now())
+            .map_err(|error| OpenError::database(path.display(), error))?;
         let checkpointer = Checkpointer::start(path).map_err(OpenError::Thread)?;
         Ok(SqliteBackend {
+            client_ids,
             conn,
             indexed_through: highest_stored,
             highest_stored,
@@ -147,11 +157,28 @@ impl SqliteBackend {
     }
 
     fn execute_in_transaction(&mut self, commands: &[Command]) -> rusqlite::Result<Vec<Reply>> {
+        let replies = self.apply_all(commands);
+        match replies {
+            Ok(_) => self.client_ids.commit(),
+            Err(_) => self.client_ids.roll_back(),
+        }
+        let replies = replies?;
+        let stored = commands.iter().filter_map(|command| match command {
+            Command::StoreMessage { message, .. } => Some(message.message_id),
+            _ => None,
+        });
+        self.highest_stored = stored.fold(self.highest_stored, i64::max);
+        Ok(replies)
+    }
+
+    /// Applies the commands in one transaction and commits it.
+    fn apply_all(&mut self, commands: &[Command]) -> rusqlite::Result<Vec<Reply>> {
         let tx = self.conn.transaction()?;
         let mut batch = Batch {
             tx: &tx,
             indexed_through: self.indexed_through,
             tail: UnindexedTail::default(),
+            client_ids: &mut self.client_ids,
         };
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands {
@@ -160,11 +187,6 @@ impl SqliteBackend {
             }
         }
         tx.commit()?;
-        let stored = commands.iter().filter_map(|command| match command {
-            Command::StoreMessage { message, .. } => Some(message.message_id),
-            _ => None,
-        });
-        self.highest_stored = stored.fold(self.highest_stored, i64::max);
         Ok(replies)
     }
 
@@ -310,6 +332,10 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             *now,
         ),
         Command::PurgeSessions { idle_before } => {
+            let now = idle_before + SESSION_IDLE_SECS;
+            batch
+                .client_ids
+                .forget_older_than(now - CLIENT_ID_RETENTION_SECS);
             accounts::purge_sessions(tx, *idle_before).map(|()| None)
         }
         // messages.rs
@@ -434,6 +460,13 @@ fn prepare_connection(path: &Path, synchronous_full: bool) -> rusqlite::Result<(
     conn.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0", [])?;
     let highest_stored = messages::highest_stored_id(&conn)?;
     Ok((conn, highest_stored))
+}
+
+/// The wall clock in Unix seconds (message times are in it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64)
 }
 
 /// Creates the database file with mode 0600 before SQLite opens it, so the

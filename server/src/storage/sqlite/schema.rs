@@ -22,7 +22,7 @@
 use rusqlite::Connection;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const VERSION_1: &str = "
 CREATE TABLE users (
@@ -124,6 +124,26 @@ CREATE TABLE client_ids (
 ) WITHOUT ROWID;
 ";
 
+/// Version 4: the client's message id lives in the message's row (read
+/// back into memory at start, `client_ids.rs`) instead of a second B-tree
+/// written for every message; the ids already remembered move there.
+const VERSION_4: &str = "
+ALTER TABLE messages ADD COLUMN client_message_id TEXT;
+CREATE INDEX client_ids_by_message ON client_ids(message_id);
+UPDATE messages SET client_message_id =
+    (SELECT c.client_message_id FROM client_ids c WHERE c.message_id = messages.message_id)
+WHERE message_id IN (SELECT message_id FROM client_ids);
+DROP TABLE client_ids;
+";
+
+/// Each version and the step that reaches it from the one before.
+pub(super) const MIGRATIONS: [(i64, &str); 4] = [
+    (1, VERSION_1),
+    (2, VERSION_2),
+    (3, VERSION_3),
+    (4, VERSION_4),
+];
+
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].
 pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -157,7 +177,7 @@ pub fn prepare(conn: &mut Connection, synchronous_full: bool) -> rusqlite::Resul
             "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
         )));
     }
-    for (target, migration) in [(1, VERSION_1), (2, VERSION_2), (3, VERSION_3)] {
+    for (target, migration) in MIGRATIONS {
         if version < target {
             let tx = conn.transaction()?;
             tx.execute_batch(migration)?;

@@ -458,3 +458,145 @@ fn a_failing_command_fails_alone() {
         "{replies:?}"
     );
 }
+
+/// A message from `from` to itself with a client id, sent at `time`.
+fn with_client_id(id: i64, from: i64, client_id: &str, time: i64) -> Command {
+    Command::StoreMessage {
+        to: CONN,
+        client_message_id: Some(client_id.into()),
+        message: NewMessage {
+            message_id: id,
+            sender_id: from,
+            receiver_id: Some(from),
+            group_id: None,
+            content: format!("m{id}"),
+            is_encrypted: false,
+            time,
+            delivered: true,
+        },
+    }
+}
+
+/// The `duplicate_of` of each `MessageStored` reply, in order.
+fn duplicates(replies: &[Reply]) -> Vec<Option<i64>> {
+    replies
+        .iter()
+        .map(|reply| match reply {
+            Reply::MessageStored { duplicate_of, .. } => *duplicate_of,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+fn stored_count(backend: &SqliteBackend) -> i64 {
+    backend
+        .conn
+        .query_row("SELECT COUNT(*) FROM messages", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_resend_is_recognised_in_its_batch_and_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, _) = open_at(&path);
+    let a = create_user(&mut backend, "alice");
+    let now = unix_now();
+    let replies = backend.execute(vec![
+        with_client_id(1, a, "c1", now),
+        with_client_id(2, a, "c1", now),
+        with_client_id(3, a, "c2", now),
+    ]);
+    assert_eq!(duplicates(&replies), [None, Some(1), None]);
+    assert_eq!(stored_count(&backend), 2);
+    // Dropped without finishing, as `kill -9` leaves it.
+    drop(backend);
+    let (mut backend, _) = open_at(&path);
+    let replies = backend.execute(vec![
+        with_client_id(4, a, "c1", now),
+        with_client_id(5, a, "c2", now),
+        with_client_id(6, a, "c3", now),
+    ]);
+    assert_eq!(duplicates(&replies), [Some(1), Some(3), None]);
+    assert_eq!(stored_count(&backend), 3);
+}
+
+#[test]
+fn ids_older_than_the_retention_are_not_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, _) = open_at(&path);
+    let a = create_user(&mut backend, "alice");
+    let long_ago = unix_now() - crate::config::CLIENT_ID_RETENTION_SECS - 10;
+    backend.execute(vec![with_client_id(1, a, "old", long_ago)]);
+    drop(backend);
+    let (mut backend, _) = open_at(&path);
+    let replies = backend.execute(vec![with_client_id(2, a, "old", unix_now())]);
+    assert_eq!(duplicates(&replies), [None], "past 24 h a resend is new");
+}
+
+#[test]
+fn a_failed_batch_leaves_no_client_id_behind() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let now = unix_now();
+    // The second command reuses message id 1: the batch fails, and each
+    // command is retried alone; the first must then be stored, not taken
+    // for a resend of itself.
+    let replies = backend.execute(vec![
+        with_client_id(1, a, "c1", now),
+        with_client_id(1, a, "c2", now),
+    ]);
+    assert!(
+        matches!(
+            &replies[..],
+            [
+                Reply::MessageStored {
+                    message_id: 1,
+                    duplicate_of: None,
+                    ..
+                },
+                Reply::Failed { .. }
+            ]
+        ),
+        "{replies:?}"
+    );
+    assert_eq!(stored_count(&backend), 1);
+    let replies = backend.execute(vec![with_client_id(2, a, "c2", now)]);
+    assert_eq!(duplicates(&replies), [None], "c2 was never stored");
+}
+
+#[test]
+fn a_version_3_database_keeps_its_client_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let now = unix_now();
+    {
+        // The schema as version 3 wrote it, with one remembered id.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for (_, migration) in &schema::MIGRATIONS[..3] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO users (user_id, username, email, password_hash, salt, created_at)
+                 VALUES (1, 'alice', 'a@example.com', 'x', 'x', 1);
+             INSERT INTO messages (message_id, sender_id, receiver_id, content, timestamp)
+                 VALUES (7, 1, 1, 'hi', {now});
+             INSERT INTO client_ids VALUES (1, 'c7', 7, {now});"
+        ))
+        .unwrap();
+    }
+    let (mut backend, _) = open_at(&path);
+    let kept: Option<String> = backend
+        .conn
+        .query_row(
+            "SELECT client_message_id FROM messages WHERE message_id = 7",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("c7"));
+    let replies = backend.execute(vec![with_client_id(MESSAGE_ID_BLOCK * 10, 1, "c7", now)]);
+    assert_eq!(duplicates(&replies), [Some(7)]);
+}

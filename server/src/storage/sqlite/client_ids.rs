@@ -1,0 +1,227 @@
+//! Idempotent sends without a second B-tree per message: the client's id is
+//! kept in the message's own row (`messages.client_message_id`), and this
+//! in-memory index maps `(sender, client id)` to the message id for the
+//! last [`CLIENT_ID_RETENTION_SECS`]. A resend is found here; the row is
+//! what rebuilds the index when the server starts (after `kill -9` too).
+//!
+//! The index is bounded by [`CLIENT_ID_INDEX_BYTES`]: past it the oldest
+//! ids are forgotten early, and a resend of one of those is stored again
+//! (SECURITY.md, "Budget table"). Entries added inside a batch's
+//! transaction are taken back if the transaction fails, so the index never
+//! names a message that was not committed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::config::{CLIENT_ID_INDEX_BYTES, CLIENT_ID_RETENTION_SECS};
+
+/// What one remembered id costs besides its text: the order queue's entry,
+/// the map's entry and key, the shared string's header and the hash
+/// table's slack (an estimate, rounded up).
+const ENTRY_OVERHEAD_BYTES: usize = 128;
+
+/// One remembered id, in the order ids were remembered.
+struct Remembered {
+    sender_id: i64,
+    client_id: Arc<str>,
+    message_id: i64,
+    created_at: i64,
+}
+
+impl Remembered {
+    fn bytes(&self) -> usize {
+        self.client_id.len() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The recent client ids of every sender, oldest first in `order`.
+pub(super) struct ClientIds {
+    by_sender: HashMap<i64, HashMap<Arc<str>, i64>>,
+    order: VecDeque<Remembered>,
+    bytes: usize,
+    bytes_max: usize,
+    /// Ids remembered by the batch in progress, `(sender, client id)`.
+    uncommitted: Vec<(i64, Arc<str>)>,
+}
+
+impl ClientIds {
+    /// An empty index holding at most `bytes_max` bytes.
+    pub(super) fn new(bytes_max: usize) -> Self {
+        ClientIds {
+            by_sender: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            bytes_max,
+            uncommitted: Vec::new(),
+        }
+    }
+
+    /// The index of the stored messages' client ids younger than the
+    /// retention at `now`, newest kept first if they outgrow the budget.
+    pub(super) fn load(conn: &Connection, now: i64) -> rusqlite::Result<Self> {
+        let mut index = ClientIds::new(CLIENT_ID_INDEX_BYTES);
+        let oldest_kept = now - CLIENT_ID_RETENTION_SECS;
+        // Newest first, stopping at the first message past the retention:
+        // ids (and their times) are assigned in order, so the scan reads
+        // one day of messages, not the table.
+        let mut statement = conn.prepare(
+            "SELECT sender_id, client_message_id, message_id, timestamp FROM messages
+             ORDER BY message_id DESC",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut newest_first = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let created_at: i64 = row.get(3)?;
+            if created_at <= oldest_kept {
+                break;
+            }
+            let Some(client_id) = row.get::<_, Option<String>>(1)? else {
+                continue;
+            };
+            bytes += client_id.len() + ENTRY_OVERHEAD_BYTES;
+            if bytes > index.bytes_max {
+                break;
+            }
+            newest_first.push(Remembered {
+                sender_id: row.get(0)?,
+                client_id: client_id.into(),
+                message_id: row.get(2)?,
+                created_at,
+            });
+        }
+        for remembered in newest_first.into_iter().rev() {
+            index.push(remembered);
+        }
+        Ok(index)
+    }
+
+    /// The message the sender stored under `client_id`, if remembered.
+    pub(super) fn find(&self, sender_id: i64, client_id: &str) -> Option<i64> {
+        self.by_sender.get(&sender_id)?.get(client_id).copied()
+    }
+
+    /// Remembers that the sender stored `message_id` under `client_id` at
+    /// `now` (in the batch in progress), forgetting ids past the retention
+    /// or the byte budget.
+    pub(super) fn remember(&mut self, sender_id: i64, client_id: &str, message_id: i64, now: i64) {
+        let client_id: Arc<str> = client_id.into();
+        self.uncommitted.push((sender_id, client_id.clone()));
+        self.push(Remembered {
+            sender_id,
+            client_id,
+            message_id,
+            created_at: now,
+        });
+        self.forget_older_than(now - CLIENT_ID_RETENTION_SECS);
+    }
+
+    /// The batch in progress committed: its ids stay.
+    pub(super) fn commit(&mut self) {
+        self.uncommitted.clear();
+    }
+
+    /// The batch in progress failed: its ids are forgotten (their messages
+    /// were not stored). Their bytes leave with the oldest entries later.
+    pub(super) fn roll_back(&mut self) {
+        for (sender_id, client_id) in std::mem::take(&mut self.uncommitted) {
+            self.remove(sender_id, &client_id, None);
+        }
+    }
+
+    /// Forgets every id remembered at or before `oldest_kept`.
+    pub(super) fn forget_older_than(&mut self, oldest_kept: i64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|front| front.created_at <= oldest_kept || self.bytes > self.bytes_max)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    /// How many ids are remembered.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_sender.values().map(HashMap::len).sum()
+    }
+
+    fn push(&mut self, remembered: Remembered) {
+        self.bytes += remembered.bytes();
+        self.by_sender
+            .entry(remembered.sender_id)
+            .or_default()
+            .insert(remembered.client_id.clone(), remembered.message_id);
+        self.order.push_back(remembered);
+        while self.bytes > self.bytes_max && self.order.len() > 1 {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(oldest) = self.order.pop_front() {
+            self.bytes -= oldest.bytes();
+            self.remove(oldest.sender_id, &oldest.client_id, Some(oldest.message_id));
+        }
+    }
+
+    /// Removes the sender's `client_id` (only if it still names `message_id`,
+    /// when given).
+    fn remove(&mut self, sender_id: i64, client_id: &str, message_id: Option<i64>) {
+        let Some(ids) = self.by_sender.get_mut(&sender_id) else {
+            return;
+        };
+        if message_id.is_none() || ids.get(client_id).copied() == message_id {
+            ids.remove(client_id);
+        }
+        if ids.is_empty() {
+            self.by_sender.remove(&sender_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_found_until_its_retention_passes() {
+        let mut index = ClientIds::new(1 << 20);
+        index.remember(1, "a", 10, 1_000);
+        index.commit();
+        assert_eq!(index.find(1, "a"), Some(10));
+        assert_eq!(index.find(2, "a"), None, "ids are per sender");
+        index.forget_older_than(999);
+        assert_eq!(index.find(1, "a"), Some(10));
+        index.forget_older_than(1_000);
+        assert_eq!(index.find(1, "a"), None);
+    }
+
+    #[test]
+    fn past_the_byte_budget_the_oldest_are_forgotten() {
+        let mut index = ClientIds::new(3 * (ENTRY_OVERHEAD_BYTES + 1));
+        for (n, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            index.remember(1, id, n as i64, 1_000);
+        }
+        index.commit();
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.find(1, "a"), None, "the oldest went first");
+        assert_eq!(index.find(1, "d"), Some(3));
+    }
+
+    #[test]
+    fn a_failed_batch_forgets_its_ids() {
+        let mut index = ClientIds::new(1 << 20);
+        index.remember(1, "kept", 1, 1_000);
+        index.commit();
+        index.remember(1, "lost", 2, 1_000);
+        index.roll_back();
+        assert_eq!(index.find(1, "kept"), Some(1));
+        assert_eq!(index.find(1, "lost"), None);
+        index.forget_older_than(1_000);
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.bytes, 0, "the taken-back entry's bytes left too");
+    }
+}
