@@ -204,9 +204,9 @@ fn a_well_behaved_client_is_served_during_a_hostile_load() {
 
     // One hash at the default cost is a few hundred milliseconds on an idle
     // machine; on a loaded one the same login without the hostile load is
-    // the yardstick: fairness means about one hash of waiting, not the
+    // the yardstick: fairness means about two hashes of waiting (the one running and its own), not the
     // flood's length.
-    let allowed = Duration::from_secs(1).max(quiet_login * 3);
+    let allowed = Duration::from_secs(1).max(quiet_login * 4);
     assert!(
         login_time <= allowed,
         "the good login took {login_time:?} (without the hostile load: {quiet_login:?})"
@@ -220,8 +220,8 @@ fn a_well_behaved_client_is_served_during_a_hostile_load() {
     let p99 = latencies[latencies.len() * 99 / 100];
     assert!(p99 <= Duration::from_millis(50), "p99 {p99:?}");
     // The budget table's figure for this server: two SQLite page caches
-    // (64 MiB each), the storage queue (64 MiB) and some tens of connections
-    // at their 1.3 MiB budget each.
-    assert!(rss <= 64 + 64 + 64 + 30 * 2, "RSS {rss} MiB");
+    // (64 MiB each), the storage queue (64 MiB), the remembered client ids
+    // (64 MiB) and some tens of connections at their 1.3 MiB budget each.
+    assert!(rss <= 64 + 64 + 64 + 64 + 30 * 2, "RSS {rss} MiB");
     eprintln!("login {login_time:?} (quiet: {quiet_login:?}), delivery p99 {p99:?}, RSS {rss} MiB");
 }
