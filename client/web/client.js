@@ -185,7 +185,11 @@ export class ChatClient {
     this.pingTimer = setInterval(() => this.ping(), PING_INTERVAL_MS);
     const lists = Promise.all([this.refreshDirectory(), this.refreshGroups()]);
     if (firstLogin) {
-      store.e2eAvailable = await this.keyring.start(username).catch(() => false);
+      // Messages pushed from now on wait in the inbound queue until the
+      // keys are ready, so none is opened without them.
+      const keys = this.keyring.start(username).catch(() => false);
+      this.inbound = this.inbound.then(() => keys);
+      store.e2eAvailable = await keys;
       if (!store.e2eAvailable) store.notify("End-to-end encryption is not available in this browser: messages are sent unencrypted.", "info");
     }
     await lists;

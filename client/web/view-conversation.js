@@ -116,7 +116,7 @@ function renderHeader(store, chat) {
   setText(
     security,
     state === "encrypted"
-      ? "🔒 End-to-end encrypted"
+      ? "End-to-end encrypted"
       : state === "unknown"
         ? "Checking encryption…"
         : store.e2eAvailable
@@ -148,7 +148,7 @@ function renderMessages(store, chat) {
           el("span", { class: "sender" }, message.mine ? "You" : message.source),
           " ",
           el("time", { datetime: new Date(message.time * 1000).toISOString() }, formatTime(message.time)),
-          message.kind === "e2e" ? el("span", { class: "lock", title: "End-to-end encrypted" }, " 🔒 encrypted") : null,
+          message.kind === "e2e" ? el("span", { class: "lock", title: "End-to-end encrypted" }, " · encrypted") : null,
         ),
         el("p", { class: "text" }, message.text),
         el("p", { class: "status" }),

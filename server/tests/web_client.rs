@@ -602,8 +602,14 @@ fn two_browsers_talk_and_a_reload_resumes_the_session() {
         ann.wait_message("hi ann, line one").await;
         ann.screenshot("conversation").await;
 
-        // ben goes away; ann writes; ben comes back: resumed, not logged out.
-        ben.goto("about:blank").await;
+        // ben closes the tab; ann writes; ben comes back in a new tab:
+        // resumed, not logged out.
+        let blank = ben.client.new_window(true).await.expect("a new tab");
+        ben.client.close_window().await.expect("close the tab");
+        ben.client
+            .switch_to_window(blank.handle)
+            .await
+            .expect("switch tabs");
         ann.wait_text("#contacts .state", "offline").await;
         ann.send("while you were away").await;
         ann.wait_message("while you were away").await;
