@@ -929,3 +929,162 @@ fn the_page_obeys_the_csp_and_is_absent_with_no_web() {
         assert_eq!(page["form"], false, "--no-web still serves the page: {page}");
     });
 }
+
+/// A TCP forwarder between the browser and the server whose connections
+/// the test can cut (and refuse new ones until `resume`): the page, loaded
+/// through it, loses its WebSocket as on a dropped network.
+struct Cutter {
+    port: u16,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    streams: std::sync::Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Cutter {
+    fn start(target: &str) -> Cutter {
+        use std::sync::atomic::Ordering;
+        let target = target.to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the cutter");
+        let port = listener.local_addr().expect("cutter address").port();
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (refusing_, streams_) = (refusing.clone(), streams.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if refusing_.load(Ordering::SeqCst) {
+                    continue; // dropped at once
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut held = streams_.lock().unwrap();
+                held.push(client);
+                held.push(server);
+            }
+        });
+        Cutter {
+            port,
+            refusing,
+            streams,
+        }
+    }
+
+    /// Cuts every forwarded connection and refuses new ones.
+    fn cut(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards new connections again.
+    fn resume(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A dropped connection: the page says it is reconnecting, a message typed
+/// meanwhile waits, and once the network is back the page resumes its
+/// session, shows what was sent to it meanwhile, and sends the waiting
+/// message exactly once.
+#[test]
+fn a_dropped_connection_reconnects_and_misses_nothing() {
+    let Some(lab) = Lab::start("a_dropped_connection_reconnects_and_misses_nothing") else {
+        return;
+    };
+    let server = TestServer::start(&[]);
+    let direct = page(&server);
+    let authority = direct
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let cutter = Cutter::start(&authority);
+    let base = format!("http://127.0.0.1:{}/", cutter.port);
+    let dir = tempfile::tempdir().unwrap();
+    lab.run(async {
+        let mut pete = chat_user(&server, dir.path(), "pete");
+        let olga = lab.browser("olga").await;
+        olga.register(&base, "olga").await;
+        olga.add_contact("pete").await;
+        olga.open_chat("pete").await;
+        pete.send("/msg olga before the cut");
+        olga.wait_message("before the cut").await;
+
+        cutter.cut();
+        olga.wait_text("#connection-text", "Reconnecting").await;
+        olga.screenshot("reconnecting").await;
+        pete.send("/msg olga during the cut");
+        pete.expect_line("pete → olga: during the cut");
+        olga.send("typed while offline").await;
+        let waiting = olga.wait_message("typed while offline").await;
+        assert!(
+            waiting["status"]
+                .as_str()
+                .is_some_and(|status| status.contains("Waiting for the connection")),
+            "{waiting}"
+        );
+
+        cutter.resume();
+        olga.wait_text("#connection-text", "Online").await;
+        olga.wait_message("during the cut").await;
+        pete.expect_line("olga: typed while offline");
+        olga.wait_text("#messages .mine .status", "Sent").await;
+    });
+    let stored = server.stored_messages();
+    // Before, during, and the waiting one once (all three encrypted).
+    assert_eq!(stored.len(), 3, "{stored:?}");
+}
+
+/// History paging: after a reload the conversation shows its newest page,
+/// and "Load older messages" (or scrolling up) brings the rest, in order.
+#[test]
+fn older_messages_page_in_from_history() {
+    let Some(lab) = Lab::start("older_messages_page_in_from_history") else {
+        return;
+    };
+    let server = TestServer::start(&[]);
+    let base = page(&server);
+    let dir = tempfile::tempdir().unwrap();
+    lab.run(async {
+        let mut quinn = chat_user(&server, dir.path(), "quinn");
+        let rosa = lab.browser("rosa").await;
+        rosa.register(&base, "rosa").await;
+        rosa.add_contact("quinn").await;
+        for number in 1..=60 {
+            quinn.send(&format!("/msg --plain rosa old {number:02}"));
+        }
+        quinn.expect_line("quinn → rosa: old 60");
+        rosa.open_chat("quinn").await;
+        rosa.wait_message("old 60").await;
+        rosa.client.refresh().await.expect("reload");
+        rosa.wait_text("#connection-text", "Online").await;
+        rosa.wait_message("old 60").await;
+        let shown = rosa.texts("#messages .message .text").await;
+        assert_eq!(
+            shown.len(),
+            50,
+            "one History page after a reload: {shown:?}"
+        );
+        assert_eq!(shown[0], "old 11");
+        rosa.click("#load-older").await;
+        rosa.wait_message("old 01").await;
+        let shown = rosa.texts("#messages .message .text").await;
+        let expected: Vec<String> = (1..=60).map(|number| format!("old {number:02}")).collect();
+        assert_eq!(shown, expected);
+        rosa.wait_until(
+            "the load-older button gone",
+            "return document.getElementById('load-older').hidden;",
+            vec![],
+        )
+        .await;
+    });
+}
