@@ -21,13 +21,62 @@ pub const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// caps how much piles up within one turn.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// A connection whose unsent output passes this is a slow consumer and is
-/// closed; its undelivered messages stay stored for its next login or Sync.
+/// The per-connection output budget: a connection whose unsent output passes
+/// this is closed (1008). Only a connection that does not read its *own*
+/// replies gets there: what others send it stops at [`PUSH_BYTES_MAX`], and
+/// the parts below add up to less than this (see SECURITY.md, "Budgets"):
+/// pushes 256 KiB + one frame in flight 64 KiB + one queue page 256 KiB
+/// + [`READS_IN_FLIGHT_MAX`] × [`READ_PAGE_BYTES`] 256 KiB < 1 MiB.
 pub const SLOW_CONSUMER_BYTES: usize = 1024 * 1024;
+
+/// Unsent output past which messages from others are no longer written to a
+/// connection but left in storage, and pushed a page at a time from there as
+/// it drains: a recipient is never closed for what others send it.
+pub const PUSH_BYTES_MAX: usize = 256 * 1024;
+
+/// Frames held for a connection finishing its login (sent right after its
+/// offline queue). Past this, messages are left in storage instead, and the
+/// connection catches up from there once logged in.
+pub const HELD_BYTES_MAX: usize = 256 * 1024;
+
+/// Content bytes of one offline-queue or catch-up page (one storage round
+/// trip; the next page is asked once this one is written out).
+pub const QUEUE_PAGE_BYTES: usize = 256 * 1024;
+
+/// Content bytes of one History or Sync page: a page is cut here (with
+/// `has_more: true`) whatever its `limit`, so any page fits the budget.
+pub const READ_PAGE_BYTES: usize = 128 * 1024;
+
+/// History and Sync requests one connection may have in storage at once;
+/// more are refused with `rate_limited` until one is answered.
+pub const READS_IN_FLIGHT_MAX: usize = 2;
+
+/// Content bytes of messages on their way to storage (accepted, not yet
+/// committed), for the whole process: past this, new messages get
+/// `server_busy` until commits catch up (a fraction of a second at disk
+/// speed). Bounds the storage queue's memory in bytes, not only in commands.
+pub const STORAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// One connection's share of [`STORAGE_BYTES_MAX`], so one fast sender of
+/// large messages cannot take the storage queue from everyone else.
+pub const STORAGE_BYTES_PER_CONNECTION: usize = 4 * 1024 * 1024;
+
+/// Bytes of requests a connection may pipeline behind a Login still in
+/// progress (the login takes a hash, a fraction of a second); more get
+/// `server_busy`.
+pub const DEFERRED_BYTES_MAX: usize = 256 * 1024;
+
+/// Requests a connection may pipeline behind an unfinished Login, whatever
+/// their size; more get `server_busy`.
+pub const DEFERRED_REQUESTS_MAX: usize = 256;
 
 /// Frames read from one connection per turn of the loop, so one busy client
 /// cannot starve the others; the rest are read on the next turn.
 pub const FRAMES_PER_CONNECTION_PER_TURN: usize = 256;
+
+/// How often a connection left unread for being over its message rate is
+/// read again (its frames wait in the socket meanwhile).
+pub const THROTTLED_READ_RETRY: Duration = Duration::from_millis(10);
 
 /// Commands that may wait for the storage thread. Past this the loop answers
 /// `server_busy` instead of queueing more (bounded memory, visible overload).

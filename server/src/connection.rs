@@ -141,6 +141,12 @@ pub struct Connection {
     pub unflushed_from: Option<i64>,
     /// Frames were queued that the socket has not taken yet.
     pub output_pending: bool,
+    /// Bytes of frames queued since the output was last fully flushed (an
+    /// upper bound on what is unsent).
+    pending_bytes: usize,
+    /// The dispatcher was told the output is past
+    /// [`crate::config::PUSH_BYTES_MAX`] and not yet that it drained.
+    pub told_output_full: bool,
     /// Its place in its address's connection count, given back on drop.
     _address_ticket: AddressTicket,
 }
@@ -174,6 +180,8 @@ impl Connection {
             needs_flush: false,
             unflushed_from: None,
             output_pending: false,
+            pending_bytes: 0,
+            told_output_full: false,
             _address_ticket: ticket,
         }
     }
@@ -301,6 +309,7 @@ impl Connection {
         };
         self.needs_flush = true;
         self.output_pending = true;
+        self.pending_bytes += frame.len();
         match ws.write(Message::text(frame)) {
             Ok(()) => Ok(()),
             // Written into the buffer; the socket is just full for now.
@@ -312,6 +321,12 @@ impl Connection {
                 Err(WriteError::Closed)
             }
         }
+    }
+
+    /// Whether the unsent output is past `limit` bytes (an upper bound: what
+    /// was queued since the last complete flush).
+    pub fn output_past(&self, limit: usize) -> bool {
+        self.pending_bytes >= limit
     }
 
     /// Notes that a frame holding message `message_id` was just queued.
@@ -363,6 +378,7 @@ impl Connection {
             Ok(()) => {
                 self.unflushed_from = None;
                 self.output_pending = false;
+                self.pending_bytes = 0;
             }
             Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) => {

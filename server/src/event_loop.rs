@@ -34,7 +34,7 @@ use crate::address_cap::AddressCap;
 use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
 use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
-use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects};
+use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects, Outbound};
 use crate::hasher::{FairQueue, Hasher};
 use crate::storage::sqlite::SqliteBackend;
 use crate::storage::{Command, PurgeSchedule, StorageHandle};
@@ -102,6 +102,12 @@ pub struct Server {
     unfinished_reads: VecDeque<ConnId>,
     /// Slots written to this turn.
     to_flush: Vec<usize>,
+    /// Connections whose output the dispatcher was told is full.
+    output_full: Vec<ConnId>,
+    /// Connections left unread for being over their message rate.
+    throttled: Vec<ConnId>,
+    /// When the throttled connections are read again.
+    throttled_retry_at: Instant,
     /// Storage commands waiting for their connection's output to drain.
     after_flush: Vec<(ConnId, Command)>,
     /// Effects buffer, reused across turns.
@@ -209,6 +215,9 @@ impl Server {
             next_serial: 1,
             unfinished_reads: VecDeque::new(),
             to_flush: Vec::new(),
+            output_full: Vec::new(),
+            throttled: Vec::new(),
+            throttled_retry_at: Instant::now(),
             after_flush: Vec::new(),
             effects: Effects::default(),
             hash_in_flight: 0,
@@ -240,11 +249,14 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let until_tick = self.next_tick.saturating_duration_since(Instant::now());
-            let timeout = match (self.unfinished_reads.is_empty(), self.reads_paused()) {
+            let mut timeout = match (self.unfinished_reads.is_empty(), self.reads_paused()) {
                 (true, _) => until_tick,
                 (false, false) => Duration::ZERO,
                 (false, true) => until_tick.min(PAUSED_READ_RETRY),
             };
+            if !self.throttled.is_empty() {
+                timeout = timeout.min(config::THROTTLED_READ_RETRY);
+            }
             if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -260,6 +272,7 @@ impl Server {
                     Token(slot) => self.connection_ready(slot, event.is_writable()),
                 }
             }
+            self.retry_throttled_reads();
             self.continue_unfinished_reads();
             self.drain_completions();
             if Instant::now() >= self.next_tick {
@@ -373,7 +386,15 @@ impl Server {
         let now = unix_now();
         let mut fx = std::mem::take(&mut self.effects);
         let mut budget = config::FRAMES_PER_CONNECTION_PER_TURN;
-        while let Some(connection) = self.connection(id) {
+        loop {
+            if self.dispatcher.over_message_rate(id) {
+                // Its frames wait in the socket until its rate allows more.
+                self.throttled.push(id);
+                break;
+            }
+            let Some(connection) = self.connection(id) else {
+                break;
+            };
             match connection.read() {
                 ReadEvent::Opened => {
                     let peer = connection.peer;
@@ -395,6 +416,17 @@ impl Server {
         self.apply(&mut fx);
         self.effects = fx;
         self.after_io(id.slot);
+    }
+
+    /// Reads again, every [`config::THROTTLED_READ_RETRY`], from the
+    /// connections left unread for being over their message rate.
+    fn retry_throttled_reads(&mut self) {
+        let now = Instant::now();
+        if self.throttled.is_empty() || now < self.throttled_retry_at {
+            return;
+        }
+        self.throttled_retry_at = now + config::THROTTLED_READ_RETRY;
+        self.unfinished_reads.extend(self.throttled.drain(..));
     }
 
     fn continue_unfinished_reads(&mut self) {
@@ -442,17 +474,20 @@ impl Server {
         let now = unix_now();
         let mut departing = Vec::new();
         while !fx.is_empty() {
-            for (id, message_id) in fx.deliveries.drain(..) {
-                if let Some(connection) = self.connection(id) {
-                    connection.note_delivery(message_id);
-                }
-            }
-            for (id, frame) in fx.frames.drain(..) {
+            for Outbound {
+                conn: id,
+                frame,
+                message_id,
+            } in fx.frames.drain(..)
+            {
                 let Some(connection) = self.connections.get_mut(id.slot) else {
                     continue;
                 };
                 if connection.id != id {
                     continue;
+                }
+                if let Some(message_id) = message_id {
+                    connection.note_delivery(message_id);
                 }
                 match connection.send_text(frame) {
                     Ok(()) => {}
@@ -462,6 +497,11 @@ impl Server {
                         departing.push((id, connection.unflushed_from));
                     }
                     Err(WriteError::Closed) => {}
+                }
+                if !connection.told_output_full && connection.output_past(config::PUSH_BYTES_MAX) {
+                    connection.told_output_full = true;
+                    self.dispatcher.set_output_full(id, true);
+                    self.output_full.push(id);
                 }
                 if connection.needs_flush {
                     self.to_flush.push(id.slot);
@@ -523,7 +563,30 @@ impl Server {
             }
         }
         self.to_flush = slots;
+        self.tell_drained();
         self.release_after_flush();
+    }
+
+    /// Tells the dispatcher which connections whose output was full have
+    /// written it all out (live messages go to them again).
+    fn tell_drained(&mut self) {
+        let mut full = std::mem::take(&mut self.output_full);
+        full.retain(|id| {
+            let Some(connection) = self
+                .connections
+                .get_mut(id.slot)
+                .filter(|connection| connection.id == *id)
+            else {
+                return false;
+            };
+            if connection.output_pending {
+                return true;
+            }
+            connection.told_output_full = false;
+            self.dispatcher.set_output_full(*id, false);
+            false
+        });
+        self.output_full = full;
     }
 
     /// Submits the commands whose connection has written everything out;

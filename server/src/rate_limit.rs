@@ -72,6 +72,12 @@ impl Bucket {
         }
     }
 
+    /// Whether a token is there to take now (takes none).
+    pub fn has_token(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens + elapsed * self.per_second >= 1.0
+    }
+
     /// Whether the bucket has been full (untouched) for a while.
     fn is_idle(&self, now: Instant) -> bool {
         let refilled = self.tokens

@@ -60,7 +60,7 @@ fn dispatcher() -> Dispatcher {
 
 /// Every frame the dispatcher produced decodes as a server message.
 fn assert_frames_decode(fx: &Effects) {
-    for (_, text) in &fx.frames {
+    for text in fx.frames.iter().map(|out| &out.frame) {
         assert!(decode_server(text).is_ok(), "undecodable frame {text}");
     }
 }

@@ -21,13 +21,35 @@ use serde::Serialize;
 #[derive(Parser)]
 #[command(name = "chat-load", about = "Load generator for chat-server")]
 struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Where the server is and how to reach it (every scenario).
+#[derive(Args)]
+struct ServerArgs {
     /// The server's address.
     #[arg(long, global = true, default_value = "127.0.0.1:8765")]
     addr: SocketAddr,
-    /// Connect with TLS (`wss://`), trusting the CA certificate in this PEM
-    /// file (e.g. the ca.pem of `chat-server gen-cert`).
+    /// Connect with TLS (`wss://`), trusting the system's trust store (which
+    /// honours SSL_CERT_FILE and SSL_CERT_DIR) and any --ca-file.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// Connect with TLS, trusting also the certificates in this PEM file: the
+    /// CA that signed the server's certificate (e.g. the ca.pem of
+    /// `chat-server gen-cert`), or the server's own self-signed certificate,
+    /// which is then accepted exactly as it is. Implies --tls.
     #[arg(long, global = true, value_name = "PATH")]
-    ca_file: Option<std::path::PathBuf>,
+    ca_file: Option<PathBuf>,
+}
+
+/// How a run is named, set up and reported (every scenario).
+#[derive(Args)]
+struct RunArgs {
     /// Also write the result as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -43,8 +65,47 @@ struct Cli {
     /// Give up if registering and logging users in takes longer.
     #[arg(long, global = true, default_value_t = 300.0)]
     setup_timeout_secs: f64,
-    #[command(subcommand)]
-    scenario: Scenario,
+}
+
+/// How messages are sent, shared by the 1:1 (`messages`) and group
+/// (`groups`) scenarios.
+#[derive(Args)]
+struct TrafficArgs {
+    /// Closed loop: unacknowledged messages per sender (default 16 for
+    /// `messages`; 1 for `groups`, where each message is multiplied by the
+    /// group size on the way out).
+    #[arg(long, conflicts_with = "rate")]
+    window: Option<usize>,
+    /// Open loop: aggregate messages per second over all senders.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Seconds to wait afterwards for the last acks and deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    grace_secs: f64,
+    /// Threads, each driving its share of the senders on its own poll loop.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pad each message's content to at least this many bytes.
+    #[arg(long, default_value_t = 0)]
+    content_bytes: usize,
+    /// Log in without receipts (protocol 1.1) and send no `Received`: the
+    /// version-1 delivery path.
+    #[arg(long)]
+    no_receipts: bool,
+}
+
+impl TrafficArgs {
+    /// The pace asked for: a rate, or a window (`default_window` if none).
+    fn pace(&self, default_window: usize) -> messages::Pace {
+        match (self.window, self.rate) {
+            (_, Some(rate)) => messages::Pace::Rate(rate),
+            (Some(window), None) => messages::Pace::Window(window.max(1)),
+            (None, None) => messages::Pace::Window(default_window),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -90,28 +151,8 @@ struct MessagesArgs {
     /// Users (pairs: user 2k and 2k+1 talk to each other).
     #[arg(long, default_value_t = 100)]
     users: usize,
-    /// Closed loop: unacknowledged messages per sender.
-    #[arg(long, conflicts_with = "rate")]
-    window: Option<usize>,
-    /// Open loop: aggregate messages per second.
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seconds of sending.
-    #[arg(long, default_value_t = 10.0)]
-    duration_secs: f64,
-    /// Seconds to wait afterwards for the last acks and deliveries.
-    #[arg(long, default_value_t = 5.0)]
-    grace_secs: f64,
-    /// Threads, each driving its share of the pairs on its own poll loop.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Pad each message's content to at least this many bytes.
-    #[arg(long, default_value_t = 0)]
-    content_bytes: usize,
-    /// Log in without receipts (protocol 1.1) and send no `Received`: the
-    /// version-1 delivery path.
-    #[arg(long)]
-    no_receipts: bool,
+    #[command(flatten)]
+    traffic: TrafficArgs,
 }
 
 #[derive(Args)]
@@ -125,29 +166,8 @@ struct GroupsArgs {
     /// Members of each group that send (default: all).
     #[arg(long)]
     senders: Option<usize>,
-    /// Closed loop: unacknowledged messages per sender (default 1: each
-    /// message is multiplied by the group size on the way out).
-    #[arg(long, conflicts_with = "rate")]
-    window: Option<usize>,
-    /// Open loop: aggregate messages per second over all senders.
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seconds of sending.
-    #[arg(long, default_value_t = 10.0)]
-    duration_secs: f64,
-    /// Seconds to wait afterwards for the last acks and deliveries.
-    #[arg(long, default_value_t = 5.0)]
-    grace_secs: f64,
-    /// Threads, each driving its share of the groups on its own poll loop.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Pad each message's content to at least this many bytes.
-    #[arg(long, default_value_t = 0)]
-    content_bytes: usize,
-    /// Log in without receipts (protocol 1.1) and send no `Received`: the
-    /// version-1 delivery path.
-    #[arg(long)]
-    no_receipts: bool,
+    #[command(flatten)]
+    traffic: TrafficArgs,
 }
 
 #[derive(Args)]
@@ -199,21 +219,19 @@ struct StormArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(ca_file) = &cli.ca_file {
-        if let Err(error) = client::load::conn::use_tls(ca_file) {
-            eprintln!(
-                "chat-load: cannot use {} for TLS: {error}",
-                ca_file.display()
-            );
+    if cli.server.tls || cli.server.ca_file.is_some() {
+        if let Err(error) = client::load::conn::use_tls(cli.server.ca_file.as_deref()) {
+            eprintln!("chat-load: {error}");
             return ExitCode::from(1);
         }
     }
+    let run_args = &cli.run;
     let common = Common {
-        addr: cli.addr,
-        run_id: cli.run_id.clone().unwrap_or_else(random_run_id),
-        progress_secs: cli.progress_secs,
-        setup_concurrency: cli.setup_concurrency.max(1),
-        setup_timeout_secs: cli.setup_timeout_secs,
+        addr: cli.server.addr,
+        run_id: run_args.run_id.clone().unwrap_or_else(random_run_id),
+        progress_secs: run_args.progress_secs,
+        setup_concurrency: run_args.setup_concurrency.max(1),
+        setup_timeout_secs: run_args.setup_timeout_secs,
     };
     match run(&cli, &common) {
         Ok(code) => code,
@@ -256,19 +274,15 @@ fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
             )
         }
         Scenario::Messages(args) => {
-            let pace = match (args.window, args.rate) {
-                (_, Some(rate)) => messages::Pace::Rate(rate),
-                (Some(window), None) => messages::Pace::Window(window.max(1)),
-                (None, None) => messages::Pace::Window(16),
-            };
+            let traffic = &args.traffic;
             let config = messages::Config {
                 users: args.users,
-                pace,
-                duration_secs: args.duration_secs,
-                grace_secs: args.grace_secs,
-                threads: args.threads,
-                content_bytes: args.content_bytes,
-                receipts: !args.no_receipts,
+                pace: traffic.pace(16),
+                duration_secs: traffic.duration_secs,
+                grace_secs: traffic.grace_secs,
+                threads: traffic.threads,
+                content_bytes: traffic.content_bytes,
+                receipts: !traffic.no_receipts,
             };
             let outcome = messages::run(common, &config)?;
             let failure = format!(
@@ -278,21 +292,17 @@ fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
             finish(cli, &outcome, outcome.table(), outcome.passed, &failure)
         }
         Scenario::Groups(args) => {
-            let pace = match (args.window, args.rate) {
-                (_, Some(rate)) => messages::Pace::Rate(rate),
-                (Some(window), None) => messages::Pace::Window(window.max(1)),
-                (None, None) => messages::Pace::Window(1),
-            };
+            let traffic = &args.traffic;
             let config = groups::Config {
                 users: args.users,
                 group_size: args.group_size,
                 senders: args.senders.unwrap_or(args.group_size),
-                pace,
-                duration_secs: args.duration_secs,
-                grace_secs: args.grace_secs,
-                threads: args.threads,
-                content_bytes: args.content_bytes,
-                receipts: !args.no_receipts,
+                pace: traffic.pace(1),
+                duration_secs: traffic.duration_secs,
+                grace_secs: traffic.grace_secs,
+                threads: traffic.threads,
+                content_bytes: traffic.content_bytes,
+                receipts: !traffic.no_receipts,
             };
             let outcome = groups::run(common, &config)?;
             let failure = format!(
@@ -348,7 +358,7 @@ fn finish(
     failure: &str,
 ) -> Result<ExitCode, LoadError> {
     table.print();
-    if let Some(path) = &cli.json {
+    if let Some(path) = &cli.run.json {
         write_json(path, outcome)?;
     }
     if passed {

@@ -1,34 +1,13 @@
 //! Time stamps for the screen: `14:03:07` for today, `2024-05-01 14:03:07` for
 //! an older day, in the user's local time.
 //!
-//! Local time comes from the C library's `localtime_r` (which reads `TZ` and
-//! the system zone file); a whole date-time crate is not needed for one
-//! conversion. Rendering takes a [`Stamper`] so tests can use UTC instead.
+//! Local time comes from `jiff`, which reads `TZ` and the system's zone
+//! database; rendering takes a [`Stamper`] so tests can use UTC instead.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A calendar date and time of day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CivilTime {
-    /// Full year, e.g. 2024.
-    pub year: i64,
-    /// 1–12.
-    pub month: u32,
-    /// 1–31.
-    pub day: u32,
-    /// 0–23.
-    pub hour: u32,
-    /// 0–59.
-    pub minute: u32,
-    /// 0–60 (a leap second may show as 60).
-    pub second: u32,
-}
-
-impl CivilTime {
-    fn same_day(&self, other: &CivilTime) -> bool {
-        (self.year, self.month, self.day) == (other.year, other.month, other.day)
-    }
-}
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
 
 /// The current Unix time in seconds.
 pub fn unix_now() -> i64 {
@@ -38,87 +17,49 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// `unix` seconds as a UTC calendar time (Howard Hinnant's `civil_from_days`).
-pub fn utc(unix: i64) -> CivilTime {
-    let days = unix.div_euclid(86_400);
-    let seconds_of_day = unix.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    CivilTime {
-        year,
-        month,
-        day,
-        hour: seconds_of_day / 3600,
-        minute: seconds_of_day / 60 % 60,
-        second: seconds_of_day % 60,
-    }
-}
-
-/// `unix` seconds in the local time zone; UTC if the C library cannot say.
-pub fn local(unix: i64) -> CivilTime {
-    // time_t is 64-bit on every platform this client targets; the cast is
-    // exact there.
-    let time = unix as libc::time_t;
-    // SAFETY: `tm` is plain old data that `localtime_r` fills in; both
-    // pointers are valid for the call, and the reentrant variant touches no
-    // shared buffer.
-    let mut parts: libc::tm = unsafe { std::mem::zeroed() };
-    let filled = unsafe { libc::localtime_r(&time, &mut parts) };
-    if filled.is_null() {
-        return utc(unix);
-    }
-    CivilTime {
-        year: i64::from(parts.tm_year) + 1900,
-        month: (parts.tm_mon + 1) as u32,
-        day: parts.tm_mday as u32,
-        hour: parts.tm_hour as u32,
-        minute: parts.tm_min as u32,
-        second: parts.tm_sec as u32,
-    }
-}
-
 /// Formats Unix times relative to "now" in one time zone.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Stamper {
-    civil: fn(i64) -> CivilTime,
+    zone: TimeZone,
     now: i64,
 }
 
 impl Stamper {
-    /// Local time, with "today" taken from the clock now.
+    /// Local time, with "today" taken from the clock now. A zone that
+    /// cannot be found (no `TZ`, no zone files) is taken as UTC.
     pub fn local_now() -> Self {
         Stamper {
-            civil: local,
+            zone: TimeZone::try_system().unwrap_or(TimeZone::UTC),
             now: unix_now(),
         }
     }
 
     /// UTC with a fixed "now" (for tests and reproducible output).
     pub fn utc_at(now: i64) -> Self {
-        Stamper { civil: utc, now }
+        Stamper {
+            zone: TimeZone::UTC,
+            now,
+        }
     }
 
     /// `HH:MM:SS` for today, `YYYY-MM-DD HH:MM:SS` otherwise.
     pub fn stamp(&self, unix: i64) -> String {
-        let time = (self.civil)(unix);
-        let clock = format!("{:02}:{:02}:{:02}", time.hour, time.minute, time.second);
-        if time.same_day(&(self.civil)(self.now)) {
-            clock
+        // Server times are within jiff's range (years -9999..=9999) unless
+        // a server lies; such a time is shown as the number it is.
+        let Some(time) = self.civil(unix) else {
+            return format!("@{unix}");
+        };
+        let today = self.civil(self.now).map(|now| now.date());
+        if today == Some(time.date()) {
+            time.strftime("%H:%M:%S").to_string()
         } else {
-            format!("{:04}-{:02}-{:02} {clock}", time.year, time.month, time.day)
+            time.strftime("%Y-%m-%d %H:%M:%S").to_string()
         }
+    }
+
+    fn civil(&self, unix: i64) -> Option<jiff::civil::DateTime> {
+        let timestamp = Timestamp::from_second(unix).ok()?;
+        Some(self.zone.to_datetime(timestamp))
     }
 }
 
@@ -127,33 +68,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utc_conversion_matches_known_dates() {
-        let epoch = utc(0);
-        assert_eq!((epoch.year, epoch.month, epoch.day), (1970, 1, 1));
-        // 2022-01-01 00:00:00 UTC, the original protocol's example time.
-        let t = utc(1_640_995_200);
-        assert_eq!((t.year, t.month, t.day, t.hour), (2022, 1, 1, 0));
-        // 2024-02-29 13:45:30 UTC: a leap day.
-        let t = utc(1_709_214_330);
-        assert_eq!(
-            (t.year, t.month, t.day, t.hour, t.minute, t.second),
-            (2024, 2, 29, 13, 45, 30)
-        );
-        let t = utc(-1);
-        assert_eq!((t.year, t.month, t.day, t.hour), (1969, 12, 31, 23));
-    }
-
-    #[test]
     fn stamps_show_the_date_only_for_other_days() {
+        // 2024-02-29 13:45:30 UTC: a leap day.
         let stamper = Stamper::utc_at(1_709_214_330);
         assert_eq!(stamper.stamp(1_709_214_330 - 60), "13:44:30");
+        // 2022-01-01 00:00:00 UTC, the original protocol's example time.
         assert_eq!(stamper.stamp(1_640_995_200 + 3_727), "2022-01-01 01:02:07");
+        assert_eq!(stamper.stamp(-1), "1969-12-31 23:59:59");
+        assert_eq!(stamper.stamp(i64::MAX), format!("@{}", i64::MAX));
     }
 
     #[test]
-    fn local_time_agrees_with_utc_when_tz_is_utc_or_differs_by_whole_minutes() {
-        let now = unix_now();
-        let (here, there) = (local(now), utc(now));
-        assert_eq!(here.second, there.second);
+    fn local_time_follows_the_zone() {
+        let stamper = Stamper {
+            zone: TimeZone::fixed(jiff::tz::offset(2)),
+            now: 1_709_214_330,
+        };
+        assert_eq!(stamper.stamp(1_709_214_330), "15:45:30");
+        // 23:30 UTC on the 28th is already the 29th two hours east.
+        assert_eq!(stamper.stamp(1_709_163_000), "01:30:00");
     }
 }

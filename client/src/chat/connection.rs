@@ -3,25 +3,26 @@
 //! keyboard and its timers.
 //!
 //! `wss://` runs the same blocking tungstenite over a rustls client session,
-//! trusting the CA given with `--ca-file` ([`trust_ca_file`]).
+//! trusting what [`crate::tls`] says (the system's store and `--ca-file`).
 //!
 //! This module moves text frames and nothing else; it does not know what the
 //! frames mean. Pings from the server are answered inside tungstenite's `read`,
 //! which is why the loop must keep calling [`Connection::receive`].
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocket;
 use tungstenite::{Error as WsError, HandshakeError, Message};
+
+use crate::tls::{self, TrustError};
 
 /// How long one TCP connect attempt may take per address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,70 +48,30 @@ pub enum Received {
     Closed(String),
 }
 
-/// The TLS settings for `wss://`, set once from `--ca-file`.
+/// The TLS settings for `wss://`, set once ([`trust`]), or on the first
+/// `wss://` connection with the system's trust store alone.
 static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
-/// Trusts the CA certificate(s) in the PEM file `path` for `wss://`
-/// (this build carries no system trust store). The error is a sentence.
-pub fn trust_ca_file(path: &Path) -> Result<(), String> {
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|error| format!("{}: {error}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|error| format!("{}: {error}", path.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| error.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let _ = TLS.set(Arc::new(config));
+/// Trusts the system's trust store and the certificates in `ca_file` for
+/// `wss://` (see [`crate::tls`]). The error's `Display` is a sentence.
+pub fn trust(ca_file: Option<&Path>) -> Result<(), TrustError> {
+    let _ = TLS.set(tls::client_config(ca_file)?);
     Ok(())
 }
 
+/// The TLS settings, made with the system's trust store if [`trust`] was
+/// not called.
+fn tls_config() -> Result<Arc<ClientConfig>, String> {
+    if TLS.get().is_none() {
+        trust(None).map_err(|error| error.to_string())?;
+    }
+    TLS.get()
+        .cloned()
+        .ok_or_else(|| "TLS settings are missing".to_string())
+}
+
 /// The byte stream under the WebSocket: plain TCP, or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => &tls.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(tcp) => tcp.write(buf),
-            Stream::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(tcp) => tcp.flush(),
-            Stream::Tls(tls) => tls.flush(),
-        }
-    }
-}
+type Stream = crate::stream::Stream<TcpStream>;
 
 /// An open WebSocket to the server.
 pub struct Connection {
@@ -127,9 +88,7 @@ impl Connection {
         let uri = request.uri();
         let tls = match uri.scheme_str() {
             Some("ws") => None,
-            Some("wss") => Some(TLS.get().cloned().ok_or_else(|| {
-                "wss:// needs --ca-file with the server's CA certificate".to_string()
-            })?),
+            Some("wss") => Some(tls_config()?),
             _ => return Err(format!("{url} is not a ws:// or wss:// URL")),
         };
         let host = uri
@@ -153,7 +112,7 @@ impl Connection {
                     .map_err(|error| format!("{host} is not a TLS server name ({error})"))?;
                 let session = ClientConnection::new(config, name)
                     .map_err(|error| format!("cannot start TLS: {error}"))?;
-                Stream::Tls(Box::new(StreamOwned::new(session, tcp)))
+                Stream::Tls(Box::new(tls_handshake(session, tcp, &host)?))
             }
         };
         let (socket, _response) =
@@ -163,7 +122,7 @@ impl Connection {
             })?;
         socket
             .get_ref()
-            .tcp()
+            .socket()
             .set_read_timeout(Some(POLL_INTERVAL))
             .map_err(|error| error.to_string())?;
         Ok(Connection { socket })
@@ -221,6 +180,28 @@ fn is_timeout(error: &io::Error) -> bool {
         error.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
+}
+
+/// Completes the TLS handshake before the WebSocket one, so a refused
+/// certificate is explained in words ([`tls::explain`]).
+fn tls_handshake(
+    mut session: ClientConnection,
+    mut tcp: TcpStream,
+    host: &str,
+) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+    while session.is_handshaking() {
+        if let Err(error) = session.complete_io(&mut tcp) {
+            return Err(match tls::explain_handshake(&error, host) {
+                Some(explained) => explained,
+                None if is_timeout(&error) => format!(
+                    "{host} did not finish the TLS handshake within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+                None => format!("TLS with {host} failed: {error}"),
+            });
+        }
+    }
+    Ok(StreamOwned::new(session, tcp))
 }
 
 /// Tries each address of `host` in turn.

@@ -1,23 +1,26 @@
-//! Where each kind of line goes, and the prompt.
+//! Where each kind of line goes.
 //!
 //! Scripts get results and events on stdout, failures and status notices on
 //! stderr. With `--json`, stdout carries only the server's frames and every
-//! human line goes to stderr. On a terminal, a line that arrives while the
-//! prompt is shown first erases the prompt line, then redraws the prompt below
-//! it; what the user had typed stays in the terminal's buffer (Ctrl-R shows it
-//! again) — as much as a line-based tool without raw mode can do.
+//! human line goes to stderr. On a terminal every line goes through the line
+//! editor's [`Printer`], which prints it above the line being typed and
+//! redraws that line as it was.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
-/// Erases the current terminal line and returns the cursor to its start.
-const ERASE_LINE: &str = "\r\x1b[2K";
+use protocol::ServerMessage;
+
+use crate::chat::editor::Printer;
 
 /// The screen (or the script's output streams).
 pub struct Output {
-    interactive: bool,
     json: bool,
-    /// The prompt currently shown, if any.
-    prompt: Option<String>,
+    /// The line editor's printer when a person types at a terminal.
+    printer: Option<Printer>,
+    /// Which of stdout and stderr are that terminal (the others were
+    /// redirected and are written as in a script).
+    stdout_is_terminal: bool,
+    stderr_is_terminal: bool,
 }
 
 enum Stream {
@@ -26,12 +29,14 @@ enum Stream {
 }
 
 impl Output {
-    /// `interactive`: stdin is a terminal; `json`: stdout is for frames only.
-    pub fn new(interactive: bool, json: bool) -> Self {
+    /// `json`: stdout is for frames only; `printer`: the line editor's,
+    /// when stdin is a terminal.
+    pub fn new(json: bool, printer: Option<Printer>) -> Self {
         Output {
-            interactive,
             json,
-            prompt: None,
+            printer,
+            stdout_is_terminal: io::stdout().is_terminal(),
+            stderr_is_terminal: io::stderr().is_terminal(),
         }
     }
 
@@ -66,29 +71,17 @@ impl Output {
         }
     }
 
-    /// Shows a prompt (terminal only) without a line ending.
-    pub fn show_prompt(&mut self, prompt: &str) {
-        if !self.interactive {
-            return;
-        }
-        let mut stdout = io::stdout().lock();
-        let _ = write!(stdout, "{prompt}");
-        let _ = stdout.flush();
-        self.prompt = Some(prompt.to_string());
-    }
-
-    /// The user pressed Enter: the prompt line is finished.
-    pub fn prompt_answered(&mut self) {
-        self.prompt = None;
-    }
-
     fn write(&mut self, stream: Stream, line: &str) {
         // Errors writing to a closed pipe are ignored: there is no one left
         // to tell, and the exit code still says how the commands went.
-        if self.prompt.is_some() {
-            let mut stdout = io::stdout().lock();
-            let _ = write!(stdout, "{ERASE_LINE}");
-            let _ = stdout.flush();
+        let to_terminal = match stream {
+            Stream::Out => self.stdout_is_terminal,
+            Stream::Err => self.stderr_is_terminal,
+        };
+        if let Some(printer) = self.printer.as_mut().filter(|_| to_terminal) {
+            // The printer keeps the line being typed intact.
+            printer.print(line);
+            return;
         }
         match stream {
             Stream::Out => {
@@ -100,10 +93,41 @@ impl Output {
                 let _ = writeln!(io::stderr().lock(), "{line}");
             }
         }
-        if let Some(prompt) = &self.prompt {
-            let mut stdout = io::stdout().lock();
-            let _ = write!(stdout, "{prompt}");
-            let _ = stdout.flush();
-        }
+    }
+}
+
+/// Key traffic is the client's own business (the user never asks for a key
+/// directly), so `--json` does not print it: stdout keeps only the frames of
+/// what was asked and what was pushed.
+pub fn is_key_traffic(message: &ServerMessage) -> bool {
+    match message {
+        ServerMessage::Key(_) => true,
+        ServerMessage::Error(error) => matches!(error.ref_tag, Some(9) | Some(10)),
+        _ => false,
+    }
+}
+
+/// A frame on one line for `--json` (the server sends compact JSON already;
+/// this only matters if a frame holds a raw line break between fields).
+pub fn one_line(text: &str) -> String {
+    if !text.contains('\n') {
+        return text.to_string();
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|value| value.to_string())
+        .unwrap_or_else(|_| text.replace('\n', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_printed_on_one_line() {
+        assert_eq!(
+            one_line("{\"tag\":\n32,\"time\":1}"),
+            r#"{"tag":32,"time":1}"#
+        );
+        assert_eq!(one_line(r#"{"tag":32}"#), r#"{"tag":32}"#);
     }
 }

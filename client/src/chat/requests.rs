@@ -6,10 +6,17 @@
 //! [`Requests`] hands out the ids (a counter) and remembers, for each request
 //! still awaiting its reply, what it was sent for ([`Purpose`]): the user's
 //! command, or one of the client's own background requests.
+//!
+//! [`command_request`] says what the commands that are one plain request
+//! send, and what their answer is read against ([`Asked`]).
 
 use std::collections::HashMap;
 
-use protocol::RequestId;
+use protocol::client::{AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Register, UserRef};
+use protocol::{ClientMessage, RequestId};
+
+use crate::chat::command::{Chat, Command};
+use crate::chat::render::Asked;
 
 /// What a request was sent for, which decides what its reply means.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +27,9 @@ pub enum Purpose {
     Resume,
     /// The client's own GetGroups after a login, for the groups' names.
     GroupsFetch,
+    /// The client's own GetDirectory after a login, for Tab completion of
+    /// contact names.
+    ContactsFetch,
     /// One page of the client's own `Sync` catch-up after a resume.
     SyncPage,
     /// The client's own GetKey for this user: to open their messages, or
@@ -79,6 +89,89 @@ impl Requests {
             .values()
             .any(|purpose| matches!(purpose, Purpose::GetKey(_) | Purpose::PublishKey))
     }
+}
+
+/// The request a command sends when it is just one request, with what
+/// was asked; `None` for commands that are local or take steps of their own
+/// (logging in, messages, asking for a password). `group_label` names a
+/// group for the failure lines (`#team`, or `#5`).
+pub fn command_request(
+    command: Command,
+    group_label: impl Fn(i64) -> String,
+) -> Option<(Asked, ClientMessage)> {
+    let request = match command {
+        Command::Register {
+            username,
+            email,
+            secret: Some(secret),
+        } => (
+            Asked::Register {
+                username: username.clone(),
+            },
+            ClientMessage::Register(Register {
+                username,
+                secret,
+                email,
+            }),
+        ),
+        Command::History { with, limit } => {
+            let (asked, chat_id) = match with {
+                Chat::User(with) => (Asked::History { with: with.clone() }, with),
+                Chat::Group(group_id) => (
+                    Asked::GroupHistory {
+                        group_id,
+                        label: group_label(group_id),
+                    },
+                    format!("g:{group_id}"),
+                ),
+            };
+            let limit = limit.map(i64::from);
+            let get_history = GetHistory {
+                chat_id,
+                before: None,
+                limit,
+            };
+            (asked, ClientMessage::GetHistory(get_history))
+        }
+        Command::CreateGroup { name, members } => (
+            Asked::CreateGroup {
+                name: name.clone(),
+                members: members.clone(),
+            },
+            ClientMessage::CreateGroup(CreateGroup { name, members }),
+        ),
+        Command::AddGroupMembers { group_id, members } => (
+            Asked::AddGroupMembers {
+                group_id,
+                label: group_label(group_id),
+                members: members.clone(),
+            },
+            ClientMessage::AddGroupMembers(AddGroupMembers { group_id, members }),
+        ),
+        Command::LeaveGroup { group_id } => (
+            Asked::LeaveGroup {
+                group_id,
+                label: group_label(group_id),
+            },
+            ClientMessage::LeaveGroup(LeaveGroup { group_id }),
+        ),
+        Command::Groups => (Asked::Groups, ClientMessage::GetGroups),
+        Command::Friends => (Asked::Friends, ClientMessage::GetDirectory),
+        Command::Add { username } => (
+            Asked::Add {
+                username: username.clone(),
+            },
+            ClientMessage::AddContact(UserRef { username }),
+        ),
+        Command::Remove { username } => (
+            Asked::Remove {
+                username: username.clone(),
+            },
+            ClientMessage::RemoveContact(UserRef { username }),
+        ),
+        _ => return None,
+    };
+    Some(request)
 }
 
 #[cfg(test)]

@@ -6,92 +6,37 @@
 //! → `Open` → `Closed`. [`Conn::on_ready`] advances it and collects what
 //! happened; it never blocks. With [`use_tls`] every connection speaks
 //! `wss://`: a rustls client session under tungstenite, whose handshake also
-//! resumes on WouldBlock.
+//! resumes on WouldBlock; whom it trusts is [`crate::tls`]'s business.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use mio::net::TcpStream;
 use protocol::{decode_reply, RequestId, ServerMessage};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use tungstenite::client::client_with_config;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
-/// The TLS settings when connecting with `wss://` (set once by `--ca-file`).
+use crate::tls::{self, TrustError};
+
+/// The TLS settings when connecting with `wss://` (set once by [`use_tls`]).
 static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
-/// Makes every later connection use TLS, trusting the CA in `ca_file` (PEM).
-pub fn use_tls(ca_file: &Path) -> io::Result<()> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).map_err(io::Error::other)? {
-        roots
-            .add(cert.map_err(io::Error::other)?)
-            .map_err(io::Error::other)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let _ = TLS.set(Arc::new(config));
+/// Makes every later connection use TLS, trusting the system's trust store
+/// and the certificates in `ca_file` (PEM; see [`crate::tls`]).
+pub fn use_tls(ca_file: Option<&Path>) -> Result<(), TrustError> {
+    let _ = TLS.set(tls::client_config(ca_file)?);
     Ok(())
 }
 
 /// The byte stream under a connection's WebSocket.
-pub enum Stream {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://`.
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    /// The socket underneath, for mio.
-    pub fn socket_mut(&mut self) -> &mut TcpStream {
-        match self {
-            Stream::Plain(socket) => socket,
-            Stream::Tls(tls) => &mut tls.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(socket) => socket.read(buf),
-            Stream::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(socket) => socket.write(buf),
-            // rustls's plaintext buffer is full: wait for WRITABLE rather
-            // than let tungstenite read 0 as a broken connection.
-            Stream::Tls(tls) => match tls.write(buf)? {
-                0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-                written => Ok(written),
-            },
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(socket) => socket.flush(),
-            Stream::Tls(tls) => tls.flush(),
-        }
-    }
-}
+pub type Stream = crate::stream::Stream<TcpStream>;
 
 /// Where a connection is in its life.
 pub enum State {
@@ -151,6 +96,12 @@ impl Conn {
             config,
             unflushed: false,
         })
+    }
+
+    /// The server's address as this connection names it (`127.0.0.1:8765`).
+    fn server(&self) -> &str {
+        let without_scheme = self.url.split_once("://").map_or("", |(_, rest)| rest);
+        without_scheme.trim_end_matches('/')
     }
 
     /// The current state.
@@ -298,7 +249,13 @@ impl Conn {
             }
             Err(HandshakeError::Interrupted(mid)) => State::Handshaking(Box::new(mid)),
             Err(HandshakeError::Failure(error)) => {
-                out.push(Happened::Closed(format!("handshake: {error}")));
+                let reason = match &error {
+                    tungstenite::Error::Io(io) => tls::explain_handshake(io, self.server())
+                        .map(|explained| format!("handshake: {explained}"))
+                        .unwrap_or_else(|| format!("handshake: {error}")),
+                    _ => format!("handshake: {error}"),
+                };
+                out.push(Happened::Closed(reason));
                 State::Closed
             }
         }

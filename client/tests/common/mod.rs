@@ -135,12 +135,20 @@ pub fn run_script(mut command: Command, script: &str) -> Finished {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chat");
-    child
+    // A chat that exits before reading everything (it could not connect)
+    // closes the pipe; what it printed still tells the test why.
+    let written = child
         .stdin
         .take()
         .expect("piped stdin")
-        .write_all(script.as_bytes())
-        .expect("write the script");
+        .write_all(script.as_bytes());
+    if let Err(error) = written {
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write the script"
+        );
+    }
     let stdout = read_all_in_background(child.stdout.take().expect("piped stdout"));
     let stderr = read_all_in_background(child.stderr.take().expect("piped stderr"));
     let deadline = Instant::now() + STEP_TIMEOUT;

@@ -14,7 +14,8 @@ use protocol::server::{
 use protocol::validate;
 use protocol::{ErrorType, ServerMessage};
 
-use super::{delivered, Auth, Client, CloseReason, Dispatcher, Effects};
+use super::delivery::push_page;
+use super::{Auth, Client, CloseReason, Dispatcher, Effects, Stream};
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
@@ -323,7 +324,8 @@ impl Dispatcher {
             confirmed_through: 0,
             mutual_contacts: Vec::new(),
             held: Vec::new(),
-            held_ids: Vec::new(),
+            held_bytes: 0,
+            behind_from: None,
         };
         self.online.entry(user_id).or_default().push(conn);
         (queue_before, include_groups)
@@ -423,11 +425,6 @@ impl Dispatcher {
         // A resumed receipts session is pushed everything past its
         // confirmation; any other login the offline queue.
         let since = (receipts && *resumed).then_some(*confirmed_through);
-        let direct: Vec<i64> = queued
-            .iter()
-            .filter(|message| message.group_id.is_none())
-            .map(|message| message.message_id)
-            .collect();
         if let Some(last) = queued.last() {
             *queue_pushed_through = last.message_id;
         }
@@ -439,19 +436,7 @@ impl Dispatcher {
             since,
             include_groups: *include_groups,
         };
-        for message in queued {
-            fx.deliveries.push((conn, message.message_id));
-            fx.send(conn, &ServerMessage::Message(delivered(message)), now);
-        }
-        // Taken once written out: a connection that dies first leaves them
-        // in the queue (the loop drops its after-flush commands).
-        if !direct.is_empty() && !receipts {
-            let taken = Command::MarkDelivered {
-                user_id,
-                message_ids: direct,
-            };
-            fx.after_flush.push((conn, taken));
-        }
+        push_page(conn, (user_id, receipts), queued, fx);
         if more_queued {
             // The next chunk once this one is written out, so a long queue
             // never piles up past the connection's output cap.
@@ -473,7 +458,7 @@ impl Dispatcher {
             resumed,
             mutual_contacts,
             held,
-            held_ids,
+            behind_from,
             include_groups,
             queue_before,
             receipts,
@@ -485,12 +470,18 @@ impl Dispatcher {
         };
         let peer = client.peer;
         let first_connection = !self.has_logged_in_connection(user_id);
-        fx.frames
-            .extend(held.into_iter().map(|frame| (conn, frame)));
         // Held messages count as unflushed like any other: if the connection
         // dies before writing them, its departure puts them back.
-        fx.deliveries
-            .extend(held_ids.iter().map(|message_id| (conn, *message_id)));
+        let mut held_ids = Vec::new();
+        for (frame, message_id) in held {
+            match message_id {
+                Some(id) => {
+                    held_ids.push(id);
+                    fx.push_message(conn, frame, id);
+                }
+                None => fx.push(conn, frame),
+            }
+        }
         if !held_ids.is_empty() && !receipts {
             fx.storage.push(Command::MarkDelivered {
                 user_id,
@@ -511,8 +502,11 @@ impl Dispatcher {
                 groups_from: if include_groups { 0 } else { queue_before },
                 receipts,
                 confirmed_through,
+                stream: behind_from.map_or(Stream::Live, |from| Stream::Behind { from }),
             };
         }
+        // What did not fit while it logged in comes from storage.
+        self.ask_catch_up_page(conn, fx);
         self.run_deferred(conn, now, fx);
     }
 
@@ -630,10 +624,15 @@ impl Dispatcher {
                 session_hash,
                 groups_from,
                 receipts,
+                stream,
                 ..
             } => {
                 log::info!("{username} disconnected ({})", client.peer);
-                let through = written_through(self.next_message_id - 1);
+                let last_pushed = match stream {
+                    Stream::Live => self.next_message_id - 1,
+                    Stream::Behind { from } => from - 1,
+                };
+                let through = written_through(last_pushed);
                 let taken = GroupsTaken {
                     from: groups_from,
                     through,

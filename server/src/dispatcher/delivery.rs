@@ -18,8 +18,50 @@ use protocol::server::{Delivered, DeliveryReceipt};
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Auth, Dispatcher, Effects, Queued};
-use crate::completion::ConnId;
-use crate::storage::{Command, NewMessage};
+use crate::completion::{ConnId, Requester};
+use crate::config;
+use crate::storage::{Command, NewMessage, StoredMessage};
+
+/// Whether a logged-in connection is pushed messages as they are committed.
+///
+/// A recipient is never closed for what others send: when its unsent output
+/// is past [`crate::config::PUSH_BYTES_MAX`] (it reads slower than they
+/// send), the next message for it is left in storage, where it is anyway,
+/// and so is every later one; once the output has drained, they are pushed a
+/// page at a time from storage (the offline-queue read, from `from` on) until
+/// a page comes back with nothing more, and the connection is live again.
+///
+/// Nothing falls between the two: storage answers commands in order, so a
+/// message committed before a page was read is in that page, and one
+/// committed after it reaches the loop after the page does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stream {
+    /// Messages are pushed as they are committed.
+    #[default]
+    Live,
+    /// Messages from `from` on are pushed from storage.
+    Behind {
+        /// The first message not yet pushed.
+        from: i64,
+    },
+}
+
+impl Stream {
+    /// Whether messages are being left in storage.
+    pub fn is_behind(&self) -> bool {
+        matches!(self, Stream::Behind { .. })
+    }
+
+    /// Leaves message `message_id` in storage; returns whether the stream
+    /// was live until now (then a catch-up page is to be asked for).
+    pub(super) fn fall_behind(&mut self, message_id: i64) -> bool {
+        if self.is_behind() {
+            return false;
+        }
+        *self = Stream::Behind { from: message_id };
+        true
+    }
+}
 
 /// Where a message goes once it is committed.
 #[derive(Debug)]
@@ -45,6 +87,8 @@ pub(super) struct AwaitingCommit {
     route: Route,
     /// The sending connection, which gets no copy.
     except: ConnId,
+    /// Its content's bytes, charged to the storage budget until committed.
+    bytes: usize,
 }
 
 /// What storage says about a StoreMessage (see `Reply::MessageStored`).
@@ -68,27 +112,52 @@ impl Dispatcher {
         message_id: i64,
         source: String,
         route: Route,
-        except: ConnId,
+        (except, bytes): (ConnId, usize),
     ) {
+        self.storing_bytes += bytes;
+        if let Some(client) = self.clients.get_mut(&except) {
+            client.storing_bytes += bytes;
+        }
         let waiting = AwaitingCommit {
             source,
             route,
             except,
+            bytes,
         };
         self.awaiting_commit.insert(message_id, waiting);
+    }
+
+    /// Whether `bytes` more of message content fit the storage budget: the
+    /// process's ([`config::STORAGE_BYTES_MAX`]) and the sending
+    /// connection's share of it ([`config::STORAGE_BYTES_PER_CONNECTION`]).
+    pub(super) fn storage_budget_allows(&self, conn: ConnId, bytes: usize) -> bool {
+        let connection = self.clients.get(&conn).map_or(0, |c| c.storing_bytes);
+        self.storing_bytes + bytes <= config::STORAGE_BYTES_MAX
+            && connection + bytes <= config::STORAGE_BYTES_PER_CONNECTION
+    }
+
+    /// Takes message `message_id` off the commit wait and its bytes off the
+    /// storage budget.
+    fn stop_awaiting(&mut self, message_id: i64) -> Option<AwaitingCommit> {
+        let waiting = self.awaiting_commit.remove(&message_id)?;
+        self.storing_bytes -= waiting.bytes;
+        if let Some(client) = self.clients.get_mut(&waiting.except) {
+            client.storing_bytes = client.storing_bytes.saturating_sub(waiting.bytes);
+        }
+        Some(waiting)
     }
 
     /// The message was not stored (a resend, or storage failed): it is
     /// never delivered.
     pub(super) fn forget_delivery(&mut self, message_id: i64) {
-        self.awaiting_commit.remove(&message_id);
+        self.stop_awaiting(message_id);
     }
 
     /// The message is committed: deliver it to every recipient connection.
     /// If whether a device without receipts took it differs from what was
     /// stored (a recipient came or went meanwhile), storage is told.
     pub(super) fn deliver_committed(&mut self, message: NewMessage, fx: &mut Effects) {
-        let Some(waiting) = self.awaiting_commit.remove(&message.message_id) else {
+        let Some(waiting) = self.stop_awaiting(message.message_id) else {
             return;
         };
         let message_id = message.message_id;
@@ -133,6 +202,76 @@ impl Dispatcher {
                     self.push_to_user(member, &frame, message_ref, except, fx);
                 }
             }
+        }
+    }
+
+    /// Asks storage for the next page of what `conn` is behind on, once its
+    /// output has drained (the offline-queue read, unbounded above: a legacy
+    /// device gets what no device took, a receipts device everything
+    /// addressed to the user).
+    pub(super) fn ask_catch_up_page(&mut self, conn: ConnId, fx: &mut Effects) {
+        let Some(Auth::LoggedIn {
+            user_id,
+            receipts,
+            confirmed_through,
+            stream: Stream::Behind { from },
+            ..
+        }) = self.clients.get(&conn).map(|client| &client.auth)
+        else {
+            return;
+        };
+        let page = Command::TakeQueue {
+            // A push, not an answer to a request: no request id.
+            to: Requester {
+                conn,
+                request_id: None,
+            },
+            user_id: *user_id,
+            queue_before: i64::MAX,
+            after: from - 1,
+            since: receipts.then_some(*confirmed_through),
+            include_groups: true,
+        };
+        fx.after_flush.push((conn, page));
+    }
+
+    /// A page of what `conn` was behind on: push it; ask for the next, or
+    /// go live when storage has nothing more.
+    pub(super) fn push_catch_up_page(
+        &mut self,
+        conn: ConnId,
+        page: Vec<StoredMessage>,
+        more: bool,
+        fx: &mut Effects,
+    ) {
+        let Some(Auth::LoggedIn {
+            user_id,
+            receipts,
+            stream: stream @ Stream::Behind { .. },
+            ..
+        }) = self.clients.get_mut(&conn).map(|client| &mut client.auth)
+        else {
+            return;
+        };
+        let (user_id, receipts) = (*user_id, *receipts);
+        let pushed_through = page.last().map(|message| message.message_id);
+        *stream = match (more, pushed_through, *stream) {
+            (false, _, _) => Stream::Live,
+            (true, Some(last), _) => Stream::Behind { from: last + 1 },
+            (true, None, behind) => behind,
+        };
+        push_page(conn, (user_id, receipts), page, fx);
+        if more {
+            self.ask_catch_up_page(conn, fx);
+        }
+    }
+
+    /// The loop tells whether `conn`'s unsent output is past
+    /// [`crate::config::PUSH_BYTES_MAX`]; while it is, live messages for it
+    /// stay in storage (see [`Stream`]).
+    pub fn set_output_full(&mut self, conn: ConnId, full: bool) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.output_full = full;
         }
     }
 
@@ -268,7 +407,7 @@ impl Dispatcher {
             let receipt = ServerMessage::Delivered(DeliveryReceipt { username, through });
             let frame = protocol::encode_server(&receipt, now);
             for conn in self.receipts_connections(sender) {
-                fx.frames.push((conn, frame.clone()));
+                fx.push(conn, frame.clone());
             }
         }
     }
@@ -287,5 +426,41 @@ impl Dispatcher {
                 )
             })
             .collect()
+    }
+}
+
+/// Queues a stored message for `conn` as a push (a Message frame, with no
+/// request id, tracked as unflushed until written).
+pub(super) fn push_stored(conn: ConnId, message: StoredMessage, fx: &mut Effects) {
+    let message_id = message.message_id;
+    let frame = protocol::encode_delivered(&super::delivered(message));
+    fx.push_message(conn, frame, message_id);
+}
+
+/// Pushes a page of stored messages (offline queue or catch-up) to `conn`
+/// of `user_id`. A device without receipts takes its 1:1 messages once they
+/// are written out (`MarkDelivered` after the flush): a connection that dies
+/// first leaves them in the queue, as the loop drops its after-flush
+/// commands.
+pub(super) fn push_page(
+    conn: ConnId,
+    (user_id, receipts): (i64, bool),
+    page: Vec<StoredMessage>,
+    fx: &mut Effects,
+) {
+    let direct: Vec<i64> = page
+        .iter()
+        .filter(|message| message.group_id.is_none())
+        .map(|message| message.message_id)
+        .collect();
+    for message in page {
+        push_stored(conn, message, fx);
+    }
+    if !direct.is_empty() && !receipts {
+        let taken = Command::MarkDelivered {
+            user_id,
+            message_ids: direct,
+        };
+        fx.after_flush.push((conn, taken));
     }
 }

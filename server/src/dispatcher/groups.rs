@@ -169,7 +169,8 @@ impl Dispatcher {
             "message {message_id}: {source} -> group {group_id} ({} bytes)",
             body.content.len()
         );
-        self.await_commit(message_id, source, Route::Group(group_id), conn);
+        let charge = (conn, body.content.len());
+        self.await_commit(message_id, source, Route::Group(group_id), charge);
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
             client_message_id: body.message_id,

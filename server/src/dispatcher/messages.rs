@@ -14,6 +14,7 @@ use protocol::{ErrorType, ServerMessage};
 use super::delivery::{MessageStored, Route};
 use super::{delivered, Dispatcher, Effects};
 use crate::completion::ConnId;
+use crate::config;
 use crate::storage::{Command, Conversation, NewMessage, StoredMessage};
 
 /// GetHistory page size when none is given, and its bounds.
@@ -33,9 +34,9 @@ enum Target {
     Group(i64),
 }
 
-const TAG_HISTORY: i64 = 5;
+pub(super) const TAG_HISTORY: i64 = 5;
 pub(super) const TAG_MESSAGE: i64 = 11;
-const TAG_SYNC: i64 = 16;
+pub(super) const TAG_SYNC: i64 = 16;
 
 impl Dispatcher {
     pub(super) fn send_message(
@@ -81,7 +82,7 @@ impl Dispatcher {
             receiver_id,
             name: body.dest_id.unwrap_or_default(),
         };
-        self.await_commit(message_id, source, route, conn);
+        self.await_commit(message_id, source, route, (conn, body.content.len()));
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
             client_message_id: body.message_id,
@@ -149,13 +150,26 @@ impl Dispatcher {
                 return refuse(ErrorType::BadRequest, "dest_id or group_id is required")
             }
         };
-        if self.storage_backlog >= self.limits.storage_backlog_max {
+        if self.storage_backlog >= self.limits.storage_backlog_max
+            || !self.storage_budget_allows(conn, body.content.len())
+        {
             return refuse(
                 ErrorType::ServerBusy,
                 "storage is behind; try again shortly",
             );
         }
         Ok(target)
+    }
+
+    /// Whether `conn` has used up its message rate for now: the loop then
+    /// leaves its frames in the socket (TCP back-pressure) instead of
+    /// decoding frames only to refuse them, so a flooding client costs the
+    /// loop its rate, not what it can write.
+    pub fn over_message_rate(&self, conn: ConnId) -> bool {
+        self.clients
+            .get(&conn)
+            .and_then(|client| client.buckets.as_ref())
+            .is_some_and(|buckets| !buckets.messages.has_token(self.clock))
     }
 
     /// Takes a token from the connection's message bucket.
@@ -231,6 +245,9 @@ impl Dispatcher {
                 }
             },
         };
+        if !self.begin_read(conn, TAG_HISTORY, now, fx) {
+            return;
+        }
         fx.storage.push(Command::History {
             to: fx.requester(conn),
             user_id,
@@ -250,6 +267,7 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        self.end_read(conn);
         let page = History {
             chat_id,
             data: messages.into_iter().map(delivered).collect(),
@@ -274,6 +292,9 @@ impl Dispatcher {
                 return;
             }
         };
+        if !self.begin_read(conn, TAG_SYNC, now, fx) {
+            return;
+        }
         fx.storage.push(Command::Sync {
             to: fx.requester(conn),
             user_id,
@@ -290,11 +311,41 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        self.end_read(conn);
         let page = Synced {
             data: messages.into_iter().map(delivered).collect(),
             has_more,
         };
         fx.send(conn, &ServerMessage::Synced(page), now);
+    }
+}
+
+impl Dispatcher {
+    /// Counts a History or Sync page asked of storage for `conn`; refuses it
+    /// (`rate_limited`) when [`config::READS_IN_FLIGHT_MAX`] are already
+    /// there, so a connection's pages in flight fit its output budget.
+    fn begin_read(&mut self, conn: ConnId, tag: i64, now: i64, fx: &mut Effects) -> bool {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return false;
+        };
+        if client.reads_in_flight >= config::READS_IN_FLIGHT_MAX {
+            let detail = format!(
+                "at most {} History/Sync requests in flight per connection; \
+                 send the next when a page arrives",
+                config::READS_IN_FLIGHT_MAX
+            );
+            fx.error(conn, ErrorType::RateLimited, &detail, tag, now);
+            return false;
+        }
+        client.reads_in_flight += 1;
+        true
+    }
+
+    /// A History or Sync page for `conn` is answered (or failed).
+    pub(super) fn end_read(&mut self, conn: ConnId) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.reads_in_flight = client.reads_in_flight.saturating_sub(1);
+        }
     }
 }
 

@@ -39,6 +39,7 @@ use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
 use contacts::ContactAdded;
+pub use delivery::Stream;
 use delivery::{AwaitingCommit, MessageStored};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
@@ -50,11 +51,23 @@ pub enum CloseReason {
     Abuse,
 }
 
+/// One encoded frame for one connection.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The connection to write it to.
+    pub conn: ConnId,
+    /// The frame.
+    pub frame: String,
+    /// The message it carries, if it is a Message (11): the loop tracks what
+    /// a connection may not have received if it must be dropped.
+    pub message_id: Option<i64>,
+}
+
 /// What the loop must do after a dispatch, in order.
 #[derive(Debug, Default)]
 pub struct Effects {
     /// Encoded frames to write, in order per connection.
-    pub frames: Vec<(ConnId, String)>,
+    pub frames: Vec<Outbound>,
     /// Connections to close once their frames are written.
     pub closes: Vec<(ConnId, CloseReason)>,
     /// Commands for the storage thread.
@@ -64,9 +77,6 @@ pub struct Effects {
     pub after_flush: Vec<(ConnId, Command)>,
     /// Jobs for the hashing workers.
     pub hashing: Vec<HashJob>,
-    /// Message ids among `frames`, per connection, so the loop knows which
-    /// messages a connection may not have received if it must be dropped.
-    pub deliveries: Vec<(ConnId, i64)>,
     /// The request being handled: replies to its connection carry its
     /// `request_id` (set by the dispatcher around each request and each
     /// off-loop reply; see [`Effects::begin_answering`]).
@@ -80,7 +90,25 @@ impl Effects {
     pub fn send(&mut self, conn: ConnId, message: &ServerMessage, now: i64) {
         let request_id = self.request_id_for(conn);
         let frame = protocol::encode_reply(message, now, request_id);
-        self.frames.push((conn, frame));
+        self.push(conn, frame);
+    }
+
+    /// Queues an encoded frame that carries no message.
+    pub fn push(&mut self, conn: ConnId, frame: String) {
+        self.frames.push(Outbound {
+            conn,
+            frame,
+            message_id: None,
+        });
+    }
+
+    /// Queues an encoded Message (11) frame carrying message `message_id`.
+    pub fn push_message(&mut self, conn: ConnId, frame: String, message_id: i64) {
+        self.frames.push(Outbound {
+            conn,
+            frame,
+            message_id: Some(message_id),
+        });
     }
 
     /// The request id a reply to `conn` carries now, if any.
@@ -128,7 +156,6 @@ impl Effects {
     /// Whether nothing is to be done.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
-            && self.deliveries.is_empty()
             && self.closes.is_empty()
             && self.storage.is_empty()
             && self.after_flush.is_empty()
@@ -179,10 +206,14 @@ pub enum Auth {
         confirmed_through: i64,
         /// Mutual contacts to tell once the login completes.
         mutual_contacts: Vec<i64>,
-        /// Frames that arrived meanwhile.
-        held: Vec<String>,
-        /// Ids of the messages among them (marked delivered once sent).
-        held_ids: Vec<i64>,
+        /// Frames that arrived meanwhile (each message's id with it).
+        held: Vec<(String, Option<i64>)>,
+        /// Their bytes: past [`config::HELD_BYTES_MAX`], messages are no
+        /// longer held but left in storage (see `behind_from`).
+        held_bytes: usize,
+        /// The first message left in storage because `held` was full: the
+        /// login ends behind, catching up from here.
+        behind_from: Option<i64>,
     },
     /// Logged in.
     LoggedIn {
@@ -201,6 +232,8 @@ pub enum Auth {
         /// The session's confirmation: this device holds everything
         /// addressed to the user up to here.
         confirmed_through: i64,
+        /// Live, or behind and catching up from storage.
+        stream: Stream,
     },
 }
 
@@ -218,11 +251,13 @@ pub struct Client {
     buckets: Option<ConnectionBuckets>,
     /// The login in progress asked for receipts.
     receipts: bool,
+    /// The loop says its unsent output is past [`config::PUSH_BYTES_MAX`].
+    output_full: bool,
+    /// History and Sync pages asked of storage and not yet answered.
+    reads_in_flight: usize,
+    /// Content bytes of its messages on their way to storage.
+    storing_bytes: usize,
 }
-
-/// Requests a connection may pipeline behind an unfinished Login; more get
-/// `server_busy` (the login takes a hash, a fraction of a second).
-const DEFERRED_REQUESTS_MAX: usize = 256;
 
 /// Counters for the stats line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -262,6 +297,8 @@ pub struct Dispatcher {
     /// Messages on their way to storage, delivered once committed (at most
     /// one per storage command in flight: bounded by the storage queue).
     awaiting_commit: HashMap<i64, AwaitingCommit>,
+    /// Content bytes of the messages awaiting their commit.
+    storing_bytes: usize,
     /// Connections whose confirmation (Received) waits for the next tick.
     confirms_due: HashSet<ConnId>,
     /// Delivered receipts (37) waiting for the next tick, coalesced:
@@ -290,6 +327,7 @@ impl Dispatcher {
             reserving_ids: false,
             storage_backlog: 0,
             awaiting_commit: HashMap::new(),
+            storing_bytes: 0,
             confirms_due: HashSet::new(),
             receipts_due: HashMap::new(),
             limits,
@@ -307,6 +345,9 @@ impl Dispatcher {
                 deferred: Vec::new(),
                 buckets: self.rate_limits.connection_buckets(self.clock),
                 receipts: false,
+                output_full: false,
+                reads_in_flight: 0,
+                storing_bytes: 0,
             },
         );
     }
@@ -409,7 +450,10 @@ impl Dispatcher {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
-        if client.deferred.len() >= DEFERRED_REQUESTS_MAX {
+        let queued_bytes: usize = client.deferred.iter().map(String::len).sum();
+        if client.deferred.len() >= config::DEFERRED_REQUESTS_MAX
+            || queued_bytes + text.len() > config::DEFERRED_BYTES_MAX
+        {
             let detail = "too many requests queued behind a login in progress";
             let tag = protocol::decode_client(text).map_or(0, |m| i64::from(m.tag()));
             fx.error(conn, ErrorType::ServerBusy, detail, tag, now);
@@ -514,7 +558,12 @@ impl Dispatcher {
                 to,
                 queued,
                 more_queued,
-            } => self.push_queue_chunk(to.conn, queued, more_queued, now, fx),
+            } => match self.clients.get(&to.conn).map(|client| &client.auth) {
+                Some(Auth::LoggedIn { .. }) => {
+                    self.push_catch_up_page(to.conn, queued, more_queued, fx)
+                }
+                _ => self.push_queue_chunk(to.conn, queued, more_queued, now, fx),
+            },
             Reply::SessionInvalid { to } => self.session_invalid(to.conn, now, fx),
             Reply::SessionEnded { to } => self.session_ended(to.conn, now, fx),
             Reply::WentOffline {
@@ -658,6 +707,9 @@ impl Dispatcher {
         if !self.clients.contains_key(&conn) {
             return;
         }
+        if tag == messages::TAG_HISTORY || tag == messages::TAG_SYNC {
+            self.end_read(conn);
+        }
         fx.error(
             conn,
             ErrorType::ServerBusy,
@@ -749,26 +801,42 @@ impl Dispatcher {
             return false;
         };
         let mut delivered = false;
+        let mut fell_behind = Vec::new();
         for conn in conns {
             if Some(*conn) == except {
                 continue;
             }
-            match self.clients.get_mut(conn).map(|client| &mut client.auth) {
-                Some(Auth::LoggedIn { receipts, .. }) => {
-                    fx.frames.push((*conn, frame.to_owned()));
-                    fx.deliveries.extend(message.map(|(id, _)| (*conn, id)));
-                    // A receipts device takes a message only by confirming it.
-                    delivered |= !*receipts;
-                }
-                Some(Auth::Opening {
+            let Some(client) = self.clients.get_mut(conn) else {
+                continue;
+            };
+            let output_full = client.output_full;
+            match &mut client.auth {
+                Auth::LoggedIn {
+                    receipts, stream, ..
+                } => match message {
+                    Some((id, _)) if output_full || stream.is_behind() => {
+                        // Left in storage; pushed as the output drains.
+                        if stream.fall_behind(id) {
+                            fell_behind.push(*conn);
+                        }
+                    }
+                    Some((id, _)) => {
+                        fx.push_message(*conn, frame.to_owned(), id);
+                        // A receipts device takes a message only by confirming it.
+                        delivered |= !*receipts;
+                    }
+                    None => fx.push(*conn, frame.to_owned()),
+                },
+                Auth::Opening {
                     held,
-                    held_ids,
+                    held_bytes,
+                    behind_from,
                     queue_before,
                     include_groups,
                     receipts,
                     resumed,
                     ..
-                }) => {
+                } => {
                     if let Some((id, queued)) = message {
                         let whole_history = *receipts && *resumed;
                         let in_queue = id < *queue_before
@@ -779,12 +847,21 @@ impl Dispatcher {
                         if in_queue {
                             continue;
                         }
+                        if behind_from.is_some()
+                            || *held_bytes + frame.len() > config::HELD_BYTES_MAX
+                        {
+                            behind_from.get_or_insert(id);
+                            continue;
+                        }
                     }
-                    held.push(frame.to_owned());
-                    held_ids.extend(message.map(|(id, _)| id));
+                    *held_bytes += frame.len();
+                    held.push((frame.to_owned(), message.map(|(id, _)| id)));
                 }
                 _ => {}
             }
+        }
+        for conn in fell_behind {
+            self.ask_catch_up_page(conn, fx);
         }
         delivered
     }

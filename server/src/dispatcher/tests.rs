@@ -52,8 +52,8 @@ fn peer() -> SocketAddr {
 fn frames_for(fx: &Effects, to: ConnId) -> Vec<ServerMessage> {
     fx.frames
         .iter()
-        .filter(|(c, _)| *c == to)
-        .map(|(_, text)| protocol::decode_server(text).unwrap())
+        .filter(|out| out.conn == to)
+        .map(|out| protocol::decode_server(&out.frame).unwrap())
         .collect()
 }
 
@@ -71,7 +71,7 @@ fn send(d: &mut Dispatcher, c: ConnId, json: &str) -> Effects {
     let mut fx = send_uncommitted(d, c, json);
     let committed = commit_messages(d, &fx);
     fx.frames.extend(committed.frames);
-    fx.deliveries.extend(committed.deliveries);
+    fx.after_flush.extend(committed.after_flush);
     fx
 }
 
@@ -671,7 +671,7 @@ fn registration_is_validated_before_hashing() {
     for (json, expected) in cases {
         let fx = send(&mut d, c, json);
         assert!(fx.hashing.is_empty(), "{json}");
-        let text = &fx.frames[0].1;
+        let text = &fx.frames[0].frame;
         assert!(text.contains(expected), "{json}: {text}");
     }
     let fx = send(
@@ -1081,7 +1081,7 @@ fn request_ids_ride_along_with_storage_work_and_its_refusal() {
     };
     let acked = complete(&mut d, stored);
     assert!(
-        acked.frames[0].1.contains(r#""request_id":"r1""#),
+        acked.frames[0].frame.contains(r#""request_id":"r1""#),
         "{:?}",
         acked.frames
     );
@@ -1094,7 +1094,10 @@ fn request_ids_ride_along_with_storage_work_and_its_refusal() {
     let command = fx.storage.pop().expect("a store command");
     let mut refused = Effects::default();
     d.storage_refused(command, NOW, &mut refused);
-    let [(to, frame)] = &refused.frames[..] else {
+    let [Outbound {
+        conn: to, frame, ..
+    }] = &refused.frames[..]
+    else {
         panic!("{:?}", refused.frames);
     };
     assert_eq!(*to, a);
@@ -1231,4 +1234,117 @@ fn a_second_password_attempt_for_an_account_in_flight_is_refused_at_once() {
         r#"{"tag":2,"username":"bob","secret":"guess-2"}"#,
     );
     assert_eq!(fx.storage.len(), 1);
+}
+
+/// A recipient whose output is full is not written to: the message stays in
+/// storage and a catch-up page is asked for once the output drains; later
+/// messages stay there too (one page asked, not one per message); a page
+/// with nothing more makes the connection live again.
+#[test]
+fn a_recipient_with_full_output_catches_up_from_storage() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    d.set_output_full(b, true);
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"one"}"#);
+    assert!(frames_for(&fx, b).is_empty(), "left in storage");
+    assert!(
+        matches!(
+            &fx.after_flush[..],
+            [(to, Command::TakeQueue { after: 9, queue_before: i64::MAX, since: None, include_groups: true, .. })]
+                if *to == b
+        ),
+        "{:?}",
+        fx.after_flush
+    );
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"two"}"#);
+    assert!(frames_for(&fx, b).is_empty(), "still behind");
+    assert!(fx.after_flush.is_empty(), "the page is already asked for");
+
+    d.set_output_full(b, false);
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"three"}"#);
+    assert!(frames_for(&fx, b).is_empty(), "behind until the page comes");
+    let page = vec![stored(10, "one"), stored(11, "two"), stored(12, "three")];
+    let fx = complete(
+        &mut d,
+        Reply::QueueChunk {
+            to: Requester::anonymous(b),
+            queued: page,
+            more_queued: false,
+        },
+    );
+    let contents: Vec<String> = frames_for(&fx, b)
+        .into_iter()
+        .map(|frame| match frame {
+            ServerMessage::Message(m) => m.content,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(contents, ["one", "two", "three"]);
+    assert!(fx.frames.iter().all(|out| out.message_id.is_some()));
+    assert!(matches!(
+        &fx.after_flush[..],
+        [(_, Command::MarkDelivered { user_id: BOB, message_ids })] if message_ids == &[10, 11, 12]
+    ));
+    let fx = send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"four"}"#);
+    assert_eq!(frames_for(&fx, b).len(), 1, "live again");
+}
+
+/// A connection that leaves while behind took nothing past where it fell
+/// behind: its group cursors move no further.
+#[test]
+fn a_departure_while_behind_takes_nothing_past_it() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    d.set_output_full(b, true);
+    send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"one"}"#);
+    send(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"two"}"#);
+    let mut fx = Effects::default();
+    d.disconnected(b, None, NOW, &mut fx);
+    assert!(
+        fx.storage.iter().any(|command| matches!(
+            command,
+            Command::ConnectionLost { groups_taken: Some(taken), .. } if taken.through == 9
+        )),
+        "{:?}",
+        fx.storage
+    );
+}
+
+/// Messages waiting for their commit are charged to the sender's share of
+/// the storage budget: past it, `server_busy`; a commit frees its share.
+#[test]
+fn a_sender_has_a_share_of_the_storage_budget_in_bytes() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    let content = "x".repeat(60_000);
+    let frame = format!(r#"{{"tag":11,"dest_id":"bob","content":"{content}"}}"#);
+    let fits = crate::config::STORAGE_BYTES_PER_CONNECTION / content.len();
+    let mut pending = Vec::new();
+    for _ in 0..fits {
+        let fx = send_uncommitted(&mut d, a, &frame);
+        assert!(frames_for(&fx, a).is_empty(), "accepted");
+        pending.extend(fx.storage);
+    }
+    let fx = send_uncommitted(&mut d, a, &frame);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::ServerBusy),
+        "past the connection's share"
+    );
+    let fx = send_uncommitted(&mut d, b, &frame.replace("bob", "alice"));
+    assert!(frames_for(&fx, b).is_empty(), "another sender still fits");
+
+    let first = Effects {
+        storage: pending.drain(..1).collect(),
+        ..Effects::default()
+    };
+    commit_messages(&mut d, &first);
+    let fx = send_uncommitted(&mut d, a, &frame);
+    assert!(frames_for(&fx, a).is_empty(), "a commit frees its share");
 }

@@ -18,7 +18,9 @@ use super::{
     Backend, Command, ContactRow, Conversation, GroupRow, GroupsTaken, NewMessage, Reply, Snapshot,
     StoredMessage,
 };
-use crate::config::{MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
+use crate::config::{
+    MESSAGE_ID_BLOCK, QUEUE_PAGE_BYTES, READ_PAGE_BYTES, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX,
+};
 use crate::json_files::Mirror;
 
 /// Offline-queue messages taken per storage round trip at login. The whole
@@ -26,10 +28,6 @@ use crate::json_files::Mirror;
 /// connection's buffer) stays bounded; the round trips give the socket time
 /// to drain between chunks.
 pub const OFFLINE_CHUNK: u32 = 500;
-
-/// A chunk also stops once its contents pass this many bytes, so that one
-/// chunk always fits in a connection's output cap (1 MiB).
-pub const OFFLINE_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Unindexed messages that trigger an index pass right after a batch.
 const INDEX_TAIL_MAX: i64 = 8_192;
@@ -957,7 +955,7 @@ fn confirm(
 /// 1:1 messages not delivered (now marked delivered) and, with
 /// `include_groups`, messages of the user's groups past the member's cursor
 /// (the cursor moves past what is taken), oldest first. A chunk holds at most
-/// [`OFFLINE_CHUNK`] messages and about [`OFFLINE_CHUNK_BYTES`] of content.
+/// [`OFFLINE_CHUNK`] messages and about [`QUEUE_PAGE_BYTES`] of content.
 fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     if let Some(confirmed) = queue.since {
         return take_addressed(tx, queue, confirmed);
@@ -976,27 +974,59 @@ fn take_queue(tx: &Transaction, queue: QueueTake) -> rusqlite::Result<(Vec<Store
     // cursors at departure), so two devices logging in at once each get the
     // whole queue, and a connection that dies mid-queue loses nothing.
     let fetch = OFFLINE_CHUNK + 1;
-    let mut queued = query_messages(
+    let direct = read_page(
         tx,
         "SELECT message_id FROM messages
          WHERE receiver_id = ?1 AND delivered = 0 AND message_id > ?2 AND message_id < ?3
          ORDER BY message_id LIMIT ?4",
         params![user_id, after, queue_before, fetch],
+        PageFrom::Oldest,
+        QUEUE_PAGE,
     )?;
-    if include_groups && is_in_any_group(tx, user_id)? {
-        queued.extend(query_messages(
-            tx,
-            "SELECT m.message_id FROM group_members g
-             JOIN messages m ON m.group_id = g.group_id
-                AND m.message_id > MAX(g.delivered_through, ?2)
-             WHERE g.user_id = ?1 AND m.message_id < ?3 AND m.sender_id != ?1
-             ORDER BY m.message_id LIMIT ?4",
-            params![user_id, after, queue_before, fetch],
-        )?);
-        queued.sort_by_key(|message| message.message_id);
-        queued.truncate(fetch as usize);
+    if !include_groups || !is_in_any_group(tx, user_id)? {
+        return Ok(direct);
     }
-    Ok(cut_chunk(queued))
+    let group = read_page(
+        tx,
+        "SELECT m.message_id FROM group_members g
+         JOIN messages m ON m.group_id = g.group_id
+            AND m.message_id > MAX(g.delivered_through, ?2)
+         WHERE g.user_id = ?1 AND m.message_id < ?3 AND m.sender_id != ?1
+         ORDER BY m.message_id LIMIT ?4",
+        params![user_id, after, queue_before, fetch],
+        PageFrom::Oldest,
+        QUEUE_PAGE,
+    )?;
+    Ok(merge_pages(direct, group, QUEUE_PAGE))
+}
+
+/// The oldest part of two pages read from the same point (each oldest
+/// first, each saying whether it left messages out) that is a page itself:
+/// nothing past where either one stopped, and within `budget`.
+fn merge_pages(
+    (mut merged, first_more): (Vec<StoredMessage>, bool),
+    (second, second_more): (Vec<StoredMessage>, bool),
+    budget: PageBudget,
+) -> (Vec<StoredMessage>, bool) {
+    let stopped_at = |page: &[StoredMessage], more: bool| {
+        more.then(|| page.last().map_or(i64::MIN, |m| m.message_id))
+    };
+    let bound = [
+        stopped_at(&merged, first_more),
+        stopped_at(&second, second_more),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    merged.extend(second);
+    merged.sort_by_key(|message| message.message_id);
+    if let Some(bound) = bound {
+        merged.retain(|message| message.message_id <= bound);
+    }
+    let fits = budget.fitting(merged.iter());
+    let more = bound.is_some() || merged.len() > fits;
+    merged.truncate(fits);
+    (merged, more)
 }
 
 /// A receipts session's queue: every message addressed to the user past
@@ -1007,7 +1037,7 @@ fn take_addressed(
     queue: QueueTake,
     confirmed: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
-    let queued = query_messages(
+    read_page(
         tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
@@ -1033,26 +1063,9 @@ fn take_addressed(
             queue.indexed_through,
             queue.queue_before
         ],
-    )?;
-    Ok(cut_chunk(queued))
-}
-
-/// The first chunk of `queued` (oldest first): at most [`OFFLINE_CHUNK`]
-/// messages and about [`OFFLINE_CHUNK_BYTES`] of content; and whether more
-/// remain.
-fn cut_chunk(mut queued: Vec<StoredMessage>) -> (Vec<StoredMessage>, bool) {
-    let mut fits = 0;
-    let mut bytes = 0;
-    for message in queued.iter().take(OFFLINE_CHUNK as usize) {
-        bytes += message.content.len();
-        if fits > 0 && bytes > OFFLINE_CHUNK_BYTES {
-            break;
-        }
-        fits += 1;
-    }
-    let more = queued.len() > fits;
-    queued.truncate(fits);
-    (queued, more)
+        PageFrom::Oldest,
+        QUEUE_PAGE,
+    )
 }
 
 /// Moves the user's group cursors to `taken.through` where they already
@@ -1136,26 +1149,80 @@ fn group_history(
     before: Option<i64>,
     limit: u32,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
-    let mut messages = query_messages(
+    read_page(
         tx,
         "SELECT message_id FROM messages
          WHERE group_id = ?1 AND message_id < ?2
          ORDER BY message_id DESC LIMIT ?3",
         params![group_id, before.unwrap_or(i64::MAX), limit + 1],
-    )?;
-    let has_more = messages.len() > limit as usize;
-    if has_more {
-        messages.remove(0);
-    }
-    Ok((messages, has_more))
+        PageFrom::Newest,
+        PageBudget::read(limit),
+    )
 }
 
-/// The columns of a delivered message, given a query that yields message ids.
-fn query_messages(
+/// Which end of the selected messages a page is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PageFrom {
+    /// Oldest first (Sync, the offline queue).
+    Oldest,
+    /// Newest first (History, which pages backwards).
+    Newest,
+}
+
+/// How much one page may hold: at most `messages`, and no more content than
+/// `bytes` (but always one message, so a page is never empty while messages
+/// remain).
+#[derive(Clone, Copy, Debug)]
+struct PageBudget {
+    messages: usize,
+    bytes: usize,
+}
+
+/// An offline-queue or catch-up page.
+const QUEUE_PAGE: PageBudget = PageBudget {
+    messages: OFFLINE_CHUNK as usize,
+    bytes: QUEUE_PAGE_BYTES,
+};
+
+impl PageBudget {
+    /// A History or Sync page of at most `limit` messages.
+    fn read(limit: u32) -> Self {
+        PageBudget {
+            messages: limit as usize,
+            bytes: READ_PAGE_BYTES,
+        }
+    }
+
+    /// How many of `messages`, taken in order, fit.
+    fn fitting<'a>(&self, messages: impl Iterator<Item = &'a StoredMessage>) -> usize {
+        let mut bytes = 0;
+        let mut fits = 0;
+        for message in messages.take(self.messages) {
+            bytes += message.content.len();
+            if fits > 0 && bytes > self.bytes {
+                break;
+            }
+            fits += 1;
+        }
+        fits
+    }
+}
+
+/// Reads a page of the messages whose ids `ids_query` selects, from the
+/// `from` end, stopping at `budget`: rows past it are never read, so a page
+/// costs what it holds whatever the messages' sizes. Returns the page oldest
+/// first and whether selected messages were left out.
+fn read_page(
     tx: &Transaction,
     ids_query: &str,
     parameters: impl rusqlite::Params,
-) -> rusqlite::Result<Vec<StoredMessage>> {
+    from: PageFrom,
+    budget: PageBudget,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let order = match from {
+        PageFrom::Oldest => "ASC",
+        PageFrom::Newest => "DESC",
+    };
     let sql = format!(
         "SELECT m.message_id, s.username, r.username, m.content, m.is_encrypted, m.timestamp,
                 m.group_id
@@ -1163,10 +1230,10 @@ fn query_messages(
          JOIN users s ON s.user_id = m.sender_id
          LEFT JOIN users r ON r.user_id = m.receiver_id
          WHERE m.message_id IN ({ids_query})
-         ORDER BY m.message_id"
+         ORDER BY m.message_id {order}"
     );
     let mut statement = tx.prepare_cached(&sql)?;
-    let rows = statement.query_map(parameters, |row| {
+    let mut rows = statement.query_map(parameters, |row| {
         Ok(StoredMessage {
             message_id: row.get(0)?,
             sender: row.get(1)?,
@@ -1177,7 +1244,23 @@ fn query_messages(
             group_id: row.get(6)?,
         })
     })?;
-    rows.collect()
+    let mut page: Vec<StoredMessage> = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    for row in rows.by_ref() {
+        let message = row?;
+        bytes += message.content.len();
+        let full = page.len() >= budget.messages || (!page.is_empty() && bytes > budget.bytes);
+        if full {
+            more = true;
+            break;
+        }
+        page.push(message);
+    }
+    if from == PageFrom::Newest {
+        page.reverse();
+    }
+    Ok((page, more))
 }
 
 /// The newest `limit` messages between the two users older than `before`,
@@ -1191,7 +1274,7 @@ fn history(
     indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
-    let mut messages = query_messages(
+    read_page(
         tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
@@ -1216,12 +1299,9 @@ fn history(
             fetch,
             indexed_through
         ],
-    )?;
-    let has_more = messages.len() > limit as usize;
-    if has_more {
-        messages.remove(0); // the oldest is the extra one
-    }
-    Ok((messages, has_more))
+        PageFrom::Newest,
+        PageBudget::read(limit),
+    )
 }
 
 /// The oldest `limit` messages the user sent or received after `since`:
@@ -1234,7 +1314,7 @@ fn sync(
     indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
-    let mut messages = query_messages(
+    read_page(
         tx,
         "SELECT message_id FROM (
              SELECT message_id FROM messages
@@ -1259,10 +1339,9 @@ fn sync(
              ORDER BY m.message_id LIMIT ?3)
          ORDER BY message_id LIMIT ?3",
         params![user_id, since, fetch, indexed_through],
-    )?;
-    let has_more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
-    Ok((messages, has_more))
+        PageFrom::Oldest,
+        PageBudget::read(limit),
+    )
 }
 
 /// Users that `user_id` has added, with whether each added them back.
@@ -1419,6 +1498,51 @@ mod tests {
             replies.as_slice(),
             [Reply::UserCreated { user_id: None, .. }]
         ));
+    }
+
+    fn page_of(ids: &[i64], bytes: usize) -> Vec<StoredMessage> {
+        ids.iter()
+            .map(|&message_id| StoredMessage {
+                message_id,
+                sender: "a".into(),
+                receiver: None,
+                group_id: None,
+                content: "x".repeat(bytes),
+                is_encrypted: false,
+                time: 0,
+            })
+            .collect()
+    }
+
+    /// Two queue pages merged never reach past where either stopped: a
+    /// direct page cut by bytes at 3 with group messages 4 and 5 after it
+    /// gives 1-3 and "more", so 4 and 5 come with the next page, after the
+    /// direct messages the cut left out.
+    #[test]
+    fn merged_queue_pages_stop_where_either_page_stopped() {
+        let direct = (page_of(&[1, 3], 10), true);
+        let group = (page_of(&[2, 4, 5], 10), false);
+        let (page, more) = merge_pages(direct, group, QUEUE_PAGE);
+        let ids: Vec<i64> = page.iter().map(|m| m.message_id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(more);
+
+        let (page, more) = merge_pages(
+            (page_of(&[1], 10), false),
+            (page_of(&[2], 10), false),
+            QUEUE_PAGE,
+        );
+        assert_eq!(page.len(), 2);
+        assert!(!more);
+
+        let big = QUEUE_PAGE_BYTES / 2 + 1;
+        let (page, more) = merge_pages(
+            (page_of(&[1], big), false),
+            (page_of(&[2], big), false),
+            QUEUE_PAGE,
+        );
+        assert_eq!(page.len(), 1, "cut by bytes after merging");
+        assert!(more);
     }
 
     #[test]

@@ -32,6 +32,32 @@ pub enum Pace {
     Rate(f64),
 }
 
+impl Pace {
+    /// `window` or `rate`, as results name it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Pace::Window(_) => "window",
+            Pace::Rate(_) => "rate",
+        }
+    }
+
+    /// The window, in closed-loop mode.
+    pub fn window(&self) -> Option<usize> {
+        match *self {
+            Pace::Window(window) => Some(window),
+            Pace::Rate(_) => None,
+        }
+    }
+
+    /// The total messages per second, in open-loop mode.
+    pub fn target_rate(&self) -> Option<f64> {
+        match *self {
+            Pace::Rate(total) => Some(total),
+            Pace::Window(_) => None,
+        }
+    }
+}
+
 /// The `messages` scenario's knobs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -198,18 +224,9 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         scenario: "messages",
         run_id: common.run_id.clone(),
         users,
-        mode: match config.pace {
-            Pace::Window(_) => "window",
-            Pace::Rate(_) => "rate",
-        },
-        window: match config.pace {
-            Pace::Window(window) => Some(window),
-            Pace::Rate(_) => None,
-        },
-        target_rate: match config.pace {
-            Pace::Rate(total) => Some(total),
-            Pace::Window(_) => None,
-        },
+        mode: config.pace.mode(),
+        window: config.pace.window(),
+        target_rate: config.pace.target_rate(),
         duration_secs: config.duration_secs,
         threads,
         receipts: config.receipts,
