@@ -906,6 +906,25 @@ fn the_page_obeys_the_csp_and_is_absent_with_no_web() {
     lab.run(async {
         let kim = lab.browser("kim").await;
         kim.register(&base, "kim").await;
+        // Every control has a name a screen reader can say, and can take
+        // the keyboard's focus.
+        let unnamed = kim
+            .eval(
+                "return [...document.querySelectorAll('input, textarea, button')]
+                    .filter((e) => (e.labels && e.labels.length) ? false
+                        : !(e.getAttribute('aria-label') || e.textContent.trim()))
+                    .map((e) => e.outerHTML);",
+                vec![],
+            )
+            .await;
+        assert_eq!(unnamed, json!([]), "controls without a name");
+        kim.eval("document.getElementById('add-contact-name').focus(); return true;", vec![])
+            .await;
+        let focused = kim
+            .eval("return document.activeElement.id;", vec![])
+            .await;
+        assert_eq!(focused, "add-contact-name");
+
         // An error is explained in plain words.
         kim.fill("#add-contact-name", "nobody").await;
         kim.click("#add-contact-form button[type=submit]").await;
