@@ -658,6 +658,15 @@ fn two_browsers_talk_and_a_reload_resumes_the_session() {
         assert_eq!(ben.unread("ann").await, 1);
         ben.screenshot("phone-list").await;
 
+        // Removing a contact takes them off the list.
+        ann.click_button("#contacts", "Remove").await;
+        ann.wait_until(
+            "ben gone from ann's contacts",
+            "return document.querySelectorAll('#contacts .contact').length === 0;",
+            vec![],
+        )
+        .await;
+
         // Log out: the session is gone from the browser (a reload shows the
         // login form); the password logs in again.
         ann.click("#logout").await;
@@ -804,10 +813,14 @@ fn a_group_of_two_browsers_and_chat() {
         finn.register(&base, "finn").await;
 
         gina.fill("#group-name", "team").await;
-        gina.fill("#group-members", "finn, hugo").await;
+        gina.fill("#group-members", "finn").await;
         gina.click("#group-form button[type=submit]").await;
         gina.wait_text("#chat-title", "# team").await;
-        gina.wait_text("#group-member-list", "finn, gina, hugo")
+        gina.wait_text("#group-member-list", "Members: finn, gina")
+            .await;
+        gina.fill("#add-members", "hugo").await;
+        gina.click("#add-members-form button[type=submit]").await;
+        gina.wait_text("#group-member-list", "Members: finn, gina, hugo")
             .await;
         hugo.expect_line("* you are in #team");
         finn.open_chat("# team").await;
