@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{read_body, read_head, write_framed};
+use crate::envelope::read_head;
 use crate::error::DecodeError;
 use crate::request_id::RequestId;
+use crate::table::wire_messages;
 
 /// Tag 1: create an account. Never logs the connection in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,91 +139,28 @@ pub struct Received {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
-/// Every message a client may send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientMessage {
-    /// Tag 1.
-    Register(Register),
-    /// Tag 2.
-    Login(Login),
-    /// Tag 3.
-    Logout(Logout),
-    /// Tag 4.
-    GetDirectory,
-    /// Tag 5.
-    GetHistory(GetHistory),
-    /// Tag 6.
-    AddContact(UserRef),
-    /// Tag 7.
-    RemoveContact(UserRef),
-    /// Tag 8.
-    Ping,
-    /// Tag 9.
-    PublishKey(PublishKey),
-    /// Tag 10.
-    GetKey(UserRef),
-    /// Tag 11.
-    Message(SendMessage),
-    /// Tag 12.
-    CreateGroup(CreateGroup),
-    /// Tag 13.
-    AddGroupMembers(AddGroupMembers),
-    /// Tag 14.
-    LeaveGroup(LeaveGroup),
-    /// Tag 15.
-    GetGroups,
-    /// Tag 16.
-    Sync(Sync),
-    /// Tag 17.
-    Received(Received),
-}
-
-impl ClientMessage {
-    /// The message's wire tag.
-    pub fn tag(&self) -> u8 {
-        match self {
-            ClientMessage::Register(_) => 1,
-            ClientMessage::Login(_) => 2,
-            ClientMessage::Logout(_) => 3,
-            ClientMessage::GetDirectory => 4,
-            ClientMessage::GetHistory(_) => 5,
-            ClientMessage::AddContact(_) => 6,
-            ClientMessage::RemoveContact(_) => 7,
-            ClientMessage::Ping => 8,
-            ClientMessage::PublishKey(_) => 9,
-            ClientMessage::GetKey(_) => 10,
-            ClientMessage::Message(_) => 11,
-            ClientMessage::CreateGroup(_) => 12,
-            ClientMessage::AddGroupMembers(_) => 13,
-            ClientMessage::LeaveGroup(_) => 14,
-            ClientMessage::GetGroups => 15,
-            ClientMessage::Sync(_) => 16,
-            ClientMessage::Received(_) => 17,
-        }
-    }
-
-    /// The message's name, for logs (never its content).
-    pub fn name(&self) -> &'static str {
-        match self {
-            ClientMessage::Register(_) => "Register",
-            ClientMessage::Login(_) => "Login",
-            ClientMessage::Logout(_) => "Logout",
-            ClientMessage::GetDirectory => "GetDirectory",
-            ClientMessage::GetHistory(_) => "GetHistory",
-            ClientMessage::AddContact(_) => "AddContact",
-            ClientMessage::RemoveContact(_) => "RemoveContact",
-            ClientMessage::Ping => "Ping",
-            ClientMessage::PublishKey(_) => "PublishKey",
-            ClientMessage::GetKey(_) => "GetKey",
-            ClientMessage::Message(_) => "Message",
-            ClientMessage::CreateGroup(_) => "CreateGroup",
-            ClientMessage::AddGroupMembers(_) => "AddGroupMembers",
-            ClientMessage::LeaveGroup(_) => "LeaveGroup",
-            ClientMessage::GetGroups => "GetGroups",
-            ClientMessage::Sync(_) => "Sync",
-            ClientMessage::Received(_) => "Received",
-        }
-    }
+wire_messages! {
+    /// Every message a client may send.
+    enum ClientMessage;
+    /// Every client → server tag, by name (a reply's `ref_tag` names one).
+    tags ClientTag;
+    1 => Register(Register), "Tag 1: create an account.";
+    2 => Login(Login), "Tag 2: log in with a password or resume a session.";
+    3 => Logout(Logout), "Tag 3: end the session.";
+    4 => GetDirectory, "Tag 4: the caller's contacts.";
+    5 => GetHistory(GetHistory), "Tag 5: a page of one conversation.";
+    6 => AddContact(UserRef), "Tag 6: add a contact.";
+    7 => RemoveContact(UserRef), "Tag 7: remove a contact.";
+    8 => Ping, "Tag 8: are you there (answered with Pong).";
+    9 => PublishKey(PublishKey), "Tag 9: publish one's public key.";
+    10 => GetKey(UserRef), "Tag 10: read a user's public key.";
+    11 => Message(SendMessage), "Tag 11: send a message to a user or a group.";
+    12 => CreateGroup(CreateGroup), "Tag 12: create a group.";
+    13 => AddGroupMembers(AddGroupMembers), "Tag 13: add members to a group.";
+    14 => LeaveGroup(LeaveGroup), "Tag 14: leave a group.";
+    15 => GetGroups, "Tag 15: the caller's groups.";
+    16 => Sync(Sync), "Tag 16: everything sent or received after a message id.";
+    17 => Received(Received), "Tag 17 (1.1): confirm holding messages (receipts).";
 }
 
 /// Decodes one text frame from a client.
@@ -245,7 +183,7 @@ pub fn decode_request(text: &str) -> (Option<RequestId>, Result<ClientMessage, D
     };
     let tag = head.tag;
     if let Some(why) = head.bad_request_id {
-        let error = match known_client_tag(tag) {
+        let error = match ClientTag::from_number(tag).is_some() {
             true => DecodeError::BadField {
                 tag,
                 detail: why.to_string(),
@@ -257,73 +195,15 @@ pub fn decode_request(text: &str) -> (Option<RequestId>, Result<ClientMessage, D
     (head.request_id, decode_body(tag, text))
 }
 
-/// Whether `tag` names a client → server message.
-fn known_client_tag(tag: i64) -> bool {
-    (1..=17).contains(&tag)
-}
-
-fn decode_body(tag: i64, text: &str) -> Result<ClientMessage, DecodeError> {
-    let message = match tag {
-        1 => ClientMessage::Register(read_body(tag, text)?),
-        2 => ClientMessage::Login(read_body(tag, text)?),
-        3 => ClientMessage::Logout(read_body(tag, text)?),
-        4 => {
-            read_body::<Empty>(tag, text)?;
-            ClientMessage::GetDirectory
-        }
-        5 => ClientMessage::GetHistory(read_body(tag, text)?),
-        6 => ClientMessage::AddContact(read_body(tag, text)?),
-        7 => ClientMessage::RemoveContact(read_body(tag, text)?),
-        8 => {
-            read_body::<Empty>(tag, text)?;
-            ClientMessage::Ping
-        }
-        9 => ClientMessage::PublishKey(read_body(tag, text)?),
-        10 => ClientMessage::GetKey(read_body(tag, text)?),
-        11 => ClientMessage::Message(read_body(tag, text)?),
-        12 => ClientMessage::CreateGroup(read_body(tag, text)?),
-        13 => ClientMessage::AddGroupMembers(read_body(tag, text)?),
-        14 => ClientMessage::LeaveGroup(read_body(tag, text)?),
-        15 => {
-            read_body::<Empty>(tag, text)?;
-            ClientMessage::GetGroups
-        }
-        16 => ClientMessage::Sync(read_body(tag, text)?),
-        17 => ClientMessage::Received(read_body(tag, text)?),
-        other => return Err(DecodeError::UnknownTag(other)),
-    };
-    Ok(message)
+/// Encodes a client message carrying `request_id` (protocol 1.1): every
+/// reply to it will carry the same id.
+pub fn encode_request(message: &ClientMessage, request_id: Option<&RequestId>) -> String {
+    encode_body(message, None, request_id)
 }
 
 /// Encodes a client message as a frame (without `time`, which is optional).
 pub fn encode_client(message: &ClientMessage) -> String {
     encode_request(message, None)
-}
-
-/// Encodes a client message carrying `request_id` (protocol 1.1): every
-/// reply to it will carry the same id.
-pub fn encode_request(message: &ClientMessage, request_id: Option<&RequestId>) -> String {
-    let tag = message.tag();
-    let id = request_id;
-    match message {
-        ClientMessage::Register(body) => write_framed(tag, None, id, body),
-        ClientMessage::Login(body) => write_framed(tag, None, id, body),
-        ClientMessage::Logout(body) => write_framed(tag, None, id, body),
-        ClientMessage::GetHistory(body) => write_framed(tag, None, id, body),
-        ClientMessage::AddContact(body)
-        | ClientMessage::RemoveContact(body)
-        | ClientMessage::GetKey(body) => write_framed(tag, None, id, body),
-        ClientMessage::PublishKey(body) => write_framed(tag, None, id, body),
-        ClientMessage::Message(body) => write_framed(tag, None, id, body),
-        ClientMessage::CreateGroup(body) => write_framed(tag, None, id, body),
-        ClientMessage::AddGroupMembers(body) => write_framed(tag, None, id, body),
-        ClientMessage::LeaveGroup(body) => write_framed(tag, None, id, body),
-        ClientMessage::Sync(body) => write_framed(tag, None, id, body),
-        ClientMessage::Received(body) => write_framed(tag, None, id, body),
-        ClientMessage::GetDirectory | ClientMessage::Ping | ClientMessage::GetGroups => {
-            write_framed(tag, None, id, &Empty {})
-        }
-    }
 }
 
 #[cfg(test)]

@@ -26,13 +26,17 @@ mod envelope;
 pub mod error;
 pub mod request_id;
 pub mod server;
+mod table;
 pub mod validate;
 
-pub use client::{decode_client, decode_request, encode_client, encode_request, ClientMessage};
+pub use client::{
+    decode_client, decode_request, encode_client, encode_request, ClientMessage, ClientTag,
+};
 pub use error::{DecodeError, ErrorType};
 pub use request_id::RequestId;
 pub use server::{
     decode_reply, decode_server, encode_delivered, encode_reply, encode_server, ServerMessage,
+    ServerTag,
 };
 
 /// The default TCP port of the server.

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::Empty;
-use crate::envelope::{read_body, read_head, write_framed};
+use crate::envelope::{read_head, write_framed};
 use crate::error::{DecodeError, ErrorType};
 use crate::request_id::RequestId;
+use crate::table::wire_messages;
 
 /// Tag 11 from the server: a stored message, as pushed to a recipient and as
 /// listed in History and Synced pages.
@@ -221,72 +221,32 @@ pub struct DeliveryReceipt {
     pub through: i64,
 }
 
-/// Every message the server sends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ServerMessage {
-    /// Tag 11.
-    Message(Delivered),
-    /// Tag 21.
-    SuccessRegister(SuccessRegister),
-    /// Tag 22.
-    SuccessLogin(SuccessLogin),
-    /// Tag 23.
-    SuccessLogout(SuccessLogout),
-    /// Tag 24.
-    Ack(Ack),
-    /// Tag 25.
-    History(History),
-    /// Tag 26.
-    Directory(Directory),
-    /// Tag 27.
-    Presence(Presence),
-    /// Tag 28.
-    FailRegister(FailRegister),
-    /// Tag 29.
-    FailLogin(FailLogin),
-    /// Tag 30.
-    Error(Error),
-    /// Tag 31.
-    ContactRequest(ContactRequest),
-    /// Tag 32.
-    Pong,
-    /// Tag 33.
-    Key(Key),
-    /// Tag 34.
-    GroupInfo(GroupInfo),
-    /// Tag 35.
-    Groups(Groups),
-    /// Tag 36.
-    Synced(Synced),
-    /// Tag 37.
-    Delivered(DeliveryReceipt),
+wire_messages! {
+    /// Every message the server sends.
+    enum ServerMessage;
+    /// Every server → client tag, by name.
+    tags ServerTag;
+    11 => Message(Delivered), "Tag 11: a message delivered (a push).";
+    21 => SuccessRegister(SuccessRegister), "Tag 21: the account is created.";
+    22 => SuccessLogin(SuccessLogin), "Tag 22: logged in.";
+    23 => SuccessLogout(SuccessLogout), "Tag 23: logged out.";
+    24 => Ack(Ack), "Tag 24: a message is stored.";
+    25 => History(History), "Tag 25: a page of a conversation.";
+    26 => Directory(Directory), "Tag 26: the caller's contacts.";
+    27 => Presence(Presence), "Tag 27: a contact came or went (a push).";
+    28 => FailRegister(FailRegister), "Tag 28: registration refused.";
+    29 => FailLogin(FailLogin), "Tag 29: login refused.";
+    30 => Error(Error), "Tag 30: a request failed.";
+    31 => ContactRequest(ContactRequest), "Tag 31: someone added you (a push).";
+    32 => Pong, "Tag 32: the answer to Ping.";
+    33 => Key(Key), "Tag 33: a user's public key.";
+    34 => GroupInfo(GroupInfo), "Tag 34: a group's members.";
+    35 => Groups(Groups), "Tag 35: the caller's groups.";
+    36 => Synced(Synced), "Tag 36: a page of Sync.";
+    37 => Delivered(DeliveryReceipt), "Tag 37 (1.1): a delivery receipt (a push).";
 }
 
 impl ServerMessage {
-    /// The message's wire tag.
-    pub fn tag(&self) -> u8 {
-        match self {
-            ServerMessage::Message(_) => 11,
-            ServerMessage::SuccessRegister(_) => 21,
-            ServerMessage::SuccessLogin(_) => 22,
-            ServerMessage::SuccessLogout(_) => 23,
-            ServerMessage::Ack(_) => 24,
-            ServerMessage::History(_) => 25,
-            ServerMessage::Directory(_) => 26,
-            ServerMessage::Presence(_) => 27,
-            ServerMessage::FailRegister(_) => 28,
-            ServerMessage::FailLogin(_) => 29,
-            ServerMessage::Error(_) => 30,
-            ServerMessage::ContactRequest(_) => 31,
-            ServerMessage::Pong => 32,
-            ServerMessage::Key(_) => 33,
-            ServerMessage::GroupInfo(_) => 34,
-            ServerMessage::Groups(_) => 35,
-            ServerMessage::Synced(_) => 36,
-            ServerMessage::Delivered(_) => 37,
-        }
-    }
-
     /// Whether this is a reply to a request (and so carries the request's
     /// `request_id`): everything but the pushes 11, 27 and 31. A GroupInfo
     /// (34) is a reply only on the requesting connection; the caller decides
@@ -320,35 +280,18 @@ pub fn encode_server(message: &ServerMessage, now: i64) -> String {
 /// Encodes a server message answering the request `request_id` (protocol
 /// 1.1); a push ([`ServerMessage::is_reply`] false) never carries one.
 pub fn encode_reply(message: &ServerMessage, now: i64, request_id: Option<&RequestId>) -> String {
-    let tag = message.tag();
     let time = Some(now);
     let id = request_id.filter(|_| message.is_reply());
     match message {
         ServerMessage::Message(body) => encode_delivered(body),
-        ServerMessage::SuccessRegister(body) => write_framed(tag, time, id, body),
-        ServerMessage::SuccessLogin(body) => write_framed(tag, time, id, body),
-        ServerMessage::SuccessLogout(body) => write_framed(tag, time, id, body),
-        ServerMessage::Ack(body) => write_framed(tag, time, id, body),
-        ServerMessage::History(body) => write_framed(tag, time, id, body),
-        ServerMessage::Directory(body) => write_framed(tag, time, id, body),
-        ServerMessage::Presence(body) => write_framed(tag, time, id, body),
-        ServerMessage::FailRegister(body) => write_framed(tag, time, id, body),
-        ServerMessage::FailLogin(body) => write_framed(tag, time, id, body),
-        ServerMessage::Error(body) => write_framed(tag, time, id, body),
-        ServerMessage::ContactRequest(body) => write_framed(tag, time, id, body),
-        ServerMessage::Pong => write_framed(tag, time, id, &Empty {}),
-        ServerMessage::Key(body) => write_framed(tag, time, id, body),
-        ServerMessage::GroupInfo(body) => write_framed(tag, time, id, body),
-        ServerMessage::Groups(body) => write_framed(tag, time, id, body),
-        ServerMessage::Synced(body) => write_framed(tag, time, id, body),
-        ServerMessage::Delivered(body) => write_framed(tag, time, id, body),
+        other => encode_body(other, time, id),
     }
 }
 
 /// Encodes a delivered message (tag 11) without wrapping it in a
 /// [`ServerMessage`]; its own `time` is the frame's time.
 pub fn encode_delivered(message: &Delivered) -> String {
-    write_framed(11, None, None, message)
+    write_framed(ServerTag::Message as u8, None, None, message)
 }
 
 /// Decodes one text frame from the server (for clients and tests).
@@ -361,35 +304,7 @@ pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
 /// malformed `request_id` from a server is read as none.
 pub fn decode_reply(text: &str) -> Result<(ServerMessage, Option<RequestId>), DecodeError> {
     let head = read_head(text)?;
-    Ok((decode_server_body(head.tag, text)?, head.request_id))
-}
-
-fn decode_server_body(tag: i64, text: &str) -> Result<ServerMessage, DecodeError> {
-    let message = match tag {
-        11 => ServerMessage::Message(read_body(tag, text)?),
-        21 => ServerMessage::SuccessRegister(read_body(tag, text)?),
-        22 => ServerMessage::SuccessLogin(read_body(tag, text)?),
-        23 => ServerMessage::SuccessLogout(read_body(tag, text)?),
-        24 => ServerMessage::Ack(read_body(tag, text)?),
-        25 => ServerMessage::History(read_body(tag, text)?),
-        26 => ServerMessage::Directory(read_body(tag, text)?),
-        27 => ServerMessage::Presence(read_body(tag, text)?),
-        28 => ServerMessage::FailRegister(read_body(tag, text)?),
-        29 => ServerMessage::FailLogin(read_body(tag, text)?),
-        30 => ServerMessage::Error(read_body(tag, text)?),
-        31 => ServerMessage::ContactRequest(read_body(tag, text)?),
-        32 => {
-            read_body::<Empty>(tag, text)?;
-            ServerMessage::Pong
-        }
-        33 => ServerMessage::Key(read_body(tag, text)?),
-        34 => ServerMessage::GroupInfo(read_body(tag, text)?),
-        35 => ServerMessage::Groups(read_body(tag, text)?),
-        36 => ServerMessage::Synced(read_body(tag, text)?),
-        37 => ServerMessage::Delivered(read_body(tag, text)?),
-        other => return Err(DecodeError::UnknownTag(other)),
-    };
-    Ok(message)
+    Ok((decode_body(head.tag, text)?, head.request_id))
 }
 
 #[cfg(test)]

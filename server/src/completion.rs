@@ -87,3 +87,13 @@ pub fn channel(waker: Arc<Waker>) -> (CompletionSender, Receiver<Completion>) {
     let (sender, receiver) = mpsc::channel();
     (CompletionSender { sender, waker }, receiver)
 }
+
+/// Why an off-loop queue (storage's or the hashers') refused work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The queue, or the client's share of it, is full: the client is told
+    /// to try again (`server_busy` for storage, `rate_limited` for hashing).
+    Full,
+    /// The thread behind it is gone (shutdown).
+    Stopped,
+}

@@ -82,6 +82,11 @@ pub const THROTTLED_READ_RETRY: Duration = Duration::from_millis(10);
 /// `server_busy` instead of queueing more (bounded memory, visible overload).
 pub const STORAGE_QUEUE_MAX: usize = 65_536;
 
+/// Storage commands waiting past which new messages get `server_busy` (three
+/// quarters of [`STORAGE_QUEUE_MAX`]: the rest is kept for logins, reads and
+/// the commands a departure needs).
+pub const STORAGE_BUSY_MARK: usize = STORAGE_QUEUE_MAX / 4 * 3;
+
 /// Storage backlog at which the loop stops reading requests until storage
 /// catches up (back-pressure instead of unbounded memory). Messages that are
 /// already read when the backlog reaches 3/4 of the queue get `server_busy`.

@@ -181,7 +181,7 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
 
         let limits = DispatchLimits {
-            storage_backlog_max: config::STORAGE_QUEUE_MAX * 3 / 4,
+            storage_backlog_max: config::STORAGE_BUSY_MARK,
             rates: config.rate_limits,
             max_group_size: config.max_group_size,
         };

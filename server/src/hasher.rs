@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use crate::completion::{Completion, CompletionSender, Requester};
+use crate::completion::{Completion, CompletionSender, QueueError, Requester};
 use crate::password::{self, PasswordHash};
 use crate::priority;
 use crate::rate_limit::address_key;
@@ -89,16 +89,7 @@ impl HashJob {
 
 /// A job the queue would not take, with the reason (boxed: the refusal
 /// path is rare and the job is large).
-pub type Refused = Box<(HashQueueError, HashJob)>;
-
-/// Why a job was not queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HashQueueError {
-    /// The queue, or the address's share of it, is full: answer `rate_limited`.
-    Full,
-    /// The workers are gone (shutdown).
-    Stopped,
-}
+pub type Refused = Box<(QueueError, HashJob)>;
 
 /// Jobs waiting for a worker, one queue per address, served in turn.
 #[derive(Debug, Default)]
@@ -131,12 +122,12 @@ impl FairQueue {
     /// Queues `job` at the end of its address's queue, or gives it back.
     pub fn push(&mut self, job: HashJob) -> Result<(), Refused> {
         if self.closed {
-            return Err(Box::new((HashQueueError::Stopped, job)));
+            return Err(Box::new((QueueError::Stopped, job)));
         }
         let address = job.address();
         let queued = self.waiting.get(&address).map_or(0, VecDeque::len);
         if self.len >= self.max || queued >= self.max_per_address {
-            return Err(Box::new((HashQueueError::Full, job)));
+            return Err(Box::new((QueueError::Full, job)));
         }
         if queued == 0 {
             self.turns.push_back(address);
@@ -212,7 +203,7 @@ impl Hasher {
         let (queue, ready) = &*self.queue;
         let Ok(mut queue) = queue.lock() else {
             // A worker panicked holding the lock: no more hashing.
-            return Err(Box::new((HashQueueError::Stopped, job)));
+            return Err(Box::new((QueueError::Stopped, job)));
         };
         queue.push(job)?;
         ready.notify_one();
@@ -337,7 +328,7 @@ mod tests {
             queue.push(job("10.0.0.1", i)).unwrap();
         }
         let (error, _) = *queue.push(job("10.0.0.1", 3)).unwrap_err();
-        assert_eq!(error, HashQueueError::Full);
+        assert_eq!(error, QueueError::Full);
         // One /64 is one address.
         queue.push(job("2001:db8::1", 4)).unwrap();
         queue.push(job("2001:db8::2", 5)).unwrap();
@@ -351,6 +342,6 @@ mod tests {
         let mut queue = FairQueue::new(5, 5);
         queue.closed = true;
         let (error, _) = *queue.push(job("10.0.0.1", 0)).unwrap_err();
-        assert_eq!(error, HashQueueError::Stopped);
+        assert_eq!(error, QueueError::Stopped);
     }
 }

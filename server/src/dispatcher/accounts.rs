@@ -12,6 +12,7 @@ use protocol::server::{
     SuccessRegister,
 };
 use protocol::validate;
+use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::push_page;
@@ -122,7 +123,7 @@ impl Dispatcher {
                     conn,
                     ErrorType::BadRequest,
                     "a login is already in progress",
-                    2,
+                    ClientTag::Login,
                     now,
                 );
                 return;
@@ -187,7 +188,7 @@ impl Dispatcher {
                 conn,
                 ErrorType::BadRequest,
                 "Login needs \"secret\" or \"session_id\"",
-                2,
+                ClientTag::Login,
                 now,
             );
         }
@@ -545,7 +546,7 @@ impl Dispatcher {
                 conn,
                 ErrorType::Forbidden,
                 "you can only log yourself out",
-                3,
+                ClientTag::Logout,
                 now,
             );
             return;

@@ -8,6 +8,7 @@
 use protocol::client::{PublishKey, UserRef};
 use protocol::server::{ContactRequest, Directory, DirectoryEntry, Key, Presence};
 use protocol::validate::PUBLIC_KEY_BYTES_MAX;
+use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Dispatcher, Effects};
@@ -26,11 +27,6 @@ pub(super) struct ContactAdded {
     pub owner_name: String,
 }
 
-const TAG_ADD_CONTACT: i64 = 6;
-const TAG_REMOVE_CONTACT: i64 = 7;
-const TAG_PUBLISH_KEY: i64 = 9;
-const TAG_GET_KEY: i64 = 10;
-
 impl Dispatcher {
     pub(super) fn add_contact(
         &mut self,
@@ -45,14 +41,20 @@ impl Dispatcher {
                 conn,
                 ErrorType::UnknownUser,
                 "no such user",
-                TAG_ADD_CONTACT,
+                ClientTag::AddContact,
                 now,
             );
             return;
         };
         if contact_id == owner_id {
             let detail = "you cannot add yourself as a contact";
-            fx.error(conn, ErrorType::BadRequest, detail, TAG_ADD_CONTACT, now);
+            fx.error(
+                conn,
+                ErrorType::BadRequest,
+                detail,
+                ClientTag::AddContact,
+                now,
+            );
             return;
         }
         fx.storage.push(Command::AddContact {
@@ -77,7 +79,7 @@ impl Dispatcher {
                 conn,
                 ErrorType::UnknownUser,
                 "no such user",
-                TAG_REMOVE_CONTACT,
+                ClientTag::RemoveContact,
                 now,
             );
             return;
@@ -132,8 +134,14 @@ impl Dispatcher {
         fx: &mut Effects,
     ) {
         if body.public_key.len() > PUBLIC_KEY_BYTES_MAX || body.public_key.is_empty() {
-            let detail = "public_key must be 1 to 4096 bytes";
-            fx.error(conn, ErrorType::BadRequest, detail, TAG_PUBLISH_KEY, now);
+            let detail = format!("public_key must be 1 to {PUBLIC_KEY_BYTES_MAX} bytes");
+            fx.error(
+                conn,
+                ErrorType::BadRequest,
+                &detail,
+                ClientTag::PublishKey,
+                now,
+            );
             return;
         }
         fx.storage.push(Command::SetKey {
@@ -150,7 +158,7 @@ impl Dispatcher {
                 conn,
                 ErrorType::UnknownUser,
                 "no such user",
-                TAG_GET_KEY,
+                ClientTag::GetKey,
                 now,
             );
             return;

@@ -15,6 +15,7 @@
 
 use protocol::client::Received;
 use protocol::server::{Delivered, DeliveryReceipt};
+use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Auth, Dispatcher, Effects, Queued};
@@ -102,8 +103,6 @@ pub(super) struct MessageStored {
     /// The committed message, handed back for delivery.
     pub message: Option<NewMessage>,
 }
-
-const TAG_RECEIVED: i64 = 17;
 
 impl Dispatcher {
     /// Remembers where message `message_id` goes until its commit.
@@ -324,7 +323,13 @@ impl Dispatcher {
         };
         if !*receipts {
             let detail = "Received needs a login with \"receipts\": true";
-            fx.error(conn, ErrorType::BadRequest, detail, TAG_RECEIVED, now);
+            fx.error(
+                conn,
+                ErrorType::BadRequest,
+                detail,
+                ClientTag::Received,
+                now,
+            );
             return;
         }
         let through = body.through.min(highest_assigned);

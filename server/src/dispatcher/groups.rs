@@ -13,20 +13,16 @@
 
 use protocol::client::{AddGroupMembers, CreateGroup, LeaveGroup, SendMessage};
 use protocol::server::{GroupInfo, Groups};
+use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::Route;
-use super::messages::TAG_MESSAGE;
 use super::{Dispatcher, Effects};
 use crate::completion::ConnId;
 use crate::storage::{Command, GroupRow, NewMessage};
 
 /// Longest group name, in characters.
 const GROUP_NAME_CHARS_MAX: usize = 64;
-
-const TAG_CREATE_GROUP: i64 = 12;
-const TAG_ADD_GROUP_MEMBERS: i64 = 13;
-const TAG_LEAVE_GROUP: i64 = 14;
 
 /// What a group request was refused for.
 type Refusal = (ErrorType, String);
@@ -40,23 +36,37 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        if !self.allow_group_operation(conn, TAG_CREATE_GROUP, now, fx) {
+        if !self.allow_group_operation(conn, ClientTag::CreateGroup, now, fx) {
             return;
         }
         let name_chars = body.name.chars().count();
         if name_chars == 0 || name_chars > GROUP_NAME_CHARS_MAX {
-            let detail = "a group name is 1 to 64 characters";
-            fx.error(conn, ErrorType::BadRequest, detail, TAG_CREATE_GROUP, now);
+            let detail = format!("a group name is 1 to {GROUP_NAME_CHARS_MAX} characters");
+            fx.error(
+                conn,
+                ErrorType::BadRequest,
+                &detail,
+                ClientTag::CreateGroup,
+                now,
+            );
             return;
         }
         let mut member_ids = vec![creator_id];
         match self.resolve_members(&body.members, &mut member_ids) {
             Ok(()) => {}
-            Err((kind, detail)) => return fx.error(conn, kind, &detail, TAG_CREATE_GROUP, now),
+            Err((kind, detail)) => {
+                return fx.error(conn, kind, &detail, ClientTag::CreateGroup, now)
+            }
         }
         if member_ids.len() > self.limits.max_group_size {
             let detail = format!("a group has at most {} members", self.limits.max_group_size);
-            return fx.error(conn, ErrorType::BadRequest, &detail, TAG_CREATE_GROUP, now);
+            return fx.error(
+                conn,
+                ErrorType::BadRequest,
+                &detail,
+                ClientTag::CreateGroup,
+                now,
+            );
         }
         fx.storage.push(Command::CreateGroup {
             to: fx.requester(conn),
@@ -75,15 +85,15 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        if !self.allow_group_operation(conn, TAG_ADD_GROUP_MEMBERS, now, fx) {
+        if !self.allow_group_operation(conn, ClientTag::AddGroupMembers, now, fx) {
             return;
         }
         if let Err((kind, detail)) = self.check_member(body.group_id, user_id) {
-            return fx.error(conn, kind, &detail, TAG_ADD_GROUP_MEMBERS, now);
+            return fx.error(conn, kind, &detail, ClientTag::AddGroupMembers, now);
         }
         let mut member_ids = Vec::new();
         if let Err((kind, detail)) = self.resolve_members(&body.members, &mut member_ids) {
-            return fx.error(conn, kind, &detail, TAG_ADD_GROUP_MEMBERS, now);
+            return fx.error(conn, kind, &detail, ClientTag::AddGroupMembers, now);
         }
         let current = self
             .groups
@@ -99,7 +109,7 @@ impl Dispatcher {
                 conn,
                 ErrorType::BadRequest,
                 &detail,
-                TAG_ADD_GROUP_MEMBERS,
+                ClientTag::AddGroupMembers,
                 now,
             );
         }
@@ -120,11 +130,11 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        if !self.allow_group_operation(conn, TAG_LEAVE_GROUP, now, fx) {
+        if !self.allow_group_operation(conn, ClientTag::LeaveGroup, now, fx) {
             return;
         }
         if let Err((kind, detail)) = self.check_member(body.group_id, user_id) {
-            return fx.error(conn, kind, &detail, TAG_LEAVE_GROUP, now);
+            return fx.error(conn, kind, &detail, ClientTag::LeaveGroup, now);
         }
         fx.storage.push(Command::LeaveGroup {
             to: fx.requester(conn),
@@ -161,7 +171,7 @@ impl Dispatcher {
     ) {
         let Some(message_id) = self.take_message_id(fx) else {
             let detail = "the server is reserving message ids; try again";
-            fx.error(conn, ErrorType::ServerBusy, detail, TAG_MESSAGE, now);
+            fx.error(conn, ErrorType::ServerBusy, detail, ClientTag::Message, now);
             return;
         };
         let source = self.username_of(conn).to_owned();
@@ -236,7 +246,7 @@ impl Dispatcher {
     fn allow_group_operation(
         &mut self,
         conn: ConnId,
-        tag: i64,
+        tag: ClientTag,
         now: i64,
         fx: &mut Effects,
     ) -> bool {

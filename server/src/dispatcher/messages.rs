@@ -9,6 +9,7 @@
 use protocol::client::{GetHistory, SendMessage, Sync};
 use protocol::server::{Ack, History, Synced};
 use protocol::validate::CLIENT_MESSAGE_ID_CHARS_MAX;
+use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::{MessageStored, Route};
@@ -34,10 +35,6 @@ enum Target {
     Group(i64),
 }
 
-pub(super) const TAG_HISTORY: i64 = 5;
-pub(super) const TAG_MESSAGE: i64 = 11;
-pub(super) const TAG_SYNC: i64 = 16;
-
 impl Dispatcher {
     pub(super) fn send_message(
         &mut self,
@@ -50,13 +47,19 @@ impl Dispatcher {
         let target = match self.check_message(conn, sender_id, &body) {
             Ok(target) => target,
             Err((kind, detail)) => {
-                fx.error(conn, kind, &detail, TAG_MESSAGE, now);
+                fx.error(conn, kind, &detail, ClientTag::Message, now);
                 return;
             }
         };
         if !self.allow_message(conn) {
             let detail = "too many messages; slow down";
-            fx.error(conn, ErrorType::RateLimited, detail, TAG_MESSAGE, now);
+            fx.error(
+                conn,
+                ErrorType::RateLimited,
+                detail,
+                ClientTag::Message,
+                now,
+            );
             return;
         }
         let receiver_id = match target {
@@ -67,7 +70,7 @@ impl Dispatcher {
         };
         let Some(message_id) = self.take_message_id(fx) else {
             let detail = "the server is reserving message ids; try again";
-            fx.error(conn, ErrorType::ServerBusy, detail, TAG_MESSAGE, now);
+            fx.error(conn, ErrorType::ServerBusy, detail, ClientTag::Message, now);
             return;
         };
         let source = self.username_of(conn).to_owned();
@@ -108,15 +111,16 @@ impl Dispatcher {
         body: &SendMessage,
     ) -> Result<Target, (ErrorType, String)> {
         let refuse = |kind, detail: &str| Err((kind, detail.to_owned()));
-        match (&body.dest_id, body.group_id) {
+        let addressed = match (&body.dest_id, body.group_id) {
+            (Some(dest), None) => Addressed::User(dest),
+            (None, Some(group_id)) => Addressed::Group(group_id),
             (Some(_), Some(_)) => {
                 return refuse(ErrorType::BadRequest, "give dest_id or group_id, not both")
             }
             (None, None) => {
                 return refuse(ErrorType::BadRequest, "dest_id or group_id is required")
             }
-            _ => {}
-        }
+        };
         if body.content.is_empty() {
             return refuse(ErrorType::BadRequest, "content is empty");
         }
@@ -125,10 +129,9 @@ impl Dispatcher {
             .as_ref()
             .is_some_and(|id| id.chars().count() > CLIENT_MESSAGE_ID_CHARS_MAX)
         {
-            return refuse(
-                ErrorType::BadRequest,
-                "message_id is longer than 64 characters",
-            );
+            let detail =
+                format!("message_id is longer than {CLIENT_MESSAGE_ID_CHARS_MAX} characters");
+            return refuse(ErrorType::BadRequest, &detail);
         }
         if body
             .source_id
@@ -137,17 +140,14 @@ impl Dispatcher {
         {
             return refuse(ErrorType::Forbidden, "source_id must be your own username");
         }
-        let target = match (&body.dest_id, body.group_id) {
-            (Some(dest), _) => match self.users.get(dest) {
+        let target = match addressed {
+            Addressed::User(dest) => match self.users.get(dest) {
                 Some(&receiver_id) => Target::User(receiver_id),
                 None => return refuse(ErrorType::UnknownUser, "no such user"),
             },
-            (None, Some(group_id)) => {
+            Addressed::Group(group_id) => {
                 self.check_member(group_id, sender_id)?;
                 Target::Group(group_id)
-            }
-            (None, None) => {
-                return refuse(ErrorType::BadRequest, "dest_id or group_id is required")
             }
         };
         if self.storage_backlog >= self.limits.storage_backlog_max
@@ -221,8 +221,16 @@ impl Dispatcher {
         let limit = match page_limit(body.limit, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX) {
             Some(limit) if body.before.is_none_or(|before| before >= 0) => limit,
             _ => {
-                let detail = "limit must be 1-200 and before a non-negative message_id";
-                fx.error(conn, ErrorType::BadRequest, detail, TAG_HISTORY, now);
+                let detail = format!(
+                    "limit must be 1-{HISTORY_LIMIT_MAX} and before a non-negative message_id"
+                );
+                fx.error(
+                    conn,
+                    ErrorType::BadRequest,
+                    &detail,
+                    ClientTag::GetHistory,
+                    now,
+                );
                 return;
             }
         };
@@ -230,10 +238,16 @@ impl Dispatcher {
             Some(id) => {
                 let Ok(group_id) = id.parse::<i64>() else {
                     let detail = "a group chat_id is g:<group_id>";
-                    return fx.error(conn, ErrorType::BadRequest, detail, TAG_HISTORY, now);
+                    return fx.error(
+                        conn,
+                        ErrorType::BadRequest,
+                        detail,
+                        ClientTag::GetHistory,
+                        now,
+                    );
                 };
                 if let Err((kind, detail)) = self.check_member(group_id, user_id) {
-                    return fx.error(conn, kind, &detail, TAG_HISTORY, now);
+                    return fx.error(conn, kind, &detail, ClientTag::GetHistory, now);
                 }
                 Conversation::Group(group_id)
             }
@@ -241,11 +255,17 @@ impl Dispatcher {
                 Some(&peer_id) => Conversation::Peer(peer_id),
                 None => {
                     let detail = "no such user";
-                    return fx.error(conn, ErrorType::UnknownUser, detail, TAG_HISTORY, now);
+                    return fx.error(
+                        conn,
+                        ErrorType::UnknownUser,
+                        detail,
+                        ClientTag::GetHistory,
+                        now,
+                    );
                 }
             },
         };
-        if !self.begin_read(conn, TAG_HISTORY, now, fx) {
+        if !self.begin_read(conn, ClientTag::GetHistory, now, fx) {
             return;
         }
         fx.storage.push(Command::History {
@@ -287,12 +307,13 @@ impl Dispatcher {
         let limit = match page_limit(body.limit, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX) {
             Some(limit) if body.since >= 0 => limit,
             _ => {
-                let detail = "limit must be 1-1000 and since a non-negative message_id";
-                fx.error(conn, ErrorType::BadRequest, detail, TAG_SYNC, now);
+                let detail =
+                    format!("limit must be 1-{SYNC_LIMIT_MAX} and since a non-negative message_id");
+                fx.error(conn, ErrorType::BadRequest, &detail, ClientTag::Sync, now);
                 return;
             }
         };
-        if !self.begin_read(conn, TAG_SYNC, now, fx) {
+        if !self.begin_read(conn, ClientTag::Sync, now, fx) {
             return;
         }
         fx.storage.push(Command::Sync {
@@ -324,7 +345,7 @@ impl Dispatcher {
     /// Counts a History or Sync page asked of storage for `conn`; refuses it
     /// (`rate_limited`) when [`config::READS_IN_FLIGHT_MAX`] are already
     /// there, so a connection's pages in flight fit its output budget.
-    fn begin_read(&mut self, conn: ConnId, tag: i64, now: i64, fx: &mut Effects) -> bool {
+    fn begin_read(&mut self, conn: ConnId, tag: ClientTag, now: i64, fx: &mut Effects) -> bool {
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;
         };
@@ -347,6 +368,14 @@ impl Dispatcher {
             client.reads_in_flight = client.reads_in_flight.saturating_sub(1);
         }
     }
+}
+
+/// Whom a Message names, before the name is looked up.
+enum Addressed<'a> {
+    /// A user, by name.
+    User(&'a str),
+    /// A group, by id.
+    Group(i64),
 }
 
 /// The page size to use, or `None` when the requested one is out of bounds.

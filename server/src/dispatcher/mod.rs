@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use protocol::server::Delivered;
-use protocol::{ClientMessage, ErrorType, RequestId, ServerMessage};
+use protocol::{ClientMessage, ClientTag, ErrorType, RequestId, ServerMessage};
 
 use crate::completion::{Completion, ConnId, Requester};
 use crate::config;
@@ -145,10 +145,17 @@ impl Effects {
     }
 
     /// Queues an `Error` frame.
-    pub fn error(&mut self, conn: ConnId, kind: ErrorType, detail: &str, ref_tag: i64, now: i64) {
+    pub fn error(
+        &mut self,
+        conn: ConnId,
+        kind: ErrorType,
+        detail: &str,
+        ref_tag: ClientTag,
+        now: i64,
+    ) {
         self.send(
             conn,
-            &ServerMessage::error(kind, detail, Some(ref_tag)),
+            &ServerMessage::error(kind, detail, Some(ref_tag as i64)),
             now,
         );
     }
@@ -390,7 +397,9 @@ impl Dispatcher {
         let (request_id, decoded) = protocol::decode_request(text);
         let outer = fx.begin_answering(Some(Requester { conn, request_id }));
         match decoded {
-            Ok(message) if self.must_defer(conn, &message) => self.defer(conn, text, now, fx),
+            Ok(message) if self.must_defer(conn, &message) => {
+                self.defer(conn, text, message.kind(), now, fx)
+            }
             Ok(message) => self.handle_message(conn, message, now, fx),
             Err(error) => {
                 log::debug!("{conn:?}: undecodable frame: {error}");
@@ -446,7 +455,7 @@ impl Dispatcher {
                 .is_some_and(|c| is_confirmation_while_queue_pushed(&c.auth, message))
     }
 
-    fn defer(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
+    fn defer(&mut self, conn: ConnId, text: &str, tag: ClientTag, now: i64, fx: &mut Effects) {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -455,7 +464,6 @@ impl Dispatcher {
             || queued_bytes + text.len() > config::DEFERRED_BYTES_MAX
         {
             let detail = "too many requests queued behind a login in progress";
-            let tag = protocol::decode_client(text).map_or(0, |m| i64::from(m.tag()));
             fx.error(conn, ErrorType::ServerBusy, detail, tag, now);
             return;
         }
@@ -474,7 +482,7 @@ impl Dispatcher {
 
     /// Routes a decoded message to its handler, enforcing the login rule.
     fn handle_message(&mut self, conn: ConnId, message: ClientMessage, now: i64, fx: &mut Effects) {
-        let tag = i64::from(message.tag());
+        let tag = message.kind();
         let Some(client) = self.clients.get(&conn) else {
             return;
         };
@@ -697,8 +705,8 @@ impl Dispatcher {
     }
 
     /// Tells the requester `server_busy` and undoes a half-done login.
-    fn request_failed(&mut self, (conn, tag): (ConnId, i64), now: i64, fx: &mut Effects) {
-        if tag == 2 {
+    fn request_failed(&mut self, (conn, tag): (ConnId, ClientTag), now: i64, fx: &mut Effects) {
+        if tag == ClientTag::Login {
             // A password attempt that never reached the hasher is no guess.
             let clock = self.clock;
             self.rate_limits
@@ -707,7 +715,7 @@ impl Dispatcher {
         if !self.clients.contains_key(&conn) {
             return;
         }
-        if tag == messages::TAG_HISTORY || tag == messages::TAG_SYNC {
+        if tag == ClientTag::GetHistory || tag == ClientTag::Sync {
             self.end_read(conn);
         }
         fx.error(
@@ -717,7 +725,7 @@ impl Dispatcher {
             tag,
             now,
         );
-        if tag == 2 {
+        if tag == ClientTag::Login {
             self.abandon_login(conn);
             self.run_deferred(conn, now, fx);
         }

@@ -19,6 +19,7 @@ mod queue_model_tests;
 pub mod schema;
 pub mod sqlite;
 
+use protocol::ClientTag;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -392,25 +393,25 @@ impl Command {
     /// The connection waiting for this command's reply, if any, and the
     /// request tag it answers — used to tell it `server_busy` when the
     /// command cannot be queued or fails.
-    pub fn requester(&self) -> Option<(&Requester, i64)> {
+    pub fn requester(&self) -> Option<(&Requester, ClientTag)> {
         match self {
-            Command::CreateUser { to, .. } => Some((to, 1)),
+            Command::CreateUser { to, .. } => Some((to, ClientTag::Register)),
             Command::FetchCredentials { to, .. }
             | Command::OpenSession { to, .. }
             | Command::ResumeSession { to, .. }
-            | Command::TakeQueue { to, .. } => Some((to, 2)),
-            Command::EndSession { to, .. } => Some((to, 3)),
-            Command::Directory { to, .. } => Some((to, 4)),
-            Command::History { to, .. } => Some((to, 5)),
-            Command::AddContact { to, .. } => Some((to, 6)),
-            Command::RemoveContact { to, .. } => Some((to, 7)),
-            Command::SetKey { to, .. } => Some((to, 9)),
-            Command::GetKey { to, .. } => Some((to, 10)),
-            Command::StoreMessage { to, .. } => Some((to, 11)),
-            Command::Sync { to, .. } => Some((to, 16)),
-            Command::CreateGroup { to, .. } => Some((to, 12)),
-            Command::AddGroupMembers { to, .. } => Some((to, 13)),
-            Command::LeaveGroup { to, .. } => Some((to, 14)),
+            | Command::TakeQueue { to, .. } => Some((to, ClientTag::Login)),
+            Command::EndSession { to, .. } => Some((to, ClientTag::Logout)),
+            Command::Directory { to, .. } => Some((to, ClientTag::GetDirectory)),
+            Command::History { to, .. } => Some((to, ClientTag::GetHistory)),
+            Command::AddContact { to, .. } => Some((to, ClientTag::AddContact)),
+            Command::RemoveContact { to, .. } => Some((to, ClientTag::RemoveContact)),
+            Command::SetKey { to, .. } => Some((to, ClientTag::PublishKey)),
+            Command::GetKey { to, .. } => Some((to, ClientTag::GetKey)),
+            Command::StoreMessage { to, .. } => Some((to, ClientTag::Message)),
+            Command::Sync { to, .. } => Some((to, ClientTag::Sync)),
+            Command::CreateGroup { to, .. } => Some((to, ClientTag::CreateGroup)),
+            Command::AddGroupMembers { to, .. } => Some((to, ClientTag::AddGroupMembers)),
+            Command::LeaveGroup { to, .. } => Some((to, ClientTag::LeaveGroup)),
             Command::ConnectionLost { .. }
             | Command::MarkDelivered { .. }
             | Command::Requeue { .. }
@@ -586,7 +587,7 @@ pub enum Reply {
     /// The command failed (disk error); nothing of it was stored.
     Failed {
         /// Requesting connection and request tag.
-        requester: (Requester, i64),
+        requester: (Requester, ClientTag),
         /// The message that was not stored (and so is never delivered), if
         /// the command was a StoreMessage.
         message_id: Option<i64>,
@@ -697,14 +698,7 @@ pub trait Backend: Send + 'static {
     fn finish(&mut self) {}
 }
 
-/// Why a command was not queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum QueueError {
-    /// The queue is full: answer `server_busy`.
-    Full,
-    /// The storage thread is gone.
-    Stopped,
-}
+pub use crate::completion::QueueError;
 
 /// How often an idle storage thread gives the backend a chance at upkeep.
 const IDLE_TICK: Duration = Duration::from_millis(500);
