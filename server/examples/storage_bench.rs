@@ -9,7 +9,7 @@ use std::time::Instant;
 use server::completion::{ConnId, Requester};
 use server::password::hash_password;
 use server::storage::sqlite::SqliteBackend;
-use server::storage::{Backend, Command, NewMessage, Reply};
+use server::storage::{begin_run, Backend, Command, NewMessage, Reply};
 
 fn main() {
     let mut args = std::env::args()
@@ -20,7 +20,8 @@ fn main() {
     let users = args.next().filter(|n| *n > 1).unwrap_or(100);
     let dir = std::env::temp_dir().join(format!("storage-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (mut backend, _) = SqliteBackend::open(&dir.join("chat.db"), false).expect("open");
+    let mut backend = SqliteBackend::open(&dir.join("chat.db"), false).expect("open");
+    begin_run(&mut backend).expect("begin a run");
     let to = Requester::anonymous(ConnId { slot: 0, serial: 1 });
     let mut ids = Vec::new();
     for i in 0..users {

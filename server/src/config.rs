@@ -348,7 +348,7 @@ pub struct Config {
     /// Whether SQLite runs with `synchronous=FULL`.
     pub synchronous_full: bool,
     /// Whether the storage thread keeps `users.json` and `contacts.json` in
-    /// the data directory current (see [`crate::json_files::Mirror`]).
+    /// the data directory current (see [`crate::storage::json_files::Mirror`]).
     pub json_mirror: bool,
 }
 

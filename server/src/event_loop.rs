@@ -36,8 +36,7 @@ use crate::config::{self, Config};
 use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects, Outbound};
 use crate::hasher::{FairQueue, Hasher};
-use crate::storage::sqlite::SqliteBackend;
-use crate::storage::{Command, PurgeSchedule, StorageHandle};
+use crate::storage::{self, Command, PurgeSchedule, StorageHandle};
 use crate::tls::{self, Transport};
 
 /// Reserved tokens, far above any slab key.
@@ -55,7 +54,7 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub enum StartError {
     /// The data directory or database could not be opened.
-    Storage(String),
+    Storage(storage::OpenError),
     /// The socket could not be bound, or a thread not spawned.
     Io(io::Error),
     /// The TLS certificate or key could not be loaded.
@@ -65,7 +64,7 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Storage(detail) => write!(f, "cannot open the database: {detail}"),
+            StartError::Storage(error) => write!(f, "{error}"),
             StartError::Io(error) => write!(f, "{error}"),
             StartError::Tls(detail) => write!(f, "cannot set up TLS: {detail}"),
         }
@@ -128,44 +127,11 @@ struct StatsWindow {
 impl Server {
     /// Opens the database, binds the socket and starts the worker threads.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        create_private_dir(&config.data_dir)
-            .map_err(|e| StartError::Storage(format!("{}: {e}", config.data_dir.display())))?;
-        let database = config.database_path();
-        let (mut backend, snapshot) = SqliteBackend::open(&database, config.synchronous_full)
-            .map_err(|e| StartError::Storage(format!("{}: {e}", database.display())))?;
-        if config.json_mirror {
-            backend = backend.with_json_mirror(config.data_dir.clone());
-            log::info!(
-                "mirroring users.json and contacts.json in {}",
-                config.data_dir.display()
-            );
-        }
-        if snapshot.recovered_from_crash {
-            // Ids are reserved durably before use, so the next id is past
-            // anything the crashed run could have handed out.
-            log::warn!("the previous run did not shut down cleanly");
-        }
-        let durability = if config.synchronous_full {
-            "synchronous=FULL: acks survive power loss"
-        } else {
-            "synchronous=NORMAL: acks survive a process crash"
-        };
-        log::info!(
-            "database {} ({} accounts, next message id {}; {durability})",
-            database.display(),
-            snapshot.users.len(),
-            snapshot.next_message_id
-        );
-
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (done, completions) = completion::channel(waker);
-        let storage = StorageHandle::start(
-            backend,
-            config::STORAGE_QUEUE_MAX,
-            config::STORAGE_BATCH_MAX,
-            done.clone(),
-        )?;
+        let (storage, snapshot) =
+            storage::open(&config, done.clone()).map_err(StartError::Storage)?;
         let hasher = Hasher::start(
             config.hash_workers,
             config.pbkdf2_iterations,
@@ -774,16 +740,6 @@ fn hash_jobs_per_address(config: &Config) -> usize {
         Some(_) => config::HASH_JOBS_PER_ADDRESS_MAX,
         None => config::HASH_QUEUE_MAX,
     }
-}
-
-/// Creates the data directory (and missing parents) readable by the owner
-/// only (0700), like the files in it; an existing directory keeps its mode.
-fn create_private_dir(dir: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 /// Answers a connection the server will not take: HTTP 503, then drop.

@@ -8,14 +8,16 @@
 //! - [`tls`]: `wss://` (rustls under tungstenite) and development certificates.
 //! - [`dispatcher`]: the protocol's rules as a pure function from (state,
 //!   message) to effects; one file per group of messages.
-//! - [`storage`]: the storage thread and its command/reply vocabulary;
-//!   [`storage::sqlite`] is the only code that touches SQLite.
+//! - [`storage`]: the storage thread and its command/reply vocabulary, the
+//!   only code that touches SQLite; [`storage::open`] chooses the backend and
+//!   runs the crash-recovery policy; [`storage::sqlite`] has one file per
+//!   family of commands; [`storage::json_files`] is the original's
+//!   `users.json`/`contacts.json`: export, import, mirror.
 //! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
 //! - [`priority`]: background threads yield the CPU to the loop.
 //! - [`completion`]: how worker threads hand results back and wake the loop.
 //! - [`rate_limit`]: token buckets and failed-login lockouts.
 //! - [`config`]: the command line and every limit, with its reasons.
-//! - [`json_files`]: the original's `users.json`/`contacts.json`: export, import, mirror.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
 
@@ -26,7 +28,6 @@ pub mod connection;
 pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
-pub mod json_files;
 pub mod password;
 pub mod priority;
 pub mod rate_limit;

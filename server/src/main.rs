@@ -12,7 +12,7 @@ use simplelog::{CombinedLogger, ConfigBuilder, WriteLogger};
 
 use server::config::{Cli, Config, JsonCommand};
 use server::event_loop::Server;
-use server::json_files;
+use server::storage::json_files;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

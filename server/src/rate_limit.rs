@@ -337,6 +337,10 @@ pub struct ConnectionBuckets {
     pub bad_frames: Bucket,
     /// Group operations (create, add members, leave).
     pub group_operations: Bucket,
+    /// Messages refused for being over the rate: past these too, the loop
+    /// stops reading the connection until its rate allows more, so a flood
+    /// costs the loop twice the rate, not what the client can write.
+    pub refusals: Bucket,
 }
 
 impl RateLimits {
@@ -359,6 +363,7 @@ impl RateLimits {
             messages: Bucket::new(config.messages_per_connection, now),
             bad_frames: Bucket::new(config.bad_frames_per_connection, now),
             group_operations: Bucket::new(config.group_operations_per_connection, now),
+            refusals: Bucket::new(config.messages_per_connection, now),
         })
     }
 

@@ -161,24 +161,32 @@ impl Dispatcher {
         Ok(target)
     }
 
-    /// Whether `conn` has used up its message rate for now: the loop then
+    /// Whether `conn` has used up its message rate and its refusals for now
+    /// (it was told `rate_limited` as often as its rate): the loop then
     /// leaves its frames in the socket (TCP back-pressure) instead of
     /// decoding frames only to refuse them, so a flooding client costs the
-    /// loop its rate, not what it can write.
+    /// loop about twice its rate, not what it can write.
     pub fn over_message_rate(&self, conn: ConnId) -> bool {
         self.clients
             .get(&conn)
             .and_then(|client| client.buckets.as_ref())
-            .is_some_and(|buckets| !buckets.messages.has_token(self.clock))
+            .is_some_and(|buckets| {
+                !buckets.messages.has_token(self.clock) && !buckets.refusals.has_token(self.clock)
+            })
     }
 
-    /// Takes a token from the connection's message bucket.
+    /// Takes a token from the connection's message bucket; a message over
+    /// the rate takes one from its refusals instead.
     fn allow_message(&mut self, conn: ConnId) -> bool {
         let clock = self.clock;
-        match self.clients.get_mut(&conn).and_then(|c| c.buckets.as_mut()) {
-            Some(buckets) => buckets.messages.try_take(clock),
-            None => true,
+        let Some(buckets) = self.clients.get_mut(&conn).and_then(|c| c.buckets.as_mut()) else {
+            return true;
+        };
+        let allowed = buckets.messages.try_take(clock);
+        if !allowed {
+            buckets.refusals.try_take(clock);
         }
+        allowed
     }
 
     /// The message is committed: Ack the sender (with the first message's

@@ -6,18 +6,26 @@
 //! the [`Reply`]s back through the completion channel and wakes the loop. So
 //! a `MessageStored` reply — and the Ack it becomes — always means "committed".
 //!
-//! The loop sees storage only through these two enums and [`StorageHandle`];
-//! the SQLite specifics live in [`sqlite`] behind the [`Backend`] trait, so a
-//! second backend (a database shared by several server processes) can be added
-//! without touching the loop.
+//! The loop sees storage only through [`open`], these two enums, [`Snapshot`]
+//! and [`StorageHandle`]. The backend behind the thread is a [`Backend`]:
+//! [`sqlite`] today, chosen in one place ([`startup`], which also holds the
+//! crash-recovery policy every backend shares), so a second backend (a
+//! database shared by several server processes) is added without touching
+//! the loop. [`json_files`] is the original's JSON files: the offline
+//! `export-json`/`import-json` and the mirror the SQLite backend keeps.
 //!
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
 mod checkpoint;
+pub mod json_files;
 #[cfg(test)]
 mod queue_model_tests;
-pub mod schema;
 pub mod sqlite;
+pub mod startup;
+
+/// The SQLite schema, also at its first path (`storage::schema`).
+pub use sqlite::schema;
+pub use startup::{begin_run, open, OpenError, PreviousRun};
 
 use protocol::ClientTag;
 use std::net::SocketAddr;
@@ -680,8 +688,28 @@ pub struct Snapshot {
     pub recovered_from_crash: bool,
 }
 
-/// Executes batches of commands; implemented by [`sqlite::SqliteBackend`].
+/// A backend's own error (`rusqlite::Error` for SQLite), kept as it made it:
+/// at open it is reported and the server does not start.
+pub type DatabaseError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A store of the server's data, driven by the storage thread; implemented
+/// by [`sqlite::SqliteBackend`].
+///
+/// Its life: opened by its own constructor (chosen in [`startup`]);
+/// [`previous_run`](Backend::previous_run) then
+/// [`begin_run`](Backend::begin_run), once, under the crash-recovery policy
+/// ([`begin_run`]); then batches ([`execute`](Backend::execute)) with upkeep
+/// between them; [`finish`](Backend::finish) on a clean shutdown.
 pub trait Backend: Send + 'static {
+    /// What the previous run left: the accounts, the groups, the highest
+    /// message id stored, the highest reserved, and whether its running mark
+    /// is still set. Read once, before [`Backend::begin_run`].
+    fn previous_run(&mut self) -> Result<PreviousRun, DatabaseError>;
+
+    /// Reserves message ids through `ids_reserved_through` and sets the
+    /// running mark, durably and together, before any id is handed out.
+    fn begin_run(&mut self, ids_reserved_through: i64) -> Result<(), DatabaseError>;
+
     /// Executes the batch (atomically where the backend can) and returns the
     /// replies in command order. Must not return before the writes are durable
     /// to the promised degree.
@@ -694,8 +722,9 @@ pub trait Backend: Send + 'static {
     /// delay those replies (and so the Acks and deliveries) runs here.
     fn after_replies(&mut self) {}
 
-    /// Called once after the last batch, on a clean shutdown.
-    fn finish(&mut self) {}
+    /// Called once after the last batch, on a clean shutdown: upkeep left
+    /// over, then the running mark cleared.
+    fn finish(&mut self);
 }
 
 pub use crate::completion::QueueError;
@@ -712,9 +741,9 @@ pub struct StorageHandle {
 }
 
 impl StorageHandle {
-    /// Starts the storage thread over `backend`.
-    pub fn start<B: Backend>(
-        mut backend: B,
+    /// Starts the storage thread over `backend` (see [`open`]).
+    fn start(
+        mut backend: Box<dyn Backend>,
         queue_max: usize,
         batch_max: usize,
         done: CompletionSender,
@@ -724,7 +753,7 @@ impl StorageHandle {
         let thread_backlog = Arc::clone(&backlog);
         let thread = std::thread::Builder::new()
             .name("storage".into())
-            .spawn(move || run(&mut backend, &queue, batch_max, &done, &thread_backlog))?;
+            .spawn(move || run(&mut *backend, &queue, batch_max, &done, &thread_backlog))?;
         Ok(StorageHandle {
             commands: Some(commands),
             thread: Some(thread),
@@ -771,7 +800,7 @@ impl Drop for StorageHandle {
     }
 }
 
-fn run<B: Backend>(
+fn run<B: Backend + ?Sized>(
     backend: &mut B,
     queue: &Receiver<Command>,
     batch_max: usize,

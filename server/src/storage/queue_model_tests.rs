@@ -77,7 +77,8 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (mut backend, _) = SqliteBackend::open(&dir.path().join("chat.db"), false).unwrap();
+        let mut backend = SqliteBackend::open(&dir.path().join("chat.db"), false).unwrap();
+        super::begin_run(&mut backend).unwrap();
         let sender = create_user(&mut backend, "alice");
         let recipient = create_user(&mut backend, "bob");
         let replies = backend.execute(vec![Command::CreateGroup {

@@ -19,7 +19,7 @@
 //! An import checks everything before its first write and writes in one
 //! transaction, so a refused file changes nothing.
 //!
-//! Like `storage::sqlite`, this module runs SQL, but only on a connection it
+//! Like [`super::sqlite`], this module runs SQL, but only on a connection it
 //! is handed: the subcommands' own (the server is not running) or the storage
 //! thread's (the mirror). It never opens a second writer beside a server.
 
@@ -35,8 +35,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::sqlite::schema;
 use crate::password;
-use crate::storage::schema;
 
 /// The accounts file.
 pub const USERS_FILE: &str = "users.json";

@@ -1,0 +1,418 @@
+//! The delivery bookkeeping (the dispatcher's `delivery.rs`; ARCHITECTURE.md,
+//! "Delivery"): the offline queue and the catch-up pages read like it, what
+//! takes a message (written out, confirmed) and what puts it back, the group
+//! cursors, the sessions' confirmations, and the client ids that make a
+//! resend idempotent.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::messages::{read_page, PageBudget, PageFrom};
+use super::Batch;
+use crate::completion::Requester;
+use crate::config::QUEUE_PAGE_BYTES;
+use crate::storage::{GroupsTaken, NewMessage, Reply, StoredMessage};
+
+/// Offline-queue messages taken per storage round trip at login. The whole
+/// queue is pushed, chunk by chunk, so one reply (and one write into the
+/// connection's buffer) stays bounded; the round trips give the socket time
+/// to drain between chunks.
+pub const OFFLINE_CHUNK: u32 = 500;
+
+/// An offline-queue or catch-up page.
+pub(super) const QUEUE_PAGE: PageBudget = PageBudget {
+    messages: OFFLINE_CHUNK as usize,
+    bytes: QUEUE_PAGE_BYTES,
+};
+
+/// Whose offline queue to take, and how much of it.
+#[derive(Clone, Copy)]
+pub(super) struct QueueTake {
+    /// Whose queue.
+    pub(super) user_id: i64,
+    /// Only ids below this one (later ones are held by the loop).
+    pub(super) queue_before: i64,
+    /// Only ids above this one (the previous chunk's last).
+    pub(super) after: i64,
+    /// A receipts session's confirmation: take everything addressed to the
+    /// user past it instead of the offline queue.
+    pub(super) since: Option<i64>,
+    /// Whether the user's group messages are part of it.
+    pub(super) include_groups: bool,
+}
+
+impl QueueTake {
+    /// A login's queue from its start: the offline queue below `queue_before`.
+    pub(super) fn from_start(user_id: i64, queue_before: i64, include_groups: bool) -> Self {
+        QueueTake {
+            user_id,
+            queue_before,
+            after: 0,
+            since: None,
+            include_groups,
+        }
+    }
+
+    /// The same queue past `after` (the previous chunk's last id); with
+    /// `since`, a receipts session's queue past its confirmation.
+    pub(super) fn continued(self, after: i64, since: Option<i64>) -> Self {
+        QueueTake {
+            after,
+            since,
+            ..self
+        }
+    }
+}
+
+/// `TakeQueue`: the next chunk of a logging-in (or catching-up) user's queue.
+pub(super) fn take_queue(
+    batch: &Batch,
+    to: &Requester,
+    queue: QueueTake,
+) -> rusqlite::Result<Reply> {
+    let (queued, more_queued) = read_queue(batch, queue)?;
+    Ok(Reply::QueueChunk {
+        to: to.clone(),
+        queued,
+        more_queued,
+    })
+}
+
+/// `MarkDelivered`: these 1:1 messages were written out to a connection of
+/// their recipient, so they leave the offline queue.
+pub(super) fn mark_delivered(
+    tx: &Transaction,
+    user_id: i64,
+    message_ids: &[i64],
+) -> rusqlite::Result<()> {
+    let mut statement = tx.prepare_cached(
+        "UPDATE messages SET delivered = TRUE WHERE message_id = ?1 AND receiver_id = ?2",
+    )?;
+    for id in message_ids {
+        statement.execute(params![id, user_id])?;
+    }
+    Ok(())
+}
+
+/// `Requeue`: the recipient's 1:1 messages from `from_message_id` on go back
+/// into the offline queue (their connection was dropped unread).
+pub(super) fn requeue(
+    tx: &Transaction,
+    user_id: i64,
+    from_message_id: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE messages SET delivered = FALSE
+         WHERE message_id >= ?2 AND receiver_id = ?1 AND delivered",
+    )?
+    .execute(params![user_id, from_message_id])?;
+    Ok(())
+}
+
+/// `Confirm`: a receipts device of `user_id` holds everything up to
+/// `through`. Recorded on its session; what it newly covers is taken; the
+/// reply names whose 1:1 messages it confirmed.
+pub(super) fn confirm(
+    batch: &mut Batch,
+    user_id: i64,
+    username: &str,
+    session_hash: &str,
+    through: i64,
+) -> rusqlite::Result<Reply> {
+    let tx = batch.tx;
+    let previous = confirmed_through(tx, session_hash)?;
+    set_confirmed(tx, session_hash, through)?;
+    let rows = batch.tail.rows(tx, batch.indexed_through)?;
+    let senders = take_confirmed(
+        tx,
+        user_id,
+        (previous, through),
+        batch.indexed_through,
+        rows,
+    )?;
+    Ok(Reply::Confirmed {
+        user_id,
+        username: username.to_owned(),
+        senders,
+    })
+}
+
+/// A session's confirmation (0 for an unknown session).
+pub(super) fn confirmed_through(tx: &Transaction, session_hash: &str) -> rusqlite::Result<i64> {
+    let confirmed = tx
+        .prepare_cached("SELECT confirmed_through FROM sessions WHERE session_hash = ?1")?
+        .query_row([session_hash], |row| row.get(0))
+        .optional()?;
+    Ok(confirmed.unwrap_or(0))
+}
+
+/// Raises a session's confirmation to `through` (never lowers it).
+pub(super) fn set_confirmed(
+    tx: &Transaction,
+    session_hash: &str,
+    through: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE sessions SET confirmed_through = MAX(confirmed_through, ?2)
+         WHERE session_hash = ?1",
+    )?
+    .execute(params![session_hash, through])?;
+    Ok(())
+}
+
+/// The 1:1 messages past the deferred-index watermark, `(receiver, sender,
+/// id)`, read once per batch for all its confirmations (the tick sends them
+/// together) rather than scanned again for each.
+#[derive(Default)]
+pub(super) struct UnindexedTail {
+    rows: Option<Vec<(i64, i64, i64)>>,
+}
+
+impl UnindexedTail {
+    fn rows(
+        &mut self,
+        tx: &Transaction,
+        indexed_through: i64,
+    ) -> rusqlite::Result<&[(i64, i64, i64)]> {
+        if self.rows.is_none() {
+            let rows = tx
+                .prepare_cached(
+                    "SELECT receiver_id, sender_id, message_id FROM messages
+                     WHERE message_id > ?1 AND receiver_id IS NOT NULL",
+                )?
+                .query_map([indexed_through], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            self.rows = Some(rows);
+        }
+        Ok(self.rows.as_deref().unwrap_or_default())
+    }
+
+    /// A message was stored: read the tail again when next asked.
+    pub(super) fn forget(&mut self) {
+        self.rows = None;
+    }
+}
+
+/// A device of `user_id` now holds everything up to `range.1` (it held
+/// everything up to `range.0` before): the 1:1 messages no device had taken
+/// are taken now, the group cursors move up to `range.1`, and the senders of
+/// the 1:1 messages in the range are returned, each with its highest id, for
+/// the Delivered receipts (whether or not another device had taken them):
+/// from the per-receiver index, and from `tail` past the index watermark.
+fn take_confirmed(
+    tx: &Transaction,
+    user_id: i64,
+    (previous, through): (i64, i64),
+    indexed_through: i64,
+    tail: &[(i64, i64, i64)],
+) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let mut senders: HashMap<i64, i64> = tx
+        .prepare_cached(
+            "SELECT sender_id, MAX(message_id) FROM messages
+             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
+             GROUP BY sender_id",
+        )?
+        .query_map(params![user_id, previous, through], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let lower = previous.max(indexed_through);
+    for &(receiver, sender, id) in tail {
+        if receiver == user_id && id > lower && id <= through {
+            let highest = senders.entry(sender).or_insert(id);
+            *highest = (*highest).max(id);
+        }
+    }
+    tx.prepare_cached(
+        "UPDATE messages SET delivered = TRUE
+         WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2",
+    )?
+    .execute(params![user_id, through])?;
+    tx.prepare_cached(
+        "UPDATE group_members SET delivered_through = MAX(delivered_through, ?2)
+         WHERE user_id = ?1",
+    )?
+    .execute(params![user_id, through])?;
+    Ok(senders.into_iter().collect())
+}
+
+/// Reads the next chunk of the user's offline queue below `queue_before`:
+/// 1:1 messages not delivered and, with `include_groups`, messages of the
+/// user's groups past the member's cursor, oldest first. A chunk holds at
+/// most [`OFFLINE_CHUNK`] messages and about [`QUEUE_PAGE_BYTES`] of content.
+pub(super) fn read_queue(
+    batch: &Batch,
+    queue: QueueTake,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    if let Some(confirmed) = queue.since {
+        return read_addressed(batch, queue, confirmed);
+    }
+    let QueueTake {
+        user_id,
+        queue_before,
+        after,
+        include_groups,
+        ..
+    } = queue;
+    // Two plain index-ordered queries merged here, rather than one UNION with
+    // ORDER BY: SQLite would build and sort an ephemeral table for that on
+    // every login (it halved the session-resume rate). Taking marks nothing:
+    // a message counts as taken once written out (`MarkDelivered`, group
+    // cursors at departure), so two devices logging in at once each get the
+    // whole queue, and a connection that dies mid-queue loses nothing.
+    let fetch = OFFLINE_CHUNK + 1;
+    let direct = read_page(
+        batch.tx,
+        "SELECT message_id FROM messages
+         WHERE receiver_id = ?1 AND delivered = 0 AND message_id > ?2 AND message_id < ?3
+         ORDER BY message_id LIMIT ?4",
+        params![user_id, after, queue_before, fetch],
+        PageFrom::Oldest,
+        QUEUE_PAGE,
+    )?;
+    if !include_groups || !is_in_any_group(batch.tx, user_id)? {
+        return Ok(direct);
+    }
+    let group = read_page(
+        batch.tx,
+        "SELECT m.message_id FROM group_members g
+         JOIN messages m ON m.group_id = g.group_id
+            AND m.message_id > MAX(g.delivered_through, ?2)
+         WHERE g.user_id = ?1 AND m.message_id < ?3 AND m.sender_id != ?1
+         ORDER BY m.message_id LIMIT ?4",
+        params![user_id, after, queue_before, fetch],
+        PageFrom::Oldest,
+        QUEUE_PAGE,
+    )?;
+    Ok(merge_pages(direct, group, QUEUE_PAGE))
+}
+
+/// The oldest part of two pages read from the same point (each oldest
+/// first, each saying whether it left messages out) that is a page itself:
+/// nothing past where either one stopped, and within `budget`.
+pub(super) fn merge_pages(
+    (mut merged, first_more): (Vec<StoredMessage>, bool),
+    (second, second_more): (Vec<StoredMessage>, bool),
+    budget: PageBudget,
+) -> (Vec<StoredMessage>, bool) {
+    let stopped_at = |page: &[StoredMessage], more: bool| {
+        more.then(|| page.last().map_or(i64::MIN, |m| m.message_id))
+    };
+    let bound = [
+        stopped_at(&merged, first_more),
+        stopped_at(&second, second_more),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    merged.extend(second);
+    merged.sort_by_key(|message| message.message_id);
+    if let Some(bound) = bound {
+        merged.retain(|message| message.message_id <= bound);
+    }
+    let fits = budget.fitting(merged.iter());
+    let more = bound.is_some() || merged.len() > fits;
+    merged.truncate(fits);
+    (merged, more)
+}
+
+/// A receipts session's queue: every message addressed to the user past
+/// `confirmed` (1:1 to them, and their groups' messages from others), below
+/// the login boundary, whether or not another device took it.
+fn read_addressed(
+    batch: &Batch,
+    queue: QueueTake,
+    confirmed: i64,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    read_page(
+        batch.tx,
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id < ?5
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE message_id > MAX(?2, ?4) AND message_id < ?5 AND receiver_id = ?1
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT m.message_id FROM group_members g
+             JOIN messages m ON m.group_id = g.group_id
+                AND m.message_id > MAX(?2, g.joined_through)
+             WHERE g.user_id = ?1 AND m.message_id < ?5 AND m.sender_id != ?1
+             ORDER BY m.message_id LIMIT ?3)
+         ORDER BY message_id LIMIT ?3",
+        params![
+            queue.user_id,
+            queue.after.max(confirmed),
+            OFFLINE_CHUNK + 1,
+            batch.indexed_through,
+            queue.queue_before
+        ],
+        PageFrom::Oldest,
+        QUEUE_PAGE,
+    )
+}
+
+/// Moves the user's group cursors to `taken.through` where they already
+/// cover everything before `taken.from` (never backwards).
+pub(super) fn advance_group_cursors(
+    tx: &Transaction,
+    user_id: i64,
+    taken: GroupsTaken,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE group_members SET delivered_through = ?3
+         WHERE user_id = ?1 AND delivered_through >= ?2 - 1 AND delivered_through < ?3",
+    )?
+    .execute(params![user_id, taken.from, taken.through])?;
+    Ok(())
+}
+
+/// Whether the user is in any group (most logins are not: skip that query).
+fn is_in_any_group(tx: &Transaction, user_id: i64) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM group_members WHERE user_id = ?1)")?
+        .query_row([user_id], |row| row.get(0))
+}
+
+/// Records that the sender used `client_id` for this message; if they used
+/// it before (within the retention window), returns that message's id.
+pub(super) fn remember_client_id(
+    tx: &Transaction,
+    message: &NewMessage,
+    client_id: &str,
+) -> rusqlite::Result<Option<i64>> {
+    // One statement for a new id (the common case); a conflict writes
+    // nothing, so a resend is answered even when the disk is full.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO client_ids (sender_id, client_message_id, message_id, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            message.sender_id,
+            client_id,
+            message.message_id,
+            message.time
+        ])?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "SELECT message_id FROM client_ids WHERE sender_id = ?1 AND client_message_id = ?2",
+    )?
+    .query_row(params![message.sender_id, client_id], |row| row.get(0))
+    .optional()
+}
+
+/// Forgets the client ids recorded at or before `created_before`: a resend
+/// after that is a new message.
+pub(super) fn forget_client_ids(tx: &Transaction, created_before: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM client_ids WHERE created_at <= ?1")?
+        .execute([created_before])?;
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Messages (the dispatcher's `messages.rs`): storing one, History and Sync
+//! pages, and the page reader every read of messages shares (the offline
+//! queue's too), which stops at a page's budget in messages and bytes.
+//!
+//! Every read here is right whichever part of the messages is in the
+//! per-user indexes: the indexed part is read through them, the unindexed
+//! tail past `indexed_through` by id range (see `schema.rs`).
+
+use rusqlite::{params, Connection, Transaction};
+
+use super::{delivery, Batch};
+use crate::completion::Requester;
+use crate::config::READ_PAGE_BYTES;
+use crate::storage::{Conversation, NewMessage, Reply, StoredMessage};
+
+/// `StoreMessage`: the message is inserted, unless its client id says the
+/// sender already stored it (then the reply names the first one's id).
+pub(super) fn store_message(
+    batch: &mut Batch,
+    to: &Requester,
+    client_message_id: Option<&str>,
+    message: &NewMessage,
+) -> rusqlite::Result<Reply> {
+    // The message lands past the index watermark: the batch's read of the
+    // unindexed tail no longer holds.
+    batch.tail.forget();
+    let duplicate_of = match client_message_id {
+        Some(client_id) => delivery::remember_client_id(batch.tx, message, client_id)?,
+        None => None,
+    };
+    if duplicate_of.is_none() {
+        insert_message(batch.tx, message)?;
+    }
+    Ok(Reply::MessageStored {
+        to: to.clone(),
+        message_id: message.message_id,
+        client_message_id: client_message_id.map(str::to_owned),
+        duplicate_of,
+        stored: None,
+    })
+}
+
+/// `History`: a page of one conversation, with a peer or in a group.
+pub(super) fn history(
+    batch: &Batch,
+    to: &Requester,
+    user_id: i64,
+    with: Conversation,
+    chat_id: &str,
+    before: Option<i64>,
+    limit: u32,
+) -> rusqlite::Result<Reply> {
+    let (messages, has_more) = match with {
+        Conversation::Peer(peer_id) => {
+            let pair = (user_id, peer_id);
+            peer_history(batch.tx, pair, before, limit, batch.indexed_through)?
+        }
+        Conversation::Group(group_id) => group_history(batch.tx, group_id, before, limit)?,
+    };
+    Ok(Reply::History {
+        to: to.clone(),
+        chat_id: chat_id.to_owned(),
+        messages,
+        has_more,
+    })
+}
+
+/// `Sync`: a page of everything the user sent or received after `since`.
+pub(super) fn sync(
+    batch: &Batch,
+    to: &Requester,
+    user_id: i64,
+    since: i64,
+    limit: u32,
+) -> rusqlite::Result<Reply> {
+    let (messages, has_more) = sync_page(batch.tx, user_id, since, limit, batch.indexed_through)?;
+    Ok(Reply::Synced {
+        to: to.clone(),
+        messages,
+        has_more,
+    })
+}
+
+/// The highest message id stored (0 for none).
+pub(super) fn highest_stored_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(message_id), 0) FROM messages",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn insert_message(tx: &Transaction, message: &NewMessage) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages
+             (message_id, sender_id, receiver_id, group_id, content, is_encrypted, timestamp,
+              delivered)
+         VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        message.message_id,
+        message.sender_id,
+        message.receiver_id,
+        message.content,
+        message.is_encrypted,
+        message.time,
+        message.delivered,
+        message.group_id,
+    ])?;
+    Ok(())
+}
+
+/// The newest `limit` messages between the two users older than `before`,
+/// oldest first, and whether older ones exist. Three parts: each direction
+/// through the sender index, and the unindexed tail by id range.
+pub(super) fn peer_history(
+    tx: &Transaction,
+    (user_id, peer_id): (i64, i64),
+    before: Option<i64>,
+    limit: u32,
+    indexed_through: i64,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let fetch = limit + 1;
+    read_page(
+        tx,
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
+             ORDER BY message_id DESC LIMIT ?4)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
+             ORDER BY message_id DESC LIMIT ?4)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE message_id > ?5 AND message_id < ?3
+               AND ((sender_id = ?1 AND receiver_id = ?2) OR (sender_id = ?2 AND receiver_id = ?1))
+             ORDER BY message_id DESC LIMIT ?4)
+         ORDER BY message_id DESC LIMIT ?4",
+        params![
+            user_id,
+            peer_id,
+            before.unwrap_or(i64::MAX),
+            fetch,
+            indexed_through
+        ],
+        PageFrom::Newest,
+        PageBudget::read(limit),
+    )
+}
+
+/// The newest `limit` messages of a group older than `before`, oldest first.
+fn group_history(
+    tx: &Transaction,
+    group_id: i64,
+    before: Option<i64>,
+    limit: u32,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    read_page(
+        tx,
+        "SELECT message_id FROM messages
+         WHERE group_id = ?1 AND message_id < ?2
+         ORDER BY message_id DESC LIMIT ?3",
+        params![group_id, before.unwrap_or(i64::MAX), limit + 1],
+        PageFrom::Newest,
+        PageBudget::read(limit),
+    )
+}
+
+/// The oldest `limit` messages the user sent or received after `since`:
+/// sent and received through the indexes, plus the unindexed tail.
+pub(super) fn sync_page(
+    tx: &Transaction,
+    user_id: i64,
+    since: i64,
+    limit: u32,
+    indexed_through: i64,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let fetch = limit + 1;
+    read_page(
+        tx,
+        "SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND sender_id = ?1 AND message_id > ?2 AND group_id IS NULL
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT message_id FROM messages
+             WHERE message_id > MAX(?2, ?4) AND (sender_id = ?1 OR receiver_id = ?1)
+               AND group_id IS NULL
+             ORDER BY message_id LIMIT ?3)
+         UNION
+         SELECT message_id FROM (
+             SELECT m.message_id FROM group_members g
+             JOIN messages m ON m.group_id = g.group_id AND m.message_id > ?2
+             WHERE g.user_id = ?1
+             ORDER BY m.message_id LIMIT ?3)
+         ORDER BY message_id LIMIT ?3",
+        params![user_id, since, fetch, indexed_through],
+        PageFrom::Oldest,
+        PageBudget::read(limit),
+    )
+}
+
+/// Which end of the selected messages a page is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PageFrom {
+    /// Oldest first (Sync, the offline queue).
+    Oldest,
+    /// Newest first (History, which pages backwards).
+    Newest,
+}
+
+/// How much one page may hold: at most `messages`, and no more content than
+/// `bytes` (but always one message, so a page is never empty while messages
+/// remain).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PageBudget {
+    /// Most messages in the page.
+    pub(super) messages: usize,
+    /// Most bytes of content in the page (past its first message).
+    pub(super) bytes: usize,
+}
+
+impl PageBudget {
+    /// A History or Sync page of at most `limit` messages.
+    fn read(limit: u32) -> Self {
+        PageBudget {
+            messages: limit as usize,
+            bytes: READ_PAGE_BYTES,
+        }
+    }
+
+    /// How many of `messages`, taken in order, fit.
+    pub(super) fn fitting<'a>(&self, messages: impl Iterator<Item = &'a StoredMessage>) -> usize {
+        let mut bytes = 0;
+        let mut fits = 0;
+        for message in messages.take(self.messages) {
+            bytes += message.content.len();
+            if fits > 0 && bytes > self.bytes {
+                break;
+            }
+            fits += 1;
+        }
+        fits
+    }
+}
+
+/// Reads a page of the messages whose ids `ids_query` selects, from the
+/// `from` end, stopping at `budget`: rows past it are never read, so a page
+/// costs what it holds whatever the messages' sizes. Returns the page oldest
+/// first and whether selected messages were left out.
+pub(super) fn read_page(
+    tx: &Transaction,
+    ids_query: &str,
+    parameters: impl rusqlite::Params,
+    from: PageFrom,
+    budget: PageBudget,
+) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
+    let order = match from {
+        PageFrom::Oldest => "ASC",
+        PageFrom::Newest => "DESC",
+    };
+    let sql = format!(
+        "SELECT m.message_id, s.username, r.username, m.content, m.is_encrypted, m.timestamp,
+                m.group_id
+         FROM messages m
+         JOIN users s ON s.user_id = m.sender_id
+         LEFT JOIN users r ON r.user_id = m.receiver_id
+         WHERE m.message_id IN ({ids_query})
+         ORDER BY m.message_id {order}"
+    );
+    let mut statement = tx.prepare_cached(&sql)?;
+    let mut rows = statement.query_map(parameters, |row| {
+        Ok(StoredMessage {
+            message_id: row.get(0)?,
+            sender: row.get(1)?,
+            receiver: row.get(2)?,
+            content: row.get(3)?,
+            is_encrypted: row.get(4)?,
+            time: row.get(5)?,
+            group_id: row.get(6)?,
+        })
+    })?;
+    let mut page: Vec<StoredMessage> = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    for row in rows.by_ref() {
+        let message = row?;
+        bytes += message.content.len();
+        let full = page.len() >= budget.messages || (!page.is_empty() && bytes > budget.bytes);
+        if full {
+            more = true;
+            break;
+        }
+        page.push(message);
+    }
+    if from == PageFrom::Newest {
+        page.reverse();
+    }
+    Ok((page, more))
+}

@@ -1,0 +1,447 @@
+//! The SQLite backend: the one write connection to `<data-dir>/chat.db`.
+//!
+//! A batch runs in one transaction. If any command in it fails (disk full,
+//! read-only file), the transaction is rolled back and each command is retried
+//! in a transaction of its own, so one failure costs only its own command;
+//! whatever still fails is answered with [`Reply::Failed`] and never acked.
+//!
+//! This file is the backend itself: opening the database, batches and their
+//! transactions, the deferred-index passes, the `--json-mirror` hook, and
+//! `apply`, which hands each [`Command`] to its one function. The commands
+//! live in one file per family, like the dispatcher's requests:
+//! - `accounts.rs`: users, credentials, sessions (open, resume, end,
+//!   expire) and a connection's departure;
+//! - `messages.rs`: storing a message, History and Sync pages, and the page
+//!   reader every read of messages shares;
+//! - `delivery.rs`: the offline queue and catch-up pages, what takes a
+//!   message and what puts it back, confirmations, group cursors, client ids;
+//! - `contacts.rs`, `groups.rs`, `keys.rs`;
+//! - `server_state.rs`: the running mark and the reserved ids;
+//! - [`schema`]: the tables and indexes, and why they are shaped so.
+
+mod accounts;
+mod contacts;
+mod delivery;
+mod groups;
+mod keys;
+mod messages;
+pub mod schema;
+mod server_state;
+#[cfg(test)]
+mod tests;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, Transaction};
+
+use super::checkpoint::Checkpointer;
+use super::json_files::Mirror;
+use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
+use delivery::{QueueTake, UnindexedTail};
+
+pub use delivery::OFFLINE_CHUNK;
+
+/// Unindexed messages that trigger an index pass right after a batch.
+const INDEX_TAIL_MAX: i64 = 8_192;
+/// Rows one index pass moves into the indexes: a pass is one transaction on
+/// the storage thread, so a batch arriving meanwhile waits for it; this
+/// keeps that wait around a millisecond.
+const INDEX_PASS_ROWS: i64 = 1_024;
+/// How long a small unindexed tail may wait for an idle moment's pass.
+const INDEX_DELAY: Duration = Duration::from_secs(1);
+
+/// The database, its prepared-statement cache, and the deferred-index
+/// watermark (see `schema.rs`).
+pub struct SqliteBackend {
+    conn: Connection,
+    /// Every message with an id up to this is in the per-user indexes; every
+    /// stored message above it is not (ids are inserted in increasing order).
+    indexed_through: i64,
+    /// The highest message id stored.
+    highest_stored: i64,
+    /// When the last index pass ran.
+    last_index_pass: Instant,
+    /// Copies the WAL back into the database without stalling commits.
+    _checkpointer: Checkpointer,
+    /// Keeps `users.json`/`contacts.json` current (`--json-mirror`).
+    mirror: Option<Mirror>,
+}
+
+/// One batch's transaction, and what its commands need to read messages
+/// right: the deferred-index watermark, and the unindexed tail, read at most
+/// once for all the batch's confirmations.
+struct Batch<'a> {
+    /// The batch's transaction.
+    tx: &'a Transaction<'a>,
+    /// Messages up to here are in the per-user indexes (see `schema.rs`).
+    indexed_through: i64,
+    /// The 1:1 messages past the watermark, once read.
+    tail: UnindexedTail,
+}
+
+impl SqliteBackend {
+    /// Opens (creating with mode 0600 if needed) the database at `path`,
+    /// migrates it, marks every user offline (nobody is connected to a
+    /// starting server) and starts the checkpointer. What the previous run
+    /// left is read next, by [`super::startup::begin_run`].
+    pub fn open(path: &Path, synchronous_full: bool) -> Result<Self, OpenError> {
+        create_private_file(path);
+        let (conn, highest_stored) = prepare_connection(path, synchronous_full)
+            .map_err(|error| OpenError::database(path.display(), error))?;
+        let checkpointer = Checkpointer::start(path).map_err(OpenError::Thread)?;
+        Ok(SqliteBackend {
+            conn,
+            indexed_through: highest_stored,
+            highest_stored,
+            last_index_pass: Instant::now(),
+            _checkpointer: checkpointer,
+            mirror: None,
+        })
+    }
+
+    /// Keeps the original system's JSON files in `dir` current: written
+    /// when idle, at most once per second, after accounts or contacts change.
+    pub fn with_json_mirror(mut self, dir: PathBuf) -> Self {
+        self.mirror = Some(Mirror::new(dir));
+        self
+    }
+
+    fn execute_batch(&mut self, batch: &[Command]) -> Vec<Reply> {
+        match self.execute_in_transaction(batch) {
+            Ok(replies) => replies,
+            Err(error) => {
+                log::error!(
+                    "storage: batch of {} failed ({error}); retrying one by one",
+                    batch.len()
+                );
+                batch
+                    .iter()
+                    .flat_map(|command| self.execute_alone(command))
+                    .collect()
+            }
+        }
+    }
+
+    fn execute_alone(&mut self, command: &Command) -> Option<Reply> {
+        match self.execute_in_transaction(std::slice::from_ref(command)) {
+            Ok(mut replies) => replies.pop(),
+            Err(error) => {
+                log::error!("storage: command failed: {error}");
+                if let Command::ReserveIds { .. } = command {
+                    return Some(Reply::IdsReserved { through: None });
+                }
+                let message_id = match command {
+                    Command::StoreMessage { message, .. } => Some(message.message_id),
+                    _ => None,
+                };
+                command.requester().map(|(to, tag)| Reply::Failed {
+                    requester: (to.clone(), tag),
+                    message_id,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+
+    fn execute_in_transaction(&mut self, commands: &[Command]) -> rusqlite::Result<Vec<Reply>> {
+        let tx = self.conn.transaction()?;
+        let mut batch = Batch {
+            tx: &tx,
+            indexed_through: self.indexed_through,
+            tail: UnindexedTail::default(),
+        };
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in commands {
+            if let Some(reply) = apply(&mut batch, command)? {
+                replies.push(reply);
+            }
+        }
+        tx.commit()?;
+        let stored = commands.iter().filter_map(|command| match command {
+            Command::StoreMessage { message, .. } => Some(message.message_id),
+            _ => None,
+        });
+        self.highest_stored = stored.fold(self.highest_stored, i64::max);
+        Ok(replies)
+    }
+
+    /// Moves every stored message into the per-user indexes, in one
+    /// transaction. Queries stay correct whether or not this has run.
+    fn index_tail(&mut self) {
+        let from = self.indexed_through;
+        // A small pass, unless the tail has outgrown its bound: then enough
+        // to bring it back under.
+        let rows =
+            INDEX_PASS_ROWS.max(self.highest_stored - from - INDEX_TAIL_MAX + INDEX_PASS_ROWS);
+        let to = self.highest_stored.min(from + rows);
+        self.last_index_pass = Instant::now();
+        if to <= from {
+            return;
+        }
+        let indexed = self.conn.transaction().and_then(|tx| {
+            tx.prepare_cached(
+                "UPDATE messages SET indexed = 1 WHERE message_id > ?1 AND message_id <= ?2",
+            )?
+            .execute(params![from, to])?;
+            tx.commit()
+        });
+        match indexed {
+            Ok(()) => self.indexed_through = to,
+            Err(error) => log::error!("storage: index pass failed (will retry): {error}"),
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn previous_run(&mut self) -> Result<PreviousRun, DatabaseError> {
+        Ok(server_state::previous_run(&self.conn, self.highest_stored)?)
+    }
+
+    fn begin_run(&mut self, ids_reserved_through: i64) -> Result<(), DatabaseError> {
+        Ok(server_state::begin_run(
+            &mut self.conn,
+            ids_reserved_through,
+        )?)
+    }
+
+    fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
+        if let Some(mirror) = &mut self.mirror {
+            if batch.iter().any(changes_mirrored_files) {
+                mirror.mark_dirty();
+            }
+        }
+        let mut replies = self.execute_batch(&batch);
+        super::hand_back_stored(batch, &mut replies);
+        replies
+    }
+
+    fn idle(&mut self) {
+        if let Some(mirror) = &mut self.mirror {
+            mirror.idle(&self.conn);
+        }
+        if self.highest_stored > self.indexed_through
+            && self.last_index_pass.elapsed() >= INDEX_DELAY
+        {
+            self.index_tail();
+        }
+    }
+
+    fn after_replies(&mut self) {
+        // Past the tail bound, index now — but only after the replies went
+        // out, so no Ack or delivery waits for the pass.
+        if self.highest_stored - self.indexed_through >= INDEX_TAIL_MAX {
+            self.index_tail();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.index_tail();
+        if let Some(mirror) = &mut self.mirror {
+            mirror.flush(&self.conn);
+        }
+        if let Err(error) = server_state::mark_stopped(&self.conn) {
+            log::error!("storage: cannot record the clean shutdown: {error}");
+        }
+    }
+}
+
+/// Executes one command inside the batch's transaction: the one place a
+/// [`Command`] meets the function that carries it out, grouped by file.
+fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>> {
+    let tx = batch.tx;
+    match command {
+        // accounts.rs
+        Command::CreateUser {
+            to,
+            username,
+            email,
+            hash,
+            now,
+        } => accounts::create_user(tx, to, username, email, hash, *now).map(Some),
+        Command::FetchCredentials { to, username } => {
+            accounts::fetch_credentials(tx, to, username).map(Some)
+        }
+        Command::OpenSession {
+            to,
+            user_id,
+            session_hash,
+            peer,
+            queue_before,
+            include_groups,
+            now,
+        } => {
+            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            accounts::open_session(batch, to, session_hash, *peer, *now, queue).map(Some)
+        }
+        Command::ResumeSession {
+            to,
+            user_id,
+            session_hash,
+            receipts,
+            peer,
+            queue_before,
+            include_groups,
+            now,
+        } => {
+            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            accounts::resume_session(batch, to, session_hash, *receipts, *peer, *now, queue)
+                .map(Some)
+        }
+        Command::EndSession { to, session_hash } => {
+            accounts::end_session(tx, to, session_hash).map(Some)
+        }
+        Command::ConnectionLost {
+            user_id,
+            username,
+            session_hash,
+            last,
+            groups_taken,
+            now,
+        } => accounts::connection_lost(
+            tx,
+            *user_id,
+            username,
+            session_hash,
+            *last,
+            *groups_taken,
+            *now,
+        ),
+        Command::PurgeSessions { idle_before } => {
+            accounts::purge_sessions(tx, *idle_before).map(|()| None)
+        }
+        // messages.rs
+        Command::StoreMessage {
+            to,
+            client_message_id,
+            message,
+        } => messages::store_message(batch, to, client_message_id.as_deref(), message).map(Some),
+        Command::History {
+            to,
+            user_id,
+            with,
+            chat_id,
+            before,
+            limit,
+        } => messages::history(batch, to, *user_id, *with, chat_id, *before, *limit).map(Some),
+        Command::Sync {
+            to,
+            user_id,
+            since,
+            limit,
+        } => messages::sync(batch, to, *user_id, *since, *limit).map(Some),
+        // delivery.rs
+        Command::TakeQueue {
+            to,
+            user_id,
+            queue_before,
+            after,
+            since,
+            include_groups,
+        } => {
+            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            delivery::take_queue(batch, to, queue.continued(*after, *since)).map(Some)
+        }
+        Command::MarkDelivered {
+            user_id,
+            message_ids,
+        } => delivery::mark_delivered(tx, *user_id, message_ids).map(|()| None),
+        Command::Requeue {
+            user_id,
+            from_message_id,
+        } => delivery::requeue(tx, *user_id, *from_message_id).map(|()| None),
+        Command::Confirm {
+            user_id,
+            username,
+            session_hash,
+            through,
+        } => delivery::confirm(batch, *user_id, username, session_hash, *through).map(Some),
+        // contacts.rs
+        Command::AddContact {
+            to,
+            owner_id,
+            owner_name,
+            contact_id,
+            now,
+        } => contacts::add_contact(tx, to, *owner_id, owner_name, *contact_id, *now).map(Some),
+        Command::RemoveContact {
+            to,
+            owner_id,
+            contact_id,
+        } => contacts::remove_contact(tx, to, *owner_id, *contact_id).map(Some),
+        Command::Directory { to, owner_id } => contacts::directory(tx, to, *owner_id).map(Some),
+        // groups.rs
+        Command::CreateGroup {
+            to,
+            name,
+            member_ids,
+            through,
+            now,
+        } => groups::create_group(tx, to, name, member_ids, *through, *now).map(Some),
+        Command::AddGroupMembers {
+            to,
+            group_id,
+            member_ids,
+            through,
+            now,
+        } => groups::add_group_members(tx, to, *group_id, member_ids, *through, *now).map(Some),
+        Command::LeaveGroup {
+            to,
+            user_id,
+            group_id,
+        } => groups::leave_group(tx, to, *user_id, *group_id).map(Some),
+        // keys.rs
+        Command::SetKey {
+            to,
+            user_id,
+            username,
+            public_key,
+        } => keys::set_key(tx, to, *user_id, username, public_key).map(Some),
+        Command::GetKey {
+            to,
+            user_id,
+            username,
+        } => keys::get_key(tx, to, *user_id, username).map(Some),
+        // server_state.rs
+        Command::ReserveIds { through } => server_state::reserve_more_ids(tx, *through).map(Some),
+    }
+}
+
+/// Whether a command changes what `users.json`/`contacts.json` hold.
+fn changes_mirrored_files(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::CreateUser { .. }
+            | Command::AddContact { .. }
+            | Command::RemoveContact { .. }
+            | Command::SetKey { .. }
+            | Command::OpenSession { .. }
+            | Command::ResumeSession { .. }
+            | Command::ConnectionLost { last: true, .. }
+    )
+}
+
+/// Opens and migrates the database, marks every user offline, moves every
+/// message into the indexes (a pass the last run may not have finished),
+/// and returns the connection with the highest message id stored.
+fn prepare_connection(path: &Path, synchronous_full: bool) -> rusqlite::Result<(Connection, i64)> {
+    let mut conn = Connection::open(path)?;
+    schema::prepare(&mut conn, synchronous_full)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
+    conn.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0", [])?;
+    let highest_stored = messages::highest_stored_id(&conn)?;
+    Ok((conn, highest_stored))
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it, so the
+/// hashes and messages are never readable by other local users.
+fn create_private_file(path: &Path) {
+    let _ = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path);
+}

@@ -1,0 +1,460 @@
+//! The SQLite backend's unit tests, beside its files: each command family's
+//! behaviour through `execute`, and the page readers on every split of the
+//! messages between indexed and not.
+
+use std::path::Path;
+
+use super::delivery::{merge_pages, QUEUE_PAGE};
+use super::messages::{peer_history, sync_page};
+use super::*;
+use crate::completion::{ConnId, Requester};
+use crate::config::{MESSAGE_ID_BLOCK, QUEUE_PAGE_BYTES};
+use crate::password::hash_password;
+use crate::storage::{begin_run, NewMessage, Snapshot, StoredMessage};
+
+const CONN: Requester = Requester::anonymous(ConnId { slot: 0, serial: 1 });
+
+/// Opens the database at `path` and begins a run on it, as a start does.
+fn open_at(path: &Path) -> (SqliteBackend, Snapshot) {
+    let mut backend = SqliteBackend::open(path, false).unwrap();
+    let snapshot = begin_run(&mut backend).unwrap();
+    (backend, snapshot)
+}
+
+fn open() -> (tempfile::TempDir, SqliteBackend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, snapshot) = open_at(&dir.path().join("chat.db"));
+    assert!(snapshot.users.is_empty());
+    assert_eq!(snapshot.next_message_id, 1);
+    assert!(!snapshot.recovered_from_crash);
+    (dir, backend)
+}
+
+#[test]
+fn index_passes_move_the_tail_into_the_indexes() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    for id in 1..=3 {
+        store(&mut backend, id, a, b, true);
+    }
+    assert_eq!(backend.indexed_through, 0);
+    backend.index_tail();
+    assert_eq!(backend.indexed_through, 3);
+    let unindexed: i64 = backend
+        .conn
+        .query_row("SELECT COUNT(*) FROM messages WHERE indexed = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(unindexed, 0);
+    let plan: String = backend
+        .conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT message_id FROM messages
+             WHERE indexed = 1 AND sender_id = 1 AND message_id > 0",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("messages_by_sender"), "{plan}");
+}
+
+#[test]
+fn a_start_after_a_crash_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, _) = open_at(&path);
+    backend.finish();
+    drop(backend);
+    let (backend, snapshot) = open_at(&path);
+    assert!(
+        !snapshot.recovered_from_crash,
+        "the last run finished cleanly"
+    );
+    drop(backend); // no finish(): as if killed
+    let (_backend, snapshot) = open_at(&path);
+    assert!(snapshot.recovered_from_crash);
+}
+
+/// Each start reserves a block of ids durably and begins past the last
+/// block reserved, whether the previous run stopped cleanly, crashed, or
+/// reserved more blocks while it ran.
+#[test]
+fn every_start_begins_past_the_last_reserved_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, first) = open_at(&path);
+    assert_eq!(first.next_message_id, 1);
+    assert_eq!(first.ids_reserved_through, MESSAGE_ID_BLOCK);
+    backend.finish();
+    drop(backend);
+
+    let (mut backend, second) = open_at(&path);
+    assert_eq!(second.next_message_id, MESSAGE_ID_BLOCK + 1);
+    assert_eq!(second.ids_reserved_through, 2 * MESSAGE_ID_BLOCK);
+    let through = 3 * MESSAGE_ID_BLOCK;
+    let replies = backend.execute(vec![Command::ReserveIds { through }]);
+    assert!(matches!(
+        replies[..],
+        [Reply::IdsReserved { through: Some(t) }] if t == through
+    ));
+    drop(backend); // no finish(): as if killed
+
+    let (_backend, third) = open_at(&path);
+    assert!(third.recovered_from_crash);
+    assert_eq!(third.next_message_id, through + 1);
+}
+
+fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
+    let replies = backend.execute(vec![Command::CreateUser {
+        to: CONN,
+        username: name.into(),
+        email: format!("{name}@example.com"),
+        hash: hash_password("password123", 1),
+        now: 100,
+    }]);
+    match replies.as_slice() {
+        [Reply::UserCreated {
+            user_id: Some(id), ..
+        }] => *id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn store(backend: &mut SqliteBackend, id: i64, from: i64, to: i64, delivered: bool) {
+    let replies = backend.execute(vec![Command::StoreMessage {
+        to: CONN,
+        client_message_id: None,
+        message: NewMessage {
+            message_id: id,
+            sender_id: from,
+            receiver_id: Some(to),
+            group_id: None,
+            content: format!("m{id}"),
+            is_encrypted: false,
+            time: 100 + id,
+            delivered,
+        },
+    }]);
+    assert!(
+        matches!(replies.as_slice(), [Reply::MessageStored { message_id, .. }] if *message_id == id)
+    );
+}
+
+fn ids(messages: &[StoredMessage]) -> Vec<i64> {
+    messages.iter().map(|m| m.message_id).collect()
+}
+
+#[test]
+fn usernames_are_unique_and_case_sensitive() {
+    let (_dir, mut backend) = open();
+    create_user(&mut backend, "ann");
+    create_user(&mut backend, "ANN");
+    let replies = backend.execute(vec![Command::CreateUser {
+        to: CONN,
+        username: "ann".into(),
+        email: "x@y.z".into(),
+        hash: hash_password("password123", 1),
+        now: 1,
+    }]);
+    assert!(matches!(
+        replies.as_slice(),
+        [Reply::UserCreated { user_id: None, .. }]
+    ));
+}
+
+fn page_of(ids: &[i64], bytes: usize) -> Vec<StoredMessage> {
+    ids.iter()
+        .map(|&message_id| StoredMessage {
+            message_id,
+            sender: "a".into(),
+            receiver: None,
+            group_id: None,
+            content: "x".repeat(bytes),
+            is_encrypted: false,
+            time: 0,
+        })
+        .collect()
+}
+
+/// Two queue pages merged never reach past where either stopped: a
+/// direct page cut by bytes at 3 with group messages 4 and 5 after it
+/// gives 1-3 and "more", so 4 and 5 come with the next page, after the
+/// direct messages the cut left out.
+#[test]
+fn merged_queue_pages_stop_where_either_page_stopped() {
+    let direct = (page_of(&[1, 3], 10), true);
+    let group = (page_of(&[2, 4, 5], 10), false);
+    let (page, more) = merge_pages(direct, group, QUEUE_PAGE);
+    let ids: Vec<i64> = page.iter().map(|m| m.message_id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert!(more);
+
+    let (page, more) = merge_pages(
+        (page_of(&[1], 10), false),
+        (page_of(&[2], 10), false),
+        QUEUE_PAGE,
+    );
+    assert_eq!(page.len(), 2);
+    assert!(!more);
+
+    let big = QUEUE_PAGE_BYTES / 2 + 1;
+    let (page, more) = merge_pages(
+        (page_of(&[1], big), false),
+        (page_of(&[2], big), false),
+        QUEUE_PAGE,
+    );
+    assert_eq!(page.len(), 1, "cut by bytes after merging");
+    assert!(more);
+}
+
+#[test]
+fn history_pages_newest_first_listed_oldest_first() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let c = create_user(&mut backend, "carol");
+    for id in 1..=5 {
+        store(
+            &mut backend,
+            id,
+            if id % 2 == 0 { a } else { b },
+            if id % 2 == 0 { b } else { a },
+            true,
+        );
+    }
+    store(&mut backend, 6, a, c, true);
+    // Whatever part of the messages is indexed, the answers are the same.
+    for indexed_through in [0, 3, 6] {
+        let tx = backend.conn.transaction().unwrap();
+        tx.execute(
+            "UPDATE messages SET indexed = (message_id <= ?1)",
+            [indexed_through],
+        )
+        .unwrap();
+        let (page, more) = peer_history(&tx, (a, b), None, 2, indexed_through).unwrap();
+        assert_eq!((ids(&page), more), (vec![4, 5], true));
+        let (page, more) = peer_history(&tx, (a, b), Some(4), 10, indexed_through).unwrap();
+        assert_eq!((ids(&page), more), (vec![1, 2, 3], false));
+        let (page, more) = peer_history(&tx, (b, c), None, 10, indexed_through).unwrap();
+        assert_eq!((ids(&page), more), (vec![], false));
+    }
+}
+
+#[test]
+fn sync_covers_sent_and_received_once_each() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    store(&mut backend, 1, a, b, true);
+    store(&mut backend, 2, b, a, true);
+    store(&mut backend, 3, a, a, true);
+    store(&mut backend, 4, b, b, true);
+    for indexed_through in [0, 2, 4] {
+        let tx = backend.conn.transaction().unwrap();
+        tx.execute(
+            "UPDATE messages SET indexed = (message_id <= ?1)",
+            [indexed_through],
+        )
+        .unwrap();
+        let (page, more) = sync_page(&tx, a, 0, 2, indexed_through).unwrap();
+        assert_eq!((ids(&page), more), (vec![1, 2], true));
+        let (page, more) = sync_page(&tx, a, 2, 10, indexed_through).unwrap();
+        assert_eq!((ids(&page), more), (vec![3], false));
+    }
+}
+
+/// Taking the queue marks nothing (two devices logging in at once each
+/// get all of it); marking what was written out takes it for good.
+#[test]
+fn the_offline_queue_is_taken_once_marked() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    store(&mut backend, 1, a, b, false);
+    store(&mut backend, 2, a, b, true);
+    store(&mut backend, 3, a, b, false);
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let open_session = |hash: &str| Command::OpenSession {
+        to: CONN,
+        user_id: b,
+        session_hash: hash.into(),
+        peer,
+        queue_before: 3,
+        include_groups: true,
+        now: 200,
+    };
+    let replies = backend.execute(vec![open_session("h1")]);
+    let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+        panic!("{replies:?}");
+    };
+    assert_eq!(
+        ids(queued),
+        vec![1],
+        "3 is at or past queue_before: held by the loop"
+    );
+    let replies = backend.execute(vec![open_session("h2")]);
+    let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+        panic!("{replies:?}");
+    };
+    assert_eq!(ids(queued), vec![1], "not taken until written out");
+    backend.execute(vec![Command::MarkDelivered {
+        user_id: b,
+        message_ids: vec![1],
+    }]);
+    let replies = backend.execute(vec![open_session("h3")]);
+    let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+        panic!("{replies:?}");
+    };
+    assert!(queued.is_empty());
+}
+
+#[test]
+fn a_long_queue_is_taken_in_chunks() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let total = i64::from(OFFLINE_CHUNK) * 2 + 1;
+    for id in 1..=total {
+        store(&mut backend, id, a, b, false);
+    }
+    let take = |after| Command::TakeQueue {
+        to: CONN,
+        user_id: b,
+        queue_before: i64::MAX,
+        after,
+        since: None,
+        include_groups: true,
+    };
+    let mut taken = Vec::new();
+    loop {
+        let replies = backend.execute(vec![take(taken.last().copied().unwrap_or(0))]);
+        let [Reply::QueueChunk {
+            queued,
+            more_queued,
+            ..
+        }] = replies.as_slice()
+        else {
+            panic!("{replies:?}");
+        };
+        taken.extend(ids(queued));
+        if !more_queued {
+            break;
+        }
+    }
+    assert_eq!(taken, (1..=total).collect::<Vec<_>>());
+}
+
+#[test]
+fn sessions_resume_only_for_their_user_and_until_ended() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    backend.execute(vec![Command::OpenSession {
+        to: CONN,
+        user_id: a,
+        session_hash: "h".into(),
+        peer,
+        queue_before: i64::MAX,
+        include_groups: true,
+        now: 200,
+    }]);
+    let resume = |user_id| Command::ResumeSession {
+        to: CONN,
+        user_id,
+        receipts: false,
+        session_hash: "h".into(),
+        peer,
+        queue_before: i64::MAX,
+        include_groups: true,
+        now: 300,
+    };
+    assert!(matches!(
+        backend.execute(vec![resume(b)])[..],
+        [Reply::SessionInvalid { .. }]
+    ));
+    assert!(matches!(
+        backend.execute(vec![resume(a)])[..],
+        [Reply::SessionOpened { .. }]
+    ));
+    backend.execute(vec![Command::EndSession {
+        to: CONN,
+        session_hash: "h".into(),
+    }]);
+    assert!(matches!(
+        backend.execute(vec![resume(a)])[..],
+        [Reply::SessionInvalid { .. }]
+    ));
+}
+
+#[test]
+fn contacts_report_mutuality() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let add = |owner_id, contact_id| Command::AddContact {
+        to: CONN,
+        owner_id,
+        owner_name: String::new(),
+        contact_id,
+        now: 1,
+    };
+    let replies = backend.execute(vec![add(a, b)]);
+    assert!(matches!(
+        &replies[..],
+        [Reply::ContactAdded { added: true, mutual: false, contacts, .. }] if !contacts[0].mutual
+    ));
+    let replies = backend.execute(vec![add(b, a), add(b, a)]);
+    assert!(matches!(
+        &replies[..],
+        [
+            Reply::ContactAdded {
+                added: true,
+                mutual: true,
+                ..
+            },
+            Reply::ContactAdded {
+                added: false,
+                mutual: true,
+                ..
+            }
+        ]
+    ));
+    let tx = backend.conn.transaction().unwrap();
+    assert_eq!(contacts::mutual_contacts(&tx, a).unwrap(), vec![b]);
+}
+
+#[test]
+fn a_failing_command_fails_alone() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    // Message 1 twice: the second violates the primary key.
+    let message = |id| Command::StoreMessage {
+        to: CONN,
+        client_message_id: None,
+        message: NewMessage {
+            message_id: id,
+            sender_id: a,
+            receiver_id: Some(a),
+            group_id: None,
+            content: "x".into(),
+            is_encrypted: false,
+            time: 1,
+            delivered: true,
+        },
+    };
+    let replies = backend.execute(vec![message(1), message(1), message(2)]);
+    assert!(
+        matches!(
+            &replies[..],
+            [
+                Reply::MessageStored { message_id: 1, .. },
+                Reply::Failed { .. },
+                Reply::MessageStored { message_id: 2, .. }
+            ]
+        ),
+        "{replies:?}"
+    );
+}

@@ -1,0 +1,307 @@
+//! How storage starts: [`open`] creates the data directory, chooses the
+//! backend (the one place one is chosen), takes over from the previous run
+//! ([`begin_run`], the crash-recovery policy) and starts the storage thread.
+//!
+//! The crash-recovery policy, whichever the backend: message ids are handed
+//! out by the loop only from a block reserved durably first
+//! (`ids_reserved_through`, [`MESSAGE_ID_BLOCK`] ids at a time), so a start
+//! needs no repair after a crash. It begins past the last reserved block —
+//! past anything the previous run, crashed or not, can have handed out — and
+//! reserves its own first block, with the running mark set, before the loop
+//! takes an id. A database from before reservations has no reserved mark:
+//! then the start begins past the highest stored id, and after a crash past
+//! every id that could have been in flight. The backend only reads and
+//! writes the marks ([`Backend::previous_run`], [`Backend::begin_run`]); the
+//! decisions are here, so a second backend inherits them.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::sqlite::SqliteBackend;
+use super::{Backend, DatabaseError, GroupRow, Snapshot, StorageHandle};
+use crate::completion::CompletionSender;
+use crate::config::{Config, MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
+
+/// Why storage could not be opened. The server does not start; each
+/// variant says what to fix.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The data directory could not be created (mode 0700): check the
+    /// parent's permissions and free space.
+    DataDir {
+        /// The `--data-dir`.
+        path: PathBuf,
+        /// What the system said.
+        error: io::Error,
+    },
+    /// The database refused (unreadable file, newer schema, disk error):
+    /// fix the data directory and start again.
+    Database {
+        /// Where the database is (its file).
+        location: String,
+        /// The backend's own error.
+        error: DatabaseError,
+    },
+    /// A storage thread (the writer or the checkpointer) could not be
+    /// started: the process is out of threads or memory.
+    Thread(io::Error),
+}
+
+impl OpenError {
+    /// The database at `location` refused with `error`.
+    pub fn database(location: impl fmt::Display, error: impl Into<DatabaseError>) -> Self {
+        OpenError::Database {
+            location: location.to_string(),
+            error: error.into(),
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::DataDir { path, error } => {
+                write!(
+                    f,
+                    "cannot create the data directory {}: {error}",
+                    path.display()
+                )
+            }
+            OpenError::Database { location, error } => {
+                write!(f, "cannot open the database {location}: {error}")
+            }
+            OpenError::Thread(error) => write!(f, "cannot start a storage thread: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// What a backend finds at open, left by the previous run.
+#[derive(Debug, Default)]
+pub struct PreviousRun {
+    /// Every account, `(username, user_id)`.
+    pub users: Vec<(String, i64)>,
+    /// Every group with its members.
+    pub groups: Vec<GroupRow>,
+    /// The highest message id stored (0 for none).
+    pub highest_stored_id: i64,
+    /// The highest id any run reserved (`None`: a database from before
+    /// reservations).
+    pub ids_reserved_through: Option<i64>,
+    /// The running mark was still set: the previous run did not shut down
+    /// cleanly.
+    pub was_running: bool,
+}
+
+/// Opens the storage `config` names and starts its thread, whose replies go
+/// to `done`: the loop's handle, and the snapshot the loop starts from.
+pub fn open(
+    config: &Config,
+    done: CompletionSender,
+) -> Result<(StorageHandle, Snapshot), OpenError> {
+    create_private_dir(&config.data_dir).map_err(|error| OpenError::DataDir {
+        path: config.data_dir.clone(),
+        error,
+    })?;
+    let mut opened = open_backend(config)?;
+    let snapshot = begin_run(opened.backend.as_mut())
+        .map_err(|error| OpenError::database(&opened.location, error))?;
+    log::info!(
+        "database {} ({} accounts, next message id {}; {})",
+        opened.location,
+        snapshot.users.len(),
+        snapshot.next_message_id,
+        opened.durability
+    );
+    let handle = StorageHandle::start(opened.backend, STORAGE_QUEUE_MAX, STORAGE_BATCH_MAX, done)
+        .map_err(OpenError::Thread)?;
+    Ok((handle, snapshot))
+}
+
+/// Reads what the previous run left, reserves this run's first block of ids
+/// and sets the running mark (durably, before the loop takes an id), and
+/// returns what the loop starts from.
+pub fn begin_run(backend: &mut dyn Backend) -> Result<Snapshot, DatabaseError> {
+    let previous = backend.previous_run()?;
+    if previous.was_running {
+        // Nothing to repair: the ids are past the last reserved block.
+        log::warn!("the previous run did not shut down cleanly");
+    }
+    let next_message_id = first_unreserved_id(&previous);
+    let ids_reserved_through = next_message_id + MESSAGE_ID_BLOCK - 1;
+    backend.begin_run(ids_reserved_through)?;
+    Ok(Snapshot {
+        users: previous.users,
+        next_message_id,
+        ids_reserved_through,
+        groups: previous.groups,
+        recovered_from_crash: previous.was_running,
+    })
+}
+
+/// The first id no earlier run can have handed out: past the last reserved
+/// block. A database from before reservations has none; then past the
+/// highest stored id, and past every id that could have been in flight (a
+/// full storage queue and a batch) if that run crashed.
+pub fn first_unreserved_id(previous: &PreviousRun) -> i64 {
+    let highest_stored = previous.highest_stored_id;
+    let reserved = match previous.ids_reserved_through {
+        Some(reserved) => reserved,
+        None if previous.was_running => {
+            highest_stored + (STORAGE_QUEUE_MAX + STORAGE_BATCH_MAX) as i64
+        }
+        None => highest_stored,
+    };
+    reserved.max(highest_stored) + 1
+}
+
+/// A backend as opened, with what the start-up log says of it.
+struct Opened {
+    backend: Box<dyn Backend>,
+    /// Where its data is.
+    location: String,
+    /// What an Ack survives.
+    durability: &'static str,
+}
+
+/// Opens the backend `config` names: the one place a backend is chosen.
+/// Today that is always SQLite in the data directory; a backend for a
+/// database shared by several servers is chosen here, by configuration.
+fn open_backend(config: &Config) -> Result<Opened, OpenError> {
+    let path = config.database_path();
+    let mut backend = SqliteBackend::open(&path, config.synchronous_full)?;
+    if config.json_mirror {
+        backend = backend.with_json_mirror(config.data_dir.clone());
+        log::info!(
+            "mirroring users.json and contacts.json in {}",
+            config.data_dir.display()
+        );
+    }
+    let durability = if config.synchronous_full {
+        "synchronous=FULL: acks survive power loss"
+    } else {
+        "synchronous=NORMAL: acks survive a process crash"
+    };
+    Ok(Opened {
+        backend: Box::new(backend),
+        location: path.display().to_string(),
+        durability,
+    })
+}
+
+/// Creates the data directory (and missing parents) readable by the owner
+/// only (0700), like the files in it; an existing directory keeps its mode.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn previous(reserved: Option<i64>, highest_stored_id: i64, was_running: bool) -> PreviousRun {
+        PreviousRun {
+            ids_reserved_through: reserved,
+            highest_stored_id,
+            was_running,
+            ..PreviousRun::default()
+        }
+    }
+
+    /// With a reserved mark, a start begins just past it, crash or not: the
+    /// crashed run handed out nothing beyond it.
+    #[test]
+    fn a_start_begins_past_the_last_reserved_block() {
+        assert_eq!(first_unreserved_id(&previous(Some(2048), 10, false)), 2049);
+        assert_eq!(first_unreserved_id(&previous(Some(2048), 10, true)), 2049);
+        assert_eq!(first_unreserved_id(&previous(Some(0), 0, false)), 1);
+    }
+
+    /// Stored ids past the mark (which no run writes) still win: no id is
+    /// handed out twice.
+    #[test]
+    fn a_start_never_begins_at_or_below_a_stored_id() {
+        assert_eq!(first_unreserved_id(&previous(Some(5), 10, false)), 11);
+    }
+
+    /// A database from before reservations: past the highest stored id, and
+    /// after a crash past every id that could have been in flight.
+    #[test]
+    fn a_database_without_reservations_skips_what_may_have_been_in_flight() {
+        assert_eq!(first_unreserved_id(&previous(None, 10, false)), 11);
+        let in_flight = (STORAGE_QUEUE_MAX + STORAGE_BATCH_MAX) as i64;
+        assert_eq!(
+            first_unreserved_id(&previous(None, 10, true)),
+            10 + in_flight + 1
+        );
+    }
+
+    fn config(data_dir: &Path, json_mirror: bool) -> Config {
+        use clap::Parser;
+        let mut args = vec!["chat-server", "--data-dir", data_dir.to_str().unwrap()];
+        if json_mirror {
+            args.push("--json-mirror");
+        }
+        Config::from_cli(&crate::config::Cli::parse_from(args)).unwrap()
+    }
+
+    fn open_storage(config: &Config) -> Result<(StorageHandle, Snapshot), OpenError> {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let (done, _replies) = crate::completion::channel(std::sync::Arc::new(waker));
+        open(config, done)
+    }
+
+    /// `open` creates the data directory and database, reserves the first
+    /// block, and a clean finish lets the next open begin past it with no
+    /// crash reported.
+    #[test]
+    fn open_creates_the_storage_and_reopens_past_the_reserved_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&dir.path().join("data"), true);
+        let (mut storage, first) = open_storage(&config).unwrap();
+        assert!(config.database_path().is_file());
+        assert_eq!(
+            (first.next_message_id, first.ids_reserved_through),
+            (1, MESSAGE_ID_BLOCK)
+        );
+        storage.finish();
+        assert!(
+            config.data_dir.join("users.json").is_file(),
+            "the JSON mirror is flushed at the finish"
+        );
+        let (_storage, second) = open_storage(&config).unwrap();
+        assert!(!second.recovered_from_crash);
+        assert_eq!(second.next_message_id, MESSAGE_ID_BLOCK + 1);
+    }
+
+    /// A data directory that cannot be created is refused with its path.
+    #[test]
+    fn an_uncreatable_data_directory_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let error = open_storage(&config(&file.join("data"), false))
+            .err()
+            .unwrap();
+        assert!(matches!(error, OpenError::DataDir { .. }), "{error:?}");
+        assert!(error.to_string().contains("a-file/data"), "{error}");
+    }
+
+    /// A file that is not a database is refused, naming the file.
+    #[test]
+    fn a_database_that_is_not_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), false);
+        std::fs::write(config.database_path(), vec![b'x'; 4096]).unwrap();
+        let error = open_storage(&config).err().unwrap();
+        assert!(matches!(error, OpenError::Database { .. }), "{error:?}");
+        assert!(error.to_string().contains("chat.db"), "{error}");
+    }
+}
