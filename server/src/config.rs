@@ -1,11 +1,12 @@
 //! The command line, the runtime configuration built from it, and every fixed
 //! limit of the server in one place, each with the reason for its value.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 
 use crate::rate_limit::{self, Rate, RateConfig};
 
@@ -164,9 +165,35 @@ pub const IDLE_TIMEOUT_SECS_DEFAULT: u64 = 60;
 /// (PROTOCOL.md 1.1 asks for at least 24 hours). Purged with the sessions.
 pub const CLIENT_ID_RETENTION_SECS: i64 = 24 * 60 * 60;
 
-/// A connection that has not finished its WebSocket handshake by then is
-/// dropped (slowloris).
+/// A connection that has not finished its WebSocket handshake — or, for a
+/// plain HTTP request, received its whole answer — by then is dropped
+/// (slowloris).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request head (request line and headers) read from a new
+/// connection, WebSocket upgrade or plain HTTP alike; a longer one is
+/// answered 431 and closed. A browser's head is well under 2 KiB, but it
+/// carries every cookie of the host name (from any port), so this leaves
+/// room for a few; 16 KiB is what Node.js allows.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// The most header lines in a request head (the parser's table lives on the
+/// stack); more are answered 431. Browsers send about 15.
+pub const REQUEST_HEADERS_MAX: usize = 64;
+
+/// `/healthz` says 503 when the storage thread has finished neither a
+/// batch nor an idle turn (it takes one every 500 ms) for this long: the
+/// disk or the thread is stuck. A batch takes milliseconds; a probe that
+/// runs every few seconds sees a stall within two probes.
+pub const HEALTH_STORAGE_STALL: Duration = Duration::from_secs(5);
+
+/// When shutdown begins, a connection still sending its request head gets
+/// this long to finish it (a health probe in flight is answered 503 rather
+/// than reset); then it is dropped like any other.
+pub const SHUTDOWN_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// `--metrics-allow` by default: `/metrics` is answered on loopback only.
+pub const METRICS_ALLOW_DEFAULT: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 /// How often the loop checks heartbeats, timeouts and the stats line.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -257,6 +284,15 @@ pub struct Cli {
     /// of the process) or `full` (it also survives power loss; slower).
     #[arg(long, value_enum, default_value_t = Synchronous::Normal)]
     pub synchronous: Synchronous,
+    /// Do not serve the web client: `GET /` and its files answer 404
+    /// (`/healthz` and `/metrics` are still answered).
+    #[arg(long)]
+    pub no_web: bool,
+    /// Answer `GET /metrics` only to clients in this network, as a CIDR
+    /// (`10.0.0.0/8`) or one address (repeatable); others get 403. Default:
+    /// loopback only (127.0.0.0/8 and ::1).
+    #[arg(long = "metrics-allow", value_name = "CIDR")]
+    pub metrics_allow: Vec<String>,
     /// Keep `<data-dir>/users.json` and `contacts.json` (the original
     /// system's files) current while running, rewritten atomically at most
     /// once a second after a change.
@@ -350,6 +386,10 @@ pub struct Config {
     /// Whether the storage thread keeps `users.json` and `contacts.json` in
     /// the data directory current (see [`crate::storage::json_files::Mirror`]).
     pub json_mirror: bool,
+    /// Whether the embedded web client is served (`--no-web`: not).
+    pub web: bool,
+    /// The networks `/metrics` is answered to.
+    pub metrics_allow: Vec<IpNet>,
 }
 
 impl Config {
@@ -385,6 +425,8 @@ impl Config {
             tls: cli.tls_cert.clone().zip(cli.tls_key.clone()),
             synchronous_full: cli.synchronous == Synchronous::Full,
             json_mirror: cli.json_mirror,
+            web: !cli.no_web,
+            metrics_allow: metrics_allow(&cli.metrics_allow)?,
         })
     }
 
@@ -403,6 +445,25 @@ fn connections_per_address(cli: &Cli, max_connections: usize) -> Option<usize> {
         None if cli.no_rate_limits => None,
         None => Some(default_connections_per_address(max_connections)),
     }
+}
+
+/// The networks of `--metrics-allow` (a bare address is a network of one),
+/// or loopback when none is given.
+fn metrics_allow(given: &[String]) -> Result<Vec<IpNet>, String> {
+    if given.is_empty() {
+        return Ok(METRICS_ALLOW_DEFAULT
+            .iter()
+            .map(|net| net.parse().expect("the defaults are valid CIDRs"))
+            .collect());
+    }
+    given
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("--metrics-allow {text:?} is neither a CIDR nor an address"))
+        })
+        .collect()
 }
 
 /// The rate limits the command line asks for.

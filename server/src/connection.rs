@@ -1,10 +1,24 @@
 //! One client connection: an explicit state machine around a non-blocking
-//! tungstenite WebSocket over a mio `TcpStream`.
+//! tungstenite WebSocket over a mio `TcpStream`, with a plain HTTP exchange
+//! as its other possible life.
 //!
 //! ```text
-//! Handshaking ──(upgrade done)──▶ Open ──(we or the peer close)──▶ Closing ──▶ Closed
-//!      └──────────(error, timeout)──────────────────────────────────────────▶ Closed
+//! Head ──(Upgrade: websocket)──▶ Handshaking ──(upgrade done)──▶ Open ──(a close)──▶ Closing ──▶ Closed
+//!  │                                  └──────(error, timeout)────────────────────────────────▶ Closed
+//!  └──(any other request)──▶ Routing ──(the loop's answer)──▶ Answering ──(written)──▶ Draining ──▶ Closed
 //! ```
+//!
+//! `Head` reads the request head (at most
+//! [`config::REQUEST_HEAD_BYTES_MAX`] bytes) and parses it before tungstenite
+//! is involved. An upgrade goes to tungstenite's handshake, which reads the
+//! same bytes again from the [`Transport`] (so the handshake, its `Origin`
+//! check and its errors are tungstenite's, as before); anything else is
+//! handed up to the loop ([`ReadEvent::Request`]), whose answer
+//! ([`crate::http`]) is written from memory, after which our side is shut
+//! and the peer's remaining bytes are read and dropped until it closes (so
+//! unread input never turns the close into a reset that could destroy the
+//! answer). Head, Handshaking, Routing and Answering are all under the
+//! handshake deadline; Draining under the close deadline.
 //!
 //! The connection never blocks: a handshake that would block is kept as
 //! tungstenite's `MidHandshake` and resumed on the next readiness event;
@@ -13,10 +27,10 @@
 //! It knows nothing of the protocol's messages: text frames go up to the loop.
 //! Underneath is a [`Transport`]: the socket, or TLS over it.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use tungstenite::error::{CapacityError, Error as WsError};
@@ -29,6 +43,8 @@ use tungstenite::{Message, Utf8Bytes, WebSocket};
 
 use crate::address_cap::AddressTicket;
 use crate::completion::ConnId;
+use crate::config;
+use crate::http::{self, Body, HeadError, Request as HttpRequest};
 use crate::tls::Transport;
 
 type Handshake = MidHandshake<ServerHandshake<Transport, OriginCheck>>;
@@ -36,36 +52,59 @@ type Handshake = MidHandshake<ServerHandshake<Transport, OriginCheck>>;
 /// The handshake's one policy: with `--allowed-origin` given, a request that
 /// carries an `Origin` header (browsers always do) must name one of them, so
 /// other web pages cannot open sockets to the server with a user's cookies or
-/// network position. Requests without `Origin` (non-browser clients) pass.
+/// network position. Requests without `Origin` (non-browser clients) pass,
+/// and so does the page of the embedded web client when it is served: an
+/// `Origin` equal to this server's scheme + the request's `Host`.
 #[derive(Clone, Debug, Default)]
 pub struct OriginCheck {
     allowed: Arc<[String]>,
+    /// `Some("http")`/`Some("https")`: this server's own pages are allowed
+    /// (it serves the web client, over TLS or not).
+    own_scheme: Option<&'static str>,
 }
 
 impl OriginCheck {
-    /// Allows exactly these origins (none given: any).
-    pub fn new(allowed: Vec<String>) -> Self {
+    /// Allows exactly these origins (none given: any), and this server's
+    /// own pages when it serves them (`own_scheme`).
+    pub fn new(allowed: Vec<String>, own_scheme: Option<&'static str>) -> Self {
         OriginCheck {
             allowed: allowed.into(),
+            own_scheme,
         }
     }
 
-    fn permits(&self, origin: Option<&str>) -> bool {
+    fn permits(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         match origin {
             _ if self.allowed.is_empty() => true,
             None => true,
-            Some(origin) => self.allowed.iter().any(|allowed| allowed == origin),
+            Some(origin) => {
+                self.allowed.iter().any(|allowed| allowed == origin) || self.is_own(origin, host)
+            }
         }
+    }
+
+    /// Whether `origin` is `scheme://host` of a page this server served.
+    fn is_own(&self, origin: &str, host: Option<&str>) -> bool {
+        let (Some(scheme), Some(host)) = (self.own_scheme, host) else {
+            return false;
+        };
+        origin
+            .strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host))
     }
 }
 
 impl Callback for OriginCheck {
     fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-        let origin = request
-            .headers()
-            .get("origin")
-            .map(|value| value.to_str().unwrap_or("<not ascii>"));
-        if self.permits(origin) {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap_or("<not ascii>"))
+        };
+        let origin = header("origin");
+        if self.permits(origin, header("host")) {
             return Ok(response);
         }
         log::info!(
@@ -78,8 +117,35 @@ impl Callback for OriginCheck {
     }
 }
 
+/// A request head being read, and what the handshake will need.
+struct HeadReader {
+    transport: Transport,
+    /// The bytes read so far (at most [`config::REQUEST_HEAD_BYTES_MAX`]).
+    bytes: Vec<u8>,
+    config: WebSocketConfig,
+    origins: OriginCheck,
+}
+
+/// A plain HTTP answer being written.
+struct Answer {
+    transport: Transport,
+    head: Vec<u8>,
+    body: Body,
+    /// Bytes of `head` then `body` written so far.
+    written: usize,
+}
+
 /// Where a connection is in its life.
 enum State {
+    /// Reading the request head, before knowing what it asks for.
+    Head(HeadReader),
+    /// The request is a plain HTTP one: the loop is choosing the answer.
+    Routing(Transport),
+    /// Writing the answer to a plain HTTP request.
+    Answering(Answer),
+    /// The answer is written and our side shut; reading what the peer still
+    /// sends until it closes (or the close deadline).
+    Draining(Transport),
     /// The HTTP upgrade is in progress (resumable).
     Handshaking(Handshake),
     /// Frames flow both ways.
@@ -94,12 +160,15 @@ enum State {
 /// What one read step produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadEvent {
+    /// A plain HTTP request (or a head that could not be parsed): the loop
+    /// answers it with [`Connection::answer`], or drops the connection.
+    Request(Result<HttpRequest, HeadError>),
     /// The WebSocket upgrade just completed.
     Opened,
     /// A text frame.
     Text(Utf8Bytes),
-    /// A binary frame (the protocol refuses these).
-    Binary,
+    /// A binary frame of this many bytes (the protocol refuses these).
+    Binary(usize),
     /// A frame over the size limit: the connection is now closing (1009).
     TooLarge,
     /// A text frame that is not UTF-8: the connection is now closing (1007).
@@ -127,48 +196,51 @@ pub struct Connection {
     pub peer: SocketAddr,
     state: State,
     /// When the TCP connection was accepted.
-    pub accepted_at: Instant,
+    accepted_at: Instant,
     /// When anything last arrived from the client.
-    pub last_received: Instant,
+    last_received: Instant,
     /// When the loop started closing it, if it did.
-    pub closing_since: Option<Instant>,
+    closing_since: Option<Instant>,
     /// Whether a heartbeat ping went out since the last thing received.
-    pub ping_sent: bool,
+    ping_sent: bool,
     /// Whether frames were queued since the last flush.
-    pub needs_flush: bool,
+    needs_flush: bool,
     /// The first message id written since the output was last fully
     /// flushed: what the client may not have received if dropped now.
-    pub unflushed_from: Option<i64>,
+    unflushed_from: Option<i64>,
     /// Frames were queued that the socket has not taken yet.
-    pub output_pending: bool,
+    output_pending: bool,
     /// Bytes of frames queued since the output was last fully flushed (an
     /// upper bound on what is unsent).
     pending_bytes: usize,
     /// The dispatcher was told the output is past
     /// [`crate::config::PUSH_BYTES_MAX`] and not yet that it drained.
-    pub told_output_full: bool,
+    told_output_full: bool,
     /// Its place in its address's connection count, given back on drop.
     _address_ticket: AddressTicket,
 }
 
+/// Bytes of a request head read per `read` call (the buffer grows by this
+/// much at a time, up to [`config::REQUEST_HEAD_BYTES_MAX`]).
+const HEAD_READ_BYTES: usize = 2048;
+
 impl Connection {
-    /// Starts the server handshake on an accepted socket, which holds
-    /// `ticket` (its address's place) for as long as it lives.
+    /// Takes an accepted socket, which holds `ticket` (its address's place)
+    /// for as long as it lives; its request head is read on the first
+    /// readiness event.
     pub fn accept(
         (id, peer, ticket): (ConnId, SocketAddr, AddressTicket),
-        stream: Transport,
+        transport: Transport,
         config: WebSocketConfig,
         origins: OriginCheck,
     ) -> Self {
         let now = Instant::now();
-        let state = match tungstenite::accept_hdr_with_config(stream, origins, Some(config)) {
-            Ok(ws) => State::Open(ws),
-            Err(HandshakeError::Interrupted(mid)) => State::Handshaking(mid),
-            Err(HandshakeError::Failure(error)) => {
-                log::debug!("{peer}: handshake failed: {error}");
-                State::Closed
-            }
-        };
+        let state = State::Head(HeadReader {
+            transport,
+            bytes: Vec::new(),
+            config,
+            origins,
+        });
         Connection {
             id,
             peer,
@@ -186,9 +258,14 @@ impl Connection {
         }
     }
 
-    /// Whether the WebSocket upgrade is still in progress.
+    /// Whether the connection is still in its first exchange — reading the
+    /// request head, upgrading, or answering a plain HTTP request — which
+    /// must finish within [`config::HANDSHAKE_TIMEOUT`] of the accept.
     pub fn is_handshaking(&self) -> bool {
-        matches!(self.state, State::Handshaking(_))
+        matches!(
+            self.state,
+            State::Head(_) | State::Handshaking(_) | State::Routing(_) | State::Answering(_)
+        )
     }
 
     /// Whether frames can be exchanged.
@@ -204,6 +281,9 @@ impl Connection {
     /// The socket, for (de)registration with mio.
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.state {
+            State::Head(head) => Some(head.transport.socket_mut()),
+            State::Routing(transport) | State::Draining(transport) => Some(transport.socket_mut()),
+            State::Answering(answer) => Some(answer.transport.socket_mut()),
             State::Handshaking(mid) => Some(mid.get_mut().get_mut().socket_mut()),
             State::Open(ws) | State::Closing(ws) => Some(ws.get_mut().socket_mut()),
             State::Closed => None,
@@ -213,10 +293,156 @@ impl Connection {
     /// Advances the connection by one step of reading.
     pub fn read(&mut self) -> ReadEvent {
         match std::mem::replace(&mut self.state, State::Closed) {
+            State::Head(head) => self.read_head(head),
+            State::Routing(transport) => {
+                // The answer comes from the loop; reading waits for it.
+                self.state = State::Routing(transport);
+                ReadEvent::WouldBlock
+            }
+            State::Answering(answer) => {
+                self.state = State::Answering(answer);
+                ReadEvent::WouldBlock
+            }
+            State::Draining(transport) => self.read_draining(transport),
             State::Handshaking(mid) => self.resume_handshake(mid),
             State::Open(ws) => self.read_open(ws),
             State::Closing(ws) => self.read_closing(ws),
             State::Closed => ReadEvent::Closed,
+        }
+    }
+
+    /// Reads the request head until it is complete, then routes it: an
+    /// upgrade to tungstenite (with the bytes read given back), anything
+    /// else up to the loop.
+    fn read_head(&mut self, mut head: HeadReader) -> ReadEvent {
+        loop {
+            let filled = head.bytes.len();
+            let room = HEAD_READ_BYTES.min(config::REQUEST_HEAD_BYTES_MAX - filled);
+            head.bytes.resize(filled + room, 0);
+            let read = head.transport.read(&mut head.bytes[filled..]);
+            head.bytes.truncate(filled + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return ReadEvent::Closed, // gone before a whole head
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.state = State::Head(head);
+                    return ReadEvent::WouldBlock;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log::debug!("{}: read error before a request: {error}", self.peer);
+                    return ReadEvent::Closed;
+                }
+            }
+            self.last_received = Instant::now();
+            match http::parse_head(&head.bytes) {
+                Ok(None) => continue,
+                Ok(Some(request)) if request.is_websocket_upgrade() => {
+                    return self.start_handshake(head);
+                }
+                parsed => {
+                    self.state = State::Routing(head.transport);
+                    return ReadEvent::Request(parsed.map(|request| request.expect("complete")));
+                }
+            }
+        }
+    }
+
+    /// Hands the connection to tungstenite's handshake, which reads the
+    /// head again from the bytes given back.
+    fn start_handshake(&mut self, head: HeadReader) -> ReadEvent {
+        let HeadReader {
+            mut transport,
+            bytes,
+            config,
+            origins,
+        } = head;
+        transport.unread(bytes);
+        match tungstenite::accept_hdr_with_config(transport, origins, Some(config)) {
+            Ok(ws) => {
+                self.state = State::Open(ws);
+                ReadEvent::Opened
+            }
+            Err(HandshakeError::Interrupted(mid)) => self.resume_handshake(mid),
+            Err(HandshakeError::Failure(error)) => {
+                log::debug!("{}: handshake failed: {error}", self.peer);
+                ReadEvent::Closed
+            }
+        }
+    }
+
+    /// Starts writing the answer to the request [`ReadEvent::Request`]
+    /// handed up: `head` (status line and headers), then `body`.
+    pub fn answer(&mut self, head: Vec<u8>, body: Body) {
+        let State::Routing(transport) = std::mem::replace(&mut self.state, State::Closed) else {
+            return; // closed meanwhile
+        };
+        self.state = State::Answering(Answer {
+            transport,
+            head,
+            body,
+            written: 0,
+        });
+        self.write_answer();
+    }
+
+    /// Writes what the socket takes of the answer; once it is all written,
+    /// shuts our side and starts draining.
+    fn write_answer(&mut self) {
+        let State::Answering(mut answer) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        loop {
+            let head_len = answer.head.len();
+            let rest = match answer.written < head_len {
+                true => &answer.head[answer.written..],
+                false => &answer.body.as_bytes()[answer.written - head_len..],
+            };
+            if rest.is_empty() {
+                break;
+            }
+            match answer.transport.write(rest) {
+                Ok(0) => return, // the peer is gone: stays Closed
+                Ok(count) => answer.written += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.state = State::Answering(answer);
+                    return; // the rest on the next WRITABLE event
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    log::debug!("{}: write error answering HTTP: {error}", self.peer);
+                    return;
+                }
+            }
+        }
+        match answer.transport.flush() {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.state = State::Answering(answer); // TLS records still queued
+            }
+            Err(_) => {}
+            Ok(()) => {
+                answer.transport.close_write();
+                self.closing_since = Some(Instant::now());
+                self.state = State::Draining(answer.transport);
+            }
+        }
+    }
+
+    /// Reads and drops what the peer still sends after the answer, until it
+    /// closes (then the connection is done).
+    fn read_draining(&mut self, mut transport: Transport) -> ReadEvent {
+        let mut sink = [0u8; 1024];
+        loop {
+            match transport.read(&mut sink) {
+                Ok(0) => return ReadEvent::Closed,
+                Ok(_) => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.state = State::Draining(transport);
+                    return ReadEvent::WouldBlock;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return ReadEvent::Closed,
+            }
         }
     }
 
@@ -248,9 +474,9 @@ impl Connection {
                             self.state = State::Open(ws);
                             return ReadEvent::Text(text);
                         }
-                        Message::Binary(_) => {
+                        Message::Binary(bytes) => {
                             self.state = State::Open(ws);
-                            return ReadEvent::Binary;
+                            return ReadEvent::Binary(bytes.len());
                         }
                         Message::Close(_) => {
                             // tungstenite queued the reply; send it and finish.
@@ -361,7 +587,12 @@ impl Connection {
                 }
             }
             State::Closing(ws) => State::Closing(ws),
-            State::Handshaking(_) | State::Closed => State::Closed,
+            State::Head(_)
+            | State::Routing(_)
+            | State::Answering(_)
+            | State::Draining(_)
+            | State::Handshaking(_)
+            | State::Closed => State::Closed,
         };
         self.needs_flush = true;
         self.closing_since.get_or_insert_with(Instant::now);
@@ -372,7 +603,12 @@ impl Connection {
         self.needs_flush = false;
         let result = match &mut self.state {
             State::Open(ws) | State::Closing(ws) => ws.flush(),
-            State::Handshaking(_) | State::Closed => return,
+            State::Answering(_) => return self.write_answer(),
+            State::Head(_)
+            | State::Routing(_)
+            | State::Draining(_)
+            | State::Handshaking(_)
+            | State::Closed => return,
         };
         match result {
             Ok(()) => {
@@ -394,6 +630,108 @@ impl Connection {
     pub fn abort(&mut self) {
         self.state = State::Closed;
     }
+
+    /// Its timers, once per loop tick: a close past its deadline or a first
+    /// exchange past the handshake deadline is dropped; a connection silent
+    /// for `timeout` starts closing (1001); one silent for `heartbeat` is
+    /// pinged once.
+    pub fn on_tick(&mut self, now: Instant, timers: Timers) -> TickAction {
+        if let Some(since) = self.closing_since {
+            if now.duration_since(since) < timers.close_deadline {
+                return TickAction::Nothing;
+            }
+            self.abort();
+            return TickAction::Dropped;
+        }
+        if self.is_handshaking() {
+            if now.duration_since(self.accepted_at) < timers.handshake_timeout {
+                return TickAction::Nothing;
+            }
+            log::debug!("{}: handshake timed out", self.peer);
+            self.abort();
+            return TickAction::HandshakeTimedOut;
+        }
+        let silent = now.duration_since(self.last_received);
+        if silent >= timers.timeout {
+            log::info!("{}: idle for {}s, closing", self.peer, silent.as_secs());
+            self.close(CloseCode::Away, "idle timeout");
+            TickAction::IdleClosed
+        } else if silent >= timers.heartbeat && !self.ping_sent {
+            self.ping();
+            TickAction::Pinged
+        } else {
+            TickAction::Nothing
+        }
+    }
+
+    /// Whether frames were queued since the last flush.
+    pub fn needs_flush(&self) -> bool {
+        self.needs_flush
+    }
+
+    /// The first message id written since the output was last fully
+    /// flushed: what the client may not have received if dropped now.
+    pub fn unflushed_from(&self) -> Option<i64> {
+        self.unflushed_from
+    }
+
+    /// Whether frames are queued that the socket has not taken yet.
+    pub fn has_output_pending(&self) -> bool {
+        self.output_pending
+    }
+
+    /// Whether the loop has started closing it.
+    pub fn is_closing(&self) -> bool {
+        self.closing_since.is_some()
+    }
+
+    /// Whether its unsent output just passed `limit` (true once, until it
+    /// drains: see [`Connection::take_drained`]).
+    pub fn newly_past(&mut self, limit: usize) -> bool {
+        if self.told_output_full || !self.output_past(limit) {
+            return false;
+        }
+        self.told_output_full = true;
+        true
+    }
+
+    /// Whether output that was past the limit has all been written out
+    /// since (true once).
+    pub fn take_drained(&mut self) -> bool {
+        if !self.told_output_full || self.output_pending {
+            return false;
+        }
+        self.told_output_full = false;
+        true
+    }
+}
+
+/// The deadlines [`Connection::on_tick`] applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    /// Silence after which a ping goes out.
+    pub heartbeat: Duration,
+    /// Silence after which the connection is closed.
+    pub timeout: Duration,
+    /// How long a close may take before the connection is dropped.
+    pub close_deadline: Duration,
+    /// How long the first exchange (head, upgrade, HTTP answer) may take.
+    pub handshake_timeout: Duration,
+}
+
+/// What a tick did to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TickAction {
+    /// Nothing was due.
+    Nothing,
+    /// A heartbeat ping was queued.
+    Pinged,
+    /// Silent too long: it is now closing (a departure).
+    IdleClosed,
+    /// Its first exchange took too long: dropped.
+    HandshakeTimedOut,
+    /// Its close took too long: dropped.
+    Dropped,
 }
 
 #[cfg(test)]
@@ -403,10 +741,42 @@ mod tests {
     #[test]
     fn origins_are_checked_only_when_configured() {
         let any = OriginCheck::default();
-        assert!(any.permits(Some("https://evil.example")));
-        let strict = OriginCheck::new(vec!["https://chat.example".into()]);
-        assert!(strict.permits(Some("https://chat.example")));
-        assert!(!strict.permits(Some("https://evil.example")));
-        assert!(strict.permits(None), "non-browser clients send no Origin");
+        assert!(any.permits(Some("https://evil.example"), None));
+        let strict = OriginCheck::new(vec!["https://chat.example".into()], None);
+        assert!(strict.permits(Some("https://chat.example"), None));
+        assert!(!strict.permits(Some("https://evil.example"), None));
+        assert!(
+            strict.permits(None, None),
+            "non-browser clients send no Origin"
+        );
+        let host = Some("127.0.0.1:8765");
+        assert!(
+            !strict.permits(Some("http://127.0.0.1:8765"), host),
+            "no web client served"
+        );
+    }
+
+    #[test]
+    fn the_page_this_server_served_is_its_own_origin() {
+        let check = OriginCheck::new(vec!["https://chat.example".into()], Some("http"));
+        let host = Some("127.0.0.1:8765");
+        assert!(check.permits(Some("http://127.0.0.1:8765"), host));
+        assert!(check.permits(Some("http://LOCALHOST:8765"), Some("localhost:8765")));
+        assert!(
+            !check.permits(Some("https://127.0.0.1:8765"), host),
+            "another scheme"
+        );
+        assert!(
+            !check.permits(Some("http://127.0.0.1:9999"), host),
+            "another port"
+        );
+        assert!(!check.permits(Some("http://evil.example"), host));
+        assert!(
+            !check.permits(Some("http://127.0.0.1:8765"), None),
+            "no Host"
+        );
+        let tls = OriginCheck::new(vec!["https://chat.example".into()], Some("https"));
+        assert!(tls.permits(Some("https://127.0.0.1:8765"), host));
+        assert!(!tls.permits(Some("http://127.0.0.1:8765"), host));
     }
 }

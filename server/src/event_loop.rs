@@ -4,8 +4,9 @@
 //! 1. accept new sockets until `WouldBlock` (past `--max-connections`, or
 //!    past `--max-connections-per-address` from one address, answer HTTP 503
 //!    and drop);
-//! 2. for each ready connection, advance its handshake or read its frames
-//!    (up to a budget) and hand each to the [`Dispatcher`];
+//! 2. for each ready connection, advance its request head or handshake
+//!    (answering a plain HTTP request from [`http`]) or read its frames (up
+//!    to a budget) and hand each to the [`Dispatcher`];
 //! 3. drain the completion channel (storage replies, hashing results) into
 //!    the dispatcher;
 //! 4. on a tick: heartbeats, timeouts, the stats line;
@@ -33,9 +34,11 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::address_cap::AddressCap;
 use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
-use crate::connection::{Connection, OriginCheck, ReadEvent, WriteError};
+use crate::connection::{Connection, OriginCheck, ReadEvent, TickAction, Timers, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects, Outbound};
 use crate::hasher::{FairQueue, Hasher};
+use crate::http::{self, Condition, HeadError, Health, Live, Site};
+use crate::metrics::{self, CloseKind, Histograms, LoopCounters, Refusal};
 use crate::storage::{self, Command, PurgeSchedule, StorageHandle};
 use crate::tls::{self, Transport};
 
@@ -94,6 +97,12 @@ pub struct Server {
     config: Config,
     ws_config: WebSocketConfig,
     origins: OriginCheck,
+    /// What plain HTTP requests are answered with.
+    site: Site,
+    /// The counters `/metrics` reports, bumped where the loop does the work.
+    counters: LoopCounters,
+    /// The histograms the storage and hashing threads keep.
+    histograms: Histograms,
     /// The TLS configuration when serving `wss://`.
     tls: Option<Arc<rustls::ServerConfig>>,
     next_serial: u64,
@@ -130,13 +139,14 @@ impl Server {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (done, completions) = completion::channel(waker);
-        let (storage, snapshot) =
-            storage::open(&config, done.clone()).map_err(StartError::Storage)?;
+        let histograms = Histograms::default();
+        let (storage, snapshot) = storage::open(&config, done.clone(), histograms.clone())
+            .map_err(StartError::Storage)?;
         let hasher = Hasher::start(
-            config.hash_workers,
-            config.pbkdf2_iterations,
+            (config.hash_workers, config.pbkdf2_iterations),
             FairQueue::new(config::HASH_QUEUE_MAX, hash_jobs_per_address(&config)),
             done,
+            histograms.hash_seconds.clone(),
         )?;
 
         let mut listener = TcpListener::bind(config.listen)?;
@@ -157,13 +167,19 @@ impl Server {
             .max_write_buffer_size(config::SLOW_CONSUMER_BYTES)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
-        let origins = OriginCheck::new(config.allowed_origins.clone());
         let tls = match &config.tls {
             Some((cert, key)) => {
                 Some(tls::server_config(cert, key).map_err(|e| StartError::Tls(e.to_string()))?)
             }
             None => None,
         };
+        let own_scheme = match (config.web, tls.is_some()) {
+            (false, _) => None,
+            (true, false) => Some("http"),
+            (true, true) => Some("https"),
+        };
+        let origins = OriginCheck::new(config.allowed_origins.clone(), own_scheme);
+        let site = Site::new(config.web, config.metrics_allow.clone());
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -177,6 +193,9 @@ impl Server {
             config,
             ws_config,
             origins,
+            site,
+            counters: LoopCounters::default(),
+            histograms,
             tls,
             next_serial: 1,
             unfinished_reads: VecDeque::new(),
@@ -273,6 +292,7 @@ impl Server {
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         if self.connections.len() >= self.config.max_connections {
             log::warn!("refusing {peer}: {} connections", self.connections.len());
+            self.counters.refused(Refusal::MaxConnections);
             refuse(&mut stream);
             return;
         }
@@ -281,9 +301,11 @@ impl Server {
                 "refusing {peer}: {} connections from its address",
                 self.address_cap.connections_from(peer.ip())
             );
+            self.counters.refused(Refusal::PerAddress);
             refuse(&mut stream);
             return;
         };
+        self.counters.accepted += 1;
         let _ = stream.set_nodelay(true);
         let entry = self.connections.vacant_entry();
         let id = ConnId {
@@ -312,13 +334,9 @@ impl Server {
             self.ws_config,
             self.origins.clone(),
         );
-        let opened = connection.is_open();
         entry.insert(connection);
         log::debug!("{peer} connected as {id:?}");
-        if opened {
-            self.dispatcher.connected(id, peer);
-        }
-        self.after_io(id.slot);
+        self.read_frames(id);
     }
 
     fn connection_ready(&mut self, slot: usize, writable: bool) {
@@ -362,12 +380,24 @@ impl Server {
                 break;
             };
             match connection.read() {
+                ReadEvent::Request(parsed) => {
+                    self.answer_http(id, parsed);
+                    break;
+                }
                 ReadEvent::Opened => {
                     let peer = connection.peer;
                     self.dispatcher.connected(id, peer);
                 }
-                ReadEvent::Text(text) => self.dispatcher.handle_text(id, &text, now, &mut fx),
-                ReadEvent::Binary => self.dispatcher.handle_binary(id, now, &mut fx),
+                ReadEvent::Text(text) => {
+                    self.counters.frames_received += 1;
+                    self.counters.bytes_received += text.len() as u64;
+                    self.dispatcher.handle_text(id, &text, now, &mut fx)
+                }
+                ReadEvent::Binary(bytes) => {
+                    self.counters.frames_received += 1;
+                    self.counters.bytes_received += bytes as u64;
+                    self.dispatcher.handle_binary(id, now, &mut fx)
+                }
                 ReadEvent::TooLarge
                 | ReadEvent::NotUtf8
                 | ReadEvent::WouldBlock
@@ -382,6 +412,37 @@ impl Server {
         self.apply(&mut fx);
         self.effects = fx;
         self.after_io(id.slot);
+    }
+
+    /// Answers a plain HTTP request (from memory; `/metrics` is encoded
+    /// here, only when asked for) and starts writing the answer.
+    fn answer_http(&mut self, id: ConnId, parsed: Result<http::Request, HeadError>) {
+        let Some(peer) = self.connection(id).map(|connection| connection.peer) else {
+            return;
+        };
+        let response = match &parsed {
+            Ok(request) => http::respond(request, peer.ip(), &self.site, &LoopView(self)),
+            Err(error) => match http::refuse_head(*error) {
+                Some(response) => response,
+                None => {
+                    log::debug!("{peer}: not HTTP ({error:?}); closing without an answer");
+                    if let Some(connection) = self.connection(id) {
+                        connection.abort();
+                    }
+                    return;
+                }
+            },
+        };
+        let status = response.status();
+        match &parsed {
+            Ok(request) => log::debug!("{peer}: {} {} → {status}", request.method, request.target),
+            Err(error) => log::debug!("{peer}: bad request head ({error:?}) → {status}"),
+        }
+        self.counters.http_answered(status);
+        if let Some(connection) = self.connection(id) {
+            let (head, body) = response.into_wire();
+            connection.answer(head, body);
+        }
     }
 
     /// Reads again, every [`config::THROTTLED_READ_RETRY`], from the
@@ -417,7 +478,7 @@ impl Server {
         };
         if connection.is_closed() {
             self.remove(slot);
-        } else if connection.needs_flush {
+        } else if connection.needs_flush() {
             self.to_flush.push(slot);
         }
     }
@@ -454,35 +515,45 @@ impl Server {
                 }
                 if let Some(message_id) = message_id {
                     connection.note_delivery(message_id);
+                    self.counters.deliveries += 1;
                 }
+                let bytes = frame.len() as u64;
                 match connection.send_text(frame) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        self.counters.frames_sent += 1;
+                        self.counters.bytes_sent += bytes;
+                    }
                     Err(WriteError::SlowConsumer) => {
                         log::warn!("{}: slow consumer, closing", connection.peer);
                         connection.close(CloseCode::Policy, "too much unread output");
-                        departing.push((id, connection.unflushed_from));
+                        departing.push((id, connection.unflushed_from()));
+                        self.counters.closed(CloseKind::SlowConsumer);
                     }
                     Err(WriteError::Closed) => {}
                 }
-                if !connection.told_output_full && connection.output_past(config::PUSH_BYTES_MAX) {
-                    connection.told_output_full = true;
+                if connection.newly_past(config::PUSH_BYTES_MAX) {
                     self.dispatcher.set_output_full(id, true);
                     self.output_full.push(id);
                 }
-                if connection.needs_flush {
+                if connection.needs_flush() {
                     self.to_flush.push(id.slot);
                 }
             }
             for (id, reason) in std::mem::take(&mut fx.closes) {
                 if let Some(connection) = self.connection(id) {
-                    match reason {
-                        CloseReason::LoggedOut => connection.close(CloseCode::Normal, "logged out"),
-                        CloseReason::Abuse => {
-                            connection.close(CloseCode::Policy, "too many bad frames")
+                    let kind = match reason {
+                        CloseReason::LoggedOut => {
+                            connection.close(CloseCode::Normal, "logged out");
+                            CloseKind::Logout
                         }
-                    }
-                    departing.push((id, connection.unflushed_from));
+                        CloseReason::Abuse => {
+                            connection.close(CloseCode::Policy, "too many bad frames");
+                            CloseKind::Abuse
+                        }
+                    };
+                    departing.push((id, connection.unflushed_from()));
                     self.to_flush.push(id.slot);
+                    self.counters.closed(kind);
                 }
             }
             // A connection stops being a recipient the moment its close is
@@ -509,6 +580,8 @@ impl Server {
                     }
                 }
             }
+            // Before `fx` is replaced: what it queued this round is counted.
+            self.counters.tally.absorb(&mut fx.tally);
             *fx = refused;
         }
         self.dispatcher.set_storage_backlog(self.storage.backlog());
@@ -520,7 +593,7 @@ impl Server {
         slots.dedup();
         for slot in slots.drain(..) {
             if let Some(connection) = self.connections.get_mut(slot) {
-                if connection.needs_flush {
+                if connection.needs_flush() {
                     connection.flush();
                 }
                 if connection.is_closed() {
@@ -545,10 +618,9 @@ impl Server {
             else {
                 return false;
             };
-            if connection.output_pending {
-                return true;
+            if !connection.take_drained() {
+                return connection.has_output_pending();
             }
-            connection.told_output_full = false;
             self.dispatcher.set_output_full(*id, false);
             false
         });
@@ -564,7 +636,7 @@ impl Server {
         let mut fx = std::mem::take(&mut self.effects);
         for (id, command) in std::mem::take(&mut self.after_flush) {
             match self.connection(id) {
-                Some(connection) if !connection.output_pending => fx.storage.push(command),
+                Some(connection) if !connection.has_output_pending() => fx.storage.push(command),
                 Some(_) => self.after_flush.push((id, command)),
                 None => {}
             }
@@ -584,7 +656,7 @@ impl Server {
         }
         log::debug!("{} disconnected ({:?})", connection.peer, connection.id);
         let mut fx = std::mem::take(&mut self.effects);
-        let unflushed_from = connection.unflushed_from;
+        let unflushed_from = connection.unflushed_from();
         self.dispatcher
             .disconnected(connection.id, unflushed_from, unix_now(), &mut fx);
         self.apply(&mut fx);
@@ -595,39 +667,25 @@ impl Server {
     fn tick(&mut self) {
         let now = Instant::now();
         self.next_tick = now + config::TICK;
-        let (heartbeat, timeout) = (self.config.heartbeat, self.config.timeout);
+        let timers = Timers {
+            heartbeat: self.config.heartbeat,
+            timeout: self.config.timeout,
+            close_deadline: CLOSE_DEADLINE,
+            handshake_timeout: config::HANDSHAKE_TIMEOUT,
+        };
         let mut finished = Vec::new();
         let mut idle = Vec::new();
         for (slot, connection) in self.connections.iter_mut() {
-            if let Some(since) = connection.closing_since {
-                if now.duration_since(since) >= CLOSE_DEADLINE {
-                    connection.abort();
-                    finished.push(slot);
+            match connection.on_tick(now, timers) {
+                TickAction::Nothing => continue,
+                TickAction::HandshakeTimedOut => self.counters.closed(CloseKind::HandshakeTimeout),
+                TickAction::IdleClosed => {
+                    idle.push((connection.id, connection.unflushed_from()));
+                    self.counters.closed(CloseKind::Idle);
                 }
-                continue;
+                TickAction::Pinged | TickAction::Dropped => {}
             }
-            if connection.is_handshaking() {
-                if now.duration_since(connection.accepted_at) >= config::HANDSHAKE_TIMEOUT {
-                    log::debug!("{}: handshake timed out", connection.peer);
-                    connection.abort();
-                    finished.push(slot);
-                }
-                continue;
-            }
-            let silent = now.duration_since(connection.last_received);
-            if silent >= timeout {
-                log::info!(
-                    "{}: idle for {}s, closing",
-                    connection.peer,
-                    silent.as_secs()
-                );
-                connection.close(CloseCode::Away, "idle timeout");
-                idle.push((connection.id, connection.unflushed_from));
-                finished.push(slot);
-            } else if silent >= heartbeat && !connection.ping_sent {
-                connection.ping();
-                finished.push(slot);
-            }
+            finished.push(slot);
         }
         if !idle.is_empty() {
             let mut fx = std::mem::take(&mut self.effects);
@@ -701,9 +759,15 @@ impl Server {
             self.next_tick = Instant::now() + Duration::from_millis(10);
             return false;
         }
+        // A request head still arriving gets a moment to finish (a health
+        // probe in flight learns 503 rather than a reset).
+        let requests_may_finish = waited < config::SHUTDOWN_REQUEST_GRACE;
         let mut closing = Vec::new();
         for (slot, connection) in self.connections.iter_mut() {
-            if connection.closing_since.is_none() {
+            if connection.is_handshaking() && requests_may_finish {
+                continue;
+            }
+            if !connection.is_closing() {
                 connection.close(CloseCode::Away, "server shutting down");
                 closing.push(slot);
             }
@@ -730,6 +794,46 @@ impl Server {
         self.storage.finish();
         self.drain_completions();
         log::info!("shutdown complete");
+    }
+}
+
+/// The loop as plain HTTP answers see it: read only when a request needs it.
+struct LoopView<'a>(&'a Server);
+
+impl Live for LoopView<'_> {
+    fn health(&self) -> Health {
+        let server = self.0;
+        let storage_queue = server.storage.backlog();
+        Health {
+            condition: Condition::judge(
+                server.shutdown.is_some(),
+                server.storage.silent_for(),
+                storage_queue,
+            ),
+            connections: server.connections.len(),
+            storage_queue,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let server = self.0;
+        let dispatcher = server.dispatcher.counters();
+        let scrape = metrics::Scrape {
+            connections: server.connections.len(),
+            users_online: server.dispatcher.users_online(),
+            storage_queue: server.storage.backlog(),
+            hash_jobs: server.hash_in_flight,
+            messages_accepted: dispatcher.messages,
+            messages_stored: dispatcher.messages_stored,
+            storage_failures: dispatcher.storage_failures,
+            logins: dispatcher.logins,
+            counters: &server.counters,
+            histograms: &server.histograms,
+        };
+        metrics::encode(&scrape).unwrap_or_else(|error| {
+            log::error!("cannot encode the metrics: {error}");
+            String::new()
+        })
     }
 }
 

@@ -16,6 +16,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::completion::{Completion, CompletionSender, QueueError, Requester};
 use crate::password::{self, PasswordHash};
@@ -172,12 +175,12 @@ pub struct Hasher {
 
 impl Hasher {
     /// Starts `workers` threads hashing new secrets with `iterations`, with
-    /// `queue` holding the jobs that wait.
+    /// `queue` holding the jobs that wait, timing each hash into `timing`.
     pub fn start(
-        workers: usize,
-        iterations: u32,
+        (workers, iterations): (usize, u32),
         queue: FairQueue,
         done: CompletionSender,
+        timing: Histogram,
     ) -> std::io::Result<Hasher> {
         let queue: SharedQueue = Arc::new((Mutex::new(queue), Condvar::new()));
         let dummy = Arc::new(password::dummy_hash(iterations));
@@ -189,10 +192,11 @@ impl Hasher {
             let queue = Arc::clone(&hasher.queue);
             let done = done.clone();
             let dummy = Arc::clone(&dummy);
+            let timing = timing.clone();
             // On failure, dropping `hasher` stops the workers already started.
             let handle = std::thread::Builder::new()
                 .name(format!("hasher-{index}"))
-                .spawn(move || work(&queue, &done, iterations, &dummy))?;
+                .spawn(move || work(&queue, &done, (iterations, &dummy), &timing))?;
             hasher.workers.push(handle);
         }
         Ok(hasher)
@@ -225,12 +229,20 @@ impl Drop for Hasher {
     }
 }
 
-fn work(queue: &SharedQueue, done: &CompletionSender, iterations: u32, dummy: &str) {
+fn work(
+    queue: &SharedQueue,
+    done: &CompletionSender,
+    (iterations, dummy): (u32, &str),
+    timing: &Histogram,
+) {
     // A burst of logins must not take the CPU from the event loop (which
     // would stall every conversation), only make the logins wait.
     priority::lower_this_thread(priority::BACKGROUND_NICENESS);
     while let Some(job) = next_job(queue) {
-        done.send(Completion::Hash(run(job, iterations, dummy)));
+        let started = Instant::now();
+        let outcome = run(job, iterations, dummy);
+        timing.observe(started.elapsed().as_secs_f64());
+        done.send(Completion::Hash(outcome));
     }
 }
 

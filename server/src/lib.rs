@@ -3,7 +3,11 @@
 //! # Layout
 //! - [`event_loop`]: the one mio thread — listener, waker, signals, the slab
 //!   of connections, timers; applies the dispatcher's effects.
-//! - [`connection`]: the per-connection state machine around tungstenite.
+//! - [`connection`]: the per-connection state machine around tungstenite
+//!   (and, for a request that is not an upgrade, one plain HTTP answer).
+//! - [`http`]: plain GET on the WebSocket port — the embedded web client,
+//!   `/healthz`, `/metrics` — as pure functions of a parsed request.
+//! - [`metrics`]: the counters `/metrics` reports, encoded only when scraped.
 //! - [`address_cap`]: connections per address (IPv6 by /64), capped at accept.
 //! - [`tls`]: `wss://` (rustls under tungstenite) and development certificates.
 //! - [`dispatcher`]: the protocol's rules as a pure function from (state,
@@ -28,6 +32,8 @@ pub mod connection;
 pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
+pub mod http;
+pub mod metrics;
 pub mod password;
 pub mod priority;
 pub mod rate_limit;

@@ -7,6 +7,10 @@
 //! would block, the `WouldBlock` travels up through tungstenite like any
 //! other, and the connection resumes on the next readiness event.
 //!
+//! The connection reads the request head itself (to tell a WebSocket
+//! upgrade from plain HTTP) and gives the bytes back with
+//! [`Transport::unread`], so tungstenite's handshake reads them again.
+//!
 //! One adaptation: rustls buffers at most 64 KiB of unsent plaintext and then
 //! accepts zero bytes, which tungstenite would take for a broken connection,
 //! so a full rustls buffer is reported as `WouldBlock` instead — the frames
@@ -69,8 +73,19 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// A connection's byte stream: plain TCP or TLS over it.
-pub enum Transport {
+/// A connection's byte stream: plain TCP or TLS over it, and the bytes of
+/// the request head read ahead to route it, which the WebSocket handshake
+/// then reads again.
+pub struct Transport {
+    stream: Stream,
+    /// Bytes already read from the stream, given back first (empty once the
+    /// handshake has read them: the hot path then costs one comparison).
+    read_ahead: Vec<u8>,
+    /// How much of `read_ahead` has been given back.
+    read_ahead_at: usize,
+}
+
+enum Stream {
     /// `ws://`.
     Plain(TcpStream),
     /// `wss://`.
@@ -80,39 +95,76 @@ pub enum Transport {
 impl Transport {
     /// Wraps an accepted socket; with `tls`, a new rustls server session.
     pub fn new(socket: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<Transport> {
-        match tls {
-            None => Ok(Transport::Plain(socket)),
+        let stream = match tls {
+            None => Stream::Plain(socket),
             Some(config) => {
                 let session =
                     ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
-                Ok(Transport::Tls(Box::new(StreamOwned::new(session, socket))))
+                Stream::Tls(Box::new(StreamOwned::new(session, socket)))
             }
-        }
+        };
+        Ok(Transport {
+            stream,
+            read_ahead: Vec::new(),
+            read_ahead_at: 0,
+        })
     }
 
     /// The socket underneath, for mio (de)registration.
     pub fn socket_mut(&mut self) -> &mut TcpStream {
-        match self {
-            Transport::Plain(socket) => socket,
-            Transport::Tls(stream) => &mut stream.sock,
+        match &mut self.stream {
+            Stream::Plain(socket) => socket,
+            Stream::Tls(stream) => &mut stream.sock,
         }
+    }
+
+    /// Puts bytes already read back in front of the stream: the next reads
+    /// return them first.
+    pub fn unread(&mut self, bytes: Vec<u8>) {
+        assert!(
+            self.read_ahead_at == self.read_ahead.len(),
+            "bytes are unread once, before anything else reads them"
+        );
+        self.read_ahead = bytes;
+        self.read_ahead_at = 0;
+    }
+
+    /// Ends our direction of the connection after an answer (TLS:
+    /// close_notify first, best effort): the peer reads end-of-stream.
+    pub fn close_write(&mut self) {
+        if let Stream::Tls(stream) = &mut self.stream {
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        }
+        let _ = self.socket_mut().shutdown(std::net::Shutdown::Write);
     }
 }
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(socket) => socket.read(buf),
-            Transport::Tls(stream) => stream.read(buf),
+        if self.read_ahead_at < self.read_ahead.len() {
+            let ahead = &self.read_ahead[self.read_ahead_at..];
+            let count = ahead.len().min(buf.len());
+            buf[..count].copy_from_slice(&ahead[..count]);
+            self.read_ahead_at += count;
+            if self.read_ahead_at == self.read_ahead.len() {
+                self.read_ahead = Vec::new();
+                self.read_ahead_at = 0;
+            }
+            return Ok(count);
+        }
+        match &mut self.stream {
+            Stream::Plain(socket) => socket.read(buf),
+            Stream::Tls(stream) => stream.read(buf),
         }
     }
 }
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(socket) => socket.write(buf),
-            Transport::Tls(stream) => match stream.write(buf)? {
+        match &mut self.stream {
+            Stream::Plain(socket) => socket.write(buf),
+            Stream::Tls(stream) => match stream.write(buf)? {
                 // rustls's plaintext buffer is full: wait for WRITABLE.
                 0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
                 written => Ok(written),
@@ -121,9 +173,9 @@ impl Write for Transport {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Plain(socket) => socket.flush(),
-            Transport::Tls(stream) => stream.flush(),
+        match &mut self.stream {
+            Stream::Plain(socket) => socket.flush(),
+            Stream::Tls(stream) => stream.flush(),
         }
     }
 }

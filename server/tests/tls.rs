@@ -155,3 +155,34 @@ fn a_client_trusting_another_ca_refuses_the_server() {
         "{error}"
     );
 }
+
+/// The web client and `/healthz` are served over TLS too: the same port
+/// answers plain HTTPS requests, and ends each answer with close_notify.
+#[test]
+fn plain_https_requests_are_answered() {
+    use std::io::{Read, Write};
+    let certs = tempfile::tempdir().unwrap();
+    generate_certificates(certs.path());
+    let server = start_tls_server(certs.path());
+    let ca = certs.path().join("ca.pem");
+    for (path, expected) in [("/", "<!doctype html>"), ("/healthz", "\"status\":\"ok\"")] {
+        let socket = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let session = ClientConnection::new(client_config(&ca), name).unwrap();
+        let mut stream = StreamOwned::new(session, socket);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+            server.port
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .expect("the whole answer, then close_notify");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains(expected), "{answer}");
+    }
+}

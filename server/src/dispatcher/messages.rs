@@ -205,6 +205,9 @@ impl Dispatcher {
             duplicate_of,
             message,
         } = stored;
+        if duplicate_of.is_none() {
+            self.counters.messages_stored += 1;
+        }
         if self.clients.contains_key(&conn) {
             let ack = Ack {
                 message_id: duplicate_of.unwrap_or(message_id),

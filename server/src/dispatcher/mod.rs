@@ -35,6 +35,7 @@ use protocol::{ClientMessage, ClientTag, ErrorType, RequestId, ServerMessage};
 use crate::completion::{Completion, ConnId, Requester};
 use crate::config;
 use crate::hasher::{HashDone, HashJob};
+use crate::metrics::FrameTally;
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
@@ -81,6 +82,10 @@ pub struct Effects {
     /// `request_id` (set by the dispatcher around each request and each
     /// off-loop reply; see [`Effects::begin_answering`]).
     answering: Option<Requester>,
+    /// Acks, Error frames and `rate_limited` answers queued (for
+    /// `/metrics`; the loop adds it to its counters as it applies these
+    /// effects).
+    pub tally: FrameTally,
 }
 
 impl Effects {
@@ -88,6 +93,7 @@ impl Effects {
     /// to the connection whose request is being handled carries that
     /// request's `request_id`; pushes never do.
     pub fn send(&mut self, conn: ConnId, message: &ServerMessage, now: i64) {
+        self.tally.note(message);
         let request_id = self.request_id_for(conn);
         let frame = protocol::encode_reply(message, now, request_id);
         self.push(conn, frame);
@@ -266,11 +272,15 @@ pub struct Client {
     storing_bytes: usize,
 }
 
-/// Counters for the stats line.
+/// Counters for the stats line and `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Messages accepted for storage.
     pub messages: u64,
+    /// Messages storage committed (resends aside).
+    pub messages_stored: u64,
+    /// Storage commands that failed.
+    pub storage_failures: u64,
     /// Successful logins.
     pub logins: u64,
 }
@@ -648,6 +658,7 @@ impl Dispatcher {
                 if let Some(message_id) = message_id {
                     self.forget_delivery(message_id);
                 }
+                self.counters.storage_failures += 1;
                 log::warn!("storage failed a request of {:?}: {reason}", to.conn);
                 self.request_failed((to.conn, tag), now, fx);
             }

@@ -29,13 +29,14 @@ pub use startup::{begin_run, open, OpenError, PreviousRun};
 
 use protocol::ClientTag;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::completion::{Completion, CompletionSender, Requester};
+use crate::metrics::Histograms;
 use crate::password::PasswordHash;
 
 /// A 1:1 message as the loop hands it to storage (the id is assigned by the
@@ -732,38 +733,90 @@ pub use crate::completion::QueueError;
 /// How often an idle storage thread gives the backend a chance at upkeep.
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
+/// When the storage thread last finished a batch or an idle turn, as
+/// milliseconds since its start: the loop's (and `/healthz`'s) evidence that
+/// the thread is alive and not stuck on the disk.
+#[derive(Debug)]
+struct Pulse {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Pulse {
+    fn new() -> Pulse {
+        Pulse {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Release);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// What the storage thread works with besides its backend.
+struct Shared {
+    /// Commands submitted whose batch has not finished (queued or executing).
+    backlog: AtomicUsize,
+    pulse: Pulse,
+    histograms: Histograms,
+}
+
 /// The loop's handle: a bounded command queue and the thread behind it.
 pub struct StorageHandle {
     commands: Option<SyncSender<Command>>,
     thread: Option<JoinHandle<()>>,
-    /// Commands submitted whose batch has not finished (queued or executing).
-    backlog: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl StorageHandle {
-    /// Starts the storage thread over `backend` (see [`open`]).
+    /// Starts the storage thread over `backend` (see [`open`]), with at
+    /// most `queue_max` commands waiting and `batch_max` per transaction,
+    /// timing its batches into `histograms`.
     fn start(
         mut backend: Box<dyn Backend>,
-        queue_max: usize,
-        batch_max: usize,
+        (queue_max, batch_max): (usize, usize),
         done: CompletionSender,
+        histograms: Histograms,
     ) -> std::io::Result<StorageHandle> {
         let (commands, queue) = mpsc::sync_channel(queue_max);
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let thread_backlog = Arc::clone(&backlog);
+        let shared = Arc::new(Shared {
+            backlog: AtomicUsize::new(0),
+            pulse: Pulse::new(),
+            histograms,
+        });
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("storage".into())
-            .spawn(move || run(&mut *backend, &queue, batch_max, &done, &thread_backlog))?;
+            .spawn(move || run(&mut *backend, &queue, batch_max, &done, &thread_shared))?;
         Ok(StorageHandle {
             commands: Some(commands),
             thread: Some(thread),
-            backlog,
+            shared,
         })
     }
 
     /// Commands submitted and not yet executed and answered.
     pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Acquire)
+        self.shared.backlog.load(Ordering::Acquire)
+    }
+
+    /// How long since the storage thread last finished a batch or an idle
+    /// turn (it takes one at least every 500 ms when nothing is queued);
+    /// `None` when the thread is gone.
+    pub fn silent_for(&self) -> Option<Duration> {
+        let running = self
+            .thread
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished());
+        running.then(|| self.shared.pulse.silent_for())
     }
 
     /// Queues a command without blocking; on failure the command comes back
@@ -772,9 +825,9 @@ impl StorageHandle {
         let Some(commands) = &self.commands else {
             return Err(Box::new((QueueError::Stopped, command)));
         };
-        self.backlog.fetch_add(1, Ordering::AcqRel);
+        self.shared.backlog.fetch_add(1, Ordering::AcqRel);
         commands.try_send(command).map_err(|error| {
-            self.backlog.fetch_sub(1, Ordering::AcqRel);
+            self.shared.backlog.fetch_sub(1, Ordering::AcqRel);
             Box::new(match error {
                 TrySendError::Full(command) => (QueueError::Full, command),
                 TrySendError::Disconnected(command) => (QueueError::Stopped, command),
@@ -805,7 +858,7 @@ fn run<B: Backend + ?Sized>(
     queue: &Receiver<Command>,
     batch_max: usize,
     done: &CompletionSender,
-    backlog: &AtomicUsize,
+    shared: &Shared,
 ) {
     // Block for the first command, then take whatever else is already queued.
     loop {
@@ -813,6 +866,7 @@ fn run<B: Backend + ?Sized>(
             Ok(command) => command,
             Err(_) => {
                 backend.idle();
+                shared.pulse.beat();
                 match queue.recv_timeout(IDLE_TICK) {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => continue,
@@ -828,12 +882,19 @@ fn run<B: Backend + ?Sized>(
             }
         }
         let executed = batch.len();
+        let started = Instant::now();
         let replies = backend.execute(batch);
+        let histograms = &shared.histograms;
+        histograms
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        histograms.batch_commands.observe(executed as f64);
         if !replies.is_empty() {
             done.send_all(replies.into_iter().map(Completion::Storage));
         }
         // After the replies are queued, so a backlog of 0 means "all answered".
-        backlog.fetch_sub(executed, Ordering::AcqRel);
+        shared.backlog.fetch_sub(executed, Ordering::AcqRel);
+        shared.pulse.beat();
         backend.after_replies();
     }
     backend.finish();

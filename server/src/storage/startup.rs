@@ -23,6 +23,7 @@ use super::sqlite::SqliteBackend;
 use super::{Backend, DatabaseError, GroupRow, Snapshot, StorageHandle};
 use crate::completion::CompletionSender;
 use crate::config::{Config, MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
+use crate::metrics::Histograms;
 
 /// Why storage could not be opened. The server does not start; each
 /// variant says what to fix.
@@ -101,6 +102,7 @@ pub struct PreviousRun {
 pub fn open(
     config: &Config,
     done: CompletionSender,
+    histograms: Histograms,
 ) -> Result<(StorageHandle, Snapshot), OpenError> {
     create_private_dir(&config.data_dir).map_err(|error| OpenError::DataDir {
         path: config.data_dir.clone(),
@@ -116,8 +118,9 @@ pub fn open(
         snapshot.next_message_id,
         opened.durability
     );
-    let handle = StorageHandle::start(opened.backend, STORAGE_QUEUE_MAX, STORAGE_BATCH_MAX, done)
-        .map_err(OpenError::Thread)?;
+    let queue = (STORAGE_QUEUE_MAX, STORAGE_BATCH_MAX);
+    let handle =
+        StorageHandle::start(opened.backend, queue, done, histograms).map_err(OpenError::Thread)?;
     Ok((handle, snapshot))
 }
 
@@ -255,7 +258,7 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         let (done, _replies) = crate::completion::channel(std::sync::Arc::new(waker));
-        open(config, done)
+        open(config, done, Histograms::default())
     }
 
     /// `open` creates the data directory and database, reserves the first

@@ -160,12 +160,18 @@ impl TestServer {
 
     /// Sends SIGTERM, waits for the process to exit and returns its status.
     pub fn stop_gracefully(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server is running");
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+        self.wait_for_exit()
+    }
+
+    /// Waits for the process to exit (after a signal the test sent) and
+    /// returns its status.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
         let deadline = Instant::now() + SHUTDOWN_DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("wait for chat-server") {
@@ -175,7 +181,7 @@ impl TestServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "chat-server did not exit within {SHUTDOWN_DEADLINE:?} of SIGTERM; stderr:\n{}",
+                    "chat-server did not exit within {SHUTDOWN_DEADLINE:?}; stderr:\n{}",
                     self.stderr_text()
                 );
             }
