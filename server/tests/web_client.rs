@@ -338,6 +338,23 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Waits until a browser console line contains `needle`.
+    async fn wait_until_console(&self, needle: &str) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            seen.extend(self.console().await);
+            if seen.iter().any(|line| line.contains(needle)) {
+                return;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        panic!(
+            "{}: no console line contains {needle:?}: {seen:#?}",
+            self.name
+        );
+    }
+
     /// Registers `username` through the page's form; it logs in on its own.
     async fn register(&self, base: &str, username: &str) {
         self.goto(base).await;
@@ -945,12 +962,29 @@ fn the_page_obeys_the_csp_and_is_absent_with_no_web() {
         kim.click("#add-contact-form button[type=submit]").await;
         kim.wait_text("#notice-text", "There is no user with that name.")
             .await;
+        // A line of our own proves the console is being read at all.
+        kim.eval("console.error('console-probe'); return true;", vec![])
+            .await;
         let console = kim.console().await;
+        assert!(
+            console.iter().any(|line| line.contains("console-probe")),
+            "the browser log is not readable: {console:#?}"
+        );
         let violations: Vec<_> = console
             .iter()
             .filter(|line| line.contains("Content Security Policy") || line.contains("Refused to"))
             .collect();
         assert!(violations.is_empty(), "CSP violations: {violations:#?}");
+        // And a violation would show: an inline script is refused and reported.
+        kim.eval(
+            "const s = document.createElement('script'); s.textContent = 'window.ran = 1';
+             document.body.append(s); return true;",
+            vec![],
+        )
+        .await;
+        let ran = kim.eval("return window.ran === 1;", vec![]).await;
+        assert_eq!(ran, json!(false), "an inline script ran under the CSP");
+        kim.wait_until_console("Content Security Policy").await;
 
         kim.goto(&format!("http://127.0.0.1:{}/", without.port))
             .await;
