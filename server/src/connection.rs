@@ -144,15 +144,25 @@ enum State {
     /// Writing the answer to a plain HTTP request.
     Answering(Answer),
     /// The answer is written and our side shut; reading what the peer still
-    /// sends until it closes (or the close deadline).
-    Draining(Transport),
+    /// sends until it closes (or the close deadline, counted from `since`).
+    Draining {
+        /// The connection.
+        transport: Transport,
+        /// When the answer was written out.
+        since: Instant,
+    },
     /// The HTTP upgrade is in progress (resumable).
     Handshaking(Handshake),
     /// Frames flow both ways.
     Open(WebSocket<Transport>),
     /// A close frame was sent or received; flushing and waiting for the
-    /// peer's close until the loop's close deadline.
-    Closing(WebSocket<Transport>),
+    /// peer's close until the close deadline, counted from `since`.
+    Closing {
+        /// The WebSocket.
+        ws: WebSocket<Transport>,
+        /// When the close began.
+        since: Instant,
+    },
     /// Done: the loop removes it.
     Closed,
 }
@@ -199,8 +209,6 @@ pub struct Connection {
     accepted_at: Instant,
     /// When anything last arrived from the client.
     last_received: Instant,
-    /// When the loop started closing it, if it did.
-    closing_since: Option<Instant>,
     /// Whether a heartbeat ping went out since the last thing received.
     ping_sent: bool,
     /// Whether frames were queued since the last flush.
@@ -247,7 +255,6 @@ impl Connection {
             state,
             accepted_at: now,
             last_received: now,
-            closing_since: None,
             ping_sent: false,
             needs_flush: false,
             unflushed_from: None,
@@ -282,10 +289,12 @@ impl Connection {
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.state {
             State::Head(head) => Some(head.transport.socket_mut()),
-            State::Routing(transport) | State::Draining(transport) => Some(transport.socket_mut()),
+            State::Routing(transport) | State::Draining { transport, .. } => {
+                Some(transport.socket_mut())
+            }
             State::Answering(answer) => Some(answer.transport.socket_mut()),
             State::Handshaking(mid) => Some(mid.get_mut().get_mut().socket_mut()),
-            State::Open(ws) | State::Closing(ws) => Some(ws.get_mut().socket_mut()),
+            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut().socket_mut()),
             State::Closed => None,
         }
     }
@@ -303,10 +312,10 @@ impl Connection {
                 self.state = State::Answering(answer);
                 ReadEvent::WouldBlock
             }
-            State::Draining(transport) => self.read_draining(transport),
+            State::Draining { transport, since } => self.read_draining(transport, since),
             State::Handshaking(mid) => self.resume_handshake(mid),
             State::Open(ws) => self.read_open(ws),
-            State::Closing(ws) => self.read_closing(ws),
+            State::Closing { ws, since } => self.read_closing(ws, since),
             State::Closed => ReadEvent::Closed,
         }
     }
@@ -422,22 +431,24 @@ impl Connection {
             Err(_) => {}
             Ok(()) => {
                 answer.transport.close_write();
-                self.closing_since = Some(Instant::now());
-                self.state = State::Draining(answer.transport);
+                self.state = State::Draining {
+                    transport: answer.transport,
+                    since: Instant::now(),
+                };
             }
         }
     }
 
     /// Reads and drops what the peer still sends after the answer, until it
     /// closes (then the connection is done).
-    fn read_draining(&mut self, mut transport: Transport) -> ReadEvent {
+    fn read_draining(&mut self, mut transport: Transport, since: Instant) -> ReadEvent {
         let mut sink = [0u8; 1024];
         loop {
             match transport.read(&mut sink) {
                 Ok(0) => return ReadEvent::Closed,
                 Ok(_) => continue,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.state = State::Draining(transport);
+                    self.state = State::Draining { transport, since };
                     return ReadEvent::WouldBlock;
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -515,12 +526,12 @@ impl Connection {
         }
     }
 
-    fn read_closing(&mut self, mut ws: WebSocket<Transport>) -> ReadEvent {
+    fn read_closing(&mut self, mut ws: WebSocket<Transport>, since: Instant) -> ReadEvent {
         loop {
             match ws.read() {
                 Ok(_) => continue, // frames after our close are discarded
                 Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.state = State::Closing(ws);
+                    self.state = State::Closing { ws, since };
                     return ReadEvent::WouldBlock;
                 }
                 Err(_) => return ReadEvent::Closed,
@@ -578,35 +589,35 @@ impl Connection {
                     code,
                     reason: reason.into(),
                 };
+                let since = Instant::now();
                 match ws.close(Some(frame)) {
-                    Ok(()) => State::Closing(ws),
+                    Ok(()) => State::Closing { ws, since },
                     Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                        State::Closing(ws)
+                        State::Closing { ws, since }
                     }
                     Err(_) => State::Closed,
                 }
             }
-            State::Closing(ws) => State::Closing(ws),
+            closing @ State::Closing { .. } => closing,
             State::Head(_)
             | State::Routing(_)
             | State::Answering(_)
-            | State::Draining(_)
+            | State::Draining { .. }
             | State::Handshaking(_)
             | State::Closed => State::Closed,
         };
         self.needs_flush = true;
-        self.closing_since.get_or_insert_with(Instant::now);
     }
 
     /// Writes out what is buffered; what would block waits for WRITABLE.
     pub fn flush(&mut self) {
         self.needs_flush = false;
         let result = match &mut self.state {
-            State::Open(ws) | State::Closing(ws) => ws.flush(),
+            State::Open(ws) | State::Closing { ws, .. } => ws.flush(),
             State::Answering(_) => return self.write_answer(),
             State::Head(_)
             | State::Routing(_)
-            | State::Draining(_)
+            | State::Draining { .. }
             | State::Handshaking(_)
             | State::Closed => return,
         };
@@ -636,7 +647,10 @@ impl Connection {
     /// for `timeout` starts closing (1001); one silent for `heartbeat` is
     /// pinged once.
     pub fn on_tick(&mut self, now: Instant, timers: Timers) -> TickAction {
-        if let Some(since) = self.closing_since {
+        if self.is_closed() {
+            return TickAction::Nothing; // the loop removes it
+        }
+        if let State::Closing { since, .. } | State::Draining { since, .. } = self.state {
             if now.duration_since(since) < timers.close_deadline {
                 return TickAction::Nothing;
             }
@@ -680,9 +694,12 @@ impl Connection {
         self.output_pending
     }
 
-    /// Whether the loop has started closing it.
+    /// Whether it is closing or closed (nothing more to start).
     pub fn is_closing(&self) -> bool {
-        self.closing_since.is_some()
+        matches!(
+            self.state,
+            State::Closing { .. } | State::Draining { .. } | State::Closed
+        )
     }
 
     /// Whether its unsent output just passed `limit` (true once, until it

@@ -72,6 +72,15 @@ impl Bucket {
         }
     }
 
+    /// Takes `count` tokens whatever is left (a bucket of bytes, where one
+    /// message may take more than remains): the bucket may go below zero,
+    /// and refills from there.
+    pub fn charge(&mut self, count: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity) - count;
+        self.updated = now;
+    }
+
     /// Whether a token is there to take now (takes none).
     pub fn has_token(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
@@ -113,6 +122,14 @@ pub const LOGINS_PER_ADDRESS: Rate = Rate {
 pub const MESSAGES_PER_CONNECTION: Rate = Rate {
     burst: 500.0,
     per_second: 100.0,
+};
+
+/// Bytes of message content per connection: a burst of 4 MiB, then 1 MiB/s.
+/// The message rate alone would let one connection write 6 MB/s of 60 KB
+/// messages, which slows every other user's commits.
+pub const MESSAGE_BYTES_PER_CONNECTION: Rate = Rate {
+    burst: 4.0 * 1024.0 * 1024.0,
+    per_second: 1024.0 * 1024.0,
 };
 
 /// Undecodable frames per connection before it is closed with 1008: a
@@ -167,6 +184,8 @@ pub struct RateConfig {
     pub logins_per_ip: Rate,
     /// Messages per connection.
     pub messages_per_connection: Rate,
+    /// Bytes of message content per connection.
+    pub message_bytes_per_connection: Rate,
     /// Undecodable frames per connection before it is disconnected.
     pub bad_frames_per_connection: Rate,
     /// Group operations per connection.
@@ -183,6 +202,7 @@ impl Default for RateConfig {
             registrations_per_ip: REGISTRATIONS_PER_ADDRESS,
             logins_per_ip: LOGINS_PER_ADDRESS,
             messages_per_connection: MESSAGES_PER_CONNECTION,
+            message_bytes_per_connection: MESSAGE_BYTES_PER_CONNECTION,
             bad_frames_per_connection: BAD_FRAMES_PER_CONNECTION,
             group_operations_per_connection: GROUP_OPERATIONS_PER_CONNECTION,
             failures_per_account: FAILURES_PER_ACCOUNT,
@@ -333,6 +353,8 @@ pub struct RateLimits {
 pub struct ConnectionBuckets {
     /// Messages sent.
     pub messages: Bucket,
+    /// Bytes of message content sent.
+    pub message_bytes: Bucket,
     /// Bad frames sent.
     pub bad_frames: Bucket,
     /// Group operations (create, add members, leave).
@@ -361,6 +383,7 @@ impl RateLimits {
     pub fn connection_buckets(&self, now: Instant) -> Option<ConnectionBuckets> {
         self.config.map(|config| ConnectionBuckets {
             messages: Bucket::new(config.messages_per_connection, now),
+            message_bytes: Bucket::new(config.message_bytes_per_connection, now),
             bad_frames: Bucket::new(config.bad_frames_per_connection, now),
             group_operations: Bucket::new(config.group_operations_per_connection, now),
             refusals: Bucket::new(config.messages_per_connection, now),

@@ -397,7 +397,7 @@ fn a_text_frame_that_is_not_utf8_gets_close_code_1007() {
 /// pipelined behind its Login never runs.
 #[test]
 fn logout_closes_connections_still_resuming_the_session() {
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&["--no-rate-limits"]);
     register_all(&server, &["alice", "bob"]);
     let session = {
         let mut alice = server.client();

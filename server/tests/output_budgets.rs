@@ -112,7 +112,8 @@ fn assert_in_order(ids: &[i64]) {
 /// gets every one of them, in order. What did not fit his output budget
 /// waited in storage and was pushed as he drained.
 fn a_reader_gets_everything_others_send(receipts: bool, to_group: bool) {
-    let server = TestServer::start(&[]);
+    // Without the senders' byte rate, which would stop alice long before.
+    let server = TestServer::start(&["--no-rate-limits"]);
     register_all(&server, &["alice", "bob"]);
     let mut alice = common::logged_in(&server, "alice");
     let dest = if to_group {
@@ -220,7 +221,7 @@ fn a_login_that_never_finishes_holds_a_bounded_amount() {
 /// at 128 KiB of content.
 #[test]
 fn pipelined_syncs_take_a_bounded_amount() {
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&["--no-rate-limits"]);
     register_all(&server, &["alice", "bob"]);
     let mut alice = common::logged_in(&server, "alice");
     send_large(&mut alice, Dest::User("bob"), 200);

@@ -51,7 +51,7 @@ impl Dispatcher {
                 return;
             }
         };
-        if !self.allow_message(conn) {
+        if !self.allow_message(conn, body.content.len()) {
             let detail = "too many messages; slow down";
             fx.error(
                 conn,
@@ -171,19 +171,25 @@ impl Dispatcher {
             .get(&conn)
             .and_then(|client| client.buckets.as_ref())
             .is_some_and(|buckets| {
-                !buckets.messages.has_token(self.clock) && !buckets.refusals.has_token(self.clock)
+                let over = !buckets.messages.has_token(self.clock)
+                    || !buckets.message_bytes.has_token(self.clock);
+                over && !buckets.refusals.has_token(self.clock)
             })
     }
 
-    /// Takes a token from the connection's message bucket; a message over
-    /// the rate takes one from its refusals instead.
-    fn allow_message(&mut self, conn: ConnId) -> bool {
+    /// Takes a token from the connection's message bucket and its content's
+    /// bytes from its bytes bucket; a message over either rate takes a token
+    /// from its refusals instead.
+    fn allow_message(&mut self, conn: ConnId, bytes: usize) -> bool {
         let clock = self.clock;
         let Some(buckets) = self.clients.get_mut(&conn).and_then(|c| c.buckets.as_mut()) else {
             return true;
         };
-        let allowed = buckets.messages.try_take(clock);
-        if !allowed {
+        let allowed = buckets.message_bytes.has_token(clock) && buckets.messages.try_take(clock);
+        if allowed {
+            // May go below zero for one large message: the next waits longer.
+            buckets.message_bytes.charge(bytes as f64, clock);
+        } else {
             buckets.refusals.try_take(clock);
         }
         allowed

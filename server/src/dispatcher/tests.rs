@@ -1348,3 +1348,28 @@ fn a_sender_has_a_share_of_the_storage_budget_in_bytes() {
     let fx = send_uncommitted(&mut d, a, &frame);
     assert!(frames_for(&fx, a).is_empty(), "a commit frees its share");
 }
+
+/// Message content is rate-limited in bytes per connection as well as in
+/// messages: past the byte burst, `rate_limited`.
+#[test]
+fn message_bytes_are_rate_limited_per_connection() {
+    let mut d = dispatcher();
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    log_in(&mut d, b, "bob", vec![]);
+    let content = "x".repeat(60_000);
+    let frame = format!(r#"{{"tag":11,"dest_id":"bob","content":"{content}"}}"#);
+    let burst = crate::rate_limit::MESSAGE_BYTES_PER_CONNECTION.burst as usize;
+    for _ in 0..burst.div_ceil(content.len()) {
+        let fx = send(&mut d, a, &frame);
+        assert!(
+            matches!(&frames_for(&fx, a)[..], [ServerMessage::Ack(_)]),
+            "within the byte burst"
+        );
+    }
+    let fx = send(&mut d, a, &frame);
+    assert_eq!(
+        error_type(&frames_for(&fx, a)[0]),
+        Some(ErrorType::RateLimited)
+    );
+}
