@@ -64,6 +64,8 @@ export class ChatClient {
     }
     this.store.changed();
     this.connection.start();
+    // localStorage writes are synchronous: a pending save is flushed as the page goes.
+    window.addEventListener("pagehide", () => this.saveNow());
   }
 
   // ----- connection --------------------------------------------------------
@@ -154,6 +156,8 @@ export class ChatClient {
   }
 
   endSession(why) {
+    this.saveNow();
+    this.userState = null;
     saved.clearSession();
     this.session = null;
     this.loggedIn = false;
@@ -216,18 +220,22 @@ export class ChatClient {
   /** Saves the per-user state soon (unread counts, last id, …). */
   saveSoon() {
     if (!this.userState || this.saveTimer) return;
-    this.saveTimer = setTimeout(() => {
-      this.saveTimer = null;
-      const store = this.store;
-      if (!store.me) return;
-      const unread = {};
-      for (const [id, chat] of store.chats) if (chat.unread) unread[id] = chat.unread;
-      this.userState.unread = unread;
-      this.userState.delivered = Object.fromEntries(store.delivered);
-      this.userState.requests = store.requests;
-      this.userState.openChat = store.openChatId;
-      saved.saveUserState(store.me, this.userState);
-    }, SAVE_DELAY_MS);
+    this.saveTimer = setTimeout(() => this.saveNow(), SAVE_DELAY_MS);
+  }
+
+  /** Saves the per-user state now (also when the page goes away, so a reload loses nothing). */
+  saveNow() {
+    clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    const store = this.store;
+    if (!this.userState || !store.me) return;
+    const unread = {};
+    for (const [id, chat] of store.chats) if (chat.unread) unread[id] = chat.unread;
+    this.userState.unread = unread;
+    this.userState.delivered = Object.fromEntries(store.delivered);
+    this.userState.requests = store.requests;
+    this.userState.openChat = store.openChatId;
+    saved.saveUserState(store.me, this.userState);
   }
 
   async ping() {

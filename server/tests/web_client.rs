@@ -429,8 +429,18 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let shown = self.texts("#messages .message").await;
+                let page = self
+                    .eval(
+                        "return {url: location.href, uptime_ms: performance.now(),
+                                 navigations: performance.getEntriesByType('navigation').map((e) => e.type)};",
+                        vec![],
+                    )
+                    .await;
                 let _ = self.screenshot(&format!("failed-{}", self.name)).await;
-                panic!("{}: no message {text:?}; shown: {shown:#?}", self.name);
+                panic!(
+                    "{}: no message {text:?}; shown: {shown:#?}; page: {page}",
+                    self.name
+                );
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
