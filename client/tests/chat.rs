@@ -799,10 +799,12 @@ fn end_to_end_encrypted_messages() {
     assert_eq!(history["data"][0]["is_encrypted"], true, "{history}");
     use base64::Engine;
     let engine = base64::engine::general_purpose::STANDARD;
-    let mut bytes = engine.decode(&original).unwrap();
+    // chat sends scheme 2: "v2:" and base64 (client/src/chat/e2e.rs).
+    let encoded = original.strip_prefix("v2:").expect("scheme 2 content");
+    let mut bytes = engine.decode(encoded).unwrap();
     bytes[20] ^= 0x40;
     let tampered = serde_json::json!({
-        "tag": 11, "dest_id": "bob", "content": engine.encode(&bytes), "is_encrypted": true,
+        "tag": 11, "dest_id": "bob", "content": format!("v2:{}", engine.encode(&bytes)), "is_encrypted": true,
     });
     raw.send(tampered.to_string()).unwrap();
     raw_frame(&mut raw, 24);

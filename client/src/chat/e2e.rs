@@ -6,22 +6,38 @@
 //!
 //! ```text
 //! shared = X25519(own secret, peer public)          (32 bytes; rejected if all zero)
-//! key    = HKDF-SHA256(salt = "chat-e2e-v1",
+//! key    = HKDF-SHA256(salt = LABEL,
 //!                      ikm  = shared,
-//!                      info = "chat-e2e-v1 conversation key\n" ‖ lower ‖ "\n" ‖ higher)
+//!                      info = LABEL ‖ " conversation key\n" ‖ lower ‖ "\n" ‖ higher)
 //! ```
 //!
 //! where `lower` and `higher` are the two usernames sorted bytewise (the same
 //! name twice for a note to oneself), so both sides compute the same 32-byte
-//! key. A message is sealed with ChaCha20-Poly1305 under a fresh random
-//! 96-bit nonce, with the associated data `"chat-e2e-v1\n" ‖ sender ‖ "\n" ‖
-//! recipient`; the wire `content` is standard base64 (with padding) of
-//! `nonce ‖ ciphertext ‖ tag`. Binding the sender and recipient means the
-//! server cannot present alice's message to bob as bob's message to alice.
+//! key. A message is sealed under a fresh random 96-bit nonce, with the
+//! associated data `LABEL ‖ "\n" ‖ sender ‖ "\n" ‖ recipient`. Binding the
+//! sender and recipient means the server cannot present alice's message to
+//! bob as bob's message to alice.
+//!
+//! Two schemes share that shape and the key pair, and differ in the label,
+//! the cipher and a marker at the start of the wire `content`:
+//!
+//! | scheme | LABEL | cipher | `content` |
+//! |---|---|---|---|
+//! | 1 | `chat-e2e-v1` | ChaCha20-Poly1305 | base64(nonce ‖ ciphertext ‖ tag) |
+//! | 2 | `chat-e2e-v2` | AES-256-GCM | `v2:` ‖ base64(nonce ‖ ciphertext ‖ tag) |
+//!
+//! Scheme 2 exists because browsers' WebCrypto has X25519, HKDF and
+//! AES-GCM but not ChaCha20-Poly1305, so the web client (`client/web/e2e.js`)
+//! can speak only it. [`ConversationKey::seal`] writes scheme 2;
+//! [`ConversationKey::open`] reads both, choosing by the marker (base64
+//! never contains `:`, so a scheme 1 `content` never starts with `v2:`).
+//! Each scheme derives its own key (the label is the HKDF salt), so the two
+//! never share a key under two ciphers.
 //!
 //! Random nonces are safe here: with 96 bits, a collision under one key is
 //! negligible below about 2^32 messages per pair of users.
 
+use aes_gcm::Aes256Gcm;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
@@ -30,15 +46,51 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-/// HKDF salt and the version label of the whole scheme; a future change of
-/// the scheme changes this label, so old and new never mix silently.
-const SCHEME_LABEL: &[u8] = b"chat-e2e-v1";
-/// Bytes of a ChaCha20-Poly1305 nonce (96 bits).
+/// Bytes of a nonce, in both schemes (96 bits).
 const NONCE_BYTES: usize = 12;
-/// Bytes of the Poly1305 tag after the ciphertext.
+/// Bytes of the authentication tag after the ciphertext, in both schemes.
 const TAG_BYTES: usize = 16;
 /// Bytes of an X25519 key (public or secret).
 pub const KEY_BYTES: usize = 32;
+
+/// The two wire schemes; see the module doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    /// `chat-e2e-v1`: ChaCha20-Poly1305, no marker (read only).
+    V1,
+    /// `chat-e2e-v2`: AES-256-GCM, marker `v2:` (written and read).
+    V2,
+}
+
+impl Scheme {
+    /// The scheme every new message is sealed with.
+    const SENT: Scheme = Scheme::V2;
+
+    /// HKDF salt and version label; a future scheme gets a new one, so old
+    /// and new never mix silently.
+    fn label(self) -> &'static [u8] {
+        match self {
+            Scheme::V1 => b"chat-e2e-v1",
+            Scheme::V2 => b"chat-e2e-v2",
+        }
+    }
+
+    /// What the wire `content` starts with.
+    fn marker(self) -> &'static str {
+        match self {
+            Scheme::V1 => "",
+            Scheme::V2 => "v2:",
+        }
+    }
+
+    /// The scheme of a wire `content`, and its base64 part.
+    fn of(content: &str) -> (Scheme, &str) {
+        match content.trim().strip_prefix(Scheme::V2.marker()) {
+            Some(rest) => (Scheme::V2, rest),
+            None => (Scheme::V1, content.trim()),
+        }
+    }
+}
 
 /// One user's key pair.
 #[derive(Clone)]
@@ -85,7 +137,7 @@ impl KeyPair {
     }
 
     /// The key of the conversation between `me` (this key pair's owner) and
-    /// `peer`, whose public key is `peer_public`.
+    /// `peer`, whose public key is `peer_public` (for both schemes).
     pub fn conversation_key(
         &self,
         me: &str,
@@ -98,17 +150,24 @@ impl KeyPair {
             return Err(CryptoError::BadPublicKey);
         }
         let (lower, higher) = if me <= peer { (me, peer) } else { (peer, me) };
-        let mut info = Vec::with_capacity(64);
-        info.extend_from_slice(SCHEME_LABEL);
-        info.extend_from_slice(b" conversation key\n");
-        info.extend_from_slice(lower.as_bytes());
-        info.push(b'\n');
-        info.extend_from_slice(higher.as_bytes());
-        let mut key = [0u8; KEY_BYTES];
-        Hkdf::<Sha256>::new(Some(SCHEME_LABEL), shared.as_bytes())
-            .expand(&info, &mut key)
-            .map_err(|_| CryptoError::BadPublicKey)?;
-        Ok(ConversationKey { key })
+        let derive = |scheme: Scheme| {
+            let label = scheme.label();
+            let mut info = Vec::with_capacity(64);
+            info.extend_from_slice(label);
+            info.extend_from_slice(b" conversation key\n");
+            info.extend_from_slice(lower.as_bytes());
+            info.push(b'\n');
+            info.extend_from_slice(higher.as_bytes());
+            let mut key = [0u8; KEY_BYTES];
+            Hkdf::<Sha256>::new(Some(label), shared.as_bytes())
+                .expand(&info, &mut key)
+                .map(|()| key)
+                .map_err(|_| CryptoError::BadPublicKey)
+        };
+        Ok(ConversationKey {
+            v1: derive(Scheme::V1)?,
+            v2: derive(Scheme::V2)?,
+        })
     }
 }
 
@@ -138,10 +197,12 @@ pub fn decode_public_key(text: &str) -> Result<PublicKey, CryptoError> {
     Ok(PublicKey::from(bytes))
 }
 
-/// The symmetric key two users share for their conversation.
+/// The symmetric keys two users share for their conversation, one per
+/// scheme.
 #[derive(Clone)]
 pub struct ConversationKey {
-    key: [u8; KEY_BYTES],
+    v1: [u8; KEY_BYTES],
+    v2: [u8; KEY_BYTES],
 }
 
 impl std::fmt::Debug for ConversationKey {
@@ -151,12 +212,9 @@ impl std::fmt::Debug for ConversationKey {
 }
 
 impl ConversationKey {
-    fn cipher(&self) -> ChaCha20Poly1305 {
-        ChaCha20Poly1305::new(&self.key.into())
-    }
-
-    /// Encrypts `plaintext` sent by `sender` to `recipient`; returns the
-    /// wire `content` (base64 of nonce ‖ ciphertext ‖ tag).
+    /// Encrypts `plaintext` sent by `sender` to `recipient` with the
+    /// current scheme (2); returns the wire `content`
+    /// (`v2:` ‖ base64 of nonce ‖ ciphertext ‖ tag).
     pub fn seal(
         &self,
         sender: &str,
@@ -164,57 +222,70 @@ impl ConversationKey {
         plaintext: &str,
     ) -> Result<String, CryptoError> {
         let nonce = Nonce::try_generate().map_err(|_| CryptoError::NoRandomness)?;
-        let aad = associated_data(sender, recipient);
-        let sealed = self
-            .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            // Encryption fails only for absurd lengths (about 256 GiB).
-            .map_err(|_| CryptoError::Undecryptable)?;
-        let mut wire = Vec::with_capacity(NONCE_BYTES + sealed.len());
-        wire.extend_from_slice(&nonce);
-        wire.extend_from_slice(&sealed);
-        Ok(BASE64.encode(wire))
+        let nonce: [u8; NONCE_BYTES] = nonce.into();
+        self.seal_with_nonce(Scheme::SENT, &nonce, sender, recipient, plaintext)
     }
 
-    /// Decrypts the wire `content` of a message from `sender` to `recipient`.
+    /// [`ConversationKey::seal`] with a chosen scheme and nonce: the one
+    /// place that encrypts (and, in tests, the fixed test vector).
+    fn seal_with_nonce(
+        &self,
+        scheme: Scheme,
+        nonce: &[u8; NONCE_BYTES],
+        sender: &str,
+        recipient: &str,
+        plaintext: &str,
+    ) -> Result<String, CryptoError> {
+        let payload = Payload {
+            msg: plaintext.as_bytes(),
+            aad: &associated_data(scheme, sender, recipient),
+        };
+        // Encryption fails only for absurd lengths (about 64 GiB or more).
+        let sealed = match scheme {
+            Scheme::V1 => ChaCha20Poly1305::new(&self.v1.into()).encrypt(&(*nonce).into(), payload),
+            Scheme::V2 => Aes256Gcm::new(&self.v2.into()).encrypt(&(*nonce).into(), payload),
+        }
+        .map_err(|_| CryptoError::Undecryptable)?;
+        let mut wire = Vec::with_capacity(NONCE_BYTES + sealed.len());
+        wire.extend_from_slice(nonce);
+        wire.extend_from_slice(&sealed);
+        Ok(format!("{}{}", scheme.marker(), BASE64.encode(wire)))
+    }
+
+    /// Decrypts the wire `content` of a message from `sender` to
+    /// `recipient`, in whichever scheme its marker names.
     pub fn open(
         &self,
         sender: &str,
         recipient: &str,
         content: &str,
     ) -> Result<String, CryptoError> {
+        let (scheme, encoded) = Scheme::of(content);
         let wire = BASE64
-            .decode(content.trim())
+            .decode(encoded)
             .map_err(|_| CryptoError::Undecryptable)?;
         if wire.len() < NONCE_BYTES + TAG_BYTES {
             return Err(CryptoError::Undecryptable);
         }
         let (nonce, sealed) = wire.split_at(NONCE_BYTES);
-        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Undecryptable)?;
-        let aad = associated_data(sender, recipient);
-        let plaintext = self
-            .cipher()
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| CryptoError::Undecryptable)?;
+        let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| CryptoError::Undecryptable)?;
+        let payload = Payload {
+            msg: sealed,
+            aad: &associated_data(scheme, sender, recipient),
+        };
+        let plaintext = match scheme {
+            Scheme::V1 => ChaCha20Poly1305::new(&self.v1.into()).decrypt(&nonce.into(), payload),
+            Scheme::V2 => Aes256Gcm::new(&self.v2.into()).decrypt(&nonce.into(), payload),
+        }
+        .map_err(|_| CryptoError::Undecryptable)?;
         String::from_utf8(plaintext).map_err(|_| CryptoError::Undecryptable)
     }
 }
 
-fn associated_data(sender: &str, recipient: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(SCHEME_LABEL.len() + sender.len() + recipient.len() + 2);
-    aad.extend_from_slice(SCHEME_LABEL);
+fn associated_data(scheme: Scheme, sender: &str, recipient: &str) -> Vec<u8> {
+    let label = scheme.label();
+    let mut aad = Vec::with_capacity(label.len() + sender.len() + recipient.len() + 2);
+    aad.extend_from_slice(label);
     aad.push(b'\n');
     aad.extend_from_slice(sender.as_bytes());
     aad.push(b'\n');
@@ -241,7 +312,9 @@ mod tests {
     #[test]
     fn both_sides_derive_the_same_key() {
         let (_, _, at_alice, at_bob) = pair_keys();
-        assert_eq!(at_alice.key, at_bob.key);
+        assert_eq!(at_alice.v1, at_bob.v1);
+        assert_eq!(at_alice.v2, at_bob.v2);
+        assert_ne!(at_alice.v1, at_alice.v2);
         // Other names give another key, even from the same shared secret.
         let alice = KeyPair::from_secret_bytes([7; KEY_BYTES]);
         let bob = KeyPair::from_secret_bytes([9; KEY_BYTES]);
@@ -251,7 +324,7 @@ mod tests {
         let renamed = alice
             .conversation_key("alice", "carol", bob.public())
             .unwrap();
-        assert_ne!(named.key, renamed.key);
+        assert_ne!(named.v2, renamed.v2);
     }
 
     #[test]
@@ -278,10 +351,10 @@ mod tests {
     fn tampering_is_detected() {
         let (_, _, at_alice, at_bob) = pair_keys();
         let content = at_alice.seal("alice", "bob", "pay 10 euros").unwrap();
-        let mut wire = BASE64.decode(&content).unwrap();
+        let mut wire = BASE64.decode(content.strip_prefix("v2:").unwrap()).unwrap();
         for index in [0, NONCE_BYTES, wire.len() - 1] {
             wire[index] ^= 0x01;
-            let tampered = BASE64.encode(&wire);
+            let tampered = format!("v2:{}", BASE64.encode(&wire));
             assert_eq!(
                 at_bob.open("alice", "bob", &tampered),
                 Err(CryptoError::Undecryptable)
@@ -293,7 +366,13 @@ mod tests {
             at_bob.open("bob", "alice", &content),
             Err(CryptoError::Undecryptable)
         );
-        for garbage in ["", "not base64!", "AAAA"] {
+        // Content sealed in one scheme is not read as the other.
+        let as_v1 = content.strip_prefix("v2:").unwrap();
+        assert_eq!(
+            at_bob.open("alice", "bob", as_v1),
+            Err(CryptoError::Undecryptable)
+        );
+        for garbage in ["", "not base64!", "AAAA", "v2:", "v2:AAAA", "v3:AAAA"] {
             assert_eq!(
                 at_bob.open("alice", "bob", garbage),
                 Err(CryptoError::Undecryptable)
@@ -333,5 +412,74 @@ mod tests {
             CryptoError::BadPublicKey
         );
         assert!(!format!("{pair:?}").contains(&BASE64.encode(pair.secret_bytes())));
+    }
+
+    #[test]
+    fn scheme_1_messages_from_older_clients_still_open() {
+        let (_, _, at_alice, at_bob) = pair_keys();
+        let nonce = [3u8; NONCE_BYTES];
+        let old = at_alice
+            .seal_with_nonce(Scheme::V1, &nonce, "alice", "bob", "from an old chat")
+            .unwrap();
+        assert!(!old.contains(':'), "scheme 1 has no marker: {old}");
+        assert_eq!(
+            at_bob.open("alice", "bob", &old).unwrap(),
+            "from an old chat"
+        );
+        // What is sent now is scheme 2.
+        assert!(at_alice
+            .seal("alice", "bob", "new")
+            .unwrap()
+            .starts_with("v2:"));
+    }
+
+    /// The fixed vector the browser test checks too (`server/tests/web_client.rs`
+    /// runs `client/web/e2e.js` on it): same keys, same nonce, same content.
+    #[derive(serde::Deserialize)]
+    struct Vector {
+        alice_secret: String,
+        alice_public: String,
+        bob_secret: String,
+        bob_public: String,
+        sender: String,
+        recipient: String,
+        nonce: String,
+        plaintext: String,
+        content_v1: String,
+        content_v2: String,
+    }
+
+    fn bytes<const N: usize>(text: &str) -> [u8; N] {
+        BASE64.decode(text).unwrap().try_into().unwrap()
+    }
+
+    #[test]
+    fn the_shared_test_vector_holds() {
+        let vector: Vector = serde_json::from_str(include_str!("e2e_test_vector.json")).unwrap();
+        let alice = KeyPair::from_secret_bytes(bytes(&vector.alice_secret));
+        let bob = KeyPair::from_secret_bytes(bytes(&vector.bob_secret));
+        assert_eq!(alice.public_base64(), vector.alice_public);
+        assert_eq!(bob.public_base64(), vector.bob_public);
+        let (sender, recipient) = (vector.sender.as_str(), vector.recipient.as_str());
+        let at_alice = alice
+            .conversation_key(sender, recipient, bob.public())
+            .unwrap();
+        let at_bob = bob
+            .conversation_key(recipient, sender, alice.public())
+            .unwrap();
+        let nonce = bytes(&vector.nonce);
+        for (scheme, expected) in [
+            (Scheme::V1, &vector.content_v1),
+            (Scheme::V2, &vector.content_v2),
+        ] {
+            let sealed = at_alice
+                .seal_with_nonce(scheme, &nonce, sender, recipient, &vector.plaintext)
+                .unwrap();
+            assert_eq!(&sealed, expected, "{scheme:?}");
+            assert_eq!(
+                at_bob.open(sender, recipient, expected).unwrap(),
+                vector.plaintext
+            );
+        }
     }
 }
