@@ -14,6 +14,7 @@ mod common;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -81,7 +82,10 @@ impl Lab {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let driver_port = free_port();
+        // Its own process group, so that dropping the lab also ends the
+        // browsers chromedriver started (they would outlive it otherwise).
         let driver = Command::new(driver)
+            .process_group(0)
             .arg(format!("--port={driver_port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -152,6 +156,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            // SAFETY: kill(2) on the process group chromedriver leads (made
+            // with `process_group(0)` at spawn); no memory is involved.
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
