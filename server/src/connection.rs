@@ -349,9 +349,13 @@ impl Connection {
                 Ok(Some(request)) if request.is_websocket_upgrade() => {
                     return self.start_handshake(head);
                 }
-                parsed => {
+                Ok(Some(request)) => {
                     self.state = State::Routing(head.transport);
-                    return ReadEvent::Request(parsed.map(|request| request.expect("complete")));
+                    return ReadEvent::Request(Ok(request));
+                }
+                Err(error) => {
+                    self.state = State::Routing(head.transport);
+                    return ReadEvent::Request(Err(error));
                 }
             }
         }

@@ -62,9 +62,12 @@ fn register_from(server: &TestServer, source: Ipv4Addr, name: &str) {
         SECRET,
         &format!("{name}@example.com"),
     ));
-    match client.recv() {
-        ServerMessage::SuccessRegister(_) => {}
-        other => panic!("registering {name}: {other:?}"),
+    // A hash at the default cost: slow on a busy machine, so wait for the
+    // answer rather than for a fixed time.
+    match client.poll(Duration::from_secs(60)) {
+        Polled::Frame(ServerMessage::SuccessRegister(_), _) => {}
+        Polled::Frame(other, _) => panic!("registering {name}: {other:?}"),
+        Polled::Quiet | Polled::Ended => panic!("registering {name}: no answer"),
     }
 }
 
