@@ -835,3 +835,47 @@ fn end_to_end_encrypted_messages() {
     );
     assert_eq!(bob.finish(), 0);
 }
+
+/// `/devices` lists where the user is logged in: a saved session resumed
+/// is the same device; a login with another session file is a second one.
+#[test]
+fn devices_lists_each_session_and_marks_this_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    register_all(&server, dir.path(), &[("alice", "password1")]);
+    let laptop = dir.path().join("laptop.json");
+    let first = run_script(
+        chat_command(&server.url(), &laptop),
+        "/login alice password1\n",
+    );
+    assert_eq!(first.code, 0, "{first:?}");
+    let phone = run_script(
+        chat_command(&server.url(), &dir.path().join("phone.json")),
+        "/login alice password1\n/devices\n",
+    );
+    assert_eq!(phone.code, 0, "{phone:?}");
+    let lines: Vec<&str> = phone.stdout.lines().collect();
+    assert_eq!(
+        lines[1], "logged in on 2 devices (1 online now):",
+        "{phone:?}"
+    );
+    // Both logins are in the same second here, so either may be listed first.
+    let this = lines
+        .iter()
+        .filter(|line| line.starts_with("  this device: logged in "));
+    let this: Vec<_> = this.collect();
+    assert_eq!(this.len(), 1, "{phone:?}");
+    assert!(this[0].ends_with("from 127.0.0.1, online now"), "{phone:?}");
+    let other = lines.iter().find(|line| line.starts_with("  device "));
+    assert!(
+        other.is_some_and(|line| line.contains("from 127.0.0.1, last seen ")),
+        "{phone:?}"
+    );
+
+    let again = run_script(chat_command(&server.url(), &laptop), "/devices\n");
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains("logged in on 2 devices"),
+        "a resumed session is the same device: {again:?}"
+    );
+}

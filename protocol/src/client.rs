@@ -135,7 +135,7 @@ pub struct Received {
     pub through: i64,
 }
 
-/// A body with no fields (GetDirectory, Ping, GetGroups).
+/// A body with no fields (GetDirectory, Ping, GetGroups, GetSessions).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
@@ -161,6 +161,7 @@ wire_messages! {
     15 => GetGroups, "Tag 15: the caller's groups.";
     16 => Sync(Sync), "Tag 16: everything sent or received after a message id.";
     17 => Received(Received), "Tag 17 (1.1): confirm holding messages (receipts).";
+    18 => GetSessions, "Tag 18 (extension): the caller's sessions (devices).";
 }
 
 /// Decodes one text frame from a client.
@@ -275,6 +276,7 @@ mod tests {
         }));
         round_trip(ClientMessage::LeaveGroup(LeaveGroup { group_id: 3 }));
         round_trip(ClientMessage::GetGroups);
+        round_trip(ClientMessage::GetSessions);
         round_trip(ClientMessage::Sync(Sync {
             since: 42,
             limit: None,
@@ -362,7 +364,7 @@ mod tests {
 
     #[test]
     fn unknown_tags_carry_their_tag() {
-        for tag in [0, 18, 21, 99, -1] {
+        for tag in [0, 19, 21, 99, -1] {
             let error = decode_client(&format!(r#"{{"tag": {tag}}}"#)).unwrap_err();
             assert_eq!(error, DecodeError::UnknownTag(tag));
             assert_eq!(error.error_type(), crate::ErrorType::UnknownTag);

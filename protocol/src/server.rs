@@ -211,6 +211,33 @@ pub struct Synced {
     pub has_more: bool,
 }
 
+/// Tag 38 (extension): the caller's sessions — one per device that logged
+/// in with a password and can still resume — oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    /// The sessions.
+    pub data: Vec<SessionInfo>,
+}
+
+/// One session of tag 38. The session id itself is never sent (the server
+/// keeps only its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Unix seconds of the password login that created it.
+    pub created_at: i64,
+    /// Unix seconds of its last login or departure.
+    pub last_used_at: i64,
+    /// The address it last logged in from, if recorded.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The highest message id this device confirmed (receipts; 0 if none).
+    pub confirmed_through: i64,
+    /// The session of the connection that asked.
+    pub current: bool,
+    /// A connection is logged in with it now.
+    pub online: bool,
+}
+
 /// Tag 37 (1.1): every 1:1 message from the receiver of this frame to
 /// `username` with an id up to `through` is confirmed by one of their devices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +271,7 @@ wire_messages! {
     35 => Groups(Groups), "Tag 35: the caller's groups.";
     36 => Synced(Synced), "Tag 36: a page of Sync.";
     37 => Delivered(DeliveryReceipt), "Tag 37 (1.1): a delivery receipt (a push).";
+    38 => Sessions(Sessions), "Tag 38 (extension): the caller's sessions.";
 }
 
 impl ServerMessage {
@@ -406,6 +434,16 @@ mod tests {
             ServerMessage::Delivered(DeliveryReceipt {
                 username: "bob".into(),
                 through: 9,
+            }),
+            ServerMessage::Sessions(Sessions {
+                data: vec![SessionInfo {
+                    created_at: 1,
+                    last_used_at: 2,
+                    address: Some("127.0.0.1".into()),
+                    confirmed_through: 7,
+                    current: true,
+                    online: true,
+                }],
             }),
         ];
         for message in messages {

@@ -108,7 +108,8 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
                 },
             }),
             command => command.requester().map(|(to, tag)| Reply::Failed {
-                requester: (to.clone(), tag),
+                to: to.clone(),
+                ref_tag: tag,
                 message_id: None,
                 reason: "simulated".into(),
             }),

@@ -139,6 +139,7 @@ fn every_reply_kind_echoes_its_request_id() {
     };
     ask(&mut alice, ClientMessage::AddGroupMembers(add), "grow", 34);
     ask(&mut alice, ClientMessage::GetGroups, "groups", 35);
+    ask(&mut alice, ClientMessage::GetSessions, "sessions", 38);
     let leave = LeaveGroup {
         group_id: group.group_id,
     };

@@ -30,6 +30,8 @@ use protocol::{decode_reply, encode_request, ClientMessage, RequestId, ServerMes
 
 use crate::chat::account::*;
 use crate::chat::catchup::*;
+use crate::chat::clock::frame_time;
+use crate::chat::clock::Stamper;
 use crate::chat::command::{Command, HELP};
 use crate::chat::connection::POLL_INTERVAL;
 use crate::chat::editor::{SharedVocabulary, Terminal};
@@ -413,6 +415,11 @@ impl App {
             (asked, ServerMessage::Directory(directory)) => self.on_directory(asked, &directory),
             (asked, ServerMessage::GroupInfo(group)) => self.on_group_answer(asked, group),
             (asked, ServerMessage::Groups(groups)) => self.on_groups_answer(asked, &groups),
+            (_, ServerMessage::Sessions(sessions)) => {
+                for line in render::devices_lines(&sessions, &Stamper::local_now()) {
+                    self.out.result(&line);
+                }
+            }
             (asked, ServerMessage::Error(error)) => {
                 self.fail(&render::error_failure(Some(&asked), &error));
             }
@@ -475,59 +482,5 @@ impl App {
             // the request never gets means nothing either.
             _ => {}
         }
-    }
-
-    /// A frame that answers no request in flight: a push, or a reply whose
-    /// request was given up (or that carries no request id).
-    pub(super) fn on_push(&mut self, message: ServerMessage) {
-        match message {
-            ServerMessage::Message(delivered) => self.on_delivered(delivered),
-            ServerMessage::Presence(presence) => {
-                self.learn(|vocabulary| vocabulary.learn_names([presence.username.as_str()]));
-                self.out.event(&render::presence_line(&presence))
-            }
-            ServerMessage::ContactRequest(request) => {
-                self.learn(|vocabulary| vocabulary.learn_names([request.username.as_str()]));
-                self.out.event(&render::contact_request_line(&request))
-            }
-            ServerMessage::GroupInfo(group) => {
-                let previous = self.remember_group(&group);
-                self.out
-                    .event(&render::group_info_event(previous.as_ref(), &group));
-            }
-            ServerMessage::Delivered(receipt) => self
-                .progress
-                .delivery
-                .delivered(&receipt.username, receipt.through),
-            ServerMessage::Error(error) if error.ref_tag == Some(RECEIVED_TAG) => {
-                self.on_received_refused(&error)
-            }
-            ServerMessage::Error(error) => self.out.notice(&render::error_failure(None, &error)),
-            _ => {}
-        }
-    }
-}
-
-/// The `time` of a server frame (every server frame carries one); the
-/// protocol types do not keep it for answers, so it is read separately.
-pub(super) fn frame_time(text: &str) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Timed {
-        time: Option<i64>,
-    }
-    serde_json::from_str::<Timed>(text).ok()?.time
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_time_is_read_from_the_frame() {
-        assert_eq!(
-            frame_time(r#"{"tag":24,"time":17,"message_id":3}"#),
-            Some(17)
-        );
-        assert_eq!(frame_time(r#"{"tag":24}"#), None);
     }
 }

@@ -20,11 +20,8 @@ use crate::chat::requests::Purpose;
 use crate::chat::seen::SeenIds;
 use crate::chat::session::{self, SavedSession};
 
-/// A catch-up with `Sync` in progress.
 /// Messages asked for per `Sync` page (the protocol allows 1–1000).
 pub(super) const SYNC_PAGE_LIMIT: i64 = 500;
-/// The tag of `Received`, for recognising the server's refusal of it.
-pub(super) const RECEIVED_TAG: i64 = 17;
 
 /// How far this client has come, and how much of it the session file
 /// knows: the ids seen, what was shown and confirmed (receipts), and how far

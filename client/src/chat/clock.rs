@@ -63,9 +63,28 @@ impl Stamper {
     }
 }
 
+/// The `time` of a server frame (every server frame carries one); the
+/// protocol types do not keep it for answers, so it is read separately.
+pub fn frame_time(text: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Timed {
+        time: Option<i64>,
+    }
+    serde_json::from_str::<Timed>(text).ok()?.time
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_is_read_from_the_frame() {
+        assert_eq!(
+            frame_time(r#"{"tag":24,"time":17,"message_id":3}"#),
+            Some(17)
+        );
+        assert_eq!(frame_time(r#"{"tag":24}"#), None);
+    }
 
     #[test]
     fn stamps_show_the_date_only_for_other_days() {

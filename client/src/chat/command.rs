@@ -101,6 +101,9 @@ pub enum Command {
     },
     /// `/groups`: the groups you are in.
     Groups,
+    /// `/devices`: your sessions (devices), which one this is, which are
+    /// online.
+    Devices,
     /// `/whoami`.
     Whoami,
     /// `/status [USER]`: who you are, and how far your 1:1 messages are
@@ -199,6 +202,7 @@ commands:
   /gmsg ID TEXT           send TEXT to group ID (shown as #name)
   /history #ID [N]        the last N messages of group ID
   /whoami                 who you are logged in as
+  /devices                where you are logged in: each device, this one marked
   /status [USER]          who you are, and per person (or only USER) how far
                           your messages are delivered (✓✓) and what still waits
   /help                   this list
@@ -271,6 +275,7 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
         "history" => history(arguments),
         "group" => group(arguments),
         "groups" => no_arguments(arguments, Command::Groups, "/groups"),
+        "devices" => no_arguments(arguments, Command::Devices, "/devices"),
         "gmsg" => group_message(arguments),
         "add" => Ok(Command::Add {
             username: single_username(arguments, USAGE_ADD)?,

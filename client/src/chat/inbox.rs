@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use protocol::server::{Delivered, History};
+use protocol::{ClientTag, ServerMessage};
 
 use crate::chat::app::*;
 use crate::chat::clock::{unix_now, Stamper};
@@ -178,5 +179,37 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+impl App {
+    /// A frame that answers no request in flight: a push, or a reply whose
+    /// request was given up (or that carries no request id).
+    pub(super) fn on_push(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::Message(delivered) => self.on_delivered(delivered),
+            ServerMessage::Presence(presence) => {
+                self.learn(|vocabulary| vocabulary.learn_names([presence.username.as_str()]));
+                self.out.event(&render::presence_line(&presence))
+            }
+            ServerMessage::ContactRequest(request) => {
+                self.learn(|vocabulary| vocabulary.learn_names([request.username.as_str()]));
+                self.out.event(&render::contact_request_line(&request))
+            }
+            ServerMessage::GroupInfo(group) => {
+                let previous = self.remember_group(&group);
+                self.out
+                    .event(&render::group_info_event(previous.as_ref(), &group));
+            }
+            ServerMessage::Delivered(receipt) => self
+                .progress
+                .delivery
+                .delivered(&receipt.username, receipt.through),
+            ServerMessage::Error(error) if error.ref_tag == Some(ClientTag::Received as i64) => {
+                self.on_received_refused(&error)
+            }
+            ServerMessage::Error(error) => self.out.notice(&render::error_failure(None, &error)),
+            _ => {}
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use protocol::server::{
     ContactRequest, Delivered, Directory, DirectoryEntry, Error, History, LoginError, Presence,
-    RegisterError,
+    RegisterError, Sessions,
 };
 use protocol::ErrorType;
 
@@ -90,6 +90,8 @@ pub enum Asked {
     },
     /// `/groups`.
     Groups,
+    /// `/devices`.
+    Devices,
     /// `/friends`.
     Friends,
     /// `/add`.
@@ -124,6 +126,7 @@ impl Asked {
             }
             Asked::LeaveGroup { label, .. } => format!("could not leave {label}"),
             Asked::Groups => "could not list groups".into(),
+            Asked::Devices => "could not list your devices".into(),
             Asked::Friends => "could not list friends".into(),
             Asked::Add { username } => format!("could not add {username}"),
             Asked::Remove { username } => format!("could not remove {username}"),
@@ -150,7 +153,8 @@ impl Asked {
             | Asked::GroupHistory { .. }
             | Asked::GroupMessage { .. }
             | Asked::LeaveGroup { .. }
-            | Asked::Groups => None,
+            | Asked::Groups
+            | Asked::Devices => None,
         }
     }
 
@@ -338,6 +342,36 @@ pub fn directory_lines(directory: &Directory, stamper: &Stamper) -> Vec<String> 
             .iter()
             .map(|entry| directory_entry_line(entry, stamper)),
     );
+    lines
+}
+
+/// `/devices`: one line per session (device), oldest first, this one marked.
+pub fn devices_lines(sessions: &Sessions, stamper: &Stamper) -> Vec<String> {
+    let online = sessions
+        .data
+        .iter()
+        .filter(|session| session.online)
+        .count();
+    let count = sessions.data.len();
+    let plural = if count == 1 { "" } else { "s" };
+    let mut lines = vec![format!(
+        "logged in on {count} device{plural} ({online} online now):"
+    )];
+    lines.extend(sessions.data.iter().enumerate().map(|(index, session)| {
+        let name = if session.current {
+            "this device".to_string()
+        } else {
+            format!("device {}", index + 1)
+        };
+        let from = session.address.as_deref().unwrap_or("an unknown address");
+        let state = if session.online {
+            "online now".to_string()
+        } else {
+            format!("last seen {}", stamper.stamp(session.last_used_at))
+        };
+        let since = stamper.stamp(session.created_at);
+        format!("  {name}: logged in {since} from {from}, {state}")
+    }));
     lines
 }
 

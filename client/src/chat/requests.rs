@@ -156,6 +156,7 @@ pub fn command_request(
             ClientMessage::LeaveGroup(LeaveGroup { group_id }),
         ),
         Command::Groups => (Asked::Groups, ClientMessage::GetGroups),
+        Command::Devices => (Asked::Devices, ClientMessage::GetSessions),
         Command::Friends => (Asked::Friends, ClientMessage::GetDirectory),
         Command::Add { username } => (
             Asked::Add {

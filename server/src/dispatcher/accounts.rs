@@ -8,8 +8,8 @@
 
 use protocol::client::{Login, Logout, Register};
 use protocol::server::{
-    FailLogin, FailRegister, LoginError, Presence, RegisterError, SuccessLogin, SuccessLogout,
-    SuccessRegister,
+    FailLogin, FailRegister, LoginError, Presence, RegisterError, SessionInfo, Sessions,
+    SuccessLogin, SuccessLogout, SuccessRegister,
 };
 use protocol::validate;
 use protocol::ClientTag;
@@ -594,6 +594,41 @@ impl Dispatcher {
         for other in same_session {
             fx.closes.push((other, CloseReason::LoggedOut));
         }
+    }
+
+    /// GetSessions answered: each session marked as the asking connection's
+    /// and as online when a logged-in connection of the user uses it.
+    pub(super) fn send_sessions(
+        &mut self,
+        conn: ConnId,
+        sessions: Vec<(String, SessionInfo)>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let hash_of = |other: &ConnId| match self.clients.get(other).map(|c| &c.auth) {
+            Some(Auth::LoggedIn { session_hash, .. }) => Some(session_hash.as_str()),
+            _ => None,
+        };
+        let Some(user_id) = self.logged_in_user(conn) else {
+            return;
+        };
+        let current = hash_of(&conn);
+        let online: Vec<&str> = self
+            .online
+            .get(&user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(hash_of)
+            .collect();
+        let data = sessions
+            .into_iter()
+            .map(|(hash, info)| SessionInfo {
+                current: current == Some(hash.as_str()),
+                online: online.contains(&hash.as_str()),
+                ..info
+            })
+            .collect();
+        fx.send(conn, &ServerMessage::Sessions(Sessions { data }), now);
     }
 
     /// The one departure path: `conn` stops being a recipient, whatever the

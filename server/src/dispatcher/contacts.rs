@@ -36,27 +36,19 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let Some(&contact_id) = self.users.get(&body.username) else {
-            fx.error(
-                conn,
-                ErrorType::UnknownUser,
-                "no such user",
-                ClientTag::AddContact,
-                now,
-            );
-            return;
+        let found = self.contact_named(&body.username).and_then(|contact_id| {
+            if contact_id == owner_id {
+                let detail = "you cannot add yourself as a contact";
+                return Err((ErrorType::BadRequest, detail.to_owned()));
+            }
+            Ok(contact_id)
+        });
+        let contact_id = match found {
+            Ok(contact_id) => contact_id,
+            Err((kind, detail)) => {
+                return fx.error(conn, kind, &detail, ClientTag::AddContact, now)
+            }
         };
-        if contact_id == owner_id {
-            let detail = "you cannot add yourself as a contact";
-            fx.error(
-                conn,
-                ErrorType::BadRequest,
-                detail,
-                ClientTag::AddContact,
-                now,
-            );
-            return;
-        }
         fx.storage.push(Command::AddContact {
             to: fx.requester(conn),
             owner_id,
@@ -64,6 +56,12 @@ impl Dispatcher {
             contact_id,
             now,
         });
+    }
+
+    /// The user a contact request names, or `unknown_user`.
+    fn contact_named(&self, username: &str) -> Result<i64, (ErrorType, String)> {
+        let found = self.users.get(username).copied();
+        found.ok_or_else(|| (ErrorType::UnknownUser, "no such user".to_owned()))
     }
 
     pub(super) fn remove_contact(
@@ -74,15 +72,11 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let Some(&contact_id) = self.users.get(&body.username) else {
-            fx.error(
-                conn,
-                ErrorType::UnknownUser,
-                "no such user",
-                ClientTag::RemoveContact,
-                now,
-            );
-            return;
+        let contact_id = match self.contact_named(&body.username) {
+            Ok(contact_id) => contact_id,
+            Err((kind, detail)) => {
+                return fx.error(conn, kind, &detail, ClientTag::RemoveContact, now)
+            }
         };
         fx.storage.push(Command::RemoveContact {
             to: fx.requester(conn),

@@ -52,21 +52,11 @@ impl Dispatcher {
             return;
         }
         let mut member_ids = vec![creator_id];
-        match self.resolve_members(&body.members, &mut member_ids) {
-            Ok(()) => {}
-            Err((kind, detail)) => {
-                return fx.error(conn, kind, &detail, ClientTag::CreateGroup, now)
-            }
-        }
-        if member_ids.len() > self.limits.max_group_size {
-            let detail = format!("a group has at most {} members", self.limits.max_group_size);
-            return fx.error(
-                conn,
-                ErrorType::BadRequest,
-                &detail,
-                ClientTag::CreateGroup,
-                now,
-            );
+        let checked = self
+            .resolve_members(&body.members, &mut member_ids)
+            .and_then(|()| self.check_group_size(member_ids.len()));
+        if let Err((kind, detail)) = checked {
+            return fx.error(conn, kind, &detail, ClientTag::CreateGroup, now);
         }
         fx.storage.push(Command::CreateGroup {
             to: fx.requester(conn),
@@ -92,26 +82,21 @@ impl Dispatcher {
             return fx.error(conn, kind, &detail, ClientTag::AddGroupMembers, now);
         }
         let mut member_ids = Vec::new();
-        if let Err((kind, detail)) = self.resolve_members(&body.members, &mut member_ids) {
+        let checked = self
+            .resolve_members(&body.members, &mut member_ids)
+            .and_then(|()| {
+                let current = self
+                    .groups
+                    .get(&body.group_id)
+                    .map_or(0, |g| g.members.len());
+                let joining = member_ids
+                    .iter()
+                    .filter(|id| !self.is_member(body.group_id, **id))
+                    .count();
+                self.check_group_size(current + joining)
+            });
+        if let Err((kind, detail)) = checked {
             return fx.error(conn, kind, &detail, ClientTag::AddGroupMembers, now);
-        }
-        let current = self
-            .groups
-            .get(&body.group_id)
-            .map_or(0, |g| g.members.len());
-        let joining = member_ids
-            .iter()
-            .filter(|id| !self.is_member(body.group_id, **id))
-            .count();
-        if current + joining > self.limits.max_group_size {
-            let detail = format!("a group has at most {} members", self.limits.max_group_size);
-            return fx.error(
-                conn,
-                ErrorType::BadRequest,
-                &detail,
-                ClientTag::AddGroupMembers,
-                now,
-            );
         }
         fx.storage.push(Command::AddGroupMembers {
             to: fx.requester(conn),
@@ -120,6 +105,18 @@ impl Dispatcher {
             through: self.next_message_id - 1,
             now,
         });
+    }
+
+    /// A group of `members` is within `--max-group-size`.
+    fn check_group_size(&self, members: usize) -> Result<(), Refusal> {
+        let max = self.limits.max_group_size;
+        if members > max {
+            return Err((
+                ErrorType::BadRequest,
+                format!("a group has at most {max} members"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn leave_group(

@@ -532,6 +532,10 @@ impl Dispatcher {
             ClientMessage::LeaveGroup(body) => self.leave_group(conn, user_id, body, now, fx),
             ClientMessage::GetGroups => self.get_groups(conn, user_id, now, fx),
             ClientMessage::Received(body) => self.received(conn, body, now, fx),
+            ClientMessage::GetSessions => fx.storage.push(Command::Sessions {
+                to: fx.requester(conn),
+                user_id,
+            }),
         }
     }
 
@@ -584,6 +588,7 @@ impl Dispatcher {
             },
             Reply::SessionInvalid { to } => self.session_invalid(to.conn, now, fx),
             Reply::SessionEnded { to } => self.session_ended(to.conn, now, fx),
+            Reply::Sessions { to, sessions } => self.send_sessions(to.conn, sessions, now, fx),
             Reply::WentOffline {
                 user_id,
                 username,
@@ -651,7 +656,8 @@ impl Dispatcher {
                 senders,
             } => self.confirmed(user_id, &username, senders),
             Reply::Failed {
-                requester: (to, tag),
+                to,
+                ref_tag: tag,
                 message_id,
                 reason,
             } => {

@@ -16,6 +16,9 @@
 //!
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
+#[macro_use]
+mod table;
+
 mod checkpoint;
 pub mod json_files;
 #[cfg(test)]
@@ -126,506 +129,410 @@ pub struct GroupsTaken {
     pub through: i64,
 }
 
-/// What the loop asks of storage.
-#[derive(Debug)]
-pub enum Command {
-    /// Create an account; replies [`Reply::UserCreated`].
-    CreateUser {
-        /// Requesting connection.
-        to: Requester,
-        /// Username (validated).
-        username: String,
-        /// Email (validated).
-        email: String,
-        /// The derived password hash.
-        hash: PasswordHash,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// Read a user's password hash; replies [`Reply::Credentials`].
-    FetchCredentials {
-        /// Requesting connection.
-        to: Requester,
-        /// Username as given.
-        username: String,
-    },
-    /// Create a session after a password login, mark the user online and take
-    /// its offline queue; replies [`Reply::SessionOpened`].
-    OpenSession {
-        /// Logging-in connection.
-        to: Requester,
-        /// The user.
-        user_id: i64,
-        /// SHA-256 of the new session id.
-        session_hash: String,
-        /// Peer address, recorded on the user row.
-        peer: SocketAddr,
-        /// Only queued messages with smaller ids are taken (later ones are
-        /// held for the connection by the loop).
-        queue_before: i64,
-        /// Whether group messages are queued for this login (not when the
-        /// user already has a live connection, which got them).
-        include_groups: bool,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// Resume an existing session; replies [`Reply::SessionOpened`] or
-    /// [`Reply::SessionInvalid`].
-    ResumeSession {
-        /// Logging-in connection.
-        to: Requester,
-        /// The user the session must belong to.
-        user_id: i64,
-        /// SHA-256 of the presented session id.
-        session_hash: String,
-        /// A receipts login: the queue is everything addressed to the user
-        /// past the session's confirmation, not the offline queue.
-        receipts: bool,
-        /// Peer address.
-        peer: SocketAddr,
-        /// Only queued messages with smaller ids are taken.
-        queue_before: i64,
-        /// Whether group messages are queued for this login.
-        include_groups: bool,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// The next chunk of a logging-in user's offline queue; replies
-    /// [`Reply::QueueChunk`].
-    TakeQueue {
-        /// Logging-in connection.
-        to: Requester,
-        /// The user.
-        user_id: i64,
-        /// Only queued messages with smaller ids are taken.
-        queue_before: i64,
-        /// Only queued messages with larger ids are taken (the last id of
-        /// the previous chunk: taking marks nothing, so chunks page by id).
-        after: i64,
-        /// `Some(confirmed)`: a receipts session's queue — everything
-        /// addressed to the user past `confirmed` — instead of the offline
-        /// queue.
-        since: Option<i64>,
-        /// Whether group messages are queued for this login.
-        include_groups: bool,
-    },
-    /// Delete a session (Logout); replies [`Reply::SessionEnded`].
-    EndSession {
-        /// The connection that asked.
-        to: Requester,
-        /// The session.
-        session_hash: String,
-    },
-    /// A logged-in connection went away: touch its session, and when it was
-    /// the user's last, mark the user offline and reply [`Reply::WentOffline`].
-    ConnectionLost {
-        /// The user.
-        user_id: i64,
-        /// Their name, echoed for the presence frame.
-        username: String,
-        /// The connection's session.
-        session_hash: String,
-        /// Whether it was the user's last connection.
-        last: bool,
-        /// What the connection took of the user's group messages, if anything:
-        /// the cursors move to `through` where they already cover `from`.
-        groups_taken: Option<GroupsTaken>,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// Store a 1:1 message; replies [`Reply::MessageStored`] after commit.
-    StoreMessage {
-        /// Sending connection (for the Ack).
-        to: Requester,
-        /// The client's id, echoed in the Ack.
-        client_message_id: Option<String>,
-        /// The message.
-        message: NewMessage,
-    },
-    /// Mark 1:1 messages as taken: written out to a connection of the
-    /// recipient (held while it logged in, or pushed from its offline queue).
-    /// No reply.
-    MarkDelivered {
-        /// The recipient.
-        user_id: i64,
-        /// The messages.
-        message_ids: Vec<i64>,
-    },
-    /// Create a group; replies [`Reply::GroupChanged`].
-    CreateGroup {
-        /// Requesting connection.
-        to: Requester,
-        /// The group's name.
-        name: String,
-        /// Every member, the creator included, without duplicates.
-        member_ids: Vec<i64>,
-        /// Highest message id assigned: new members' cursor.
-        through: i64,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// Add members to a group; replies [`Reply::GroupChanged`].
-    AddGroupMembers {
-        /// Requesting connection.
-        to: Requester,
-        /// The group.
-        group_id: i64,
-        /// Users to add (existing members are left alone).
-        member_ids: Vec<i64>,
-        /// Highest message id assigned: new members' cursor.
-        through: i64,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// Remove a member (deleting the group, and its messages, when it was
-    /// the last); replies [`Reply::GroupLeft`].
-    LeaveGroup {
-        /// Requesting connection.
-        to: Requester,
-        /// The leaver.
-        user_id: i64,
-        /// The group.
-        group_id: i64,
-    },
-    /// Put messages to `user_id` from `from_message_id` on back into the
-    /// offline queue (their connection was dropped unread). No reply.
-    Requeue {
-        /// The recipient.
-        user_id: i64,
-        /// The first message that may not have arrived.
-        from_message_id: i64,
-    },
-    /// A page of one conversation; replies [`Reply::History`].
-    History {
-        /// Requesting connection.
-        to: Requester,
-        /// The caller.
-        user_id: i64,
-        /// The other user, or the group.
-        with: Conversation,
-        /// Echoed back.
-        chat_id: String,
-        /// Exclusive upper bound on message ids.
-        before: Option<i64>,
-        /// Page size.
-        limit: u32,
-    },
-    /// Everything the user sent or received after `since`; replies
-    /// [`Reply::Synced`].
-    Sync {
-        /// Requesting connection.
-        to: Requester,
-        /// The caller.
-        user_id: i64,
-        /// Exclusive lower bound on message ids.
-        since: i64,
-        /// Page size.
-        limit: u32,
-    },
-    /// Add a contact; replies [`Reply::ContactAdded`].
-    AddContact {
-        /// Requesting connection.
-        to: Requester,
-        /// The caller.
-        owner_id: i64,
-        /// The caller's name, for the ContactRequest.
-        owner_name: String,
-        /// The user added.
-        contact_id: i64,
-        /// Unix seconds.
-        now: i64,
-    },
-    /// Remove a contact; replies [`Reply::Directory`].
-    RemoveContact {
-        /// Requesting connection.
-        to: Requester,
-        /// The caller.
-        owner_id: i64,
-        /// The user removed.
-        contact_id: i64,
-    },
-    /// The caller's contacts; replies [`Reply::Directory`].
-    Directory {
-        /// Requesting connection.
-        to: Requester,
-        /// The caller.
-        owner_id: i64,
-    },
-    /// Publish a key; replies [`Reply::Key`].
-    SetKey {
-        /// Requesting connection.
-        to: Requester,
-        /// The caller.
-        user_id: i64,
-        /// Echoed back.
-        username: String,
-        /// The key.
-        public_key: String,
-    },
-    /// Read a user's key; replies [`Reply::Key`].
-    GetKey {
-        /// Requesting connection.
-        to: Requester,
-        /// Whose key.
-        user_id: i64,
-        /// Echoed back.
-        username: String,
-    },
-    /// A receipts device holds everything addressed to `user_id` up to
-    /// `through`: record it on the session, take those messages off the
-    /// offline queue, and reply [`Reply::Confirmed`] with whose 1:1 messages
-    /// this confirmed.
-    Confirm {
-        /// The recipient.
-        user_id: i64,
-        /// Their name, echoed for the Delivered receipts.
-        username: String,
-        /// The device's session.
-        session_hash: String,
-        /// The confirmation (already capped at the highest id assigned).
-        through: i64,
-    },
-    /// Reserve message ids up to `through` durably; replies
-    /// [`Reply::IdsReserved`] (also when it fails, with `None`).
-    ReserveIds {
-        /// The new highest reserved id.
-        through: i64,
-    },
-    /// Delete sessions unused since `idle_before` (Unix seconds). No reply.
-    PurgeSessions {
-        /// Cut-off.
-        idle_before: i64,
-    },
-}
-
-impl Command {
-    /// The connection waiting for this command's reply, if any, and the
-    /// request tag it answers — used to tell it `server_busy` when the
-    /// command cannot be queued or fails.
-    pub fn requester(&self) -> Option<(&Requester, ClientTag)> {
-        match self {
-            Command::CreateUser { to, .. } => Some((to, ClientTag::Register)),
-            Command::FetchCredentials { to, .. }
-            | Command::OpenSession { to, .. }
-            | Command::ResumeSession { to, .. }
-            | Command::TakeQueue { to, .. } => Some((to, ClientTag::Login)),
-            Command::EndSession { to, .. } => Some((to, ClientTag::Logout)),
-            Command::Directory { to, .. } => Some((to, ClientTag::GetDirectory)),
-            Command::History { to, .. } => Some((to, ClientTag::GetHistory)),
-            Command::AddContact { to, .. } => Some((to, ClientTag::AddContact)),
-            Command::RemoveContact { to, .. } => Some((to, ClientTag::RemoveContact)),
-            Command::SetKey { to, .. } => Some((to, ClientTag::PublishKey)),
-            Command::GetKey { to, .. } => Some((to, ClientTag::GetKey)),
-            Command::StoreMessage { to, .. } => Some((to, ClientTag::Message)),
-            Command::Sync { to, .. } => Some((to, ClientTag::Sync)),
-            Command::CreateGroup { to, .. } => Some((to, ClientTag::CreateGroup)),
-            Command::AddGroupMembers { to, .. } => Some((to, ClientTag::AddGroupMembers)),
-            Command::LeaveGroup { to, .. } => Some((to, ClientTag::LeaveGroup)),
-            Command::ConnectionLost { .. }
-            | Command::MarkDelivered { .. }
-            | Command::Requeue { .. }
-            | Command::ReserveIds { .. }
-            | Command::Confirm { .. }
-            | Command::PurgeSessions { .. } => None,
-        }
+storage_table! {
+    /// What the loop asks of storage.
+    pub enum Command;
+    fn requester() -> Option<(&Requester, ClientTag)>;
+    /// Commands answered to a connection (each gets a `to: Requester` field).
+    answered {
+        /// Create an account; replies [`Reply::UserCreated`].
+        CreateUser answers Register {
+            /// Username (validated).
+            username: String,
+            /// Email (validated).
+            email: String,
+            /// The derived password hash.
+            hash: PasswordHash,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// Read a user's password hash; replies [`Reply::Credentials`].
+        FetchCredentials answers Login {
+            /// Username as given.
+            username: String,
+        },
+        /// Create a session after a password login, mark the user online and take
+        /// its offline queue; replies [`Reply::SessionOpened`].
+        OpenSession answers Login {
+            /// The user.
+            user_id: i64,
+            /// SHA-256 of the new session id.
+            session_hash: String,
+            /// Peer address, recorded on the user row.
+            peer: SocketAddr,
+            /// Only queued messages with smaller ids are taken (later ones are
+            /// held for the connection by the loop).
+            queue_before: i64,
+            /// Whether group messages are queued for this login (not when the
+            /// user already has a live connection, which got them).
+            include_groups: bool,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// Resume an existing session; replies [`Reply::SessionOpened`] or
+        /// [`Reply::SessionInvalid`].
+        ResumeSession answers Login {
+            /// The user the session must belong to.
+            user_id: i64,
+            /// SHA-256 of the presented session id.
+            session_hash: String,
+            /// A receipts login: the queue is everything addressed to the user
+            /// past the session's confirmation, not the offline queue.
+            receipts: bool,
+            /// Peer address.
+            peer: SocketAddr,
+            /// Only queued messages with smaller ids are taken.
+            queue_before: i64,
+            /// Whether group messages are queued for this login.
+            include_groups: bool,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// The next chunk of a logging-in user's offline queue; replies
+        /// [`Reply::QueueChunk`].
+        TakeQueue answers Login {
+            /// The user.
+            user_id: i64,
+            /// Only queued messages with smaller ids are taken.
+            queue_before: i64,
+            /// Only queued messages with larger ids are taken (the last id of
+            /// the previous chunk: taking marks nothing, so chunks page by id).
+            after: i64,
+            /// `Some(confirmed)`: a receipts session's queue — everything
+            /// addressed to the user past `confirmed` — instead of the offline
+            /// queue.
+            since: Option<i64>,
+            /// Whether group messages are queued for this login.
+            include_groups: bool,
+        },
+        /// Delete a session (Logout); replies [`Reply::SessionEnded`].
+        EndSession answers Logout {
+            /// The session.
+            session_hash: String,
+        },
+        /// Store a 1:1 message; replies [`Reply::MessageStored`] after commit.
+        StoreMessage answers Message {
+            /// The client's id, echoed in the Ack.
+            client_message_id: Option<String>,
+            /// The message.
+            message: NewMessage,
+        },
+        /// Create a group; replies [`Reply::GroupChanged`].
+        CreateGroup answers CreateGroup {
+            /// The group's name.
+            name: String,
+            /// Every member, the creator included, without duplicates.
+            member_ids: Vec<i64>,
+            /// Highest message id assigned: new members' cursor.
+            through: i64,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// Add members to a group; replies [`Reply::GroupChanged`].
+        AddGroupMembers answers AddGroupMembers {
+            /// The group.
+            group_id: i64,
+            /// Users to add (existing members are left alone).
+            member_ids: Vec<i64>,
+            /// Highest message id assigned: new members' cursor.
+            through: i64,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// Remove a member (deleting the group, and its messages, when it was
+        /// the last); replies [`Reply::GroupLeft`].
+        LeaveGroup answers LeaveGroup {
+            /// The leaver.
+            user_id: i64,
+            /// The group.
+            group_id: i64,
+        },
+        /// A page of one conversation; replies [`Reply::History`].
+        History answers GetHistory {
+            /// The caller.
+            user_id: i64,
+            /// The other user, or the group.
+            with: Conversation,
+            /// Echoed back.
+            chat_id: String,
+            /// Exclusive upper bound on message ids.
+            before: Option<i64>,
+            /// Page size.
+            limit: u32,
+        },
+        /// Everything the user sent or received after `since`; replies
+        /// [`Reply::Synced`].
+        Sync answers Sync {
+            /// The caller.
+            user_id: i64,
+            /// Exclusive lower bound on message ids.
+            since: i64,
+            /// Page size.
+            limit: u32,
+        },
+        /// Add a contact; replies [`Reply::ContactAdded`].
+        AddContact answers AddContact {
+            /// The caller.
+            owner_id: i64,
+            /// The caller's name, for the ContactRequest.
+            owner_name: String,
+            /// The user added.
+            contact_id: i64,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// Remove a contact; replies [`Reply::Directory`].
+        RemoveContact answers RemoveContact {
+            /// The caller.
+            owner_id: i64,
+            /// The user removed.
+            contact_id: i64,
+        },
+        /// The caller's contacts; replies [`Reply::Directory`].
+        Directory answers GetDirectory {
+            /// The caller.
+            owner_id: i64,
+        },
+        /// The user's sessions; replies [`Reply::Sessions`].
+        Sessions answers GetSessions {
+            /// The caller.
+            user_id: i64,
+        },
+        /// Publish a key; replies [`Reply::Key`].
+        SetKey answers PublishKey {
+            /// The caller.
+            user_id: i64,
+            /// Echoed back.
+            username: String,
+            /// The key.
+            public_key: String,
+        },
+        /// Read a user's key; replies [`Reply::Key`].
+        GetKey answers GetKey {
+            /// Whose key.
+            user_id: i64,
+            /// Echoed back.
+            username: String,
+        },
+    }
+    /// Commands no connection waits for.
+    silent {
+        /// A logged-in connection went away: touch its session, and when it was
+        /// the user's last, mark the user offline and reply [`Reply::WentOffline`].
+        ConnectionLost {
+            /// The user.
+            user_id: i64,
+            /// Their name, echoed for the presence frame.
+            username: String,
+            /// The connection's session.
+            session_hash: String,
+            /// Whether it was the user's last connection.
+            last: bool,
+            /// What the connection took of the user's group messages, if anything:
+            /// the cursors move to `through` where they already cover `from`.
+            groups_taken: Option<GroupsTaken>,
+            /// Unix seconds.
+            now: i64,
+        },
+        /// Mark 1:1 messages as taken: written out to a connection of the
+        /// recipient (held while it logged in, or pushed from its offline queue).
+        /// No reply.
+        MarkDelivered {
+            /// The recipient.
+            user_id: i64,
+            /// The messages.
+            message_ids: Vec<i64>,
+        },
+        /// Put messages to `user_id` from `from_message_id` on back into the
+        /// offline queue (their connection was dropped unread). No reply.
+        Requeue {
+            /// The recipient.
+            user_id: i64,
+            /// The first message that may not have arrived.
+            from_message_id: i64,
+        },
+        /// A receipts device holds everything addressed to `user_id` up to
+        /// `through`: record it on the session, take those messages off the
+        /// offline queue, and reply [`Reply::Confirmed`] with whose 1:1 messages
+        /// this confirmed.
+        Confirm {
+            /// The recipient.
+            user_id: i64,
+            /// Their name, echoed for the Delivered receipts.
+            username: String,
+            /// The device's session.
+            session_hash: String,
+            /// The confirmation (already capped at the highest id assigned).
+            through: i64,
+        },
+        /// Reserve message ids up to `through` durably; replies
+        /// [`Reply::IdsReserved`] (also when it fails, with `None`).
+        ReserveIds {
+            /// The new highest reserved id.
+            through: i64,
+        },
+        /// Delete sessions unused since `idle_before` (Unix seconds). No reply.
+        PurgeSessions {
+            /// Cut-off.
+            idle_before: i64,
+        },
     }
 }
 
-/// What storage answers, always after the batch's commit.
-#[derive(Debug)]
-pub enum Reply {
-    /// The account exists now (`Some(user_id)`) or the name was taken (`None`).
-    UserCreated {
-        /// Requesting connection.
-        to: Requester,
-        /// Echoed.
-        username: String,
-        /// The new id, or `None` if the username was taken.
-        user_id: Option<i64>,
-    },
-    /// A user's hash, or `None` if there is no such user.
-    Credentials {
-        /// Requesting connection.
-        to: Requester,
-        /// `(user_id, phc)` of the user.
-        found: Option<(i64, String)>,
-    },
-    /// The session is open (created or resumed).
-    SessionOpened {
-        /// Logging-in connection.
-        to: Requester,
-        /// The first chunk of the offline queue, oldest first, now marked
-        /// delivered.
-        queued: Vec<StoredMessage>,
-        /// More of the queue remains (ask with [`Command::TakeQueue`]).
-        more_queued: bool,
-        /// Users that are mutual contacts of this one (for Presence).
-        mutual_contacts: Vec<i64>,
-        /// The session's confirmation (receipts): everything up to here is
-        /// on the device.
-        confirmed_through: i64,
-    },
-    /// The next chunk of the offline queue, now marked delivered.
-    QueueChunk {
-        /// Logging-in connection.
-        to: Requester,
-        /// Oldest first.
-        queued: Vec<StoredMessage>,
-        /// More remains.
-        more_queued: bool,
-    },
-    /// The session id is unknown, expired, or another user's.
-    SessionInvalid {
-        /// Logging-in connection.
-        to: Requester,
-    },
-    /// The session is deleted.
-    SessionEnded {
-        /// The connection that asked.
-        to: Requester,
-    },
-    /// The user's last connection went away; tell these mutual contacts.
-    WentOffline {
-        /// The user.
-        user_id: i64,
-        /// Their name.
-        username: String,
-        /// Mutual contacts to notify.
-        mutual_contacts: Vec<i64>,
-    },
-    /// The message is committed (or was already: a resend).
-    MessageStored {
-        /// Sending connection.
-        to: Requester,
-        /// Server id given to this send.
-        message_id: i64,
-        /// Client id.
-        client_message_id: Option<String>,
-        /// The same sender used this client id within the last 24 hours:
-        /// nothing was stored, and this is the first message's server id.
-        duplicate_of: Option<i64>,
-        /// The message itself, handed back after the commit so the loop
-        /// delivers it without having kept a copy (`None` for a duplicate).
-        stored: Option<NewMessage>,
-    },
-    /// A page of history, oldest first.
-    History {
-        /// Requesting connection.
-        to: Requester,
-        /// Echoed.
-        chat_id: String,
-        /// The page.
-        messages: Vec<StoredMessage>,
-        /// Older messages exist.
-        has_more: bool,
-    },
-    /// A page of everything after `since`, oldest first.
-    Synced {
-        /// Requesting connection.
-        to: Requester,
-        /// The page.
-        messages: Vec<StoredMessage>,
-        /// Newer messages exist.
-        has_more: bool,
-    },
-    /// The directory after AddContact.
-    ContactAdded {
-        /// Requesting connection.
-        to: Requester,
+storage_table! {
+    /// What storage answers, always after the batch's commit.
+    pub enum Reply;
+    fn requester() -> Option<&Requester>;
+    /// Replies to a connection (each gets a `to: Requester` field).
+    answered {
+        /// The account exists now (`Some(user_id)`) or the name was taken (`None`).
+        UserCreated {
+            /// Echoed.
+            username: String,
+            /// The new id, or `None` if the username was taken.
+            user_id: Option<i64>,
+        },
+        /// A user's hash, or `None` if there is no such user.
+        Credentials {
+            /// `(user_id, phc)` of the user.
+            found: Option<(i64, String)>,
+        },
+        /// The session is open (created or resumed).
+        SessionOpened {
+            /// The first chunk of the offline queue, oldest first, now marked
+            /// delivered.
+            queued: Vec<StoredMessage>,
+            /// More of the queue remains (ask with [`Command::TakeQueue`]).
+            more_queued: bool,
+            /// Users that are mutual contacts of this one (for Presence).
+            mutual_contacts: Vec<i64>,
+            /// The session's confirmation (receipts): everything up to here is
+            /// on the device.
+            confirmed_through: i64,
+        },
+        /// The next chunk of the offline queue, now marked delivered.
+        QueueChunk {
+            /// Oldest first.
+            queued: Vec<StoredMessage>,
+            /// More remains.
+            more_queued: bool,
+        },
+        /// The session id is unknown, expired, or another user's.
+        SessionInvalid {},
+        /// The session is deleted.
+        SessionEnded {},
+        /// The message is committed (or was already: a resend).
+        MessageStored {
+            /// Server id given to this send.
+            message_id: i64,
+            /// Client id.
+            client_message_id: Option<String>,
+            /// The same sender used this client id within the last 24 hours:
+            /// nothing was stored, and this is the first message's server id.
+            duplicate_of: Option<i64>,
+            /// The message itself, handed back after the commit so the loop
+            /// delivers it without having kept a copy (`None` for a duplicate).
+            stored: Option<NewMessage>,
+        },
+        /// A page of history, oldest first.
+        History {
+            /// Echoed.
+            chat_id: String,
+            /// The page.
+            messages: Vec<StoredMessage>,
+            /// Older messages exist.
+            has_more: bool,
+        },
+        /// A page of everything after `since`, oldest first.
+        Synced {
+            /// The page.
+            messages: Vec<StoredMessage>,
+            /// Newer messages exist.
+            has_more: bool,
+        },
+        /// The directory after AddContact.
+        ContactAdded {
+            /// The caller's contacts.
+            contacts: Vec<ContactRow>,
+            /// The contact is new (not added before).
+            added: bool,
+            /// The contact had already added the caller.
+            mutual: bool,
+            /// The user added.
+            contact_id: i64,
+            /// The caller's name, for the ContactRequest.
+            owner_name: String,
+        },
         /// The caller's contacts.
-        contacts: Vec<ContactRow>,
-        /// The contact is new (not added before).
-        added: bool,
-        /// The contact had already added the caller.
-        mutual: bool,
-        /// The user added.
-        contact_id: i64,
-        /// The caller's name, for the ContactRequest.
-        owner_name: String,
-    },
-    /// The caller's contacts.
-    Directory {
-        /// Requesting connection.
-        to: Requester,
-        /// The contacts.
-        contacts: Vec<ContactRow>,
-    },
-    /// A user's key.
-    Key {
-        /// Requesting connection.
-        to: Requester,
-        /// Whose.
-        username: String,
-        /// The key, if published.
-        public_key: Option<String>,
-    },
-    /// A group was created or gained members.
-    GroupChanged {
-        /// Requesting connection.
-        to: Requester,
-        /// The group as it is now.
-        group: GroupRow,
-    },
-    /// A member left; `remaining` is `None` when the group is gone.
-    GroupLeft {
-        /// Requesting connection.
-        to: Requester,
-        /// The leaver.
-        user_id: i64,
-        /// The group.
-        group_id: i64,
-        /// The group without the leaver, if anyone is left.
-        remaining: Option<GroupRow>,
-    },
-    /// A confirmation is recorded: the senders whose 1:1 messages to the
-    /// user it newly covered, each with the highest such id.
-    Confirmed {
-        /// The recipient who confirmed.
-        user_id: i64,
-        /// Their name.
-        username: String,
-        /// `(sender_id, highest confirmed id from them)`.
-        senders: Vec<(i64, i64)>,
-    },
-    /// Message ids up to `through` are reserved durably (`None`: the
-    /// reservation failed and may be asked for again).
-    IdsReserved {
-        /// The highest reserved id, if the reservation was committed.
-        through: Option<i64>,
-    },
-    /// The command failed (disk error); nothing of it was stored.
-    Failed {
-        /// Requesting connection and request tag.
-        requester: (Requester, ClientTag),
-        /// The message that was not stored (and so is never delivered), if
-        /// the command was a StoreMessage.
-        message_id: Option<i64>,
-        /// What went wrong, for the log.
-        reason: String,
-    },
-}
-
-impl Reply {
-    /// The connection and request this reply answers, if any.
-    pub fn requester(&self) -> Option<&Requester> {
-        match self {
-            Reply::UserCreated { to, .. }
-            | Reply::Credentials { to, .. }
-            | Reply::SessionOpened { to, .. }
-            | Reply::QueueChunk { to, .. }
-            | Reply::SessionInvalid { to }
-            | Reply::SessionEnded { to }
-            | Reply::MessageStored { to, .. }
-            | Reply::History { to, .. }
-            | Reply::Synced { to, .. }
-            | Reply::ContactAdded { to, .. }
-            | Reply::Directory { to, .. }
-            | Reply::Key { to, .. }
-            | Reply::GroupChanged { to, .. }
-            | Reply::GroupLeft { to, .. } => Some(to),
-            Reply::Failed { requester, .. } => Some(&requester.0),
-            Reply::WentOffline { .. } | Reply::IdsReserved { .. } | Reply::Confirmed { .. } => None,
-        }
+        Directory {
+            /// The contacts.
+            contacts: Vec<ContactRow>,
+        },
+        /// The user's sessions, oldest first, each with its hash (the
+        /// dispatcher marks the asking one and those online).
+        Sessions {
+            /// `(session_hash, session)`.
+            sessions: Vec<(String, protocol::server::SessionInfo)>,
+        },
+        /// A user's key.
+        Key {
+            /// Whose.
+            username: String,
+            /// The key, if published.
+            public_key: Option<String>,
+        },
+        /// A group was created or gained members.
+        GroupChanged {
+            /// The group as it is now.
+            group: GroupRow,
+        },
+        /// A member left; `remaining` is `None` when the group is gone.
+        GroupLeft {
+            /// The leaver.
+            user_id: i64,
+            /// The group.
+            group_id: i64,
+            /// The group without the leaver, if anyone is left.
+            remaining: Option<GroupRow>,
+        },
+        /// The command failed (disk error); nothing of it was stored.
+        Failed {
+            /// The request's tag, for the `server_busy` answer's `ref_tag`.
+            ref_tag: ClientTag,
+            /// The message that was not stored (and so is never delivered), if
+            /// the command was a StoreMessage.
+            message_id: Option<i64>,
+            /// What went wrong, for the log.
+            reason: String,
+        },
+    }
+    /// Replies no connection waits for.
+    silent {
+        /// The user's last connection went away; tell these mutual contacts.
+        WentOffline {
+            /// The user.
+            user_id: i64,
+            /// Their name.
+            username: String,
+            /// Mutual contacts to notify.
+            mutual_contacts: Vec<i64>,
+        },
+        /// A confirmation is recorded: the senders whose 1:1 messages to the
+        /// user it newly covered, each with the highest such id.
+        Confirmed {
+            /// The recipient who confirmed.
+            user_id: i64,
+            /// Their name.
+            username: String,
+            /// `(sender_id, highest confirmed id from them)`.
+            senders: Vec<(i64, i64)>,
+        },
+        /// Message ids up to `through` are reserved durably (`None`: the
+        /// reservation failed and may be asked for again).
+        IdsReserved {
+            /// The highest reserved id, if the reservation was committed.
+            through: Option<i64>,
+        },
     }
 }
 

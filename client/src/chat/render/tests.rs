@@ -1,5 +1,5 @@
 use super::*;
-use protocol::server::{GroupInfo, Groups};
+use protocol::server::{GroupInfo, Groups, SessionInfo};
 
 const NOW: i64 = 1_709_214_330; // 2024-02-29 13:45:30 UTC
 
@@ -421,4 +421,30 @@ fn every_error_type_has_plain_words() {
         "message to zed not sent: there is no user named 'zed'"
     );
     assert_eq!(error_failure(None, &unknown), "server error: no such user");
+}
+
+#[test]
+fn devices_mark_this_one_and_who_is_online() {
+    let session = |created_at, current, online, address: Option<&str>| SessionInfo {
+        created_at,
+        last_used_at: created_at + 60,
+        address: address.map(str::to_string),
+        confirmed_through: 0,
+        current,
+        online,
+    };
+    let sessions = Sessions {
+        data: vec![
+            session(NOW - 3600, true, true, Some("127.0.0.1")),
+            session(NOW - 1800, false, false, None),
+        ],
+    };
+    assert_eq!(
+        devices_lines(&sessions, &stamper()),
+        vec![
+            "logged in on 2 devices (1 online now):",
+            "  this device: logged in 12:45:30 from 127.0.0.1, online now",
+            "  device 2: logged in 13:15:30 from an unknown address, last seen 13:16:30",
+        ]
+    );
 }

@@ -10,12 +10,12 @@
 //! With `threads > 1` the groups are split over independent shards, each with
 //! its own `Poll`; a group never spans shards.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Barrier};
 
 use serde::Serialize;
 
-use super::messages::{drain, send_for_duration, Pace};
+use super::messages::{join_shards, meet_after_setup, send_then_drain, Pace, Sending};
 use super::Common;
 use crate::load::fanout::{GroupExchange, GroupSpec, GroupTally, GroupTallySummary};
 use crate::load::pool::{Pool, READ_BUFFER_BUSY_BYTES};
@@ -80,20 +80,9 @@ pub struct Outcome {
     pub groups: usize,
     /// Senders per group.
     pub senders_per_group: usize,
-    /// `"window"` or `"rate"`.
-    pub mode: &'static str,
-    /// Closed-loop window per sender, if any.
-    pub window: Option<usize>,
-    /// Target rate (messages per second over all senders), if any.
-    pub target_rate: Option<f64>,
-    /// Seconds of sending.
-    pub duration_secs: f64,
-    /// Shards.
-    pub threads: usize,
-    /// Connections logged in with receipts and confirmed with `Received`.
-    pub receipts: bool,
-    /// How late (ms) the most delayed send was against the rate schedule.
-    pub max_send_lag_ms: f64,
+    /// How it sent.
+    #[serde(flatten)]
+    pub sending: Sending,
     /// Group creation.
     pub group_setup: GroupSetup,
     /// Counts and latency; `lost` counts lost deliveries.
@@ -106,19 +95,13 @@ pub struct Outcome {
 impl Outcome {
     /// The human table.
     pub fn table(&self) -> Table {
-        let pace = match (self.window, self.target_rate) {
-            (Some(window), _) => format!("closed loop, window {window}"),
-            (_, Some(target)) => format!("rate {}", rate(target)),
-            _ => String::new(),
-        };
         let mut table = Table::new(format!(
-            "groups: {} users in {} groups of {}, {} sender(s) each, {pace}, {:.1} s, {} thread(s), run {}",
+            "groups: {} users in {} groups of {}, {} sender(s) each, {}, run {}",
             self.users,
             self.groups,
             self.group_size,
             self.senders_per_group,
-            self.duration_secs,
-            self.threads,
+            self.sending.describe(),
             self.run_id
         ));
         let t = &self.tally;
@@ -156,10 +139,8 @@ impl Outcome {
                 format!("{} (in {} messages)", count(t.lost), count(t.lost_messages)),
             )
             .row("reordered", count(t.reordered));
-        if self.target_rate.is_some() {
-            table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
-        }
-        let receipts = if self.receipts {
+        self.sending.lag_row(&mut table);
+        let receipts = if self.sending.receipts {
             format!(
                 "on: {} Received sent; {} Delivered (they cover 1:1 messages only)",
                 count(t.received_sent),
@@ -198,12 +179,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
             .map(|shard| {
                 let first_group = groups * shard / threads;
                 let last_group = groups * (shard + 1) / threads;
-                let pace = match config.pace {
-                    Pace::Rate(total) => {
-                        Pace::Rate(total * (last_group - first_group) as f64 / groups as f64)
-                    }
-                    window => window,
-                };
+                let pace = config.pace.share(last_group - first_group, groups);
                 let shard = Shard {
                     common,
                     config,
@@ -218,14 +194,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
                 scope.spawn(move || shard.run())
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(load_error("shard panicked")))
-            })
-            .collect()
+        join_shards(handles)
     });
     let mut tally = GroupTally::default();
     let mut max_send_lag_ms: f64 = 0.0;
@@ -244,13 +213,13 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         group_size,
         groups,
         senders_per_group: senders,
-        mode: config.pace.mode(),
-        window: config.pace.window(),
-        target_rate: config.pace.target_rate(),
-        duration_secs: config.duration_secs,
-        threads,
-        receipts: config.receipts,
-        max_send_lag_ms,
+        sending: Sending::new(
+            config.pace,
+            config.duration_secs,
+            threads,
+            config.receipts,
+            max_send_lag_ms,
+        ),
         group_setup: GroupSetup {
             groups,
             elapsed_secs: created.elapsed_secs,
@@ -284,35 +253,15 @@ struct Shard<'a> {
 impl Shard<'_> {
     fn run(self) -> Result<ShardOutcome, LoadError> {
         let setup = self.set_up();
-        // Every shard reaches the barrier, so one that failed cannot strand
-        // the others; then all of them stop.
-        if setup.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
-        }
-        self.barrier.wait();
-        let (mut pool, specs, created) = setup?;
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(load_error("another shard failed to set up"));
-        }
+        let (mut pool, specs, created) = meet_after_setup(setup, self.barrier, self.failed)?;
         let mut exchange = GroupExchange::new(
             specs,
             self.senders,
             self.config.content_bytes,
             self.config.receipts,
         );
-        let max_send_lag_ms = send_for_duration(
-            &mut pool,
-            &mut exchange,
-            self.pace,
-            self.config.duration_secs,
-            self.progress,
-        )?;
-        drain(
-            &mut pool,
-            &mut exchange,
-            self.config.grace_secs,
-            self.progress,
-        )?;
+        let phases = (self.pace, self.config.duration_secs, self.config.grace_secs);
+        let max_send_lag_ms = send_then_drain(&mut pool, &mut exchange, phases, self.progress)?;
         Ok(ShardOutcome {
             tally: exchange.finish(),
             created,

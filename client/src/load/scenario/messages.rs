@@ -49,11 +49,95 @@ impl Pace {
         }
     }
 
+    /// This pace for a shard with `part` of `whole` senders: a rate is
+    /// split among shards, a window is each sender's own.
+    pub fn share(self, part: usize, whole: usize) -> Pace {
+        match self {
+            Pace::Rate(total) => Pace::Rate(total * part as f64 / whole as f64),
+            window => window,
+        }
+    }
+
     /// The total messages per second, in open-loop mode.
     pub fn target_rate(&self) -> Option<f64> {
         match *self {
             Pace::Rate(total) => Some(total),
             Pace::Window(_) => None,
+        }
+    }
+}
+
+/// Waits for every shard of a scenario; a shard that panicked is an error.
+pub fn join_shards<T>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T, LoadError>>>,
+) -> Vec<Result<T, LoadError>> {
+    handles
+        .into_iter()
+        .map(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(load_error("shard panicked")))
+        })
+        .collect()
+}
+
+/// How a run sent, as every sending scenario reports it.
+#[derive(Debug, Serialize)]
+pub struct Sending {
+    /// `"window"` or `"rate"`.
+    pub mode: &'static str,
+    /// Closed-loop window, if any.
+    pub window: Option<usize>,
+    /// Target rate, if any.
+    pub target_rate: Option<f64>,
+    /// Seconds of sending.
+    pub duration_secs: f64,
+    /// Shards.
+    pub threads: usize,
+    /// Connections logged in with receipts and confirmed with `Received`.
+    pub receipts: bool,
+    /// How late (ms) the most delayed send was against the rate schedule: a
+    /// large value means the load generator itself could not keep up.
+    pub max_send_lag_ms: f64,
+}
+
+impl Sending {
+    /// What a run at `pace` for `duration_secs` on `threads` shards did.
+    pub fn new(
+        pace: Pace,
+        duration_secs: f64,
+        threads: usize,
+        receipts: bool,
+        lag_ms: f64,
+    ) -> Self {
+        Sending {
+            mode: pace.mode(),
+            window: pace.window(),
+            target_rate: pace.target_rate(),
+            duration_secs,
+            threads,
+            receipts,
+            max_send_lag_ms: lag_ms,
+        }
+    }
+
+    /// "closed loop, window 16, 10.0 s, 2 thread(s)" for a table's title.
+    pub fn describe(&self) -> String {
+        let pace = match (self.window, self.target_rate) {
+            (Some(window), _) => format!("closed loop, window {window}"),
+            (_, Some(target)) => format!("rate {}", rate(target)),
+            _ => String::new(),
+        };
+        format!(
+            "{pace}, {:.1} s, {} thread(s)",
+            self.duration_secs, self.threads
+        )
+    }
+
+    /// The send-lag row, in open-loop mode (where it means something).
+    pub fn lag_row(&self, table: &mut Table) {
+        if self.target_rate.is_some() {
+            table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
         }
     }
 }
@@ -86,21 +170,9 @@ pub struct Outcome {
     pub run_id: String,
     /// Users exchanging messages.
     pub users: usize,
-    /// `"window"` or `"rate"`.
-    pub mode: &'static str,
-    /// Closed-loop window, if any.
-    pub window: Option<usize>,
-    /// Target rate, if any.
-    pub target_rate: Option<f64>,
-    /// Seconds of sending.
-    pub duration_secs: f64,
-    /// Shards.
-    pub threads: usize,
-    /// Connections logged in with receipts and confirmed with `Received`.
-    pub receipts: bool,
-    /// How late (ms) the most delayed send was against the rate schedule: a
-    /// large value means the load generator itself could not keep up.
-    pub max_send_lag_ms: f64,
+    /// How it sent.
+    #[serde(flatten)]
+    pub sending: Sending,
     /// Counts and latency.
     #[serde(flatten)]
     pub tally: TallySummary,
@@ -111,14 +183,11 @@ pub struct Outcome {
 impl Outcome {
     /// The human table.
     pub fn table(&self) -> Table {
-        let pace = match (self.window, self.target_rate) {
-            (Some(window), _) => format!("closed loop, window {window}"),
-            (_, Some(target)) => format!("rate {}", rate(target)),
-            _ => String::new(),
-        };
         let mut table = Table::new(format!(
-            "messages: {} users, {pace}, {:.1} s, {} thread(s), run {}",
-            self.users, self.duration_secs, self.threads, self.run_id
+            "messages: {} users, {}, run {}",
+            self.users,
+            self.sending.describe(),
+            self.run_id
         ));
         let t = &self.tally;
         table
@@ -137,15 +206,13 @@ impl Outcome {
             )
             .row("unanswered", count(t.unanswered))
             .row("lost", count(t.lost));
-        if self.target_rate.is_some() {
-            table.row("max send lag", format!("{:.3} ms", self.max_send_lag_ms));
-        }
-        table.row("receipts", receipts_row(self.receipts, t));
+        self.sending.lag_row(&mut table);
+        table.row("receipts", receipts_row(self.sending.receipts, t));
         table
             .latency_header()
             .latency("end-to-end", &t.end_to_end_latency)
             .latency("ack", &t.ack_latency);
-        if self.receipts {
+        if self.sending.receipts {
             table.latency("receipt", &t.receipt_latency);
         }
         table
@@ -187,10 +254,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
                 let first = pairs * shard / threads * 2;
                 let last = pairs * (shard + 1) / threads * 2;
                 let names = common.names('l', first..last);
-                let pace = match config.pace {
-                    Pace::Rate(total) => Pace::Rate(total * (last - first) as f64 / users as f64),
-                    window => window,
-                };
+                let pace = config.pace.share(last - first, users);
                 let shard = Shard {
                     common,
                     config,
@@ -203,14 +267,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
                 scope.spawn(move || shard.run())
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(load_error("shard panicked")))
-            })
-            .collect()
+        join_shards(handles)
     });
     let mut tally = Tally::default();
     let mut max_send_lag_ms: f64 = 0.0;
@@ -224,13 +281,13 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         scenario: "messages",
         run_id: common.run_id.clone(),
         users,
-        mode: config.pace.mode(),
-        window: config.pace.window(),
-        target_rate: config.pace.target_rate(),
-        duration_secs: config.duration_secs,
-        threads,
-        receipts: config.receipts,
-        max_send_lag_ms,
+        sending: Sending::new(
+            config.pace,
+            config.duration_secs,
+            threads,
+            config.receipts,
+            max_send_lag_ms,
+        ),
         passed: summary.lost == 0 && summary.unanswered == 0,
         tally: summary,
     })
@@ -268,36 +325,47 @@ impl Shard<'_> {
             )?;
             Ok((pool, conns))
         });
-        // Every shard reaches the barrier, so one that failed cannot strand
-        // the others; then all of them stop.
-        if setup.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
-        }
-        self.barrier.wait();
-        let (mut pool, conns) = setup?;
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(load_error("another shard failed to set up"));
-        }
+        let (mut pool, conns) = meet_after_setup(setup, self.barrier, self.failed)?;
         let users = self.names.iter().cloned().zip(conns).collect();
         let mut exchange = Exchange::new(users, self.config.content_bytes, self.config.receipts);
-        let max_send_lag_ms = send_for_duration(
-            &mut pool,
-            &mut exchange,
-            self.pace,
-            self.config.duration_secs,
-            self.progress,
-        )?;
-        drain(
-            &mut pool,
-            &mut exchange,
-            self.config.grace_secs,
-            self.progress,
-        )?;
+        let phases = (self.pace, self.config.duration_secs, self.config.grace_secs);
+        let max_send_lag_ms = send_then_drain(&mut pool, &mut exchange, phases, self.progress)?;
         Ok(ShardOutcome {
             tally: exchange.finish(),
             max_send_lag_ms,
         })
     }
+}
+
+/// Every shard reaches the barrier after its setup, so one that failed
+/// cannot strand the others; then all of them stop.
+pub fn meet_after_setup<T>(
+    setup: Result<T, LoadError>,
+    barrier: &Barrier,
+    failed: &AtomicBool,
+) -> Result<T, LoadError> {
+    if setup.is_err() {
+        failed.store(true, Ordering::SeqCst);
+    }
+    barrier.wait();
+    let ready = setup?;
+    if failed.load(Ordering::SeqCst) {
+        return Err(load_error("another shard failed to set up"));
+    }
+    Ok(ready)
+}
+
+/// The measured phase then the drain: `(pace, duration_secs, grace_secs)`;
+/// returns the largest send lag (rate mode), in milliseconds.
+pub fn send_then_drain(
+    pool: &mut Pool,
+    traffic: &mut impl Traffic,
+    (pace, duration_secs, grace_secs): (Pace, f64, f64),
+    progress: &Progress,
+) -> Result<f64, LoadError> {
+    let max_send_lag_ms = send_for_duration(pool, traffic, pace, duration_secs, progress)?;
+    drain(pool, traffic, grace_secs, progress)?;
+    Ok(max_send_lag_ms)
 }
 
 /// The measured phase: sends at `pace` for `duration_secs`, accounting for

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use protocol::server::SessionInfo;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::contacts::mutual_contacts;
@@ -118,6 +119,31 @@ pub(super) fn end_session(
     tx.prepare_cached("DELETE FROM sessions WHERE session_hash = ?1")?
         .execute([session_hash])?;
     Ok(Reply::SessionEnded { to: to.clone() })
+}
+
+/// `Sessions`: the user's sessions, oldest first.
+pub(super) fn sessions(tx: &Transaction, to: &Requester, user_id: i64) -> rusqlite::Result<Reply> {
+    let mut statement = tx.prepare_cached(
+        "SELECT session_hash, created_at, last_used_at, ip_address, confirmed_through
+         FROM sessions WHERE user_id = ?1 ORDER BY created_at, session_hash",
+    )?;
+    let sessions = statement
+        .query_map([user_id], |row| {
+            let info = SessionInfo {
+                created_at: row.get(1)?,
+                last_used_at: row.get(2)?,
+                address: row.get(3)?,
+                confirmed_through: row.get(4)?,
+                current: false,
+                online: false,
+            };
+            Ok((row.get(0)?, info))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Reply::Sessions {
+        to: to.clone(),
+        sessions,
+    })
 }
 
 /// `ConnectionLost`: the session is touched, the group cursors move as far

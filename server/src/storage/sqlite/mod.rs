@@ -148,7 +148,8 @@ impl SqliteBackend {
                     _ => None,
                 };
                 command.requester().map(|(to, tag)| Reply::Failed {
-                    requester: (to.clone(), tag),
+                    to: to.clone(),
+                    ref_tag: tag,
                     message_id,
                     reason: error.to_string(),
                 })
@@ -312,6 +313,7 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             accounts::resume_session(batch, to, session_hash, *receipts, *peer, *now, queue)
                 .map(Some)
         }
+        Command::Sessions { to, user_id } => accounts::sessions(tx, to, *user_id).map(Some),
         Command::EndSession { to, session_hash } => {
             accounts::end_session(tx, to, session_hash).map(Some)
         }

@@ -22,7 +22,7 @@
 use rusqlite::Connection;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const VERSION_1: &str = "
 CREATE TABLE users (
@@ -136,12 +136,19 @@ WHERE message_id IN (SELECT message_id FROM client_ids);
 DROP TABLE client_ids;
 ";
 
+/// Version 5: a user's sessions are listed (GetSessions), so they are
+/// found by user rather than by a scan of every session.
+const VERSION_5: &str = "
+CREATE INDEX sessions_by_user ON sessions(user_id, created_at);
+";
+
 /// Each version and the step that reaches it from the one before.
-pub(super) const MIGRATIONS: [(i64, &str); 4] = [
+pub(super) const MIGRATIONS: [(i64, &str); 5] = [
     (1, VERSION_1),
     (2, VERSION_2),
     (3, VERSION_3),
     (4, VERSION_4),
+    (5, VERSION_5),
 ];
 
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].
