@@ -17,12 +17,15 @@
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
 mod checkpoint;
+mod client_ids;
 pub mod json_files;
+mod pages;
 #[cfg(test)]
 mod queue_model_tests;
 pub mod sqlite;
 pub mod startup;
 
+pub use pages::OFFLINE_CHUNK;
 /// The SQLite schema, also at its first path (`storage::schema`).
 pub use sqlite::schema;
 pub use startup::{begin_run, open, OpenError, PreviousRun};
