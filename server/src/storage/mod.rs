@@ -20,6 +20,7 @@ mod checkpoint;
 mod client_ids;
 pub mod json_files;
 mod pages;
+pub mod postgres;
 #[cfg(test)]
 mod queue_model_tests;
 pub mod sqlite;
