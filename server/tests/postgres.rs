@@ -438,3 +438,50 @@ fn two_servers_starting_together_migrate_safely() {
     alice.send(&message_to("nobody", "x", None));
     alice.expect_error(ErrorType::UnknownUser, Some(11));
 }
+
+/// Runs the server with `args` expecting it to refuse to start: its
+/// stderr, after it exited unsuccessfully.
+fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--log-file")
+        .arg(dir.path().join("server.log"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chat-server");
+    assert!(!output.status.success(), "it started: {output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A PostgreSQL that does not answer stops the start with where it looked
+/// (without the password) and why.
+#[test]
+fn an_unreachable_database_is_named_without_its_password() {
+    let stderr = refused_start(&["--database", "postgres://chat:s3cret@127.0.0.1:1/chat"]);
+    assert!(
+        stderr.contains("postgres://chat@127.0.0.1:1/chat") && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+}
+
+/// A database whose schema a newer server wrote is refused, not migrated
+/// backwards or written to.
+#[test]
+fn a_newer_schema_is_refused() {
+    let Some(database) = TestDatabase::create("a_newer_schema_is_refused") else {
+        return;
+    };
+    database
+        .connect()
+        .batch_execute(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (99)",
+        )
+        .unwrap();
+    let stderr = refused_start(&["--database", &database.url]);
+    assert!(stderr.contains("schema version 99 is newer"), "{stderr}");
+}

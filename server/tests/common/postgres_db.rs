@@ -42,7 +42,13 @@ impl TestDatabase {
                 if std::env::var("CI").is_ok_and(|ci| ci == "true") {
                     panic!("{test}: no PostgreSQL at {admin_url} (CI=true needs one): {error}");
                 }
-                eprintln!("SKIPPED {test}: no PostgreSQL at {admin_url} ({error})");
+                // Written to the stream itself: the test harness captures
+                // `eprintln!` of passing tests, and a skip must be seen.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test}: no PostgreSQL at {admin_url} ({error})"
+                );
                 return None;
             }
         };

@@ -49,6 +49,9 @@ pub enum Error {
     /// A row the command works on is gone (a group deleted by the same
     /// batch): answered `Failed` like a refusal.
     Missing(&'static str),
+    /// At start: the database's schema is of this newer version, written by
+    /// a newer server; run that one.
+    NewerSchema(i32),
 }
 
 impl From<postgres::Error> for Error {
@@ -60,8 +63,13 @@ impl From<postgres::Error> for Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Database(error) => write!(f, "{error}"),
+            Error::Database(error) => write!(f, "{}", explain(error)),
             Error::Missing(what) => write!(f, "no such {what}"),
+            Error::NewerSchema(found) => write!(
+                f,
+                "database schema version {found} is newer than this server ({})",
+                schema::SCHEMA_VERSION
+            ),
         }
     }
 }
@@ -70,7 +78,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Database(error) => Some(error),
-            Error::Missing(_) => None,
+            Error::Missing(_) | Error::NewerSchema(_) => None,
         }
     }
 }
@@ -220,9 +228,14 @@ impl PostgresBackend {
         config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
         let location = location(&config);
         let mut client = connect(&config).map_err(|error| {
+            let hint = if error.as_db_error().is_some() {
+                "PostgreSQL refused"
+            } else {
+                "is PostgreSQL running there?"
+            };
             OpenError::database(
                 &location,
-                format!("cannot connect (is PostgreSQL running at {location}?): {error}"),
+                format!("cannot connect ({hint}): {}", explain(&error)),
             )
         })?;
         schema::prepare(&mut client).map_err(|error| OpenError::database(&location, error))?;
@@ -276,7 +289,11 @@ impl PostgresBackend {
                 self.client = client;
                 self.statements = Statements::default();
             }
-            Err(error) => log::error!("storage: cannot reconnect to {}: {error}", self.location),
+            Err(error) => log::error!(
+                "storage: cannot reconnect to {}: {}",
+                self.location,
+                explain(&error)
+            ),
         }
     }
 
@@ -341,14 +358,14 @@ impl Backend for PostgresBackend {
     fn previous_run(&mut self) -> Result<PreviousRun, DatabaseError> {
         // Held until `begin_run` has reserved this run's ids: a process
         // starting at the same moment reads them, not what this one read.
-        schema::lock(&mut self.client)?;
+        schema::lock(&mut self.client).map_err(Error::from)?;
         Ok(self.in_transaction(server_state::previous_run)?)
     }
 
     fn begin_run(&mut self, ids_reserved_through: i64) -> Result<(), DatabaseError> {
         let begun =
             self.in_transaction(|batch| server_state::begin_run(batch, ids_reserved_through));
-        let unlocked = schema::unlock(&mut self.client);
+        let unlocked = schema::unlock(&mut self.client).map_err(Error::from);
         begun?;
         Ok(unlocked?)
     }
@@ -541,6 +558,18 @@ fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
     let mut client = config.connect(NoTls)?;
     client.batch_execute("SET synchronous_commit = on")?;
     Ok(client)
+}
+
+/// The client's error with what caused it (its own text is only "db
+/// error" or "error connecting to server").
+fn explain(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
 }
 
 /// `postgres://USER@HOST:PORT/DB` of a parsed URL: never the password.

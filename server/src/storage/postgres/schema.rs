@@ -16,7 +16,7 @@
 
 use postgres::Client;
 
-use crate::storage::DatabaseError;
+use super::Error;
 
 /// The version this code writes; older databases are migrated step by step.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -110,7 +110,7 @@ const MIGRATIONS: [(i32, &str); 1] = [(1, VERSION_1)];
 
 /// Brings the schema to [`SCHEMA_VERSION`] under the start lock; a
 /// database of a newer version is refused.
-pub fn prepare(client: &mut Client) -> Result<(), DatabaseError> {
+pub fn prepare(client: &mut Client) -> Result<(), Error> {
     lock(client)?;
     let migrated = migrate(client);
     let unlocked = unlock(client);
@@ -133,16 +133,13 @@ pub(super) fn unlock(client: &mut Client) -> Result<(), postgres::Error> {
 
 /// The version found, then each missing step in a transaction of its own
 /// that also records the version it reaches.
-fn migrate(client: &mut Client) -> Result<(), DatabaseError> {
+fn migrate(client: &mut Client) -> Result<(), Error> {
     client.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let version: i32 = client
         .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
         .try_get(0)?;
     if version > SCHEMA_VERSION {
-        return Err(format!(
-            "database schema version {version} is newer than this server ({SCHEMA_VERSION})"
-        )
-        .into());
+        return Err(Error::NewerSchema(version));
     }
     for (target, migration) in MIGRATIONS {
         if version < target {
