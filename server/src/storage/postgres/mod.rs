@@ -27,6 +27,8 @@ mod keys;
 mod messages;
 pub mod schema;
 mod server_state;
+#[cfg(test)]
+pub(crate) mod test_schema;
 
 use std::collections::HashMap;
 
