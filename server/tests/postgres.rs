@@ -485,3 +485,48 @@ fn a_newer_schema_is_refused() {
     let stderr = refused_start(&["--database", &database.url]);
     assert!(stderr.contains("schema version 99 is newer"), "{stderr}");
 }
+
+/// PostgreSQL closing the server's connection (a restart, an administrator)
+/// costs at most the batch in flight: the next one reconnects, and sends are
+/// acked and delivered again.
+#[test]
+fn a_connection_postgres_closed_is_opened_again() {
+    let Some((database, server)) = start("a_connection_postgres_closed_is_opened_again") else {
+        return;
+    };
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = logged_in(&server, "bob");
+    send_acked(&mut alice, message_to("bob", "before", None));
+    bob.recv_delivered();
+    let terminated = database
+        .connect()
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(terminated, 1, "the server's one connection");
+
+    let mut acked = None;
+    for attempt in 0..5 {
+        alice.send(&message_to("bob", &format!("after {attempt}"), None));
+        match alice.recv() {
+            ServerMessage::Ack(ack) => {
+                acked = Some(ack.message_id);
+                break;
+            }
+            ServerMessage::Error(error) => assert_eq!(error.error_type, ErrorType::ServerBusy),
+            other => panic!("expected an Ack or server_busy, got {other:?}"),
+        }
+    }
+    let acked = acked.expect("a send is acked again after the reconnect");
+    assert_eq!(recv_messages(&mut bob, 1), [acked]);
+    assert!(
+        server.log_text().contains("reconnected to"),
+        "{}",
+        server.log_text()
+    );
+}
