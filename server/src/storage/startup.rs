@@ -318,6 +318,26 @@ mod tests {
         assert!(error.to_string().contains("a-file/data"), "{error}");
     }
 
+    /// `--database` takes a PostgreSQL URL, and not with `--json-mirror`
+    /// (whose files are SQLite's); without it the database is SQLite.
+    #[test]
+    fn the_database_flag_chooses_postgres_and_is_checked() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let mut all = vec!["chat-server"];
+            all.extend_from_slice(args);
+            Config::from_cli(&crate::config::Cli::parse_from(all))
+        };
+        assert_eq!(parse(&[]).unwrap().database, Database::Sqlite);
+        let url = "postgres://chat@127.0.0.1/chat";
+        assert_eq!(
+            parse(&["--database", url]).unwrap().database,
+            Database::Postgres(url.into())
+        );
+        assert!(parse(&["--database", "/var/lib/chat.db"]).is_err());
+        assert!(parse(&["--database", url, "--json-mirror"]).is_err());
+    }
+
     /// A file that is not a database is refused, naming the file.
     #[test]
     fn a_database_that_is_not_one_is_refused_by_name() {
