@@ -9,7 +9,7 @@
 //! `messages` are plain ones, written with each row (SQLite defers them);
 //! the offline queue's stays partial on the undelivered.
 //!
-//! Migrations run under a session-level advisory lock ([`lock`]): a
+//! Migrations run under a session-level advisory lock (`lock`): a
 //! process starting while another migrates waits for it, then finds the
 //! version it wrote and has nothing left to do. Each step commits with the
 //! version it reaches, so a start that dies half-way resumes at that step.
