@@ -93,6 +93,18 @@ pub const STORAGE_BUSY_MARK: usize = STORAGE_QUEUE_MAX / 4 * 3;
 /// already read when the backlog reaches 3/4 of the queue get `server_busy`.
 pub const STORAGE_PAUSE_READS: usize = STORAGE_QUEUE_MAX / 2;
 
+/// How long a start (or a reconnect after PostgreSQL went away) waits for
+/// the PostgreSQL server to accept a connection: a wrong host fails the
+/// start within this instead of hanging it; a reconnect on the storage
+/// thread holds its batch at most this long.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rows the PostgreSQL backend fetches per round trip when it reads a page
+/// of messages (or the client ids at a start), through a portal: the page
+/// stops at its byte budget after at most one such fetch past it, so rows
+/// past the budget are never sent (at most 64 × the largest message).
+pub const POSTGRES_FETCH_ROWS: i32 = 64;
+
 /// Password hashing jobs that may wait for a worker; past this, logins and
 /// registrations get `rate_limited`.
 pub const HASH_QUEUE_MAX: usize = 1_024;
@@ -230,6 +242,11 @@ pub struct Cli {
     /// Directory of the SQLite database `chat.db` (created if missing).
     #[arg(long, default_value = "./data", global = true)]
     pub data_dir: PathBuf,
+    /// Keep everything in this PostgreSQL database instead of SQLite under
+    /// --data-dir: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`. The schema
+    /// is created (or migrated) at start.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// Log file, appended to (the log also goes to stderr).
     #[arg(long, default_value = "server.log")]
     pub log_file: PathBuf,
@@ -357,6 +374,15 @@ pub enum Synchronous {
     Full,
 }
 
+/// Where the server keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite, `chat.db` in the data directory (the default).
+    Sqlite,
+    /// A PostgreSQL database, by its `postgres://` URL (`--database`).
+    Postgres(String),
+}
+
 /// The server's settings, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -364,6 +390,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The database: SQLite in the data directory, or PostgreSQL.
+    pub database: Database,
     /// See [`Cli::max_connections`].
     pub max_connections: usize,
     /// Most connections from one address (`None`: no per-address cap).
@@ -419,6 +447,7 @@ impl Config {
         Ok(Config {
             listen: SocketAddr::new(ip, cli.port),
             data_dir: cli.data_dir.clone(),
+            database: database(cli)?,
             max_connections,
             max_connections_per_address: connections_per_address(cli, max_connections),
             heartbeat: Duration::from_secs(cli.heartbeat),
@@ -443,6 +472,21 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("chat.db")
     }
+}
+
+/// The database `--database` names (checked to be a PostgreSQL URL), else
+/// SQLite; `--json-mirror` keeps SQLite's files and needs SQLite.
+fn database(cli: &Cli) -> Result<Database, String> {
+    let Some(url) = &cli.database else {
+        return Ok(Database::Sqlite);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("--database takes a postgres://USER@HOST[:PORT]/DB URL".into());
+    }
+    if cli.json_mirror {
+        return Err("--json-mirror works with the SQLite database only (no --database)".into());
+    }
+    Ok(Database::Postgres(url.clone()))
 }
 
 /// The per-address connection cap: as given, else the default share unless

@@ -17,6 +17,11 @@ use server::storage::json_files;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(command) = &cli.command {
+        let on_data = !matches!(command, JsonCommand::GenCert { .. });
+        if on_data && cli.database.is_some() {
+            eprintln!("chat-server: export-json and import-json work on the SQLite database only");
+            return ExitCode::from(2);
+        }
         return run_json_command(command, &cli.data_dir);
     }
     let config = match Config::from_cli(&cli) {

@@ -23,6 +23,11 @@
 //! `CHAOS_SEED` replays a run (the seed is printed first); `CHAOS_SECONDS`
 //! sets the length of the fault phase (default 20; `scripts/chaos.sh` runs
 //! longer and many seeds).
+//!
+//! `delivery_survives_faults_on_postgres` runs the same checker against the
+//! PostgreSQL backend (`--database`), with a shorter fault phase (at most
+//! 10 s) and without the full disk (the server writes no database file of
+//! its own there); it is skipped, saying so, where no PostgreSQL answers.
 
 mod common;
 
@@ -30,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::postgres_db::TestDatabase;
 use common::{register_all, Client, Polled, TestServer, SECRET};
 use protocol::client::{Login, Logout, Received, SendMessage};
 use protocol::{ClientMessage, ServerMessage};
@@ -97,6 +103,8 @@ struct Chaos {
     next_seq: Vec<u64>,
     disk_full_until: Option<Instant>,
     log: Vec<String>,
+    /// The PostgreSQL database the server runs on, if not SQLite.
+    database: Option<TestDatabase>,
 }
 
 fn seed() -> u64 {
@@ -118,10 +126,23 @@ fn fault_phase() -> Duration {
 
 #[test]
 fn delivery_survives_faults() {
+    run(None, fault_phase());
+}
+
+#[test]
+fn delivery_survives_faults_on_postgres() {
+    let Some(database) = TestDatabase::create("delivery_survives_faults_on_postgres") else {
+        return;
+    };
+    run(Some(database), fault_phase().min(Duration::from_secs(10)));
+}
+
+/// One seeded run of `phase` faults, then the checks.
+fn run(database: Option<TestDatabase>, phase: Duration) {
     let seed = seed();
     println!("chaos seed {seed} (replay: CHAOS_SEED={seed} cargo test -p server --test chaos)");
-    let mut chaos = Chaos::new(seed);
-    let end = Instant::now() + fault_phase();
+    let mut chaos = Chaos::new(seed, database);
+    let end = Instant::now() + phase;
     while Instant::now() < end {
         chaos.step();
     }
@@ -136,8 +157,13 @@ fn delivery_survives_faults() {
 }
 
 impl Chaos {
-    fn new(seed: u64) -> Chaos {
-        let server = TestServer::start(&["--no-rate-limits"]);
+    fn new(seed: u64, database: Option<TestDatabase>) -> Chaos {
+        let mut args = vec!["--no-rate-limits".to_string()];
+        if let Some(database) = &database {
+            args.extend(["--database".to_string(), database.url.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = TestServer::start(&args);
         let names: Vec<String> = (0..USERS).map(|u| format!("user{u}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         register_all(&server, &refs);
@@ -158,6 +184,7 @@ impl Chaos {
             next_seq: vec![0; USERS],
             disk_full_until: None,
             log: Vec::new(),
+            database,
         };
         chaos.group_id = chaos.create_group();
         for index in 0..chaos.devices.len() {
@@ -435,7 +462,7 @@ impl Chaos {
     /// Caps the server's files just above their size now: writes fail (the
     /// disk is full) until the cap is lifted a couple of seconds later.
     fn fill_disk(&mut self) {
-        if self.disk_full_until.is_some() {
+        if self.disk_full_until.is_some() || self.database.is_some() {
             return;
         }
         self.log.push("disk full".into());
@@ -561,7 +588,10 @@ impl Chaos {
             }
         }
         self.server.stop_gracefully();
-        let stored = self.server.stored_messages();
+        let stored = match &self.database {
+            Some(database) => database.stored_messages(),
+            None => self.server.stored_messages(),
+        };
         let mut per_client_id: HashMap<&str, usize> = HashMap::new();
         for (id, content) in &stored {
             *per_client_id.entry(client_id_of(content)).or_default() += 1;

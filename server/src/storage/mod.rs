@@ -8,11 +8,11 @@
 //!
 //! The loop sees storage only through [`open`], these two enums, [`Snapshot`]
 //! and [`StorageHandle`]. The backend behind the thread is a [`Backend`]:
-//! [`sqlite`] today, chosen in one place ([`startup`], which also holds the
-//! crash-recovery policy every backend shares), so a second backend (a
-//! database shared by several server processes) is added without touching
-//! the loop. [`json_files`] is the original's JSON files: the offline
-//! `export-json`/`import-json` and the mirror the SQLite backend keeps.
+//! [`sqlite`] by default or [`postgres`] (`--database`), chosen in one place
+//! ([`startup`], which also holds the crash-recovery policy every backend
+//! shares), without the loop knowing which. [`json_files`] is the original's
+//! JSON files: the offline `export-json`/`import-json` and the mirror the
+//! SQLite backend keeps.
 //!
 //! [`STORAGE_BATCH_MAX`]: crate::config::STORAGE_BATCH_MAX
 
@@ -20,12 +20,16 @@
 mod table;
 
 mod checkpoint;
+mod client_ids;
 pub mod json_files;
+mod pages;
+pub mod postgres;
 #[cfg(test)]
 mod queue_model_tests;
 pub mod sqlite;
 pub mod startup;
 
+pub use pages::OFFLINE_CHUNK;
 /// The SQLite schema, also at its first path (`storage::schema`).
 pub use sqlite::schema;
 pub use startup::{begin_run, open, OpenError, PreviousRun};
@@ -601,7 +605,7 @@ pub struct Snapshot {
 pub type DatabaseError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A store of the server's data, driven by the storage thread; implemented
-/// by [`sqlite::SqliteBackend`].
+/// by [`sqlite::SqliteBackend`] and [`postgres::PostgresBackend`].
 ///
 /// Its life: opened by its own constructor (chosen in [`startup`]);
 /// [`previous_run`](Backend::previous_run) then

@@ -2,10 +2,14 @@
 //! model: whatever sequence of stores, takes, put-backs, confirmations and
 //! departures, the offline queue a login is pushed is exactly "the 1:1
 //! messages no device took, and the group messages past the member's
-//! cursor", and the cursor only moves the way the model says.
+//! cursor", and the cursor only moves the way the model says. The same
+//! property is checked on each backend: SQLite, and PostgreSQL where one
+//! answers (fewer cases: each needs a schema of its own).
 
 use proptest::prelude::*;
 
+use super::postgres::test_schema::TestSchema;
+use super::postgres::PostgresBackend;
 use super::sqlite::SqliteBackend;
 use super::{Backend, Command, GroupsTaken, NewMessage, Reply, StoredMessage};
 use crate::completion::{ConnId, Requester};
@@ -65,9 +69,16 @@ impl Model {
     }
 }
 
+/// What keeps a fixture's database alive until it is dropped.
+enum Place {
+    Sqlite { _dir: tempfile::TempDir },
+    Postgres { _schema: TestSchema },
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
-    backend: SqliteBackend,
+    backend: Box<dyn Backend>,
+    /// After `backend`: the database outlives its connection.
+    _place: Place,
     sender: i64,
     recipient: i64,
     group_id: i64,
@@ -75,12 +86,26 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let mut backend = SqliteBackend::open(&dir.path().join("chat.db"), false).unwrap();
-        super::begin_run(&mut backend).unwrap();
-        let sender = create_user(&mut backend, "alice");
-        let recipient = create_user(&mut backend, "bob");
+        let backend = SqliteBackend::open(&dir.path().join("chat.db"), false).unwrap();
+        Fixture::new(Box::new(backend), Place::Sqlite { _dir: dir })
+    }
+
+    /// On a fresh PostgreSQL schema, or `None` (skipped) without one.
+    fn postgres() -> Option<Fixture> {
+        let schema = TestSchema::create("the_queue_is_what_no_device_took_on_postgres")?;
+        let backend = PostgresBackend::open(&schema.url).unwrap();
+        Some(Fixture::new(
+            Box::new(backend),
+            Place::Postgres { _schema: schema },
+        ))
+    }
+
+    fn new(mut backend: Box<dyn Backend>, place: Place) -> Fixture {
+        super::begin_run(backend.as_mut()).unwrap();
+        let sender = create_user(backend.as_mut(), "alice");
+        let recipient = create_user(backend.as_mut(), "bob");
         let replies = backend.execute(vec![Command::CreateGroup {
             to: CONN,
             name: "g".into(),
@@ -93,7 +118,7 @@ impl Fixture {
         };
         Fixture {
             group_id: group.group_id,
-            _dir: dir,
+            _place: place,
             backend,
             sender,
             recipient,
@@ -153,7 +178,7 @@ impl Fixture {
     }
 }
 
-fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
+fn create_user(backend: &mut dyn Backend, name: &str) -> i64 {
     let replies = backend.execute(vec![Command::CreateUser {
         to: CONN,
         username: name.into(),
@@ -240,16 +265,35 @@ fn apply(fixture: &mut Fixture, model: &mut Model, step: &Step) {
     }
 }
 
+/// Runs `steps` on `fixture` and on the model, comparing the queue after
+/// each.
+fn check(mut fixture: Fixture, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
+    for step in steps {
+        apply(&mut fixture, &mut model, step);
+        prop_assert_eq!(fixture.queue(), model.queue(), "after {:?}", step);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
     fn the_queue_is_what_no_device_took(steps in proptest::collection::vec(step(), 1..40)) {
-        let mut fixture = Fixture::new();
-        let mut model = Model::default();
-        for step in &steps {
-            apply(&mut fixture, &mut model, step);
-            prop_assert_eq!(fixture.queue(), model.queue(), "after {:?}", step);
+        check(Fixture::sqlite(), &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn the_queue_is_what_no_device_took_on_postgres(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        if let Some(fixture) = Fixture::postgres() {
+            check(fixture, &steps)?;
         }
     }
 }

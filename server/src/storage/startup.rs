@@ -1,5 +1,5 @@
-//! How storage starts: [`open`] creates the data directory, chooses the
-//! backend (the one place one is chosen), takes over from the previous run
+//! How storage starts: [`open`] chooses the backend (the one place one is
+//! chosen: SQLite in the data directory, which it creates, or PostgreSQL), takes over from the previous run
 //! ([`begin_run`], the crash-recovery policy) and starts the storage thread.
 //!
 //! The crash-recovery policy, whichever the backend: message ids are handed
@@ -19,10 +19,11 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use super::postgres::PostgresBackend;
 use super::sqlite::SqliteBackend;
 use super::{Backend, DatabaseError, GroupRow, Snapshot, StorageHandle};
 use crate::completion::CompletionSender;
-use crate::config::{Config, MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
+use crate::config::{Config, Database, MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
 use crate::metrics::Histograms;
 
 /// Why storage could not be opened. The server does not start; each
@@ -37,10 +38,11 @@ pub enum OpenError {
         /// What the system said.
         error: io::Error,
     },
-    /// The database refused (unreadable file, newer schema, disk error):
-    /// fix the data directory and start again.
+    /// The database refused (unreadable file, newer schema, disk error,
+    /// PostgreSQL unreachable): fix the data directory or the database and
+    /// start again.
     Database {
-        /// Where the database is (its file).
+        /// Where the database is (its file, or its URL without password).
         location: String,
         /// The backend's own error.
         error: DatabaseError,
@@ -104,10 +106,6 @@ pub fn open(
     done: CompletionSender,
     histograms: Histograms,
 ) -> Result<(StorageHandle, Snapshot), OpenError> {
-    create_private_dir(&config.data_dir).map_err(|error| OpenError::DataDir {
-        path: config.data_dir.clone(),
-        error,
-    })?;
     let mut opened = open_backend(config)?;
     let snapshot = begin_run(opened.backend.as_mut())
         .map_err(|error| OpenError::database(&opened.location, error))?;
@@ -171,9 +169,32 @@ struct Opened {
 }
 
 /// Opens the backend `config` names: the one place a backend is chosen.
-/// Today that is always SQLite in the data directory; a backend for a
-/// database shared by several servers is chosen here, by configuration.
+/// SQLite in the data directory unless `--database` names PostgreSQL.
 fn open_backend(config: &Config) -> Result<Opened, OpenError> {
+    match &config.database {
+        Database::Sqlite => open_sqlite(config),
+        Database::Postgres(url) => open_postgres(url),
+    }
+}
+
+/// PostgreSQL at `url`; an Ack waits for the commit's write-ahead log to
+/// reach the database server's disk.
+fn open_postgres(url: &str) -> Result<Opened, OpenError> {
+    let backend = PostgresBackend::open(url)?;
+    Ok(Opened {
+        location: backend.location().to_owned(),
+        backend: Box::new(backend),
+        durability: "PostgreSQL, synchronous_commit=on: acks survive a crash of either process",
+    })
+}
+
+/// SQLite's `chat.db` in the data directory, which is created (0700) if
+/// missing.
+fn open_sqlite(config: &Config) -> Result<Opened, OpenError> {
+    create_private_dir(&config.data_dir).map_err(|error| OpenError::DataDir {
+        path: config.data_dir.clone(),
+        error,
+    })?;
     let path = config.database_path();
     let mut backend = SqliteBackend::open(&path, config.synchronous_full)?;
     if config.json_mirror {
@@ -295,6 +316,26 @@ mod tests {
             .unwrap();
         assert!(matches!(error, OpenError::DataDir { .. }), "{error:?}");
         assert!(error.to_string().contains("a-file/data"), "{error}");
+    }
+
+    /// `--database` takes a PostgreSQL URL, and not with `--json-mirror`
+    /// (whose files are SQLite's); without it the database is SQLite.
+    #[test]
+    fn the_database_flag_chooses_postgres_and_is_checked() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let mut all = vec!["chat-server"];
+            all.extend_from_slice(args);
+            Config::from_cli(&crate::config::Cli::parse_from(all))
+        };
+        assert_eq!(parse(&[]).unwrap().database, Database::Sqlite);
+        let url = "postgres://chat@127.0.0.1/chat";
+        assert_eq!(
+            parse(&["--database", url]).unwrap().database,
+            Database::Postgres(url.into())
+        );
+        assert!(parse(&["--database", "/var/lib/chat.db"]).is_err());
+        assert!(parse(&["--database", url, "--json-mirror"]).is_err());
     }
 
     /// A file that is not a database is refused, naming the file.

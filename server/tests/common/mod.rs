@@ -6,6 +6,8 @@
 //! `dead_code` allowance below.
 #![allow(dead_code)]
 
+pub mod postgres_db;
+
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;

@@ -8,11 +8,12 @@ use protocol::server::SessionInfo;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::contacts::mutual_contacts;
-use super::delivery::{self, QueueTake};
+use super::delivery;
 use super::Batch;
 use crate::completion::Requester;
 use crate::config::SESSION_IDLE_SECS;
 use crate::password::PasswordHash;
+use crate::storage::pages::QueueTake;
 use crate::storage::{GroupsTaken, Reply};
 
 /// `CreateUser`: the new account's id, or none when the name is taken.

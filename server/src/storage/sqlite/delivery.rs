@@ -7,62 +7,11 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::messages::{read_page, PageBudget, PageFrom};
+use super::messages::read_page;
 use super::Batch;
 use crate::completion::Requester;
-use crate::config::QUEUE_PAGE_BYTES;
+use crate::storage::pages::{merge_pages, PageFrom, QueueTake, OFFLINE_CHUNK, QUEUE_PAGE};
 use crate::storage::{GroupsTaken, Reply, StoredMessage};
-
-/// Offline-queue messages taken per storage round trip at login. The whole
-/// queue is pushed, chunk by chunk, so one reply (and one write into the
-/// connection's buffer) stays bounded; the round trips give the socket time
-/// to drain between chunks.
-pub const OFFLINE_CHUNK: u32 = 500;
-
-/// An offline-queue or catch-up page.
-pub(super) const QUEUE_PAGE: PageBudget = PageBudget {
-    messages: OFFLINE_CHUNK as usize,
-    bytes: QUEUE_PAGE_BYTES,
-};
-
-/// Whose offline queue to take, and how much of it.
-#[derive(Clone, Copy)]
-pub(super) struct QueueTake {
-    /// Whose queue.
-    pub(super) user_id: i64,
-    /// Only ids below this one (later ones are held by the loop).
-    pub(super) queue_before: i64,
-    /// Only ids above this one (the previous chunk's last).
-    pub(super) after: i64,
-    /// A receipts session's confirmation: take everything addressed to the
-    /// user past it instead of the offline queue.
-    pub(super) since: Option<i64>,
-    /// Whether the user's group messages are part of it.
-    pub(super) include_groups: bool,
-}
-
-impl QueueTake {
-    /// A login's queue from its start: the offline queue below `queue_before`.
-    pub(super) fn from_start(user_id: i64, queue_before: i64, include_groups: bool) -> Self {
-        QueueTake {
-            user_id,
-            queue_before,
-            after: 0,
-            since: None,
-            include_groups,
-        }
-    }
-
-    /// The same queue past `after` (the previous chunk's last id); with
-    /// `since`, a receipts session's queue past its confirmation.
-    pub(super) fn continued(self, after: i64, since: Option<i64>) -> Self {
-        QueueTake {
-            after,
-            since,
-            ..self
-        }
-    }
-}
 
 /// `TakeQueue`: the next chunk of a logging-in (or catching-up) user's queue.
 pub(super) fn take_queue(
@@ -241,7 +190,7 @@ fn take_confirmed(
 /// Reads the next chunk of the user's offline queue below `queue_before`:
 /// 1:1 messages not delivered and, with `include_groups`, messages of the
 /// user's groups past the member's cursor, oldest first. A chunk holds at
-/// most [`OFFLINE_CHUNK`] messages and about [`QUEUE_PAGE_BYTES`] of content.
+/// most [`OFFLINE_CHUNK`] messages and about `QUEUE_PAGE_BYTES` of content.
 pub(super) fn read_queue(
     batch: &Batch,
     queue: QueueTake,
@@ -287,35 +236,6 @@ pub(super) fn read_queue(
         QUEUE_PAGE,
     )?;
     Ok(merge_pages(direct, group, QUEUE_PAGE))
-}
-
-/// The oldest part of two pages read from the same point (each oldest
-/// first, each saying whether it left messages out) that is a page itself:
-/// nothing past where either one stopped, and within `budget`.
-pub(super) fn merge_pages(
-    (mut merged, first_more): (Vec<StoredMessage>, bool),
-    (second, second_more): (Vec<StoredMessage>, bool),
-    budget: PageBudget,
-) -> (Vec<StoredMessage>, bool) {
-    let stopped_at = |page: &[StoredMessage], more: bool| {
-        more.then(|| page.last().map_or(i64::MIN, |m| m.message_id))
-    };
-    let bound = [
-        stopped_at(&merged, first_more),
-        stopped_at(&second, second_more),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-    merged.extend(second);
-    merged.sort_by_key(|message| message.message_id);
-    if let Some(bound) = bound {
-        merged.retain(|message| message.message_id <= bound);
-    }
-    let fits = budget.fitting(merged.iter());
-    let more = bound.is_some() || merged.len() > fits;
-    merged.truncate(fits);
-    (merged, more)
 }
 
 /// A receipts session's queue: every message addressed to the user past

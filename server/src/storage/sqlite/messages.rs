@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, Transaction};
 
 use super::Batch;
 use crate::completion::Requester;
-use crate::config::READ_PAGE_BYTES;
+use crate::storage::client_ids::ClientIds;
+use crate::storage::pages::{PageBudget, PageFill, PageFrom};
 use crate::storage::{Conversation, NewMessage, Reply, StoredMessage};
 
 /// `StoreMessage`: the message is inserted, unless its client id says the
@@ -95,6 +96,23 @@ pub(super) fn highest_stored_id(conn: &Connection) -> rusqlite::Result<i64> {
         [],
         |row| row.get(0),
     )
+}
+
+/// The index of recent client ids, rebuilt from the messages' rows at a
+/// start (newest first, stopping at the retention).
+pub(super) fn load_client_ids(conn: &Connection, now: i64) -> rusqlite::Result<ClientIds> {
+    let mut loading = ClientIds::loading(now);
+    let mut statement = conn.prepare(
+        "SELECT sender_id, client_message_id, message_id, timestamp FROM messages
+         ORDER BY message_id DESC",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        if !loading.offer(row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?) {
+            break;
+        }
+    }
+    Ok(loading.finish())
 }
 
 fn insert_message(
@@ -221,50 +239,6 @@ pub(super) fn sync_page(
     )
 }
 
-/// Which end of the selected messages a page is read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PageFrom {
-    /// Oldest first (Sync, the offline queue).
-    Oldest,
-    /// Newest first (History, which pages backwards).
-    Newest,
-}
-
-/// How much one page may hold: at most `messages`, and no more content than
-/// `bytes` (but always one message, so a page is never empty while messages
-/// remain).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct PageBudget {
-    /// Most messages in the page.
-    pub(super) messages: usize,
-    /// Most bytes of content in the page (past its first message).
-    pub(super) bytes: usize,
-}
-
-impl PageBudget {
-    /// A History or Sync page of at most `limit` messages.
-    fn read(limit: u32) -> Self {
-        PageBudget {
-            messages: limit as usize,
-            bytes: READ_PAGE_BYTES,
-        }
-    }
-
-    /// How many of `messages`, taken in order, fit.
-    pub(super) fn fitting<'a>(&self, messages: impl Iterator<Item = &'a StoredMessage>) -> usize {
-        let mut bytes = 0;
-        let mut fits = 0;
-        for message in messages.take(self.messages) {
-            bytes += message.content.len();
-            if fits > 0 && bytes > self.bytes {
-                break;
-            }
-            fits += 1;
-        }
-        fits
-    }
-}
-
 /// Reads a page of the messages whose ids `ids_query` selects, from the
 /// `from` end, stopping at `budget`: rows past it are never read, so a page
 /// costs what it holds whatever the messages' sizes. Returns the page oldest
@@ -276,10 +250,7 @@ pub(super) fn read_page(
     from: PageFrom,
     budget: PageBudget,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
-    let order = match from {
-        PageFrom::Oldest => "ASC",
-        PageFrom::Newest => "DESC",
-    };
+    let order = from.sql_order();
     let sql = format!(
         "SELECT m.message_id, s.username, r.username, m.content, m.is_encrypted, m.timestamp,
                 m.group_id
@@ -290,7 +261,7 @@ pub(super) fn read_page(
          ORDER BY m.message_id {order}"
     );
     let mut statement = tx.prepare_cached(&sql)?;
-    let mut rows = statement.query_map(parameters, |row| {
+    let rows = statement.query_map(parameters, |row| {
         Ok(StoredMessage {
             message_id: row.get(0)?,
             sender: row.get(1)?,
@@ -301,21 +272,11 @@ pub(super) fn read_page(
             group_id: row.get(6)?,
         })
     })?;
-    let mut page: Vec<StoredMessage> = Vec::new();
-    let mut bytes = 0;
-    let mut more = false;
-    for row in rows.by_ref() {
-        let message = row?;
-        bytes += message.content.len();
-        let full = page.len() >= budget.messages || (!page.is_empty() && bytes > budget.bytes);
-        if full {
-            more = true;
+    let mut fill = PageFill::new(budget);
+    for row in rows {
+        if !fill.offer(row?) {
             break;
         }
-        page.push(message);
     }
-    if from == PageFrom::Newest {
-        page.reverse();
-    }
-    Ok((page, more))
+    Ok(fill.finish(from))
 }

@@ -14,13 +14,12 @@
 //! - `messages.rs`: storing a message, History and Sync pages, and the page
 //!   reader every read of messages shares;
 //! - `delivery.rs`: the offline queue and catch-up pages, what takes a
-//!   message and what puts it back, confirmations, group cursors, client ids;
+//!   message and what puts it back, confirmations, group cursors;
 //! - `contacts.rs`, `groups.rs`, `keys.rs`;
 //! - `server_state.rs`: the running mark and the reserved ids;
 //! - [`schema`]: the tables and indexes, and why they are shaped so.
 
 mod accounts;
-mod client_ids;
 mod contacts;
 mod delivery;
 mod groups;
@@ -39,13 +38,12 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction};
 
 use super::checkpoint::Checkpointer;
+use super::client_ids::ClientIds;
 use super::json_files::Mirror;
+use super::pages::QueueTake;
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
 use crate::config::{CLIENT_ID_RETENTION_SECS, SESSION_IDLE_SECS};
-use client_ids::ClientIds;
-use delivery::{QueueTake, UnindexedTail};
-
-pub use delivery::OFFLINE_CHUNK;
+use delivery::UnindexedTail;
 
 /// Unindexed messages that trigger an index pass right after a batch.
 const INDEX_TAIL_MAX: i64 = 8_192;
@@ -98,7 +96,7 @@ impl SqliteBackend {
         create_private_file(path);
         let (conn, highest_stored) = prepare_connection(path, synchronous_full)
             .map_err(|error| OpenError::database(path.display(), error))?;
-        let client_ids = ClientIds::load(&conn, unix_now())
+        let client_ids = messages::load_client_ids(&conn, unix_now())
             .map_err(|error| OpenError::database(path.display(), error))?;
         let checkpointer = Checkpointer::start(path).map_err(OpenError::Thread)?;
         Ok(SqliteBackend {

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use super::delivery::{merge_pages, QUEUE_PAGE};
 use super::messages::{peer_history, sync_page};
 use super::*;
 use crate::completion::{ConnId, Requester};
 use crate::config::{MESSAGE_ID_BLOCK, QUEUE_PAGE_BYTES};
 use crate::password::hash_password;
+use crate::storage::pages::{merge_pages, OFFLINE_CHUNK, QUEUE_PAGE};
 use crate::storage::{begin_run, NewMessage, Snapshot, StoredMessage};
 
 const CONN: Requester = Requester::anonymous(ConnId { slot: 0, serial: 1 });

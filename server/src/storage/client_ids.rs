@@ -1,8 +1,10 @@
-//! Idempotent sends without a second B-tree per message: the client's id is
+//! Idempotent sends without a second index per message: the client's id is
 //! kept in the message's own row (`messages.client_message_id`), and this
 //! in-memory index maps `(sender, client id)` to the message id for the
 //! last [`CLIENT_ID_RETENTION_SECS`]. A resend is found here; the row is
 //! what rebuilds the index when the server starts (after `kill -9` too).
+//! Backend-independent: each backend reads its rows into [`ClientIds::loading`]
+//! and keeps the index beside its batches.
 //!
 //! The index is bounded by [`CLIENT_ID_INDEX_BYTES`]: past it the oldest
 //! ids are forgotten early, and a resend of one of those is stored again
@@ -12,8 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-
-use rusqlite::Connection;
 
 use crate::config::{CLIENT_ID_INDEX_BYTES, CLIENT_ID_RETENTION_SECS};
 
@@ -33,6 +33,56 @@ struct Remembered {
 impl Remembered {
     fn bytes(&self) -> usize {
         self.client_id.len() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The index being rebuilt at a start: the backend reads its messages
+/// newest first (ids, and their times, are assigned in order) and offers
+/// each until told to stop, so a start reads one day of messages, not the
+/// table; the newest are kept first if they outgrow the budget.
+pub(super) struct Loading {
+    oldest_kept: i64,
+    newest_first: Vec<Remembered>,
+    bytes: usize,
+}
+
+impl Loading {
+    /// The next older stored message, with its client id if it has one;
+    /// `false` once the retention or the byte budget is passed (read no
+    /// further).
+    pub(super) fn offer(
+        &mut self,
+        sender_id: i64,
+        client_id: Option<String>,
+        message_id: i64,
+        created_at: i64,
+    ) -> bool {
+        if created_at <= self.oldest_kept {
+            return false;
+        }
+        let Some(client_id) = client_id else {
+            return true;
+        };
+        self.bytes += client_id.len() + ENTRY_OVERHEAD_BYTES;
+        if self.bytes > CLIENT_ID_INDEX_BYTES {
+            return false;
+        }
+        self.newest_first.push(Remembered {
+            sender_id,
+            client_id: client_id.into(),
+            message_id,
+            created_at,
+        });
+        true
+    }
+
+    /// The index of what was offered.
+    pub(super) fn finish(self) -> ClientIds {
+        let mut index = ClientIds::new(CLIENT_ID_INDEX_BYTES);
+        for remembered in self.newest_first.into_iter().rev() {
+            index.push(remembered);
+        }
+        index
     }
 }
 
@@ -58,44 +108,14 @@ impl ClientIds {
         }
     }
 
-    /// The index of the stored messages' client ids younger than the
-    /// retention at `now`, newest kept first if they outgrow the budget.
-    pub(super) fn load(conn: &Connection, now: i64) -> rusqlite::Result<Self> {
-        let mut index = ClientIds::new(CLIENT_ID_INDEX_BYTES);
-        let oldest_kept = now - CLIENT_ID_RETENTION_SECS;
-        // Newest first, stopping at the first message past the retention:
-        // ids (and their times) are assigned in order, so the scan reads
-        // one day of messages, not the table.
-        let mut statement = conn.prepare(
-            "SELECT sender_id, client_message_id, message_id, timestamp FROM messages
-             ORDER BY message_id DESC",
-        )?;
-        let mut rows = statement.query([])?;
-        let mut newest_first = Vec::new();
-        let mut bytes = 0;
-        while let Some(row) = rows.next()? {
-            let created_at: i64 = row.get(3)?;
-            if created_at <= oldest_kept {
-                break;
-            }
-            let Some(client_id) = row.get::<_, Option<String>>(1)? else {
-                continue;
-            };
-            bytes += client_id.len() + ENTRY_OVERHEAD_BYTES;
-            if bytes > index.bytes_max {
-                break;
-            }
-            newest_first.push(Remembered {
-                sender_id: row.get(0)?,
-                client_id: client_id.into(),
-                message_id: row.get(2)?,
-                created_at,
-            });
+    /// A start's rebuilding of the index at `now` from the stored
+    /// messages, which the backend offers newest first.
+    pub(super) fn loading(now: i64) -> Loading {
+        Loading {
+            oldest_kept: now - CLIENT_ID_RETENTION_SECS,
+            newest_first: Vec::new(),
+            bytes: 0,
         }
-        for remembered in newest_first.into_iter().rev() {
-            index.push(remembered);
-        }
-        Ok(index)
     }
 
     /// The message the sender stored under `client_id`, if remembered.
@@ -209,6 +229,20 @@ mod tests {
         assert_eq!(index.len(), 3);
         assert_eq!(index.find(1, "a"), None, "the oldest went first");
         assert_eq!(index.find(1, "d"), Some(3));
+    }
+
+    /// A start keeps what is younger than the retention, stopping at the
+    /// first older message.
+    #[test]
+    fn loading_stops_at_the_retention() {
+        let now = 10 * CLIENT_ID_RETENTION_SECS;
+        let mut loading = ClientIds::loading(now);
+        assert!(loading.offer(1, Some("new".into()), 3, now - 1));
+        assert!(loading.offer(1, None, 2, now - 2));
+        assert!(!loading.offer(1, Some("old".into()), 1, now - CLIENT_ID_RETENTION_SECS));
+        let index = loading.finish();
+        assert_eq!(index.find(1, "new"), Some(3));
+        assert_eq!(index.find(1, "old"), None);
     }
 
     #[test]
