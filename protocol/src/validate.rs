@@ -43,6 +43,15 @@ pub fn is_strong_enough_secret(secret: &str) -> bool {
     secret.chars().count() >= SECRET_CHARS_MIN
 }
 
+/// Text the server keeps (message content and ids, group names, keys)
+/// holds no NUL character (U+0000): not every database can store one.
+pub fn is_storable_text(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+/// The refusal's detail for text with a NUL character.
+pub const NUL_REFUSAL: &str = "text may not contain the NUL character (U+0000)";
+
 #[cfg(test)]
 mod tests {
     use super::*;

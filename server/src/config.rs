@@ -222,6 +222,11 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// How long a session may go unused before it expires.
 pub const SESSION_IDLE_SECS: i64 = 7 * 24 * 60 * 60;
 
+/// Sessions one GetSessions lists, the most recently created: a user may
+/// hold any number (each password login makes one), and the answer is
+/// bounded (about 200 bytes each).
+pub const SESSIONS_LISTED_MAX: i64 = 100;
+
 /// How long shutdown waits for in-flight storage and hashing work.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
 

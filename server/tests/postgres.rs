@@ -105,6 +105,15 @@ fn accounts_register_log_in_and_resume() {
     let mut other = server.client();
     other.send(&common::login_with_session("alice", "not-a-session"));
     other.recv_fail_login();
+    let mut laptop = server.client();
+    laptop.login("alice", SECRET);
+    laptop.send(&ClientMessage::GetSessions);
+    let ServerMessage::Sessions(sessions) = laptop.recv() else {
+        panic!("expected the sessions");
+    };
+    assert_eq!(sessions.data.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.data.iter().filter(|s| s.online).count(), 2);
+    assert_eq!(sessions.data.iter().filter(|s| s.current).count(), 1);
 }
 
 /// A 1:1 message is acked and delivered live; one sent while the
@@ -529,4 +538,35 @@ fn a_connection_postgres_closed_is_opened_again() {
         "{}",
         server.log_text()
     );
+}
+
+/// PostgreSQL cannot store a NUL character, so the server refuses one in
+/// any text it keeps (on every backend): `bad_request`, nothing stored,
+/// and the connection goes on.
+#[test]
+fn text_with_a_nul_character_is_refused_and_the_connection_goes_on() {
+    let Some((_database, server)) =
+        start("text_with_a_nul_character_is_refused_and_the_connection_goes_on")
+    else {
+        return;
+    };
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let refused = [
+        message_to("bob", "a\0b", None),
+        message_to("bob", "fine", Some("id\0")),
+        ClientMessage::CreateGroup(CreateGroup {
+            name: "te\0am".into(),
+            members: vec!["bob".into()],
+        }),
+        ClientMessage::PublishKey(PublishKey {
+            public_key: "AA\0A".into(),
+        }),
+    ];
+    for request in &refused {
+        alice.send(request);
+        let tag = i64::from(request.tag());
+        alice.expect_error(ErrorType::BadRequest, Some(tag));
+    }
+    assert!(send_acked(&mut alice, message_to("bob", "after", None)) > 0);
 }

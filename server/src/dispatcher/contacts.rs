@@ -7,7 +7,7 @@
 
 use protocol::client::{PublishKey, UserRef};
 use protocol::server::{ContactRequest, Directory, DirectoryEntry, Key, Presence};
-use protocol::validate::PUBLIC_KEY_BYTES_MAX;
+use protocol::validate::{is_storable_text, PUBLIC_KEY_BYTES_MAX};
 use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
@@ -127,8 +127,9 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        if body.public_key.len() > PUBLIC_KEY_BYTES_MAX || body.public_key.is_empty() {
-            let detail = format!("public_key must be 1 to {PUBLIC_KEY_BYTES_MAX} bytes");
+        let key = &body.public_key;
+        if key.len() > PUBLIC_KEY_BYTES_MAX || key.is_empty() || !is_storable_text(key) {
+            let detail = format!("public_key must be 1 to {PUBLIC_KEY_BYTES_MAX} bytes, no NUL");
             fx.error(
                 conn,
                 ErrorType::BadRequest,

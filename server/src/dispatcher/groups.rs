@@ -13,6 +13,7 @@
 
 use protocol::client::{AddGroupMembers, CreateGroup, LeaveGroup, SendMessage};
 use protocol::server::{GroupInfo, Groups};
+use protocol::validate::is_storable_text;
 use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
@@ -40,8 +41,8 @@ impl Dispatcher {
             return;
         }
         let name_chars = body.name.chars().count();
-        if name_chars == 0 || name_chars > GROUP_NAME_CHARS_MAX {
-            let detail = format!("a group name is 1 to {GROUP_NAME_CHARS_MAX} characters");
+        if name_chars == 0 || name_chars > GROUP_NAME_CHARS_MAX || !is_storable_text(&body.name) {
+            let detail = format!("a group name is 1 to {GROUP_NAME_CHARS_MAX} characters, no NUL");
             fx.error(
                 conn,
                 ErrorType::BadRequest,

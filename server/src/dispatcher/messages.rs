@@ -8,7 +8,7 @@
 
 use protocol::client::{GetHistory, SendMessage, Sync};
 use protocol::server::{Ack, History, Synced};
-use protocol::validate::CLIENT_MESSAGE_ID_CHARS_MAX;
+use protocol::validate::{is_storable_text, CLIENT_MESSAGE_ID_CHARS_MAX, NUL_REFUSAL};
 use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
@@ -123,6 +123,14 @@ impl Dispatcher {
         };
         if body.content.is_empty() {
             return refuse(ErrorType::BadRequest, "content is empty");
+        }
+        let texts = [Some(&body.content), body.message_id.as_ref()];
+        if !texts
+            .into_iter()
+            .flatten()
+            .all(|text| is_storable_text(text))
+        {
+            return refuse(ErrorType::BadRequest, NUL_REFUSAL);
         }
         if body
             .message_id

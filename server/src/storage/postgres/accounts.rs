@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 
+use protocol::server::SessionInfo;
+
 use super::contacts::mutual_contacts;
 use super::delivery;
 use super::{Batch, Error};
 use crate::completion::Requester;
-use crate::config::SESSION_IDLE_SECS;
+use crate::config::{SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
 use crate::password::PasswordHash;
 use crate::storage::pages::QueueTake;
 use crate::storage::{GroupsTaken, Reply};
@@ -114,6 +116,31 @@ pub(super) fn end_session(
         &[&session_hash],
     )?;
     Ok(Reply::SessionEnded { to: to.clone() })
+}
+
+/// `Sessions`: the user's most recent sessions, oldest first.
+pub(super) fn sessions(batch: &mut Batch, to: &Requester, user_id: i64) -> Result<Reply, Error> {
+    let rows = batch.query(
+        "SELECT session_hash, created_at, last_used_at, ip_address, confirmed_through
+         FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, session_hash LIMIT $2",
+        &[&user_id, &SESSIONS_LISTED_MAX],
+    )?;
+    let mut sessions = Vec::with_capacity(rows.len());
+    for row in rows.iter().rev() {
+        let info = SessionInfo {
+            created_at: row.try_get(1)?,
+            last_used_at: row.try_get(2)?,
+            address: row.try_get(3)?,
+            confirmed_through: row.try_get(4)?,
+            current: false,
+            online: false,
+        };
+        sessions.push((row.try_get(0)?, info));
+    }
+    Ok(Reply::Sessions {
+        to: to.clone(),
+        sessions,
+    })
 }
 
 /// `ConnectionLost`: the session is touched, the group cursors move as far

@@ -328,7 +328,8 @@ impl PostgresBackend {
                     _ => None,
                 };
                 command.requester().map(|(to, tag)| Reply::Failed {
-                    requester: (to.clone(), tag),
+                    to: to.clone(),
+                    ref_tag: tag,
                     message_id,
                     reason: error.to_string(),
                 })
@@ -428,6 +429,7 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             accounts::resume_session(batch, to, session_hash, *receipts, *peer, *now, queue)
                 .map(Some)
         }
+        Command::Sessions { to, user_id } => accounts::sessions(batch, to, *user_id).map(Some),
         Command::EndSession { to, session_hash } => {
             accounts::end_session(batch, to, session_hash).map(Some)
         }

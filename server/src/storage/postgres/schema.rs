@@ -96,6 +96,7 @@ CREATE TABLE sessions (
     confirmed_through BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_by_last_used ON sessions(last_used_at);
+CREATE INDEX sessions_by_user ON sessions(user_id, created_at);
 
 -- Facts about the server process: `running` is 1 from start until a clean
 -- shutdown; `ids_reserved_through` the highest message id reserved.

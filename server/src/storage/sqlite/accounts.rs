@@ -11,7 +11,7 @@ use super::contacts::mutual_contacts;
 use super::delivery;
 use super::Batch;
 use crate::completion::Requester;
-use crate::config::SESSION_IDLE_SECS;
+use crate::config::{SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
 use crate::password::PasswordHash;
 use crate::storage::pages::QueueTake;
 use crate::storage::{GroupsTaken, Reply};
@@ -126,10 +126,10 @@ pub(super) fn end_session(
 pub(super) fn sessions(tx: &Transaction, to: &Requester, user_id: i64) -> rusqlite::Result<Reply> {
     let mut statement = tx.prepare_cached(
         "SELECT session_hash, created_at, last_used_at, ip_address, confirmed_through
-         FROM sessions WHERE user_id = ?1 ORDER BY created_at, session_hash",
+         FROM sessions WHERE user_id = ?1 ORDER BY created_at DESC, session_hash LIMIT ?2",
     )?;
-    let sessions = statement
-        .query_map([user_id], |row| {
+    let mut sessions: Vec<_> = statement
+        .query_map([user_id, SESSIONS_LISTED_MAX], |row| {
             let info = SessionInfo {
                 created_at: row.get(1)?,
                 last_used_at: row.get(2)?,
@@ -141,6 +141,7 @@ pub(super) fn sessions(tx: &Transaction, to: &Requester, user_id: i64) -> rusqli
             Ok((row.get(0)?, info))
         })?
         .collect::<rusqlite::Result<_>>()?;
+    sessions.reverse();
     Ok(Reply::Sessions {
         to: to.clone(),
         sessions,
