@@ -1,6 +1,7 @@
 //! How storage starts: [`open`] chooses the backend (the one place one is
-//! chosen: SQLite in the data directory, which it creates, or PostgreSQL), takes over from the previous run
-//! ([`begin_run`], the crash-recovery policy) and starts the storage thread.
+//! chosen: SQLite in the data directory, which it creates, or PostgreSQL),
+//! takes over from the previous run ([`begin_run`], the crash-recovery
+//! policy) and starts the storage thread.
 //!
 //! The crash-recovery policy, whichever the backend: message ids are handed
 //! out by the loop only from a block reserved durably first

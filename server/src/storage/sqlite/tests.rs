@@ -600,3 +600,74 @@ fn a_version_3_database_keeps_its_client_ids() {
     let replies = backend.execute(vec![with_client_id(MESSAGE_ID_BLOCK * 10, 1, "c7", now)]);
     assert_eq!(duplicates(&replies), [Some(7)]);
 }
+
+/// Confirms `through` for `user_id`'s device; returns the senders, sorted.
+fn confirm(backend: &mut SqliteBackend, user_id: i64, through: i64) -> Vec<(i64, i64)> {
+    let replies = backend.execute(vec![Command::Confirm {
+        user_id,
+        username: "bob".into(),
+        session_hash: "device".into(),
+        through,
+    }]);
+    match replies.as_slice() {
+        [Reply::Confirmed { senders, .. }] => {
+            let mut senders = senders.clone();
+            senders.sort_unstable();
+            senders
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A confirmation names each sender's highest newly confirmed message,
+/// whether it is in the indexes or the unindexed tail, across stores, index
+/// passes and a batch that fails and is retried alone.
+#[test]
+fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let c = create_user(&mut backend, "carol");
+    backend
+        .conn
+        .execute(
+            "INSERT INTO sessions (session_hash, user_id, created_at, last_used_at)
+             VALUES ('device', ?1, 1, 1)",
+            [b],
+        )
+        .unwrap();
+    store(&mut backend, 1, a, b, false);
+    assert_eq!(confirm(&mut backend, b, 1), vec![(a, 1)]);
+    store(&mut backend, 2, c, b, false);
+    store(&mut backend, 3, a, b, false);
+    assert_eq!(confirm(&mut backend, b, 2), vec![(c, 2)]);
+    backend.index_tail();
+    store(&mut backend, 4, c, b, false);
+    assert_eq!(confirm(&mut backend, b, 4), vec![(a, 3), (c, 4)]);
+    // Message 5 is stored in a batch that fails (4 again breaks the primary
+    // key), then alone.
+    let message = |id, from| Command::StoreMessage {
+        to: CONN,
+        client_message_id: None,
+        message: NewMessage {
+            message_id: id,
+            sender_id: from,
+            receiver_id: Some(b),
+            group_id: None,
+            content: "x".into(),
+            is_encrypted: false,
+            time: 1,
+            delivered: false,
+        },
+    };
+    let replies = backend.execute(vec![message(5, c), message(4, a)]);
+    assert!(
+        matches!(
+            &replies[..],
+            [Reply::MessageStored { message_id: 5, .. }, Reply::Failed { .. }]
+        ),
+        "{replies:?}"
+    );
+    store(&mut backend, 6, a, b, false);
+    assert_eq!(confirm(&mut backend, b, 6), vec![(a, 6), (c, 5)]);
+}
