@@ -219,6 +219,16 @@ pub const METRICS_ALLOW_DEFAULT: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 /// How often the loop checks heartbeats, timeouts and the stats line.
 pub const TICK: Duration = Duration::from_millis(500);
 
+/// Phases of the confirmation schedule: devices' confirmations (Received)
+/// are written to storage in this many groups, one group per
+/// [`CONFIRM_TICK`], so at most once per [`TICK`] per device and never all
+/// at once.
+pub const CONFIRM_PHASES: usize = 10;
+
+/// How often one phase of the confirmation schedule is written.
+pub const CONFIRM_TICK: Duration =
+    Duration::from_millis(TICK.as_millis() as u64 / CONFIRM_PHASES as u64);
+
 /// How long a session may go unused before it expires.
 pub const SESSION_IDLE_SECS: i64 = 7 * 24 * 60 * 60;
 

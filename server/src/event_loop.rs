@@ -122,6 +122,8 @@ pub struct Server {
     effects: Effects,
     hash_in_flight: usize,
     next_tick: Instant,
+    /// When the next phase of confirmations is written.
+    next_confirm_tick: Instant,
     stats: StatsWindow,
     purge: PurgeSchedule,
     shutdown: Option<Instant>,
@@ -207,6 +209,7 @@ impl Server {
             effects: Effects::default(),
             hash_in_flight: 0,
             next_tick: Instant::now(),
+            next_confirm_tick: Instant::now(),
             stats: StatsWindow {
                 started: Instant::now(),
                 messages: 0,
@@ -233,7 +236,8 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+            let next = self.next_tick.min(self.next_confirm_tick);
+            let until_tick = next.saturating_duration_since(Instant::now());
             let mut timeout = match (self.unfinished_reads.is_empty(), self.reads_paused()) {
                 (true, _) => until_tick,
                 (false, false) => Duration::ZERO,
@@ -260,6 +264,9 @@ impl Server {
             self.retry_throttled_reads();
             self.continue_unfinished_reads();
             self.drain_completions();
+            if Instant::now() >= self.next_confirm_tick {
+                self.confirm_tick();
+            }
             if Instant::now() >= self.next_tick {
                 self.tick();
             }
@@ -659,6 +666,15 @@ impl Server {
         let unflushed_from = connection.unflushed_from();
         self.dispatcher
             .disconnected(connection.id, unflushed_from, unix_now(), &mut fx);
+        self.apply(&mut fx);
+        self.effects = fx;
+    }
+
+    /// One phase of the devices' confirmations goes to storage.
+    fn confirm_tick(&mut self) {
+        self.next_confirm_tick = Instant::now() + config::CONFIRM_TICK;
+        let mut fx = std::mem::take(&mut self.effects);
+        self.dispatcher.confirm_tick(&mut fx);
         self.apply(&mut fx);
         self.effects = fx;
     }

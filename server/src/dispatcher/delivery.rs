@@ -13,6 +13,8 @@
 //! - The offline queue (1:1 rows with `delivered = 0`, group messages past
 //!   each member's cursor) is what no device has taken.
 
+use std::collections::HashSet;
+
 use protocol::client::Received;
 use protocol::server::{Delivered, DeliveryReceipt};
 use protocol::ClientTag;
@@ -345,9 +347,13 @@ impl Dispatcher {
 
     /// Writes the confirmation of `conn`'s session if one is waiting.
     pub(super) fn record_confirmation(&mut self, conn: ConnId, fx: &mut Effects) {
-        if !self.confirms_due.remove(&conn) {
-            return;
+        if self.confirms_due.remove(conn) {
+            self.write_confirmation(conn, fx);
         }
+    }
+
+    /// Writes the confirmation of `conn`'s session.
+    fn write_confirmation(&mut self, conn: ConnId, fx: &mut Effects) {
         let auth = self.clients.get(&conn).map(|client| &client.auth);
         let (Some(Auth::LoggedIn {
             user_id,
@@ -374,11 +380,11 @@ impl Dispatcher {
         });
     }
 
-    /// Writes every confirmation that came since the last tick.
-    pub(super) fn record_due_confirmations(&mut self, fx: &mut Effects) {
-        let due: Vec<ConnId> = self.confirms_due.iter().copied().collect();
-        for conn in due {
-            self.record_confirmation(conn, fx);
+    /// Once per [`config::CONFIRM_TICK`]: writes the waiting confirmations
+    /// of the devices in the schedule's next phase.
+    pub fn confirm_tick(&mut self, fx: &mut Effects) {
+        for conn in self.confirms_due.take_next_phase() {
+            self.write_confirmation(conn, fx);
         }
     }
 
@@ -394,10 +400,8 @@ impl Dispatcher {
         }
     }
 
-    /// Once per tick: records the confirmations that came since the last one,
-    /// and sends the Delivered receipts that came due.
+    /// Once per tick: sends the Delivered receipts that came due.
     pub fn tick(&mut self, now: i64, fx: &mut Effects) {
-        self.record_due_confirmations(fx);
         self.send_due_receipts(now, fx);
     }
 
@@ -467,5 +471,80 @@ pub(super) fn push_page(
             message_ids: direct,
         };
         fx.after_flush.push((conn, taken));
+    }
+}
+
+/// The devices with a confirmation to write, in [`config::CONFIRM_PHASES`]
+/// phases by connection slot. One phase is written per
+/// [`config::CONFIRM_TICK`], so each device's confirmation reaches storage
+/// at most once per [`config::TICK`], and the devices' writes are spread
+/// over it: written all at once, a hundred devices' confirmations made one
+/// storage batch of ~30 ms that every message behind it waited for.
+#[derive(Debug)]
+pub(super) struct ConfirmSchedule {
+    /// Each phase's devices.
+    phases: Vec<HashSet<ConnId>>,
+    /// The phase the next confirm tick writes.
+    next: usize,
+}
+
+impl Default for ConfirmSchedule {
+    fn default() -> Self {
+        ConfirmSchedule {
+            phases: vec![HashSet::new(); config::CONFIRM_PHASES],
+            next: 0,
+        }
+    }
+}
+
+impl ConfirmSchedule {
+    /// `conn` has a confirmation to write.
+    pub(super) fn insert(&mut self, conn: ConnId) {
+        self.phases[conn.slot % config::CONFIRM_PHASES].insert(conn);
+    }
+
+    /// Takes `conn` out; whether it had a confirmation waiting.
+    pub(super) fn remove(&mut self, conn: ConnId) -> bool {
+        self.phases[conn.slot % config::CONFIRM_PHASES].remove(&conn)
+    }
+
+    /// The devices of the next phase, taken out.
+    fn take_next_phase(&mut self) -> Vec<ConnId> {
+        let due = self.phases[self.next].drain().collect();
+        self.next = (self.next + 1) % config::CONFIRM_PHASES;
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(slot: usize) -> ConnId {
+        ConnId { slot, serial: 1 }
+    }
+
+    #[test]
+    fn confirmations_are_written_one_phase_per_confirm_tick_once_each() {
+        let mut schedule = ConfirmSchedule::default();
+        for slot in 0..3 * config::CONFIRM_PHASES {
+            schedule.insert(conn(slot));
+        }
+        schedule.insert(conn(3));
+        assert!(schedule.remove(conn(4)), "a departure takes its own out");
+        let mut written = Vec::new();
+        for _ in 0..config::CONFIRM_PHASES {
+            let phase = schedule.take_next_phase();
+            assert!(phase.len() <= 3, "a phase holds its share only: {phase:?}");
+            written.extend(phase.into_iter().map(|conn| conn.slot));
+        }
+        written.sort_unstable();
+        let expected: Vec<usize> = (0..3 * config::CONFIRM_PHASES)
+            .filter(|slot| *slot != 4)
+            .collect();
+        assert_eq!(written, expected, "each device once, in one tick cycle");
+        for _ in 0..config::CONFIRM_PHASES {
+            assert!(schedule.take_next_phase().is_empty());
+        }
     }
 }

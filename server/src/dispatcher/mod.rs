@@ -25,7 +25,7 @@ mod delivery;
 mod groups;
 mod messages;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -41,7 +41,7 @@ use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
 use contacts::ContactAdded;
 pub use delivery::Stream;
-use delivery::{AwaitingCommit, MessageStored};
+use delivery::{AwaitingCommit, ConfirmSchedule, MessageStored};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,8 +316,8 @@ pub struct Dispatcher {
     awaiting_commit: HashMap<i64, AwaitingCommit>,
     /// Content bytes of the messages awaiting their commit.
     storing_bytes: usize,
-    /// Connections whose confirmation (Received) waits for the next tick.
-    confirms_due: HashSet<ConnId>,
+    /// Connections whose confirmation (Received) waits to be written.
+    confirms_due: ConfirmSchedule,
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
@@ -345,7 +345,7 @@ impl Dispatcher {
             storage_backlog: 0,
             awaiting_commit: HashMap::new(),
             storing_bytes: 0,
-            confirms_due: HashSet::new(),
+            confirms_due: ConfirmSchedule::default(),
             receipts_due: HashMap::new(),
             limits,
             counters: Counters::default(),

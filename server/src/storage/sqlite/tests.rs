@@ -664,7 +664,10 @@ fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
     assert!(
         matches!(
             &replies[..],
-            [Reply::MessageStored { message_id: 5, .. }, Reply::Failed { .. }]
+            [
+                Reply::MessageStored { message_id: 5, .. },
+                Reply::Failed { .. }
+            ]
         ),
         "{replies:?}"
     );
