@@ -22,13 +22,12 @@ pub(super) fn store_message(
     client_message_id: Option<&str>,
     message: &NewMessage,
 ) -> rusqlite::Result<Reply> {
-    // The message lands past the index watermark: the batch's read of the
-    // unindexed tail no longer holds.
-    batch.tail.forget();
     let duplicate_of =
         client_message_id.and_then(|client_id| batch.client_ids.find(message.sender_id, client_id));
     if duplicate_of.is_none() {
         insert_message(batch.tx, message, client_message_id)?;
+        // It lands past the index watermark, in the unindexed tail.
+        batch.tail.stored(message);
         if let Some(client_id) = client_message_id {
             let ids = &mut batch.client_ids;
             ids.remember(

@@ -65,6 +65,8 @@ pub struct SqliteBackend {
     highest_stored: i64,
     /// When the last index pass ran.
     last_index_pass: Instant,
+    /// The 1:1 messages past `indexed_through`, for confirmations.
+    tail: UnindexedTail,
     /// The recent client ids, for idempotent sends.
     client_ids: ClientIds,
     /// Copies the WAL back into the database without stalling commits.
@@ -74,15 +76,14 @@ pub struct SqliteBackend {
 }
 
 /// One batch's transaction, and what its commands need to read messages
-/// right: the deferred-index watermark, and the unindexed tail, read at most
-/// once for all the batch's confirmations.
+/// right: the deferred-index watermark and the unindexed tail.
 struct Batch<'a> {
     /// The batch's transaction.
     tx: &'a Transaction<'a>,
     /// Messages up to here are in the per-user indexes (see `schema.rs`).
     indexed_through: i64,
-    /// The 1:1 messages past the watermark, once read.
-    tail: UnindexedTail,
+    /// The 1:1 messages past the watermark.
+    tail: &'a mut UnindexedTail,
     /// The recent client ids (what the batch adds is taken back if it fails).
     client_ids: &'a mut ClientIds,
 }
@@ -105,6 +106,7 @@ impl SqliteBackend {
             indexed_through: highest_stored,
             highest_stored,
             last_index_pass: Instant::now(),
+            tail: UnindexedTail::default(),
             _checkpointer: checkpointer,
             mirror: None,
         })
@@ -159,7 +161,10 @@ impl SqliteBackend {
         let replies = self.apply_all(commands);
         match replies {
             Ok(_) => self.client_ids.commit(),
-            Err(_) => self.client_ids.roll_back(),
+            Err(_) => {
+                self.client_ids.roll_back();
+                self.tail.forget();
+            }
         }
         let replies = replies?;
         let stored = commands.iter().filter_map(|command| match command {
@@ -176,7 +181,7 @@ impl SqliteBackend {
         let mut batch = Batch {
             tx: &tx,
             indexed_through: self.indexed_through,
-            tail: UnindexedTail::default(),
+            tail: &mut self.tail,
             client_ids: &mut self.client_ids,
         };
         let mut replies = Vec::with_capacity(commands.len());
@@ -210,7 +215,10 @@ impl SqliteBackend {
             tx.commit()
         });
         match indexed {
-            Ok(()) => self.indexed_through = to,
+            Ok(()) => {
+                self.indexed_through = to;
+                self.tail.indexed(to);
+            }
             Err(error) => log::error!("storage: index pass failed (will retry): {error}"),
         }
     }
