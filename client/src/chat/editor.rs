@@ -47,6 +47,7 @@ pub const HISTORY_ENTRIES_MAX: usize = 1000;
 /// The commands Tab completes at the start of a line.
 const COMMANDS: &[&str] = &[
     "/add",
+    "/devices",
     "/friends",
     "/gmsg",
     "/group",
@@ -322,6 +323,19 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command the help lists is one Tab completes (the two lists are
+    /// kept by hand).
+    #[test]
+    fn tab_knows_every_command_in_the_help() {
+        let listed = crate::chat::command::HELP
+            .lines()
+            .filter_map(|line| line.trim_start().split_whitespace().next())
+            .filter(|word| word.starts_with('/') && word.len() > 1);
+        for command in listed {
+            assert!(COMMANDS.contains(&command), "{command} is not completed");
+        }
+    }
 
     fn vocabulary() -> Vocabulary {
         let mut vocabulary = Vocabulary::default();
