@@ -330,7 +330,7 @@ mod tests {
     fn tab_knows_every_command_in_the_help() {
         let listed = crate::chat::command::HELP
             .lines()
-            .filter_map(|line| line.trim_start().split_whitespace().next())
+            .filter_map(|line| line.split_whitespace().next())
             .filter(|word| word.starts_with('/') && word.len() > 1);
         for command in listed {
             assert!(COMMANDS.contains(&command), "{command} is not completed");
