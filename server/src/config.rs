@@ -99,6 +99,11 @@ pub const STORAGE_PAUSE_READS: usize = STORAGE_QUEUE_MAX / 2;
 /// thread holds its batch at most this long.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a start waits for another server to let go of the same
+/// PostgreSQL database before it refuses: long enough for PostgreSQL to
+/// notice a server killed with SIGKILL, short enough to say so promptly.
+pub const POSTGRES_CLAIM_WAIT: Duration = Duration::from_secs(5);
+
 /// Rows the PostgreSQL backend fetches per round trip when it reads a page
 /// of messages (or the client ids at a start), through a portal: the page
 /// stops at its byte budget after at most one such fetch past it, so rows

@@ -401,12 +401,14 @@ fn an_acked_message_survives_kill_9_and_ids_are_not_reused() {
     );
 }
 
-/// Two servers started at the same moment on a fresh database both come
-/// up (one migrates, the other waits and finds it done), the schema is
-/// there once, and the survivor serves after the other is stopped.
+/// Two servers started at the same moment on a fresh database: one takes
+/// it and migrates it once; the other is refused (one server per database
+/// until the cluster mode) and says why. Once the first has stopped, a new
+/// start takes the database, past the first one's ids, and serves.
 #[test]
-fn two_servers_starting_together_migrate_safely() {
-    let Some(database) = TestDatabase::create("two_servers_starting_together_migrate_safely")
+fn one_server_per_database_even_when_two_start_together() {
+    let Some(database) =
+        TestDatabase::create("one_server_per_database_even_when_two_start_together")
     else {
         return;
     };
@@ -417,10 +419,19 @@ fn two_servers_starting_together_migrate_safely() {
             std::thread::spawn(move || TestServer::start(&["--database", &url]))
         })
         .collect();
-    let mut servers: Vec<TestServer> = starts
+    let (mut started, refused): (Vec<_>, Vec<_>) = starts
         .into_iter()
-        .map(|start| start.join().expect("a server started"))
-        .collect();
+        .map(|start| start.join())
+        .partition(Result::is_ok);
+    assert_eq!((started.len(), refused.len()), (1, 1), "exactly one runs");
+    let why = match refused.into_iter().next() {
+        Some(Err(panic)) => panic.downcast_ref::<String>().cloned().unwrap_or_default(),
+        _ => unreachable!("partitioned"),
+    };
+    assert!(
+        why.contains("another chat-server is using this database"),
+        "{why}"
+    );
     let mut check = database.connect();
     let versions: Vec<i32> = check
         .query("SELECT version FROM schema_version", &[])
@@ -429,6 +440,10 @@ fn two_servers_starting_together_migrate_safely() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(versions, [1], "one version row");
+
+    let mut first = started.pop().unwrap().unwrap();
+    assert!(first.stop_gracefully().success());
+    let next = TestServer::start(&["--database", &url]);
     let reserved: i64 = check
         .query_one(
             "SELECT value FROM server_state WHERE key = 'ids_reserved_through'",
@@ -436,13 +451,9 @@ fn two_servers_starting_together_migrate_safely() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(reserved, 2 << 20, "each start reserved its own block");
-
-    let mut first = servers.remove(0);
-    assert!(first.stop_gracefully().success());
-    let survivor = &servers[0];
-    register_all(survivor, &["alice", "bob"]);
-    let mut alice = logged_in(survivor, "alice");
+    assert_eq!(reserved, 2 << 20, "each run reserved its own block");
+    register_all(&next, &["alice", "bob"]);
+    let mut alice = logged_in(&next, "alice");
     send_acked(&mut alice, message_to("bob", "still here", None));
     alice.send(&message_to("nobody", "x", None));
     alice.expect_error(ErrorType::UnknownUser, Some(11));

@@ -39,7 +39,8 @@ use super::client_ids::ClientIds;
 use super::pages::{PageBudget, PageFill, PageFrom, QueueTake};
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply, StoredMessage};
 use crate::config::{
-    CLIENT_ID_RETENTION_SECS, POSTGRES_CONNECT_TIMEOUT, POSTGRES_FETCH_ROWS, SESSION_IDLE_SECS,
+    CLIENT_ID_RETENTION_SECS, POSTGRES_CLAIM_WAIT, POSTGRES_CONNECT_TIMEOUT, POSTGRES_FETCH_ROWS,
+    SESSION_IDLE_SECS,
 };
 
 /// Why a command failed; the batch's transaction is rolled back either way.
@@ -54,6 +55,9 @@ pub enum Error {
     /// At start: the database's schema is of this newer version, written by
     /// a newer server; run that one.
     NewerSchema(i32),
+    /// At start: another server holds the database (one server per
+    /// database until the cluster mode); stop it first.
+    InUse,
 }
 
 impl From<postgres::Error> for Error {
@@ -72,6 +76,11 @@ impl std::fmt::Display for Error {
                 "database schema version {found} is newer than this server ({})",
                 schema::SCHEMA_VERSION
             ),
+            Error::InUse => write!(
+                f,
+                "another chat-server is using this database (one server per database \
+                 until the cluster mode)"
+            ),
         }
     }
 }
@@ -80,7 +89,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Database(error) => Some(error),
-            Error::Missing(_) | Error::NewerSchema(_) => None,
+            Error::Missing(_) | Error::NewerSchema(_) | Error::InUse => None,
         }
     }
 }
@@ -240,6 +249,8 @@ impl PostgresBackend {
                 format!("cannot connect ({hint}): {}", explain(&error)),
             )
         })?;
+        claim_within(&mut client, POSTGRES_CLAIM_WAIT)
+            .map_err(|error| OpenError::database(&location, error))?;
         schema::prepare(&mut client).map_err(|error| OpenError::database(&location, error))?;
         let mut backend = PostgresBackend {
             client,
@@ -286,7 +297,16 @@ impl PostgresBackend {
             return;
         }
         match connect(&self.config) {
-            Ok(client) => {
+            Ok(mut client) => {
+                if !matches!(schema::claim(&mut client), Ok(true)) {
+                    // Another server took the database meanwhile: writing
+                    // beside it would break both; this batch fails instead.
+                    log::error!(
+                        "storage: {} is in use by another chat-server; not reconnecting",
+                        self.location
+                    );
+                    return;
+                }
                 log::warn!("storage: reconnected to {}", self.location);
                 self.client = client;
                 self.statements = Statements::default();
@@ -558,6 +578,22 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
 /// A new connection, with the session settings every one needs: commits
 /// wait for the write-ahead log on disk (the Ack's promise), whatever the
 /// server's default.
+/// Takes the server lock, waiting up to `wait` for a server that is going
+/// away (after a `kill -9` PostgreSQL frees its lock when it sees the
+/// connection close, which may take a moment).
+fn claim_within(client: &mut Client, wait: std::time::Duration) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if schema::claim(client)? {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::InUse);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
     let mut client = config.connect(NoTls)?;
     client.batch_execute("SET synchronous_commit = on")?;
