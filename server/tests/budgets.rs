@@ -408,11 +408,11 @@ fn logout_closes_connections_still_resuming_the_session() {
     // Some 9 MB waiting for alice: more than a small receive buffer and the
     // server's socket buffer hold, so a resume that does not read stalls.
     let mut bob = common::logged_in(&server, "bob");
+    // One at a time: pipelined, they can outrun the per-connection storage
+    // budget (9 MB against 4 MiB) and be refused `server_busy`.
     let content = "q".repeat(60_000);
     for _ in 0..150 {
         bob.send(&message_to("alice", &content, None));
-    }
-    for _ in 0..150 {
         bob.recv_ack();
     }
     let stalled_socket = tcp_connect_from(HOME, server.port, Some(64 * 1024)).expect("TCP connect");

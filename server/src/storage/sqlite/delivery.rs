@@ -7,11 +7,12 @@ use std::collections::HashMap;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use super::indexes::TailRow;
 use super::messages::read_page;
 use super::Batch;
 use crate::completion::Requester;
 use crate::storage::pages::{merge_pages, PageFrom, QueueTake, OFFLINE_CHUNK, QUEUE_PAGE};
-use crate::storage::{GroupsTaken, NewMessage, Reply, StoredMessage};
+use crate::storage::{GroupsTaken, Reply, StoredMessage};
 
 /// `TakeQueue`: the next chunk of a logging-in (or catching-up) user's queue.
 pub(super) fn take_queue(
@@ -55,6 +56,12 @@ pub(super) fn requeue(
          WHERE message_id >= ?2 AND receiver_id = ?1 AND delivered",
     )?
     .execute(params![user_id, from_message_id])?;
+    // What a receipts device confirmed from there on is back in the queue
+    // too, as when confirming flipped `delivered` (version 6).
+    tx.prepare_cached(
+        "UPDATE users SET taken_through = MIN(taken_through, ?2 - 1) WHERE user_id = ?1",
+    )?
+    .execute(params![user_id, from_message_id])?;
     Ok(())
 }
 
@@ -71,14 +78,9 @@ pub(super) fn confirm(
     let tx = batch.tx;
     let previous = confirmed_through(tx, session_hash)?;
     set_confirmed(tx, session_hash, through)?;
-    let rows = batch.tail.rows(tx, batch.indexed_through)?;
-    let senders = take_confirmed(
-        tx,
-        user_id,
-        (previous, through),
-        batch.indexed_through,
-        rows,
-    )?;
+    let indexed_through = batch.indexes.through(user_id);
+    let rows = batch.indexes.tail(tx)?;
+    let senders = take_confirmed(tx, user_id, (previous, through), indexed_through, rows)?;
     Ok(Reply::Confirmed {
         user_id,
         username: username.to_owned(),
@@ -109,63 +111,10 @@ pub(super) fn set_confirmed(
     Ok(())
 }
 
-/// The 1:1 messages past the deferred-index watermark, `(receiver, sender,
-/// id)`, kept in memory for the confirmations: read from the database once
-/// (at the first confirmation after a start or a rolled-back batch), then
-/// kept current by the stores and the index passes. Read again for every
-/// batch with a confirmation, it cost up to ~3 ms (a scan of up to
-/// `INDEX_TAIL_MAX` rows) ten times per tick. At most that many rows plus
-/// one pass, 24 bytes each.
-#[derive(Default)]
-pub(super) struct UnindexedTail {
-    rows: Option<Vec<(i64, i64, i64)>>,
-}
-
-impl UnindexedTail {
-    fn rows(
-        &mut self,
-        tx: &Transaction,
-        indexed_through: i64,
-    ) -> rusqlite::Result<&[(i64, i64, i64)]> {
-        if self.rows.is_none() {
-            let rows = tx
-                .prepare_cached(
-                    "SELECT receiver_id, sender_id, message_id FROM messages
-                     WHERE message_id > ?1 AND receiver_id IS NOT NULL",
-                )?
-                .query_map([indexed_through], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            self.rows = Some(rows);
-        }
-        Ok(self.rows.as_deref().unwrap_or_default())
-    }
-
-    /// A 1:1 message was stored (in the batch now running: if that batch
-    /// is rolled back, [`forget`](Self::forget) undoes it).
-    pub(super) fn stored(&mut self, message: &NewMessage) {
-        if let (Some(rows), Some(receiver)) = (&mut self.rows, message.receiver_id) {
-            rows.push((receiver, message.sender_id, message.message_id));
-        }
-    }
-
-    /// Messages up to `through` are in the indexes now.
-    pub(super) fn indexed(&mut self, through: i64) {
-        if let Some(rows) = &mut self.rows {
-            rows.retain(|&(_, _, id)| id > through);
-        }
-    }
-
-    /// A batch was rolled back: read the tail again when next asked.
-    pub(super) fn forget(&mut self) {
-        self.rows = None;
-    }
-}
-
 /// A device of `user_id` now holds everything up to `range.1` (it held
 /// everything up to `range.0` before): the 1:1 messages no device had taken
-/// are taken now, the group cursors move up to `range.1`, and the senders of
+/// are taken now (the user's `taken_through` mark rises to `range.1`), the
+/// group cursors move up to `range.1`, and the senders of
 /// the 1:1 messages in the range are returned, each with its highest id, for
 /// the Delivered receipts (whether or not another device had taken them):
 /// from the per-receiver index, and from `tail` past the index watermark.
@@ -174,12 +123,12 @@ fn take_confirmed(
     user_id: i64,
     (previous, through): (i64, i64),
     indexed_through: i64,
-    tail: &[(i64, i64, i64)],
+    tail: &[TailRow],
 ) -> rusqlite::Result<Vec<(i64, i64)>> {
     let mut senders: HashMap<i64, i64> = tx
         .prepare_cached(
-            "SELECT sender_id, MAX(message_id) FROM messages
-             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
+            "SELECT sender_id, MAX(message_id) FROM received
+             WHERE receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
              GROUP BY sender_id",
         )?
         .query_map(params![user_id, previous, through], |row| {
@@ -187,15 +136,15 @@ fn take_confirmed(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let lower = previous.max(indexed_through);
-    for &(receiver, sender, id) in tail {
-        if receiver == user_id && id > lower && id <= through {
-            let highest = senders.entry(sender).or_insert(id);
+    for row in tail {
+        let id = row.message_id;
+        if row.receiver_id == user_id && id > lower && id <= through {
+            let highest = senders.entry(row.sender_id).or_insert(id);
             *highest = (*highest).max(id);
         }
     }
     tx.prepare_cached(
-        "UPDATE messages SET delivered = TRUE
-         WHERE receiver_id = ?1 AND delivered = 0 AND message_id <= ?2",
+        "UPDATE users SET taken_through = MAX(taken_through, ?2) WHERE user_id = ?1",
     )?
     .execute(params![user_id, through])?;
     tx.prepare_cached(
@@ -231,12 +180,13 @@ pub(super) fn read_queue(
     // cursors at departure), so two devices logging in at once each get the
     // whole queue, and a connection that dies mid-queue loses nothing.
     let fetch = OFFLINE_CHUNK + 1;
+    let direct_after = after.max(taken_through(batch.tx, user_id)?);
     let direct = read_page(
         batch.tx,
         "SELECT message_id FROM messages
          WHERE receiver_id = ?1 AND delivered = 0 AND message_id > ?2 AND message_id < ?3
          ORDER BY message_id LIMIT ?4",
-        params![user_id, after, queue_before, fetch],
+        params![user_id, direct_after, queue_before, fetch],
         PageFrom::Oldest,
         QUEUE_PAGE,
     )?;
@@ -268,8 +218,8 @@ fn read_addressed(
     read_page(
         batch.tx,
         "SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2 AND message_id < ?5
+             SELECT message_id FROM received
+             WHERE receiver_id = ?1 AND message_id > ?2 AND message_id < ?5
              ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (
@@ -288,7 +238,7 @@ fn read_addressed(
             queue.user_id,
             queue.after.max(confirmed),
             OFFLINE_CHUNK + 1,
-            batch.indexed_through,
+            batch.indexes.through(queue.user_id),
             queue.queue_before
         ],
         PageFrom::Oldest,
@@ -309,6 +259,16 @@ pub(super) fn advance_group_cursors(
     )?
     .execute(params![user_id, taken.from, taken.through])?;
     Ok(())
+}
+
+/// Every 1:1 message to the user up to this was confirmed by one of their
+/// receipts devices, so it is not in their offline queue (schema version 6).
+fn taken_through(tx: &Transaction, user_id: i64) -> rusqlite::Result<i64> {
+    let taken = tx
+        .prepare_cached("SELECT taken_through FROM users WHERE user_id = ?1")?
+        .query_row([user_id], |row| row.get(0))
+        .optional()?;
+    Ok(taken.unwrap_or(0))
 }
 
 /// Whether the user is in any group (most logins are not: skip that query).

@@ -3,8 +3,9 @@
 //! queue's too), which stops at a page's budget in messages and bytes.
 //!
 //! Every read here is right whichever part of the messages is in the
-//! per-user indexes: the indexed part is read through them, the unindexed
-//! tail past `indexed_through` by id range (see `schema.rs`).
+//! per-user indexes (`sent`, `received`): the indexed part is read through
+//! them, the unindexed tail past the user's watermark by id range (see
+//! `indexes.rs`).
 
 use rusqlite::{params, Connection, Transaction};
 
@@ -26,8 +27,8 @@ pub(super) fn store_message(
         client_message_id.and_then(|client_id| batch.client_ids.find(message.sender_id, client_id));
     if duplicate_of.is_none() {
         insert_message(batch.tx, message, client_message_id)?;
-        // It lands past the index watermark, in the unindexed tail.
-        batch.tail.stored(message);
+        // It lands past the index watermarks, in the unindexed tail.
+        batch.indexes.stored(message);
         if let Some(client_id) = client_message_id {
             let ids = &mut batch.client_ids;
             ids.remember(
@@ -60,7 +61,9 @@ pub(super) fn history(
     let (messages, has_more) = match with {
         Conversation::Peer(peer_id) => {
             let pair = (user_id, peer_id);
-            peer_history(batch.tx, pair, before, limit, batch.indexed_through)?
+            let indexed_through = batch.indexes.through(user_id);
+            let indexed_through = indexed_through.min(batch.indexes.through(peer_id));
+            peer_history(batch.tx, pair, before, limit, indexed_through)?
         }
         Conversation::Group(group_id) => group_history(batch.tx, group_id, before, limit)?,
     };
@@ -80,7 +83,8 @@ pub(super) fn sync(
     since: i64,
     limit: u32,
 ) -> rusqlite::Result<Reply> {
-    let (messages, has_more) = sync_page(batch.tx, user_id, since, limit, batch.indexed_through)?;
+    let indexed_through = batch.indexes.through(user_id);
+    let (messages, has_more) = sync_page(batch.tx, user_id, since, limit, indexed_through)?;
     Ok(Reply::Synced {
         to: to.clone(),
         messages,
@@ -153,13 +157,13 @@ pub(super) fn peer_history(
     read_page(
         tx,
         "SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE indexed = 1 AND sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
+             SELECT message_id FROM sent
+             WHERE sender_id = ?1 AND receiver_id = ?2 AND message_id < ?3
              ORDER BY message_id DESC LIMIT ?4)
          UNION
          SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE indexed = 1 AND sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
+             SELECT message_id FROM sent
+             WHERE sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
              ORDER BY message_id DESC LIMIT ?4)
          UNION
          SELECT message_id FROM (
@@ -211,13 +215,13 @@ pub(super) fn sync_page(
     read_page(
         tx,
         "SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE indexed = 1 AND sender_id = ?1 AND message_id > ?2 AND group_id IS NULL
+             SELECT message_id FROM sent
+             WHERE sender_id = ?1 AND message_id > ?2
              ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE indexed = 1 AND receiver_id = ?1 AND message_id > ?2
+             SELECT message_id FROM received
+             WHERE receiver_id = ?1 AND message_id > ?2
              ORDER BY message_id LIMIT ?3)
          UNION
          SELECT message_id FROM (

@@ -6,7 +6,7 @@
 //! whatever still fails is answered with [`Reply::Failed`] and never acked.
 //!
 //! This file is the backend itself: opening the database, batches and their
-//! transactions, the deferred-index passes, the `--json-mirror` hook, and
+//! transactions, when the index passes run, the `--json-mirror` hook, and
 //! `apply`, which hands each [`Command`] to its one function. The commands
 //! live in one file per family, like the dispatcher's requests:
 //! - `accounts.rs`: users, credentials, sessions (open, resume, end,
@@ -17,12 +17,15 @@
 //!   message and what puts it back, confirmations, group cursors;
 //! - `contacts.rs`, `groups.rs`, `keys.rs`;
 //! - `server_state.rs`: the running mark and the reserved ids;
+//! - `indexes.rs`: the per-user indexes of 1:1 messages, written in passes
+//!   by slice of users, and the unindexed tail kept in memory;
 //! - [`schema`]: the tables and indexes, and why they are shaped so.
 
 mod accounts;
 mod contacts;
 mod delivery;
 mod groups;
+mod indexes;
 mod keys;
 mod messages;
 pub mod schema;
@@ -35,7 +38,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{Connection, Transaction};
 
 use super::checkpoint::Checkpointer;
 use super::client_ids::ClientIds;
@@ -43,30 +46,26 @@ use super::json_files::Mirror;
 use super::pages::QueueTake;
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
 use crate::config::{CLIENT_ID_RETENTION_SECS, SESSION_IDLE_SECS};
-use delivery::UnindexedTail;
+use indexes::Indexes;
 
-/// Unindexed messages that trigger an index pass right after a batch.
+/// Unindexed messages past which index passes run right after each batch.
 const INDEX_TAIL_MAX: i64 = 8_192;
-/// Rows one index pass moves into the indexes: a pass is one transaction on
-/// the storage thread, so a batch arriving meanwhile waits for it; this
-/// keeps that wait around a millisecond.
-const INDEX_PASS_ROWS: i64 = 1_024;
-/// How long a small unindexed tail may wait for an idle moment's pass.
+/// How long a small unindexed tail may wait for idle moments' passes.
 const INDEX_DELAY: Duration = Duration::from_secs(1);
 
-/// The database, its prepared-statement cache, and the deferred-index
-/// watermark (see `schema.rs`).
+/// The database, its prepared-statement cache, and the per-user indexes'
+/// watermarks (see `indexes.rs`).
 pub struct SqliteBackend {
     conn: Connection,
-    /// Every message with an id up to this is in the per-user indexes; every
-    /// stored message above it is not (ids are inserted in increasing order).
-    indexed_through: i64,
     /// The highest message id stored.
     highest_stored: i64,
-    /// When the last index pass ran.
-    last_index_pass: Instant,
-    /// The 1:1 messages past `indexed_through`, for confirmations.
-    tail: UnindexedTail,
+    /// When the last round of idle passes began (one pass per slice, each
+    /// in an idle moment of its own).
+    idle_round_began: Instant,
+    /// Passes left in that round.
+    idle_round_left: usize,
+    /// Each slice of users' index watermark, and the unindexed tail.
+    indexes: Indexes,
     /// The recent client ids, for idempotent sends.
     client_ids: ClientIds,
     /// Copies the WAL back into the database without stalling commits.
@@ -76,14 +75,12 @@ pub struct SqliteBackend {
 }
 
 /// One batch's transaction, and what its commands need to read messages
-/// right: the deferred-index watermark and the unindexed tail.
+/// right: the per-user indexes' watermarks and the unindexed tail.
 struct Batch<'a> {
     /// The batch's transaction.
     tx: &'a Transaction<'a>,
-    /// Messages up to here are in the per-user indexes (see `schema.rs`).
-    indexed_through: i64,
-    /// The 1:1 messages past the watermark.
-    tail: &'a mut UnindexedTail,
+    /// Which messages are in the per-user indexes, and the 1:1 ones past.
+    indexes: &'a mut Indexes,
     /// The recent client ids (what the batch adds is taken back if it fails).
     client_ids: &'a mut ClientIds,
 }
@@ -95,7 +92,9 @@ impl SqliteBackend {
     /// left is read next, by [`super::startup::begin_run`].
     pub fn open(path: &Path, synchronous_full: bool) -> Result<Self, OpenError> {
         create_private_file(path);
-        let (conn, highest_stored) = prepare_connection(path, synchronous_full)
+        let (mut conn, highest_stored) = prepare_connection(path, synchronous_full)
+            .map_err(|error| OpenError::database(path.display(), error))?;
+        let indexes = Indexes::open(&mut conn, highest_stored)
             .map_err(|error| OpenError::database(path.display(), error))?;
         let client_ids = messages::load_client_ids(&conn, unix_now())
             .map_err(|error| OpenError::database(path.display(), error))?;
@@ -103,10 +102,10 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             client_ids,
             conn,
-            indexed_through: highest_stored,
             highest_stored,
-            last_index_pass: Instant::now(),
-            tail: UnindexedTail::default(),
+            idle_round_began: Instant::now(),
+            idle_round_left: 0,
+            indexes,
             _checkpointer: checkpointer,
             mirror: None,
         })
@@ -163,7 +162,7 @@ impl SqliteBackend {
             Ok(_) => self.client_ids.commit(),
             Err(_) => {
                 self.client_ids.roll_back();
-                self.tail.forget();
+                self.indexes.forget();
             }
         }
         let replies = replies?;
@@ -180,8 +179,7 @@ impl SqliteBackend {
         let tx = self.conn.transaction()?;
         let mut batch = Batch {
             tx: &tx,
-            indexed_through: self.indexed_through,
-            tail: &mut self.tail,
+            indexes: &mut self.indexes,
             client_ids: &mut self.client_ids,
         };
         let mut replies = Vec::with_capacity(commands.len());
@@ -194,33 +192,23 @@ impl SqliteBackend {
         Ok(replies)
     }
 
-    /// Moves every stored message into the per-user indexes, in one
-    /// transaction. Queries stay correct whether or not this has run.
-    fn index_tail(&mut self) {
-        let from = self.indexed_through;
-        // A small pass, unless the tail has outgrown its bound: then enough
-        // to bring it back under.
-        let rows =
-            INDEX_PASS_ROWS.max(self.highest_stored - from - INDEX_TAIL_MAX + INDEX_PASS_ROWS);
-        let to = self.highest_stored.min(from + rows);
-        self.last_index_pass = Instant::now();
-        if to <= from {
-            return;
-        }
-        let indexed = self.conn.transaction().and_then(|tx| {
-            tx.prepare_cached(
-                "UPDATE messages SET indexed = 1 WHERE message_id > ?1 AND message_id <= ?2",
-            )?
-            .execute(params![from, to])?;
-            tx.commit()
-        });
-        match indexed {
-            Ok(()) => {
-                self.indexed_through = to;
-                self.tail.indexed(to);
+    /// One index pass: the slice of users furthest behind moves forward
+    /// (`indexes.rs`). Queries stay correct whether or not this has run.
+    /// Returns whether a pass was due.
+    fn index_pass(&mut self) -> bool {
+        match self.indexes.pass(&mut self.conn, self.highest_stored) {
+            Ok(due) => due,
+            Err(error) => {
+                log::error!("storage: index pass failed (will retry): {error}");
+                self.indexes.forget();
+                false
             }
-            Err(error) => log::error!("storage: index pass failed (will retry): {error}"),
         }
+    }
+
+    /// The stored messages not yet in every slice's index.
+    fn unindexed(&self) -> i64 {
+        self.highest_stored - self.indexes.lowest()
     }
 }
 
@@ -251,23 +239,32 @@ impl Backend for SqliteBackend {
         if let Some(mirror) = &mut self.mirror {
             mirror.idle(&self.conn);
         }
-        if self.highest_stored > self.indexed_through
-            && self.last_index_pass.elapsed() >= INDEX_DELAY
+        // A round of passes at most every `INDEX_DELAY`, one slice per idle
+        // moment, so a batch arriving meanwhile waits for one pass at most.
+        if self.idle_round_left == 0
+            && self.unindexed() > 0
+            && self.idle_round_began.elapsed() >= INDEX_DELAY
         {
-            self.index_tail();
+            self.idle_round_began = Instant::now();
+            self.idle_round_left = indexes::INDEX_SLICES;
+        }
+        if self.idle_round_left > 0 {
+            self.idle_round_left -= 1;
+            self.index_pass();
         }
     }
 
     fn after_replies(&mut self) {
-        // Past the tail bound, index now — but only after the replies went
-        // out, so no Ack or delivery waits for the pass.
-        if self.highest_stored - self.indexed_through >= INDEX_TAIL_MAX {
-            self.index_tail();
+        // Past the tail bound, index now — one slice after each batch, and
+        // only after its replies went out, so no Ack or delivery waits for
+        // the pass it would have been held behind.
+        if self.unindexed() >= INDEX_TAIL_MAX {
+            self.index_pass();
         }
     }
 
     fn finish(&mut self) {
-        self.index_tail();
+        while self.index_pass() {}
         if let Some(mirror) = &mut self.mirror {
             mirror.flush(&self.conn);
         }
@@ -457,15 +454,12 @@ fn changes_mirrored_files(command: &Command) -> bool {
     )
 }
 
-/// Opens and migrates the database, marks every user offline, moves every
-/// message into the indexes (a pass the last run may not have finished),
-/// and returns the connection with the highest message id stored.
+/// Opens and migrates the database, marks every user offline, and returns the connection with the highest message id stored.
 fn prepare_connection(path: &Path, synchronous_full: bool) -> rusqlite::Result<(Connection, i64)> {
     let mut conn = Connection::open(path)?;
     schema::prepare(&mut conn, synchronous_full)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
-    conn.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0", [])?;
     let highest_stored = messages::highest_stored_id(&conn)?;
     Ok((conn, highest_stored))
 }

@@ -1,6 +1,6 @@
 //! The SQLite backend's unit tests, beside its files: each command family's
-//! behaviour through `execute`, and the page readers on every split of the
-//! messages between indexed and not.
+//! behaviour through `execute`, the index passes, and the page readers on
+//! every split of the messages between indexed and not.
 
 use std::path::Path;
 
@@ -30,34 +30,79 @@ fn open() -> (tempfile::TempDir, SqliteBackend) {
     (dir, backend)
 }
 
+/// A pass moves one slice of users forward; the slices together cover
+/// every 1:1 message, in both indexes, and the tail empties.
 #[test]
-fn index_passes_move_the_tail_into_the_indexes() {
+fn index_passes_move_one_slice_at_a_time() {
     let (_dir, mut backend) = open();
-    let a = create_user(&mut backend, "alice");
-    let b = create_user(&mut backend, "bob");
-    for id in 1..=3 {
-        store(&mut backend, id, a, b, true);
+    let (a, b) = alice_sends_bob_three(&mut backend);
+    assert_eq!(backend.indexes.lowest(), 0);
+    assert!(backend.index_pass());
+    assert_eq!(backend.indexes.lowest(), 0, "one slice moved, not all");
+    let mut passes = 1;
+    while backend.index_pass() {
+        passes += 1;
     }
-    assert_eq!(backend.indexed_through, 0);
-    backend.index_tail();
-    assert_eq!(backend.indexed_through, 3);
-    let unindexed: i64 = backend
+    assert_eq!(passes, indexes::INDEX_SLICES);
+    assert_indexed(&backend, (a, b), 3);
+}
+
+/// What a killed run left unindexed is indexed at the next start.
+#[test]
+fn a_start_indexes_what_the_last_run_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, _) = open_at(&path);
+    let pair = alice_sends_bob_three(&mut backend);
+    assert!(backend.index_pass());
+    drop(backend); // no finish(): as if killed
+    let (backend, _) = open_at(&path);
+    assert_indexed(&backend, pair, 3);
+}
+
+fn alice_sends_bob_three(backend: &mut SqliteBackend) -> (i64, i64) {
+    let a = create_user(backend, "alice");
+    let b = create_user(backend, "bob");
+    for id in 1..=3 {
+        store(backend, id, a, b, true);
+    }
+    (a, b)
+}
+
+/// Every message up to `through` is indexed, and `from` → `to` has that
+/// many in each index.
+#[track_caller]
+fn assert_indexed(backend: &SqliteBackend, (from, to): (i64, i64), through: i64) {
+    assert_eq!(backend.indexes.lowest(), through);
+    let sql = "SELECT COUNT(*) FROM received WHERE receiver_id = ?1";
+    assert_eq!(count(backend, sql, to), through);
+    let sql = "SELECT COUNT(*) FROM sent WHERE sender_id = ?1";
+    assert_eq!(count(backend, sql, from), through);
+}
+
+fn count(backend: &SqliteBackend, sql: &str, user_id: i64) -> i64 {
+    backend
         .conn
-        .query_row("SELECT COUNT(*) FROM messages WHERE indexed = 0", [], |r| {
-            r.get(0)
-        })
+        .query_row(sql, [user_id], |row| row.get(0))
+        .unwrap()
+}
+
+/// Leaves exactly the messages up to `through` in the per-user indexes.
+fn index_only_through(tx: &Transaction, through: i64) {
+    tx.execute_batch("DELETE FROM received; DELETE FROM sent;")
         .unwrap();
-    assert_eq!(unindexed, 0);
-    let plan: String = backend
-        .conn
-        .query_row(
-            "EXPLAIN QUERY PLAN SELECT message_id FROM messages
-             WHERE indexed = 1 AND sender_id = 1 AND message_id > 0",
-            [],
-            |r| r.get(3),
-        )
-        .unwrap();
-    assert!(plan.contains("messages_by_sender"), "{plan}");
+    tx.execute(
+        "INSERT INTO received SELECT receiver_id, message_id, sender_id FROM messages
+         WHERE receiver_id IS NOT NULL AND message_id <= ?1",
+        [through],
+    )
+    .unwrap();
+    tx.execute(
+        "INSERT INTO sent SELECT sender_id, message_id, receiver_id FROM messages
+         WHERE receiver_id IS NOT NULL AND message_id <= ?1",
+        [through],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -228,11 +273,7 @@ fn history_pages_newest_first_listed_oldest_first() {
     // Whatever part of the messages is indexed, the answers are the same.
     for indexed_through in [0, 3, 6] {
         let tx = backend.conn.transaction().unwrap();
-        tx.execute(
-            "UPDATE messages SET indexed = (message_id <= ?1)",
-            [indexed_through],
-        )
-        .unwrap();
+        index_only_through(&tx, indexed_through);
         let (page, more) = peer_history(&tx, (a, b), None, 2, indexed_through).unwrap();
         assert_eq!((ids(&page), more), (vec![4, 5], true));
         let (page, more) = peer_history(&tx, (a, b), Some(4), 10, indexed_through).unwrap();
@@ -253,11 +294,7 @@ fn sync_covers_sent_and_received_once_each() {
     store(&mut backend, 4, b, b, true);
     for indexed_through in [0, 2, 4] {
         let tx = backend.conn.transaction().unwrap();
-        tx.execute(
-            "UPDATE messages SET indexed = (message_id <= ?1)",
-            [indexed_through],
-        )
-        .unwrap();
+        index_only_through(&tx, indexed_through);
         let (page, more) = sync_page(&tx, a, 0, 2, indexed_through).unwrap();
         assert_eq!((ids(&page), more), (vec![1, 2], true));
         let (page, more) = sync_page(&tx, a, 2, 10, indexed_through).unwrap();
@@ -641,7 +678,10 @@ fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
     store(&mut backend, 2, c, b, false);
     store(&mut backend, 3, a, b, false);
     assert_eq!(confirm(&mut backend, b, 2), vec![(c, 2)]);
-    backend.index_tail();
+    // Slices 0 to 2 (bob's among them), not carol's.
+    for _ in 0..3 {
+        assert!(backend.index_pass());
+    }
     store(&mut backend, 4, c, b, false);
     assert_eq!(confirm(&mut backend, b, 4), vec![(a, 3), (c, 4)]);
     // Message 5 is stored in a batch that fails (4 again breaks the primary
@@ -673,4 +713,50 @@ fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
     );
     store(&mut backend, 6, a, b, false);
     assert_eq!(confirm(&mut backend, b, 6), vec![(a, 6), (c, 5)]);
+}
+
+/// A version-5 database (per-user indexes partial on `indexed`, the
+/// offline queue flipped row by row) is migrated: its messages land in the
+/// index tables at the start, and History reads them.
+#[test]
+fn a_version_5_database_is_migrated_and_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for (_, migration) in &schema::MIGRATIONS[..5] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 5;
+             INSERT INTO users (user_id, username, email, password_hash, salt, created_at)
+             VALUES (1, 'alice', 'a@example.com', 'h', 's', 1),
+                    (2, 'bob', 'b@example.com', 'h', 's', 1);
+             INSERT INTO messages (message_id, sender_id, receiver_id, content, timestamp,
+                                   delivered, indexed)
+             VALUES (1, 1, 2, 'one', 1, 1, 1), (2, 2, 1, 'two', 1, 1, 0),
+                    (3, 1, 2, 'three', 1, 0, 0);",
+        )
+        .unwrap();
+    }
+    let (mut backend, _) = open_at(&path);
+    assert_eq!(
+        count(
+            &backend,
+            "SELECT COUNT(*) FROM received WHERE receiver_id = ?1",
+            2
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            &backend,
+            "SELECT COUNT(*) FROM sent WHERE sender_id = ?1",
+            2
+        ),
+        1
+    );
+    let tx = backend.conn.transaction().unwrap();
+    let (page, more) = peer_history(&tx, (1, 2), None, 10, 3).unwrap();
+    assert_eq!((ids(&page), more), (vec![1, 2, 3], false));
 }
