@@ -118,14 +118,6 @@ pub const HASH_QUEUE_MAX: usize = 1_024;
 /// enough to amortise the commit, small enough to ack the first of them soon.
 pub const STORAGE_BATCH_MAX: usize = 4_096;
 
-/// Message ids are reserved durably in blocks of this many before the loop
-/// hands any of them out, so no id is ever given twice: not after a crash,
-/// a clean restart, a failed store or a deleted group (each start begins
-/// past the last reserved block). 2^20 ids last ~7 s at 150k msg/s; the
-/// next block is reserved when half of the current one is used, and a
-/// restart skips at most one block of the 2^63.
-pub const MESSAGE_ID_BLOCK: i64 = 1 << 20;
-
 /// Password hashing jobs one address (IPv6: one /64) may have waiting for a
 /// worker; past it its logins and registrations get `rate_limited` (with
 /// `--no-rate-limits`, only [`HASH_QUEUE_MAX`] applies). With the workers

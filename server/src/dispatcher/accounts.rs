@@ -134,7 +134,7 @@ impl Dispatcher {
                 Some(&user_id) => {
                     let session_hash = password::session_hash(&session_id);
                     let peer = client.peer;
-                    let (queue_before, include_groups) =
+                    let include_groups =
                         self.begin_opening(conn, user_id, body.username, session_id, true);
                     fx.storage.push(Command::ResumeSession {
                         to: fx.requester(conn),
@@ -142,7 +142,6 @@ impl Dispatcher {
                         session_hash,
                         receipts: body.receipts,
                         peer,
-                        queue_before,
                         include_groups,
                         now,
                     });
@@ -263,14 +262,12 @@ impl Dispatcher {
         let peer = client.peer;
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
-        let (queue_before, include_groups) =
-            self.begin_opening(conn, user_id, username, session_id, false);
+        let include_groups = self.begin_opening(conn, user_id, username, session_id, false);
         fx.storage.push(Command::OpenSession {
             to: fx.requester(conn),
             user_id,
             session_hash,
             peer,
-            queue_before,
             include_groups,
             now,
         });
@@ -293,7 +290,12 @@ impl Dispatcher {
     }
 
     /// Makes `conn` a recipient of `user_id` while storage opens the session;
-    /// returns the first message id held for it (older ones are queued).
+    /// returns whether the queue includes group messages. Until storage
+    /// answers, every message committed is one its queue read will see
+    /// (storage runs commands in order), so the queue's bound is "all"
+    /// until storage tells where it read ([`Reply::SessionOpened`]).
+    ///
+    /// [`Reply::SessionOpened`]: crate::storage::Reply::SessionOpened
     fn begin_opening(
         &mut self,
         conn: ConnId,
@@ -301,15 +303,15 @@ impl Dispatcher {
         username: String,
         session_id: String,
         resumed: bool,
-    ) -> (i64, bool) {
-        let queue_before = self.next_message_id;
+    ) -> bool {
+        let queue_before = i64::MAX;
         // The group part of the queue is what lies past the user's group
         // cursors, which confirmations keep current. A live device without
         // receipts moves them only when it leaves, so while one is live it
         // counts as having taken the group messages before this login.
         let include_groups = !self.has_any_legacy_connection(user_id);
         let Some(client) = self.clients.get_mut(&conn) else {
-            return (queue_before, include_groups);
+            return include_groups;
         };
         client.auth = Auth::Opening {
             user_id,
@@ -329,7 +331,7 @@ impl Dispatcher {
             behind_from: None,
         };
         self.online.entry(user_id).or_default().push(conn);
-        (queue_before, include_groups)
+        include_groups
     }
 
     /// Returns a connection that was logging in to anonymous.
@@ -380,11 +382,13 @@ impl Dispatcher {
             success_sent,
             mutual_contacts,
             confirmed_through,
+            queue_before,
             ..
         }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
         };
+        *queue_before = opened.queue_before;
         *mutual_contacts = opened.mutual_contacts;
         *confirmed_through = opened.confirmed_through;
         if !*success_sent {
@@ -665,7 +669,7 @@ impl Dispatcher {
             } => {
                 log::info!("{username} disconnected ({})", client.peer);
                 let last_pushed = match stream {
-                    Stream::Live => self.next_message_id - 1,
+                    Stream::Live => self.highest_message_id,
                     Stream::Behind { from } => from - 1,
                 };
                 let through = written_through(last_pushed);
@@ -743,6 +747,8 @@ pub(super) struct SessionOpened {
     pub mutual_contacts: Vec<i64>,
     /// The session's confirmation.
     pub confirmed_through: i64,
+    /// The queue's bound: it holds the messages below this id.
+    pub queue_before: i64,
 }
 
 /// At most [`LOGGED_NAME_CHARS_MAX`] characters of a client-chosen name.

@@ -96,6 +96,8 @@ pub(super) struct AwaitingCommit {
 
 /// What storage says about a StoreMessage (see `Reply::MessageStored`).
 pub(super) struct MessageStored {
+    /// The loop's name for this send.
+    pub ticket: u64,
     /// The id this send was given.
     pub message_id: i64,
     /// The client's id, echoed in the Ack.
@@ -107,10 +109,10 @@ pub(super) struct MessageStored {
 }
 
 impl Dispatcher {
-    /// Remembers where message `message_id` goes until its commit.
+    /// Remembers where the send `ticket` goes until its commit.
     pub(super) fn await_commit(
         &mut self,
-        message_id: i64,
+        ticket: u64,
         source: String,
         route: Route,
         (except, bytes): (ConnId, usize),
@@ -125,7 +127,7 @@ impl Dispatcher {
             except,
             bytes,
         };
-        self.awaiting_commit.insert(message_id, waiting);
+        self.awaiting_commit.insert(ticket, waiting);
     }
 
     /// Whether `bytes` more of message content fit the storage budget: the
@@ -137,10 +139,10 @@ impl Dispatcher {
             && connection + bytes <= config::STORAGE_BYTES_PER_CONNECTION
     }
 
-    /// Takes message `message_id` off the commit wait and its bytes off the
+    /// Takes the send `ticket` off the commit wait and its bytes off the
     /// storage budget.
-    fn stop_awaiting(&mut self, message_id: i64) -> Option<AwaitingCommit> {
-        let waiting = self.awaiting_commit.remove(&message_id)?;
+    fn stop_awaiting(&mut self, ticket: u64) -> Option<AwaitingCommit> {
+        let waiting = self.awaiting_commit.remove(&ticket)?;
         self.storing_bytes -= waiting.bytes;
         if let Some(client) = self.clients.get_mut(&waiting.except) {
             client.storing_bytes = client.storing_bytes.saturating_sub(waiting.bytes);
@@ -150,15 +152,15 @@ impl Dispatcher {
 
     /// The message was not stored (a resend, or storage failed): it is
     /// never delivered.
-    pub(super) fn forget_delivery(&mut self, message_id: i64) {
-        self.stop_awaiting(message_id);
+    pub(super) fn forget_delivery(&mut self, ticket: u64) {
+        self.stop_awaiting(ticket);
     }
 
     /// The message is committed: deliver it to every recipient connection.
     /// If whether a device without receipts took it differs from what was
     /// stored (a recipient came or went meanwhile), storage is told.
-    pub(super) fn deliver_committed(&mut self, message: NewMessage, fx: &mut Effects) {
-        let Some(waiting) = self.stop_awaiting(message.message_id) else {
+    pub(super) fn deliver_committed(&mut self, ticket: u64, message: NewMessage, fx: &mut Effects) {
+        let Some(waiting) = self.stop_awaiting(ticket) else {
             return;
         };
         let message_id = message.message_id;
@@ -308,7 +310,7 @@ impl Dispatcher {
     /// confirmation is ignored, one past the highest id assigned counts as
     /// that id.
     pub(super) fn received(&mut self, conn: ConnId, body: Received, now: i64, fx: &mut Effects) {
-        let highest_assigned = self.next_message_id - 1;
+        let highest_assigned = self.highest_message_id;
         let auth = self.clients.get_mut(&conn).map(|client| &mut client.auth);
         let (Some(Auth::LoggedIn {
             receipts,

@@ -63,7 +63,6 @@ impl Dispatcher {
             to: fx.requester(conn),
             name: body.name,
             member_ids,
-            through: self.next_message_id - 1,
             now,
         });
     }
@@ -103,7 +102,6 @@ impl Dispatcher {
             to: fx.requester(conn),
             group_id: body.group_id,
             member_ids,
-            through: self.next_message_id - 1,
             now,
         });
     }
@@ -167,23 +165,20 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let Some(message_id) = self.take_message_id(fx) else {
-            let detail = "the server is reserving message ids; try again";
-            fx.error(conn, ErrorType::ServerBusy, detail, ClientTag::Message, now);
-            return;
-        };
+        let ticket = self.take_ticket();
         let source = self.username_of(conn).to_owned();
         log::debug!(
-            "message {message_id}: {source} -> group {group_id} ({} bytes)",
+            "message (ticket {ticket}): {source} -> group {group_id} ({} bytes)",
             body.content.len()
         );
         let charge = (conn, body.content.len());
-        self.await_commit(message_id, source, Route::Group(group_id), charge);
+        self.await_commit(ticket, source, Route::Group(group_id), charge);
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
+            ticket,
             client_message_id: body.message_id,
             message: NewMessage {
-                message_id,
+                message_id: 0,
                 sender_id,
                 receiver_id: None,
                 group_id: Some(group_id),

@@ -12,8 +12,9 @@
 //!   start, extended on registration), so routing a message needs no disk;
 //! - every connection's [`Auth`] state;
 //! - for each user, the connections logged in (or finishing a login) as them;
-//! - the next message id, so a message is delivered before it is committed
-//!   (only the Ack waits for the commit).
+//! - the highest message id it has seen committed (ids are assigned by
+//!   storage at commit: `storage/ids.rs`), and a ticket per message on its
+//!   way to storage.
 //!
 //! One file per group of messages: [`accounts`] (register, login, logout,
 //! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
@@ -305,15 +306,16 @@ pub struct Dispatcher {
     online: HashMap<i64, Vec<ConnId>>,
     /// Every group and its members, by group id.
     groups: HashMap<i64, GroupRow>,
-    next_message_id: i64,
-    /// Ids up to here are reserved durably and may be handed out.
-    ids_reserved_through: i64,
-    /// A reservation of the next block is on its way to storage.
-    reserving_ids: bool,
+    /// The highest message id seen committed (at start: past every id
+    /// stored).
+    highest_message_id: i64,
+    /// The next message's ticket: its name until storage gives it an id.
+    next_ticket: u64,
     storage_backlog: usize,
-    /// Messages on their way to storage, delivered once committed (at most
-    /// one per storage command in flight: bounded by the storage queue).
-    awaiting_commit: HashMap<i64, AwaitingCommit>,
+    /// Messages on their way to storage, by ticket, delivered once
+    /// committed (at most one per storage command in flight: bounded by the
+    /// storage queue).
+    awaiting_commit: HashMap<u64, AwaitingCommit>,
     /// Content bytes of the messages awaiting their commit.
     storing_bytes: usize,
     /// Connections whose confirmation (Received) waits to be written.
@@ -339,9 +341,8 @@ impl Dispatcher {
                 .into_iter()
                 .map(|group| (group.group_id, group))
                 .collect(),
-            next_message_id: snapshot.next_message_id.max(1),
-            ids_reserved_through: snapshot.ids_reserved_through,
-            reserving_ids: false,
+            highest_message_id: (snapshot.next_message_id - 1).max(0),
+            next_ticket: 1,
             storage_backlog: 0,
             awaiting_commit: HashMap::new(),
             storing_bytes: 0,
@@ -567,12 +568,14 @@ impl Dispatcher {
                 more_queued,
                 mutual_contacts,
                 confirmed_through,
+                queue_before,
             } => {
                 let opened = SessionOpened {
                     queued,
                     more_queued,
                     mutual_contacts,
                     confirmed_through,
+                    queue_before,
                 };
                 self.session_opened(to.conn, opened, now, fx)
             }
@@ -596,12 +599,14 @@ impl Dispatcher {
             } => self.went_offline(user_id, &username, &mutual_contacts, now, fx),
             Reply::MessageStored {
                 to,
+                ticket,
                 message_id,
                 client_message_id,
                 duplicate_of,
                 stored,
             } => {
                 let stored = MessageStored {
+                    ticket,
                     message_id,
                     client_message_id,
                     duplicate_of,
@@ -649,7 +654,6 @@ impl Dispatcher {
                 group_id,
                 remaining,
             } => self.group_left(to.conn, user_id, group_id, remaining, now, fx),
-            Reply::IdsReserved { through } => self.ids_reserved(through),
             Reply::Confirmed {
                 user_id,
                 username,
@@ -658,11 +662,11 @@ impl Dispatcher {
             Reply::Failed {
                 to,
                 ref_tag: tag,
-                message_id,
+                ticket,
                 reason,
             } => {
-                if let Some(message_id) = message_id {
-                    self.forget_delivery(message_id);
+                if let Some(ticket) = ticket {
+                    self.forget_delivery(ticket);
                 }
                 self.counters.storage_failures += 1;
                 log::warn!("storage failed a request of {:?}: {reason}", to.conn);
@@ -695,10 +699,8 @@ impl Dispatcher {
 
     /// A storage command could not be queued (queue full or storage gone).
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
-        match &command {
-            Command::ReserveIds { .. } => self.ids_reserved(None),
-            Command::StoreMessage { message, .. } => self.forget_delivery(message.message_id),
-            _ => {}
+        if let Command::StoreMessage { ticket, .. } = &command {
+            self.forget_delivery(*ticket);
         }
         if let Some((to, tag)) = command.requester() {
             let outer = fx.begin_answering(Some(to.clone()));
@@ -748,39 +750,17 @@ impl Dispatcher {
         }
     }
 
-    /// The next message id, or `None` when every reserved id is used and the
-    /// next block is not reserved yet (the caller answers `server_busy`).
-    /// Asks storage for the next block once half of this one is used.
-    fn take_message_id(&mut self, fx: &mut Effects) -> Option<i64> {
-        if self.next_message_id > self.ids_reserved_through {
-            self.reserve_more_ids(fx);
-            return None;
-        }
-        let id = self.next_message_id;
-        self.next_message_id += 1;
-        if self.ids_reserved_through - id < config::MESSAGE_ID_BLOCK / 2 {
-            self.reserve_more_ids(fx);
-        }
-        Some(id)
+    /// The next message's ticket (its name until storage gives it an id).
+    fn take_ticket(&mut self) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        ticket
     }
 
-    fn reserve_more_ids(&mut self, fx: &mut Effects) {
-        if !self.reserving_ids {
-            self.reserving_ids = true;
-            let from = self.ids_reserved_through.max(self.next_message_id - 1);
-            fx.storage.push(Command::ReserveIds {
-                through: from + config::MESSAGE_ID_BLOCK,
-            });
-        }
-    }
-
-    /// Storage answered a reservation (`None`: it failed; the next message
-    /// asks again).
-    fn ids_reserved(&mut self, through: Option<i64>) {
-        self.reserving_ids = false;
-        if let Some(through) = through {
-            self.ids_reserved_through = self.ids_reserved_through.max(through);
-        }
+    /// Message `message_id` is committed (here or, in a cluster, on another
+    /// server): the highest id seen bounds confirmations and departures.
+    fn saw_message_id(&mut self, message_id: i64) {
+        self.highest_message_id = self.highest_message_id.max(message_id);
     }
 
     /// The user logged in on `conn`, if any.

@@ -110,7 +110,6 @@ impl Fixture {
             to: CONN,
             name: "g".into(),
             member_ids: vec![sender, recipient],
-            through: 0,
             now: 1,
         }]);
         let [Reply::GroupChanged { group, .. }] = replies.as_slice() else {
@@ -131,9 +130,10 @@ impl Fixture {
         self.next_id += 1;
         self.backend.execute(vec![Command::StoreMessage {
             to: CONN,
+            ticket: 1,
             client_message_id: None,
             message: NewMessage {
-                message_id: id,
+                message_id: 0,
                 sender_id: self.sender,
                 receiver_id: (!group).then_some(self.recipient),
                 group_id: group.then_some(self.group_id),
