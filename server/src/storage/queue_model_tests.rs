@@ -95,7 +95,7 @@ impl Fixture {
     /// On a fresh PostgreSQL schema, or `None` (skipped) without one.
     fn postgres() -> Option<Fixture> {
         let schema = TestSchema::create("the_queue_is_what_no_device_took_on_postgres")?;
-        let backend = PostgresBackend::open(&schema.url).unwrap();
+        let backend = PostgresBackend::open(&schema.url, false).unwrap();
         Some(Fixture::new(
             Box::new(backend),
             Place::Postgres { _schema: schema },

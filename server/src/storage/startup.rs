@@ -172,14 +172,15 @@ struct Opened {
 fn open_backend(config: &Config) -> Result<Opened, OpenError> {
     match &config.database {
         Database::Sqlite => open_sqlite(config),
-        Database::Postgres(url) => open_postgres(url),
+        Database::Postgres(url) => open_postgres(url, config.cluster.is_some()),
     }
 }
 
-/// PostgreSQL at `url`; an Ack waits for the commit's write-ahead log to
-/// reach the database server's disk.
-fn open_postgres(url: &str) -> Result<Opened, OpenError> {
-    let backend = PostgresBackend::open(url)?;
+/// PostgreSQL at `url` (shared with the other servers of a cluster when
+/// `cluster`); an Ack waits for the commit's write-ahead log to reach the
+/// database server's disk.
+fn open_postgres(url: &str, cluster: bool) -> Result<Opened, OpenError> {
+    let backend = PostgresBackend::open(url, cluster)?;
     Ok(Opened {
         location: backend.location().to_owned(),
         backend: Box::new(backend),

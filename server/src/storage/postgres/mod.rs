@@ -108,6 +108,9 @@ pub struct PostgresBackend {
     statements: Statements,
     /// The recent client ids, for idempotent sends.
     client_ids: ClientIds,
+    /// Cluster mode: other servers write to this database too (no server
+    /// lock; a resend's client id is also looked for in the database).
+    cluster: bool,
 }
 
 /// Statements prepared on this connection, by their SQL (each command's
@@ -135,6 +138,9 @@ pub(super) struct Batch<'a, 'c> {
     statements: &'a mut Statements,
     /// The recent client ids.
     client_ids: &'a mut ClientIds,
+    /// Cluster mode: a client id this server does not remember may have
+    /// been stored by another one.
+    cluster: bool,
     /// The message ids this transaction handed out (`storage/ids.rs`).
     ids: BatchIds,
 }
@@ -230,12 +236,13 @@ fn stored_message(row: &Row) -> Result<StoredMessage, postgres::Error> {
 }
 
 impl PostgresBackend {
-    /// Connects to the database `url` names, migrates it (under the
+    /// Connects to the database `url` names, takes the server lock (not in
+    /// a `cluster`, where several servers share it), migrates it (under the
     /// advisory lock, so processes starting together are safe), marks every
-    /// user offline (nobody is connected to a starting server) and reads
-    /// the recent client ids back. What the previous run left is read next,
-    /// by [`super::startup::begin_run`].
-    pub fn open(url: &str) -> Result<Self, OpenError> {
+    /// user offline (nobody is connected to a starting server; in a cluster
+    /// others may be) and reads the recent client ids back. What the
+    /// previous run left is read next, by [`super::startup::begin_run`].
+    pub fn open(url: &str, cluster: bool) -> Result<Self, OpenError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|error| OpenError::database(redacted(url), error))?;
@@ -252,8 +259,10 @@ impl PostgresBackend {
                 format!("cannot connect ({hint}): {}", explain(&error)),
             )
         })?;
-        claim_within(&mut client, POSTGRES_CLAIM_WAIT)
-            .map_err(|error| OpenError::database(&location, error))?;
+        if !cluster {
+            claim_within(&mut client, POSTGRES_CLAIM_WAIT)
+                .map_err(|error| OpenError::database(&location, error))?;
+        }
         schema::prepare(&mut client).map_err(|error| OpenError::database(&location, error))?;
         let mut backend = PostgresBackend {
             client,
@@ -261,10 +270,13 @@ impl PostgresBackend {
             location,
             statements: Statements::default(),
             client_ids: ClientIds::new(0),
+            cluster,
         };
         let client_ids = backend
             .in_transaction(|batch| {
-                batch.execute("UPDATE users SET is_online = FALSE WHERE is_online", &[])?;
+                if !cluster {
+                    batch.execute("UPDATE users SET is_online = FALSE WHERE is_online", &[])?;
+                }
                 messages::load_client_ids(batch, unix_now())
             })
             .map_err(|error| OpenError::database(&backend.location, error))?;
@@ -287,6 +299,7 @@ impl PostgresBackend {
             tx: &mut tx,
             statements: &mut self.statements,
             client_ids: &mut self.client_ids,
+            cluster: self.cluster,
             ids: BatchIds::default(),
         };
         let done = work(&mut batch)?;
@@ -303,7 +316,7 @@ impl PostgresBackend {
         }
         match connect(&self.config) {
             Ok(mut client) => {
-                if !matches!(schema::claim(&mut client), Ok(true)) {
+                if !self.cluster && !matches!(schema::claim(&mut client), Ok(true)) {
                     // Another server took the database meanwhile: writing
                     // beside it would break both; this batch fails instead.
                     log::error!(
