@@ -26,6 +26,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
 
 pub mod address_cap;
+pub mod bus;
 pub mod completion;
 pub mod config;
 pub mod connection;

@@ -34,6 +34,7 @@ fn dispatcher() -> Dispatcher {
         storage_backlog_max: 1000,
         rates: Some(RateConfig::default()),
         max_group_size: 10,
+        cluster: false,
     };
     let mut d = Dispatcher::new(snapshot, limits);
     let peer = "127.0.0.1:40000".parse().unwrap();

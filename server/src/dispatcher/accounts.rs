@@ -8,8 +8,8 @@
 
 use protocol::client::{Login, Logout, Register};
 use protocol::server::{
-    FailLogin, FailRegister, LoginError, Presence, RegisterError, SessionInfo, Sessions,
-    SuccessLogin, SuccessLogout, SuccessRegister,
+    FailLogin, FailRegister, LoginError, RegisterError, SessionInfo, Sessions, SuccessLogin,
+    SuccessLogout, SuccessRegister,
 };
 use protocol::validate;
 use protocol::ClientTag;
@@ -17,6 +17,7 @@ use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::push_page;
 use super::{Auth, Client, CloseReason, Dispatcher, Effects, Stream};
+use crate::bus::BusEvent;
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
@@ -87,6 +88,11 @@ impl Dispatcher {
                     peer.as_deref().unwrap_or("a closed connection")
                 );
                 self.users.insert(username.clone(), user_id);
+                let event = BusEvent::UserCreated {
+                    username: username.clone(),
+                    user_id,
+                };
+                self.publish(event, fx);
                 ServerMessage::SuccessRegister(SuccessRegister { username, user_id })
             }
             None => ServerMessage::FailRegister(FailRegister {
@@ -164,7 +170,10 @@ impl Dispatcher {
             let Some(client) = self.clients.get_mut(&conn) else {
                 return;
             };
-            if self.users.contains_key(&username) {
+            // In a cluster an account may be new on another server, not yet
+            // known here: storage is asked (and a missing one still costs
+            // a hash, below).
+            if self.users.contains_key(&username) || self.limits.cluster {
                 fx.storage.push(Command::FetchCredentials {
                     to: fx.requester(conn),
                     username: username.clone(),
@@ -260,6 +269,8 @@ impl Dispatcher {
             return;
         };
         let peer = client.peer;
+        // In a cluster the account may have been created on another server.
+        self.users.entry(username.clone()).or_insert(user_id);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
         let include_groups = self.begin_opening(conn, user_id, username, session_id, false);
@@ -497,7 +508,7 @@ impl Dispatcher {
         log::info!("{username} logged in from {peer}{how}");
         self.counters.logins += 1;
         if first_connection {
-            self.announce_presence(&username, &mutual_contacts, true, now, fx);
+            self.announce_presence((user_id, &username), &mutual_contacts, true, now, fx);
         }
         if let Some(client) = self.clients.get_mut(&conn) {
             client.auth = Auth::LoggedIn {
@@ -515,20 +526,26 @@ impl Dispatcher {
         self.run_deferred(conn, now, fx);
     }
 
+    /// The user's first connection here logged in, or the last went away:
+    /// their mutual contacts are told (here, unless another server of a
+    /// cluster has the user online, and through the bus).
     fn announce_presence(
         &mut self,
-        username: &str,
+        (user_id, username): (i64, &str),
         contacts: &[i64],
         online: bool,
         now: i64,
         fx: &mut Effects,
     ) {
-        let presence = ServerMessage::Presence(Presence {
+        let event = BusEvent::Presence {
+            user_id,
             username: username.to_owned(),
             online,
-        });
-        for contact in contacts {
-            self.send_to_user(*contact, &presence, now, fx);
+            mutual_contacts: contacts.to_vec(),
+        };
+        self.publish(event, fx);
+        if !self.online_elsewhere(user_id) {
+            self.tell_contacts(username, contacts, online, now, fx);
         }
     }
 
@@ -580,18 +597,9 @@ impl Dispatcher {
             username: username.clone(),
         });
         fx.send(conn, &reply, now);
-        let same_session: Vec<ConnId> = self
-            .online
-            .get(&user_id)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|other| {
-                matches!(self.clients.get(other).map(|c| &c.auth),
-                    Some(Auth::LoggedIn { session_hash: h, .. }
-                        | Auth::Opening { session_hash: h, .. }) if *h == session_hash)
-            })
-            .collect();
+        let same_session = self.connections_of_session(Some(user_id), &session_hash);
+        // The session's connections on the other servers of a cluster too.
+        self.publish(BusEvent::SessionEnded { session_hash }, fx);
         // Closing is departing: each one, logging in or not, stops being a
         // recipient at once and what it pipelined behind its Login is
         // dropped with it (see `disconnected`).
@@ -732,7 +740,7 @@ impl Dispatcher {
     ) {
         // The user may have come back while storage worked.
         if !self.has_logged_in_connection(user_id) {
-            self.announce_presence(username, mutual_contacts, false, now, fx);
+            self.announce_presence((user_id, username), mutual_contacts, false, now, fx);
         }
     }
 }

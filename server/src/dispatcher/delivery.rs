@@ -21,6 +21,7 @@ use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Auth, Dispatcher, Effects, Queued};
+use crate::bus::BusEvent;
 use crate::completion::{ConnId, Requester};
 use crate::config;
 use crate::storage::{Command, NewMessage, StoredMessage};
@@ -168,7 +169,7 @@ impl Dispatcher {
             Route::User { name, .. } => (Some(name.clone()), None),
             Route::Group(group_id) => (None, Some(*group_id)),
         };
-        let frame = protocol::encode_delivered(&Delivered {
+        let delivered = Delivered {
             message_id,
             source_id: waiting.source,
             dest_id,
@@ -176,7 +177,20 @@ impl Dispatcher {
             content: message.content,
             is_encrypted: message.is_encrypted,
             time: message.time,
-        });
+        };
+        let frame = protocol::encode_delivered(&delivered);
+        if self.limits.cluster {
+            // The recipients' connections on other servers.
+            let recipients = match &waiting.route {
+                Route::User { receiver_id, .. } => vec![*receiver_id],
+                Route::Group(group_id) => self.group_member_ids(*group_id),
+            };
+            let event = BusEvent::Message {
+                recipients,
+                message: delivered,
+            };
+            self.publish(event, fx);
+        }
         let except = Some(waiting.except);
         match waiting.route {
             Route::User { receiver_id, .. } => {

@@ -18,9 +18,11 @@
 //!
 //! One file per group of messages: [`accounts`] (register, login, logout,
 //! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
-//! directory, keys), [`groups`] (groups and group messages).
+//! directory, keys), [`groups`] (groups and group messages), [`cluster`]
+//! (what other servers of a cluster tell this one over the bus).
 
 mod accounts;
+mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
@@ -33,6 +35,7 @@ use std::time::Instant;
 use protocol::server::Delivered;
 use protocol::{ClientMessage, ClientTag, ErrorType, RequestId, ServerMessage};
 
+use crate::bus::BusEvent;
 use crate::completion::{Completion, ConnId, Requester};
 use crate::config;
 use crate::hasher::{HashDone, HashJob};
@@ -79,6 +82,8 @@ pub struct Effects {
     pub after_flush: Vec<(ConnId, Command)>,
     /// Jobs for the hashing workers.
     pub hashing: Vec<HashJob>,
+    /// Events for the other servers of a cluster (none when alone).
+    pub bus: Vec<BusEvent>,
     /// The request being handled: replies to its connection carry its
     /// `request_id` (set by the dispatcher around each request and each
     /// off-loop reply; see [`Effects::begin_answering`]).
@@ -174,6 +179,7 @@ impl Effects {
             && self.storage.is_empty()
             && self.after_flush.is_empty()
             && self.hashing.is_empty()
+            && self.bus.is_empty()
     }
 }
 
@@ -295,6 +301,9 @@ pub struct DispatchLimits {
     pub rates: Option<RateConfig>,
     /// Most members of one group.
     pub max_group_size: usize,
+    /// Cluster mode: other servers share the database, and the bus carries
+    /// events to them (see [`cluster`]).
+    pub cluster: bool,
 }
 
 /// The in-memory state and the rules; see the module docs.
@@ -323,6 +332,9 @@ pub struct Dispatcher {
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
+    /// Cluster mode: which other servers have each user online, as their
+    /// Presence events said.
+    remote_online: HashMap<i64, std::collections::HashSet<String>>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -348,6 +360,7 @@ impl Dispatcher {
             storing_bytes: 0,
             confirms_due: ConfirmSchedule::default(),
             receipts_due: HashMap::new(),
+            remote_online: HashMap::new(),
             limits,
             counters: Counters::default(),
         }
@@ -545,6 +558,7 @@ impl Dispatcher {
         match completion {
             Completion::Storage(reply) => self.storage_done(reply, now, fx),
             Completion::Hash(done) => self.hash_done(done, now, fx),
+            Completion::Bus(inbound) => self.bus_event(inbound, now, fx),
         }
     }
 
@@ -848,6 +862,12 @@ impl Dispatcher {
                             && match queued {
                                 Queued::Direct { taken } => whole_history || !taken,
                                 Queued::Group => whole_history || *include_groups,
+                                // Committed elsewhere: perhaps after the
+                                // queue was read, so only a known bound says.
+                                Queued::Remote { group } => {
+                                    *queue_before != i64::MAX
+                                        && (whole_history || !group || *include_groups)
+                                }
                             };
                         if in_queue {
                             continue;
@@ -898,6 +918,12 @@ enum Queued {
     },
     /// A group message (in the queue when the login includes groups).
     Group,
+    /// A message another server of a cluster committed (whether a device
+    /// took it is not known here).
+    Remote {
+        /// A group message.
+        group: bool,
+    },
 }
 
 /// A Received on a connection whose SuccessLogin is sent and whose queue is

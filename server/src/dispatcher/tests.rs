@@ -35,6 +35,7 @@ fn dispatcher() -> Dispatcher {
             storage_backlog_max: 100,
             rates: Some(crate::rate_limit::RateConfig::default()),
             max_group_size: 5,
+            cluster: false,
         },
     )
 }

@@ -112,8 +112,9 @@ pub enum Conversation {
     Group(i64),
 }
 
-/// A group with its members, as storage reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A group with its members, as storage reports it (and as the bus carries
+/// it to the other servers of a cluster).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupRow {
     /// The group.
     pub group_id: i64,
