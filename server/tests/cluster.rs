@@ -200,10 +200,12 @@ fn group_message(group_id: i64, content: &str) -> ClientMessage {
     })
 }
 
-/// Mutual contacts on different servers see each other come and go.
+/// Contacts on different servers: the added user hears the request, the
+/// add that makes them mutual tells each that the other is online, and
+/// each sees the other come and go.
 #[test]
-fn presence_crosses_servers() {
-    let Some(cluster) = Cluster::start("presence_crosses_servers", 3, &[]) else {
+fn contacts_and_presence_cross_servers() {
+    let Some(cluster) = Cluster::start("contacts_and_presence_cross_servers", 3, &[]) else {
         return;
     };
     let mut setup = cluster.node(0).client();
@@ -211,22 +213,37 @@ fn presence_crosses_servers() {
     setup.register("bob", SECRET);
     let mut ann = cluster.node(0).client();
     ann.login("ann", SECRET);
-    ann.send(&ClientMessage::AddContact(UserRef {
-        username: "bob".into(),
-    }));
+    let mut bob = cluster.node(1).client();
+    bob.login("bob", SECRET);
+    ann.send(&add_contact("bob"));
     recv_until(&mut ann, |frame| match frame {
         ServerMessage::Directory(_) => Some(()),
         _ => None,
     });
-    let mut bob = cluster.node(1).client();
-    bob.login("bob", SECRET);
-    bob.send(&ClientMessage::AddContact(UserRef {
-        username: "ann".into(),
-    }));
-    recv_until(&mut bob, |frame| match frame {
-        ServerMessage::Directory(_) => Some(()),
+    let asked_by = recv_until(&mut bob, |frame| match frame {
+        ServerMessage::ContactRequest(request) => Some(request.username),
         _ => None,
     });
+    assert_eq!(asked_by, "ann");
+    bob.send(&add_contact("ann"));
+    let directory = recv_until(&mut bob, |frame| match frame {
+        ServerMessage::Directory(directory) => Some(directory),
+        _ => None,
+    });
+    assert!(
+        directory
+            .data
+            .iter()
+            .any(|e| e.username == "ann" && e.online),
+        "ann is online on another server: {directory:?}"
+    );
+    for (client, other) in [(&mut ann, "bob"), (&mut bob, "ann")] {
+        let online = recv_until(client, |frame| match frame {
+            ServerMessage::Presence(p) if p.username == other => Some(p.online),
+            _ => None,
+        });
+        assert!(online, "{other} is online");
+    }
     // Bob leaves and comes back on a third server: ann hears both.
     drop(bob);
     let went = recv_until(&mut ann, |frame| match frame {
@@ -241,6 +258,12 @@ fn presence_crosses_servers() {
         _ => None,
     });
     assert!(came, "bob came back");
+}
+
+fn add_contact(username: &str) -> ClientMessage {
+    ClientMessage::AddContact(UserRef {
+        username: username.into(),
+    })
 }
 
 /// Logout of a session closes its connections on every server; the

@@ -59,6 +59,14 @@ pub enum BusEvent {
         /// Their mutual contacts, who are told.
         mutual_contacts: Vec<i64>,
     },
+    /// A frame for every connection of a user (a ContactRequest, a
+    /// Presence when an add made two online users mutual).
+    Push {
+        /// The user.
+        user_id: i64,
+        /// The encoded frame.
+        frame: String,
+    },
     /// A session was ended (Logout): every connection using it closes.
     SessionEnded {
         /// The session's SHA-256.
@@ -96,6 +104,7 @@ impl BusEvent {
                 (None, None) => format!("{prefix}.user.none"),
             },
             BusEvent::Presence { .. } => format!("{prefix}.presence"),
+            BusEvent::Push { user_id, .. } => format!("{prefix}.user.{user_id}"),
             BusEvent::SessionEnded { .. } => format!("{prefix}.session"),
             BusEvent::UserCreated { .. }
             | BusEvent::GroupChanged { .. }

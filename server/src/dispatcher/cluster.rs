@@ -46,6 +46,9 @@ impl Dispatcher {
                 };
                 self.remote_presence(change, &username, &mutual_contacts, now, fx);
             }
+            BusEvent::Push { user_id, frame } => {
+                self.push_to_user(user_id, &frame, None, None, fx);
+            }
             BusEvent::SessionEnded { session_hash } => {
                 for conn in self.connections_of_session(None, &session_hash) {
                     fx.closes.push((conn, CloseReason::LoggedOut));
@@ -111,6 +114,22 @@ impl Dispatcher {
         if was_online != self.online_anywhere(user_id) {
             self.tell_contacts(username, mutual_contacts, online, now, fx);
         }
+    }
+
+    /// Sends `message` to every connection of `user_id`: here, and through
+    /// the bus on the other servers of a cluster.
+    pub(super) fn send_to_user_everywhere(
+        &mut self,
+        user_id: i64,
+        message: &ServerMessage,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        if self.limits.cluster {
+            let frame = protocol::encode_server(message, now);
+            self.publish(BusEvent::Push { user_id, frame }, fx);
+        }
+        self.send_to_user(user_id, message, now, fx);
     }
 
     /// Whether `user_id` is logged in here or, as far as the bus told, on

@@ -1341,3 +1341,65 @@ fn message_bytes_are_rate_limited_per_connection() {
         Some(ErrorType::RateLimited)
     );
 }
+
+/// Cluster mode: a committed message goes on the bus for its recipient; one
+/// committed on another server reaches the recipient's connection here (and
+/// counts as taken by a device without receipts); a session ended elsewhere
+/// closes its connections here.
+#[test]
+fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
+    use crate::bus::{BusEvent, Inbound};
+    let mut d = dispatcher();
+    d.limits.cluster = true;
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    let pending = send_uncommitted(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"hi"}"#);
+    assert!(pending.bus.is_empty(), "nothing goes out before the commit");
+    let committed = commit_messages(&mut d, &pending);
+    assert!(
+        matches!(&committed.bus[..], [BusEvent::Message { recipients, message }]
+            if recipients == &vec![BOB] && message.content == "hi"),
+        "{:?}",
+        committed.bus
+    );
+
+    log_in(&mut d, b, "bob", vec![]);
+    let remote = BusEvent::Message {
+        recipients: vec![BOB],
+        message: protocol::server::Delivered {
+            message_id: 500,
+            source_id: "carol".into(),
+            dest_id: Some("bob".into()),
+            group_id: None,
+            content: "from elsewhere".into(),
+            is_encrypted: false,
+            time: NOW,
+        },
+    };
+    let inbound = |event| {
+        Completion::Bus(Inbound {
+            node: "other".into(),
+            event,
+            bytes: 1,
+        })
+    };
+    let mut fx = Effects::default();
+    d.complete(inbound(remote), NOW, &mut fx);
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::Message(m)] if m.message_id == 500));
+    assert!(matches!(&fx.storage[..],
+        [Command::MarkDelivered { user_id: BOB, message_ids }] if message_ids == &vec![500]));
+    assert!(fx.bus.is_empty(), "what came from the bus is not sent back");
+
+    let session_hash = match &d.client(b).unwrap().auth {
+        Auth::LoggedIn { session_hash, .. } => session_hash.clone(),
+        other => panic!("{other:?}"),
+    };
+    let mut fx = Effects::default();
+    d.complete(
+        inbound(BusEvent::SessionEnded { session_hash }),
+        NOW,
+        &mut fx,
+    );
+    assert_eq!(fx.closes, vec![(b, CloseReason::LoggedOut)]);
+}
