@@ -296,6 +296,82 @@ fn logout_closes_the_session_on_every_server() {
     other.ping_pong();
 }
 
+/// A receipts device gets the messages of senders on two servers in
+/// increasing id order with none left out, so its cumulative confirmation
+/// is safe; after a resume on another server it gets only what it had not
+/// confirmed.
+#[test]
+fn a_receipts_device_gets_every_server_s_messages_in_id_order() {
+    let Some(cluster) = Cluster::start(
+        "a_receipts_device_gets_every_server_s_messages_in_id_order",
+        2,
+        &["--no-rate-limits"],
+    ) else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    for name in ["ann", "bob", "cat"] {
+        setup.register(name, SECRET);
+    }
+    let mut bob = cluster.node(1).client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session");
+    let senders: Vec<_> = [("ann", 0), ("cat", 1)]
+        .into_iter()
+        .map(|(name, n)| {
+            let port = cluster.node(n).port;
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                client.login(name, SECRET);
+                (0..40)
+                    .map(|k| {
+                        send_acked(&mut client, message_to("bob", &format!("{name}{k}"), None))
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let acked: BTreeSet<i64> = senders
+        .into_iter()
+        .flat_map(|sender| sender.join().expect("a sender"))
+        .collect();
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        got.push(recv_message(&mut bob).0);
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in id order: {got:?}");
+    assert_eq!(got.iter().copied().collect::<BTreeSet<_>>(), acked);
+    let half = got[got.len() / 2];
+    bob.confirm(half);
+    bob.ping_pong();
+    drop(bob);
+    // The other server writes the confirmation when it sees the close:
+    // the resume waits for the database to have it.
+    let mut db = cluster.database.connect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let confirmed: i64 = db
+            .query_one("SELECT MAX(confirmed_through) FROM sessions", &[])
+            .expect("read sessions")
+            .get(0);
+        if confirmed >= half {
+            break;
+        }
+        assert!(Instant::now() < deadline, "confirmation not written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut again = cluster.node(0).client();
+    again.resume_with_receipts("bob", &session);
+    let rest: Vec<i64> = got.iter().copied().filter(|id| *id > half).collect();
+    let mut resent = Vec::new();
+    while resent.len() < rest.len() {
+        resent.push(recv_message(&mut again).0);
+    }
+    assert_eq!(resent, rest, "everything past the confirmation, in order");
+}
+
 /// Two senders on two servers write to one recipient as fast as they can
 /// for a few seconds while a reader repeats `Sync{since}` from the last id
 /// it saw: it never passes an id that commits later (every id it ever sees

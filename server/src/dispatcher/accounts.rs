@@ -479,6 +479,7 @@ impl Dispatcher {
             queue_before,
             receipts,
             confirmed_through,
+            queue_pushed_through,
             ..
         } = std::mem::replace(&mut client.auth, Auth::Anonymous)
         else {
@@ -518,7 +519,17 @@ impl Dispatcher {
                 groups_from: if include_groups { 0 } else { queue_before },
                 receipts,
                 confirmed_through,
-                stream: behind_from.map_or(Stream::Live, |from| Stream::Behind { from }),
+                stream: match behind_from {
+                    // Cluster mode: a receipts device reads what came after
+                    // its queue from storage (see `Stream::FromStorage`).
+                    _ if receipts && self.limits.cluster => Stream::FromStorage {
+                        from: queue_pushed_through.max(confirmed_through) + 1,
+                        reading: true,
+                        again: false,
+                    },
+                    Some(from) => Stream::Behind { from },
+                    None => Stream::Live,
+                },
             };
         }
         // What did not fit while it logged in comes from storage.
@@ -678,7 +689,7 @@ impl Dispatcher {
                 log::info!("{username} disconnected ({})", client.peer);
                 let last_pushed = match stream {
                     Stream::Live => self.highest_message_id,
-                    Stream::Behind { from } => from - 1,
+                    Stream::Behind { from } | Stream::FromStorage { from, .. } => from - 1,
                 };
                 let through = written_through(last_pushed);
                 let taken = GroupsTaken {

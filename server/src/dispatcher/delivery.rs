@@ -48,6 +48,20 @@ pub enum Stream {
         /// The first message not yet pushed.
         from: i64,
     },
+    /// Cluster mode, a receipts device: every message comes from storage,
+    /// read past the last one pushed, so pushes are in increasing id order
+    /// with nothing left out (commit order is id order, `storage/ids.rs`)
+    /// and a cumulative confirmation never covers a message the device
+    /// did not get — whatever order the bus brings notices in. A commit
+    /// (here, or a notice from another server) only asks for a read.
+    FromStorage {
+        /// The first message not yet pushed.
+        from: i64,
+        /// A read is on its way.
+        reading: bool,
+        /// A notice came during that read: read again after it.
+        again: bool,
+    },
 }
 
 impl Stream {
@@ -231,7 +245,7 @@ impl Dispatcher {
             user_id,
             receipts,
             confirmed_through,
-            stream: Stream::Behind { from },
+            stream: Stream::Behind { from } | Stream::FromStorage { from, .. },
             ..
         }) = self.clients.get(&conn).map(|client| &client.auth)
         else {
@@ -264,7 +278,7 @@ impl Dispatcher {
         let Some(Auth::LoggedIn {
             user_id,
             receipts,
-            stream: stream @ Stream::Behind { .. },
+            stream: stream @ (Stream::Behind { .. } | Stream::FromStorage { .. }),
             ..
         }) = self.clients.get_mut(&conn).map(|client| &mut client.auth)
         else {
@@ -272,13 +286,31 @@ impl Dispatcher {
         };
         let (user_id, receipts) = (*user_id, *receipts);
         let pushed_through = page.last().map(|message| message.message_id);
+        let read_on;
         *stream = match (more, pushed_through, *stream) {
-            (false, _, _) => Stream::Live,
-            (true, Some(last), _) => Stream::Behind { from: last + 1 },
-            (true, None, behind) => behind,
+            (more, last, Stream::FromStorage { from, again, .. }) => {
+                read_on = more || again;
+                Stream::FromStorage {
+                    from: last.map_or(from, |last| last + 1),
+                    reading: read_on,
+                    again: false,
+                }
+            }
+            (false, _, _) => {
+                read_on = false;
+                Stream::Live
+            }
+            (true, Some(last), _) => {
+                read_on = true;
+                Stream::Behind { from: last + 1 }
+            }
+            (true, None, behind) => {
+                read_on = true;
+                behind
+            }
         };
         push_page(conn, (user_id, receipts), page, fx);
-        if more {
+        if read_on {
             self.ask_catch_up_page(conn, fx);
         }
     }

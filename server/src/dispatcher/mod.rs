@@ -831,6 +831,18 @@ impl Dispatcher {
             let output_full = client.output_full;
             match &mut client.auth {
                 Auth::LoggedIn {
+                    stream: Stream::FromStorage { reading, again, .. },
+                    ..
+                } if message.is_some() => {
+                    // Read from storage, in id order (see `Stream`).
+                    if *reading {
+                        *again = true;
+                    } else {
+                        *reading = true;
+                        fell_behind.push(*conn);
+                    }
+                }
+                Auth::LoggedIn {
                     receipts, stream, ..
                 } => match message {
                     Some((id, _)) if output_full || stream.is_behind() => {
@@ -857,6 +869,10 @@ impl Dispatcher {
                     ..
                 } => {
                     if let Some((id, queued)) = message {
+                        if *receipts && self.limits.cluster {
+                            // Read from storage once logged in (`Stream`).
+                            continue;
+                        }
                         let whole_history = *receipts && *resumed;
                         let in_queue = id < *queue_before
                             && match queued {
