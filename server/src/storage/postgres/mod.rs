@@ -57,7 +57,8 @@ pub enum Error {
     /// a newer server; run that one.
     NewerSchema(i32),
     /// At start: another server holds the database (one server per
-    /// database until the cluster mode); stop it first.
+    /// database outside cluster mode); stop it first, or run every server
+    /// with `--nats`.
     InUse,
 }
 
@@ -80,7 +81,7 @@ impl std::fmt::Display for Error {
             Error::InUse => write!(
                 f,
                 "another chat-server is using this database (one server per database \
-                 until the cluster mode)"
+                 unless every one runs in cluster mode, --nats)"
             ),
         }
     }
