@@ -286,6 +286,11 @@ impl Dispatcher {
         };
         let (user_id, receipts) = (*user_id, *receipts);
         let pushed_through = page.last().map(|message| message.message_id);
+        if let Some(last) = pushed_through {
+            // In a cluster a page may hold ids the bus has not announced
+            // here yet: confirmations up to them are not capped below.
+            self.highest_message_id = self.highest_message_id.max(last);
+        }
         let read_on;
         *stream = match (more, pushed_through, *stream) {
             (more, last, Stream::FromStorage { from, again, .. }) => {
