@@ -507,7 +507,7 @@ impl Server {
                 Completion::Hash(_) => {
                     self.hash_in_flight = self.hash_in_flight.saturating_sub(1);
                 }
-                Completion::Bus(inbound) => self.bus.handled(inbound.bytes),
+                Completion::Bus(inbound) => self.bus.handled(inbound),
                 Completion::Storage(_) => {}
             }
             self.dispatcher.complete(completion, now, &mut fx);

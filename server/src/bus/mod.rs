@@ -131,16 +131,33 @@ pub struct Envelope {
     pub event: BusEvent,
 }
 
-/// An event received from another server, with its size (what it counts
-/// against [`crate::config::BUS_INBOUND_BYTES_MAX`] until handled).
+/// What the bridge hands the loop.
 #[derive(Debug)]
-pub struct Inbound {
-    /// The server that sent it.
-    pub node: String,
-    /// The event.
-    pub event: BusEvent,
-    /// Its encoded bytes.
-    pub bytes: usize,
+pub enum Inbound {
+    /// An event from another server, with its size (what it counts against
+    /// [`crate::config::BUS_INBOUND_BYTES_MAX`] until handled).
+    Event {
+        /// The server that sent it.
+        node: String,
+        /// The event.
+        event: BusEvent,
+        /// Its encoded bytes.
+        bytes: usize,
+    },
+    /// Events may have been missed (the connection to NATS was lost and is
+    /// back, NATS dropped some for a slow subscriber, or the inbound queue
+    /// was full): every receipts device here reads from storage once.
+    Gap,
+}
+
+impl Inbound {
+    /// The bytes it counts against the inbound bound.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Inbound::Event { bytes, .. } => *bytes,
+            Inbound::Gap => 0,
+        }
+    }
 }
 
 /// The loop's side of the bus: nothing when alone, the NATS bridge in a
@@ -173,10 +190,10 @@ impl Bus {
         }
     }
 
-    /// The loop has handled an inbound event of `bytes`.
-    pub fn handled(&self, bytes: usize) {
+    /// The loop has handled `inbound`.
+    pub fn handled(&self, inbound: &Inbound) {
         if let Bus::Nats(bridge) = self {
-            bridge.handled(bytes);
+            bridge.handled(inbound);
         }
     }
 

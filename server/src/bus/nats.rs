@@ -18,7 +18,7 @@
 //! The thread is owned: dropping the [`Bridge`] closes the outbound queue,
 //! the bridge flushes what it published and ends, and the drop joins it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -42,9 +42,19 @@ struct Gauges {
     outbound_bytes: AtomicUsize,
     inbound_bytes: AtomicUsize,
     dropped: AtomicU64,
+    /// An [`Inbound::Gap`] is on its way to the loop (one at a time).
+    gap_pending: AtomicBool,
 }
 
 impl Gauges {
+    /// Tells the loop events may have been missed, unless it is told
+    /// already.
+    fn gap(&self, done: &CompletionSender) {
+        if !self.gap_pending.swap(true, Ordering::AcqRel) {
+            done.send(Completion::Bus(Inbound::Gap));
+        }
+    }
+
     fn drop_one(&self, why: &str) {
         let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // The first of a run, then one line per thousand: a stalled NATS
@@ -132,9 +142,16 @@ impl Bridge {
         }
     }
 
-    /// The loop has handled an inbound event of `bytes`.
-    pub fn handled(&self, bytes: usize) {
-        self.gauges.inbound_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    /// The loop has handled `inbound`.
+    pub fn handled(&self, inbound: &Inbound) {
+        match inbound {
+            Inbound::Event { bytes, .. } => {
+                self.gauges
+                    .inbound_bytes
+                    .fetch_sub(*bytes, Ordering::AcqRel);
+            }
+            Inbound::Gap => self.gauges.gap_pending.store(false, Ordering::Release),
+        }
     }
 
     /// Events dropped so far, either way.
@@ -185,8 +202,24 @@ async fn bridge(
     gauges: Arc<Gauges>,
     started: mpsc::SyncSender<Result<(), String>>,
 ) {
+    let (event_done, event_gauges) = (done.clone(), Arc::clone(&gauges));
     let connected = async_nats::ConnectOptions::new()
         .name(&cluster.node_id)
+        .event_callback(move |event| {
+            let (done, gauges) = (event_done.clone(), Arc::clone(&event_gauges));
+            async move {
+                match event {
+                    // Back after a disconnection, or NATS dropped messages
+                    // for us: what went by meanwhile is in the database.
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                        log::warn!("bus: {event}; receipts devices read from storage");
+                        gauges.gap(&done);
+                    }
+                    async_nats::Event::Disconnected => log::warn!("bus: NATS disconnected"),
+                    _ => log::info!("bus: {event}"),
+                }
+            }
+        })
         // Our own events are handled locally already.
         .no_echo()
         .subscription_capacity(BUS_SUBSCRIPTION_MESSAGES_MAX)
@@ -257,14 +290,15 @@ async fn bridge(
 fn receive(payload: &[u8], done: &CompletionSender, gauges: &Gauges) {
     let bytes = payload.len();
     if gauges.inbound_bytes.load(Ordering::Acquire) + bytes > BUS_INBOUND_BYTES_MAX {
-        return gauges.drop_one("inbound queue full");
+        gauges.drop_one("inbound queue full");
+        return gauges.gap(done);
     }
     let envelope: Envelope = match serde_json::from_slice(payload) {
         Ok(envelope) => envelope,
         Err(error) => return gauges.drop_one(&format!("undecodable: {error}")),
     };
     gauges.inbound_bytes.fetch_add(bytes, Ordering::AcqRel);
-    done.send(Completion::Bus(Inbound {
+    done.send(Completion::Bus(Inbound::Event {
         node: envelope.node,
         event: envelope.event,
         bytes,

@@ -12,7 +12,7 @@
 use protocol::server::{Delivered, Presence};
 use protocol::ServerMessage;
 
-use super::{Auth, CloseReason, Dispatcher, Effects, Queued};
+use super::{Auth, CloseReason, Dispatcher, Effects, Queued, Stream};
 use crate::bus::{BusEvent, Inbound};
 use crate::completion::ConnId;
 use crate::storage::Command;
@@ -27,7 +27,10 @@ impl Dispatcher {
 
     /// Another server told something.
     pub(super) fn bus_event(&mut self, inbound: Inbound, now: i64, fx: &mut Effects) {
-        let Inbound { node, event, .. } = inbound;
+        let (node, event) = match inbound {
+            Inbound::Event { node, event, .. } => (node, event),
+            Inbound::Gap => return self.read_after_gap(fx),
+        };
         match event {
             BusEvent::Message {
                 recipients,
@@ -62,6 +65,30 @@ impl Dispatcher {
                 group_id,
                 remaining,
             } => self.group_left_here(group_id, remaining, now, fx),
+        }
+    }
+
+    /// Events may have been missed: every receipts device here reads from
+    /// storage past what it was pushed (a device without receipts gets a
+    /// missed message at its next login, or by Sync).
+    fn read_after_gap(&mut self, fx: &mut Effects) {
+        let mut read_now = Vec::new();
+        for (conn, client) in &mut self.clients {
+            if let Auth::LoggedIn {
+                stream: Stream::FromStorage { reading, again, .. },
+                ..
+            } = &mut client.auth
+            {
+                if *reading {
+                    *again = true;
+                } else {
+                    *reading = true;
+                    read_now.push(*conn);
+                }
+            }
+        }
+        for conn in read_now {
+            self.ask_catch_up_page(conn, fx);
         }
     }
 

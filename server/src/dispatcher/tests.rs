@@ -1377,7 +1377,7 @@ fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
         },
     };
     let inbound = |event| {
-        Completion::Bus(Inbound {
+        Completion::Bus(Inbound::Event {
             node: "other".into(),
             event,
             bytes: 1,
@@ -1402,4 +1402,36 @@ fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
         &mut fx,
     );
     assert_eq!(fx.closes, vec![(b, CloseReason::LoggedOut)]);
+}
+
+/// Cluster mode: when the bus may have lost events, a receipts device that
+/// reads from storage asks for a read at once (one at a time).
+#[test]
+fn a_bus_gap_makes_receipts_devices_read_from_storage() {
+    use crate::bus::Inbound;
+    let mut d = dispatcher();
+    d.limits.cluster = true;
+    let b = conn(2);
+    log_in(&mut d, b, "bob", vec![]);
+    if let Some(Auth::LoggedIn {
+        receipts, stream, ..
+    }) = d.clients.get_mut(&b).map(|client| &mut client.auth)
+    {
+        *receipts = true;
+        *stream = Stream::FromStorage {
+            from: 7,
+            reading: false,
+            again: false,
+        };
+    }
+    let mut fx = Effects::default();
+    d.complete(Completion::Bus(Inbound::Gap), NOW, &mut fx);
+    assert!(
+        matches!(&fx.after_flush[..], [(to, Command::TakeQueue { after: 6, since: Some(_), .. })] if *to == b),
+        "{:?}",
+        fx.after_flush
+    );
+    let mut fx = Effects::default();
+    d.complete(Completion::Bus(Inbound::Gap), NOW, &mut fx);
+    assert!(fx.after_flush.is_empty(), "a read is already on its way");
 }
