@@ -372,6 +372,65 @@ fn a_receipts_device_gets_every_server_s_messages_in_id_order() {
     assert_eq!(resent, rest, "everything past the confirmation, in order");
 }
 
+/// `kill -9` of one server while a sender pipelines through it: every
+/// acked message is in the database once, the other server goes on, the
+/// restarted one hands out only new ids, and a receipts device resumed on
+/// the survivor gets every acked message.
+#[test]
+fn a_server_killed_loses_nothing_acked_and_ids_are_not_reused() {
+    let Some(mut cluster) = Cluster::start(
+        "a_server_killed_loses_nothing_acked_and_ids_are_not_reused",
+        2,
+        &["--no-rate-limits"],
+    ) else {
+        return;
+    };
+    let mut setup = cluster.node(1).client();
+    setup.register("ann", SECRET);
+    setup.register("bob", SECRET);
+    let mut bob = cluster.node(1).client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session");
+    drop(bob);
+    let mut ann = cluster.node(0).client();
+    ann.login("ann", SECRET);
+    let mut acked = BTreeSet::new();
+    for k in 0..50 {
+        acked.insert(send_acked(
+            &mut ann,
+            message_to("bob", &format!("m{k}"), None),
+        ));
+    }
+    // Pipelined, then killed with some in flight: only the acked count.
+    for k in 50..100 {
+        ann.send(&message_to("bob", &format!("m{k}"), None));
+    }
+    cluster.nodes[0].crash_and_restart();
+    let stored: BTreeSet<i64> = cluster.database.stored_messages().into_keys().collect();
+    assert!(acked.is_subset(&stored), "every acked message is stored");
+    let highest = stored.iter().copied().max().unwrap_or(0);
+
+    let mut ann = cluster.node(0).client();
+    ann.login("ann", SECRET);
+    let after_restart = send_acked(&mut ann, message_to("bob", "after", None));
+    assert!(after_restart > highest, "no id is handed out twice");
+    let mut survivor = cluster.node(1).client();
+    survivor.login("ann", SECRET);
+    let on_survivor = send_acked(&mut survivor, message_to("bob", "survivor", None));
+    assert!(on_survivor > after_restart);
+
+    let mut bob = cluster.node(1).client();
+    bob.resume_with_receipts("bob", &session);
+    let everything: BTreeSet<i64> = cluster.database.stored_messages().into_keys().collect();
+    let mut got = BTreeSet::new();
+    while got.len() < everything.len() {
+        got.insert(recv_message(&mut bob).0);
+    }
+    assert_eq!(got, everything, "the device gets everything stored");
+}
+
 /// Two senders on two servers write to one recipient as fast as they can
 /// for a few seconds while a reader repeats `Sync{since}` from the last id
 /// it saw: it never passes an id that commits later (every id it ever sees
