@@ -531,6 +531,31 @@ fn sync_page(reader: &mut Client, since: i64) -> Vec<i64> {
     })
 }
 
+/// A server in cluster mode whose NATS does not answer refuses to start
+/// and says where it looked.
+#[test]
+fn a_cluster_server_without_its_nats_refuses_to_start() {
+    let Some(database) = TestDatabase::create("a_cluster_server_without_its_nats_refuses_to_start")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--log-file")
+        .arg(dir.path().join("server.log"))
+        .args(["--database", &database.url, "--nats", "nats://127.0.0.1:1"])
+        .output()
+        .expect("run chat-server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{stderr}"
+    );
+}
+
 /// `--nats` without a PostgreSQL database is refused with why; so is
 /// `--node-id` without `--nats`.
 #[test]

@@ -202,7 +202,44 @@ async fn bridge(
     gauges: Arc<Gauges>,
     started: mpsc::SyncSender<Result<(), String>>,
 ) {
-    let (event_done, event_gauges) = (done.clone(), Arc::clone(&gauges));
+    let (client, mut subscription) = match connect(&cluster, &done, &gauges).await {
+        Ok(connected) => connected,
+        Err(why) => {
+            let _ = started.send(Err(why));
+            return;
+        }
+    };
+    let _ = started.send(Ok(()));
+    loop {
+        tokio::select! {
+            outgoing = queue.recv() => {
+                let Some((subject, payload)) = outgoing else { break };
+                let bytes = payload.len();
+                if let Err(error) = client.publish(subject, payload.into()).await {
+                    gauges.drop_one(&format!("publish failed: {error}"));
+                }
+                gauges.outbound_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            }
+            incoming = subscription.next() => {
+                let Some(message) = incoming else {
+                    log::error!("bus: the NATS subscription ended");
+                    break;
+                };
+                receive(&message.payload, &done, &gauges);
+            }
+        }
+    }
+    let _ = client.flush().await;
+}
+
+/// Connects to NATS (within [`NATS_CONNECT_TIMEOUT`]) and subscribes to
+/// every subject under the cluster's prefix; or says why not.
+async fn connect(
+    cluster: &Cluster,
+    done: &CompletionSender,
+    gauges: &Arc<Gauges>,
+) -> Result<(async_nats::Client, async_nats::Subscriber), String> {
+    let (event_done, event_gauges) = (done.clone(), Arc::clone(gauges));
     let connected = async_nats::ConnectOptions::new()
         .name(&cluster.node_id)
         .event_callback(move |event| {
@@ -226,63 +263,31 @@ async fn bridge(
         .client_capacity(BUS_CLIENT_COMMANDS_MAX)
         .connection_timeout(NATS_CONNECT_TIMEOUT)
         .connect(&cluster.nats_url);
+    let url = &cluster.nats_url;
     let client = match tokio::time::timeout(NATS_CONNECT_TIMEOUT, connected).await {
         Ok(Ok(client)) => client,
-        Ok(Err(error)) => {
-            let why = format!("cannot connect to NATS at {}: {error}", cluster.nats_url);
-            let _ = started.send(Err(why));
-            return;
-        }
+        Ok(Err(error)) => return Err(format!("cannot connect to NATS at {url}: {error}")),
         Err(_) => {
-            let why = format!(
-                "cannot connect to NATS at {} within {} s",
-                cluster.nats_url,
-                NATS_CONNECT_TIMEOUT.as_secs()
-            );
-            let _ = started.send(Err(why));
-            return;
+            let secs = NATS_CONNECT_TIMEOUT.as_secs();
+            return Err(format!("cannot connect to NATS at {url} within {secs} s"));
         }
     };
     let everything = format!("{}.>", cluster.subject_prefix);
-    let mut subscription = match client.subscribe(everything.clone()).await {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            let _ = started.send(Err(format!("cannot subscribe to {everything}: {error}")));
-            return;
-        }
-    };
+    let subscription = client
+        .subscribe(everything.clone())
+        .await
+        .map_err(|error| format!("cannot subscribe to {everything}: {error}"))?;
     // The subscription is known to the NATS server once a flush returns:
     // nothing published after the start is missed.
-    if let Err(error) = client.flush().await {
-        let _ = started.send(Err(format!("NATS did not answer: {error}")));
-        return;
-    }
+    client
+        .flush()
+        .await
+        .map_err(|error| format!("NATS did not answer: {error}"))?;
     log::info!(
-        "cluster: node {} on NATS {} (subjects {everything})",
-        cluster.node_id,
-        cluster.nats_url
+        "cluster: node {} on NATS {url} (subjects {everything})",
+        cluster.node_id
     );
-    let _ = started.send(Ok(()));
-    loop {
-        tokio::select! {
-            outgoing = queue.recv() => {
-                let Some((subject, payload)) = outgoing else { break };
-                let bytes = payload.len();
-                if let Err(error) = client.publish(subject, payload.into()).await {
-                    gauges.drop_one(&format!("publish failed: {error}"));
-                }
-                gauges.outbound_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            }
-            incoming = subscription.next() => {
-                let Some(message) = incoming else {
-                    log::error!("bus: the NATS subscription ended");
-                    break;
-                };
-                receive(&message.payload, &done, &gauges);
-            }
-        }
-    }
-    let _ = client.flush().await;
+    Ok((client, subscription))
 }
 
 /// Decodes one event from another server and hands it to the loop, unless
