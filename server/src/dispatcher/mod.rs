@@ -302,7 +302,7 @@ pub struct DispatchLimits {
     /// Most members of one group.
     pub max_group_size: usize,
     /// Cluster mode: other servers share the database, and the bus carries
-    /// events to them (see [`cluster`]).
+    /// events to them (see `dispatcher/cluster.rs`).
     pub cluster: bool,
 }
 

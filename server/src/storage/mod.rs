@@ -5,6 +5,8 @@
 //! executes it in one transaction (group commit), commits, and only then sends
 //! the [`Reply`]s back through the completion channel and wakes the loop. So
 //! a `MessageStored` reply — and the Ack it becomes — always means "committed".
+//! Message ids are given inside that transaction (`ids.rs`), so they grow in
+//! commit order even with several servers on one database.
 //!
 //! The loop sees storage only through [`open`], these two enums, [`Snapshot`]
 //! and [`StorageHandle`]. The backend behind the thread is a [`Backend`]:
