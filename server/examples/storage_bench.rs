@@ -49,6 +49,7 @@ fn main() {
                 let receiver = ids[(id as usize + 1) % ids.len()];
                 Command::StoreMessage {
                     to: to.clone(),
+                    ticket: id as u64,
                     client_message_id: Some(format!("c{id}")),
                     message: NewMessage {
                         message_id: id,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use mio::Waker;
 use protocol::RequestId;
 
+use crate::bus::Inbound;
 use crate::hasher::HashDone;
 use crate::storage::Reply;
 
@@ -54,6 +55,8 @@ pub enum Completion {
     Storage(Reply),
     /// A password was hashed or verified.
     Hash(HashDone),
+    /// Another server of the cluster told something (`bus/nats.rs`).
+    Bus(Inbound),
 }
 
 /// The sending half, cloned into every worker thread.

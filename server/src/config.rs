@@ -83,6 +83,38 @@ pub const THROTTLED_READ_RETRY: Duration = Duration::from_millis(10);
 /// `server_busy` instead of queueing more (bounded memory, visible overload).
 pub const STORAGE_QUEUE_MAX: usize = 65_536;
 
+/// Bytes of bus events (cluster mode) the loop has handed to the NATS
+/// bridge and it has not yet published. Past it an event is dropped and
+/// counted: the database has it, and every receiver recovers it through
+/// its cursors (ARCHITECTURE.md, "Cluster mode"). 8 MiB is ~120 events of
+/// the largest message (64 KiB) or tens of thousands of ordinary ones: a
+/// NATS server that stalls costs at most this much memory.
+pub const BUS_OUTBOUND_BYTES_MAX: usize = 8 << 20;
+
+/// Bytes of bus events received from NATS that the loop has not handled
+/// yet. Past it the bridge drops what arrives (counted, logged; recovered
+/// from the database as above): a flood from other servers cannot grow
+/// this one's memory without bound.
+pub const BUS_INBOUND_BYTES_MAX: usize = 8 << 20;
+
+/// Messages async-nats may hold for the bridge's subscription before it
+/// drops them (its own buffer, counted in messages): with events at most
+/// [`BUS_EVENT_BYTES_MAX`] each, 64 of them bound it to 6 MiB.
+pub const BUS_SUBSCRIPTION_MESSAGES_MAX: usize = 64;
+
+/// Publishes async-nats may queue towards the NATS server (its command
+/// channel, counted in commands): 64 × [`BUS_EVENT_BYTES_MAX`] ≤ 6 MiB.
+pub const BUS_CLIENT_COMMANDS_MAX: usize = 64;
+
+/// The largest bus event: a message of the default largest frame (64 KiB)
+/// with its routing and a group's member list fits. A larger one is not
+/// published (its receivers recover it from the database).
+pub const BUS_EVENT_BYTES_MAX: usize = 96 << 10;
+
+/// How long a starting server waits for the NATS server of `--nats`
+/// before it refuses to start.
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Storage commands waiting past which new messages get `server_busy` (three
 /// quarters of [`STORAGE_QUEUE_MAX`]: the rest is kept for logins, reads and
 /// the commands a departure needs).
@@ -117,14 +149,6 @@ pub const HASH_QUEUE_MAX: usize = 1_024;
 /// Storage commands executed in one SQLite transaction (group commit). Large
 /// enough to amortise the commit, small enough to ack the first of them soon.
 pub const STORAGE_BATCH_MAX: usize = 4_096;
-
-/// Message ids are reserved durably in blocks of this many before the loop
-/// hands any of them out, so no id is ever given twice: not after a crash,
-/// a clean restart, a failed store or a deleted group (each start begins
-/// past the last reserved block). 2^20 ids last ~7 s at 150k msg/s; the
-/// next block is reserved when half of the current one is used, and a
-/// restart skips at most one block of the 2^63.
-pub const MESSAGE_ID_BLOCK: i64 = 1 << 20;
 
 /// Password hashing jobs one address (IPv6: one /64) may have waiting for a
 /// worker; past it its logins and registrations get `rate_limited` (with
@@ -267,6 +291,19 @@ pub struct Cli {
     /// is created (or migrated) at start.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
+    /// Cluster mode: several servers share the PostgreSQL database of
+    /// --database and tell each other live events (messages, presence,
+    /// logouts) through the NATS server at this URL, `nats://HOST:4222`.
+    /// Needs --database postgres://….
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// This server's name in the cluster (default: HOSTNAME-PID).
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// The first token of every NATS subject the cluster uses: clusters (or
+    /// test runs) sharing one NATS server keep apart by it.
+    #[arg(long, value_name = "PREFIX", default_value = "chat")]
+    pub nats_prefix: String,
     /// Log file, appended to (the log also goes to stderr).
     #[arg(long, default_value = "server.log")]
     pub log_file: PathBuf,
@@ -403,6 +440,17 @@ pub enum Database {
     Postgres(String),
 }
 
+/// Cluster mode (`--nats`): how this server reaches the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// The NATS server, `nats://HOST:PORT`.
+    pub nats_url: String,
+    /// This server's name (in its log lines and on what it publishes).
+    pub node_id: String,
+    /// The first token of every subject.
+    pub subject_prefix: String,
+}
+
 /// The server's settings, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -412,6 +460,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The database: SQLite in the data directory, or PostgreSQL.
     pub database: Database,
+    /// Cluster mode (`--nats`), or `None` for a server alone.
+    pub cluster: Option<Cluster>,
     /// See [`Cli::max_connections`].
     pub max_connections: usize,
     /// Most connections from one address (`None`: no per-address cap).
@@ -464,10 +514,12 @@ impl Config {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_connections = cli.max_connections.max(1);
+        let database = database(cli)?;
         Ok(Config {
             listen: SocketAddr::new(ip, cli.port),
             data_dir: cli.data_dir.clone(),
-            database: database(cli)?,
+            cluster: cluster(cli, &database)?,
+            database,
             max_connections,
             max_connections_per_address: connections_per_address(cli, max_connections),
             heartbeat: Duration::from_secs(cli.heartbeat),
@@ -507,6 +559,65 @@ fn database(cli: &Cli) -> Result<Database, String> {
         return Err("--json-mirror works with the SQLite database only (no --database)".into());
     }
     Ok(Database::Postgres(url.clone()))
+}
+
+/// Cluster mode, if `--nats` is given: only beside a PostgreSQL database
+/// (the servers of a cluster share it; SQLite is one process's file).
+fn cluster(cli: &Cli, database: &Database) -> Result<Option<Cluster>, String> {
+    let Some(nats_url) = &cli.nats else {
+        if cli.node_id.is_some() {
+            return Err("--node-id names this server in a cluster: it needs --nats".into());
+        }
+        return Ok(None);
+    };
+    if !matches!(database, Database::Postgres(_)) {
+        return Err(
+            "--nats (cluster mode) needs --database postgres://…: the servers of a \
+                    cluster share one PostgreSQL database"
+                .into(),
+        );
+    }
+    if !nats_url.starts_with("nats://") {
+        return Err("--nats takes a nats://HOST[:PORT] URL".into());
+    }
+    let node_id = cli.node_id.clone().unwrap_or_else(default_node_id);
+    for (flag, value) in [("--node-id", &node_id), ("--nats-prefix", &cli.nats_prefix)] {
+        if !is_subject_token(value) {
+            return Err(format!(
+                "{flag} must be 1-{SUBJECT_TOKEN_CHARS_MAX} characters of A-Z a-z 0-9 _ -"
+            ));
+        }
+    }
+    Ok(Some(Cluster {
+        nats_url: nats_url.clone(),
+        node_id,
+        subject_prefix: cli.nats_prefix.clone(),
+    }))
+}
+
+/// Longest `--node-id` and `--nats-prefix` (they go into every subject).
+const SUBJECT_TOKEN_CHARS_MAX: usize = 64;
+
+/// Whether `value` can be one token of a NATS subject: no dots, spaces or
+/// wildcards.
+fn is_subject_token(value: &str) -> bool {
+    (1..=SUBJECT_TOKEN_CHARS_MAX).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `HOSTNAME-PID`, with anything a subject token cannot hold left out.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(SUBJECT_TOKEN_CHARS_MAX - 12)
+        .collect();
+    let host = if host.is_empty() { "node".into() } else { host };
+    format!("{host}-{}", std::process::id())
 }
 
 /// The per-address connection cap: as given, else the default share unless

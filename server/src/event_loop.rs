@@ -32,6 +32,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::address_cap::AddressCap;
+use crate::bus::Bus;
 use crate::completion::{self, Completion, ConnId};
 use crate::config::{self, Config};
 use crate::connection::{Connection, OriginCheck, ReadEvent, TickAction, Timers, WriteError};
@@ -62,6 +63,8 @@ pub enum StartError {
     Io(io::Error),
     /// The TLS certificate or key could not be loaded.
     Tls(String),
+    /// Cluster mode: the NATS server could not be reached.
+    Bus(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -70,6 +73,7 @@ impl std::fmt::Display for StartError {
             StartError::Storage(error) => write!(f, "{error}"),
             StartError::Io(error) => write!(f, "{error}"),
             StartError::Tls(detail) => write!(f, "cannot set up TLS: {detail}"),
+            StartError::Bus(detail) => write!(f, "cluster mode: {detail}"),
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Server {
     dispatcher: Dispatcher,
     storage: StorageHandle,
     hasher: Hasher,
+    /// The other servers of a cluster (nothing when alone).
+    bus: Bus,
     completions: Receiver<Completion>,
     config: Config,
     ws_config: WebSocketConfig,
@@ -144,6 +150,7 @@ impl Server {
         let histograms = Histograms::default();
         let (storage, snapshot) = storage::open(&config, done.clone(), histograms.clone())
             .map_err(StartError::Storage)?;
+        let bus = Bus::start(config.cluster.as_ref(), done.clone()).map_err(StartError::Bus)?;
         let hasher = Hasher::start(
             (config.hash_workers, config.pbkdf2_iterations),
             FairQueue::new(config::HASH_QUEUE_MAX, hash_jobs_per_address(&config)),
@@ -162,6 +169,7 @@ impl Server {
             storage_backlog_max: config::STORAGE_BUSY_MARK,
             rates: config.rate_limits,
             max_group_size: config.max_group_size,
+            cluster: config.cluster.is_some(),
         };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config::READ_BUFFER_BYTES)
@@ -191,6 +199,7 @@ impl Server {
             dispatcher: Dispatcher::new(snapshot, limits),
             storage,
             hasher,
+            bus,
             completions,
             config,
             ws_config,
@@ -494,8 +503,12 @@ impl Server {
         let now = unix_now();
         let mut fx = std::mem::take(&mut self.effects);
         while let Ok(completion) = self.completions.try_recv() {
-            if let Completion::Hash(_) = completion {
-                self.hash_in_flight = self.hash_in_flight.saturating_sub(1);
+            match &completion {
+                Completion::Hash(_) => {
+                    self.hash_in_flight = self.hash_in_flight.saturating_sub(1);
+                }
+                Completion::Bus(inbound) => self.bus.handled(inbound),
+                Completion::Storage(_) => {}
             }
             self.dispatcher.complete(completion, now, &mut fx);
             self.apply(&mut fx);
@@ -569,6 +582,9 @@ impl Server {
                 self.dispatcher.disconnected(id, unflushed_from, now, fx);
             }
             self.after_flush.append(&mut fx.after_flush);
+            for event in fx.bus.drain(..) {
+                self.bus.publish(event);
+            }
             let mut refused = Effects::default();
             for command in std::mem::take(&mut fx.storage) {
                 if let Err(refusal) = self.storage.submit(command) {

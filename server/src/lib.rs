@@ -20,12 +20,16 @@
 //! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
 //! - [`priority`]: background threads yield the CPU to the loop.
 //! - [`completion`]: how worker threads hand results back and wake the loop.
+//! - [`bus`]: cluster mode (`--nats`): what this server tells the others of
+//!   a cluster and hears from them, through a NATS bridge thread; nothing
+//!   when alone.
 //! - [`rate_limit`]: token buckets and failed-login lockouts.
 //! - [`config`]: the command line and every limit, with its reasons.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
 
 pub mod address_cap;
+pub mod bus;
 pub mod completion;
 pub mod config;
 pub mod connection;

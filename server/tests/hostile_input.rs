@@ -27,7 +27,6 @@ fn dispatcher() -> Dispatcher {
     let snapshot = Snapshot {
         users: vec![("alice".into(), 1), ("bob".into(), 2), ("carol".into(), 3)],
         next_message_id: 1,
-        ids_reserved_through: 1 << 40,
         groups: vec![],
         recovered_from_crash: false,
     };
@@ -35,6 +34,7 @@ fn dispatcher() -> Dispatcher {
         storage_backlog_max: 1000,
         rates: Some(RateConfig::default()),
         max_group_size: 10,
+        cluster: false,
     };
     let mut d = Dispatcher::new(snapshot, limits);
     let peer = "127.0.0.1:40000".parse().unwrap();
@@ -53,6 +53,7 @@ fn dispatcher() -> Dispatcher {
         more_queued: false,
         mutual_contacts: vec![2],
         confirmed_through: 0,
+        queue_before: 1,
     };
     d.complete(Completion::Storage(reply), NOW, &mut Effects::default());
     d
@@ -82,10 +83,12 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
             Command::FetchCredentials { to, .. } => Some(Reply::Credentials { to, found: None }),
             Command::StoreMessage {
                 to,
+                ticket,
                 client_message_id,
                 message,
             } => Some(Reply::MessageStored {
                 to,
+                ticket,
                 message_id: message.message_id,
                 client_message_id,
                 duplicate_of: None,
@@ -110,7 +113,7 @@ fn complete_everything(d: &mut Dispatcher, fx: Effects) {
             command => command.requester().map(|(to, tag)| Reply::Failed {
                 to: to.clone(),
                 ref_tag: tag,
-                message_id: None,
+                ticket: None,
                 reason: "simulated".into(),
             }),
         };

@@ -8,8 +8,8 @@
 
 use protocol::client::{Login, Logout, Register};
 use protocol::server::{
-    FailLogin, FailRegister, LoginError, Presence, RegisterError, SessionInfo, Sessions,
-    SuccessLogin, SuccessLogout, SuccessRegister,
+    FailLogin, FailRegister, LoginError, RegisterError, SessionInfo, Sessions, SuccessLogin,
+    SuccessLogout, SuccessRegister,
 };
 use protocol::validate;
 use protocol::ClientTag;
@@ -17,6 +17,7 @@ use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::push_page;
 use super::{Auth, Client, CloseReason, Dispatcher, Effects, Stream};
+use crate::bus::BusEvent;
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
@@ -87,6 +88,11 @@ impl Dispatcher {
                     peer.as_deref().unwrap_or("a closed connection")
                 );
                 self.users.insert(username.clone(), user_id);
+                let event = BusEvent::UserCreated {
+                    username: username.clone(),
+                    user_id,
+                };
+                self.publish(event, fx);
                 ServerMessage::SuccessRegister(SuccessRegister { username, user_id })
             }
             None => ServerMessage::FailRegister(FailRegister {
@@ -134,7 +140,7 @@ impl Dispatcher {
                 Some(&user_id) => {
                     let session_hash = password::session_hash(&session_id);
                     let peer = client.peer;
-                    let (queue_before, include_groups) =
+                    let include_groups =
                         self.begin_opening(conn, user_id, body.username, session_id, true);
                     fx.storage.push(Command::ResumeSession {
                         to: fx.requester(conn),
@@ -142,7 +148,6 @@ impl Dispatcher {
                         session_hash,
                         receipts: body.receipts,
                         peer,
-                        queue_before,
                         include_groups,
                         now,
                     });
@@ -165,7 +170,10 @@ impl Dispatcher {
             let Some(client) = self.clients.get_mut(&conn) else {
                 return;
             };
-            if self.users.contains_key(&username) {
+            // In a cluster an account may be new on another server, not yet
+            // known here: storage is asked (and a missing one still costs
+            // a hash, below).
+            if self.users.contains_key(&username) || self.limits.cluster {
                 fx.storage.push(Command::FetchCredentials {
                     to: fx.requester(conn),
                     username: username.clone(),
@@ -261,16 +269,16 @@ impl Dispatcher {
             return;
         };
         let peer = client.peer;
+        // In a cluster the account may have been created on another server.
+        self.users.entry(username.clone()).or_insert(user_id);
         let session_id = uuid::Uuid::new_v4().to_string();
         let session_hash = password::session_hash(&session_id);
-        let (queue_before, include_groups) =
-            self.begin_opening(conn, user_id, username, session_id, false);
+        let include_groups = self.begin_opening(conn, user_id, username, session_id, false);
         fx.storage.push(Command::OpenSession {
             to: fx.requester(conn),
             user_id,
             session_hash,
             peer,
-            queue_before,
             include_groups,
             now,
         });
@@ -293,7 +301,12 @@ impl Dispatcher {
     }
 
     /// Makes `conn` a recipient of `user_id` while storage opens the session;
-    /// returns the first message id held for it (older ones are queued).
+    /// returns whether the queue includes group messages. Until storage
+    /// answers, every message committed is one its queue read will see
+    /// (storage runs commands in order), so the queue's bound is "all"
+    /// until storage tells where it read ([`Reply::SessionOpened`]).
+    ///
+    /// [`Reply::SessionOpened`]: crate::storage::Reply::SessionOpened
     fn begin_opening(
         &mut self,
         conn: ConnId,
@@ -301,15 +314,15 @@ impl Dispatcher {
         username: String,
         session_id: String,
         resumed: bool,
-    ) -> (i64, bool) {
-        let queue_before = self.next_message_id;
+    ) -> bool {
+        let queue_before = i64::MAX;
         // The group part of the queue is what lies past the user's group
         // cursors, which confirmations keep current. A live device without
         // receipts moves them only when it leaves, so while one is live it
         // counts as having taken the group messages before this login.
         let include_groups = !self.has_any_legacy_connection(user_id);
         let Some(client) = self.clients.get_mut(&conn) else {
-            return (queue_before, include_groups);
+            return include_groups;
         };
         client.auth = Auth::Opening {
             user_id,
@@ -329,7 +342,7 @@ impl Dispatcher {
             behind_from: None,
         };
         self.online.entry(user_id).or_default().push(conn);
-        (queue_before, include_groups)
+        include_groups
     }
 
     /// Returns a connection that was logging in to anonymous.
@@ -380,11 +393,13 @@ impl Dispatcher {
             success_sent,
             mutual_contacts,
             confirmed_through,
+            queue_before,
             ..
         }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
         else {
             return;
         };
+        *queue_before = opened.queue_before;
         *mutual_contacts = opened.mutual_contacts;
         *confirmed_through = opened.confirmed_through;
         if !*success_sent {
@@ -464,6 +479,7 @@ impl Dispatcher {
             queue_before,
             receipts,
             confirmed_through,
+            queue_pushed_through,
             ..
         } = std::mem::replace(&mut client.auth, Auth::Anonymous)
         else {
@@ -493,7 +509,7 @@ impl Dispatcher {
         log::info!("{username} logged in from {peer}{how}");
         self.counters.logins += 1;
         if first_connection {
-            self.announce_presence(&username, &mutual_contacts, true, now, fx);
+            self.announce_presence((user_id, &username), &mutual_contacts, true, now, fx);
         }
         if let Some(client) = self.clients.get_mut(&conn) {
             client.auth = Auth::LoggedIn {
@@ -503,7 +519,17 @@ impl Dispatcher {
                 groups_from: if include_groups { 0 } else { queue_before },
                 receipts,
                 confirmed_through,
-                stream: behind_from.map_or(Stream::Live, |from| Stream::Behind { from }),
+                stream: match behind_from {
+                    // Cluster mode: a receipts device reads what came after
+                    // its queue from storage (see `Stream::FromStorage`).
+                    _ if receipts && self.limits.cluster => Stream::FromStorage {
+                        from: queue_pushed_through.max(confirmed_through) + 1,
+                        reading: true,
+                        again: false,
+                    },
+                    Some(from) => Stream::Behind { from },
+                    None => Stream::Live,
+                },
             };
         }
         // What did not fit while it logged in comes from storage.
@@ -511,20 +537,26 @@ impl Dispatcher {
         self.run_deferred(conn, now, fx);
     }
 
+    /// The user's first connection here logged in, or the last went away:
+    /// their mutual contacts are told (here, unless another server of a
+    /// cluster has the user online, and through the bus).
     fn announce_presence(
         &mut self,
-        username: &str,
+        (user_id, username): (i64, &str),
         contacts: &[i64],
         online: bool,
         now: i64,
         fx: &mut Effects,
     ) {
-        let presence = ServerMessage::Presence(Presence {
+        let event = BusEvent::Presence {
+            user_id,
             username: username.to_owned(),
             online,
-        });
-        for contact in contacts {
-            self.send_to_user(*contact, &presence, now, fx);
+            mutual_contacts: contacts.to_vec(),
+        };
+        self.publish(event, fx);
+        if !self.online_elsewhere(user_id) {
+            self.tell_contacts(username, contacts, online, now, fx);
         }
     }
 
@@ -576,18 +608,9 @@ impl Dispatcher {
             username: username.clone(),
         });
         fx.send(conn, &reply, now);
-        let same_session: Vec<ConnId> = self
-            .online
-            .get(&user_id)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|other| {
-                matches!(self.clients.get(other).map(|c| &c.auth),
-                    Some(Auth::LoggedIn { session_hash: h, .. }
-                        | Auth::Opening { session_hash: h, .. }) if *h == session_hash)
-            })
-            .collect();
+        let same_session = self.connections_of_session(Some(user_id), &session_hash);
+        // The session's connections on the other servers of a cluster too.
+        self.publish(BusEvent::SessionEnded { session_hash }, fx);
         // Closing is departing: each one, logging in or not, stops being a
         // recipient at once and what it pipelined behind its Login is
         // dropped with it (see `disconnected`).
@@ -665,8 +688,8 @@ impl Dispatcher {
             } => {
                 log::info!("{username} disconnected ({})", client.peer);
                 let last_pushed = match stream {
-                    Stream::Live => self.next_message_id - 1,
-                    Stream::Behind { from } => from - 1,
+                    Stream::Live => self.highest_message_id,
+                    Stream::Behind { from } | Stream::FromStorage { from, .. } => from - 1,
                 };
                 let through = written_through(last_pushed);
                 let taken = GroupsTaken {
@@ -728,7 +751,7 @@ impl Dispatcher {
     ) {
         // The user may have come back while storage worked.
         if !self.has_logged_in_connection(user_id) {
-            self.announce_presence(username, mutual_contacts, false, now, fx);
+            self.announce_presence((user_id, username), mutual_contacts, false, now, fx);
         }
     }
 }
@@ -743,6 +766,8 @@ pub(super) struct SessionOpened {
     pub mutual_contacts: Vec<i64>,
     /// The session's confirmation.
     pub confirmed_through: i64,
+    /// The queue's bound: it holds the messages below this id.
+    pub queue_before: i64,
 }
 
 /// At most [`LOGGED_NAME_CHARS_MAX`] characters of a client-chosen name.

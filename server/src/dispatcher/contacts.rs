@@ -95,7 +95,7 @@ impl Dispatcher {
         let data = contacts
             .into_iter()
             .map(|row| DirectoryEntry {
-                online: row.mutual && self.has_logged_in_connection(row.user_id),
+                online: row.mutual && self.online_anywhere(row.user_id),
                 last_activity: row.last_activity.filter(|_| row.mutual),
                 username: row.username,
                 user_id: row.user_id,
@@ -116,7 +116,7 @@ impl Dispatcher {
         let request = ServerMessage::ContactRequest(ContactRequest {
             username: owner_name,
         });
-        self.send_to_user(contact_id, &request, now, fx);
+        self.send_to_user_everywhere(contact_id, &request, now, fx);
     }
 
     pub(super) fn publish_key(
@@ -192,7 +192,7 @@ impl Dispatcher {
             return;
         };
         let contact_id = outcome.contact_id;
-        if self.has_logged_in_connection(contact_id) {
+        if self.online_anywhere(contact_id) {
             self.send_presence(owner_id, contact_name, now, fx);
             self.send_presence(contact_id, outcome.owner_name, now, fx);
         }
@@ -204,7 +204,7 @@ impl Dispatcher {
             username,
             online: true,
         });
-        self.send_to_user(user_id, &presence, now, fx);
+        self.send_to_user_everywhere(user_id, &presence, now, fx);
     }
 
     pub(super) fn send_key(

@@ -21,6 +21,7 @@ use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Auth, Dispatcher, Effects, Queued};
+use crate::bus::BusEvent;
 use crate::completion::{ConnId, Requester};
 use crate::config;
 use crate::storage::{Command, NewMessage, StoredMessage};
@@ -46,6 +47,20 @@ pub enum Stream {
     Behind {
         /// The first message not yet pushed.
         from: i64,
+    },
+    /// Cluster mode, a receipts device: every message comes from storage,
+    /// read past the last one pushed, so pushes are in increasing id order
+    /// with nothing left out (commit order is id order, `storage/ids.rs`)
+    /// and a cumulative confirmation never covers a message the device
+    /// did not get — whatever order the bus brings notices in. A commit
+    /// (here, or a notice from another server) only asks for a read.
+    FromStorage {
+        /// The first message not yet pushed.
+        from: i64,
+        /// A read is on its way.
+        reading: bool,
+        /// A notice came during that read: read again after it.
+        again: bool,
     },
 }
 
@@ -96,6 +111,8 @@ pub(super) struct AwaitingCommit {
 
 /// What storage says about a StoreMessage (see `Reply::MessageStored`).
 pub(super) struct MessageStored {
+    /// The loop's name for this send.
+    pub ticket: u64,
     /// The id this send was given.
     pub message_id: i64,
     /// The client's id, echoed in the Ack.
@@ -107,10 +124,10 @@ pub(super) struct MessageStored {
 }
 
 impl Dispatcher {
-    /// Remembers where message `message_id` goes until its commit.
+    /// Remembers where the send `ticket` goes until its commit.
     pub(super) fn await_commit(
         &mut self,
-        message_id: i64,
+        ticket: u64,
         source: String,
         route: Route,
         (except, bytes): (ConnId, usize),
@@ -125,7 +142,7 @@ impl Dispatcher {
             except,
             bytes,
         };
-        self.awaiting_commit.insert(message_id, waiting);
+        self.awaiting_commit.insert(ticket, waiting);
     }
 
     /// Whether `bytes` more of message content fit the storage budget: the
@@ -137,10 +154,10 @@ impl Dispatcher {
             && connection + bytes <= config::STORAGE_BYTES_PER_CONNECTION
     }
 
-    /// Takes message `message_id` off the commit wait and its bytes off the
+    /// Takes the send `ticket` off the commit wait and its bytes off the
     /// storage budget.
-    fn stop_awaiting(&mut self, message_id: i64) -> Option<AwaitingCommit> {
-        let waiting = self.awaiting_commit.remove(&message_id)?;
+    fn stop_awaiting(&mut self, ticket: u64) -> Option<AwaitingCommit> {
+        let waiting = self.awaiting_commit.remove(&ticket)?;
         self.storing_bytes -= waiting.bytes;
         if let Some(client) = self.clients.get_mut(&waiting.except) {
             client.storing_bytes = client.storing_bytes.saturating_sub(waiting.bytes);
@@ -150,15 +167,15 @@ impl Dispatcher {
 
     /// The message was not stored (a resend, or storage failed): it is
     /// never delivered.
-    pub(super) fn forget_delivery(&mut self, message_id: i64) {
-        self.stop_awaiting(message_id);
+    pub(super) fn forget_delivery(&mut self, ticket: u64) {
+        self.stop_awaiting(ticket);
     }
 
     /// The message is committed: deliver it to every recipient connection.
     /// If whether a device without receipts took it differs from what was
     /// stored (a recipient came or went meanwhile), storage is told.
-    pub(super) fn deliver_committed(&mut self, message: NewMessage, fx: &mut Effects) {
-        let Some(waiting) = self.stop_awaiting(message.message_id) else {
+    pub(super) fn deliver_committed(&mut self, ticket: u64, message: NewMessage, fx: &mut Effects) {
+        let Some(waiting) = self.stop_awaiting(ticket) else {
             return;
         };
         let message_id = message.message_id;
@@ -166,7 +183,7 @@ impl Dispatcher {
             Route::User { name, .. } => (Some(name.clone()), None),
             Route::Group(group_id) => (None, Some(*group_id)),
         };
-        let frame = protocol::encode_delivered(&Delivered {
+        let delivered = Delivered {
             message_id,
             source_id: waiting.source,
             dest_id,
@@ -174,7 +191,20 @@ impl Dispatcher {
             content: message.content,
             is_encrypted: message.is_encrypted,
             time: message.time,
-        });
+        };
+        let frame = protocol::encode_delivered(&delivered);
+        if self.limits.cluster {
+            // The recipients' connections on other servers.
+            let recipients = match &waiting.route {
+                Route::User { receiver_id, .. } => vec![*receiver_id],
+                Route::Group(group_id) => self.group_member_ids(*group_id),
+            };
+            let event = BusEvent::Message {
+                recipients,
+                message: delivered,
+            };
+            self.publish(event, fx);
+        }
         let except = Some(waiting.except);
         match waiting.route {
             Route::User { receiver_id, .. } => {
@@ -215,7 +245,7 @@ impl Dispatcher {
             user_id,
             receipts,
             confirmed_through,
-            stream: Stream::Behind { from },
+            stream: Stream::Behind { from } | Stream::FromStorage { from, .. },
             ..
         }) = self.clients.get(&conn).map(|client| &client.auth)
         else {
@@ -248,7 +278,7 @@ impl Dispatcher {
         let Some(Auth::LoggedIn {
             user_id,
             receipts,
-            stream: stream @ Stream::Behind { .. },
+            stream: stream @ (Stream::Behind { .. } | Stream::FromStorage { .. }),
             ..
         }) = self.clients.get_mut(&conn).map(|client| &mut client.auth)
         else {
@@ -256,13 +286,36 @@ impl Dispatcher {
         };
         let (user_id, receipts) = (*user_id, *receipts);
         let pushed_through = page.last().map(|message| message.message_id);
+        if let Some(last) = pushed_through {
+            // In a cluster a page may hold ids the bus has not announced
+            // here yet: confirmations up to them are not capped below.
+            self.highest_message_id = self.highest_message_id.max(last);
+        }
+        let read_on;
         *stream = match (more, pushed_through, *stream) {
-            (false, _, _) => Stream::Live,
-            (true, Some(last), _) => Stream::Behind { from: last + 1 },
-            (true, None, behind) => behind,
+            (more, last, Stream::FromStorage { from, again, .. }) => {
+                read_on = more || again;
+                Stream::FromStorage {
+                    from: last.map_or(from, |last| last + 1),
+                    reading: read_on,
+                    again: false,
+                }
+            }
+            (false, _, _) => {
+                read_on = false;
+                Stream::Live
+            }
+            (true, Some(last), _) => {
+                read_on = true;
+                Stream::Behind { from: last + 1 }
+            }
+            (true, None, behind) => {
+                read_on = true;
+                behind
+            }
         };
         push_page(conn, (user_id, receipts), page, fx);
-        if more {
+        if read_on {
             self.ask_catch_up_page(conn, fx);
         }
     }
@@ -308,7 +361,7 @@ impl Dispatcher {
     /// confirmation is ignored, one past the highest id assigned counts as
     /// that id.
     pub(super) fn received(&mut self, conn: ConnId, body: Received, now: i64, fx: &mut Effects) {
-        let highest_assigned = self.next_message_id - 1;
+        let highest_assigned = self.highest_message_id;
         let auth = self.clients.get_mut(&conn).map(|client| &mut client.auth);
         let (Some(Auth::LoggedIn {
             receipts,

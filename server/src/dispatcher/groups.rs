@@ -19,6 +19,7 @@ use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::Route;
 use super::{Dispatcher, Effects};
+use crate::bus::BusEvent;
 use crate::completion::ConnId;
 use crate::storage::{Command, GroupRow, NewMessage};
 
@@ -63,7 +64,6 @@ impl Dispatcher {
             to: fx.requester(conn),
             name: body.name,
             member_ids,
-            through: self.next_message_id - 1,
             now,
         });
     }
@@ -103,7 +103,6 @@ impl Dispatcher {
             to: fx.requester(conn),
             group_id: body.group_id,
             member_ids,
-            through: self.next_message_id - 1,
             now,
         });
     }
@@ -167,23 +166,20 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let Some(message_id) = self.take_message_id(fx) else {
-            let detail = "the server is reserving message ids; try again";
-            fx.error(conn, ErrorType::ServerBusy, detail, ClientTag::Message, now);
-            return;
-        };
+        let ticket = self.take_ticket();
         let source = self.username_of(conn).to_owned();
         log::debug!(
-            "message {message_id}: {source} -> group {group_id} ({} bytes)",
+            "message (ticket {ticket}): {source} -> group {group_id} ({} bytes)",
             body.content.len()
         );
         let charge = (conn, body.content.len());
-        self.await_commit(message_id, source, Route::Group(group_id), charge);
+        self.await_commit(ticket, source, Route::Group(group_id), charge);
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
+            ticket,
             client_message_id: body.message_id,
             message: NewMessage {
-                message_id,
+                message_id: 0,
                 sender_id,
                 receiver_id: None,
                 group_id: Some(group_id),
@@ -197,8 +193,19 @@ impl Dispatcher {
         self.counters.messages += 1;
     }
 
-    /// A group was created or grew: remember it and tell every member.
+    /// A group was created or grew (committed here): tell the other
+    /// servers, then as [`Dispatcher::group_changed_here`].
     pub(super) fn group_changed(&mut self, group: GroupRow, now: i64, fx: &mut Effects) {
+        let event = BusEvent::GroupChanged {
+            group: group.clone(),
+        };
+        self.publish(event, fx);
+        self.group_changed_here(group, now, fx);
+    }
+
+    /// A group was created or grew (here or on another server): remember it
+    /// and tell every member's connections here.
+    pub(super) fn group_changed_here(&mut self, group: GroupRow, now: i64, fx: &mut Effects) {
         let info = ServerMessage::GroupInfo(group_info(&group));
         let members: Vec<i64> = group.members.iter().map(|(id, _)| *id).collect();
         self.groups.insert(group.group_id, group);
@@ -218,6 +225,30 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
+        let event = BusEvent::GroupLeft {
+            group_id,
+            remaining: remaining.clone(),
+        };
+        self.publish(event, fx);
+        self.group_left_here(group_id, remaining, now, fx);
+        if self.clients.contains_key(&conn) {
+            let groups = ServerMessage::Groups(Groups {
+                data: self.groups_of(user_id),
+            });
+            fx.send(conn, &groups, now);
+        }
+    }
+
+    /// A member left (here or on another server): remember the group as it
+    /// is now (or forget it) and tell the remaining members' connections
+    /// here.
+    pub(super) fn group_left_here(
+        &mut self,
+        group_id: i64,
+        remaining: Option<GroupRow>,
+        now: i64,
+        fx: &mut Effects,
+    ) {
         match remaining {
             Some(group) => {
                 let info = ServerMessage::GroupInfo(group_info(&group));
@@ -230,12 +261,6 @@ impl Dispatcher {
             None => {
                 self.groups.remove(&group_id);
             }
-        }
-        if self.clients.contains_key(&conn) {
-            let groups = ServerMessage::Groups(Groups {
-                data: self.groups_of(user_id),
-            });
-            fx.send(conn, &groups, now);
         }
     }
 

@@ -1,10 +1,11 @@
 //! Message (tag 11), GetHistory (5) and Sync (16).
 //!
-//! A message is given its id and pushed to the recipient's live connections
-//! at once; the storage command goes out in the same turn, and the sender's
-//! Ack only when storage reports the commit. Ids are assigned in the order
-//! messages are read, and storage commits in queue order, so Acks on one
-//! connection come back in sending order with increasing ids.
+//! A message gets a ticket (the loop's name for it until it has an id) and
+//! its storage command goes out in the same turn; storage gives it its id
+//! inside the transaction that commits it (`storage/ids.rs`), and only then
+//! is it acked and delivered. Storage runs commands in queue order and ids
+//! grow in commit order, so Acks on one connection come back in sending
+//! order with increasing ids.
 
 use protocol::client::{GetHistory, SendMessage, Sync};
 use protocol::server::{Ack, History, Synced};
@@ -68,14 +69,10 @@ impl Dispatcher {
                 return self.send_group_message(conn, sender_id, group_id, body, now, fx)
             }
         };
-        let Some(message_id) = self.take_message_id(fx) else {
-            let detail = "the server is reserving message ids; try again";
-            fx.error(conn, ErrorType::ServerBusy, detail, ClientTag::Message, now);
-            return;
-        };
+        let ticket = self.take_ticket();
         let source = self.username_of(conn).to_owned();
         log::debug!(
-            "message {message_id}: {source} -> {} ({} bytes)",
+            "message (ticket {ticket}): {source} -> {} ({} bytes)",
             body.dest_id.as_deref().unwrap_or(""),
             body.content.len()
         );
@@ -85,12 +82,13 @@ impl Dispatcher {
             receiver_id,
             name: body.dest_id.unwrap_or_default(),
         };
-        self.await_commit(message_id, source, route, (conn, body.content.len()));
+        self.await_commit(ticket, source, route, (conn, body.content.len()));
         fx.storage.push(Command::StoreMessage {
             to: fx.requester(conn),
+            ticket,
             client_message_id: body.message_id,
             message: NewMessage {
-                message_id,
+                message_id: 0,
                 sender_id,
                 receiver_id: Some(receiver_id),
                 group_id: None,
@@ -214,6 +212,7 @@ impl Dispatcher {
         fx: &mut Effects,
     ) {
         let MessageStored {
+            ticket,
             message_id,
             client_message_id,
             duplicate_of,
@@ -221,6 +220,7 @@ impl Dispatcher {
         } = stored;
         if duplicate_of.is_none() {
             self.counters.messages_stored += 1;
+            self.saw_message_id(message_id);
         }
         if self.clients.contains_key(&conn) {
             let ack = Ack {
@@ -230,8 +230,8 @@ impl Dispatcher {
             fx.send(conn, &ServerMessage::Ack(ack), now);
         }
         match message {
-            Some(message) => self.deliver_committed(message, fx),
-            None => self.forget_delivery(message_id),
+            Some(message) => self.deliver_committed(ticket, message, fx),
+            None => self.forget_delivery(ticket),
         }
     }
 

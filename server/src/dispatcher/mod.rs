@@ -12,14 +12,17 @@
 //!   start, extended on registration), so routing a message needs no disk;
 //! - every connection's [`Auth`] state;
 //! - for each user, the connections logged in (or finishing a login) as them;
-//! - the next message id, so a message is delivered before it is committed
-//!   (only the Ack waits for the commit).
+//! - the highest message id it has seen committed (ids are assigned by
+//!   storage at commit: `storage/ids.rs`), and a ticket per message on its
+//!   way to storage.
 //!
 //! One file per group of messages: [`accounts`] (register, login, logout,
 //! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
-//! directory, keys), [`groups`] (groups and group messages).
+//! directory, keys), [`groups`] (groups and group messages), [`cluster`]
+//! (what other servers of a cluster tell this one over the bus).
 
 mod accounts;
+mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
@@ -32,6 +35,7 @@ use std::time::Instant;
 use protocol::server::Delivered;
 use protocol::{ClientMessage, ClientTag, ErrorType, RequestId, ServerMessage};
 
+use crate::bus::BusEvent;
 use crate::completion::{Completion, ConnId, Requester};
 use crate::config;
 use crate::hasher::{HashDone, HashJob};
@@ -78,6 +82,8 @@ pub struct Effects {
     pub after_flush: Vec<(ConnId, Command)>,
     /// Jobs for the hashing workers.
     pub hashing: Vec<HashJob>,
+    /// Events for the other servers of a cluster (none when alone).
+    pub bus: Vec<BusEvent>,
     /// The request being handled: replies to its connection carry its
     /// `request_id` (set by the dispatcher around each request and each
     /// off-loop reply; see [`Effects::begin_answering`]).
@@ -173,6 +179,7 @@ impl Effects {
             && self.storage.is_empty()
             && self.after_flush.is_empty()
             && self.hashing.is_empty()
+            && self.bus.is_empty()
     }
 }
 
@@ -294,6 +301,9 @@ pub struct DispatchLimits {
     pub rates: Option<RateConfig>,
     /// Most members of one group.
     pub max_group_size: usize,
+    /// Cluster mode: other servers share the database, and the bus carries
+    /// events to them (see `dispatcher/cluster.rs`).
+    pub cluster: bool,
 }
 
 /// The in-memory state and the rules; see the module docs.
@@ -305,15 +315,16 @@ pub struct Dispatcher {
     online: HashMap<i64, Vec<ConnId>>,
     /// Every group and its members, by group id.
     groups: HashMap<i64, GroupRow>,
-    next_message_id: i64,
-    /// Ids up to here are reserved durably and may be handed out.
-    ids_reserved_through: i64,
-    /// A reservation of the next block is on its way to storage.
-    reserving_ids: bool,
+    /// The highest message id seen committed (at start: past every id
+    /// stored).
+    highest_message_id: i64,
+    /// The next message's ticket: its name until storage gives it an id.
+    next_ticket: u64,
     storage_backlog: usize,
-    /// Messages on their way to storage, delivered once committed (at most
-    /// one per storage command in flight: bounded by the storage queue).
-    awaiting_commit: HashMap<i64, AwaitingCommit>,
+    /// Messages on their way to storage, by ticket, delivered once
+    /// committed (at most one per storage command in flight: bounded by the
+    /// storage queue).
+    awaiting_commit: HashMap<u64, AwaitingCommit>,
     /// Content bytes of the messages awaiting their commit.
     storing_bytes: usize,
     /// Connections whose confirmation (Received) waits to be written.
@@ -321,6 +332,9 @@ pub struct Dispatcher {
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
+    /// Cluster mode: which other servers have each user online, as their
+    /// Presence events said.
+    remote_online: HashMap<i64, std::collections::HashSet<String>>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -339,14 +353,14 @@ impl Dispatcher {
                 .into_iter()
                 .map(|group| (group.group_id, group))
                 .collect(),
-            next_message_id: snapshot.next_message_id.max(1),
-            ids_reserved_through: snapshot.ids_reserved_through,
-            reserving_ids: false,
+            highest_message_id: (snapshot.next_message_id - 1).max(0),
+            next_ticket: 1,
             storage_backlog: 0,
             awaiting_commit: HashMap::new(),
             storing_bytes: 0,
             confirms_due: ConfirmSchedule::default(),
             receipts_due: HashMap::new(),
+            remote_online: HashMap::new(),
             limits,
             counters: Counters::default(),
         }
@@ -544,6 +558,7 @@ impl Dispatcher {
         match completion {
             Completion::Storage(reply) => self.storage_done(reply, now, fx),
             Completion::Hash(done) => self.hash_done(done, now, fx),
+            Completion::Bus(inbound) => self.bus_event(inbound, now, fx),
         }
     }
 
@@ -567,12 +582,14 @@ impl Dispatcher {
                 more_queued,
                 mutual_contacts,
                 confirmed_through,
+                queue_before,
             } => {
                 let opened = SessionOpened {
                     queued,
                     more_queued,
                     mutual_contacts,
                     confirmed_through,
+                    queue_before,
                 };
                 self.session_opened(to.conn, opened, now, fx)
             }
@@ -596,12 +613,14 @@ impl Dispatcher {
             } => self.went_offline(user_id, &username, &mutual_contacts, now, fx),
             Reply::MessageStored {
                 to,
+                ticket,
                 message_id,
                 client_message_id,
                 duplicate_of,
                 stored,
             } => {
                 let stored = MessageStored {
+                    ticket,
                     message_id,
                     client_message_id,
                     duplicate_of,
@@ -649,7 +668,6 @@ impl Dispatcher {
                 group_id,
                 remaining,
             } => self.group_left(to.conn, user_id, group_id, remaining, now, fx),
-            Reply::IdsReserved { through } => self.ids_reserved(through),
             Reply::Confirmed {
                 user_id,
                 username,
@@ -658,11 +676,11 @@ impl Dispatcher {
             Reply::Failed {
                 to,
                 ref_tag: tag,
-                message_id,
+                ticket,
                 reason,
             } => {
-                if let Some(message_id) = message_id {
-                    self.forget_delivery(message_id);
+                if let Some(ticket) = ticket {
+                    self.forget_delivery(ticket);
                 }
                 self.counters.storage_failures += 1;
                 log::warn!("storage failed a request of {:?}: {reason}", to.conn);
@@ -695,10 +713,8 @@ impl Dispatcher {
 
     /// A storage command could not be queued (queue full or storage gone).
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
-        match &command {
-            Command::ReserveIds { .. } => self.ids_reserved(None),
-            Command::StoreMessage { message, .. } => self.forget_delivery(message.message_id),
-            _ => {}
+        if let Command::StoreMessage { ticket, .. } = &command {
+            self.forget_delivery(*ticket);
         }
         if let Some((to, tag)) = command.requester() {
             let outer = fx.begin_answering(Some(to.clone()));
@@ -748,39 +764,17 @@ impl Dispatcher {
         }
     }
 
-    /// The next message id, or `None` when every reserved id is used and the
-    /// next block is not reserved yet (the caller answers `server_busy`).
-    /// Asks storage for the next block once half of this one is used.
-    fn take_message_id(&mut self, fx: &mut Effects) -> Option<i64> {
-        if self.next_message_id > self.ids_reserved_through {
-            self.reserve_more_ids(fx);
-            return None;
-        }
-        let id = self.next_message_id;
-        self.next_message_id += 1;
-        if self.ids_reserved_through - id < config::MESSAGE_ID_BLOCK / 2 {
-            self.reserve_more_ids(fx);
-        }
-        Some(id)
+    /// The next message's ticket (its name until storage gives it an id).
+    fn take_ticket(&mut self) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        ticket
     }
 
-    fn reserve_more_ids(&mut self, fx: &mut Effects) {
-        if !self.reserving_ids {
-            self.reserving_ids = true;
-            let from = self.ids_reserved_through.max(self.next_message_id - 1);
-            fx.storage.push(Command::ReserveIds {
-                through: from + config::MESSAGE_ID_BLOCK,
-            });
-        }
-    }
-
-    /// Storage answered a reservation (`None`: it failed; the next message
-    /// asks again).
-    fn ids_reserved(&mut self, through: Option<i64>) {
-        self.reserving_ids = false;
-        if let Some(through) = through {
-            self.ids_reserved_through = self.ids_reserved_through.max(through);
-        }
+    /// Message `message_id` is committed (here or, in a cluster, on another
+    /// server): the highest id seen bounds confirmations and departures.
+    fn saw_message_id(&mut self, message_id: i64) {
+        self.highest_message_id = self.highest_message_id.max(message_id);
     }
 
     /// The user logged in on `conn`, if any.
@@ -837,6 +831,18 @@ impl Dispatcher {
             let output_full = client.output_full;
             match &mut client.auth {
                 Auth::LoggedIn {
+                    stream: Stream::FromStorage { reading, again, .. },
+                    ..
+                } if message.is_some() => {
+                    // Read from storage, in id order (see `Stream`).
+                    if *reading {
+                        *again = true;
+                    } else {
+                        *reading = true;
+                        fell_behind.push(*conn);
+                    }
+                }
+                Auth::LoggedIn {
                     receipts, stream, ..
                 } => match message {
                     Some((id, _)) if output_full || stream.is_behind() => {
@@ -863,11 +869,21 @@ impl Dispatcher {
                     ..
                 } => {
                     if let Some((id, queued)) = message {
+                        if *receipts && self.limits.cluster {
+                            // Read from storage once logged in (`Stream`).
+                            continue;
+                        }
                         let whole_history = *receipts && *resumed;
                         let in_queue = id < *queue_before
                             && match queued {
                                 Queued::Direct { taken } => whole_history || !taken,
                                 Queued::Group => whole_history || *include_groups,
+                                // Committed elsewhere: perhaps after the
+                                // queue was read, so only a known bound says.
+                                Queued::Remote { group } => {
+                                    *queue_before != i64::MAX
+                                        && (whole_history || !group || *include_groups)
+                                }
                             };
                         if in_queue {
                             continue;
@@ -918,6 +934,12 @@ enum Queued {
     },
     /// A group message (in the queue when the login includes groups).
     Group,
+    /// A message another server of a cluster committed (whether a device
+    /// took it is not known here).
+    Remote {
+        /// A group message.
+        group: bool,
+    },
 }
 
 /// A Received on a connection whose SuccessLogin is sent and whose queue is

@@ -8,12 +8,15 @@ use protocol::ErrorType;
 
 use super::*;
 use crate::hasher::{HashDone, HashJob};
-use crate::storage::{Command, ContactRow, Reply, Snapshot, StoredMessage};
+use crate::storage::{Command, ContactRow, NewMessage, Reply, Snapshot, StoredMessage};
 
 const NOW: i64 = 1_700_000_000;
 const ALICE: i64 = 1;
 const BOB: i64 = 2;
 const CAROL: i64 = 3;
+/// Where storage read the queues of the logins in these tests: past every
+/// message of the snapshot (`next_message_id` 10), before any sent here.
+const QUEUE_BEFORE: i64 = 10;
 
 fn dispatcher() -> Dispatcher {
     let snapshot = Snapshot {
@@ -23,7 +26,6 @@ fn dispatcher() -> Dispatcher {
             ("carol".into(), CAROL),
         ],
         next_message_id: 10,
-        ids_reserved_through: 10 + crate::config::MESSAGE_ID_BLOCK - 1,
         groups: vec![],
         recovered_from_crash: false,
     };
@@ -33,6 +35,7 @@ fn dispatcher() -> Dispatcher {
             storage_backlog_max: 100,
             rates: Some(crate::rate_limit::RateConfig::default()),
             max_group_size: 5,
+            cluster: false,
         },
     )
 }
@@ -75,22 +78,29 @@ fn send(d: &mut Dispatcher, c: ConnId, json: &str) -> Effects {
     fx
 }
 
-/// Answers the StoreMessage commands among `fx.storage` as committed.
+/// Answers the StoreMessage commands among `fx.storage` as committed,
+/// giving each the next id as storage does.
 fn commit_messages(d: &mut Dispatcher, fx: &Effects) -> Effects {
     let mut out = Effects::default();
     for command in &fx.storage {
         if let Command::StoreMessage {
             to,
+            ticket,
             client_message_id,
             message,
         } = command
         {
+            let message_id = d.highest_message_id + 1;
             let reply = Reply::MessageStored {
                 to: to.clone(),
-                message_id: message.message_id,
+                ticket: *ticket,
+                message_id,
                 client_message_id: client_message_id.clone(),
                 duplicate_of: None,
-                stored: Some(message.clone()),
+                stored: Some(NewMessage {
+                    message_id,
+                    ..message.clone()
+                }),
             };
             d.complete(Completion::Storage(reply), NOW, &mut out);
         }
@@ -121,6 +131,7 @@ fn log_in(d: &mut Dispatcher, c: ConnId, user: &str, mutual_contacts: Vec<i64>) 
             more_queued: false,
             mutual_contacts,
             confirmed_through: 0,
+            queue_before: d.highest_message_id + 1,
         },
     )
 }
@@ -220,15 +231,16 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
         [Command::OpenSession { user_id: BOB, .. }]
     ));
 
-    // A message sent to bob while the session opens is held for him.
+    // A message sent to bob while the session opens is stored after the
+    // session's queue is read (storage runs commands in order), so it
+    // comes after the queue.
     let a = conn(2);
     log_in(&mut d, a, "alice", vec![]);
-    let fx = send(
+    let pending = send_uncommitted(
         &mut d,
         a,
         r#"{"tag":11,"dest_id":"bob","content":"meanwhile"}"#,
     );
-    assert!(frames_for(&fx, c).is_empty(), "held, not written yet");
 
     let queued = StoredMessage {
         message_id: 5,
@@ -247,6 +259,7 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
             more_queued: false,
             mutual_contacts: vec![],
             confirmed_through: 0,
+            queue_before: QUEUE_BEFORE,
         },
     );
     let frames = frames_for(&fx, c);
@@ -254,7 +267,10 @@ fn a_password_login_takes_three_hops_and_pushes_the_queue_first() {
         matches!(&frames[0], ServerMessage::SuccessLogin(s) if s.username == "bob" && s.session_id.is_some())
     );
     assert!(matches!(&frames[1], ServerMessage::Message(m) if m.message_id == 5));
-    assert!(matches!(&frames[2], ServerMessage::Message(m) if m.content == "meanwhile"));
+    let fx = commit_messages(&mut d, &pending);
+    assert!(
+        matches!(&frames_for(&fx, c)[..], [ServerMessage::Message(m)] if m.content == "meanwhile")
+    );
     assert!(
         matches!(&fx.storage[..], [Command::MarkDelivered { user_id: BOB, message_ids }] if message_ids == &vec![10])
     );
@@ -356,7 +372,10 @@ fn ids_increase_and_offline_messages_are_stored_undelivered() {
             panic!();
         };
         assert!(!message.delivered, "carol is offline");
-        ids.push(message.message_id);
+        let [ServerMessage::Ack(ack)] = &frames_for(&fx, a)[..] else {
+            panic!("{:?}", fx.frames);
+        };
+        ids.push(ack.message_id);
     }
     assert_eq!(ids, vec![10, 11, 12]);
 }
@@ -489,6 +508,7 @@ fn a_late_reply_for_a_closed_connection_reaches_nobody() {
         &mut d,
         Reply::MessageStored {
             to: Requester::anonymous(a),
+            ticket: 1,
             message_id: 10,
             client_message_id: None,
             duplicate_of: None,
@@ -518,6 +538,7 @@ fn logout_closes_every_connection_of_that_session_only() {
             more_queued: false,
             mutual_contacts: vec![],
             confirmed_through: 0,
+            queue_before: QUEUE_BEFORE,
         },
     );
     let fx = send(&mut d, a1, r#"{"tag":3,"username":"bob"}"#);
@@ -741,6 +762,7 @@ fn requests_pipelined_behind_a_login_run_after_it_in_order() {
             more_queued: false,
             mutual_contacts: vec![],
             confirmed_through: 0,
+            queue_before: QUEUE_BEFORE,
         },
     );
     assert!(matches!(
@@ -865,13 +887,7 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
     log_in(&mut d, a, "alice", vec![]);
     d.connected(b, peer());
     let fx = send(&mut d, b, r#"{"tag":2,"username":"bob","session_id":"s"}"#);
-    assert!(matches!(
-        &fx.storage[..],
-        [Command::ResumeSession {
-            queue_before: 10,
-            ..
-        }]
-    ));
+    assert!(matches!(&fx.storage[..], [Command::ResumeSession { .. }]));
     let fx = complete(
         &mut d,
         Reply::SessionOpened {
@@ -880,6 +896,7 @@ fn a_long_offline_queue_is_pushed_in_chunks_before_anything_newer() {
             more_queued: true,
             mutual_contacts: vec![],
             confirmed_through: 0,
+            queue_before: QUEUE_BEFORE,
         },
     );
     assert!(matches!(&frames_for(&fx, b)[..],
@@ -1074,6 +1091,7 @@ fn request_ids_ride_along_with_storage_work_and_its_refusal() {
     assert_eq!(to.request_id, Some(RequestId::from("r1")));
     let stored = Reply::MessageStored {
         to: to.clone(),
+        ticket: 1,
         message_id: 10,
         client_message_id: None,
         duplicate_of: None,
@@ -1103,57 +1121,6 @@ fn request_ids_ride_along_with_storage_work_and_its_refusal() {
     assert_eq!(*to, a);
     assert!(frame.contains(r#""error_type":"server_busy""#), "{frame}");
     assert!(frame.contains(r#""request_id":2"#), "{frame}");
-}
-
-/// Ids are handed out only from a durably reserved block: the next block is
-/// asked for at half-time, and a message that finds none reserved is refused
-/// (not delivered) until storage confirms the reservation.
-#[test]
-fn message_ids_come_only_from_reserved_blocks() {
-    let mut d = dispatcher();
-    d.ids_reserved_through = 10 + crate::config::MESSAGE_ID_BLOCK / 2;
-    let (a, b) = (conn(1), conn(2));
-    log_in(&mut d, a, "alice", vec![]);
-    log_in(&mut d, b, "bob", vec![]);
-    let message = r#"{"tag":11,"dest_id":"bob","content":"x"}"#;
-    let first = send(&mut d, a, message);
-    assert!(!first
-        .storage
-        .iter()
-        .any(|c| matches!(c, Command::ReserveIds { .. })));
-    let second = send(&mut d, a, message);
-    let reserve: Vec<i64> = second
-        .storage
-        .iter()
-        .filter_map(|c| match c {
-            Command::ReserveIds { through } => Some(*through),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        reserve,
-        [10 + crate::config::MESSAGE_ID_BLOCK / 2 + crate::config::MESSAGE_ID_BLOCK]
-    );
-
-    d.next_message_id = d.ids_reserved_through + 1;
-    let refused = send(&mut d, a, message);
-    assert_eq!(
-        error_type(&frames_for(&refused, a)[0]),
-        Some(ErrorType::ServerBusy)
-    );
-    assert!(frames_for(&refused, b).is_empty(), "nothing delivered");
-    assert!(
-        refused.storage.is_empty(),
-        "the reservation is already on its way"
-    );
-
-    let through = Some(d.next_message_id + 100);
-    complete(&mut d, Reply::IdsReserved { through });
-    let sent = send(&mut d, a, message);
-    assert!(matches!(
-        &frames_for(&sent, b)[..],
-        [ServerMessage::Message(_)]
-    ));
 }
 
 #[test]
@@ -1192,6 +1159,7 @@ fn logout_also_closes_a_connection_still_resuming_that_session() {
             more_queued: false,
             mutual_contacts: vec![],
             confirmed_through: 0,
+            queue_before: QUEUE_BEFORE,
         },
     );
     assert!(fx.frames.is_empty() && fx.storage.is_empty());
@@ -1372,4 +1340,98 @@ fn message_bytes_are_rate_limited_per_connection() {
         error_type(&frames_for(&fx, a)[0]),
         Some(ErrorType::RateLimited)
     );
+}
+
+/// Cluster mode: a committed message goes on the bus for its recipient; one
+/// committed on another server reaches the recipient's connection here (and
+/// counts as taken by a device without receipts); a session ended elsewhere
+/// closes its connections here.
+#[test]
+fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
+    use crate::bus::{BusEvent, Inbound};
+    let mut d = dispatcher();
+    d.limits.cluster = true;
+    let (a, b) = (conn(1), conn(2));
+    log_in(&mut d, a, "alice", vec![]);
+    let pending = send_uncommitted(&mut d, a, r#"{"tag":11,"dest_id":"bob","content":"hi"}"#);
+    assert!(pending.bus.is_empty(), "nothing goes out before the commit");
+    let committed = commit_messages(&mut d, &pending);
+    assert!(
+        matches!(&committed.bus[..], [BusEvent::Message { recipients, message }]
+            if recipients == &vec![BOB] && message.content == "hi"),
+        "{:?}",
+        committed.bus
+    );
+
+    log_in(&mut d, b, "bob", vec![]);
+    let remote = BusEvent::Message {
+        recipients: vec![BOB],
+        message: protocol::server::Delivered {
+            message_id: 500,
+            source_id: "carol".into(),
+            dest_id: Some("bob".into()),
+            group_id: None,
+            content: "from elsewhere".into(),
+            is_encrypted: false,
+            time: NOW,
+        },
+    };
+    let inbound = |event| {
+        Completion::Bus(Inbound::Event {
+            node: "other".into(),
+            event,
+            bytes: 1,
+        })
+    };
+    let mut fx = Effects::default();
+    d.complete(inbound(remote), NOW, &mut fx);
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::Message(m)] if m.message_id == 500));
+    assert!(matches!(&fx.storage[..],
+        [Command::MarkDelivered { user_id: BOB, message_ids }] if message_ids == &vec![500]));
+    assert!(fx.bus.is_empty(), "what came from the bus is not sent back");
+
+    let session_hash = match &d.client(b).unwrap().auth {
+        Auth::LoggedIn { session_hash, .. } => session_hash.clone(),
+        other => panic!("{other:?}"),
+    };
+    let mut fx = Effects::default();
+    d.complete(
+        inbound(BusEvent::SessionEnded { session_hash }),
+        NOW,
+        &mut fx,
+    );
+    assert_eq!(fx.closes, vec![(b, CloseReason::LoggedOut)]);
+}
+
+/// Cluster mode: when the bus may have lost events, a receipts device that
+/// reads from storage asks for a read at once (one at a time).
+#[test]
+fn a_bus_gap_makes_receipts_devices_read_from_storage() {
+    use crate::bus::Inbound;
+    let mut d = dispatcher();
+    d.limits.cluster = true;
+    let b = conn(2);
+    log_in(&mut d, b, "bob", vec![]);
+    if let Some(Auth::LoggedIn {
+        receipts, stream, ..
+    }) = d.clients.get_mut(&b).map(|client| &mut client.auth)
+    {
+        *receipts = true;
+        *stream = Stream::FromStorage {
+            from: 7,
+            reading: false,
+            again: false,
+        };
+    }
+    let mut fx = Effects::default();
+    d.complete(Completion::Bus(Inbound::Gap), NOW, &mut fx);
+    assert!(
+        matches!(&fx.after_flush[..], [(to, Command::TakeQueue { after: 6, since: Some(_), .. })] if *to == b),
+        "{:?}",
+        fx.after_flush
+    );
+    let mut fx = Effects::default();
+    d.complete(Completion::Bus(Inbound::Gap), NOW, &mut fx);
+    assert!(fx.after_flush.is_empty(), "a read is already on its way");
 }

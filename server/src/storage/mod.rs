@@ -5,6 +5,8 @@
 //! executes it in one transaction (group commit), commits, and only then sends
 //! the [`Reply`]s back through the completion channel and wakes the loop. So
 //! a `MessageStored` reply — and the Ack it becomes — always means "committed".
+//! Message ids are given inside that transaction (`ids.rs`), so they grow in
+//! commit order even with several servers on one database.
 //!
 //! The loop sees storage only through [`open`], these two enums, [`Snapshot`]
 //! and [`StorageHandle`]. The backend behind the thread is a [`Backend`]:
@@ -21,6 +23,7 @@ mod table;
 
 mod checkpoint;
 mod client_ids;
+mod ids;
 pub mod json_files;
 mod pages;
 pub mod postgres;
@@ -46,11 +49,12 @@ use crate::completion::{Completion, CompletionSender, Requester};
 use crate::metrics::Histograms;
 use crate::password::PasswordHash;
 
-/// A 1:1 message as the loop hands it to storage (the id is assigned by the
-/// loop so delivery need not wait for the disk).
+/// A message as the loop hands it to storage. Its id is assigned by storage
+/// inside the transaction that commits it (see `ids.rs`), so ids grow in
+/// commit order even with several servers on one database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewMessage {
-    /// Server id, assigned by the loop, increasing.
+    /// Server id: 0 from the loop, the assigned id once storage has it.
     pub message_id: i64,
     /// The sender.
     pub sender_id: i64,
@@ -110,8 +114,9 @@ pub enum Conversation {
     Group(i64),
 }
 
-/// A group with its members, as storage reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A group with its members, as storage reports it (and as the bus carries
+/// it to the other servers of a cluster).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupRow {
     /// The group.
     pub group_id: i64,
@@ -164,9 +169,6 @@ storage_table! {
             session_hash: String,
             /// Peer address, recorded on the user row.
             peer: SocketAddr,
-            /// Only queued messages with smaller ids are taken (later ones are
-            /// held for the connection by the loop).
-            queue_before: i64,
             /// Whether group messages are queued for this login (not when the
             /// user already has a live connection, which got them).
             include_groups: bool,
@@ -185,8 +187,6 @@ storage_table! {
             receipts: bool,
             /// Peer address.
             peer: SocketAddr,
-            /// Only queued messages with smaller ids are taken.
-            queue_before: i64,
             /// Whether group messages are queued for this login.
             include_groups: bool,
             /// Unix seconds.
@@ -216,6 +216,8 @@ storage_table! {
         },
         /// Store a 1:1 message; replies [`Reply::MessageStored`] after commit.
         StoreMessage answers Message {
+            /// The loop's name for this send until storage gives it an id.
+            ticket: u64,
             /// The client's id, echoed in the Ack.
             client_message_id: Option<String>,
             /// The message.
@@ -227,8 +229,6 @@ storage_table! {
             name: String,
             /// Every member, the creator included, without duplicates.
             member_ids: Vec<i64>,
-            /// Highest message id assigned: new members' cursor.
-            through: i64,
             /// Unix seconds.
             now: i64,
         },
@@ -238,8 +238,6 @@ storage_table! {
             group_id: i64,
             /// Users to add (existing members are left alone).
             member_ids: Vec<i64>,
-            /// Highest message id assigned: new members' cursor.
-            through: i64,
             /// Unix seconds.
             now: i64,
         },
@@ -369,12 +367,6 @@ storage_table! {
             /// The confirmation (already capped at the highest id assigned).
             through: i64,
         },
-        /// Reserve message ids up to `through` durably; replies
-        /// [`Reply::IdsReserved`] (also when it fails, with `None`).
-        ReserveIds {
-            /// The new highest reserved id.
-            through: i64,
-        },
         /// Delete sessions unused since `idle_before` (Unix seconds). No reply.
         PurgeSessions {
             /// Cut-off.
@@ -413,6 +405,9 @@ storage_table! {
             /// The session's confirmation (receipts): everything up to here is
             /// on the device.
             confirmed_through: i64,
+            /// The queue holds messages below this id, every one committed
+            /// when it was read; the loop holds the later ones.
+            queue_before: i64,
         },
         /// The next chunk of the offline queue, now marked delivered.
         QueueChunk {
@@ -427,6 +422,8 @@ storage_table! {
         SessionEnded {},
         /// The message is committed (or was already: a resend).
         MessageStored {
+            /// The loop's name for this send.
+            ticket: u64,
             /// Server id given to this send.
             message_id: i64,
             /// Client id.
@@ -503,9 +500,9 @@ storage_table! {
         Failed {
             /// The request's tag, for the `server_busy` answer's `ref_tag`.
             ref_tag: ClientTag,
-            /// The message that was not stored (and so is never delivered), if
+            /// The send that was not stored (and so is never delivered), if
             /// the command was a StoreMessage.
-            message_id: Option<i64>,
+            ticket: Option<u64>,
             /// What went wrong, for the log.
             reason: String,
         },
@@ -531,12 +528,6 @@ storage_table! {
             /// `(sender_id, highest confirmed id from them)`.
             senders: Vec<(i64, i64)>,
         },
-        /// Message ids up to `through` are reserved durably (`None`: the
-        /// reservation failed and may be asked for again).
-        IdsReserved {
-            /// The highest reserved id, if the reservation was committed.
-            through: Option<i64>,
-        },
     }
 }
 
@@ -546,12 +537,15 @@ storage_table! {
 pub fn hand_back_stored(batch: Vec<Command>, replies: &mut [Reply]) {
     let mut next = 0;
     for command in batch {
-        let Command::StoreMessage { message, .. } = command else {
+        let Command::StoreMessage {
+            message, ticket, ..
+        } = command
+        else {
             continue;
         };
         let found = replies[next..].iter().position(|reply| {
-            matches!(reply, Reply::MessageStored { message_id, duplicate_of: None, .. }
-                if *message_id == message.message_id)
+            matches!(reply, Reply::MessageStored { ticket: stored, duplicate_of: None, .. }
+                if *stored == ticket)
         });
         if let Some(offset) = found {
             next += offset;
@@ -590,10 +584,8 @@ impl PurgeSchedule {
 pub struct Snapshot {
     /// Every account, `(username, user_id)`.
     pub users: Vec<(String, i64)>,
-    /// The id the next message gets: past every id ever reserved.
+    /// Past every message id handed out so far.
     pub next_message_id: i64,
-    /// Ids up to this one are reserved durably for this run.
-    pub ids_reserved_through: i64,
     /// Every group with its members.
     pub groups: Vec<GroupRow>,
     /// The previous process did not shut down cleanly.
@@ -618,8 +610,8 @@ pub trait Backend: Send + 'static {
     /// is still set. Read once, before [`Backend::begin_run`].
     fn previous_run(&mut self) -> Result<PreviousRun, DatabaseError>;
 
-    /// Reserves message ids through `ids_reserved_through` and sets the
-    /// running mark, durably and together, before any id is handed out.
+    /// Moves the id counter up to `ids_reserved_through` (never down) and
+    /// sets the running mark, durably and together.
     fn begin_run(&mut self, ids_reserved_through: i64) -> Result<(), DatabaseError>;
 
     /// Executes the batch (atomically where the backend can) and returns the

@@ -95,7 +95,7 @@ impl Fixture {
     /// On a fresh PostgreSQL schema, or `None` (skipped) without one.
     fn postgres() -> Option<Fixture> {
         let schema = TestSchema::create("the_queue_is_what_no_device_took_on_postgres")?;
-        let backend = PostgresBackend::open(&schema.url).unwrap();
+        let backend = PostgresBackend::open(&schema.url, false).unwrap();
         Some(Fixture::new(
             Box::new(backend),
             Place::Postgres { _schema: schema },
@@ -110,7 +110,6 @@ impl Fixture {
             to: CONN,
             name: "g".into(),
             member_ids: vec![sender, recipient],
-            through: 0,
             now: 1,
         }]);
         let [Reply::GroupChanged { group, .. }] = replies.as_slice() else {
@@ -131,9 +130,10 @@ impl Fixture {
         self.next_id += 1;
         self.backend.execute(vec![Command::StoreMessage {
             to: CONN,
+            ticket: 1,
             client_message_id: None,
             message: NewMessage {
-                message_id: id,
+                message_id: 0,
                 sender_id: self.sender,
                 receiver_id: (!group).then_some(self.recipient),
                 group_id: group.then_some(self.group_id),

@@ -4,16 +4,15 @@
 //! policy) and starts the storage thread.
 //!
 //! The crash-recovery policy, whichever the backend: message ids are handed
-//! out by the loop only from a block reserved durably first
-//! (`ids_reserved_through`, [`MESSAGE_ID_BLOCK`] ids at a time), so a start
-//! needs no repair after a crash. It begins past the last reserved block —
-//! past anything the previous run, crashed or not, can have handed out — and
-//! reserves its own first block, with the running mark set, before the loop
-//! takes an id. A database from before reservations has no reserved mark:
-//! then the start begins past the highest stored id, and after a crash past
-//! every id that could have been in flight. The backend only reads and
-//! writes the marks ([`Backend::previous_run`], [`Backend::begin_run`]); the
-//! decisions are here, so a second backend inherits them.
+//! out by storage from a counter that commits with the messages
+//! (`ids_reserved_through`, see `storage/ids.rs`), so a start needs no
+//! repair after a crash: the counter is past anything any run handed out.
+//! A database from before the counter has no mark: then the start moves it
+//! past the highest stored id, and after a crash past every id that could
+//! have been in flight (when the loop assigned ids before the commit). The
+//! start sets the running mark. The backend only reads and writes the marks
+//! ([`Backend::previous_run`], [`Backend::begin_run`]); the decisions are
+//! here, so a second backend inherits them.
 
 use std::fmt;
 use std::io;
@@ -24,7 +23,7 @@ use super::postgres::PostgresBackend;
 use super::sqlite::SqliteBackend;
 use super::{Backend, DatabaseError, GroupRow, Snapshot, StorageHandle};
 use crate::completion::CompletionSender;
-use crate::config::{Config, Database, MESSAGE_ID_BLOCK, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
+use crate::config::{Config, Database, STORAGE_BATCH_MAX, STORAGE_QUEUE_MAX};
 use crate::metrics::Histograms;
 
 /// Why storage could not be opened. The server does not start; each
@@ -92,8 +91,8 @@ pub struct PreviousRun {
     pub groups: Vec<GroupRow>,
     /// The highest message id stored (0 for none).
     pub highest_stored_id: i64,
-    /// The highest id any run reserved (`None`: a database from before
-    /// reservations).
+    /// The id counter: every id any run handed out is at or below it
+    /// (`None`: a database from before the counter).
     pub ids_reserved_through: Option<i64>,
     /// The running mark was still set: the previous run did not shut down
     /// cleanly.
@@ -123,29 +122,28 @@ pub fn open(
     Ok((handle, snapshot))
 }
 
-/// Reads what the previous run left, reserves this run's first block of ids
-/// and sets the running mark (durably, before the loop takes an id), and
-/// returns what the loop starts from.
+/// Reads what the previous run left, moves the id counter past every id it
+/// can have handed out and sets the running mark (durably, before the loop
+/// starts), and returns what the loop starts from.
 pub fn begin_run(backend: &mut dyn Backend) -> Result<Snapshot, DatabaseError> {
     let previous = backend.previous_run()?;
     if previous.was_running {
-        // Nothing to repair: the ids are past the last reserved block.
-        log::warn!("the previous run did not shut down cleanly");
+        // Nothing to repair: the counter is past every id handed out. (In
+        // a cluster the mark is set while any server runs.)
+        log::warn!("the previous run did not shut down cleanly (or another server runs)");
     }
     let next_message_id = first_unreserved_id(&previous);
-    let ids_reserved_through = next_message_id + MESSAGE_ID_BLOCK - 1;
-    backend.begin_run(ids_reserved_through)?;
+    backend.begin_run(next_message_id - 1)?;
     Ok(Snapshot {
         users: previous.users,
         next_message_id,
-        ids_reserved_through,
         groups: previous.groups,
         recovered_from_crash: previous.was_running,
     })
 }
 
-/// The first id no earlier run can have handed out: past the last reserved
-/// block. A database from before reservations has none; then past the
+/// The first id no earlier run can have handed out: past the counter. A
+/// database from before the counter has none; then past the
 /// highest stored id, and past every id that could have been in flight (a
 /// full storage queue and a batch) if that run crashed.
 pub fn first_unreserved_id(previous: &PreviousRun) -> i64 {
@@ -174,14 +172,15 @@ struct Opened {
 fn open_backend(config: &Config) -> Result<Opened, OpenError> {
     match &config.database {
         Database::Sqlite => open_sqlite(config),
-        Database::Postgres(url) => open_postgres(url),
+        Database::Postgres(url) => open_postgres(url, config.cluster.is_some()),
     }
 }
 
-/// PostgreSQL at `url`; an Ack waits for the commit's write-ahead log to
-/// reach the database server's disk.
-fn open_postgres(url: &str) -> Result<Opened, OpenError> {
-    let backend = PostgresBackend::open(url)?;
+/// PostgreSQL at `url` (shared with the other servers of a cluster when
+/// `cluster`); an Ack waits for the commit's write-ahead log to reach the
+/// database server's disk.
+fn open_postgres(url: &str, cluster: bool) -> Result<Opened, OpenError> {
+    let backend = PostgresBackend::open(url, cluster)?;
     Ok(Opened {
         location: backend.location().to_owned(),
         backend: Box::new(backend),
@@ -283,19 +282,15 @@ mod tests {
         open(config, done, Histograms::default())
     }
 
-    /// `open` creates the data directory and database, reserves the first
-    /// block, and a clean finish lets the next open begin past it with no
-    /// crash reported.
+    /// `open` creates the data directory and database, and a clean finish
+    /// lets the next open begin where it was with no crash reported.
     #[test]
-    fn open_creates_the_storage_and_reopens_past_the_reserved_block() {
+    fn open_creates_the_storage_and_reopens_where_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(&dir.path().join("data"), true);
         let (mut storage, first) = open_storage(&config).unwrap();
         assert!(config.database_path().is_file());
-        assert_eq!(
-            (first.next_message_id, first.ids_reserved_through),
-            (1, MESSAGE_ID_BLOCK)
-        );
+        assert_eq!(first.next_message_id, 1);
         storage.finish();
         assert!(
             config.data_dir.join("users.json").is_file(),
@@ -303,7 +298,7 @@ mod tests {
         );
         let (_storage, second) = open_storage(&config).unwrap();
         assert!(!second.recovered_from_crash);
-        assert_eq!(second.next_message_id, MESSAGE_ID_BLOCK + 1);
+        assert_eq!(second.next_message_id, 1);
     }
 
     /// A data directory that cannot be created is refused with its path.

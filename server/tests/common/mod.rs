@@ -6,6 +6,7 @@
 //! `dead_code` allowance below.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod postgres_db;
 
 use std::io::{BufRead, BufReader, ErrorKind};

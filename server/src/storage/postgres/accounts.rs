@@ -242,5 +242,6 @@ fn session_opened(
         more_queued,
         mutual_contacts: mutual_contacts(batch, queue.user_id)?,
         confirmed_through,
+        queue_before: queue.queue_before,
     })
 }

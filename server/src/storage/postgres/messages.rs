@@ -13,12 +13,19 @@ use crate::storage::{Conversation, NewMessage, Reply, StoredMessage};
 /// sender already stored it (then the reply names the first one's id).
 pub(super) fn store_message(
     batch: &mut Batch,
-    to: &Requester,
+    (to, ticket): (&Requester, u64),
     client_message_id: Option<&str>,
     message: &NewMessage,
 ) -> Result<Reply, Error> {
-    let duplicate_of =
+    let mut duplicate_of =
         client_message_id.and_then(|client_id| batch.client_ids.find(message.sender_id, client_id));
+    if let (None, Some(client_id), true) = (duplicate_of, client_message_id, batch.cluster) {
+        // Another server may have stored it (the client resent through a
+        // different one). This batch holds the id counter's lock (its id is
+        // assigned), so every store of the same client id is committed or
+        // waits behind this one: the look-up cannot miss it.
+        duplicate_of = stored_client_id(batch, message.sender_id, client_id, message.time)?;
+    }
     if duplicate_of.is_none() {
         insert_message(batch, message, client_message_id)?;
         if let Some(client_id) = client_message_id {
@@ -32,11 +39,31 @@ pub(super) fn store_message(
     }
     Ok(Reply::MessageStored {
         to: to.clone(),
+        ticket,
         message_id: message.message_id,
         client_message_id: client_message_id.map(str::to_owned),
         duplicate_of,
         stored: None,
     })
+}
+
+/// The message `sender_id` stored with `client_id` within the retention
+/// before `now`, if any (cluster mode: the in-memory index holds only this
+/// server's).
+fn stored_client_id(
+    batch: &mut Batch,
+    sender_id: i64,
+    client_id: &str,
+    now: i64,
+) -> Result<Option<i64>, Error> {
+    let since = now - crate::config::CLIENT_ID_RETENTION_SECS;
+    let row = batch.query_opt(
+        "SELECT message_id FROM messages
+         WHERE sender_id = $1 AND client_message_id = $2 AND timestamp >= $3
+         ORDER BY message_id LIMIT 1",
+        &[&sender_id, &client_id, &since],
+    )?;
+    Ok(row.map(|row| row.try_get(0)).transpose()?)
 }
 
 /// `History`: a page of one conversation, with a peer or in a group.

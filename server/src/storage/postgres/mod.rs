@@ -36,6 +36,7 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use super::client_ids::ClientIds;
+use super::ids::{self, BatchIds};
 use super::pages::{PageBudget, PageFill, PageFrom, QueueTake};
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply, StoredMessage};
 use crate::config::{
@@ -56,7 +57,8 @@ pub enum Error {
     /// a newer server; run that one.
     NewerSchema(i32),
     /// At start: another server holds the database (one server per
-    /// database until the cluster mode); stop it first.
+    /// database outside cluster mode); stop it first, or run every server
+    /// with `--nats`.
     InUse,
 }
 
@@ -79,7 +81,7 @@ impl std::fmt::Display for Error {
             Error::InUse => write!(
                 f,
                 "another chat-server is using this database (one server per database \
-                 until the cluster mode)"
+                 unless every one runs in cluster mode, --nats)"
             ),
         }
     }
@@ -107,6 +109,9 @@ pub struct PostgresBackend {
     statements: Statements,
     /// The recent client ids, for idempotent sends.
     client_ids: ClientIds,
+    /// Cluster mode: other servers write to this database too (no server
+    /// lock; a resend's client id is also looked for in the database).
+    cluster: bool,
 }
 
 /// Statements prepared on this connection, by their SQL (each command's
@@ -134,6 +139,11 @@ pub(super) struct Batch<'a, 'c> {
     statements: &'a mut Statements,
     /// The recent client ids.
     client_ids: &'a mut ClientIds,
+    /// Cluster mode: a client id this server does not remember may have
+    /// been stored by another one.
+    cluster: bool,
+    /// The message ids this transaction handed out (`storage/ids.rs`).
+    ids: BatchIds,
 }
 
 impl Batch<'_, '_> {
@@ -227,12 +237,13 @@ fn stored_message(row: &Row) -> Result<StoredMessage, postgres::Error> {
 }
 
 impl PostgresBackend {
-    /// Connects to the database `url` names, migrates it (under the
+    /// Connects to the database `url` names, takes the server lock (not in
+    /// a `cluster`, where several servers share it), migrates it (under the
     /// advisory lock, so processes starting together are safe), marks every
-    /// user offline (nobody is connected to a starting server) and reads
-    /// the recent client ids back. What the previous run left is read next,
-    /// by [`super::startup::begin_run`].
-    pub fn open(url: &str) -> Result<Self, OpenError> {
+    /// user offline (nobody is connected to a starting server; in a cluster
+    /// others may be) and reads the recent client ids back. What the
+    /// previous run left is read next, by [`super::startup::begin_run`].
+    pub fn open(url: &str, cluster: bool) -> Result<Self, OpenError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|error| OpenError::database(redacted(url), error))?;
@@ -249,8 +260,10 @@ impl PostgresBackend {
                 format!("cannot connect ({hint}): {}", explain(&error)),
             )
         })?;
-        claim_within(&mut client, POSTGRES_CLAIM_WAIT)
-            .map_err(|error| OpenError::database(&location, error))?;
+        if !cluster {
+            claim_within(&mut client, POSTGRES_CLAIM_WAIT)
+                .map_err(|error| OpenError::database(&location, error))?;
+        }
         schema::prepare(&mut client).map_err(|error| OpenError::database(&location, error))?;
         let mut backend = PostgresBackend {
             client,
@@ -258,10 +271,13 @@ impl PostgresBackend {
             location,
             statements: Statements::default(),
             client_ids: ClientIds::new(0),
+            cluster,
         };
         let client_ids = backend
             .in_transaction(|batch| {
-                batch.execute("UPDATE users SET is_online = FALSE WHERE is_online", &[])?;
+                if !cluster {
+                    batch.execute("UPDATE users SET is_online = FALSE WHERE is_online", &[])?;
+                }
                 messages::load_client_ids(batch, unix_now())
             })
             .map_err(|error| OpenError::database(&backend.location, error))?;
@@ -284,8 +300,11 @@ impl PostgresBackend {
             tx: &mut tx,
             statements: &mut self.statements,
             client_ids: &mut self.client_ids,
+            cluster: self.cluster,
+            ids: BatchIds::default(),
         };
         let done = work(&mut batch)?;
+        server_state::save_ids(&mut batch)?;
         tx.commit()?;
         Ok(done)
     }
@@ -298,7 +317,7 @@ impl PostgresBackend {
         }
         match connect(&self.config) {
             Ok(mut client) => {
-                if !matches!(schema::claim(&mut client), Ok(true)) {
+                if !self.cluster && !matches!(schema::claim(&mut client), Ok(true)) {
                     // Another server took the database meanwhile: writing
                     // beside it would break both; this batch fails instead.
                     log::error!(
@@ -319,7 +338,7 @@ impl PostgresBackend {
         }
     }
 
-    fn execute_batch(&mut self, batch: &[Command]) -> Vec<Reply> {
+    fn execute_batch(&mut self, batch: &mut [Command]) -> Vec<Reply> {
         match self.execute_in_transaction(batch) {
             Ok(replies) => replies,
             Err(error) => {
@@ -328,29 +347,26 @@ impl PostgresBackend {
                     batch.len()
                 );
                 batch
-                    .iter()
+                    .iter_mut()
                     .flat_map(|command| self.execute_alone(command))
                     .collect()
             }
         }
     }
 
-    fn execute_alone(&mut self, command: &Command) -> Option<Reply> {
-        match self.execute_in_transaction(std::slice::from_ref(command)) {
+    fn execute_alone(&mut self, command: &mut Command) -> Option<Reply> {
+        match self.execute_in_transaction(std::slice::from_mut(command)) {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
-                if let Command::ReserveIds { .. } = command {
-                    return Some(Reply::IdsReserved { through: None });
-                }
-                let message_id = match command {
-                    Command::StoreMessage { message, .. } => Some(message.message_id),
+                let ticket = match command {
+                    Command::StoreMessage { ticket, .. } => Some(*ticket),
                     _ => None,
                 };
                 command.requester().map(|(to, tag)| Reply::Failed {
                     to: to.clone(),
                     ref_tag: tag,
-                    message_id,
+                    ticket,
                     reason: error.to_string(),
                 })
             }
@@ -359,10 +375,13 @@ impl PostgresBackend {
 
     /// Applies the commands in one transaction and commits it; the client
     /// ids the commands remembered stay only if it committed.
-    fn execute_in_transaction(&mut self, commands: &[Command]) -> Result<Vec<Reply>, Error> {
+    fn execute_in_transaction(&mut self, commands: &mut [Command]) -> Result<Vec<Reply>, Error> {
         let replies = self.in_transaction(|batch| {
             let mut replies = Vec::with_capacity(commands.len());
-            for command in commands {
+            for command in commands.iter_mut() {
+                if ids::needs_id(command) {
+                    ids::assign(command, server_state::next_message_id(batch)?);
+                }
                 if let Some(reply) = apply(batch, command)? {
                     replies.push(reply);
                 }
@@ -393,9 +412,9 @@ impl Backend for PostgresBackend {
         Ok(unlocked?)
     }
 
-    fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
+    fn execute(&mut self, mut batch: Vec<Command>) -> Vec<Reply> {
         self.reconnect_if_closed();
-        let mut replies = self.execute_batch(&batch);
+        let mut replies = self.execute_batch(&mut batch);
         super::hand_back_stored(batch, &mut replies);
         replies
     }
@@ -428,11 +447,11 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             user_id,
             session_hash,
             peer,
-            queue_before,
             include_groups,
             now,
         } => {
-            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            let queue_before = server_state::id_boundary(batch)?;
+            let queue = QueueTake::from_start(*user_id, queue_before, *include_groups);
             accounts::open_session(batch, to, session_hash, *peer, *now, queue).map(Some)
         }
         Command::ResumeSession {
@@ -441,11 +460,11 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             session_hash,
             receipts,
             peer,
-            queue_before,
             include_groups,
             now,
         } => {
-            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            let queue_before = server_state::id_boundary(batch)?;
+            let queue = QueueTake::from_start(*user_id, queue_before, *include_groups);
             accounts::resume_session(batch, to, session_hash, *receipts, *peer, *now, queue)
                 .map(Some)
         }
@@ -479,9 +498,11 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
         // messages.rs
         Command::StoreMessage {
             to,
+            ticket,
             client_message_id,
             message,
-        } => messages::store_message(batch, to, client_message_id.as_deref(), message).map(Some),
+        } => messages::store_message(batch, (to, *ticket), client_message_id.as_deref(), message)
+            .map(Some),
         Command::History {
             to,
             user_id,
@@ -541,16 +562,20 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             to,
             name,
             member_ids,
-            through,
             now,
-        } => groups::create_group(batch, to, name, member_ids, *through, *now).map(Some),
+        } => {
+            let through = server_state::id_boundary(batch)? - 1;
+            groups::create_group(batch, to, name, member_ids, through, *now).map(Some)
+        }
         Command::AddGroupMembers {
             to,
             group_id,
             member_ids,
-            through,
             now,
-        } => groups::add_group_members(batch, to, *group_id, member_ids, *through, *now).map(Some),
+        } => {
+            let through = server_state::id_boundary(batch)? - 1;
+            groups::add_group_members(batch, to, *group_id, member_ids, through, *now).map(Some)
+        }
         Command::LeaveGroup {
             to,
             user_id,
@@ -568,10 +593,6 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             user_id,
             username,
         } => keys::get_key(batch, to, *user_id, username).map(Some),
-        // server_state.rs
-        Command::ReserveIds { through } => {
-            server_state::reserve_more_ids(batch, *through).map(Some)
-        }
     }
 }
 

@@ -19,7 +19,7 @@ use postgres::Client;
 use super::Error;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock every start of this server takes while it migrates,
 /// and again from reading the previous run to reserving its own ids
@@ -104,15 +104,23 @@ CREATE INDEX sessions_by_last_used ON sessions(last_used_at);
 CREATE INDEX sessions_by_user ON sessions(user_id, created_at);
 
 -- Facts about the server process: `running` is 1 from start until a clean
--- shutdown; `ids_reserved_through` the highest message id reserved.
+-- shutdown; `ids_reserved_through` the highest message id handed out.
 CREATE TABLE server_state (
     key   TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
 ";
 
+/// Version 2: a resend's client id is found in the database too (cluster
+/// mode: the client may resend through another server, whose in-memory
+/// index never saw the first send). Partial: only rows with a client id.
+const VERSION_2: &str = "
+CREATE INDEX messages_by_client_id ON messages(sender_id, client_message_id)
+    WHERE client_message_id IS NOT NULL;
+";
+
 /// Each version and the step that reaches it from the one before.
-const MIGRATIONS: [(i32, &str); 1] = [(1, VERSION_1)];
+const MIGRATIONS: [(i32, &str); 2] = [(1, VERSION_1), (2, VERSION_2)];
 
 /// Brings the schema to [`SCHEMA_VERSION`] under the start lock; a
 /// database of a newer version is refused.

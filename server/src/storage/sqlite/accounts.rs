@@ -241,5 +241,6 @@ fn session_opened(
         more_queued,
         mutual_contacts: mutual_contacts(tx, queue.user_id)?,
         confirmed_through,
+        queue_before: queue.queue_before,
     })
 }

@@ -19,7 +19,7 @@ use crate::storage::{Conversation, NewMessage, Reply, StoredMessage};
 /// sender already stored it (then the reply names the first one's id).
 pub(super) fn store_message(
     batch: &mut Batch,
-    to: &Requester,
+    (to, ticket): (&Requester, u64),
     client_message_id: Option<&str>,
     message: &NewMessage,
 ) -> rusqlite::Result<Reply> {
@@ -41,6 +41,7 @@ pub(super) fn store_message(
     }
     Ok(Reply::MessageStored {
         to: to.clone(),
+        ticket,
         message_id: message.message_id,
         client_message_id: client_message_id.map(str::to_owned),
         duplicate_of,

@@ -42,6 +42,7 @@ use rusqlite::{Connection, Transaction};
 
 use super::checkpoint::Checkpointer;
 use super::client_ids::ClientIds;
+use super::ids::{self, BatchIds};
 use super::json_files::Mirror;
 use super::pages::QueueTake;
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
@@ -83,6 +84,8 @@ struct Batch<'a> {
     indexes: &'a mut Indexes,
     /// The recent client ids (what the batch adds is taken back if it fails).
     client_ids: &'a mut ClientIds,
+    /// The message ids this transaction handed out (`storage/ids.rs`).
+    ids: BatchIds,
 }
 
 impl SqliteBackend {
@@ -118,7 +121,7 @@ impl SqliteBackend {
         self
     }
 
-    fn execute_batch(&mut self, batch: &[Command]) -> Vec<Reply> {
+    fn execute_batch(&mut self, batch: &mut [Command]) -> Vec<Reply> {
         match self.execute_in_transaction(batch) {
             Ok(replies) => replies,
             Err(error) => {
@@ -127,36 +130,33 @@ impl SqliteBackend {
                     batch.len()
                 );
                 batch
-                    .iter()
+                    .iter_mut()
                     .flat_map(|command| self.execute_alone(command))
                     .collect()
             }
         }
     }
 
-    fn execute_alone(&mut self, command: &Command) -> Option<Reply> {
-        match self.execute_in_transaction(std::slice::from_ref(command)) {
+    fn execute_alone(&mut self, command: &mut Command) -> Option<Reply> {
+        match self.execute_in_transaction(std::slice::from_mut(command)) {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
-                if let Command::ReserveIds { .. } = command {
-                    return Some(Reply::IdsReserved { through: None });
-                }
-                let message_id = match command {
-                    Command::StoreMessage { message, .. } => Some(message.message_id),
+                let ticket = match command {
+                    Command::StoreMessage { ticket, .. } => Some(*ticket),
                     _ => None,
                 };
                 command.requester().map(|(to, tag)| Reply::Failed {
                     to: to.clone(),
                     ref_tag: tag,
-                    message_id,
+                    ticket,
                     reason: error.to_string(),
                 })
             }
         }
     }
 
-    fn execute_in_transaction(&mut self, commands: &[Command]) -> rusqlite::Result<Vec<Reply>> {
+    fn execute_in_transaction(&mut self, commands: &mut [Command]) -> rusqlite::Result<Vec<Reply>> {
         let replies = self.apply_all(commands);
         match replies {
             Ok(_) => self.client_ids.commit(),
@@ -175,19 +175,24 @@ impl SqliteBackend {
     }
 
     /// Applies the commands in one transaction and commits it.
-    fn apply_all(&mut self, commands: &[Command]) -> rusqlite::Result<Vec<Reply>> {
+    fn apply_all(&mut self, commands: &mut [Command]) -> rusqlite::Result<Vec<Reply>> {
         let tx = self.conn.transaction()?;
         let mut batch = Batch {
             tx: &tx,
             indexes: &mut self.indexes,
             client_ids: &mut self.client_ids,
+            ids: BatchIds::default(),
         };
         let mut replies = Vec::with_capacity(commands.len());
-        for command in commands {
+        for command in commands.iter_mut() {
+            if ids::needs_id(command) {
+                ids::assign(command, server_state::next_message_id(&mut batch)?);
+            }
             if let Some(reply) = apply(&mut batch, command)? {
                 replies.push(reply);
             }
         }
+        server_state::save_ids(&batch)?;
         tx.commit()?;
         Ok(replies)
     }
@@ -224,13 +229,13 @@ impl Backend for SqliteBackend {
         )?)
     }
 
-    fn execute(&mut self, batch: Vec<Command>) -> Vec<Reply> {
+    fn execute(&mut self, mut batch: Vec<Command>) -> Vec<Reply> {
         if let Some(mirror) = &mut self.mirror {
             if batch.iter().any(changes_mirrored_files) {
                 mirror.mark_dirty();
             }
         }
-        let mut replies = self.execute_batch(&batch);
+        let mut replies = self.execute_batch(&mut batch);
         super::hand_back_stored(batch, &mut replies);
         replies
     }
@@ -295,11 +300,11 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             user_id,
             session_hash,
             peer,
-            queue_before,
             include_groups,
             now,
         } => {
-            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            let queue_before = server_state::id_boundary(batch)?;
+            let queue = QueueTake::from_start(*user_id, queue_before, *include_groups);
             accounts::open_session(batch, to, session_hash, *peer, *now, queue).map(Some)
         }
         Command::ResumeSession {
@@ -308,11 +313,11 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             session_hash,
             receipts,
             peer,
-            queue_before,
             include_groups,
             now,
         } => {
-            let queue = QueueTake::from_start(*user_id, *queue_before, *include_groups);
+            let queue_before = server_state::id_boundary(batch)?;
+            let queue = QueueTake::from_start(*user_id, queue_before, *include_groups);
             accounts::resume_session(batch, to, session_hash, *receipts, *peer, *now, queue)
                 .map(Some)
         }
@@ -346,9 +351,11 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
         // messages.rs
         Command::StoreMessage {
             to,
+            ticket,
             client_message_id,
             message,
-        } => messages::store_message(batch, to, client_message_id.as_deref(), message).map(Some),
+        } => messages::store_message(batch, (to, *ticket), client_message_id.as_deref(), message)
+            .map(Some),
         Command::History {
             to,
             user_id,
@@ -408,16 +415,20 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             to,
             name,
             member_ids,
-            through,
             now,
-        } => groups::create_group(tx, to, name, member_ids, *through, *now).map(Some),
+        } => {
+            let through = server_state::id_boundary(batch)? - 1;
+            groups::create_group(tx, to, name, member_ids, through, *now).map(Some)
+        }
         Command::AddGroupMembers {
             to,
             group_id,
             member_ids,
-            through,
             now,
-        } => groups::add_group_members(tx, to, *group_id, member_ids, *through, *now).map(Some),
+        } => {
+            let through = server_state::id_boundary(batch)? - 1;
+            groups::add_group_members(tx, to, *group_id, member_ids, through, *now).map(Some)
+        }
         Command::LeaveGroup {
             to,
             user_id,
@@ -435,8 +446,6 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             user_id,
             username,
         } => keys::get_key(tx, to, *user_id, username).map(Some),
-        // server_state.rs
-        Command::ReserveIds { through } => server_state::reserve_more_ids(tx, *through).map(Some),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::messages::{peer_history, sync_page};
 use super::*;
 use crate::completion::{ConnId, Requester};
-use crate::config::{MESSAGE_ID_BLOCK, QUEUE_PAGE_BYTES};
+use crate::config::QUEUE_PAGE_BYTES;
 use crate::password::hash_password;
 use crate::storage::pages::{merge_pages, OFFLINE_CHUNK, QUEUE_PAGE};
 use crate::storage::{begin_run, NewMessage, Snapshot, StoredMessage};
@@ -122,33 +122,40 @@ fn a_start_after_a_crash_is_recognised() {
     assert!(snapshot.recovered_from_crash);
 }
 
-/// Each start reserves a block of ids durably and begins past the last
-/// block reserved, whether the previous run stopped cleanly, crashed, or
-/// reserved more blocks while it ran.
+/// Storage gives ids in commit order from a counter that commits with the
+/// messages: a start after a clean stop or a crash goes on past every id
+/// handed out, and ids of resends and failed stores are never given again.
 #[test]
-fn every_start_begins_past_the_last_reserved_block() {
+fn ids_are_given_at_commit_and_never_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chat.db");
     let (mut backend, first) = open_at(&path);
     assert_eq!(first.next_message_id, 1);
-    assert_eq!(first.ids_reserved_through, MESSAGE_ID_BLOCK);
+    let a = create_user(&mut backend, "alice");
+    store(&mut backend, 1, a, a, true);
+    store(&mut backend, 2, a, a, true);
     backend.finish();
     drop(backend);
 
     let (mut backend, second) = open_at(&path);
-    assert_eq!(second.next_message_id, MESSAGE_ID_BLOCK + 1);
-    assert_eq!(second.ids_reserved_through, 2 * MESSAGE_ID_BLOCK);
-    let through = 3 * MESSAGE_ID_BLOCK;
-    let replies = backend.execute(vec![Command::ReserveIds { through }]);
+    assert_eq!(second.next_message_id, 3);
+    store(&mut backend, 3, a, a, true);
+    // A batch that fails is retried alone; the failed store's id is not
+    // kept, and nobody saw it.
+    let replies = backend.execute(vec![with_client_id(0, 999, "x", 100)]);
     assert!(matches!(
         replies[..],
-        [Reply::IdsReserved { through: Some(t) }] if t == through
+        [Reply::Failed {
+            ticket: Some(_),
+            ..
+        }]
     ));
     drop(backend); // no finish(): as if killed
 
-    let (_backend, third) = open_at(&path);
+    let (mut backend, third) = open_at(&path);
     assert!(third.recovered_from_crash);
-    assert_eq!(third.next_message_id, through + 1);
+    assert_eq!(third.next_message_id, 4);
+    store(&mut backend, 4, a, a, true);
 }
 
 fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
@@ -170,9 +177,10 @@ fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
 fn store(backend: &mut SqliteBackend, id: i64, from: i64, to: i64, delivered: bool) {
     let replies = backend.execute(vec![Command::StoreMessage {
         to: CONN,
+        ticket: 1,
         client_message_id: None,
         message: NewMessage {
-            message_id: id,
+            message_id: 0,
             sender_id: from,
             receiver_id: Some(to),
             group_id: None,
@@ -183,7 +191,8 @@ fn store(backend: &mut SqliteBackend, id: i64, from: i64, to: i64, delivered: bo
         },
     }]);
     assert!(
-        matches!(replies.as_slice(), [Reply::MessageStored { message_id, .. }] if *message_id == id)
+        matches!(replies.as_slice(), [Reply::MessageStored { message_id, .. }] if *message_id == id),
+        "storage gives ids in order: {replies:?}"
     );
 }
 
@@ -318,7 +327,6 @@ fn the_offline_queue_is_taken_once_marked() {
         user_id: b,
         session_hash: hash.into(),
         peer,
-        queue_before: 3,
         include_groups: true,
         now: 200,
     };
@@ -326,19 +334,21 @@ fn the_offline_queue_is_taken_once_marked() {
     let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
         panic!("{replies:?}");
     };
-    assert_eq!(
-        ids(queued),
-        vec![1],
-        "3 is at or past queue_before: held by the loop"
-    );
+    assert_eq!(ids(queued), vec![1, 3], "2 was taken when stored");
     let replies = backend.execute(vec![open_session("h2")]);
-    let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
+    let [Reply::SessionOpened {
+        queued,
+        queue_before,
+        ..
+    }] = replies.as_slice()
+    else {
         panic!("{replies:?}");
     };
-    assert_eq!(ids(queued), vec![1], "not taken until written out");
+    assert_eq!(ids(queued), vec![1, 3], "not taken until written out");
+    assert_eq!(*queue_before, 4, "the queue holds everything committed");
     backend.execute(vec![Command::MarkDelivered {
         user_id: b,
-        message_ids: vec![1],
+        message_ids: vec![1, 3],
     }]);
     let replies = backend.execute(vec![open_session("h3")]);
     let [Reply::SessionOpened { queued, .. }] = replies.as_slice() else {
@@ -394,7 +404,6 @@ fn sessions_resume_only_for_their_user_and_until_ended() {
         user_id: a,
         session_hash: "h".into(),
         peer,
-        queue_before: i64::MAX,
         include_groups: true,
         now: 200,
     }]);
@@ -404,7 +413,6 @@ fn sessions_resume_only_for_their_user_and_until_ended() {
         receipts: false,
         session_hash: "h".into(),
         peer,
-        queue_before: i64::MAX,
         include_groups: true,
         now: 300,
     };
@@ -467,13 +475,14 @@ fn contacts_report_mutuality() {
 fn a_failing_command_fails_alone() {
     let (_dir, mut backend) = open();
     let a = create_user(&mut backend, "alice");
-    // Message 1 twice: the second violates the primary key.
-    let message = |id| Command::StoreMessage {
+    // The second's sender does not exist: it violates a foreign key.
+    let message = |ticket, sender_id| Command::StoreMessage {
         to: CONN,
+        ticket,
         client_message_id: None,
         message: NewMessage {
-            message_id: id,
-            sender_id: a,
+            message_id: 0,
+            sender_id,
             receiver_id: Some(a),
             group_id: None,
             content: "x".into(),
@@ -482,7 +491,7 @@ fn a_failing_command_fails_alone() {
             delivered: true,
         },
     };
-    let replies = backend.execute(vec![message(1), message(1), message(2)]);
+    let replies = backend.execute(vec![message(1, a), message(2, a + 100), message(3, a)]);
     assert!(
         matches!(
             &replies[..],
@@ -500,6 +509,7 @@ fn a_failing_command_fails_alone() {
 fn with_client_id(id: i64, from: i64, client_id: &str, time: i64) -> Command {
     Command::StoreMessage {
         to: CONN,
+        ticket: id as u64,
         client_message_id: Some(client_id.into()),
         message: NewMessage {
             message_id: id,
@@ -577,12 +587,12 @@ fn a_failed_batch_leaves_no_client_id_behind() {
     let (_dir, mut backend) = open();
     let a = create_user(&mut backend, "alice");
     let now = unix_now();
-    // The second command reuses message id 1: the batch fails, and each
-    // command is retried alone; the first must then be stored, not taken
-    // for a resend of itself.
+    // The second command's sender does not exist: the batch fails, and
+    // each command is retried alone; the first must then be stored, not
+    // taken for a resend of itself.
     let replies = backend.execute(vec![
         with_client_id(1, a, "c1", now),
-        with_client_id(1, a, "c2", now),
+        with_client_id(1, a + 100, "c2", now),
     ]);
     assert!(
         matches!(
@@ -634,7 +644,7 @@ fn a_version_3_database_keeps_its_client_ids() {
         )
         .unwrap();
     assert_eq!(kept.as_deref(), Some("c7"));
-    let replies = backend.execute(vec![with_client_id(MESSAGE_ID_BLOCK * 10, 1, "c7", now)]);
+    let replies = backend.execute(vec![with_client_id(8, 1, "c7", now)]);
     assert_eq!(duplicates(&replies), [Some(7)]);
 }
 
@@ -684,13 +694,14 @@ fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
     }
     store(&mut backend, 4, c, b, false);
     assert_eq!(confirm(&mut backend, b, 4), vec![(a, 3), (c, 4)]);
-    // Message 5 is stored in a batch that fails (4 again breaks the primary
-    // key), then alone.
-    let message = |id, from| Command::StoreMessage {
+    // Message 5 is stored in a batch that fails (an unknown sender breaks a
+    // foreign key), then alone.
+    let message = |ticket, from| Command::StoreMessage {
         to: CONN,
+        ticket,
         client_message_id: None,
         message: NewMessage {
-            message_id: id,
+            message_id: 0,
             sender_id: from,
             receiver_id: Some(b),
             group_id: None,
@@ -700,7 +711,7 @@ fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
             delivered: false,
         },
     };
-    let replies = backend.execute(vec![message(5, c), message(4, a)]);
+    let replies = backend.execute(vec![message(1, c), message(2, a + 100)]);
     assert!(
         matches!(
             &replies[..],

@@ -1,0 +1,581 @@
+//! Cluster mode through the real binary: three servers (`--nats`) on one
+//! PostgreSQL database (fresh per test, dropped after) and the NATS server
+//! at `CHAT_TEST_NATS`, each test under a subject prefix of its own.
+//! Accounts, 1:1 and group messages, presence and logouts cross servers;
+//! and with two servers writing at full speed a reader's `Sync{since}` never
+//! skips an id that appears later. Without PostgreSQL or NATS each test
+//! says `SKIPPED` (and fails with `CI=true`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::nats::nats_for;
+use common::postgres_db::TestDatabase;
+use common::{message_to, Client, TestServer, SECRET};
+use protocol::client::{CreateGroup, Logout, SendMessage, Sync, UserRef};
+use protocol::{ClientMessage, ServerMessage};
+
+/// Three servers on one database and one NATS (dropped in reverse).
+struct Cluster {
+    nodes: Vec<TestServer>,
+    database: TestDatabase,
+}
+
+impl Cluster {
+    /// `count` servers, or `None` (skipped) without PostgreSQL or NATS.
+    fn start(test: &str, count: usize, extra: &[&str]) -> Option<Cluster> {
+        let nats = nats_for(test)?;
+        let database = TestDatabase::create(test)?;
+        let nodes = (0..count)
+            .map(|n| {
+                let node = format!("node{n}");
+                let mut args = vec![
+                    "--database",
+                    &database.url,
+                    "--nats",
+                    &nats.url,
+                    "--nats-prefix",
+                    &nats.prefix,
+                    "--node-id",
+                    &node,
+                ];
+                args.extend_from_slice(extra);
+                TestServer::start(&args)
+            })
+            .collect();
+        Some(Cluster { nodes, database })
+    }
+
+    fn node(&self, n: usize) -> &TestServer {
+        &self.nodes[n]
+    }
+}
+
+/// Receives frames until one matches `want` (others are skipped), or
+/// panics after the harness's receive timeout.
+#[track_caller]
+fn recv_until<T>(client: &mut Client, mut want: impl FnMut(ServerMessage) -> Option<T>) -> T {
+    loop {
+        if let Some(found) = want(client.recv()) {
+            return found;
+        }
+    }
+}
+
+/// Sends and returns the Ack's id.
+#[track_caller]
+fn send_acked(client: &mut Client, message: ClientMessage) -> i64 {
+    client.send(&message);
+    recv_until(client, |frame| match frame {
+        ServerMessage::Ack(ack) => Some(ack.message_id),
+        _ => None,
+    })
+}
+
+/// The next delivered message: `(id, content)`.
+#[track_caller]
+fn recv_message(client: &mut Client) -> (i64, String) {
+    recv_until(client, |frame| match frame {
+        ServerMessage::Message(message) => Some((message.message_id, message.content)),
+        _ => None,
+    })
+}
+
+/// Registers on one server and logs in on another; messages go both ways
+/// between users on different servers, each delivered live once.
+#[test]
+fn register_on_one_server_log_in_on_another_and_message_both_ways() {
+    let Some(cluster) = Cluster::start(
+        "register_on_one_server_log_in_on_another_and_message_both_ways",
+        3,
+        &[],
+    ) else {
+        return;
+    };
+    let mut registrar = cluster.node(0).client();
+    registrar.register("ann", SECRET);
+    registrar.register("bob", SECRET);
+    let mut ann = cluster.node(1).client();
+    ann.login("ann", SECRET);
+    let mut bob = cluster.node(2).client();
+    bob.login("bob", SECRET);
+
+    let id = send_acked(&mut ann, message_to("bob", "hello from node1", None));
+    assert_eq!(recv_message(&mut bob), (id, "hello from node1".into()));
+    let reply = send_acked(&mut bob, message_to("ann", "hello from node2", None));
+    assert!(reply > id, "ids grow across servers");
+    assert_eq!(recv_message(&mut ann), (reply, "hello from node2".into()));
+    bob.expect_silence(Duration::from_millis(300));
+
+    // Offline on every server: queued in the database, pushed at the next
+    // login wherever it happens.
+    drop(bob);
+    let queued = send_acked(&mut ann, message_to("bob", "while away", None));
+    let mut bob = cluster.node(0).client();
+    bob.login("bob", SECRET);
+    assert_eq!(recv_message(&mut bob), (queued, "while away".into()));
+}
+
+/// A resend of a client id through another server is acked with the first
+/// id and stored once.
+#[test]
+fn a_resend_through_another_server_is_recognised() {
+    let Some(cluster) = Cluster::start("a_resend_through_another_server_is_recognised", 2, &[])
+    else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    setup.register("ann", SECRET);
+    setup.register("bob", SECRET);
+    let mut first = cluster.node(0).client();
+    first.login("ann", SECRET);
+    let id = send_acked(&mut first, message_to("bob", "once", Some("c-1")));
+    let mut second = cluster.node(1).client();
+    second.login("ann", SECRET);
+    assert_eq!(
+        send_acked(&mut second, message_to("bob", "once", Some("c-1"))),
+        id
+    );
+    let stored = cluster.database.stored_messages();
+    assert_eq!(stored.values().filter(|c| *c == "once").count(), 1);
+}
+
+/// A group created on one server fans out to members on every server, the
+/// creator's GroupInfo included, and their messages reach each other.
+#[test]
+fn a_group_fans_out_across_servers() {
+    let Some(cluster) = Cluster::start("a_group_fans_out_across_servers", 3, &[]) else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    for name in ["ann", "bob", "cat"] {
+        setup.register(name, SECRET);
+    }
+    let mut clients: Vec<Client> = ["ann", "bob", "cat"]
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            let mut client = cluster.node(n).client();
+            client.login(name, SECRET);
+            client
+        })
+        .collect();
+    clients[0].send(&ClientMessage::CreateGroup(CreateGroup {
+        name: "trio".into(),
+        members: vec!["bob".into(), "cat".into()],
+    }));
+    let group_id = recv_until(&mut clients[0], |frame| match frame {
+        ServerMessage::GroupInfo(info) => Some(info.group_id),
+        _ => None,
+    });
+    for client in &mut clients[1..] {
+        let info = recv_until(client, |frame| match frame {
+            ServerMessage::GroupInfo(info) => Some(info),
+            _ => None,
+        });
+        assert_eq!(info.group_id, group_id);
+        assert_eq!(info.members.len(), 3);
+    }
+    // Sent on node 2 (which learnt the group over the bus).
+    let id = send_acked(&mut clients[2], group_message(group_id, "to all"));
+    for client in &mut clients[..2] {
+        assert_eq!(recv_message(client), (id, "to all".into()));
+    }
+    let id = send_acked(&mut clients[0], group_message(group_id, "back"));
+    for client in &mut clients[1..] {
+        assert_eq!(recv_message(client), (id, "back".into()));
+    }
+}
+
+fn group_message(group_id: i64, content: &str) -> ClientMessage {
+    ClientMessage::Message(SendMessage {
+        dest_id: None,
+        group_id: Some(group_id),
+        content: content.into(),
+        message_id: None,
+        source_id: None,
+        is_encrypted: false,
+    })
+}
+
+/// Contacts on different servers: the added user hears the request, the
+/// add that makes them mutual tells each that the other is online, and
+/// each sees the other come and go.
+#[test]
+fn contacts_and_presence_cross_servers() {
+    let Some(cluster) = Cluster::start("contacts_and_presence_cross_servers", 3, &[]) else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    setup.register("ann", SECRET);
+    setup.register("bob", SECRET);
+    let mut ann = cluster.node(0).client();
+    ann.login("ann", SECRET);
+    let mut bob = cluster.node(1).client();
+    bob.login("bob", SECRET);
+    ann.send(&add_contact("bob"));
+    recv_until(&mut ann, |frame| match frame {
+        ServerMessage::Directory(_) => Some(()),
+        _ => None,
+    });
+    let asked_by = recv_until(&mut bob, |frame| match frame {
+        ServerMessage::ContactRequest(request) => Some(request.username),
+        _ => None,
+    });
+    assert_eq!(asked_by, "ann");
+    bob.send(&add_contact("ann"));
+    let directory = recv_until(&mut bob, |frame| match frame {
+        ServerMessage::Directory(directory) => Some(directory),
+        _ => None,
+    });
+    assert!(
+        directory
+            .data
+            .iter()
+            .any(|e| e.username == "ann" && e.online),
+        "ann is online on another server: {directory:?}"
+    );
+    for (client, other) in [(&mut ann, "bob"), (&mut bob, "ann")] {
+        let online = recv_until(client, |frame| match frame {
+            ServerMessage::Presence(p) if p.username == other => Some(p.online),
+            _ => None,
+        });
+        assert!(online, "{other} is online");
+    }
+    // Bob leaves and comes back on a third server: ann hears both.
+    drop(bob);
+    let went = recv_until(&mut ann, |frame| match frame {
+        ServerMessage::Presence(p) if p.username == "bob" => Some(p.online),
+        _ => None,
+    });
+    assert!(!went, "bob went offline");
+    let mut bob = cluster.node(2).client();
+    bob.login("bob", SECRET);
+    let came = recv_until(&mut ann, |frame| match frame {
+        ServerMessage::Presence(p) if p.username == "bob" => Some(p.online),
+        _ => None,
+    });
+    assert!(came, "bob came back");
+}
+
+fn add_contact(username: &str) -> ClientMessage {
+    ClientMessage::AddContact(UserRef {
+        username: username.into(),
+    })
+}
+
+/// Logout of a session closes its connections on every server; the
+/// user's other sessions stay.
+#[test]
+fn logout_closes_the_session_on_every_server() {
+    let Some(cluster) = Cluster::start("logout_closes_the_session_on_every_server", 3, &[]) else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    setup.register("ann", SECRET);
+    let mut first = cluster.node(0).client();
+    let session = first.login("ann", SECRET).session_id.expect("a session id");
+    let mut same = cluster.node(1).client();
+    same.resume("ann", &session);
+    let mut other = cluster.node(2).client();
+    other.login("ann", SECRET);
+    let mut same_elsewhere = cluster.node(2).client();
+    same_elsewhere.resume("ann", &session);
+
+    first.send(&ClientMessage::Logout(Logout { username: None }));
+    recv_until(&mut first, |frame| match frame {
+        ServerMessage::SuccessLogout(_) => Some(()),
+        _ => None,
+    });
+    for client in [&mut same, &mut same_elsewhere] {
+        let (_, closed) = client.read_until_closed(Duration::from_secs(5));
+        assert_eq!(closed.code(), Some(1000), "{closed:?}");
+    }
+    other.ping_pong();
+}
+
+/// A receipts device gets the messages of senders on two servers in
+/// increasing id order with none left out, so its cumulative confirmation
+/// is safe; after a resume on another server it gets only what it had not
+/// confirmed.
+#[test]
+fn a_receipts_device_gets_every_server_s_messages_in_id_order() {
+    let Some(cluster) = Cluster::start(
+        "a_receipts_device_gets_every_server_s_messages_in_id_order",
+        2,
+        &["--no-rate-limits"],
+    ) else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    for name in ["ann", "bob", "cat"] {
+        setup.register(name, SECRET);
+    }
+    let mut bob = cluster.node(1).client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session");
+    let senders: Vec<_> = [("ann", 0), ("cat", 1)]
+        .into_iter()
+        .map(|(name, n)| {
+            let port = cluster.node(n).port;
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                client.login(name, SECRET);
+                (0..40)
+                    .map(|k| {
+                        send_acked(&mut client, message_to("bob", &format!("{name}{k}"), None))
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let acked: BTreeSet<i64> = senders
+        .into_iter()
+        .flat_map(|sender| sender.join().expect("a sender"))
+        .collect();
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        got.push(recv_message(&mut bob).0);
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in id order: {got:?}");
+    assert_eq!(got.iter().copied().collect::<BTreeSet<_>>(), acked);
+    let half = got[got.len() / 2];
+    bob.confirm(half);
+    bob.ping_pong();
+    drop(bob);
+    // The other server writes the confirmation when it sees the close:
+    // the resume waits for the database to have it.
+    let mut db = cluster.database.connect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let confirmed: i64 = db
+            .query_one("SELECT MAX(confirmed_through) FROM sessions", &[])
+            .expect("read sessions")
+            .get(0);
+        if confirmed >= half {
+            break;
+        }
+        assert!(Instant::now() < deadline, "confirmation not written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut again = cluster.node(0).client();
+    again.resume_with_receipts("bob", &session);
+    let rest: Vec<i64> = got.iter().copied().filter(|id| *id > half).collect();
+    let mut resent = Vec::new();
+    while resent.len() < rest.len() {
+        resent.push(recv_message(&mut again).0);
+    }
+    assert_eq!(resent, rest, "everything past the confirmation, in order");
+}
+
+/// `kill -9` of one server while a sender pipelines through it: every
+/// acked message is in the database once, the other server goes on, the
+/// restarted one hands out only new ids, and a receipts device resumed on
+/// the survivor gets every acked message.
+#[test]
+fn a_server_killed_loses_nothing_acked_and_ids_are_not_reused() {
+    let Some(mut cluster) = Cluster::start(
+        "a_server_killed_loses_nothing_acked_and_ids_are_not_reused",
+        2,
+        &["--no-rate-limits"],
+    ) else {
+        return;
+    };
+    let mut setup = cluster.node(1).client();
+    setup.register("ann", SECRET);
+    setup.register("bob", SECRET);
+    let mut bob = cluster.node(1).client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session");
+    drop(bob);
+    let mut ann = cluster.node(0).client();
+    ann.login("ann", SECRET);
+    let mut acked = BTreeSet::new();
+    for k in 0..50 {
+        acked.insert(send_acked(
+            &mut ann,
+            message_to("bob", &format!("m{k}"), None),
+        ));
+    }
+    // Pipelined, then killed with some in flight: only the acked count.
+    for k in 50..100 {
+        ann.send(&message_to("bob", &format!("m{k}"), None));
+    }
+    cluster.nodes[0].crash_and_restart();
+    let stored: BTreeSet<i64> = cluster.database.stored_messages().into_keys().collect();
+    assert!(acked.is_subset(&stored), "every acked message is stored");
+    let highest = stored.iter().copied().max().unwrap_or(0);
+
+    let mut ann = cluster.node(0).client();
+    ann.login("ann", SECRET);
+    let after_restart = send_acked(&mut ann, message_to("bob", "after", None));
+    assert!(after_restart > highest, "no id is handed out twice");
+    let mut survivor = cluster.node(1).client();
+    survivor.login("ann", SECRET);
+    let on_survivor = send_acked(&mut survivor, message_to("bob", "survivor", None));
+    assert!(on_survivor > after_restart);
+
+    let mut bob = cluster.node(1).client();
+    bob.resume_with_receipts("bob", &session);
+    let everything: BTreeSet<i64> = cluster.database.stored_messages().into_keys().collect();
+    let mut got = BTreeSet::new();
+    while got.len() < everything.len() {
+        got.insert(recv_message(&mut bob).0);
+    }
+    assert_eq!(got, everything, "the device gets everything stored");
+}
+
+/// Two senders on two servers write to one recipient as fast as they can
+/// for a few seconds while a reader repeats `Sync{since}` from the last id
+/// it saw: it never passes an id that commits later (every id it ever sees
+/// is above the last one it had), and at the end it has exactly what the
+/// database holds.
+#[test]
+fn with_two_writers_sync_never_skips_an_id() {
+    let Some(cluster) = Cluster::start(
+        "with_two_writers_sync_never_skips_an_id",
+        2,
+        &["--no-rate-limits"],
+    ) else {
+        return;
+    };
+    let mut setup = cluster.node(0).client();
+    for name in ["sender0", "sender1", "rec"] {
+        setup.register(name, SECRET);
+    }
+    let writing = Duration::from_secs(3);
+    let senders: Vec<_> = (0..2)
+        .map(|n| {
+            let port = cluster.node(n).port;
+            std::thread::spawn(move || hammer(port, &format!("sender{n}"), writing))
+        })
+        .collect();
+    let mut reader = cluster.node(0).client();
+    reader.login("rec", SECRET);
+    let mut seen = BTreeSet::new();
+    let mut last = 0;
+    let until = Instant::now() + writing + Duration::from_secs(1);
+    while Instant::now() < until {
+        for id in sync_page(&mut reader, last) {
+            assert!(id > last, "a page holds only ids past since");
+            assert!(
+                seen.insert(id),
+                "id {id} came twice: a page went back below {last}"
+            );
+            last = id;
+        }
+    }
+    let acked: usize = senders
+        .into_iter()
+        .map(|sender| sender.join().expect("a sender"))
+        .sum();
+    // The rest, then nothing more.
+    loop {
+        let page = sync_page(&mut reader, last);
+        if page.is_empty() {
+            break;
+        }
+        for id in page {
+            assert!(seen.insert(id) && id > last);
+            last = id;
+        }
+    }
+    let stored: BTreeSet<i64> = cluster.database.stored_messages().into_keys().collect();
+    assert!(acked > 100, "the writers wrote ({acked} acked)");
+    assert_eq!(stored.len(), acked, "every acked message is stored once");
+    assert_eq!(
+        seen, stored,
+        "the reader saw exactly what was committed: it skipped nothing"
+    );
+}
+
+/// Sends messages to `rec` as `name` through the server on `port` for
+/// `writing`, 32 in flight at a time; the number acked.
+fn hammer(port: u16, name: &str, writing: Duration) -> usize {
+    let mut client = Client::connect(port);
+    client.login(name, SECRET);
+    let until = Instant::now() + writing;
+    let mut acked = 0;
+    while Instant::now() < until {
+        for k in 0..32 {
+            client.send(&message_to("rec", &format!("{name}-{acked}-{k}"), None));
+        }
+        for _ in 0..32 {
+            recv_until(&mut client, |frame| match frame {
+                ServerMessage::Ack(_) => Some(()),
+                ServerMessage::Error(error) => panic!("{name}: {error:?}"),
+                _ => None,
+            });
+            acked += 1;
+        }
+    }
+    acked
+}
+
+/// One Sync page past `since`: its ids (pushed messages in between are
+/// skipped).
+fn sync_page(reader: &mut Client, since: i64) -> Vec<i64> {
+    reader.send(&ClientMessage::Sync(Sync {
+        since,
+        limit: Some(1000),
+    }));
+    recv_until(reader, |frame| match frame {
+        ServerMessage::Synced(page) => Some(page.data.iter().map(|m| m.message_id).collect()),
+        _ => None,
+    })
+}
+
+/// A server in cluster mode whose NATS does not answer refuses to start
+/// and says where it looked.
+#[test]
+fn a_cluster_server_without_its_nats_refuses_to_start() {
+    let Some(database) = TestDatabase::create("a_cluster_server_without_its_nats_refuses_to_start")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--log-file")
+        .arg(dir.path().join("server.log"))
+        .args(["--database", &database.url, "--nats", "nats://127.0.0.1:1"])
+        .output()
+        .expect("run chat-server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{stderr}"
+    );
+}
+
+/// `--nats` without a PostgreSQL database is refused with why; so is
+/// `--node-id` without `--nats`.
+#[test]
+fn cluster_mode_needs_postgres() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let refused = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--port", "0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run chat-server");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let why = refused(&["--nats", "nats://127.0.0.1:4222"]);
+    assert!(
+        why.contains("--nats (cluster mode) needs --database postgres://"),
+        "{why}"
+    );
+    let why = refused(&["--node-id", "n1"]);
+    assert!(why.contains("--node-id"), "{why}");
+}
