@@ -72,6 +72,8 @@ struct Sent {
     dest: Dest,
     content: String,
     outcome: Outcome,
+    /// What the server said when it refused it, for the failure message.
+    refusal: Option<String>,
 }
 
 struct Device {
@@ -254,6 +256,7 @@ impl Chaos {
                 dest,
                 content,
                 outcome: Outcome::Unanswered,
+                refusal: None,
             },
         );
         self.send_message(index, &client_id);
@@ -347,6 +350,7 @@ impl Chaos {
                 if let Some(sent) = self.sent.get_mut(&client_id) {
                     if sent.outcome == Outcome::Unanswered {
                         sent.outcome = Outcome::Refused;
+                        sent.refusal = Some(format!("{:?}: {}", error.error_type, error.detail));
                     }
                 }
             }
@@ -582,7 +586,8 @@ impl Chaos {
                 assert_ne!(
                     sent.outcome,
                     Outcome::Refused,
-                    "{client_id} is held but its sender was refused and never acked"
+                    "{client_id} is held but its sender was refused ({:?}) and never acked",
+                    sent.refusal
                 );
                 assert_eq!(sent.content, *content, "{client_id} arrived changed");
             }

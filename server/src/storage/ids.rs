@@ -20,6 +20,7 @@
 //! batch's reply), so handing them out again is harmless. Ids of resends
 //! (idempotent sends) and failed stores leave gaps, which nothing minds.
 
+use super::client_ids::ClientIds;
 use super::Command;
 
 /// The `server_state` key of the highest message id handed out. Its name is
@@ -58,10 +59,24 @@ impl BatchIds {
     }
 }
 
-/// Whether `command` needs a message id (a StoreMessage): the backend gives
-/// it one before running it, so every later step sees the assigned id.
-pub(super) fn needs_id(command: &Command) -> bool {
-    matches!(command, Command::StoreMessage { .. })
+/// Whether `command` needs a message id (a StoreMessage that is not a
+/// resend this server remembers): the backend gives it one before running
+/// it, so every later step sees the assigned id. A remembered resend takes
+/// none, so answering it writes nothing — with the disk full, a resend of a
+/// message stored before is still acked, not refused while its recipient
+/// already holds it (the fault-injection checker found that).
+pub(super) fn needs_id(command: &Command, client_ids: &ClientIds) -> bool {
+    match command {
+        Command::StoreMessage {
+            client_message_id,
+            message,
+            ..
+        } => client_message_id
+            .as_deref()
+            .and_then(|client_id| client_ids.find(message.sender_id, client_id))
+            .is_none(),
+        _ => false,
+    }
 }
 
 /// Gives a StoreMessage its id.

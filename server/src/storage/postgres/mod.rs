@@ -379,7 +379,7 @@ impl PostgresBackend {
         let replies = self.in_transaction(|batch| {
             let mut replies = Vec::with_capacity(commands.len());
             for command in commands.iter_mut() {
-                if ids::needs_id(command) {
+                if ids::needs_id(command, batch.client_ids) {
                     ids::assign(command, server_state::next_message_id(batch)?);
                 }
                 if let Some(reply) = apply(batch, command)? {

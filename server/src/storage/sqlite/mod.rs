@@ -185,7 +185,7 @@ impl SqliteBackend {
         };
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands.iter_mut() {
-            if ids::needs_id(command) {
+            if ids::needs_id(command, batch.client_ids) {
                 ids::assign(command, server_state::next_message_id(&mut batch)?);
             }
             if let Some(reply) = apply(&mut batch, command)? {

@@ -564,7 +564,8 @@ fn a_resend_is_recognised_in_its_batch_and_after_a_crash() {
         with_client_id(5, a, "c2", now),
         with_client_id(6, a, "c3", now),
     ]);
-    assert_eq!(duplicates(&replies), [Some(1), Some(3), None]);
+    // The resend in the first batch took no id, so c2 has id 2.
+    assert_eq!(duplicates(&replies), [Some(1), Some(2), None]);
     assert_eq!(stored_count(&backend), 3);
 }
 
@@ -770,4 +771,49 @@ fn a_version_5_database_is_migrated_and_indexed() {
     let tx = backend.conn.transaction().unwrap();
     let (page, more) = peer_history(&tx, (1, 2), None, 10, 3).unwrap();
     assert_eq!((ids(&page), more), (vec![1, 2, 3], false));
+}
+
+/// A resend this server remembers takes no id and writes nothing: it is
+/// answered with the first id even when nothing could be written (a full
+/// disk), and the next new message takes the next id.
+#[test]
+fn a_remembered_resend_takes_no_id() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let send = |client_id: &str| Command::StoreMessage {
+        to: CONN,
+        ticket: 1,
+        client_message_id: Some(client_id.into()),
+        message: NewMessage {
+            message_id: 0,
+            sender_id: a,
+            receiver_id: Some(b),
+            group_id: None,
+            content: "hello".into(),
+            is_encrypted: false,
+            time: 100,
+            delivered: false,
+        },
+    };
+    let stored = |replies: Vec<Reply>| match replies.as_slice() {
+        [Reply::MessageStored {
+            message_id,
+            duplicate_of,
+            ..
+        }] => duplicate_of.unwrap_or(*message_id),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(stored(backend.execute(vec![send("c1")])), 1);
+    // Nothing can be written now: the resend is still answered.
+    backend
+        .conn
+        .pragma_update(None, "query_only", true)
+        .unwrap();
+    assert_eq!(stored(backend.execute(vec![send("c1")])), 1);
+    backend
+        .conn
+        .pragma_update(None, "query_only", false)
+        .unwrap();
+    assert_eq!(stored(backend.execute(vec![send("c2")])), 2);
 }
