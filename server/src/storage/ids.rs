@@ -17,8 +17,9 @@
 //! Ids are never reused: the counter commits with the messages, so it is
 //! past every committed id, crash or not; ids of a rolled-back batch were
 //! never seen by anyone (the loop learns an id only from a committed
-//! batch's reply), so handing them out again is harmless. Ids of resends
-//! (idempotent sends) and failed stores leave gaps, which nothing minds.
+//! batch's reply), so handing them out again is harmless. A resend this
+//! server remembers takes no id ([`needs_id`]); one found only in the
+//! database (cluster mode) and failed stores leave gaps, which nothing minds.
 
 use super::client_ids::ClientIds;
 use super::Command;
