@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::nats::nats_for;
 use common::postgres_db::TestDatabase;
-use common::{message_to, Client, TestServer, SECRET};
-use protocol::client::{CreateGroup, Logout, SendMessage, Sync, UserRef};
+use common::{group_message, message_to, Client, TestServer, SECRET};
+use protocol::client::{CreateGroup, Logout, Sync, UserRef};
 use protocol::{ClientMessage, ServerMessage};
 
 /// Three servers on one database and one NATS (dropped in reverse).
@@ -187,17 +187,6 @@ fn a_group_fans_out_across_servers() {
     for client in &mut clients[1..] {
         assert_eq!(recv_message(client), (id, "back".into()));
     }
-}
-
-fn group_message(group_id: i64, content: &str) -> ClientMessage {
-    ClientMessage::Message(SendMessage {
-        dest_id: None,
-        group_id: Some(group_id),
-        content: content.into(),
-        message_id: None,
-        source_id: None,
-        is_encrypted: false,
-    })
 }
 
 /// Contacts on different servers: the added user hears the request, the

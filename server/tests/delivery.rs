@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use common::{logged_in, message_to, register_all, Client, TestServer};
-use protocol::client::{CreateGroup, LeaveGroup, Logout, SendMessage};
+use common::{group_message, logged_in, message_to, register_all, Client, TestServer};
+use protocol::client::{CreateGroup, LeaveGroup, Logout};
 use protocol::{ClientMessage, ErrorType, ServerMessage};
 
 /// An offline queue of 60 KiB messages larger than loopback's socket buffers
@@ -91,17 +91,6 @@ fn send_and_ack(client: &mut Client, message: ClientMessage) -> i64 {
             other => panic!("expected an Ack, got {other:?}"),
         }
     }
-}
-
-fn group_message(group_id: i64, content: &str) -> ClientMessage {
-    ClientMessage::Message(SendMessage {
-        dest_id: None,
-        group_id: Some(group_id),
-        content: content.into(),
-        message_id: None,
-        source_id: None,
-        is_encrypted: false,
-    })
 }
 
 /// A group deleted with its messages (its last member left) leaves its ids

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{logged_in, register_all, Client, TestServer};
-use protocol::client::{AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, SendMessage, Sync};
+use common::{group_message, logged_in, register_all, Client, TestServer};
+use protocol::client::{AddGroupMembers, CreateGroup, GetHistory, LeaveGroup, Sync};
 use protocol::server::{Delivered, GroupInfo};
 use protocol::{ClientMessage, ErrorType, ServerMessage};
 
@@ -16,17 +16,6 @@ fn create(client: &mut Client, name: &str, members: &[&str]) {
         name: name.into(),
         members: members.iter().map(|m| m.to_string()).collect(),
     }));
-}
-
-fn group_message(group_id: i64, content: &str) -> ClientMessage {
-    ClientMessage::Message(SendMessage {
-        dest_id: None,
-        group_id: Some(group_id),
-        content: content.into(),
-        message_id: None,
-        source_id: None,
-        is_encrypted: false,
-    })
 }
 
 fn recv_group_info(client: &mut Client) -> GroupInfo {

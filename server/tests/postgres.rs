@@ -10,10 +10,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::postgres_db::TestDatabase;
-use common::{logged_in, message_to, Client, TestServer, SECRET};
-use protocol::client::{
-    CreateGroup, GetHistory, LeaveGroup, PublishKey, SendMessage, Sync, UserRef,
-};
+use common::{group_message, logged_in, message_to, Client, TestServer, SECRET};
+use protocol::client::{CreateGroup, GetHistory, LeaveGroup, PublishKey, Sync, UserRef};
 use protocol::server::GroupInfo;
 use protocol::{ClientMessage, ErrorType, ServerMessage};
 
@@ -58,17 +56,6 @@ fn recv_messages(client: &mut Client, count: usize) -> Vec<i64> {
         }
     }
     ids
-}
-
-fn group_message(group_id: i64, content: &str) -> ClientMessage {
-    ClientMessage::Message(SendMessage {
-        dest_id: None,
-        group_id: Some(group_id),
-        content: content.into(),
-        message_id: None,
-        source_id: None,
-        is_encrypted: false,
-    })
 }
 
 #[track_caller]

@@ -804,6 +804,18 @@ pub fn message_to(dest: &str, content: &str, client_id: Option<&str>) -> ClientM
     })
 }
 
+/// A Message to group `group_id`, without a client id.
+pub fn group_message(group_id: i64, content: &str) -> ClientMessage {
+    ClientMessage::Message(protocol::client::SendMessage {
+        dest_id: None,
+        group_id: Some(group_id),
+        content: content.into(),
+        message_id: None,
+        source_id: None,
+        is_encrypted: false,
+    })
+}
+
 /// Registers every name in `names` over one throwaway connection.
 pub fn register_all(server: &TestServer, names: &[&str]) {
     let mut client = server.client();
