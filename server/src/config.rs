@@ -71,6 +71,27 @@ pub const DEFERRED_BYTES_MAX: usize = 256 * 1024;
 /// their size; more get `server_busy`.
 pub const DEFERRED_REQUESTS_MAX: usize = 256;
 
+/// Cluster mode: lookups of names and groups the loop's caches lack (made
+/// or changed on another server whose bus event was missed) waiting for
+/// storage at once. Each holds its connection's later requests (bounded by
+/// [`DEFERRED_REQUESTS_MAX`]); past it a request that needs one gets
+/// `server_busy`. A miss is rare (a lost bus event), so 1,024 is far above
+/// need while keeping a flood of made-up names from filling the storage
+/// queue.
+pub const LOOKUPS_IN_FLIGHT_MAX: usize = 1_024;
+
+/// Cluster mode: names and group memberships storage said do not exist,
+/// remembered for [`LOOKUP_MISS_TTL`] so that a client repeating a request
+/// for one costs no storage read each time; past this many the oldest
+/// expired ones go, and a full table of fresh ones takes no more (those are
+/// asked again).
+pub const LOOKUP_MISSES_MAX: usize = 10_000;
+
+/// How long a name or membership storage said does not exist is believed:
+/// an account made meanwhile on another server whose bus event is also
+/// lost is found at most this much later.
+pub const LOOKUP_MISS_TTL: Duration = Duration::from_secs(10);
+
 /// Frames read from one connection per turn of the loop, so one busy client
 /// cannot starve the others; the rest are read on the next turn.
 pub const FRAMES_PER_CONNECTION_PER_TURN: usize = 256;
