@@ -1584,3 +1584,63 @@ fn a_group_miss_is_read_and_a_failed_lookup_is_server_busy() {
     );
     assert_eq!(receivers(&fx), [Some(BOB)]);
 }
+
+// Cluster mode: the shared lockout (`shared_limits.rs`).
+
+/// A wrong password in cluster mode: storage is asked to check and charge
+/// the attempt, and told its verdict after the hash; a lock storage found
+/// is `rate_limited` with nothing to record; alone, storage is asked
+/// nothing of the kind.
+#[test]
+fn a_cluster_login_is_checked_and_its_verdict_recorded_in_storage() {
+    let mut d = cluster_dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let fx = send(&mut d, c, r#"{"tag":2,"username":"bob","secret":"wrong"}"#);
+    let [Command::FetchCredentials {
+        shared: Some(shared),
+        ..
+    }] = &fx.storage[..]
+    else {
+        panic!("expected a shared check, got {:?}", fx.storage);
+    };
+    assert!(shared.account);
+    assert_eq!(shared.address, "127.0.0.1");
+    let credentials = Reply::Credentials {
+        to: Requester::anonymous(c),
+        found: Some((BOB, "$pbkdf2-sha256$i=1$AAAA$AAAA".into())),
+    };
+    complete(&mut d, credentials);
+    let mut fx = Effects::default();
+    let verdict = HashDone::Verified {
+        to: Requester::anonymous(c),
+        user_id: None,
+    };
+    d.complete(Completion::Hash(verdict), NOW, &mut fx);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::EndSharedLogin { username, verdict: Verdict::Failed, .. }] if username == "bob"
+    ));
+
+    send(&mut d, c, r#"{"tag":2,"username":"bob","secret":"right"}"#);
+    let fx = complete(
+        &mut d,
+        Reply::LoginLocked {
+            to: Requester::anonymous(c),
+        },
+    );
+    assert!(fx.storage.is_empty(), "nothing was charged");
+    let frames = frames_for(&fx, c);
+    assert!(
+        matches!(&frames[..], [ServerMessage::FailLogin(fail)] if fail.error_type == LoginError::RateLimited),
+        "{frames:?}"
+    );
+
+    let mut alone = dispatcher();
+    alone.connected(c, peer());
+    let fx = send(&mut alone, c, r#"{"tag":2,"username":"bob","secret":"x"}"#);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::FetchCredentials { shared: None, .. }]
+    ));
+}
