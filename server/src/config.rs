@@ -309,8 +309,9 @@ pub struct Cli {
     pub data_dir: PathBuf,
     /// Keep everything in this PostgreSQL database instead of SQLite under
     /// --data-dir: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`. The schema
-    /// is created (or migrated) at start.
-    #[arg(long, value_name = "URL")]
+    /// is created (or migrated) at start. `export-json` and `import-json`
+    /// work on it too.
+    #[arg(long, value_name = "URL", global = true)]
     pub database: Option<String>,
     /// Cluster mode: several servers share the PostgreSQL database of
     /// --database and tell each other live events (messages, presence,
@@ -404,16 +405,18 @@ pub struct Cli {
     pub json_mirror: bool,
 }
 
-/// The subcommands: one-off jobs on the `--data-dir` database. The server
-/// must not be running on that data directory meanwhile.
+/// The subcommands: one-off jobs on the `--data-dir` database, or the
+/// `--database postgres://…` one. The server must not be running on that
+/// data directory meanwhile.
 #[derive(Debug, clap::Subcommand)]
 pub enum JsonCommand {
     /// Write users.json and contacts.json of the database into DIR. Stop the
     /// server first.
     ///
     /// The accounts (with their password hashes) and contact lists of the
-    /// `--data-dir` database; each file is written atomically, mode 0600.
-    /// The server must not be running on that data directory.
+    /// `--data-dir` database (or the `--database postgres://…` one); each
+    /// file is written atomically, mode 0600. The server must not be
+    /// running on that data directory.
     ExportJson {
         /// Directory to write the two files into (created if missing).
         dir: PathBuf,
@@ -421,7 +424,8 @@ pub enum JsonCommand {
     /// Load users.json and contacts.json from DIR into the database. Stop
     /// the server first.
     ///
-    /// The `--data-dir` database is created if missing. Users whose username
+    /// The `--data-dir` database is created if missing (with `--database
+    /// postgres://…`, that database's tables are). Users whose username
     /// exists are skipped and left as they are. A malformed file is refused
     /// and nothing changes. The server must not be running on that data
     /// directory.

@@ -382,3 +382,25 @@ fn assert_whole(dir: &Path, whole_users: &[u8], whole_contacts: &[u8], step: u32
         }
     }
 }
+
+/// export-json on a PostgreSQL that does not answer exits 2 naming the
+/// database, never its password.
+#[test]
+fn an_unreachable_postgres_is_named_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .arg("export-json")
+        .arg(dir.path())
+        .args(["--database", "postgres://chat:s3cret@127.0.0.1:1/chatdb"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-server");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("postgres://chat@127.0.0.1:1/chatdb"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!dir.path().join("users.json").exists());
+}
