@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::nats_for;
 use common::postgres_db::TestDatabase;
-use common::{group_message, message_to, Client, TestServer, SECRET};
+use common::{group_message, message_to, recv_until, Client, TestServer, SECRET};
 use protocol::client::{CreateGroup, Logout, Sync, UserRef};
 use protocol::{ClientMessage, ServerMessage};
 
@@ -50,17 +50,6 @@ impl Cluster {
 
     fn node(&self, n: usize) -> &TestServer {
         &self.nodes[n]
-    }
-}
-
-/// Receives frames until one matches `want` (others are skipped), or
-/// panics after the harness's receive timeout.
-#[track_caller]
-fn recv_until<T>(client: &mut Client, mut want: impl FnMut(ServerMessage) -> Option<T>) -> T {
-    loop {
-        if let Some(found) = want(client.recv()) {
-            return found;
-        }
     }
 }
 
