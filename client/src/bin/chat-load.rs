@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use client::load::cpu::{self, CpuClock, CpuShare};
 use client::load::report::{write_json, Table};
 use client::load::scenario::{groups, idle, logins, messages, storm, Common};
 use client::load::setup::random_run_id;
@@ -27,6 +28,9 @@ struct Cli {
     run: RunArgs,
     #[command(subcommand)]
     scenario: Scenario,
+    /// chat-load's own CPU, from the start.
+    #[arg(skip = CpuClock::start())]
+    cpu: CpuClock,
 }
 
 /// Where the server is and how to reach it (every scenario).
@@ -356,16 +360,37 @@ fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
 }
 
 /// Prints the table, writes the JSON, and turns the verdict into the exit code.
+/// A result as written to `--json`: the scenario's own fields and
+/// chat-load's CPU.
+#[derive(Serialize)]
+struct WithLoadCpu<'a, T: Serialize> {
+    #[serde(flatten)]
+    outcome: &'a T,
+    load_cpu: Option<CpuShare>,
+}
+
 fn finish(
     cli: &Cli,
     outcome: &impl Serialize,
-    table: Table,
+    mut table: Table,
     passed: bool,
     failure: &str,
 ) -> Result<ExitCode, LoadError> {
+    let load_cpu = cli.cpu.share();
+    if let Some(cpu) = &load_cpu {
+        table.row("chat-load CPU", cpu.describe());
+    }
     table.print();
+    if let Some(cpu) = load_cpu.as_ref().filter(|cpu| cpu.maybe_the_bottleneck()) {
+        eprintln!(
+            "chat-load: a thread of chat-load itself was busy {:.0}% of the run (over {:.0}%): \
+             it may have limited the rate; run again with more --threads",
+            cpu.busiest_thread_share * 100.0,
+            cpu::BUSY_THREAD_SHARE * 100.0
+        );
+    }
     if let Some(path) = &cli.run.json {
-        write_json(path, outcome)?;
+        write_json(path, &WithLoadCpu { outcome, load_cpu })?;
     }
     if passed {
         Ok(ExitCode::SUCCESS)

@@ -21,6 +21,7 @@
 //! - [`stats`]: latency histograms (hdrhistogram, nanoseconds) and their summary.
 //! - [`report`]: the human table and the JSON result file.
 //! - [`progress`]: shared counters and the progress line on long runs.
+//! - [`cpu`]: chat-load's own CPU share, printed with every result.
 //! - [`summary`]: one table over several JSON results, with the targets.
 //! - [`scenario`]: one file per scenario (`logins`, `messages`,
 //!   `groups`, `idle`, `storm`).
@@ -37,6 +38,7 @@
 //!   (see [`pool`] for how ids are chosen).
 
 pub mod conn;
+pub mod cpu;
 pub mod exchange;
 pub mod fanout;
 pub mod pool;
