@@ -19,13 +19,16 @@
 //! One file per group of messages: [`accounts`] (register, login, logout,
 //! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
 //! directory, keys), [`groups`] (groups and group messages), [`cluster`]
-//! (what other servers of a cluster tell this one over the bus).
+//! (what other servers of a cluster tell this one over the bus, and the
+//! heartbeats), [`liveness`] (who is online on which other server, and
+//! which servers are dead).
 
 mod accounts;
 mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
+mod liveness;
 mod messages;
 
 use std::collections::HashMap;
@@ -332,9 +335,9 @@ pub struct Dispatcher {
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
-    /// Cluster mode: which other servers have each user online, as their
-    /// Presence events said.
-    remote_online: HashMap<i64, std::collections::HashSet<String>>,
+    /// Cluster mode: who is online on the other servers, and which of them
+    /// are alive (`None` when alone).
+    liveness: Option<liveness::Liveness>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -360,7 +363,7 @@ impl Dispatcher {
             storing_bytes: 0,
             confirms_due: ConfirmSchedule::default(),
             receipts_due: HashMap::new(),
-            remote_online: HashMap::new(),
+            liveness: None,
             limits,
             counters: Counters::default(),
         }
@@ -611,6 +614,8 @@ impl Dispatcher {
                 username,
                 mutual_contacts,
             } => self.went_offline(user_id, &username, &mutual_contacts, now, fx),
+            Reply::Beat { result } => self.beat_answered(result, fx),
+            Reply::PresenceOf { changes } => self.presence_looked_up(changes, now, fx),
             Reply::MessageStored {
                 to,
                 ticket,
@@ -715,6 +720,9 @@ impl Dispatcher {
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
         if let Command::StoreMessage { ticket, .. } = &command {
             self.forget_delivery(*ticket);
+        }
+        if let (Command::Heartbeat { .. }, Some(liveness)) = (&command, &mut self.liveness) {
+            liveness.beat_not_sent();
         }
         if let Some((to, tag)) = command.requester() {
             let outer = fx.begin_answering(Some(to.clone()));

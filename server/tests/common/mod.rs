@@ -257,6 +257,14 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Kills the server with SIGKILL and leaves it dead (a node lost for
+    /// good).
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("server is running");
+        child.kill().expect("SIGKILL chat-server");
+        child.wait().expect("wait for chat-server");
+    }
+
     /// The process id (for signals).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server is running").id()

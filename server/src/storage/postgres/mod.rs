@@ -14,12 +14,14 @@
 //! transactions, the prepared-statement cache, the page reader, and
 //! `apply`, which hands each [`Command`] to its one function. The commands
 //! live in one file per family, like SQLite's: `accounts.rs`, `messages.rs`,
-//! `delivery.rs`, `contacts.rs`, `groups.rs`, `keys.rs`, `server_state.rs`;
+//! `delivery.rs`, `contacts.rs`, `groups.rs`, `keys.rs`, `server_state.rs`,
+//! and `cluster.rs` (heartbeats, cluster mode only);
 //! [`schema`] holds the tables and the migrations, run under an advisory
 //! lock. The pure logic both backends share (page budgets, queue takes, the
 //! client-id index) is in `storage/pages.rs` and `storage/client_ids.rs`.
 
 mod accounts;
+mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
@@ -359,6 +361,12 @@ impl PostgresBackend {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
+                if let Command::Heartbeat { .. } = command {
+                    // The loop learns that the database is unreachable.
+                    return Some(Reply::Beat {
+                        result: Err(error.to_string()),
+                    });
+                }
                 let ticket = match command {
                     Command::StoreMessage { ticket, .. } => Some(*ticket),
                     _ => None,
@@ -593,6 +601,14 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             user_id,
             username,
         } => keys::get_key(batch, to, *user_id, username).map(Some),
+        // cluster.rs
+        Command::Heartbeat {
+            node_id,
+            stamp,
+            online,
+            expire_after_ms,
+        } => cluster::heartbeat(batch, node_id, *stamp, online, *expire_after_ms).map(Some),
+        Command::PresenceOf { changes } => cluster::presence_of(batch, changes).map(Some),
     }
 }
 

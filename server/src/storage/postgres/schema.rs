@@ -19,7 +19,7 @@ use postgres::Client;
 use super::Error;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock every start of this server takes while it migrates,
 /// and again from reading the previous run to reserving its own ids
@@ -119,8 +119,23 @@ CREATE INDEX messages_by_client_id ON messages(sender_id, client_message_id)
     WHERE client_message_id IS NOT NULL;
 ";
 
+/// Version 3: cluster mode's heartbeats (`postgres/cluster.rs`). One row per
+/// server that ever ran with `--nats` (rows silent for a day are deleted by
+/// the next beat): the database's clock at its last beat, and the users
+/// online there then, stamped with the server's run and presence version
+/// (`bus::PresenceStamp`).
+const VERSION_3: &str = "
+CREATE TABLE cluster_nodes (
+    node_id      TEXT PRIMARY KEY,
+    beat_at      TIMESTAMPTZ NOT NULL,
+    run          BIGINT NOT NULL,
+    version      BIGINT NOT NULL,
+    online_users BIGINT[] NOT NULL
+);
+";
+
 /// Each version and the step that reaches it from the one before.
-const MIGRATIONS: [(i32, &str); 2] = [(1, VERSION_1), (2, VERSION_2)];
+const MIGRATIONS: [(i32, &str); 3] = [(1, VERSION_1), (2, VERSION_2), (3, VERSION_3)];
 
 /// Brings the schema to [`SCHEMA_VERSION`] under the start lock; a
 /// database of a newer version is refused.
