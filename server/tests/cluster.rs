@@ -800,13 +800,13 @@ fn delivered_reaches_a_sender_on_another_server() {
 /// says every server is alive), a login elsewhere still reaches its
 /// contact there through the heartbeats, `/healthz` says `reconnecting`
 /// and stays 200 for its grace, then 503 `bus_down`, and 200 again once
-/// NATS is back.
+/// NATS is back; the stats line says the same.
 #[test]
 fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
     let Some(mut cluster) = Cluster::start(
         "a_nats_outage_keeps_presence_and_shows_in_healthz",
         1,
-        &SHORT_TIMEOUT_ARGS,
+        &[SHORT_TIMEOUT_ARGS.as_slice(), &["--stats-interval", "1"]].concat(),
     ) else {
         return;
     };
@@ -888,4 +888,19 @@ fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
     }
     assert!(directory_says_online(&mut ann, "bob"));
     assert!(directory_says_online(&mut bob, "ann"));
+    // The stats line (every second here) says the same.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for state in [
+        "bus reconnecting, database ok",
+        "bus connected, database ok",
+    ] {
+        let line = format!("node node1, {state}, 1 other nodes");
+        while !cluster.node(cut_off).log_text().contains(&line) {
+            assert!(Instant::now() < deadline, "no stats line with {line:?}");
+            watch(
+                &mut [&mut ann, &mut bob, &mut cat],
+                Duration::from_millis(250),
+            );
+        }
+    }
 }

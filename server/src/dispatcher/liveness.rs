@@ -51,6 +51,9 @@ struct RemoteNode {
     listed: bool,
     /// When this server first heard of it.
     first_heard: Instant,
+    /// The stamp of its last beat whose users this server read: the
+    /// database sends them again only when its stamp has changed.
+    beat_stamp: Option<PresenceStamp>,
     /// Its users online.
     users: HashSet<i64>,
 }
@@ -61,6 +64,7 @@ impl RemoteNode {
             stamp: PresenceStamp::default(),
             listed: false,
             first_heard: now,
+            beat_stamp: None,
             users: HashSet::new(),
         }
     }
@@ -68,10 +72,12 @@ impl RemoteNode {
 
 /// What a heartbeat's answer changes, worked out before it is applied.
 struct Plan {
-    /// Servers whose heartbeat is newer than what is known of them.
+    /// Servers whose heartbeat (with its users) is newer than what is
+    /// known of them.
     updates: Vec<NodeBeat>,
-    /// Servers listed alive (their beat applied or not).
-    listed: HashSet<String>,
+    /// Servers listed alive (their beat applied or not), with the stamp of
+    /// the beat and whether its users came with it.
+    listed: HashMap<String, (PresenceStamp, bool)>,
     /// Servers to drop as dead.
     expired: Vec<String>,
 }
@@ -111,11 +117,17 @@ impl Liveness {
     pub(super) fn beat(&mut self, now: Instant, online: Vec<i64>) -> Command {
         self.next_beat = Some(now + self.times.beat_every);
         self.in_flight_since = Some(now);
+        let known = self
+            .nodes
+            .iter()
+            .filter_map(|(node_id, node)| Some((node_id.clone(), node.beat_stamp?)))
+            .collect();
         Command::Heartbeat {
             node_id: self.node_id.clone(),
             stamp: self.own,
             online,
             expire_after_ms: i64::try_from(self.times.expire_after.as_millis()).unwrap_or(i64::MAX),
+            known,
         }
     }
 
@@ -195,7 +207,7 @@ impl Liveness {
         let mut touched = HashSet::new();
         for beat in &plan.updates {
             let old = self.nodes.get(&beat.node_id).map(|node| &node.users);
-            let new: HashSet<i64> = beat.online.iter().copied().collect();
+            let new: HashSet<i64> = beat.online.iter().flatten().copied().collect();
             touched.extend(
                 new.iter()
                     .filter(|u| old.is_none_or(|old| !old.contains(u))),
@@ -224,13 +236,18 @@ impl Liveness {
     fn plan(&mut self, alive: Vec<NodeBeat>, now: Instant) -> Plan {
         let beating_since = *self.beating_since.get_or_insert(now);
         let may_expire = now.duration_since(beating_since) >= self.times.expire_after;
-        let listed: HashSet<String> = alive.iter().map(|beat| beat.node_id.clone()).collect();
+        let listed: HashMap<String, (PresenceStamp, bool)> = alive
+            .iter()
+            .map(|beat| (beat.node_id.clone(), (beat.stamp, beat.online.is_some())))
+            .collect();
         let updates = alive
             .into_iter()
             .filter(|beat| {
-                self.nodes
-                    .get(&beat.node_id)
-                    .is_none_or(|node| beat.stamp >= node.stamp)
+                beat.online.is_some()
+                    && self
+                        .nodes
+                        .get(&beat.node_id)
+                        .is_none_or(|node| beat.stamp >= node.stamp)
             })
             .collect();
         let expire_after = self.times.expire_after;
@@ -239,7 +256,7 @@ impl Liveness {
             .iter()
             .filter(|(node_id, node)| {
                 may_expire
-                    && !listed.contains(*node_id)
+                    && !listed.contains_key(*node_id)
                     && (node.listed || now.duration_since(node.first_heard) >= expire_after)
             })
             .map(|(node_id, _)| node_id.clone())
@@ -252,9 +269,12 @@ impl Liveness {
     }
 
     fn apply(&mut self, plan: Plan, now: Instant) {
-        for node_id in &plan.listed {
+        for (node_id, (stamp, with_users)) in &plan.listed {
             if let Some(node) = self.nodes.get_mut(node_id) {
                 node.listed = true;
+                if *with_users {
+                    node.beat_stamp = Some(*stamp);
+                }
             }
         }
         for beat in plan.updates {
@@ -262,16 +282,18 @@ impl Liveness {
                 .nodes
                 .entry(beat.node_id.clone())
                 .or_insert_with(|| RemoteNode::new(now));
+            let users: HashSet<i64> = beat.online.into_iter().flatten().collect();
             if !node.listed {
                 log::info!(
                     "cluster: node {} is alive, {} users online there",
                     beat.node_id,
-                    beat.online.len()
+                    users.len()
                 );
             }
             node.listed = true;
             node.stamp = beat.stamp;
-            node.users = beat.online.into_iter().collect();
+            node.beat_stamp = Some(beat.stamp);
+            node.users = users;
         }
         for node_id in plan.expired {
             if let Some(node) = self.nodes.remove(&node_id) {
@@ -323,7 +345,7 @@ mod tests {
         NodeBeat {
             node_id: node.into(),
             stamp,
-            online: online.to_vec(),
+            online: Some(online.to_vec()),
         }
     }
 
@@ -351,6 +373,17 @@ mod tests {
         assert_eq!(changed, vec![(12, true)]);
         // An old Presence is ignored.
         assert!(!view.heard("b", stamp(5, 2), (13, true), t0));
+        // The next beat asks for b's users only past the stamp it read.
+        let Command::Heartbeat { known, .. } = view.beat(t0, vec![]) else {
+            unreachable!("a beat is a Heartbeat");
+        };
+        assert_eq!(known, vec![("b".to_owned(), stamp(5, 5))]);
+        let unchanged = NodeBeat {
+            online: None,
+            ..beat("b", stamp(5, 5), &[])
+        };
+        assert!(view.beat_answered(Ok(vec![unchanged]), t0).is_empty());
+        assert!(view.elsewhere(10) && view.elsewhere(12));
     }
 
     /// A server missing from the answers is expired only once this one has

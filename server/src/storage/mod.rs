@@ -385,6 +385,9 @@ storage_table! {
             online: Vec<i64>,
             /// A server whose last beat is older is not listed.
             expire_after_ms: i64,
+            /// The stamp of each server's beat this server applied last:
+            /// a row still at that stamp is answered without its users.
+            known: Vec<(String, crate::bus::PresenceStamp)>,
         },
         /// Cluster mode: the names and mutual contacts of users whose
         /// presence changed as heartbeats told (a server died, or news the
@@ -404,8 +407,9 @@ pub struct NodeBeat {
     pub node_id: String,
     /// The stamp of `online`.
     pub stamp: crate::bus::PresenceStamp,
-    /// The users online there at that beat.
-    pub online: Vec<i64>,
+    /// The users online there at that beat; `None` when the asker has the
+    /// beat of this stamp already (it listed it in `known`).
+    pub online: Option<Vec<i64>>,
 }
 
 /// A user whose presence changed, with whom to tell.

@@ -16,13 +16,15 @@ use crate::storage::{NodeBeat, PresenceChange, Reply};
 const NODE_ROW_RETENTION: &str = "1 day";
 
 /// `Heartbeat`: this server's row is written (clock, users, stamp), rows
-/// silent for a day are deleted, and the other servers alive are read.
+/// silent for a day are deleted, and the other servers alive are read —
+/// with their users only where the stamp differs from the one `known` for
+/// that server (an unchanged list is not sent again).
 pub(super) fn heartbeat(
     batch: &mut Batch,
     node_id: &str,
-    stamp: PresenceStamp,
-    online: &[i64],
+    (stamp, online): (PresenceStamp, &[i64]),
     expire_after_ms: i64,
+    known: &[(String, PresenceStamp)],
 ) -> Result<Reply, Error> {
     batch.execute(
         "INSERT INTO cluster_nodes (node_id, beat_at, run, version, online_users)
@@ -37,18 +39,34 @@ pub(super) fn heartbeat(
         ),
         &[],
     )?;
+    let known_nodes: Vec<&str> = known.iter().map(|(node, _)| node.as_str()).collect();
+    let known_runs: Vec<i64> = known.iter().map(|(_, stamp)| stamp.run).collect();
+    let known_versions: Vec<i64> = known.iter().map(|(_, stamp)| stamp.version).collect();
     let rows = batch.query(
-        "SELECT node_id, run, version, online_users FROM cluster_nodes
-         WHERE node_id <> $1 AND beat_at > now() - $2 * interval '1 millisecond'",
-        &[&node_id, &(expire_after_ms as f64)],
+        "SELECT n.node_id, n.run, n.version,
+                CASE WHEN k.run = n.run AND k.version = n.version THEN NULL
+                     ELSE n.online_users END
+         FROM cluster_nodes n
+         LEFT JOIN unnest($3::text[], $4::bigint[], $5::bigint[]) AS k(node_id, run, version)
+             ON k.node_id = n.node_id
+         WHERE n.node_id <> $1 AND n.beat_at > now() - $2 * interval '1 millisecond'",
+        &[
+            &node_id,
+            &(expire_after_ms as f64),
+            &known_nodes,
+            &known_runs,
+            &known_versions,
+        ],
     )?;
     let alive = rows
         .iter()
         .map(|row| {
-            let mut online: Vec<i64> = row.try_get(3)?;
-            // Another server's list is bounded by its own connections; a
-            // row past the bound (a newer server's?) is cut, not trusted.
-            online.truncate(BEAT_USERS_MAX);
+            let mut online: Option<Vec<i64>> = row.try_get(3)?;
+            if let Some(online) = &mut online {
+                // Another server's list is bounded by its own connections;
+                // a row past the bound (a newer server's?) is cut.
+                online.truncate(BEAT_USERS_MAX);
+            }
             Ok(NodeBeat {
                 node_id: row.try_get(0)?,
                 stamp: PresenceStamp {
@@ -106,11 +124,23 @@ mod tests {
         version: i64,
         online: &[i64],
     ) -> Vec<NodeBeat> {
+        beat_knowing(backend, node, version, online, vec![])
+    }
+
+    /// The same, for a server that has applied the beats in `known`.
+    fn beat_knowing(
+        backend: &mut PostgresBackend,
+        node: &str,
+        version: i64,
+        online: &[i64],
+        known: Vec<(String, PresenceStamp)>,
+    ) -> Vec<NodeBeat> {
         let mut replies = backend.execute(vec![Command::Heartbeat {
             node_id: node.into(),
             stamp: PresenceStamp { run: 7, version },
             online: online.to_vec(),
             expire_after_ms: 400,
+            known,
         }]);
         match replies.pop() {
             Some(Reply::Beat { result: Ok(alive) }) => alive,
@@ -118,9 +148,9 @@ mod tests {
         }
     }
 
-    /// Each server reads the others' last beats, not its own; a server
-    /// whose beat is older than the expiry (by the database's clock) is
-    /// not listed.
+    /// Each server reads the others' last beats, not its own, with their
+    /// users unless it has that beat already; a server whose beat is older
+    /// than the expiry (by the database's clock) is not listed.
     #[test]
     fn heartbeats_list_the_other_servers_alive() {
         let Some(schema) = TestSchema::create("heartbeats_list_the_other_servers_alive") else {
@@ -132,15 +162,25 @@ mod tests {
         let from_a = NodeBeat {
             node_id: "a".into(),
             stamp: PresenceStamp { run: 7, version: 1 },
-            online: vec![1],
+            online: Some(vec![1]),
         };
-        assert_eq!(beat(&mut b, "b", 3, &[2, 3]), vec![from_a]);
+        assert_eq!(beat(&mut b, "b", 3, &[2, 3]), vec![from_a.clone()]);
+        // Known at that stamp: listed without its users.
+        let known = vec![("a".to_owned(), from_a.stamp)];
+        let again = beat_knowing(&mut b, "b", 3, &[2, 3], known);
+        assert_eq!(
+            again,
+            vec![NodeBeat {
+                online: None,
+                ..from_a
+            }]
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
         // a's beat has expired; b's, read by a, has too.
         assert_eq!(beat(&mut b, "b", 4, &[2]), vec![]);
         let alive = beat(&mut a, "a", 2, &[1]);
         assert_eq!(alive.len(), 1);
-        assert_eq!(alive[0].online, vec![2]);
+        assert_eq!(alive[0].online, Some(vec![2]));
         assert_eq!(alive[0].stamp.version, 4);
     }
 }

@@ -607,7 +607,10 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             stamp,
             online,
             expire_after_ms,
-        } => cluster::heartbeat(batch, node_id, *stamp, online, *expire_after_ms).map(Some),
+            known,
+        } => {
+            cluster::heartbeat(batch, node_id, (*stamp, online), *expire_after_ms, known).map(Some)
+        }
         Command::PresenceOf { changes } => cluster::presence_of(batch, changes).map(Some),
     }
 }
