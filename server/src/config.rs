@@ -376,7 +376,9 @@ pub struct Cli {
     /// Seconds of silence from a client before the server sends a WebSocket ping.
     #[arg(long, default_value_t = HEARTBEAT_SECS_DEFAULT)]
     pub heartbeat: u64,
-    /// Seconds with nothing received after which a connection is closed.
+    /// Seconds with nothing received after which a connection is closed. In
+    /// cluster mode also the bound on how long a dead server's users still
+    /// look online to the other servers (README, "Cluster mode").
     #[arg(long, default_value_t = IDLE_TIMEOUT_SECS_DEFAULT)]
     pub timeout: u64,
     /// PBKDF2-HMAC-SHA256 iterations for new password hashes.
@@ -727,4 +729,24 @@ fn rate_config(cli: &Cli) -> Result<Option<RateConfig>, String> {
         failures_per_account: cli.login_failures_per_account.max(1),
         ..RateConfig::default()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The promise of [`LivenessTimes`]: from a kill to the others noticing
+    /// (a beat interval and a tick to the dead server's last beat, the
+    /// expiry, a beat interval and a tick of the noticing server) stays
+    /// under `--timeout` from 5 s up.
+    #[test]
+    fn a_dead_server_is_noticed_within_the_timeout() {
+        for secs in 5..=3600 {
+            let timeout = Duration::from_secs(secs);
+            let times = LivenessTimes::for_timeout(timeout);
+            let noticed = (times.beat_every + TICK) * 2 + times.expire_after;
+            assert!(noticed < timeout, "--timeout {secs}: {noticed:?}");
+            assert!(times.beat_every <= NODE_BEAT_MAX);
+        }
+    }
 }

@@ -566,8 +566,9 @@ fn a_cluster_server_without_its_nats_refuses_to_start() {
     );
 }
 
-/// `--nats` without a PostgreSQL database is refused with why; so is
-/// `--node-id` without `--nats`.
+/// `--nats` without a PostgreSQL database is refused with why; so are
+/// `--node-id` without `--nats`, and more connections than a heartbeat
+/// lists in cluster mode.
 #[test]
 fn cluster_mode_needs_postgres() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -588,6 +589,15 @@ fn cluster_mode_needs_postgres() {
     );
     let why = refused(&["--node-id", "n1"]);
     assert!(why.contains("--node-id"), "{why}");
+    let why = refused(&[
+        "--database",
+        "postgres://chat@127.0.0.1:1/chat",
+        "--nats",
+        "nats://127.0.0.1:4222",
+        "--max-connections",
+        "2000000",
+    ]);
+    assert!(why.contains("--max-connections above"), "{why}");
 }
 
 /// `--timeout` of the liveness tests: other servers' expiry is half of it
