@@ -5,17 +5,20 @@
 //! logouts cross servers; with two servers writing at full speed a reader's
 //! `Sync{since}` never skips an id that appears later; a server killed with
 //! SIGKILL has its users shown offline within `--timeout`, a server started
-//! later learns who is online, and a NATS outage changes nobody's presence
-//! while `/healthz` tells it. Without PostgreSQL or NATS each test says
-//! `SKIPPED` (and fails with `CI=true`).
+//! later learns who is online, a NATS outage changes nobody's presence
+//! while `/healthz` tells it, and a server cut off from PostgreSQL is
+//! unhealthy and its users look offline elsewhere (outages of one server
+//! through a relay the test cuts: `common/relay.rs`). Without PostgreSQL
+//! or NATS each test says `SKIPPED` (and fails with `CI=true`).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::nats::{nats_for, NatsRelay, TestNats};
+use common::nats::{nats_for, TestNats};
 use common::postgres_db::TestDatabase;
+use common::relay::TcpRelay;
 use common::{
     group_message, logged_in, message_to, register_all, Client, Polled, TestServer, SECRET,
 };
@@ -43,20 +46,21 @@ impl Cluster {
             database,
         };
         for _ in 0..count {
-            cluster.add_node(None);
+            cluster.add_node(None, None);
         }
         Some(cluster)
     }
 
-    /// Starts one more server, reaching NATS at `nats_url` (default: the
-    /// test's NATS); its index.
-    fn add_node(&mut self, nats_url: Option<&str>) -> usize {
+    /// Starts one more server, reaching NATS at `nats_url` and PostgreSQL
+    /// at `database_url` (default: the test's); its index.
+    fn add_node(&mut self, nats_url: Option<&str>, database_url: Option<&str>) -> usize {
         let n = self.nodes.len();
         let node = format!("node{n}");
         let url = nats_url.unwrap_or(&self.nats.url).to_owned();
+        let database = database_url.unwrap_or(&self.database.url).to_owned();
         let mut args = vec![
             "--database",
-            &self.database.url,
+            &database,
             "--nats",
             &url,
             "--nats-prefix",
@@ -700,6 +704,33 @@ fn watch(clients: &mut [&mut Client], wait: Duration) -> Vec<(usize, String, boo
     seen
 }
 
+/// Presence frames seen by [`watch`]: `(client index, username, online)`.
+type Seen = Vec<(usize, String, bool)>;
+
+/// Watches `clients` (see [`watch`]) until `/healthz` of the server on
+/// `port` and the Presence frames seen so far satisfy `done`, for at most
+/// `wait`; the frames seen and the last answer's body.
+fn watch_until(
+    port: u16,
+    clients: &mut [&mut Client],
+    wait: Duration,
+    mut done: impl FnMut(u16, &serde_json::Value, &Seen) -> bool,
+) -> (Seen, serde_json::Value) {
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        seen.extend(watch(clients, Duration::from_millis(250)));
+        let (status, health) = healthz(port);
+        if done(status, &health, &seen) {
+            return (seen, health);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {wait:?}: {status} {health} {seen:?}"
+        );
+    }
+}
+
 /// A server killed with SIGKILL never says its users went offline: the
 /// others see its heartbeat stop, and a contact on another server is told
 /// within `--timeout` (and its Directory agrees). The user then resumes
@@ -767,7 +798,7 @@ fn a_server_started_later_learns_who_is_online() {
     make_mutual(&mut ann, "ann", &mut cat, "cat");
     drop(cat);
 
-    let later = cluster.add_node(None);
+    let later = cluster.add_node(None, None);
     let mut cat = logged_in(cluster.node(later), "cat");
     let deadline = Instant::now() + Duration::from_secs(8);
     while !directory_says_online(&mut cat, "ann") {
@@ -820,8 +851,9 @@ fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
     ) else {
         return;
     };
-    let relay = NatsRelay::start(&cluster.nats.url);
-    let cut_off = cluster.add_node(Some(&relay.url));
+    let nats = cluster.nats.url.trim_start_matches("nats://");
+    let relay = TcpRelay::start(nats);
+    let cut_off = cluster.add_node(Some(&format!("nats://{}", relay.addr)), None);
     for n in [0, cut_off] {
         let (status, health) = healthz(cluster.node(n).port);
         assert_eq!(status, 200, "{health}");
@@ -843,25 +875,19 @@ fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
     relay.cut();
     let cut = Instant::now();
     let mut cat = logged_in(cluster.node(0), "cat");
-    let mut seen = Vec::new();
     let mut reconnecting_but_healthy = false;
-    let outage = loop {
-        seen.extend(watch(
-            &mut [&mut ann, &mut bob, &mut cat],
-            Duration::from_millis(250),
-        ));
-        let (status, health) = healthz(cluster.node(cut_off).port);
-        if status == 503 {
-            assert_eq!(health["status"], "bus_down", "{health}");
-            assert_eq!(health["bus"], "reconnecting");
-            break cut.elapsed();
-        }
-        reconnecting_but_healthy |= health["bus"] == "reconnecting";
-        assert!(
-            cut.elapsed() < Duration::from_secs(20),
-            "never 503: {health}"
-        );
-    };
+    let (seen, health) = watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut ann, &mut bob, &mut cat],
+        Duration::from_secs(20),
+        |status, health, _| {
+            reconnecting_but_healthy |= status == 200 && health["bus"] == "reconnecting";
+            status == 503
+        },
+    );
+    let outage = cut.elapsed();
+    assert_eq!(health["status"], "bus_down", "{health}");
+    assert_eq!(health["bus"], "reconnecting");
     assert!(reconnecting_but_healthy, "reconnecting, within its grace");
     assert!(
         outage >= Duration::from_secs(9),
@@ -884,18 +910,12 @@ fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
     assert_eq!(healthz(cluster.node(0).port).0, 200, "node0 has its bus");
 
     relay.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        watch(
-            &mut [&mut ann, &mut bob, &mut cat],
-            Duration::from_millis(250),
-        );
-        let (status, health) = healthz(cluster.node(cut_off).port);
-        if status == 200 && health["bus"] == "connected" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "NATS never came back: {health}");
-    }
+    watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut ann, &mut bob, &mut cat],
+        Duration::from_secs(20),
+        |status, health, _| status == 200 && health["bus"] == "connected",
+    );
     assert!(directory_says_online(&mut ann, "bob"));
     assert!(directory_says_online(&mut bob, "ann"));
     // The stats line (every second here) says the same.
@@ -913,4 +933,79 @@ fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
             );
         }
     }
+}
+
+/// `url` with its `host[:port]` replaced by `address` (the rest kept).
+fn with_address(url: &str, address: &str) -> String {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let authority_end = url[start..].find('/').map_or(url.len(), |at| start + at);
+    let host_start = url[start..authority_end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    format!("{}{address}{}", &url[..host_start], &url[authority_end..])
+}
+
+/// The `HOST:PORT` a PostgreSQL URL points at.
+fn postgres_address(url: &str) -> String {
+    let config: postgres::Config = url.parse().expect("a PostgreSQL URL");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// A server that loses PostgreSQL says so: `/healthz` is 503
+/// `database_unreachable` and the others, seeing its heartbeat stop, show
+/// its users offline (it can store nothing). Once the database is back it
+/// beats again, and its users are online again everywhere.
+#[test]
+fn a_server_without_its_database_is_unhealthy_and_its_users_look_offline() {
+    let Some(mut cluster) = Cluster::start(
+        "a_server_without_its_database_is_unhealthy_and_its_users_look_offline",
+        1,
+        &SHORT_TIMEOUT_ARGS,
+    ) else {
+        return;
+    };
+    let relay = TcpRelay::start(&postgres_address(&cluster.database.url));
+    let through_relay = with_address(&cluster.database.url, &relay.addr.to_string());
+    let cut_off = cluster.add_node(None, Some(&through_relay));
+    register_all(cluster.node(0), &["ann", "bob"]);
+    let mut bob = logged_in(cluster.node(0), "bob");
+    let mut ann = logged_in(cluster.node(cut_off), "ann");
+    make_mutual(&mut bob, "bob", &mut ann, "ann");
+
+    relay.cut();
+    let (_, health) = watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut bob, &mut ann],
+        SHORT_TIMEOUT,
+        |status, _, _| status == 503,
+    );
+    assert_eq!(health["status"], "database_unreachable", "{health}");
+    assert_eq!(health["database"], "unreachable");
+    assert_eq!(health["bus"], "connected");
+    // Bob, on the server that has the database, sees ann go.
+    watch_until(
+        cluster.node(0).port,
+        &mut [&mut bob, &mut ann],
+        SHORT_TIMEOUT,
+        |_, _, seen| seen.contains(&(0, "ann".into(), false)),
+    );
+    assert_eq!(
+        healthz(cluster.node(0).port).0,
+        200,
+        "node0 has its database"
+    );
+
+    relay.restore();
+    let (_, health) = watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut bob, &mut ann],
+        SHORT_TIMEOUT * 2,
+        |status, _, seen| status == 200 && seen.contains(&(0, "ann".into(), true)),
+    );
+    assert_eq!(health["database"], "ok");
 }
