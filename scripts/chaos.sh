@@ -5,22 +5,26 @@
 # same choices and faults in the same order; the server's own timing differs
 # from run to run, so a replay is a close repetition, not an exact one).
 #
-#   scripts/chaos.sh [--minutes N] [--run-minutes M] [--seed S]
+#   scripts/chaos.sh [--minutes N] [--run-minutes M] [--seed S] [--only WORD]
 #     --minutes N      total time (default 10)
 #     --run-minutes M  length of each run's fault phase (default 2)
 #     --seed S         run this one seed once
+#     --only WORD      only the runs whose test name has WORD: `postgres`,
+#                      `cluster` (each needs PostgreSQL; cluster, nats-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MINUTES=10
 RUN_MINUTES=2
 SEED=
+ONLY=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --minutes) MINUTES=${2:?--minutes needs a number}; shift ;;
         --run-minutes) RUN_MINUTES=${2:?--run-minutes needs a number}; shift ;;
         --seed) SEED=${2:?--seed needs a number}; shift ;;
-        -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --only) ONLY=${2:?--only needs a word}; shift ;;
+        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "chaos.sh: unknown argument $1" >&2; exit 64 ;;
     esac
     shift
@@ -29,7 +33,7 @@ done
 cargo build --release -p server --tests >/dev/null
 run() {
     CHAOS_SECONDS=$((RUN_MINUTES * 60)) CHAOS_SEED=$1 \
-        cargo test --release -q -p server --test chaos -- --nocapture 2>&1 |
+        cargo test --release -q -p server --test chaos -- --nocapture $ONLY 2>&1 |
         grep -E 'chaos seed|panicked|^test result|lost|names two|order|refused|stored' || true
 }
 

@@ -186,6 +186,15 @@ pub const STORAGE_PAUSE_READS: usize = STORAGE_QUEUE_MAX / 2;
 /// thread holds its batch at most this long.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the storage thread tries to reach PostgreSQL again after a
+/// COMMIT that got no answer (the connection died with it), to learn
+/// whether the batch is in the database: its senders are acked if it is,
+/// told `server_busy` if it is not — or if this passes without an answer
+/// (the outcome is then unknown: a resend with the same client id is
+/// still acked once). Long enough for a PostgreSQL restart; every batch
+/// behind it waits as long.
+pub const POSTGRES_OUTCOME_WAIT: Duration = Duration::from_secs(15);
+
 /// How long a start waits for another server to let go of the same
 /// PostgreSQL database before it refuses: long enough for PostgreSQL to
 /// notice a server killed with SIGKILL, short enough to say so promptly.

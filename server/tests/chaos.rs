@@ -25,9 +25,21 @@
 //! longer and many seeds).
 //!
 //! `delivery_survives_faults_on_postgres` runs the same checker against the
-//! PostgreSQL backend (`--database`), with a shorter fault phase (at most
-//! 10 s) and without the full disk (the server writes no database file of
-//! its own there); it is skipped, saying so, where no PostgreSQL answers.
+//! PostgreSQL backend (`--database`), with a shorter fault phase (10 s
+//! unless `CHAOS_SECONDS` says) and without the full disk (the server writes no database file of
+//! its own there), with PostgreSQL outages instead: every connection to its
+//! database cut and new ones refused for a while (what a PostgreSQL restart
+//! looks like to the server, without disturbing other tests' databases); it
+//! is skipped, saying so, where no PostgreSQL answers.
+//!
+//! `delivery_survives_faults_in_a_cluster` runs it against three servers
+//! (`--nats`) on one PostgreSQL database and a NATS server of the test's own
+//! (`nats-server` on a free port). Devices connect to a random running
+//! server each time, so sessions resume and resends arrive on other
+//! servers. Its faults add `SIGKILL` of one server (started again a moment
+//! later), a NATS restart (SIGKILL, then started again on the same port)
+//! and the PostgreSQL outage above. It is skipped, saying so, without
+//! PostgreSQL or a `nats-server` binary, and fails instead with `CI=true`.
 
 mod common;
 
@@ -35,6 +47,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::nats::{own_nats_for, OwnNats};
 use common::postgres_db::TestDatabase;
 use common::{register_all, Client, Polled, TestServer, SECRET};
 use protocol::client::{Login, Logout, Received, SendMessage};
@@ -48,6 +61,37 @@ const RECEIPTS_DEVICES_PER_USER: usize = 2;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 /// Messages a device may have unanswered before it stops sending.
 const WINDOW: usize = 16;
+/// Servers in the cluster run.
+const CLUSTER_NODES: usize = 3;
+/// How long after an outage begins or ends the next may begin: time for
+/// traffic between faults.
+const CALM_BETWEEN_OUTAGES: Duration = Duration::from_secs(1);
+/// The fault phase of the SQLite run, unless `CHAOS_SECONDS` says.
+const SQLITE_PHASE: Duration = Duration::from_secs(20);
+/// The fault phase of the PostgreSQL and cluster runs (whose restarts take
+/// longer), unless `CHAOS_SECONDS` says.
+const DATABASE_PHASE: Duration = Duration::from_secs(10);
+
+/// What the checker runs against.
+enum Setup {
+    /// One server on its SQLite file.
+    Sqlite,
+    /// One server on a PostgreSQL database.
+    Postgres(TestDatabase),
+    /// [`CLUSTER_NODES`] servers on one PostgreSQL database and one NATS.
+    Cluster(TestDatabase, OwnNats),
+}
+
+/// Something that is down until a moment comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// A server killed with SIGKILL, started again when the outage ends.
+    Node(usize),
+    /// The cluster's NATS server, killed with SIGKILL.
+    Nats,
+    /// The PostgreSQL database: connections cut, new ones refused.
+    Database,
+}
 
 /// Where a message was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +123,8 @@ struct Sent {
 struct Device {
     user: usize,
     receipts: bool,
+    /// The server the current connection is on.
+    node: usize,
     session: Option<String>,
     conn: Option<Client>,
     /// Whether the current connection got its SuccessLogin.
@@ -90,14 +136,21 @@ struct Device {
     confirmed: i64,
     /// Client ids sent on the current connection and not yet answered.
     in_flight: BTreeSet<String>,
-    /// Per sender, the last id first seen from them (order check).
-    last_from: HashMap<String, i64>,
+    /// Per sender, the last id first seen from them and the connection
+    /// it came on (order check).
+    last_from: HashMap<String, (i64, u32)>,
+    /// Connections made so far.
+    connections: u32,
+    /// Whether order is checked per connection rather than across them
+    /// (the device without receipts, in the cluster: see `connect`).
+    order_per_connection: bool,
     order_violations: Vec<String>,
 }
 
 struct Chaos {
     rng: StdRng,
-    server: TestServer,
+    /// The servers (one, but for the cluster run).
+    nodes: Vec<TestServer>,
     names: Vec<String>,
     devices: Vec<Device>,
     sent: BTreeMap<String, Sent>,
@@ -105,8 +158,14 @@ struct Chaos {
     next_seq: Vec<u64>,
     disk_full_until: Option<Instant>,
     log: Vec<String>,
-    /// The PostgreSQL database the server runs on, if not SQLite.
+    /// The PostgreSQL database the servers run on, if not SQLite.
     database: Option<TestDatabase>,
+    /// The cluster run's own NATS server.
+    nats: Option<OwnNats>,
+    /// What is down now, and until when.
+    outages: Vec<(Outage, Instant)>,
+    /// No outage begins before this.
+    calm_until: Instant,
 }
 
 fn seed() -> u64 {
@@ -118,17 +177,17 @@ fn seed() -> u64 {
     }
 }
 
-fn fault_phase() -> Duration {
-    let seconds = std::env::var("CHAOS_SECONDS")
+/// `CHAOS_SECONDS`, or `default`.
+fn fault_phase(default: Duration) -> Duration {
+    std::env::var("CHAOS_SECONDS")
         .ok()
         .and_then(|text| text.parse().ok())
-        .unwrap_or(20);
-    Duration::from_secs(seconds)
+        .map_or(default, Duration::from_secs)
 }
 
 #[test]
 fn delivery_survives_faults() {
-    run(None, fault_phase());
+    run(Setup::Sqlite, fault_phase(SQLITE_PHASE));
 }
 
 #[test]
@@ -136,14 +195,26 @@ fn delivery_survives_faults_on_postgres() {
     let Some(database) = TestDatabase::create("delivery_survives_faults_on_postgres") else {
         return;
     };
-    run(Some(database), fault_phase().min(Duration::from_secs(10)));
+    run(Setup::Postgres(database), fault_phase(DATABASE_PHASE));
+}
+
+#[test]
+fn delivery_survives_faults_in_a_cluster() {
+    let test = "delivery_survives_faults_in_a_cluster";
+    let Some(database) = TestDatabase::create(test) else {
+        return;
+    };
+    let Some(nats) = own_nats_for(test) else {
+        return;
+    };
+    run(Setup::Cluster(database, nats), fault_phase(DATABASE_PHASE));
 }
 
 /// One seeded run of `phase` faults, then the checks.
-fn run(database: Option<TestDatabase>, phase: Duration) {
+fn run(setup: Setup, phase: Duration) {
     let seed = seed();
     println!("chaos seed {seed} (replay: CHAOS_SEED={seed} cargo test -p server --test chaos)");
-    let mut chaos = Chaos::new(seed, database);
+    let mut chaos = Chaos::new(seed, setup);
     let end = Instant::now() + phase;
     while Instant::now() < end {
         chaos.step();
@@ -151,34 +222,37 @@ fn run(database: Option<TestDatabase>, phase: Duration) {
     chaos.finish();
     chaos.check();
     println!(
-        "chaos seed {seed}: {} messages sent, {} acked, {} faults",
+        "chaos seed {seed}: {} messages sent, {} acked, {} faults ({})",
         chaos.sent.len(),
         chaos.acked().count(),
-        chaos.log.len()
+        chaos.log.len(),
+        chaos.fault_counts()
     );
 }
 
 impl Chaos {
-    fn new(seed: u64, database: Option<TestDatabase>) -> Chaos {
-        let mut args = vec!["--no-rate-limits".to_string()];
-        if let Some(database) = &database {
-            args.extend(["--database".to_string(), database.url.clone()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let server = TestServer::start(&args);
+    fn new(seed: u64, setup: Setup) -> Chaos {
+        let (database, nats) = match setup {
+            Setup::Sqlite => (None, None),
+            Setup::Postgres(database) => (Some(database), None),
+            Setup::Cluster(database, nats) => (Some(database), Some(nats)),
+        };
+        let nodes = start_nodes(database.as_ref(), nats.as_ref());
         let names: Vec<String> = (0..USERS).map(|u| format!("user{u}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        register_all(&server, &refs);
+        register_all(&nodes[0], &refs);
         let mut devices = Vec::new();
         for user in 0..USERS {
             for _ in 0..RECEIPTS_DEVICES_PER_USER {
                 devices.push(Device::new(user, true));
             }
         }
-        devices.push(Device::new(0, false));
+        let mut legacy = Device::new(0, false);
+        legacy.order_per_connection = nats.is_some();
+        devices.push(legacy);
         let mut chaos = Chaos {
             rng: StdRng::seed_from_u64(seed),
-            server,
+            nodes,
             names,
             devices,
             sent: BTreeMap::new(),
@@ -187,6 +261,9 @@ impl Chaos {
             disk_full_until: None,
             log: Vec::new(),
             database,
+            nats,
+            outages: Vec::new(),
+            calm_until: Instant::now(),
         };
         chaos.group_id = chaos.create_group();
         for index in 0..chaos.devices.len() {
@@ -206,8 +283,26 @@ impl Chaos {
         chaos
     }
 
+    /// How many faults of each kind the log holds (`drop: 40, …`).
+    fn fault_counts(&self) -> String {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for entry in &self.log {
+            let what = entry.split(':').next().unwrap_or(entry);
+            let kind: Vec<&str> = what
+                .split_whitespace()
+                .filter(|word| !word.chars().all(|c| c.is_ascii_digit()))
+                .collect();
+            *counts.entry(kind.join(" ")).or_default() += 1;
+        }
+        let counts: Vec<String> = counts
+            .iter()
+            .map(|(kind, count)| format!("{kind}: {count}"))
+            .collect();
+        counts.join(", ")
+    }
+
     fn create_group(&mut self) -> i64 {
-        let mut creator = common::logged_in(&self.server, &self.names[0]);
+        let mut creator = common::logged_in(&self.nodes[0], &self.names[0]);
         creator.send(&ClientMessage::CreateGroup(protocol::client::CreateGroup {
             name: "everyone".into(),
             members: self.names[1..].to_vec(),
@@ -221,6 +316,7 @@ impl Chaos {
     /// One random action.
     fn step(&mut self) {
         self.end_full_disk_when_due();
+        self.end_outages_when_due();
         let roll = self.rng.random_range(0..1000);
         let index = self.rng.random_range(0..self.devices.len());
         match roll {
@@ -230,7 +326,7 @@ impl Chaos {
             920..=969 => self.connect(index),
             970..=984 => self.logout_and_login(self.devices.len() - 1),
             985..=993 => self.crash(),
-            _ => self.fill_disk(),
+            _ => self.outage(),
         }
     }
 
@@ -421,9 +517,17 @@ impl Chaos {
         if self.devices[index].conn.is_some() {
             return self.read(index, Duration::from_millis(1));
         }
-        let Ok(mut conn) = Client::try_connect(self.server.port) else {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].is_running())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let node = running[self.rng.random_range(0..running.len())];
+        let Ok(mut conn) = Client::try_connect(self.nodes[node].port) else {
             return;
         };
+        self.devices[index].node = node;
         let device = &self.devices[index];
         let login = Login {
             username: self.names[device.user].clone(),
@@ -433,6 +537,17 @@ impl Chaos {
         };
         if conn.try_send(&ClientMessage::Login(login)).is_ok() {
             let device = &mut self.devices[index];
+            // In a cluster, what an earlier connection of a device without
+            // receipts did not write goes back in the queue when the
+            // server it was on sees it end — which may be after this
+            // login, on another server, was pushed later messages: it then
+            // comes at a later login, after them. Within a connection the
+            // order holds (seen: "340 (connection 35) after 342
+            // (connection 34)" with the check across connections).
+            device.connections += 1;
+            if device.order_per_connection {
+                device.last_from.clear();
+            }
             device.conn = Some(conn);
             device.highest_on_connection = device.confirmed;
         }
@@ -454,13 +569,121 @@ impl Chaos {
         self.connect(index);
     }
 
+    /// SIGKILL: the SQLite server is started again at once; on PostgreSQL
+    /// a server stays down for a moment (started again once the database
+    /// is back, if it is out), in the cluster while another one runs.
     fn crash(&mut self) {
-        self.log.push("SIGKILL and restart".into());
-        for index in 0..self.devices.len() {
-            self.drop_connection(index, "crash");
+        if self.database.is_none() {
+            self.log.push("SIGKILL and restart".into());
+            self.drop_connections_to(0, "crash");
+            self.nodes[0].crash_and_restart_with_file_size_limit(None);
+            self.disk_full_until = None;
+            return;
         }
-        self.server.crash_and_restart_with_file_size_limit(None);
-        self.disk_full_until = None;
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].is_running())
+            .collect();
+        let keep_one = self.nats.is_some();
+        if Instant::now() < self.calm_until || running.is_empty() || (keep_one && running.len() < 2)
+        {
+            return;
+        }
+        let node = running[self.rng.random_range(0..running.len())];
+        self.log.push(format!("SIGKILL node {node}"));
+        self.drop_connections_to(node, "node killed");
+        self.nodes[node].kill();
+        self.begin_outage(Outage::Node(node));
+    }
+
+    fn drop_connections_to(&mut self, node: usize, why: &str) {
+        for index in 0..self.devices.len() {
+            if self.devices[index].node == node {
+                self.drop_connection(index, why);
+            }
+        }
+    }
+
+    /// Something the servers depend on goes away for a while: the disk
+    /// (SQLite), the database (PostgreSQL), or the database or NATS (the
+    /// cluster); one at a time.
+    fn outage(&mut self) {
+        if self.database.is_none() {
+            return self.fill_disk();
+        }
+        let busy = self
+            .outages
+            .iter()
+            .any(|(outage, _)| matches!(outage, Outage::Database | Outage::Nats));
+        if busy || Instant::now() < self.calm_until {
+            return;
+        }
+        let nats_too = self.nats.is_some();
+        if nats_too && self.rng.random_bool(0.5) {
+            self.log.push("NATS killed".into());
+            if let Some(nats) = &mut self.nats {
+                nats.kill();
+            }
+            self.begin_outage(Outage::Nats);
+        } else {
+            self.log.push("database cut off".into());
+            if let Some(database) = &self.database {
+                database.cut_off();
+            }
+            self.begin_outage(Outage::Database);
+        }
+    }
+
+    /// Ends `outage` between 0.3 and 2 s from now.
+    fn begin_outage(&mut self, outage: Outage) {
+        let length = Duration::from_millis(self.rng.random_range(300..2000));
+        self.outages.push((outage, Instant::now() + length));
+        self.calm_until = Instant::now() + CALM_BETWEEN_OUTAGES;
+    }
+
+    /// Ends the outages that are due (all of them with `all`). A server is
+    /// started again only once NATS and the database are back: a start
+    /// needs both.
+    fn end_outages(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, mut left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.outages)
+            .into_iter()
+            .partition(|(_, until)| all || *until <= now);
+        let due_is_empty = due.is_empty();
+        let mut nodes = Vec::new();
+        for (outage, until) in due {
+            match outage {
+                Outage::Nats => {
+                    self.log.push("NATS started".into());
+                    if let Some(nats) = &mut self.nats {
+                        nats.start();
+                    }
+                }
+                Outage::Database => {
+                    self.log.push("database reopened".into());
+                    if let Some(database) = &self.database {
+                        database.reopen();
+                    }
+                }
+                Outage::Node(node) => nodes.push((node, until)),
+            }
+        }
+        if !due_is_empty {
+            self.calm_until = now + CALM_BETWEEN_OUTAGES;
+        }
+        let dependencies_up = left.is_empty();
+        for (node, until) in nodes {
+            if dependencies_up {
+                self.log.push(format!("node {node} started"));
+                self.nodes[node].start_again_with_free_disk();
+            } else {
+                left.push((Outage::Node(node), until));
+            }
+        }
+        self.outages = left;
+    }
+
+    fn end_outages_when_due(&mut self) {
+        self.end_outages(false);
     }
 
     /// Caps the server's files just above their size now: writes fail (the
@@ -470,8 +693,8 @@ impl Chaos {
             return;
         }
         self.log.push("disk full".into());
-        let limit = largest_file(self.server.data_dir()) + 16 * 1024;
-        self.server.set_file_size_limit(Some(limit));
+        let limit = largest_file(self.nodes[0].data_dir()) + 16 * 1024;
+        self.nodes[0].set_file_size_limit(Some(limit));
         self.disk_full_until = Some(Instant::now() + Duration::from_secs(2));
     }
 
@@ -481,16 +704,19 @@ impl Chaos {
             .is_some_and(|until| Instant::now() >= until)
         {
             self.log.push("disk freed".into());
-            self.server.set_file_size_limit(None);
+            self.nodes[0].set_file_size_limit(None);
             self.disk_full_until = None;
         }
     }
 
-    /// The end: a clean restart, every device reconnects, every unanswered
+    /// The end: every outage over, a last SIGKILL and restart (of one
+    /// server, in the cluster), every device reconnects, every unanswered
     /// message is resent until answered, and every receipts device reads
     /// until it holds everything acked for its user.
     fn finish(&mut self) {
-        self.server.crash_and_restart_with_file_size_limit(None);
+        self.end_outages(true);
+        let node = self.rng.random_range(0..self.nodes.len());
+        self.nodes[node].crash_and_restart_with_file_size_limit(None);
         for index in 0..self.devices.len() {
             self.drop_connection(index, "final restart");
         }
@@ -592,10 +818,12 @@ impl Chaos {
                 assert_eq!(sent.content, *content, "{client_id} arrived changed");
             }
         }
-        self.server.stop_gracefully();
+        for node in &mut self.nodes {
+            node.stop_gracefully();
+        }
         let stored = match &self.database {
             Some(database) => database.stored_messages(),
-            None => self.server.stored_messages(),
+            None => self.nodes[0].stored_messages(),
         };
         let mut per_client_id: HashMap<&str, usize> = HashMap::new();
         for (id, content) in &stored {
@@ -623,6 +851,7 @@ impl Device {
         Device {
             user,
             receipts,
+            node: 0,
             session: None,
             conn: None,
             logged_in: false,
@@ -631,6 +860,8 @@ impl Device {
             confirmed: 0,
             in_flight: BTreeSet::new(),
             last_from: HashMap::new(),
+            connections: 0,
+            order_per_connection: false,
             order_violations: Vec::new(),
         }
     }
@@ -641,15 +872,50 @@ impl Device {
         if self.held.contains_key(&id) {
             return; // a duplicate by id: the client drops it
         }
-        let last = self.last_from.entry(message.source_id.clone()).or_insert(0);
-        if id < *last {
+        let connection = self.connections;
+        let last = self
+            .last_from
+            .entry(message.source_id.clone())
+            .or_insert((0, connection));
+        if id < last.0 {
             let from = &message.source_id;
-            self.order_violations
-                .push(format!("{id} from {from} after {last}"));
+            let (last_id, last_connection) = *last;
+            self.order_violations.push(format!(
+                "{id} from {from} (connection {connection}) after {last_id} (connection {last_connection})"
+            ));
         }
-        *last = (*last).max(id);
+        if id > last.0 {
+            *last = (id, connection);
+        }
         self.held.insert(id, message.content);
     }
+}
+
+/// The servers of a run: one on SQLite or on `database`, or, with `nats`,
+/// [`CLUSTER_NODES`] on `database` and `nats`.
+fn start_nodes(database: Option<&TestDatabase>, nats: Option<&OwnNats>) -> Vec<TestServer> {
+    let mut args = vec!["--no-rate-limits".to_string()];
+    if let Some(database) = database {
+        args.extend(["--database".to_string(), database.url.clone()]);
+    }
+    let Some(nats) = nats else {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        return vec![TestServer::start(&args)];
+    };
+    args.extend([
+        "--nats".to_string(),
+        nats.url.clone(),
+        "--nats-prefix".to_string(),
+        nats.prefix.clone(),
+    ]);
+    (0..CLUSTER_NODES)
+        .map(|n| {
+            let node_id = format!("node{n}");
+            let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+            args.extend(["--node-id", &node_id]);
+            TestServer::start(&args)
+        })
+        .collect()
 }
 
 fn client_id_of(content: &str) -> &str {

@@ -32,9 +32,15 @@ struct Cli {
 /// Where the server is and how to reach it (every scenario).
 #[derive(Args)]
 struct ServerArgs {
-    /// The server's address.
-    #[arg(long, global = true, default_value = "127.0.0.1:8765")]
-    addr: SocketAddr,
+    /// The server's address; several, comma-separated (servers of one
+    /// cluster), take the connections in turn.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8765",
+        value_delimiter = ','
+    )]
+    addr: Vec<SocketAddr>,
     /// Connect with TLS (`wss://`), trusting the system's trust store (which
     /// honours SSL_CERT_FILE and SSL_CERT_DIR) and any --ca-file.
     #[arg(long, global = true)]
@@ -227,7 +233,7 @@ fn main() -> ExitCode {
     }
     let run_args = &cli.run;
     let common = Common {
-        addr: cli.server.addr,
+        addrs: cli.server.addr.clone(),
         run_id: run_args.run_id.clone().unwrap_or_else(random_run_id),
         progress_secs: run_args.progress_secs,
         setup_concurrency: run_args.setup_concurrency.max(1),

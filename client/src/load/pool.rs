@@ -15,6 +15,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
@@ -67,12 +68,18 @@ impl PoolEvent {
     }
 }
 
-/// A set of client connections to one server address.
+/// Connections started by every pool of this process: the next one goes
+/// to the server this count picks, so the pools (one per thread) together
+/// spread their connections evenly over the servers.
+static CONNECTIONS_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// A set of client connections to one server address, or to the servers of
+/// one cluster in turn.
 pub struct Pool {
     poll: Poll,
     events: Events,
     conns: Slab<Conn>,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     config: WebSocketConfig,
     /// Connections with frames written but not flushed.
     unflushed: Vec<ConnId>,
@@ -80,8 +87,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool for `addr`, each connection with a `read_buffer_bytes` buffer.
-    pub fn new(addr: SocketAddr, read_buffer_bytes: usize) -> io::Result<Pool> {
+    /// A pool for `addrs` (at least one), each connection with a
+    /// `read_buffer_bytes` buffer.
+    pub fn new(addrs: &[SocketAddr], read_buffer_bytes: usize) -> io::Result<Pool> {
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no server address",
+            ));
+        }
         let config = WebSocketConfig::default()
             .read_buffer_size(read_buffer_bytes)
             // Frames accumulate until the loop flushes once per wake-up.
@@ -90,7 +104,7 @@ impl Pool {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_PER_POLL),
             conns: Slab::new(),
-            addr,
+            addrs: addrs.to_vec(),
             config,
             unflushed: Vec::new(),
             happened: Vec::new(),
@@ -99,7 +113,9 @@ impl Pool {
 
     /// Starts a connection; `Opened` or `Closed` follows from [`Pool::poll`].
     pub fn connect(&mut self) -> io::Result<ConnId> {
-        let mut conn = Conn::connect(self.addr, self.config)?;
+        let turn = CONNECTIONS_STARTED.fetch_add(1, Ordering::Relaxed);
+        let addr = self.addrs[turn % self.addrs.len()];
+        let mut conn = Conn::connect(addr, self.config)?;
         let entry = self.conns.vacant_entry();
         let id = entry.key();
         let stream = conn.stream_mut().expect("a new connection has a socket");

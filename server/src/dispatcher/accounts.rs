@@ -520,10 +520,16 @@ impl Dispatcher {
                 receipts,
                 confirmed_through,
                 stream: match behind_from {
-                    // Cluster mode: a receipts device reads what came after
-                    // its queue from storage (see `Stream::FromStorage`).
-                    _ if receipts && self.limits.cluster => Stream::FromStorage {
-                        from: queue_pushed_through.max(confirmed_through) + 1,
+                    // Cluster mode: every device reads what came after its
+                    // queue from storage (see `Stream::FromStorage`): a
+                    // receipts device past what it was pushed, a device
+                    // without receipts everything from the queue's bound.
+                    _ if self.limits.cluster => Stream::FromStorage {
+                        from: if receipts {
+                            queue_pushed_through.max(confirmed_through) + 1
+                        } else {
+                            queue_before
+                        },
                         reading: true,
                         again: false,
                     },

@@ -215,9 +215,10 @@ impl Dispatcher {
         }
     }
 
-    /// A message committed by another server: pushed to the recipients'
-    /// connections here as a local one would be (a device without receipts
-    /// that gets a 1:1 message takes it, which storage records).
+    /// A message committed by another server: the recipients' connections
+    /// here read it from storage, in id order (`Stream::FromStorage`; a
+    /// device without receipts that is written a 1:1 message takes it,
+    /// which the read's page records).
     fn remote_message(&mut self, recipients: &[i64], message: Delivered, fx: &mut Effects) {
         let message_id = message.message_id;
         self.saw_message_id(message_id);
@@ -225,13 +226,7 @@ impl Dispatcher {
         let frame = protocol::encode_delivered(&message);
         for &user_id in recipients {
             let queued = Queued::Remote { group };
-            let pushed = self.push_to_user(user_id, &frame, Some((message_id, queued)), None, fx);
-            if pushed && !group {
-                fx.storage.push(Command::MarkDelivered {
-                    user_id,
-                    message_ids: vec![message_id],
-                });
-            }
+            self.push_to_user(user_id, &frame, Some((message_id, queued)), None, fx);
         }
     }
 

@@ -48,12 +48,15 @@ pub enum Stream {
         /// The first message not yet pushed.
         from: i64,
     },
-    /// Cluster mode, a receipts device: every message comes from storage,
-    /// read past the last one pushed, so pushes are in increasing id order
-    /// with nothing left out (commit order is id order, `storage/ids.rs`)
-    /// and a cumulative confirmation never covers a message the device
-    /// did not get — whatever order the bus brings notices in. A commit
-    /// (here, or a notice from another server) only asks for a read.
+    /// Cluster mode, every device: every message comes from storage, read
+    /// past the last one pushed, so pushes are in increasing id order with
+    /// nothing left out (commit order is id order, `storage/ids.rs`), a
+    /// cumulative confirmation never covers a message the device did not
+    /// get, and a device without receipts gets messages from one sender in
+    /// order and every one committed while it is connected — whatever
+    /// order the bus brings notices in, and whatever notices it lost. A
+    /// commit (here, or a notice from another server) only asks for a
+    /// read.
     FromStorage {
         /// The first message not yet pushed.
         from: i64,
@@ -239,17 +242,24 @@ impl Dispatcher {
     /// Asks storage for the next page of what `conn` is behind on, once its
     /// output has drained (the offline-queue read, unbounded above: a legacy
     /// device gets what no device took, a receipts device everything
-    /// addressed to the user).
+    /// addressed to the user; in cluster mode a legacy device, too, gets
+    /// everything past what it was pushed, as it would have live).
     pub(super) fn ask_catch_up_page(&mut self, conn: ConnId, fx: &mut Effects) {
         let Some(Auth::LoggedIn {
             user_id,
             receipts,
             confirmed_through,
-            stream: Stream::Behind { from } | Stream::FromStorage { from, .. },
+            stream,
             ..
         }) = self.clients.get(&conn).map(|client| &client.auth)
         else {
             return;
+        };
+        let (from, since) = match *stream {
+            Stream::Live => return,
+            Stream::Behind { from } => (from, receipts.then_some(*confirmed_through)),
+            Stream::FromStorage { from, .. } if *receipts => (from, Some(*confirmed_through)),
+            Stream::FromStorage { from, .. } => (from, Some(from - 1)),
         };
         let page = Command::TakeQueue {
             // A push, not an answer to a request: no request id.
@@ -260,7 +270,7 @@ impl Dispatcher {
             user_id: *user_id,
             queue_before: i64::MAX,
             after: from - 1,
-            since: receipts.then_some(*confirmed_through),
+            since,
             include_groups: true,
         };
         fx.after_flush.push((conn, page));

@@ -877,7 +877,7 @@ impl Dispatcher {
                     ..
                 } => {
                     if let Some((id, queued)) = message {
-                        if *receipts && self.limits.cluster {
+                        if self.limits.cluster {
                             // Read from storage once logged in (`Stream`).
                             continue;
                         }

@@ -1343,9 +1343,9 @@ fn message_bytes_are_rate_limited_per_connection() {
 }
 
 /// Cluster mode: a committed message goes on the bus for its recipient; one
-/// committed on another server reaches the recipient's connection here (and
-/// counts as taken by a device without receipts); a session ended elsewhere
-/// closes its connections here.
+/// committed on another server makes the recipient's connection here read
+/// it from storage (and counts as taken by a device without receipts once
+/// written); a session ended elsewhere closes its connections here.
 #[test]
 fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
     use crate::bus::{BusEvent, Inbound};
@@ -1363,7 +1363,15 @@ fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
         committed.bus
     );
 
-    log_in(&mut d, b, "bob", vec![]);
+    // Every device here reads from storage in cluster mode (`Stream::
+    // FromStorage`), one without receipts too: its login asks for what
+    // came after its queue.
+    let login = log_in(&mut d, b, "bob", vec![]);
+    let asks_read = |fx: &Effects| {
+        matches!(&fx.after_flush[..],
+            [(to, Command::TakeQueue { since: Some(_), .. })] if *to == b)
+    };
+    assert!(asks_read(&login), "{:?}", login.after_flush);
     let remote = BusEvent::Message {
         recipients: vec![BOB],
         message: protocol::server::Delivered {
@@ -1385,11 +1393,28 @@ fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
     };
     let mut fx = Effects::default();
     d.complete(inbound(remote), NOW, &mut fx);
+    assert!(
+        frames_for(&fx, b).is_empty(),
+        "a notice only asks for a read"
+    );
+    assert!(fx.bus.is_empty(), "what came from the bus is not sent back");
+    let page = |queued| Reply::QueueChunk {
+        to: Requester::anonymous(b),
+        queued,
+        more_queued: false,
+    };
+    // The read on its way began before the notice: read again after it.
+    let fx = complete(&mut d, page(vec![]));
+    assert!(asks_read(&fx), "{:?}", fx.after_flush);
+    let fx = complete(&mut d, page(vec![stored(500, "from elsewhere")]));
     assert!(matches!(&frames_for(&fx, b)[..],
         [ServerMessage::Message(m)] if m.message_id == 500));
-    assert!(matches!(&fx.storage[..],
-        [Command::MarkDelivered { user_id: BOB, message_ids }] if message_ids == &vec![500]));
-    assert!(fx.bus.is_empty(), "what came from the bus is not sent back");
+    assert!(
+        matches!(&fx.after_flush[..],
+            [(_, Command::MarkDelivered { user_id: BOB, message_ids })] if message_ids == &vec![500]),
+        "taken by a device without receipts once written: {:?}",
+        fx.after_flush
+    );
 
     let session_hash = match &d.client(b).unwrap().auth {
         Auth::LoggedIn { session_hash, .. } => session_hash.clone(),

@@ -242,28 +242,29 @@ impl TestServer {
     /// Kills the server with SIGKILL and starts it again with `limit` as
     /// RLIMIT_FSIZE (`None`: no limit): a crash into, or out of, a full disk.
     pub fn crash_and_restart_with_file_size_limit(&mut self, limit: Option<u64>) {
+        self.kill();
+        self.file_size_limit = limit;
+        self.spawn();
+    }
+
+    /// Kills the server with SIGKILL and leaves it down (until
+    /// [`TestServer::start_again_with_free_disk`] or a drop).
+    pub fn kill(&mut self) {
         let mut child = self.child.take().expect("server is running");
         child.kill().expect("SIGKILL chat-server");
         child.wait().expect("wait for chat-server");
-        self.file_size_limit = limit;
-        self.spawn();
+    }
+
+    /// Whether the process is running (not killed and left down).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server with SIGKILL (no chance to clean up, like a crash) and
     /// starts it again on the same data dir; `port` is updated.
     pub fn crash_and_restart(&mut self) {
-        let mut child = self.child.take().expect("server is running");
-        child.kill().expect("SIGKILL chat-server");
-        child.wait().expect("wait for chat-server");
+        self.kill();
         self.spawn();
-    }
-
-    /// Kills the server with SIGKILL and leaves it dead (a node lost for
-    /// good).
-    pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("server is running");
-        child.kill().expect("SIGKILL chat-server");
-        child.wait().expect("wait for chat-server");
     }
 
     /// The process id (for signals).

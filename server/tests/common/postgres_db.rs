@@ -81,6 +81,40 @@ impl TestDatabase {
         admin_client(&self.url).unwrap_or_else(|error| panic!("connect to {}: {error}", self.url))
     }
 
+    /// Cuts every connection to this database and refuses new ones until
+    /// [`TestDatabase::reopen`]: what a PostgreSQL restart looks like to
+    /// the servers using it, without touching other tests' databases.
+    pub fn cut_off(&self) {
+        let mut admin = self.admin();
+        for statement in [
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ),
+        ] {
+            admin
+                .batch_execute(&statement)
+                .unwrap_or_else(|error| panic!("cut off {}: {error:?}", self.name));
+        }
+    }
+
+    /// Accepts connections again after [`TestDatabase::cut_off`].
+    pub fn reopen(&self) {
+        self.admin()
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                self.name
+            ))
+            .unwrap_or_else(|error| panic!("reopen {}: {error:?}", self.name));
+    }
+
+    fn admin(&self) -> postgres::Client {
+        admin_client(&self.admin_url)
+            .unwrap_or_else(|error| panic!("connect to {}: {error}", self.admin_url))
+    }
+
     /// Every message stored (`id → content`).
     pub fn stored_messages(&self) -> std::collections::BTreeMap<i64, String> {
         self.connect()

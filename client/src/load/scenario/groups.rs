@@ -271,7 +271,7 @@ impl Shard<'_> {
 
     /// Logs the shard's users in and creates its groups.
     fn set_up(&self) -> Result<(Pool, Vec<GroupSpec>, Creation), LoadError> {
-        let mut pool = Pool::new(self.common.addr, READ_BUFFER_BUSY_BYTES)
+        let mut pool = Pool::new(&self.common.addrs, READ_BUFFER_BUSY_BYTES)
             .map_err(|error| load_error(format!("poll: {error}")))?;
         let deadline = self.common.setup_deadline();
         let size = self.group_size;

@@ -105,7 +105,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
     let progress = Arc::new(Progress::default());
     let _printer = Printer::start("idle", progress.clone(), common.progress_secs);
-    let mut pool = Pool::new(common.addr, READ_BUFFER_IDLE_BYTES)
+    let mut pool = Pool::new(&common.addrs, READ_BUFFER_IDLE_BYTES)
         .map_err(|error| load_error(format!("poll: {error}")))?;
     let users = config.users.clamp(1, config.connections.max(1));
     let names = common.names('l', 0..users);

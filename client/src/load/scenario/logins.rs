@@ -84,7 +84,7 @@ impl Outcome {
 pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
     let progress = Arc::new(Progress::default());
     let _printer = Printer::start("logins", progress.clone(), common.progress_secs);
-    let mut pool = Pool::new(common.addr, READ_BUFFER_IDLE_BYTES)
+    let mut pool = Pool::new(&common.addrs, READ_BUFFER_IDLE_BYTES)
         .map_err(|error| load_error(format!("poll: {error}")))?;
     let names = common.names('l', 0..config.users);
     let concurrency = config.concurrency.max(1);

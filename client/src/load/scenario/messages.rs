@@ -311,7 +311,7 @@ struct Shard<'a> {
 
 impl Shard<'_> {
     fn run(self) -> Result<ShardOutcome, LoadError> {
-        let pool = Pool::new(self.common.addr, READ_BUFFER_BUSY_BYTES)
+        let pool = Pool::new(&self.common.addrs, READ_BUFFER_BUSY_BYTES)
             .map_err(|error| load_error(format!("poll: {error}")));
         let setup = pool.and_then(|mut pool| {
             let deadline = self.common.setup_deadline();

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 /// Options every scenario shares.
 #[derive(Clone, Debug)]
 pub struct Common {
-    /// The server.
-    pub addr: SocketAddr,
+    /// The server, or the servers of one cluster (connections take them
+    /// in turn).
+    pub addrs: Vec<SocketAddr>,
     /// Random id in every username of this run.
     pub run_id: String,
     /// Seconds between progress lines (0: none).

@@ -129,7 +129,7 @@ impl Outcome {
 pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
     let progress = Arc::new(Progress::default());
     let _printer = Printer::start("storm", progress.clone(), common.progress_secs);
-    let mut pool = Pool::new(common.addr, READ_BUFFER_BUSY_BYTES)
+    let mut pool = Pool::new(&common.addrs, READ_BUFFER_BUSY_BYTES)
         .map_err(|error| load_error(format!("poll: {error}")))?;
     let users = config.users.max(2).div_ceil(2) * 2;
     let names = common.names('l', 0..users);

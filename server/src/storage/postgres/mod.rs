@@ -43,7 +43,7 @@ use super::pages::{PageBudget, PageFill, PageFrom, QueueTake};
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply, StoredMessage};
 use crate::config::{
     CLIENT_ID_RETENTION_SECS, POSTGRES_CLAIM_WAIT, POSTGRES_CONNECT_TIMEOUT, POSTGRES_FETCH_ROWS,
-    SESSION_IDLE_SECS,
+    POSTGRES_OUTCOME_WAIT, SESSION_IDLE_SECS,
 };
 
 /// Why a command failed; the batch's transaction is rolled back either way.
@@ -94,6 +94,24 @@ impl std::error::Error for Error {
         match self {
             Error::Database(error) => Some(error),
             Error::Missing(_) | Error::NewerSchema(_) | Error::InUse => None,
+        }
+    }
+}
+
+/// How a transaction failed.
+enum TransactionFailed<T> {
+    /// Before its COMMIT was answered with success or failure: nothing of
+    /// it is in the database.
+    RolledBack(Error),
+    /// The connection died with the COMMIT unanswered: it may be in the
+    /// database, and would have returned `T`.
+    NoAnswer(Error, T),
+}
+
+impl<T> TransactionFailed<T> {
+    fn into_error(self) -> Error {
+        match self {
+            TransactionFailed::RolledBack(error) | TransactionFailed::NoAnswer(error, _) => error,
         }
     }
 }
@@ -297,7 +315,21 @@ impl PostgresBackend {
         &mut self,
         work: impl FnOnce(&mut Batch) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut tx = self.client.transaction()?;
+        self.in_transaction_telling(work)
+            .map_err(TransactionFailed::into_error)
+    }
+
+    /// Like [`Self::in_transaction`], but tells a transaction that surely
+    /// rolled back from one whose COMMIT got no answer.
+    fn in_transaction_telling<T>(
+        &mut self,
+        work: impl FnOnce(&mut Batch) -> Result<T, Error>,
+    ) -> Result<T, TransactionFailed<T>> {
+        let rolled_back = TransactionFailed::RolledBack;
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|error| rolled_back(error.into()))?;
         let mut batch = Batch {
             tx: &mut tx,
             statements: &mut self.statements,
@@ -305,10 +337,56 @@ impl PostgresBackend {
             cluster: self.cluster,
             ids: BatchIds::default(),
         };
-        let done = work(&mut batch)?;
-        server_state::save_ids(&mut batch)?;
-        tx.commit()?;
-        Ok(done)
+        let done = work(&mut batch).map_err(rolled_back)?;
+        server_state::save_ids(&mut batch).map_err(rolled_back)?;
+        match tx.commit() {
+            Ok(()) => Ok(done),
+            Err(error) if self.client.is_closed() => {
+                Err(TransactionFailed::NoAnswer(error.into(), done))
+            }
+            Err(error) => Err(rolled_back(error.into())),
+        }
+    }
+
+    /// After a COMMIT that got no answer: whether the batch that stored
+    /// `commands` is in the database, once PostgreSQL answers again
+    /// (within [`POSTGRES_OUTCOME_WAIT`]). `None`: no answer, or nothing in
+    /// the batch to tell by (no message was stored).
+    fn committed_after_all(&mut self, commands: &[Command]) -> Option<bool> {
+        let (message_id, sender_id, content) =
+            commands.iter().find_map(|command| match command {
+                Command::StoreMessage { message, .. } if message.message_id != 0 => Some((
+                    message.message_id,
+                    message.sender_id,
+                    message.content.clone(),
+                )),
+                _ => None,
+            })?;
+        let deadline = std::time::Instant::now() + POSTGRES_OUTCOME_WAIT;
+        loop {
+            self.reconnect_if_closed();
+            let found = self.client.query_opt(
+                "SELECT sender_id, content FROM messages WHERE message_id = $1",
+                &[&message_id],
+            );
+            match found {
+                Ok(row) => {
+                    return Some(row.is_some_and(|row| {
+                        row.get::<_, i64>(0) == sender_id && row.get::<_, String>(1) == content
+                    }))
+                }
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(error) => {
+                    log::error!(
+                        "storage: cannot learn whether a batch committed: {}",
+                        explain(&error)
+                    );
+                    return None;
+                }
+            }
+        }
     }
 
     /// Opens the connection again if PostgreSQL closed it (a restart, an
@@ -348,6 +426,7 @@ impl PostgresBackend {
                     "storage: batch of {} failed ({error}); retrying one by one",
                     batch.len()
                 );
+                self.reconnect_if_closed();
                 batch
                     .iter_mut()
                     .flat_map(|command| self.execute_alone(command))
@@ -383,8 +462,11 @@ impl PostgresBackend {
 
     /// Applies the commands in one transaction and commits it; the client
     /// ids the commands remembered stay only if it committed.
+    /// A COMMIT that got no answer is looked into: if the batch is in the
+    /// database after all, its replies stand (its senders must not be told
+    /// it failed while its recipients read it).
     fn execute_in_transaction(&mut self, commands: &mut [Command]) -> Result<Vec<Reply>, Error> {
-        let replies = self.in_transaction(|batch| {
+        let replies = self.in_transaction_telling(|batch| {
             let mut replies = Vec::with_capacity(commands.len());
             for command in commands.iter_mut() {
                 if ids::needs_id(command, batch.client_ids) {
@@ -396,6 +478,21 @@ impl PostgresBackend {
             }
             Ok(replies)
         });
+        let replies = match replies {
+            Ok(replies) => Ok(replies),
+            Err(TransactionFailed::NoAnswer(error, replies)) => {
+                match self.committed_after_all(commands) {
+                    Some(true) => {
+                        log::warn!(
+                            "storage: a COMMIT got no answer ({error}) but is in the database"
+                        );
+                        Ok(replies)
+                    }
+                    _ => Err(error),
+                }
+            }
+            Err(TransactionFailed::RolledBack(error)) => Err(error),
+        };
         match replies {
             Ok(_) => self.client_ids.commit(),
             Err(_) => self.client_ids.roll_back(),
