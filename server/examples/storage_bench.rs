@@ -31,6 +31,7 @@ fn main() {
             email: format!("user{i}@example.com"),
             hash: hash_password("password123", 1),
             now: 0,
+            shared: None,
         }]);
         if let [Reply::UserCreated {
             user_id: Some(id), ..

@@ -71,6 +71,27 @@ pub const DEFERRED_BYTES_MAX: usize = 256 * 1024;
 /// their size; more get `server_busy`.
 pub const DEFERRED_REQUESTS_MAX: usize = 256;
 
+/// Cluster mode: lookups of names and groups the loop's caches lack (made
+/// or changed on another server whose bus event was missed) waiting for
+/// storage at once. Each holds its connection's later requests (bounded by
+/// [`DEFERRED_REQUESTS_MAX`]); past it a request that needs one gets
+/// `server_busy`. A miss is rare (a lost bus event), so 1,024 is far above
+/// need while keeping a flood of made-up names from filling the storage
+/// queue.
+pub const LOOKUPS_IN_FLIGHT_MAX: usize = 1_024;
+
+/// Cluster mode: names and group memberships storage said do not exist,
+/// remembered for [`LOOKUP_MISS_TTL`] so that a client repeating a request
+/// for one costs no storage read each time; past this many the oldest
+/// expired ones go, and a full table of fresh ones takes no more (those are
+/// asked again).
+pub const LOOKUP_MISSES_MAX: usize = 10_000;
+
+/// How long a name or membership storage said does not exist is believed:
+/// an account made meanwhile on another server whose bus event is also
+/// lost is found at most this much later.
+pub const LOOKUP_MISS_TTL: Duration = Duration::from_secs(10);
+
 /// Frames read from one connection per turn of the loop, so one busy client
 /// cannot starve the others; the rest are read on the next turn.
 pub const FRAMES_PER_CONNECTION_PER_TURN: usize = 256;
@@ -352,8 +373,9 @@ pub struct Cli {
     pub data_dir: PathBuf,
     /// Keep everything in this PostgreSQL database instead of SQLite under
     /// --data-dir: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`. The schema
-    /// is created (or migrated) at start.
-    #[arg(long, value_name = "URL")]
+    /// is created (or migrated) at start. `export-json` and `import-json`
+    /// work on it too.
+    #[arg(long, value_name = "URL", global = true)]
     pub database: Option<String>,
     /// Cluster mode: several servers share the PostgreSQL database of
     /// --database and tell each other live events (messages, presence,
@@ -449,16 +471,18 @@ pub struct Cli {
     pub json_mirror: bool,
 }
 
-/// The subcommands: one-off jobs on the `--data-dir` database. The server
-/// must not be running on that data directory meanwhile.
+/// The subcommands: one-off jobs on the `--data-dir` database, or the
+/// `--database postgres://…` one. The server must not be running on that
+/// data directory meanwhile.
 #[derive(Debug, clap::Subcommand)]
 pub enum JsonCommand {
     /// Write users.json and contacts.json of the database into DIR. Stop the
     /// server first.
     ///
     /// The accounts (with their password hashes) and contact lists of the
-    /// `--data-dir` database; each file is written atomically, mode 0600.
-    /// The server must not be running on that data directory.
+    /// `--data-dir` database (or the `--database postgres://…` one); each
+    /// file is written atomically, mode 0600. The server must not be
+    /// running on that data directory.
     ExportJson {
         /// Directory to write the two files into (created if missing).
         dir: PathBuf,
@@ -466,7 +490,8 @@ pub enum JsonCommand {
     /// Load users.json and contacts.json from DIR into the database. Stop
     /// the server first.
     ///
-    /// The `--data-dir` database is created if missing. Users whose username
+    /// The `--data-dir` database is created if missing (with `--database
+    /// postgres://…`, that database's tables are). Users whose username
     /// exists are skipped and left as they are. A malformed file is refused
     /// and nothing changes. The server must not be running on that data
     /// directory.

@@ -24,6 +24,8 @@
 //!   a cluster and hears from them, through a NATS bridge thread; nothing
 //!   when alone.
 //! - [`rate_limit`]: token buckets and failed-login lockouts.
+//! - [`shared_limits`]: cluster mode: the lockout and the registration
+//!   limit shared by every server, on rows in PostgreSQL.
 //! - [`config`]: the command line and every limit, with its reasons.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the path of a message.
@@ -41,5 +43,6 @@ pub mod metrics;
 pub mod password;
 pub mod priority;
 pub mod rate_limit;
+pub mod shared_limits;
 pub mod storage;
 pub mod tls;

@@ -12,17 +12,12 @@ use simplelog::{CombinedLogger, ConfigBuilder, WriteLogger};
 
 use server::config::{Cli, Config, JsonCommand};
 use server::event_loop::Server;
-use server::storage::json_files;
+use server::storage::json_files::{self, JsonDatabase};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(command) = &cli.command {
-        let on_data = !matches!(command, JsonCommand::GenCert { .. });
-        if on_data && cli.database.is_some() {
-            eprintln!("chat-server: export-json and import-json work on the SQLite database only");
-            return ExitCode::from(2);
-        }
-        return run_json_command(command, &cli.data_dir);
+        return run_json_command(command, cli.database.as_deref(), &cli.data_dir);
     }
     let config = match Config::from_cli(&cli) {
         Ok(config) => config,
@@ -67,19 +62,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `export-json` or `import-json` on the `--data-dir` database: the
-/// report on stdout and exit 0, or the error on stderr and exit 2.
-fn run_json_command(command: &JsonCommand, data_dir: &Path) -> ExitCode {
+/// Runs `export-json` or `import-json` on the `--database` PostgreSQL
+/// database or else the `--data-dir` one: the report on stdout and exit 0,
+/// or the error on stderr and exit 2.
+fn run_json_command(command: &JsonCommand, database: Option<&str>, data_dir: &Path) -> ExitCode {
     let result = match command {
-        JsonCommand::ExportJson { dir } => json_files::open_database(data_dir, false)
-            .and_then(|conn| warn_if_running(&conn).map(|()| conn))
-            .and_then(|conn| json_files::export(&conn, dir))
+        JsonCommand::ExportJson { dir } => JsonDatabase::open(database, data_dir, false)
+            .and_then(|mut db| warn_if_running(&mut db).map(|()| db))
+            .and_then(|mut db| db.export(dir))
             .map(|report| report.to_string()),
         // The files first: a bad directory must not leave a new database behind.
         JsonCommand::ImportJson { dir } => json_files::load(dir).and_then(|loaded| {
-            let mut conn = json_files::open_database(data_dir, true)?;
-            warn_if_running(&conn)?;
-            json_files::import_loaded(&mut conn, &loaded).map(|report| report.to_string())
+            let mut db = JsonDatabase::open(database, data_dir, true)?;
+            warn_if_running(&mut db)?;
+            db.import_loaded(&loaded).map(|report| report.to_string())
         }),
         JsonCommand::GenCert { dir, names } => {
             return match server::tls::generate_dev_certificates(dir, names) {
@@ -112,8 +108,8 @@ fn run_json_command(command: &JsonCommand, data_dir: &Path) -> ExitCode {
 
 /// A server running on the database (or one that crashed: they look alike)
 /// deserves a word before the files are touched.
-fn warn_if_running(conn: &rusqlite::Connection) -> Result<(), json_files::JsonFileError> {
-    if json_files::marked_running(conn)? {
+fn warn_if_running(db: &mut JsonDatabase) -> Result<(), json_files::JsonFileError> {
+    if db.marked_running()? {
         eprintln!(
             "chat-server: warning: the database is marked as in use: a server is \
              running on it or the last one crashed; stop any server before this"

@@ -468,6 +468,15 @@ impl RateLimits {
         }
     }
 
+    /// Where the password attempt of `conn` in flight is counted: its
+    /// address's key, and whether on its account's shared record (the name
+    /// could be an account and the address is not trusted for it).
+    pub fn attempt_standing(&self, conn: ConnId) -> Option<(IpAddr, bool)> {
+        let attempt = self.attempts.get(&conn)?;
+        let shared = matches!(attempt.account, Some((_, Guesser::Anyone)));
+        Some((attempt.address, shared))
+    }
+
     /// Whose record an attempt from `address` for `username` counts on.
     fn guesser(&self, username: &str, address: IpAddr, now: Instant) -> Guesser {
         let trusted = self.trusted.get(username).is_some_and(|addresses| {

@@ -20,7 +20,8 @@ use common::nats::{nats_for, TestNats};
 use common::postgres_db::TestDatabase;
 use common::relay::TcpRelay;
 use common::{
-    group_message, logged_in, message_to, register_all, Client, Polled, TestServer, SECRET,
+    group_message, logged_in, message_to, recv_until, register_all, Client, Polled, TestServer,
+    SECRET,
 };
 use protocol::client::{CreateGroup, Logout, Sync, UserRef};
 use protocol::{ClientMessage, ServerMessage};
@@ -75,17 +76,6 @@ impl Cluster {
 
     fn node(&self, n: usize) -> &TestServer {
         &self.nodes[n]
-    }
-}
-
-/// Receives frames until one matches `want` (others are skipped), or
-/// panics after the harness's receive timeout.
-#[track_caller]
-fn recv_until<T>(client: &mut Client, mut want: impl FnMut(ServerMessage) -> Option<T>) -> T {
-    loop {
-        if let Some(found) = want(client.recv()) {
-            return found;
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `export-json` and `import-json` subcommands on the real binary: a round
-//! trip between two servers, refusal of malformed files, and exports killed
-//! mid-write.
+//! trip between two servers, and through PostgreSQL (`--database`, a fresh
+//! database; `SKIPPED` without one, failing with `CI=true`), refusal of
+//! malformed files, and exports killed mid-write.
 
 mod common;
 
@@ -11,8 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Instant;
 
+use common::postgres_db::TestDatabase;
 use common::{logged_in, login_with_secret, register_all, TestServer, SECRET};
-use protocol::client::UserRef;
+use protocol::client::{PublishKey, UserRef};
 use protocol::ClientMessage;
 
 /// Runs `chat-server --data-dir DATA SUBCOMMAND DIR` to completion.
@@ -25,6 +27,42 @@ fn run(data_dir: &Path, subcommand: &str, dir: &Path) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run chat-server")
+}
+
+/// Runs `chat-server --database URL SUBCOMMAND DIR` and asserts exit 0;
+/// returns its stdout.
+#[track_caller]
+fn run_on_postgres_ok(url: &str, subcommand: &str, dir: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--database", url, subcommand])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-server");
+    assert!(
+        output.status.success(),
+        "{subcommand} on PostgreSQL failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Alice logs in on `server` with her old password and her directory lists
+/// bob (mutual) and carol, as the round-trip tests made them.
+#[track_caller]
+fn assert_alice_lists_bob_and_carol(server: &TestServer) {
+    let mut alice = server.client();
+    alice.login("alice", SECRET);
+    alice.send(&ClientMessage::GetDirectory);
+    let directory = alice.recv_directory();
+    let mut listed: Vec<(&str, bool)> = directory
+        .data
+        .iter()
+        .map(|entry| (entry.username.as_str(), entry.mutual))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("bob", true), ("carol", false)]);
 }
 
 /// Runs a subcommand and asserts exit 0; returns its stdout.
@@ -96,17 +134,7 @@ fn exported_accounts_log_in_on_a_fresh_server_with_their_old_passwords() {
 
     // A later --data-dir overrides the harness's own.
     let second = TestServer::start(&["--data-dir", data_dir.to_str().unwrap()]);
-    let mut alice = second.client();
-    alice.login("alice", SECRET);
-    alice.send(&ClientMessage::GetDirectory);
-    let directory = alice.recv_directory();
-    let mut listed: Vec<(&str, bool)> = directory
-        .data
-        .iter()
-        .map(|entry| (entry.username.as_str(), entry.mutual))
-        .collect();
-    listed.sort();
-    assert_eq!(listed, [("bob", true), ("carol", false)]);
+    assert_alice_lists_bob_and_carol(&second);
 
     let mut wrong = second.client();
     wrong.send(&login_with_secret("bob", "not-the-password"));
@@ -115,6 +143,73 @@ fn exported_accounts_log_in_on_a_fresh_server_with_their_old_passwords() {
         !data_dir.join("users.json").exists(),
         "no mirror without --json-mirror"
     );
+}
+
+/// SQLite → files → PostgreSQL → files gives the same files, byte for byte;
+/// a second import into PostgreSQL skips everything; a server on that
+/// database logs the users in with their old passwords and lists their
+/// contacts.
+#[test]
+fn a_round_trip_through_postgres_gives_the_same_files() {
+    let test = "a_round_trip_through_postgres_gives_the_same_files";
+    let Some(database) = TestDatabase::create(test) else {
+        return;
+    };
+    let mut first = TestServer::start(&[]);
+    register_all(&first, &["alice", "bob", "carol"]);
+    let mut alice = logged_in(&first, "alice");
+    add_contact(&mut alice, "bob");
+    add_contact(&mut alice, "carol");
+    alice.send(&ClientMessage::PublishKey(PublishKey {
+        public_key: "alice-public-key".into(),
+    }));
+    alice.recv_key();
+    alice.close();
+    let mut bob = logged_in(&first, "bob");
+    add_contact(&mut bob, "alice");
+    bob.close();
+    assert!(first.stop_gracefully().success());
+
+    let from_sqlite = tempfile::tempdir().unwrap();
+    run_ok(first.data_dir(), "export-json", from_sqlite.path());
+    let out = run_on_postgres_ok(&database.url, "import-json", from_sqlite.path());
+    assert!(
+        out.starts_with(
+            "imported 3 users (0 skipped: already present), 3 contacts (0 skipped: already present)"
+        ),
+        "{out}"
+    );
+    let from_postgres = tempfile::tempdir().unwrap();
+    let out = run_on_postgres_ok(&database.url, "export-json", from_postgres.path());
+    assert!(
+        out.starts_with("exported 3 users and 3 contacts to "),
+        "{out}"
+    );
+    for name in ["users.json", "contacts.json"] {
+        assert_eq!(
+            fs::read_to_string(from_sqlite.path().join(name)).unwrap(),
+            fs::read_to_string(from_postgres.path().join(name)).unwrap(),
+            "{name} differs after the round trip"
+        );
+        let mode = fs::metadata(from_postgres.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    let out = run_on_postgres_ok(&database.url, "import-json", from_sqlite.path());
+    assert!(
+        out.starts_with(
+            "imported 0 users (3 skipped: already present), 0 contacts (3 skipped: already present)"
+        ),
+        "{out}"
+    );
+
+    let second = TestServer::start(&["--database", &database.url]);
+    assert_alice_lists_bob_and_carol(&second);
+    let mut wrong = second.client();
+    wrong.send(&login_with_secret("bob", "not-the-password"));
+    wrong.recv_fail_login();
 }
 
 /// A malformed file makes import-json exit 2 with a message naming the file,
@@ -286,4 +381,26 @@ fn assert_whole(dir: &Path, whole_users: &[u8], whole_contacts: &[u8], step: u32
             );
         }
     }
+}
+
+/// export-json on a PostgreSQL that does not answer exits 2 naming the
+/// database, never its password.
+#[test]
+fn an_unreachable_postgres_is_named_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .arg("export-json")
+        .arg(dir.path())
+        .args(["--database", "postgres://chat:s3cret@127.0.0.1:1/chatdb"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chat-server");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("postgres://chat@127.0.0.1:1/chatdb"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!dir.path().join("users.json").exists());
 }

@@ -426,7 +426,7 @@ fn one_server_per_database_even_when_two_start_together() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [3], "one version row");
+    assert_eq!(versions, [4], "one version row");
 
     let mut first = started.pop().unwrap().unwrap();
     assert!(first.stop_gracefully().success());

@@ -16,12 +16,13 @@ use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::push_page;
-use super::{Auth, Client, CloseReason, Dispatcher, Effects, Stream};
+use super::{Auth, Client, CloseReason, Dispatcher, Effects, SharedAttempt, Stream};
 use crate::bus::BusEvent;
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
 use crate::password;
-use crate::rate_limit::Verdict;
+use crate::rate_limit::{address_key, Verdict};
+use crate::shared_limits::{SharedLogin, SharedRegistration};
 use crate::storage::{Command, GroupsTaken, StoredMessage};
 
 /// Longest username echoed into the log for a failed login (client-chosen text).
@@ -174,11 +175,16 @@ impl Dispatcher {
             // known here: storage is asked (and a missing one still costs
             // a hash, below).
             if self.users.contains_key(&username) || self.limits.cluster {
+                client.auth = Auth::Verifying {
+                    username: username.clone(),
+                    secret,
+                };
+                let shared = self.begin_shared_login(conn, &username);
                 fx.storage.push(Command::FetchCredentials {
                     to: fx.requester(conn),
-                    username: username.clone(),
+                    username,
+                    shared,
                 });
-                client.auth = Auth::Verifying { username, secret };
             } else {
                 // An unknown user still costs a full hash, so that timing
                 // does not tell which usernames exist.
@@ -208,6 +214,9 @@ impl Dispatcher {
         found: Option<(i64, String)>,
         fx: &mut Effects,
     ) {
+        if let Some(attempt) = self.shared_logins.get_mut(&conn) {
+            attempt.charged = true;
+        }
         let Some(Client {
             auth: Auth::Verifying { secret, .. },
             peer,
@@ -215,8 +224,7 @@ impl Dispatcher {
         }) = self.clients.get(&conn)
         else {
             // Gone meanwhile: the attempt ends unheard, counted as a failure.
-            self.rate_limits
-                .end_login(conn, Verdict::Failed, self.clock);
+            self.end_login_attempt(conn, Verdict::Failed, fx);
             return;
         };
         let (user_id, stored) = match found {
@@ -249,7 +257,7 @@ impl Dispatcher {
             Some(_) if heard => Verdict::Succeeded,
             _ => Verdict::Failed,
         };
-        self.rate_limits.end_login(conn, verdict, self.clock);
+        self.end_login_attempt(conn, verdict, fx);
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
@@ -285,11 +293,72 @@ impl Dispatcher {
     }
 
     pub(super) fn login_rate_limited(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
-        self.rate_limits
-            .end_login(conn, Verdict::NotTried, self.clock);
+        self.end_login_attempt(conn, Verdict::NotTried, fx);
         self.abandon_login(conn);
         self.send_login_failure(conn, LoginError::RateLimited, now, fx);
         self.run_deferred(conn, now, fx);
+    }
+
+    /// Cluster mode: storage found the account or the address locked out
+    /// by failures counted over every server; nothing was charged there.
+    pub(super) fn login_locked(&mut self, conn: ConnId, now: i64, fx: &mut Effects) {
+        self.shared_logins.remove(&conn);
+        log::info!("login from {conn:?} refused: locked out across the cluster");
+        self.login_rate_limited(conn, now, fx);
+    }
+
+    /// Cluster mode (with rate limits on): what storage needs to check and
+    /// charge `conn`'s password attempt on the shared lockout, remembered
+    /// until the attempt ends.
+    fn begin_shared_login(&mut self, conn: ConnId, username: &str) -> Option<SharedLogin> {
+        if !self.limits.cluster {
+            return None;
+        }
+        let config = self.limits.rates?;
+        let (address, account) = self.rate_limits.attempt_standing(conn)?;
+        let shared = SharedLogin {
+            address: address.to_string(),
+            account,
+            failures_per_account: config.failures_per_account,
+            failures_per_ip: config.failures_per_ip,
+        };
+        let attempt = SharedAttempt {
+            username: username.to_owned(),
+            shared: shared.clone(),
+            charged: false,
+        };
+        self.shared_logins.insert(conn, attempt);
+        Some(shared)
+    }
+
+    /// The password attempt of `conn` ended: counted here, and (cluster
+    /// mode) in storage if storage charged it.
+    pub(super) fn end_login_attempt(&mut self, conn: ConnId, verdict: Verdict, fx: &mut Effects) {
+        self.rate_limits.end_login(conn, verdict, self.clock);
+        let Some(attempt) = self.shared_logins.remove(&conn) else {
+            return;
+        };
+        if attempt.charged {
+            fx.storage.push(Command::EndSharedLogin {
+                username: attempt.username,
+                shared: attempt.shared,
+                verdict,
+            });
+        }
+    }
+
+    /// Cluster mode (with rate limits on): the registration is also counted
+    /// on the address's shared bucket.
+    pub(super) fn shared_registration(&self, conn: ConnId) -> Option<SharedRegistration> {
+        if !self.limits.cluster {
+            return None;
+        }
+        let rate = self.limits.rates?.registrations_per_ip;
+        let peer = self.clients.get(&conn)?.peer;
+        Some(SharedRegistration {
+            address: address_key(peer.ip()).to_string(),
+            rate,
+        })
     }
 
     fn send_login_failure(&self, conn: ConnId, error_type: LoginError, now: i64, fx: &mut Effects) {

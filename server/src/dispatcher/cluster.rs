@@ -177,6 +177,7 @@ impl Dispatcher {
                 }
             }
             BusEvent::UserCreated { username, user_id } => {
+                self.misses.forget_user(&username);
                 self.users.insert(username, user_id);
             }
             BusEvent::GroupChanged { group } => self.group_changed_here(group, now, fx),

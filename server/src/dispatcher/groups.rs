@@ -300,7 +300,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn is_member(&self, group_id: i64, user_id: i64) -> bool {
+    pub(super) fn is_member(&self, group_id: i64, user_id: i64) -> bool {
         self.groups
             .get(&group_id)
             .is_some_and(|group| group.members.iter().any(|(id, _)| *id == user_id))

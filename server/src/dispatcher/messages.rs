@@ -26,7 +26,7 @@ const HISTORY_LIMIT_MAX: i64 = 200;
 const SYNC_LIMIT_DEFAULT: i64 = 500;
 const SYNC_LIMIT_MAX: i64 = 1000;
 /// The prefix of a group `chat_id`.
-const GROUP_CHAT_PREFIX: &str = "g:";
+pub(super) const GROUP_CHAT_PREFIX: &str = "g:";
 
 /// Where a Message goes.
 enum Target {

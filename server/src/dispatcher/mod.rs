@@ -21,7 +21,8 @@
 //! directory, keys), [`groups`] (groups and group messages), [`cluster`]
 //! (what other servers of a cluster tell this one over the bus, and the
 //! heartbeats), [`liveness`] (who is online on which other server, and
-//! which servers are dead).
+//! which servers are dead), [`lookups`] (cluster mode: asking storage what
+//! the caches lack).
 
 mod accounts;
 mod cluster;
@@ -29,9 +30,10 @@ mod contacts;
 mod delivery;
 mod groups;
 mod liveness;
+mod lookups;
 mod messages;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -43,12 +45,14 @@ use crate::completion::{Completion, ConnId, Requester};
 use crate::config;
 use crate::hasher::{HashDone, HashJob};
 use crate::metrics::FrameTally;
-use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits};
+use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits, Verdict};
+use crate::shared_limits::SharedLogin;
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
 use contacts::ContactAdded;
 pub use delivery::Stream;
 use delivery::{AwaitingCommit, ConfirmSchedule, MessageStored};
+use lookups::{Lookup, Misses};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,9 +271,12 @@ pub struct Client {
     pub peer: SocketAddr,
     /// Its login state.
     pub auth: Auth,
-    /// Requests pipelined behind a Login that is still being checked; they
-    /// run, in order, once the login succeeds or fails.
+    /// Requests pipelined behind a Login that is still being checked, or
+    /// behind a lookup (cluster mode); they run, in order, once it is done.
     deferred: Vec<String>,
+    /// Cluster mode: the request waiting for storage to find what the
+    /// caches lack (`lookups.rs`).
+    lookup: Option<Lookup>,
     /// Per-connection rate limits (`None` with `--no-rate-limits`).
     buckets: Option<ConnectionBuckets>,
     /// The login in progress asked for receipts.
@@ -338,6 +345,15 @@ pub struct Dispatcher {
     /// Cluster mode: who is online on the other servers, and which of them
     /// are alive (`None` when alone).
     liveness: Option<liveness::Liveness>,
+    /// Cluster mode: the tickets of lookups in storage (at most
+    /// [`config::LOOKUPS_IN_FLIGHT_MAX`]).
+    lookups: HashSet<u64>,
+    /// Cluster mode: what lookups found missing, for a while.
+    misses: Misses,
+    /// Cluster mode: password attempts checked against the shared lockout
+    /// (`shared_limits.rs`), by connection (one each, ended with the
+    /// attempt).
+    shared_logins: HashMap<ConnId, SharedAttempt>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -364,6 +380,9 @@ impl Dispatcher {
             confirms_due: ConfirmSchedule::default(),
             receipts_due: HashMap::new(),
             liveness: None,
+            lookups: HashSet::new(),
+            misses: Misses::default(),
+            shared_logins: HashMap::new(),
             limits,
             counters: Counters::default(),
         }
@@ -377,6 +396,7 @@ impl Dispatcher {
                 peer,
                 auth: Auth::Anonymous,
                 deferred: Vec::new(),
+                lookup: None,
                 buckets: self.rate_limits.connection_buckets(self.clock),
                 receipts: false,
                 output_full: false,
@@ -394,6 +414,9 @@ impl Dispatcher {
     /// Forgets rate-limit entries that no longer limit anyone.
     pub fn prune_rate_limits(&mut self) {
         self.rate_limits.prune(self.clock);
+        let limits = &self.rate_limits;
+        self.shared_logins
+            .retain(|conn, _| limits.attempt_standing(*conn).is_some());
     }
 
     /// The loop tells how many storage commands are waiting.
@@ -421,12 +444,27 @@ impl Dispatcher {
 
     /// Handles one text frame.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: i64, fx: &mut Effects) {
+        self.handle_request(conn, text, true, now, fx);
+    }
+
+    /// Handles one text frame; in cluster mode, unless `may_look_up` is
+    /// false (it is being run again after one), what it names that the
+    /// caches lack is looked up first (`lookups.rs`).
+    fn handle_request(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        may_look_up: bool,
+        now: i64,
+        fx: &mut Effects,
+    ) {
         let (request_id, decoded) = protocol::decode_request(text);
         let outer = fx.begin_answering(Some(Requester { conn, request_id }));
         match decoded {
             Ok(message) if self.must_defer(conn, &message) => {
                 self.defer(conn, text, message.kind(), now, fx)
             }
+            Ok(message) if may_look_up && self.look_up_first(conn, text, &message, now, fx) => {}
             Ok(message) => self.handle_message(conn, message, now, fx),
             Err(error) => {
                 log::debug!("{conn:?}: undecodable frame: {error}");
@@ -465,8 +503,16 @@ impl Dispatcher {
     }
 
     /// Whether `message` arrived behind a Login still in progress on `conn`
-    /// and needs that login's outcome.
+    /// and needs that login's outcome, or behind a lookup (everything but a
+    /// Ping waits for that, so requests keep their order).
     fn must_defer(&self, conn: ConnId, message: &ClientMessage) -> bool {
+        if self
+            .clients
+            .get(&conn)
+            .is_some_and(|client| client.lookup.is_some())
+        {
+            return !matches!(message, ClientMessage::Ping);
+        }
         let in_progress = self
             .clients
             .get(&conn)
@@ -490,7 +536,7 @@ impl Dispatcher {
         if client.deferred.len() >= config::DEFERRED_REQUESTS_MAX
             || queued_bytes + text.len() > config::DEFERRED_BYTES_MAX
         {
-            let detail = "too many requests queued behind a login in progress";
+            let detail = "too many requests queued behind a login or lookup in progress";
             fx.error(conn, ErrorType::ServerBusy, detail, tag, now);
             return;
         }
@@ -579,6 +625,14 @@ impl Dispatcher {
                 user_id,
             } => self.user_created(to.conn, username, user_id, now, fx),
             Reply::Credentials { to, found } => self.credentials_found(to.conn, found, fx),
+            Reply::LoginLocked { to } => self.login_locked(to.conn, now, fx),
+            Reply::RegistrationLimited { to } => self.register_rate_limited(to.conn, now, fx),
+            Reply::Found {
+                to,
+                ticket,
+                users,
+                group,
+            } => self.found(to.conn, ticket, (users, group), now, fx),
             Reply::SessionOpened {
                 to,
                 queued,
@@ -684,6 +738,10 @@ impl Dispatcher {
                 ticket,
                 reason,
             } => {
+                if self.lookup_failed(to.conn, ticket, now, fx) {
+                    log::warn!("storage failed a lookup of {:?}: {reason}", to.conn);
+                    return;
+                }
                 if let Some(ticket) = ticket {
                     self.forget_delivery(ticket);
                 }
@@ -702,6 +760,7 @@ impl Dispatcher {
                 email,
                 hash,
             } => fx.storage.push(Command::CreateUser {
+                shared: self.shared_registration(to.conn),
                 to,
                 username,
                 email,
@@ -718,6 +777,12 @@ impl Dispatcher {
 
     /// A storage command could not be queued (queue full or storage gone).
     pub fn storage_refused(&mut self, command: Command, now: i64, fx: &mut Effects) {
+        if let Command::LookUp { to, ticket, .. } = &command {
+            let outer = fx.begin_answering(Some(to.clone()));
+            self.lookup_failed(to.conn, Some(*ticket), now, fx);
+            fx.end_answering(outer);
+            return;
+        }
         if let Command::StoreMessage { ticket, .. } = &command {
             self.forget_delivery(*ticket);
         }
@@ -749,9 +814,7 @@ impl Dispatcher {
     fn request_failed(&mut self, (conn, tag): (ConnId, ClientTag), now: i64, fx: &mut Effects) {
         if tag == ClientTag::Login {
             // A password attempt that never reached the hasher is no guess.
-            let clock = self.clock;
-            self.rate_limits
-                .end_login(conn, crate::rate_limit::Verdict::NotTried, clock);
+            self.end_login_attempt(conn, Verdict::NotTried, fx);
         }
         if !self.clients.contains_key(&conn) {
             return;
@@ -928,6 +991,18 @@ impl Dispatcher {
         }
         self.push_to_user(user_id, &frame, None, requester, fx);
     }
+}
+
+/// A password attempt checked against the shared lockout (cluster mode).
+#[derive(Debug)]
+struct SharedAttempt {
+    /// The username tried.
+    username: String,
+    /// Where it counts.
+    shared: SharedLogin,
+    /// Storage has charged it (its `Credentials` came): its end must be
+    /// recorded there too.
+    charged: bool,
 }
 
 /// Which part of a login's offline queue a delivered message belongs to, so a

@@ -1460,3 +1460,212 @@ fn a_bus_gap_makes_receipts_devices_read_from_storage() {
     d.complete(Completion::Bus(Inbound::Gap), NOW, &mut fx);
     assert!(fx.after_flush.is_empty(), "a read is already on its way");
 }
+
+// Cluster mode: the caches' miss path (`lookups.rs`).
+
+fn cluster_dispatcher() -> Dispatcher {
+    let mut d = dispatcher();
+    d.limits.cluster = true;
+    d
+}
+
+/// The lookup among `fx.storage`: its ticket, names and group.
+fn lookup_in(fx: &Effects) -> (u64, Vec<String>, Option<i64>) {
+    match &fx.storage[..] {
+        [Command::LookUp {
+            ticket,
+            usernames,
+            group_id,
+            ..
+        }] => (*ticket, usernames.clone(), *group_id),
+        other => panic!("expected one LookUp, got {other:?}"),
+    }
+}
+
+fn receivers(fx: &Effects) -> Vec<Option<i64>> {
+    fx.storage
+        .iter()
+        .filter_map(|command| match command {
+            Command::StoreMessage { message, .. } => Some(message.receiver_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A message to a name the directory lacks asks storage first; a request
+/// sent meanwhile waits behind it; once storage finds the name both run, in
+/// order, and the name is known from then on.
+#[test]
+fn a_directory_miss_asks_storage_and_later_requests_wait_behind_it() {
+    let mut d = cluster_dispatcher();
+    let c = conn(1);
+    log_in(&mut d, c, "alice", vec![]);
+    let fx = send_uncommitted(&mut d, c, r#"{"tag":11,"dest_id":"dave","content":"hi"}"#);
+    let (ticket, names, group) = lookup_in(&fx);
+    assert_eq!((names, group), (vec!["dave".to_owned()], None));
+    assert!(frames_for(&fx, c).is_empty());
+    let fx = send_uncommitted(&mut d, c, r#"{"tag":11,"dest_id":"bob","content":"after"}"#);
+    assert!(fx.storage.is_empty(), "waits behind the lookup");
+    let found = Reply::Found {
+        to: Requester::anonymous(c),
+        ticket,
+        users: vec![("dave".into(), 4)],
+        group: None,
+    };
+    let fx = complete(&mut d, found);
+    assert_eq!(receivers(&fx), [Some(4), Some(BOB)]);
+    let fx = send_uncommitted(
+        &mut d,
+        c,
+        r#"{"tag":11,"dest_id":"dave","content":"again"}"#,
+    );
+    assert_eq!(receivers(&fx), [Some(4)], "known now: no second lookup");
+}
+
+/// A name storage does not know is `unknown_user`, and is not asked about
+/// again at once; a server alone never asks.
+#[test]
+fn a_name_storage_does_not_know_is_unknown_user_and_not_asked_again_at_once() {
+    let mut d = cluster_dispatcher();
+    let c = conn(1);
+    log_in(&mut d, c, "alice", vec![]);
+    let json = r#"{"tag":11,"dest_id":"nobody","content":"hi"}"#;
+    let (ticket, _, _) = lookup_in(&send_uncommitted(&mut d, c, json));
+    let found = Reply::Found {
+        to: Requester::anonymous(c),
+        ticket,
+        users: vec![],
+        group: None,
+    };
+    let fx = complete(&mut d, found);
+    assert_eq!(
+        error_type(&frames_for(&fx, c)[0]),
+        Some(ErrorType::UnknownUser)
+    );
+    let fx = send_uncommitted(&mut d, c, json);
+    assert!(fx.storage.is_empty());
+    assert_eq!(
+        error_type(&frames_for(&fx, c)[0]),
+        Some(ErrorType::UnknownUser)
+    );
+
+    let mut alone = dispatcher();
+    log_in(&mut alone, c, "alice", vec![]);
+    let fx = send_uncommitted(&mut alone, c, json);
+    assert!(fx.storage.is_empty());
+    assert_eq!(
+        error_type(&frames_for(&fx, c)[0]),
+        Some(ErrorType::UnknownUser)
+    );
+}
+
+/// A group the sender is not in as far as the cache knows is read from
+/// storage first; a lookup storage fails is answered `server_busy` and
+/// what waited behind it runs.
+#[test]
+fn a_group_miss_is_read_and_a_failed_lookup_is_server_busy() {
+    let mut d = cluster_dispatcher();
+    let c = conn(1);
+    log_in(&mut d, c, "alice", vec![]);
+    let (ticket, names, group) = lookup_in(&send_uncommitted(
+        &mut d,
+        c,
+        r#"{"tag":11,"group_id":7,"content":"hi"}"#,
+    ));
+    assert_eq!((names.len(), group), (0, Some(7)));
+    let row = GroupRow {
+        group_id: 7,
+        name: "far".into(),
+        members: vec![(ALICE, "alice".into()), (BOB, "bob".into())],
+    };
+    let found = Reply::Found {
+        to: Requester::anonymous(c),
+        ticket,
+        users: vec![],
+        group: Some(row),
+    };
+    let fx = complete(&mut d, found);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::StoreMessage { message, .. }] if message.group_id == Some(7)
+    ));
+
+    let (ticket, _, _) = lookup_in(&send_uncommitted(
+        &mut d,
+        c,
+        r#"{"tag":11,"dest_id":"erin","content":"x"}"#,
+    ));
+    send_uncommitted(&mut d, c, r#"{"tag":11,"dest_id":"bob","content":"y"}"#);
+    let failed = Reply::Failed {
+        to: Requester::anonymous(c),
+        ref_tag: ClientTag::Message,
+        ticket: Some(ticket),
+        reason: "disk".into(),
+    };
+    let fx = complete(&mut d, failed);
+    assert_eq!(
+        error_type(&frames_for(&fx, c)[0]),
+        Some(ErrorType::ServerBusy)
+    );
+    assert_eq!(receivers(&fx), [Some(BOB)]);
+}
+
+// Cluster mode: the shared lockout (`shared_limits.rs`).
+
+/// A wrong password in cluster mode: storage is asked to check and charge
+/// the attempt, and told its verdict after the hash; a lock storage found
+/// is `rate_limited` with nothing to record; alone, storage is asked
+/// nothing of the kind.
+#[test]
+fn a_cluster_login_is_checked_and_its_verdict_recorded_in_storage() {
+    let mut d = cluster_dispatcher();
+    let c = conn(1);
+    d.connected(c, peer());
+    let fx = send(&mut d, c, r#"{"tag":2,"username":"bob","secret":"wrong"}"#);
+    let [Command::FetchCredentials {
+        shared: Some(shared),
+        ..
+    }] = &fx.storage[..]
+    else {
+        panic!("expected a shared check, got {:?}", fx.storage);
+    };
+    assert!(shared.account);
+    assert_eq!(shared.address, "127.0.0.1");
+    let credentials = Reply::Credentials {
+        to: Requester::anonymous(c),
+        found: Some((BOB, "$pbkdf2-sha256$i=1$AAAA$AAAA".into())),
+    };
+    complete(&mut d, credentials);
+    let mut fx = Effects::default();
+    let verdict = HashDone::Verified {
+        to: Requester::anonymous(c),
+        user_id: None,
+    };
+    d.complete(Completion::Hash(verdict), NOW, &mut fx);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::EndSharedLogin { username, verdict: Verdict::Failed, .. }] if username == "bob"
+    ));
+
+    send(&mut d, c, r#"{"tag":2,"username":"bob","secret":"right"}"#);
+    let fx = complete(
+        &mut d,
+        Reply::LoginLocked {
+            to: Requester::anonymous(c),
+        },
+    );
+    assert!(fx.storage.is_empty(), "nothing was charged");
+    let frames = frames_for(&fx, c);
+    assert!(
+        matches!(&frames[..], [ServerMessage::FailLogin(fail)] if fail.error_type == LoginError::RateLimited),
+        "{frames:?}"
+    );
+
+    let mut alone = dispatcher();
+    alone.connected(c, peer());
+    let fx = send(&mut alone, c, r#"{"tag":2,"username":"bob","secret":"x"}"#);
+    assert!(matches!(
+        &fx.storage[..],
+        [Command::FetchCredentials { shared: None, .. }]
+    ));
+}

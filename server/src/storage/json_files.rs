@@ -22,6 +22,12 @@
 //! Like [`super::sqlite`], this module runs SQL, but only on a connection it
 //! is handed: the subcommands' own (the server is not running) or the storage
 //! thread's (the mirror). It never opens a second writer beside a server.
+//!
+//! With `--database postgres://…` the subcommands work on PostgreSQL
+//! ([`JsonDatabase`]; its SQL is in `storage/postgres/json_tables.rs`): the
+//! same files, the same checks, the same one transaction, and users and
+//! contacts in the same order (by id), so a round trip SQLite → files →
+//! PostgreSQL → files gives the same files.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -67,20 +73,20 @@ struct UsersFile {
 /// contacts refer to users by name.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserRecord {
-    username: String,
-    email: String,
+pub(crate) struct UserRecord {
+    pub(crate) username: String,
+    pub(crate) email: String,
     /// The PHC string (`$pbkdf2-sha256$i=N$salt$hash`): iterations, salt, hash.
-    password_hash: String,
+    pub(crate) password_hash: String,
     /// The salt alone, as the original schema kept it; must match the PHC's.
-    salt: String,
+    pub(crate) salt: String,
     #[serde(default)]
-    public_key: Option<String>,
+    pub(crate) public_key: Option<String>,
     /// Unix seconds.
-    created_at: i64,
+    pub(crate) created_at: i64,
     /// Unix seconds of the last login or logout, if any.
     #[serde(default)]
-    last_activity: Option<i64>,
+    pub(crate) last_activity: Option<i64>,
 }
 
 /// `contacts.json`.
@@ -94,11 +100,11 @@ struct ContactsFile {
 /// `owner` has `contact` in their list (one direction; a mutual pair is two).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ContactRecord {
-    owner: String,
-    contact: String,
+pub(crate) struct ContactRecord {
+    pub(crate) owner: String,
+    pub(crate) contact: String,
     /// Unix seconds.
-    created_at: i64,
+    pub(crate) created_at: i64,
 }
 
 /// Why an export, import or mirror write did not happen.
@@ -131,6 +137,10 @@ pub enum JsonFileError {
     /// back whole. Make sure no server runs on the data directory, or fix the
     /// database, and run again.
     Database(rusqlite::Error),
+    /// PostgreSQL (`--database`) refused, could not be reached, or holds a
+    /// newer schema. An import was rolled back whole. Check the URL and
+    /// that PostgreSQL runs, and run again.
+    Postgres(String),
 }
 
 impl fmt::Display for JsonFileError {
@@ -144,6 +154,7 @@ impl fmt::Display for JsonFileError {
                 path.display()
             ),
             JsonFileError::Database(error) => write!(f, "database: {error}"),
+            JsonFileError::Postgres(problem) => write!(f, "database: {problem}"),
         }
     }
 }
@@ -153,7 +164,9 @@ impl std::error::Error for JsonFileError {
         match self {
             JsonFileError::Io { source, .. } => Some(source),
             JsonFileError::Database(error) => Some(error),
-            JsonFileError::NoDatabase(_) | JsonFileError::Malformed { .. } => None,
+            JsonFileError::NoDatabase(_)
+            | JsonFileError::Malformed { .. }
+            | JsonFileError::Postgres(_) => None,
         }
     }
 }
@@ -172,7 +185,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JsonFileError + '_ {
     }
 }
 
-fn malformed(path: &Path, reason: impl Into<String>) -> JsonFileError {
+pub(crate) fn malformed(path: &Path, reason: impl Into<String>) -> JsonFileError {
     JsonFileError::Malformed {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -271,6 +284,15 @@ pub fn marked_running(conn: &Connection) -> Result<bool, JsonFileError> {
 /// each atomically, from one consistent read of the database.
 pub fn export(conn: &Connection, dir: &Path) -> Result<ExportReport, JsonFileError> {
     let (users, contacts) = read_tables(conn)?;
+    write_files(users, contacts, dir)
+}
+
+/// Writes both files from the tables' rows (users first).
+fn write_files(
+    users: Vec<UserRecord>,
+    contacts: Vec<ContactRecord>,
+    dir: &Path,
+) -> Result<ExportReport, JsonFileError> {
     create_private_dir(dir)?;
     let report = ExportReport {
         users: users.len(),
@@ -344,17 +366,98 @@ pub fn import_loaded(
     // checks against the database and the writes.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let contacts_path = loaded.dir.join(CONTACTS_FILE);
-    check_contacts_name_users(&tx, &contacts_path, contacts, users)?;
+    {
+        let mut exists =
+            tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)")?;
+        check_contacts_name_users(&contacts_path, contacts, users, |name| {
+            Ok(exists.query_row([name], |row| row.get(0))?)
+        })?;
+    }
     let (users_imported, users_skipped) = insert_users(&tx, users)?;
     let (contacts_imported, contacts_skipped) = insert_contacts(&tx, contacts)?;
     tx.commit()?;
-    Ok(ImportReport {
-        users_imported,
-        users_skipped,
-        contacts_imported,
-        contacts_skipped,
-        dir: loaded.dir.clone(),
-    })
+    Ok(loaded.report(
+        (users_imported, users_skipped),
+        (contacts_imported, contacts_skipped),
+    ))
+}
+
+impl Loaded {
+    /// The users and the contacts read.
+    pub(crate) fn records(&self) -> (&[UserRecord], &[ContactRecord]) {
+        (&self.users.users, &self.contacts.contacts)
+    }
+
+    /// Where `contacts.json` was read.
+    pub(crate) fn contacts_path(&self) -> PathBuf {
+        self.dir.join(CONTACTS_FILE)
+    }
+
+    /// The report of an import of these files: `(imported, skipped)` users
+    /// and contacts.
+    pub(crate) fn report(&self, users: (usize, usize), contacts: (usize, usize)) -> ImportReport {
+        ImportReport {
+            users_imported: users.0,
+            users_skipped: users.1,
+            contacts_imported: contacts.0,
+            contacts_skipped: contacts.1,
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+/// The database the `export-json` and `import-json` subcommands work on:
+/// `<data-dir>/chat.db`, or PostgreSQL with `--database`.
+pub enum JsonDatabase {
+    /// The SQLite database of a data directory.
+    Sqlite(Connection),
+    /// A PostgreSQL database (`storage/postgres/json_tables.rs`).
+    Postgres(Box<postgres::Client>),
+}
+
+impl JsonDatabase {
+    /// Opens the database: PostgreSQL when `database` names one (its schema
+    /// made or migrated as a server's start would), otherwise
+    /// `<data_dir>/chat.db` as [`open_database`] does.
+    pub fn open(
+        database: Option<&str>,
+        data_dir: &Path,
+        create: bool,
+    ) -> Result<JsonDatabase, JsonFileError> {
+        match database {
+            Some(url) => Ok(JsonDatabase::Postgres(Box::new(
+                super::postgres::json_tables::open(url)?,
+            ))),
+            None => Ok(JsonDatabase::Sqlite(open_database(data_dir, create)?)),
+        }
+    }
+
+    /// See [`marked_running`].
+    pub fn marked_running(&mut self) -> Result<bool, JsonFileError> {
+        match self {
+            JsonDatabase::Sqlite(conn) => marked_running(conn),
+            JsonDatabase::Postgres(client) => super::postgres::json_tables::marked_running(client),
+        }
+    }
+
+    /// See [`export`].
+    pub fn export(&mut self, dir: &Path) -> Result<ExportReport, JsonFileError> {
+        match self {
+            JsonDatabase::Sqlite(conn) => export(conn, dir),
+            JsonDatabase::Postgres(client) => {
+                let (users, contacts) = super::postgres::json_tables::read_tables(client)?;
+                write_files(users, contacts, dir)
+            }
+        }
+    }
+
+    /// See [`import_loaded`].
+    pub fn import_loaded(&mut self, loaded: &Loaded) -> Result<ImportReport, JsonFileError> {
+        match self {
+            JsonDatabase::Sqlite(conn) => import_loaded(conn, loaded),
+            JsonDatabase::Postgres(client) => super::postgres::json_tables::import(client, loaded),
+        }
+    }
 }
 
 /// Keeps `users.json` and `contacts.json` in a directory current, for the
@@ -615,18 +718,18 @@ fn check_contacts(path: &Path, contacts: &[ContactRecord]) -> Result<(), JsonFil
     Ok(())
 }
 
-/// Every name in the contacts must be a user of the file or of the database.
-fn check_contacts_name_users(
-    tx: &Transaction,
+/// Every name in the contacts must be a user of the file or of the database
+/// (`exists` asks the database, inside the import's transaction).
+pub(crate) fn check_contacts_name_users(
     path: &Path,
     contacts: &[ContactRecord],
     users: &[UserRecord],
+    mut exists: impl FnMut(&str) -> Result<bool, JsonFileError>,
 ) -> Result<(), JsonFileError> {
     let in_file: HashSet<&str> = users.iter().map(|user| user.username.as_str()).collect();
-    let mut exists = tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)")?;
     for (index, entry) in contacts.iter().enumerate() {
         for (role, name) in [("owner", &entry.owner), ("contact", &entry.contact)] {
-            if in_file.contains(name.as_str()) || exists.query_row([name], |row| row.get(0))? {
+            if in_file.contains(name.as_str()) || exists(name)? {
                 continue;
             }
             return Err(malformed(

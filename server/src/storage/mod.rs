@@ -48,6 +48,8 @@ use std::time::{Duration, Instant};
 use crate::completion::{Completion, CompletionSender, Requester};
 use crate::metrics::Histograms;
 use crate::password::PasswordHash;
+use crate::rate_limit::Verdict;
+use crate::shared_limits::{SharedLogin, SharedRegistration};
 
 /// A message as the loop hands it to storage. Its id is assigned by storage
 /// inside the transaction that commits it (see `ids.rs`), so ids grow in
@@ -154,11 +156,31 @@ storage_table! {
             hash: PasswordHash,
             /// Unix seconds.
             now: i64,
+            /// Cluster mode: a token of the address's registrations, shared by
+            /// every server, is taken first; none left replies
+            /// [`Reply::RegistrationLimited`].
+            shared: Option<SharedRegistration>,
         },
         /// Read a user's password hash; replies [`Reply::Credentials`].
         FetchCredentials answers Login {
             /// Username as given.
             username: String,
+            /// Cluster mode: the account's and the address's shared lockouts
+            /// are checked first (locked replies [`Reply::LoginLocked`]) and
+            /// the attempt is charged to the account; see `shared_limits.rs`.
+            shared: Option<SharedLogin>,
+        },
+        /// Cluster mode: usernames and a group the loop's caches lack (made
+        /// or changed on another server, its bus event missed); replies
+        /// [`Reply::Found`]. Its tag is the request's own, kept by the
+        /// dispatcher with the lookup (a failure is recognised by `ticket`).
+        LookUp answers Message {
+            /// The dispatcher's name for this lookup.
+            ticket: u64,
+            /// Names to find.
+            usernames: Vec<String>,
+            /// A group to read with its members.
+            group_id: Option<i64>,
         },
         /// Create a session after a password login, mark the user online and take
         /// its offline queue; replies [`Reply::SessionOpened`].
@@ -397,6 +419,27 @@ storage_table! {
             /// [`crate::config::PRESENCE_LOOKUP_USERS_MAX`].
             changes: Vec<(i64, bool)>,
         },
+        /// Cluster mode: how a password attempt charged by
+        /// `FetchCredentials` ended (`shared_limits.rs`). No reply.
+        EndSharedLogin {
+            /// The username tried.
+            username: String,
+            /// Where it is counted.
+            shared: SharedLogin,
+            /// How it ended.
+            verdict: Verdict,
+        },
+    }
+}
+
+impl Command {
+    /// The dispatcher's name for this command, if it has one: a send's
+    /// ticket or a lookup's (a `Failed` reply carries it back).
+    pub fn ticket(&self) -> Option<u64> {
+        match self {
+            Command::StoreMessage { ticket, .. } | Command::LookUp { ticket, .. } => Some(*ticket),
+            _ => None,
+        }
     }
 }
 
@@ -442,6 +485,22 @@ storage_table! {
         Credentials {
             /// `(user_id, phc)` of the user.
             found: Option<(i64, String)>,
+        },
+        /// Cluster mode: the account or the address is locked out (counted
+        /// over every server); nothing was charged.
+        LoginLocked {},
+        /// Cluster mode: the address has no registration left (counted
+        /// over every server); nothing was stored.
+        RegistrationLimited {},
+        /// What a [`Command::LookUp`] found.
+        Found {
+            /// The lookup's ticket.
+            ticket: u64,
+            /// `(username, user_id)` of each name that exists.
+            users: Vec<(String, i64)>,
+            /// The group asked for, with its members, if it was asked for
+            /// and exists.
+            group: Option<GroupRow>,
         },
         /// The session is open (created or resumed).
         SessionOpened {
@@ -550,8 +609,8 @@ storage_table! {
         Failed {
             /// The request's tag, for the `server_busy` answer's `ref_tag`.
             ref_tag: ClientTag,
-            /// The send that was not stored (and so is never delivered), if
-            /// the command was a StoreMessage.
+            /// The command's ticket ([`Command::ticket`]): the send that was
+            /// not stored (and so is never delivered), or the lookup.
             ticket: Option<u64>,
             /// What went wrong, for the log.
             reason: String,

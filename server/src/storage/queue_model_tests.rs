@@ -185,6 +185,7 @@ fn create_user(backend: &mut dyn Backend, name: &str) -> i64 {
         email: format!("{name}@example.com"),
         hash: hash_password("password123", 1),
         now: 1,
+        shared: None,
     }]);
     match replies.as_slice() {
         [Reply::UserCreated {

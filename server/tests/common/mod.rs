@@ -826,6 +826,17 @@ pub fn group_message(group_id: i64, content: &str) -> ClientMessage {
     })
 }
 
+/// Receives frames until one matches `want` (others are skipped), or
+/// panics after the harness's receive timeout.
+#[track_caller]
+pub fn recv_until<T>(client: &mut Client, mut want: impl FnMut(ServerMessage) -> Option<T>) -> T {
+    loop {
+        if let Some(found) = want(client.recv()) {
+            return found;
+        }
+    }
+}
+
 /// Registers every name in `names` over one throwaway connection.
 pub fn register_all(server: &TestServer, names: &[&str]) {
     let mut client = server.client();

@@ -8,10 +8,12 @@ use protocol::server::SessionInfo;
 
 use super::contacts::mutual_contacts;
 use super::delivery;
+use super::limits;
 use super::{Batch, Error};
 use crate::completion::Requester;
 use crate::config::{SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
 use crate::password::PasswordHash;
+use crate::shared_limits::{SharedLogin, SharedRegistration};
 use crate::storage::pages::QueueTake;
 use crate::storage::{GroupsTaken, Reply};
 
@@ -23,7 +25,13 @@ pub(super) fn create_user(
     email: &str,
     hash: &PasswordHash,
     now: i64,
+    shared: Option<&SharedRegistration>,
 ) -> Result<Reply, Error> {
+    if let Some(shared) = shared {
+        if !limits::take_registration(batch, shared)? {
+            return Ok(Reply::RegistrationLimited { to: to.clone() });
+        }
+    }
     let inserted = batch.query_opt(
         "INSERT INTO users (username, email, password_hash, salt, created_at)
          VALUES ($1, $2, $3, $4, $5)
@@ -43,7 +51,13 @@ pub(super) fn fetch_credentials(
     batch: &mut Batch,
     to: &Requester,
     username: &str,
+    shared: Option<&SharedLogin>,
 ) -> Result<Reply, Error> {
+    if let Some(shared) = shared {
+        if !limits::begin_login(batch, username, shared)? {
+            return Ok(Reply::LoginLocked { to: to.clone() });
+        }
+    }
     let found = batch
         .query_opt(
             "SELECT user_id, password_hash FROM users WHERE username = $1",
@@ -54,6 +68,33 @@ pub(super) fn fetch_credentials(
     Ok(Reply::Credentials {
         to: to.clone(),
         found,
+    })
+}
+
+/// `LookUp`: the ids of the names that exist, and the group asked for.
+pub(super) fn look_up(
+    batch: &mut Batch,
+    (to, ticket): (&Requester, u64),
+    usernames: &[String],
+    group_id: Option<i64>,
+) -> Result<Reply, Error> {
+    let users = batch
+        .query(
+            "SELECT username, user_id FROM users WHERE username = ANY($1)",
+            &[&usernames],
+        )?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<(String, i64)>, Error>>()?;
+    let group = match group_id {
+        Some(id) => super::groups::group_row(batch, id)?,
+        None => None,
+    };
+    Ok(Reply::Found {
+        to: to.clone(),
+        ticket,
+        users,
+        group,
     })
 }
 

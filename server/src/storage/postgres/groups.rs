@@ -115,7 +115,7 @@ pub(super) fn all_groups(batch: &mut Batch) -> Result<Vec<GroupRow>, Error> {
 }
 
 /// A group with its members (by username in byte order), if it exists.
-fn group_row(batch: &mut Batch, group_id: i64) -> Result<Option<GroupRow>, Error> {
+pub(super) fn group_row(batch: &mut Batch, group_id: i64) -> Result<Option<GroupRow>, Error> {
     let Some(row) = batch.query_opt("SELECT name FROM groups WHERE group_id = $1", &[&group_id])?
     else {
         return Ok(None);

@@ -15,7 +15,8 @@
 //! `apply`, which hands each [`Command`] to its one function. The commands
 //! live in one file per family, like SQLite's: `accounts.rs`, `messages.rs`,
 //! `delivery.rs`, `contacts.rs`, `groups.rs`, `keys.rs`, `server_state.rs`,
-//! and `cluster.rs` (heartbeats, cluster mode only);
+//! `limits.rs` (cluster mode's shared lockout and registration limit) and
+//! `cluster.rs` (cluster mode's heartbeats);
 //! [`schema`] holds the tables and the migrations, run under an advisory
 //! lock. The pure logic both backends share (page budgets, queue takes, the
 //! client-id index) is in `storage/pages.rs` and `storage/client_ids.rs`.
@@ -25,7 +26,9 @@ mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
+pub(crate) mod json_tables;
 mod keys;
+mod limits;
 mod messages;
 pub mod schema;
 mod server_state;
@@ -45,6 +48,7 @@ use crate::config::{
     CLIENT_ID_RETENTION_SECS, POSTGRES_CLAIM_WAIT, POSTGRES_CONNECT_TIMEOUT, POSTGRES_FETCH_ROWS,
     POSTGRES_OUTCOME_WAIT, SESSION_IDLE_SECS,
 };
+use crate::shared_limits::SHARED_LIMIT_PRUNE_INTERVAL;
 
 /// Why a command failed; the batch's transaction is rolled back either way.
 #[derive(Debug)]
@@ -132,6 +136,8 @@ pub struct PostgresBackend {
     /// Cluster mode: other servers write to this database too (no server
     /// lock; a resend's client id is also looked for in the database).
     cluster: bool,
+    /// When the shared limits' rows were last pruned (cluster mode).
+    limits_pruned_at: Option<std::time::Instant>,
 }
 
 /// Statements prepared on this connection, by their SQL (each command's
@@ -292,6 +298,7 @@ impl PostgresBackend {
             statements: Statements::default(),
             client_ids: ClientIds::new(0),
             cluster,
+            limits_pruned_at: None,
         };
         let client_ids = backend
             .in_transaction(|batch| {
@@ -446,10 +453,7 @@ impl PostgresBackend {
                         result: Err(error.to_string()),
                     });
                 }
-                let ticket = match command {
-                    Command::StoreMessage { ticket, .. } => Some(*ticket),
-                    _ => None,
-                };
+                let ticket = command.ticket();
                 command.requester().map(|(to, tag)| Reply::Failed {
                     to: to.clone(),
                     ref_tag: tag,
@@ -524,6 +528,22 @@ impl Backend for PostgresBackend {
         replies
     }
 
+    /// Cluster mode: the shared limits' expired rows go, every
+    /// [`SHARED_LIMIT_PRUNE_INTERVAL`] (from the first idle moment on).
+    fn idle(&mut self) {
+        let due = self
+            .limits_pruned_at
+            .is_none_or(|at| at.elapsed() >= SHARED_LIMIT_PRUNE_INTERVAL);
+        if !self.cluster || !due {
+            return;
+        }
+        self.limits_pruned_at = Some(std::time::Instant::now());
+        self.reconnect_if_closed();
+        if let Err(error) = self.in_transaction(limits::prune) {
+            log::warn!("storage: cannot prune the shared login limits: {error}");
+        }
+    }
+
     fn finish(&mut self) {
         self.reconnect_if_closed();
         if let Err(error) = self.in_transaction(server_state::mark_stopped) {
@@ -543,10 +563,26 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             email,
             hash,
             now,
-        } => accounts::create_user(batch, to, username, email, hash, *now).map(Some),
-        Command::FetchCredentials { to, username } => {
-            accounts::fetch_credentials(batch, to, username).map(Some)
+            shared,
+        } => {
+            accounts::create_user(batch, to, username, email, hash, *now, shared.as_ref()).map(Some)
         }
+        Command::FetchCredentials {
+            to,
+            username,
+            shared,
+        } => accounts::fetch_credentials(batch, to, username, shared.as_ref()).map(Some),
+        Command::LookUp {
+            to,
+            ticket,
+            usernames,
+            group_id,
+        } => accounts::look_up(batch, (to, *ticket), usernames, *group_id).map(Some),
+        Command::EndSharedLogin {
+            username,
+            shared,
+            verdict,
+        } => limits::end_login(batch, username, shared, *verdict).map(|()| None),
         Command::OpenSession {
             to,
             user_id,

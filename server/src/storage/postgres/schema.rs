@@ -19,7 +19,7 @@ use postgres::Client;
 use super::Error;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The advisory lock every start of this server takes while it migrates,
 /// and again from reading the previous run to reserving its own ids
@@ -134,8 +134,38 @@ CREATE TABLE cluster_nodes (
 );
 ";
 
+/// Version 4: the failed-login lockout and the registration limit shared
+/// by the servers of a cluster (`shared_limits.rs`), in milliseconds of
+/// PostgreSQL's clock. A row may go once its `idle_after_ms` /
+/// `full_at_ms` is past (it limits no one); the storage thread deletes
+/// those, and keeps each table under `SHARED_LIMIT_ROWS_MAX` rows.
+const VERSION_4: &str = "
+CREATE TABLE login_failures (
+    key             TEXT PRIMARY KEY,  -- 'account:NAME' or 'address:IP' (IPv6: its /64)
+    window_start_ms BIGINT NOT NULL,
+    count           INTEGER NOT NULL,
+    lockouts        INTEGER NOT NULL,
+    locked_until_ms BIGINT NOT NULL,
+    idle_after_ms   BIGINT NOT NULL
+);
+CREATE INDEX login_failures_by_idle ON login_failures(idle_after_ms);
+
+CREATE TABLE registration_buckets (
+    address    TEXT PRIMARY KEY,       -- IP (IPv6: its /64)
+    tokens     DOUBLE PRECISION NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    full_at_ms BIGINT NOT NULL
+);
+CREATE INDEX registration_buckets_by_full ON registration_buckets(full_at_ms);
+";
+
 /// Each version and the step that reaches it from the one before.
-const MIGRATIONS: [(i32, &str); 3] = [(1, VERSION_1), (2, VERSION_2), (3, VERSION_3)];
+const MIGRATIONS: [(i32, &str); 4] = [
+    (1, VERSION_1),
+    (2, VERSION_2),
+    (3, VERSION_3),
+    (4, VERSION_4),
+];
 
 /// Brings the schema to [`SCHEMA_VERSION`] under the start lock; a
 /// database of a newer version is refused.

@@ -54,6 +54,32 @@ pub(super) fn fetch_credentials(
     })
 }
 
+/// `LookUp`: the ids of the names that exist, and the group asked for.
+pub(super) fn look_up(
+    tx: &Transaction,
+    (to, ticket): (&Requester, u64),
+    usernames: &[String],
+    group_id: Option<i64>,
+) -> rusqlite::Result<Reply> {
+    let mut select = tx.prepare_cached("SELECT user_id FROM users WHERE username = ?1")?;
+    let mut users = Vec::new();
+    for name in usernames {
+        if let Some(id) = select.query_row([name], |row| row.get(0)).optional()? {
+            users.push((name.clone(), id));
+        }
+    }
+    let group = group_id
+        .map(|id| super::groups::group_row(tx, id))
+        .transpose()?
+        .flatten();
+    Ok(Reply::Found {
+        to: to.clone(),
+        ticket,
+        users,
+        group,
+    })
+}
+
 /// `OpenSession`: a new session after a password login, its user online,
 /// and the first chunk of `queue`.
 pub(super) fn open_session(

@@ -88,7 +88,7 @@ pub(super) fn all_groups(conn: &Connection) -> rusqlite::Result<Vec<GroupRow>> {
 }
 
 /// A group with its members (by username), if it exists.
-fn group_row(conn: &Connection, group_id: i64) -> rusqlite::Result<Option<GroupRow>> {
+pub(super) fn group_row(conn: &Connection, group_id: i64) -> rusqlite::Result<Option<GroupRow>> {
     let Some(name) = conn
         .prepare_cached("SELECT name FROM groups WHERE group_id = ?1")?
         .query_row([group_id], |row| row.get::<_, String>(0))

@@ -142,10 +142,7 @@ impl SqliteBackend {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
-                let ticket = match command {
-                    Command::StoreMessage { ticket, .. } => Some(*ticket),
-                    _ => None,
-                };
+                let ticket = command.ticket();
                 command.requester().map(|(to, tag)| Reply::Failed {
                     to: to.clone(),
                     ref_tag: tag,
@@ -291,10 +288,21 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             email,
             hash,
             now,
+            // Shared limits are cluster mode's, on PostgreSQL only: a SQLite
+            // server is alone, and its loop's tables are the whole truth.
+            shared: _,
         } => accounts::create_user(tx, to, username, email, hash, *now).map(Some),
-        Command::FetchCredentials { to, username } => {
+        Command::FetchCredentials { to, username, .. } => {
             accounts::fetch_credentials(tx, to, username).map(Some)
         }
+        Command::LookUp {
+            to,
+            ticket,
+            usernames,
+            group_id,
+        } => accounts::look_up(tx, (to, *ticket), usernames, *group_id).map(Some),
+        // Sent only in cluster mode (see `CreateUser` above).
+        Command::EndSharedLogin { .. } => Ok(None),
         Command::OpenSession {
             to,
             user_id,

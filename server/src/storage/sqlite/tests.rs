@@ -165,6 +165,7 @@ fn create_user(backend: &mut SqliteBackend, name: &str) -> i64 {
         email: format!("{name}@example.com"),
         hash: hash_password("password123", 1),
         now: 100,
+        shared: None,
     }]);
     match replies.as_slice() {
         [Reply::UserCreated {
@@ -211,6 +212,7 @@ fn usernames_are_unique_and_case_sensitive() {
         email: "x@y.z".into(),
         hash: hash_password("password123", 1),
         now: 1,
+        shared: None,
     }]);
     assert!(matches!(
         replies.as_slice(),
