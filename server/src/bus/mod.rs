@@ -80,6 +80,19 @@ pub enum BusEvent {
         /// The encoded Delivered frame.
         frame: String,
     },
+    /// An add made two users mutual contacts while the server it was made
+    /// on did not know the contact online (its login Presence may still be
+    /// on the way): the servers where the contact is logged in tell both.
+    BecameMutual {
+        /// The user who added (logged in on the publishing server).
+        owner_id: i64,
+        /// Their name.
+        owner_name: String,
+        /// The user added, who had added the owner before.
+        contact_id: i64,
+        /// Their name.
+        contact_name: String,
+    },
     /// A session was ended (Logout): every connection using it closes.
     SessionEnded {
         /// The session's SHA-256.
@@ -120,6 +133,10 @@ impl BusEvent {
             BusEvent::Push { user_id, .. }
             | BusEvent::Delivered {
                 sender_id: user_id, ..
+            }
+            | BusEvent::BecameMutual {
+                contact_id: user_id,
+                ..
             } => format!("{prefix}.user.{user_id}"),
             BusEvent::SessionEnded { .. } => format!("{prefix}.session"),
             BusEvent::UserCreated { .. }

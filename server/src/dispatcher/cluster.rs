@@ -74,12 +74,7 @@ impl Dispatcher {
         {
             return;
         }
-        let online: Vec<i64> = self
-            .online
-            .keys()
-            .copied()
-            .filter(|user_id| self.has_logged_in_connection(*user_id))
-            .collect();
+        let online: Vec<i64> = self.users_logged_in().collect();
         if let Some(liveness) = &mut self.liveness {
             fx.storage.push(liveness.beat(clock, online));
         }
@@ -171,6 +166,15 @@ impl Dispatcher {
                     fx.push(conn, frame.clone());
                 }
             }
+            BusEvent::BecameMutual {
+                owner_id,
+                owner_name,
+                contact_id,
+                contact_name,
+            } => {
+                let owner = (owner_id, owner_name);
+                self.became_mutual_here(owner, (contact_id, contact_name), now, fx);
+            }
             BusEvent::SessionEnded { session_hash } => {
                 for conn in self.connections_of_session(None, &session_hash) {
                     fx.closes.push((conn, CloseReason::LoggedOut));
@@ -260,6 +264,29 @@ impl Dispatcher {
         if was_online != self.online_anywhere(user_id) {
             self.tell_contacts(username, mutual_contacts, online, now, fx);
         }
+    }
+
+    /// Another server made `owner` and `contact` mutual without knowing
+    /// `contact` online: if `contact` is logged in here, each is told the
+    /// other is online (the owner, just now adding, is). Where the contact
+    /// is on several servers the owner hears it from each: the same state
+    /// twice.
+    fn became_mutual_here(
+        &mut self,
+        (owner_id, owner_name): (i64, String),
+        (contact_id, contact_name): (i64, String),
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        if !self.has_logged_in_connection(contact_id) {
+            return;
+        }
+        let presence = ServerMessage::Presence(Presence {
+            username: owner_name,
+            online: true,
+        });
+        self.send_to_user(contact_id, &presence, now, fx);
+        self.send_presence(owner_id, contact_name, now, fx);
     }
 
     /// Sends `message` to every connection of `user_id`: here, and through

@@ -49,6 +49,7 @@ use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits, Verdict};
 use crate::shared_limits::SharedLogin;
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
+pub use cluster::ClusterView;
 use contacts::ContactAdded;
 pub use delivery::Stream;
 use delivery::{AwaitingCommit, ConfirmSchedule, MessageStored};
@@ -431,10 +432,15 @@ impl Dispatcher {
 
     /// Users with at least one logged-in connection.
     pub fn users_online(&self) -> usize {
+        self.users_logged_in().count()
+    }
+
+    /// The users with at least one logged-in connection here.
+    fn users_logged_in(&self) -> impl Iterator<Item = i64> + '_ {
         self.online
             .keys()
-            .filter(|user| self.has_logged_in_connection(**user))
-            .count()
+            .copied()
+            .filter(|user| self.has_logged_in_connection(*user))
     }
 
     /// The auth state of a connection (for tests and logs).
