@@ -132,6 +132,61 @@ pub const BUS_CLIENT_COMMANDS_MAX: usize = 64;
 /// published (its receivers recover it from the database).
 pub const BUS_EVENT_BYTES_MAX: usize = 96 << 10;
 
+/// Cluster mode: the most user ids one heartbeat carries (a server's users
+/// online, `storage/postgres/cluster.rs`), 8 bytes each: at most 8 MiB per
+/// beat written and per server read back. A server's online users never
+/// outnumber its connections, so cluster mode refuses a `--max-connections`
+/// above this; a row read with more (another version's) is cut.
+pub const BEAT_USERS_MAX: usize = 1 << 20;
+
+/// Cluster mode: users whose presence one [`crate::storage::Command::PresenceOf`]
+/// looks up (a dead server's users are asked for in chunks of this many):
+/// one query and one reply of bounded size.
+pub const PRESENCE_LOOKUP_USERS_MAX: usize = 1_000;
+
+/// Cluster mode: the longest time between two heartbeats, whatever
+/// `--timeout`: a server that starts (or whose bus missed news) learns who
+/// is online elsewhere from the database within about this.
+pub const NODE_BEAT_MAX: Duration = Duration::from_secs(5);
+
+/// Cluster mode: how often this server writes its heartbeat, and how old
+/// another's may be before it is taken for dead (ARCHITECTURE.md, "Cluster
+/// mode"). Both come from `--timeout`, so that a server killed with SIGKILL
+/// has its users shown offline within it: expiry after half of it, a beat
+/// every eighth (between one [`TICK`] and [`NODE_BEAT_MAX`]). Beats go out
+/// on the loop's tick, so two are at most `beat_every + TICK` apart: the
+/// kill comes at most that long after the dead server's last beat, the
+/// expiry half of `--timeout` after that beat, and this server's next beat
+/// notices at most that long later — under `--timeout` for any `--timeout`
+/// of 5 s or more (41 s at the default 60 s). Half, not more: a server
+/// whose storage stalls for longer than the expiry (30 s by default) is
+/// taken for dead by the others until its next beat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LivenessTimes {
+    /// Between two heartbeats of this server.
+    pub beat_every: Duration,
+    /// A server whose last beat is older than this (by the database's
+    /// clock) is taken for dead.
+    pub expire_after: Duration,
+}
+
+impl LivenessTimes {
+    /// The times for an idle timeout of `timeout` (`--timeout`).
+    pub fn for_timeout(timeout: Duration) -> LivenessTimes {
+        LivenessTimes {
+            beat_every: (timeout / 8).clamp(TICK, NODE_BEAT_MAX),
+            expire_after: timeout / 2,
+        }
+    }
+}
+
+/// `/healthz` says 503 (`bus_down`) when the connection to NATS has been
+/// lost for this long: a moment's reconnect is not an outage, but a server
+/// cut off from the bus for longer serves its users without live news from
+/// the other servers (they catch up through their cursors), and a load
+/// balancer should send them to one that has it.
+pub const HEALTH_BUS_GRACE: Duration = Duration::from_secs(10);
+
 /// How long a starting server waits for the NATS server of `--nats`
 /// before it refuses to start.
 pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -352,7 +407,9 @@ pub struct Cli {
     /// Seconds of silence from a client before the server sends a WebSocket ping.
     #[arg(long, default_value_t = HEARTBEAT_SECS_DEFAULT)]
     pub heartbeat: u64,
-    /// Seconds with nothing received after which a connection is closed.
+    /// Seconds with nothing received after which a connection is closed. In
+    /// cluster mode also the bound on how long a dead server's users still
+    /// look online to the other servers (README, "Cluster mode").
     #[arg(long, default_value_t = IDLE_TIMEOUT_SECS_DEFAULT)]
     pub timeout: u64,
     /// PBKDF2-HMAC-SHA256 iterations for new password hashes.
@@ -614,6 +671,12 @@ fn cluster(cli: &Cli, database: &Database) -> Result<Option<Cluster>, String> {
     if !nats_url.starts_with("nats://") {
         return Err("--nats takes a nats://HOST[:PORT] URL".into());
     }
+    if cli.max_connections > BEAT_USERS_MAX {
+        return Err(format!(
+            "--max-connections above {BEAT_USERS_MAX} is refused in cluster mode \
+             (a heartbeat lists this server's online users, at most that many)"
+        ));
+    }
     let node_id = cli.node_id.clone().unwrap_or_else(default_node_id);
     for (flag, value) in [("--node-id", &node_id), ("--nats-prefix", &cli.nats_prefix)] {
         if !is_subject_token(value) {
@@ -700,4 +763,24 @@ fn rate_config(cli: &Cli) -> Result<Option<RateConfig>, String> {
         failures_per_account: cli.login_failures_per_account.max(1),
         ..RateConfig::default()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The promise of [`LivenessTimes`]: from a kill to the others noticing
+    /// (a beat interval and a tick to the dead server's last beat, the
+    /// expiry, a beat interval and a tick of the noticing server) stays
+    /// under `--timeout` from 5 s up.
+    #[test]
+    fn a_dead_server_is_noticed_within_the_timeout() {
+        for secs in 5..=3600 {
+            let timeout = Duration::from_secs(secs);
+            let times = LivenessTimes::for_timeout(timeout);
+            let noticed = (times.beat_every + TICK) * 2 + times.expire_after;
+            assert!(noticed < timeout, "--timeout {secs}: {noticed:?}");
+            assert!(times.beat_every <= NODE_BEAT_MAX);
+        }
+    }
 }

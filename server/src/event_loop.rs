@@ -38,7 +38,7 @@ use crate::config::{self, Config};
 use crate::connection::{Connection, OriginCheck, ReadEvent, TickAction, Timers, WriteError};
 use crate::dispatcher::{CloseReason, DispatchLimits, Dispatcher, Effects, Outbound};
 use crate::hasher::{FairQueue, Hasher};
-use crate::http::{self, Condition, HeadError, Health, Live, Site};
+use crate::http::{self, ClusterHealth, Condition, HeadError, Health, Live, Site};
 use crate::metrics::{self, CloseKind, Histograms, LoopCounters, Refusal};
 use crate::storage::{self, Command, PurgeSchedule, StorageHandle};
 use crate::tls::{self, Transport};
@@ -190,13 +190,17 @@ impl Server {
         };
         let origins = OriginCheck::new(config.allowed_origins.clone(), own_scheme);
         let site = Site::new(config.web, config.metrics_allow.clone());
+        let mut dispatcher = Dispatcher::new(snapshot, limits);
+        if let Some(cluster) = &config.cluster {
+            dispatcher.join_cluster(cluster.node_id.clone(), unix_now_ms(), config.timeout);
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
             signals,
             connections: Slab::with_capacity(config.max_connections.min(1024)),
             address_cap: AddressCap::new(config.max_connections_per_address),
-            dispatcher: Dispatcher::new(snapshot, limits),
+            dispatcher,
             storage,
             hasher,
             bus,
@@ -746,8 +750,22 @@ impl Server {
         let messages = self.dispatcher.counters().messages;
         let seconds = now.duration_since(self.stats.started).as_secs_f64();
         let rate = (messages - self.stats.messages) as f64 / seconds.max(0.001);
+        let cluster = match self.dispatcher.cluster_view() {
+            Some(view) => format!(
+                "; node {}, bus {}, database {}, {} other nodes",
+                view.node_id,
+                self.bus.state().as_str(),
+                if view.database_ok {
+                    "ok"
+                } else {
+                    "unreachable"
+                },
+                view.nodes
+            ),
+            None => String::new(),
+        };
         log::info!(
-            "stats: {} connections, {} users online, {rate:.0} messages/s, storage queue {}",
+            "stats: {} connections, {} users online, {rate:.0} messages/s, storage queue {}{cluster}",
             self.connections.len(),
             self.dispatcher.users_online(),
             self.storage.backlog()
@@ -836,14 +854,24 @@ impl Live for LoopView<'_> {
     fn health(&self) -> Health {
         let server = self.0;
         let storage_queue = server.storage.backlog();
+        let mut condition = Condition::judge(
+            server.shutdown.is_some(),
+            server.storage.silent_for(),
+            storage_queue,
+        );
+        let cluster = server.dispatcher.cluster_view().map(|view| ClusterHealth {
+            node: view.node_id,
+            bus: server.bus.state(),
+            database_ok: view.database_ok,
+        });
+        if let Some(cluster) = &cluster {
+            condition = condition.in_cluster(cluster);
+        }
         Health {
-            condition: Condition::judge(
-                server.shutdown.is_some(),
-                server.storage.silent_for(),
-                storage_queue,
-            ),
+            condition,
             connections: server.connections.len(),
             storage_queue,
+            cluster,
         }
     }
 
@@ -884,6 +912,14 @@ fn refuse(stream: &mut TcpStream) {
     let _ = stream.write_all(
         b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
     );
+}
+
+/// Milliseconds since the Unix epoch (a cluster server's run, see
+/// `bus::PresenceStamp`).
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Seconds since the Unix epoch.

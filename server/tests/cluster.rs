@@ -1,25 +1,37 @@
 //! Cluster mode through the real binary: three servers (`--nats`) on one
 //! PostgreSQL database (fresh per test, dropped after) and the NATS server
 //! at `CHAT_TEST_NATS`, each test under a subject prefix of its own.
-//! Accounts, 1:1 and group messages, presence and logouts cross servers;
-//! and with two servers writing at full speed a reader's `Sync{since}` never
-//! skips an id that appears later. Without PostgreSQL or NATS each test
-//! says `SKIPPED` (and fails with `CI=true`).
+//! Accounts, 1:1 and group messages, presence, Delivered receipts and
+//! logouts cross servers; with two servers writing at full speed a reader's
+//! `Sync{since}` never skips an id that appears later; a server killed with
+//! SIGKILL has its users shown offline within `--timeout`, a server started
+//! later learns who is online, a NATS outage changes nobody's presence
+//! while `/healthz` tells it, and a server cut off from PostgreSQL is
+//! unhealthy and its users look offline elsewhere (outages of one server
+//! through a relay the test cuts: `common/relay.rs`). Without PostgreSQL
+//! or NATS each test says `SKIPPED` (and fails with `CI=true`).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::nats::nats_for;
+use common::nats::{nats_for, TestNats};
 use common::postgres_db::TestDatabase;
-use common::{group_message, message_to, recv_until, Client, TestServer, SECRET};
+use common::relay::TcpRelay;
+use common::{
+    group_message, logged_in, message_to, recv_until, register_all, Client, Polled, TestServer,
+    SECRET,
+};
 use protocol::client::{CreateGroup, Logout, Sync, UserRef};
 use protocol::{ClientMessage, ServerMessage};
 
-/// Three servers on one database and one NATS (dropped in reverse).
+/// Servers `node0`, `node1`, … on one database and one NATS (the servers
+/// are dropped first).
 struct Cluster {
     nodes: Vec<TestServer>,
+    nats: TestNats,
+    extra: Vec<String>,
     database: TestDatabase,
 }
 
@@ -28,24 +40,38 @@ impl Cluster {
     fn start(test: &str, count: usize, extra: &[&str]) -> Option<Cluster> {
         let nats = nats_for(test)?;
         let database = TestDatabase::create(test)?;
-        let nodes = (0..count)
-            .map(|n| {
-                let node = format!("node{n}");
-                let mut args = vec![
-                    "--database",
-                    &database.url,
-                    "--nats",
-                    &nats.url,
-                    "--nats-prefix",
-                    &nats.prefix,
-                    "--node-id",
-                    &node,
-                ];
-                args.extend_from_slice(extra);
-                TestServer::start(&args)
-            })
-            .collect();
-        Some(Cluster { nodes, database })
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            nats,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            database,
+        };
+        for _ in 0..count {
+            cluster.add_node(None, None);
+        }
+        Some(cluster)
+    }
+
+    /// Starts one more server, reaching NATS at `nats_url` and PostgreSQL
+    /// at `database_url` (default: the test's); its index.
+    fn add_node(&mut self, nats_url: Option<&str>, database_url: Option<&str>) -> usize {
+        let n = self.nodes.len();
+        let node = format!("node{n}");
+        let url = nats_url.unwrap_or(&self.nats.url).to_owned();
+        let database = database_url.unwrap_or(&self.database.url).to_owned();
+        let mut args = vec![
+            "--database",
+            &database,
+            "--nats",
+            &url,
+            "--nats-prefix",
+            &self.nats.prefix,
+            "--node-id",
+            &node,
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.nodes.push(TestServer::start(&args));
+        n
     }
 
     fn node(&self, n: usize) -> &TestServer {
@@ -534,8 +560,9 @@ fn a_cluster_server_without_its_nats_refuses_to_start() {
     );
 }
 
-/// `--nats` without a PostgreSQL database is refused with why; so is
-/// `--node-id` without `--nats`.
+/// `--nats` without a PostgreSQL database is refused with why; so are
+/// `--node-id` without `--nats`, and more connections than a heartbeat
+/// lists in cluster mode.
 #[test]
 fn cluster_mode_needs_postgres() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -556,4 +583,418 @@ fn cluster_mode_needs_postgres() {
     );
     let why = refused(&["--node-id", "n1"]);
     assert!(why.contains("--node-id"), "{why}");
+    let why = refused(&[
+        "--database",
+        "postgres://chat@127.0.0.1:1/chat",
+        "--nats",
+        "nats://127.0.0.1:4222",
+        "--max-connections",
+        "2000000",
+    ]);
+    assert!(why.contains("--max-connections above"), "{why}");
+}
+
+/// `--timeout` of the liveness tests: other servers' expiry is half of it
+/// (3 s), and a server beats every 0.75 s.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The flags of a server with [`SHORT_TIMEOUT`] (and pings often enough
+/// that a client that reads is never idle-closed).
+const SHORT_TIMEOUT_ARGS: [&str; 4] = ["--timeout", "6", "--heartbeat", "2"];
+
+/// Makes `a` and `b` (logged in as `a_name` and `b_name`) mutual contacts
+/// and waits until each is told the other is online.
+fn make_mutual(a: &mut Client, a_name: &str, b: &mut Client, b_name: &str) {
+    a.send(&add_contact(b_name));
+    recv_until(a, |frame| {
+        matches!(frame, ServerMessage::Directory(_)).then_some(())
+    });
+    b.send(&add_contact(a_name));
+    recv_until(b, |frame| {
+        matches!(frame, ServerMessage::Directory(_)).then_some(())
+    });
+    for (client, other) in [(a, b_name), (b, a_name)] {
+        let online = recv_until(client, |frame| match frame {
+            ServerMessage::Presence(p) if p.username == other => Some(p.online),
+            _ => None,
+        });
+        assert!(online, "{other} is online");
+    }
+}
+
+/// The first Presence of `name` that `client` gets within `wait`.
+fn presence_within(client: &mut Client, name: &str, wait: Duration) -> Option<bool> {
+    let deadline = Instant::now() + wait;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match client.poll(left) {
+            Polled::Frame(ServerMessage::Presence(p), _) if p.username == name => {
+                return Some(p.online)
+            }
+            Polled::Frame(..) => {}
+            Polled::Quiet => return None,
+            Polled::Ended => panic!("the connection ended while waiting for {name}'s presence"),
+        }
+    }
+    None
+}
+
+/// Whether `client`'s Directory shows `name` online.
+fn directory_says_online(client: &mut Client, name: &str) -> bool {
+    client.send(&ClientMessage::GetDirectory);
+    let directory = recv_until(client, |frame| match frame {
+        ServerMessage::Directory(directory) => Some(directory),
+        _ => None,
+    });
+    directory
+        .data
+        .iter()
+        .any(|entry| entry.username == name && entry.online)
+}
+
+/// `GET /healthz` of the server on `port`: the status and the JSON body.
+fn healthz(port: u16) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+    (status, json)
+}
+
+/// Reads what each client is sent for `wait`, so that each answers the
+/// server's pings and none is closed as idle; the Presence frames seen, as
+/// `(client index, username, online)`.
+fn watch(clients: &mut [&mut Client], wait: Duration) -> Vec<(usize, String, bool)> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        for (n, client) in clients.iter_mut().enumerate() {
+            match client.poll(Duration::from_millis(20)) {
+                Polled::Frame(ServerMessage::Presence(p), _) => {
+                    seen.push((n, p.username, p.online))
+                }
+                Polled::Frame(..) | Polled::Quiet => {}
+                Polled::Ended => panic!("client {n} was disconnected"),
+            }
+        }
+    }
+    seen
+}
+
+/// Presence frames seen by [`watch`]: `(client index, username, online)`.
+type Seen = Vec<(usize, String, bool)>;
+
+/// Watches `clients` (see [`watch`]) until `/healthz` of the server on
+/// `port` and the Presence frames seen so far satisfy `done`, for at most
+/// `wait`; the frames seen and the last answer's body.
+fn watch_until(
+    port: u16,
+    clients: &mut [&mut Client],
+    wait: Duration,
+    mut done: impl FnMut(u16, &serde_json::Value, &Seen) -> bool,
+) -> (Seen, serde_json::Value) {
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        seen.extend(watch(clients, Duration::from_millis(250)));
+        let (status, health) = healthz(port);
+        if done(status, &health, &seen) {
+            return (seen, health);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {wait:?}: {status} {health} {seen:?}"
+        );
+    }
+}
+
+/// A server killed with SIGKILL never says its users went offline: the
+/// others see its heartbeat stop, and a contact on another server is told
+/// within `--timeout` (and its Directory agrees). The user then resumes
+/// the session on a third server and gets what was sent before the kill
+/// and while away.
+#[test]
+fn a_killed_server_s_users_go_offline_within_the_timeout_and_resume_elsewhere() {
+    let Some(mut cluster) = Cluster::start(
+        "a_killed_server_s_users_go_offline_within_the_timeout_and_resume_elsewhere",
+        3,
+        &SHORT_TIMEOUT_ARGS,
+    ) else {
+        return;
+    };
+    register_all(cluster.node(0), &["ann", "bob"]);
+    let mut ann = logged_in(cluster.node(0), "ann");
+    let mut bob = cluster.node(1).client();
+    let session = bob
+        .login_with_receipts("bob")
+        .session_id
+        .expect("a session");
+    make_mutual(&mut ann, "ann", &mut bob, "bob");
+    let before = send_acked(&mut ann, message_to("bob", "before", None));
+    assert_eq!(recv_message(&mut bob), (before, "before".into()));
+
+    let killed = Instant::now();
+    cluster.nodes[1].kill();
+    let told = presence_within(&mut ann, "bob", SHORT_TIMEOUT);
+    let after = killed.elapsed();
+    assert_eq!(
+        told,
+        Some(false),
+        "bob shown offline ({after:?} after the kill)"
+    );
+    assert!(after < SHORT_TIMEOUT, "within --timeout: {after:?}");
+    assert!(!directory_says_online(&mut ann, "bob"));
+
+    let away: Vec<i64> = (0..3)
+        .map(|k| send_acked(&mut ann, message_to("bob", &format!("away {k}"), None)))
+        .collect();
+    let mut bob = cluster.node(2).client();
+    bob.resume_with_receipts("bob", &session);
+    let got: Vec<i64> = (0..4).map(|_| recv_message(&mut bob).0).collect();
+    let mut expected = vec![before];
+    expected.extend(away);
+    assert_eq!(got, expected, "nothing unconfirmed is lost");
+    assert_eq!(presence_within(&mut ann, "bob", SHORT_TIMEOUT), Some(true));
+}
+
+/// A server started after a user logged in elsewhere learns from the
+/// database's heartbeats that the user is online (no Presence of theirs
+/// ever reached it).
+#[test]
+fn a_server_started_later_learns_who_is_online() {
+    let Some(mut cluster) = Cluster::start(
+        "a_server_started_later_learns_who_is_online",
+        1,
+        &["--timeout", "8"],
+    ) else {
+        return;
+    };
+    register_all(cluster.node(0), &["ann", "cat"]);
+    let mut ann = logged_in(cluster.node(0), "ann");
+    let mut cat = logged_in(cluster.node(0), "cat");
+    make_mutual(&mut ann, "ann", &mut cat, "cat");
+    drop(cat);
+
+    let later = cluster.add_node(None, None);
+    let mut cat = logged_in(cluster.node(later), "cat");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !directory_says_online(&mut cat, "ann") {
+        assert!(
+            Instant::now() < deadline,
+            "the new server never learnt that ann is online"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And ann, on the first server, saw cat go and come back.
+    assert_eq!(presence_within(&mut ann, "cat", SHORT_TIMEOUT), Some(false));
+    assert_eq!(presence_within(&mut ann, "cat", SHORT_TIMEOUT), Some(true));
+}
+
+/// A Delivered receipt reaches the sender's receipts device on another
+/// server than the one where the recipient confirmed.
+#[test]
+fn delivered_reaches_a_sender_on_another_server() {
+    let Some(cluster) = Cluster::start("delivered_reaches_a_sender_on_another_server", 2, &[])
+    else {
+        return;
+    };
+    register_all(cluster.node(0), &["ann", "bob"]);
+    let mut ann = cluster.node(0).client();
+    ann.login_with_receipts("ann");
+    let mut bob = cluster.node(1).client();
+    bob.login_with_receipts("bob");
+    let id = send_acked(&mut ann, message_to("bob", "please confirm", None));
+    assert_eq!(recv_message(&mut bob).0, id);
+    bob.confirm(id);
+    let receipt = recv_until(&mut ann, |frame| match frame {
+        ServerMessage::Delivered(receipt) => Some(receipt),
+        _ => None,
+    });
+    assert_eq!((receipt.username.as_str(), receipt.through), ("bob", id));
+}
+
+/// `/healthz` names the node and says the bus and the database are fine.
+/// Then one server loses NATS: nobody's presence changes (the database
+/// says every server is alive), a login elsewhere still reaches its
+/// contact there through the heartbeats, `/healthz` says `reconnecting`
+/// and stays 200 for its grace, then 503 `bus_down`, and 200 again once
+/// NATS is back; the stats line says the same.
+#[test]
+fn a_nats_outage_keeps_presence_and_shows_in_healthz() {
+    let Some(mut cluster) = Cluster::start(
+        "a_nats_outage_keeps_presence_and_shows_in_healthz",
+        1,
+        &[SHORT_TIMEOUT_ARGS.as_slice(), &["--stats-interval", "1"]].concat(),
+    ) else {
+        return;
+    };
+    let nats = cluster.nats.url.trim_start_matches("nats://");
+    let relay = TcpRelay::start(nats);
+    let cut_off = cluster.add_node(Some(&format!("nats://{}", relay.addr)), None);
+    for n in [0, cut_off] {
+        let (status, health) = healthz(cluster.node(n).port);
+        assert_eq!(status, 200, "{health}");
+        assert_eq!(health["node"], format!("node{n}"));
+        assert_eq!(health["bus"], "connected");
+        assert_eq!(health["database"], "ok");
+    }
+    register_all(cluster.node(0), &["ann", "bob", "cat"]);
+    let mut ann = logged_in(cluster.node(0), "ann");
+    let mut bob = logged_in(cluster.node(cut_off), "bob");
+    make_mutual(&mut ann, "ann", &mut bob, "bob");
+    let mut cat = logged_in(cluster.node(0), "cat");
+    // Bob adds last, a moment after cat's login: bob's server may not have
+    // cat's Presence yet, and cat's server tells both (BecameMutual).
+    make_mutual(&mut cat, "cat", &mut bob, "bob");
+    drop(cat);
+    assert_eq!(presence_within(&mut bob, "cat", SHORT_TIMEOUT), Some(false));
+
+    relay.cut();
+    let cut = Instant::now();
+    let mut cat = logged_in(cluster.node(0), "cat");
+    let mut reconnecting_but_healthy = false;
+    let (seen, health) = watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut ann, &mut bob, &mut cat],
+        Duration::from_secs(20),
+        |status, health, _| {
+            reconnecting_but_healthy |= status == 200 && health["bus"] == "reconnecting";
+            status == 503
+        },
+    );
+    let outage = cut.elapsed();
+    assert_eq!(health["status"], "bus_down", "{health}");
+    assert_eq!(health["bus"], "reconnecting");
+    assert!(reconnecting_but_healthy, "reconnecting, within its grace");
+    assert!(
+        outage >= Duration::from_secs(9),
+        "503 only after the grace: {outage:?}"
+    );
+    assert!(
+        outage > SHORT_TIMEOUT / 2,
+        "the outage outlasted the expiry of heartbeats"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, name, online)| !online && name != "cat"),
+        "nobody went offline: {seen:?}"
+    );
+    assert!(
+        seen.contains(&(1, "cat".into(), true)),
+        "bob heard of cat's login through the database: {seen:?}"
+    );
+    assert_eq!(healthz(cluster.node(0).port).0, 200, "node0 has its bus");
+
+    relay.restore();
+    watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut ann, &mut bob, &mut cat],
+        Duration::from_secs(20),
+        |status, health, _| status == 200 && health["bus"] == "connected",
+    );
+    assert!(directory_says_online(&mut ann, "bob"));
+    assert!(directory_says_online(&mut bob, "ann"));
+    // The stats line (every second here) says the same.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for state in [
+        "bus reconnecting, database ok",
+        "bus connected, database ok",
+    ] {
+        let line = format!("node node1, {state}, 1 other nodes");
+        while !cluster.node(cut_off).log_text().contains(&line) {
+            assert!(Instant::now() < deadline, "no stats line with {line:?}");
+            watch(
+                &mut [&mut ann, &mut bob, &mut cat],
+                Duration::from_millis(250),
+            );
+        }
+    }
+}
+
+/// `url` with its `host[:port]` replaced by `address` (the rest kept).
+fn with_address(url: &str, address: &str) -> String {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let authority_end = url[start..].find('/').map_or(url.len(), |at| start + at);
+    let host_start = url[start..authority_end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    format!("{}{address}{}", &url[..host_start], &url[authority_end..])
+}
+
+/// The `HOST:PORT` a PostgreSQL URL points at.
+fn postgres_address(url: &str) -> String {
+    let config: postgres::Config = url.parse().expect("a PostgreSQL URL");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// A server that loses PostgreSQL says so: `/healthz` is 503
+/// `database_unreachable` and the others, seeing its heartbeat stop, show
+/// its users offline (it can store nothing). Once the database is back it
+/// beats again, and its users are online again everywhere.
+#[test]
+fn a_server_without_its_database_is_unhealthy_and_its_users_look_offline() {
+    let Some(mut cluster) = Cluster::start(
+        "a_server_without_its_database_is_unhealthy_and_its_users_look_offline",
+        1,
+        &SHORT_TIMEOUT_ARGS,
+    ) else {
+        return;
+    };
+    let relay = TcpRelay::start(&postgres_address(&cluster.database.url));
+    let through_relay = with_address(&cluster.database.url, &relay.addr.to_string());
+    let cut_off = cluster.add_node(None, Some(&through_relay));
+    register_all(cluster.node(0), &["ann", "bob"]);
+    let mut bob = logged_in(cluster.node(0), "bob");
+    let mut ann = logged_in(cluster.node(cut_off), "ann");
+    make_mutual(&mut bob, "bob", &mut ann, "ann");
+
+    relay.cut();
+    let (_, health) = watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut bob, &mut ann],
+        SHORT_TIMEOUT,
+        |status, _, _| status == 503,
+    );
+    assert_eq!(health["status"], "database_unreachable", "{health}");
+    assert_eq!(health["database"], "unreachable");
+    assert_eq!(health["bus"], "connected");
+    // Bob, on the server that has the database, sees ann go.
+    watch_until(
+        cluster.node(0).port,
+        &mut [&mut bob, &mut ann],
+        SHORT_TIMEOUT,
+        |_, _, seen| seen.contains(&(0, "ann".into(), false)),
+    );
+    assert_eq!(
+        healthz(cluster.node(0).port).0,
+        200,
+        "node0 has its database"
+    );
+
+    relay.restore();
+    let (_, health) = watch_until(
+        cluster.node(cut_off).port,
+        &mut [&mut bob, &mut ann],
+        SHORT_TIMEOUT * 2,
+        |status, _, seen| status == 200 && seen.contains(&(0, "ann".into(), true)),
+    );
+    assert_eq!(health["database"], "ok");
 }

@@ -9,7 +9,8 @@
 //! [`Completion::Bus`](crate::completion::Completion::Bus), exactly as
 //! storage replies do, for the dispatcher's `bus_event`.
 //!
-//! Subjects: `<prefix>.user.<user_id>` for a 1:1 message (per recipient),
+//! Subjects: `<prefix>.user.<user_id>` for a 1:1 message (per recipient)
+//! and a frame for one user's connections (a Push, a Delivered receipt),
 //! `<prefix>.group.<group_id>` for a group message (once, with its
 //! members), `<prefix>.presence`, `<prefix>.session`, `<prefix>.directory`.
 //! Every server subscribes to `<prefix>.>` and keeps what concerns its own
@@ -58,6 +59,10 @@ pub enum BusEvent {
         online: bool,
         /// Their mutual contacts, who are told.
         mutual_contacts: Vec<i64>,
+        /// Where this change stands among the publishing server's presence
+        /// changes and heartbeats (`dispatcher/liveness.rs`): an older one
+        /// than a receiver already applied is ignored.
+        stamp: PresenceStamp,
     },
     /// A frame for every connection of a user (a ContactRequest, a
     /// Presence when an add made two online users mutual).
@@ -66,6 +71,27 @@ pub enum BusEvent {
         user_id: i64,
         /// The encoded frame.
         frame: String,
+    },
+    /// A Delivered receipt (37) for the sender's receipts connections: the
+    /// recipient confirmed on the publishing server.
+    Delivered {
+        /// The sender of the messages confirmed.
+        sender_id: i64,
+        /// The encoded Delivered frame.
+        frame: String,
+    },
+    /// An add made two users mutual contacts while the server it was made
+    /// on did not know the contact online (its login Presence may still be
+    /// on the way): the servers where the contact is logged in tell both.
+    BecameMutual {
+        /// The user who added (logged in on the publishing server).
+        owner_id: i64,
+        /// Their name.
+        owner_name: String,
+        /// The user added, who had added the owner before.
+        contact_id: i64,
+        /// Their name.
+        contact_name: String,
     },
     /// A session was ended (Logout): every connection using it closes.
     SessionEnded {
@@ -104,7 +130,14 @@ impl BusEvent {
                 (None, None) => format!("{prefix}.user.none"),
             },
             BusEvent::Presence { .. } => format!("{prefix}.presence"),
-            BusEvent::Push { user_id, .. } => format!("{prefix}.user.{user_id}"),
+            BusEvent::Push { user_id, .. }
+            | BusEvent::Delivered {
+                sender_id: user_id, ..
+            }
+            | BusEvent::BecameMutual {
+                contact_id: user_id,
+                ..
+            } => format!("{prefix}.user.{user_id}"),
             BusEvent::SessionEnded { .. } => format!("{prefix}.session"),
             BusEvent::UserCreated { .. }
             | BusEvent::GroupChanged { .. }
@@ -118,6 +151,43 @@ impl BusEvent {
                 recipients.first().copied()
             }
             _ => None,
+        }
+    }
+}
+
+/// The order of one server's presence news: its run (the process's start,
+/// in Unix milliseconds, so a restarted server's news is newer than its
+/// previous life's) and a version it raises at each Presence it publishes.
+/// A heartbeat written to the database carries the stamp of the moment its
+/// user set was taken. Ordered by run, then version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PresenceStamp {
+    /// The server process's start, Unix milliseconds.
+    pub run: i64,
+    /// Presence events published by that process so far.
+    pub version: i64,
+}
+
+/// Whether this server can reach NATS, as `/healthz` and the stats line
+/// say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusState {
+    /// Not in a cluster.
+    Alone,
+    /// Connected to NATS.
+    Connected,
+    /// The connection to NATS is lost and async-nats is reconnecting,
+    /// since this long.
+    Reconnecting(std::time::Duration),
+}
+
+impl BusState {
+    /// The word `/healthz` and the stats line use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusState::Alone => "alone",
+            BusState::Connected => "connected",
+            BusState::Reconnecting(_) => "reconnecting",
         }
     }
 }
@@ -197,6 +267,14 @@ impl Bus {
         }
     }
 
+    /// Whether NATS is reachable now.
+    pub fn state(&self) -> BusState {
+        match self {
+            Bus::Alone => BusState::Alone,
+            Bus::Nats(bridge) => bridge.state(),
+        }
+    }
+
     /// Events dropped so far (either way) for being over a byte bound or
     /// undecodable.
     pub fn dropped(&self) -> u64 {
@@ -251,5 +329,26 @@ mod tests {
             .subject("p"),
             "p.session"
         );
+        let receipt = BusEvent::Delivered {
+            sender_id: 4,
+            frame: "{}".into(),
+        };
+        assert_eq!(receipt.subject("p"), "p.user.4");
+    }
+
+    /// A restarted server's presence news is newer than its previous
+    /// life's, whatever the versions.
+    #[test]
+    fn stamps_order_by_run_then_version() {
+        let old = PresenceStamp {
+            run: 1_000,
+            version: 90,
+        };
+        let restarted = PresenceStamp {
+            run: 2_000,
+            version: 1,
+        };
+        assert!(restarted > old);
+        assert!(PresenceStamp { version: 91, ..old } > old);
     }
 }

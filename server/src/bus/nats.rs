@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use futures_util::StreamExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::{BusEvent, Envelope, Inbound};
+use super::{BusEvent, BusState, Envelope, Inbound};
 use crate::completion::{Completion, CompletionSender};
 use crate::config::{
     Cluster, BUS_CLIENT_COMMANDS_MAX, BUS_EVENT_BYTES_MAX, BUS_INBOUND_BYTES_MAX,
@@ -35,8 +35,8 @@ use crate::config::{
 /// One encoded event on its way out: its subject and payload.
 type Outgoing = (String, Vec<u8>);
 
-/// What the loop and the bridge thread share: the bytes in each queue and
-/// the events dropped.
+/// What the loop and the bridge thread share: the bytes in each queue, the
+/// events dropped, and whether NATS is connected.
 #[derive(Debug, Default)]
 struct Gauges {
     outbound_bytes: AtomicUsize,
@@ -44,6 +44,48 @@ struct Gauges {
     dropped: AtomicU64,
     /// An [`Inbound::Gap`] is on its way to the loop (one at a time).
     gap_pending: AtomicBool,
+    link: Link,
+}
+
+/// Whether the connection to NATS is up: 0 while it is, else when it went
+/// down (milliseconds since `started`, plus one).
+#[derive(Debug)]
+struct Link {
+    started: std::time::Instant,
+    down_since_ms: AtomicU64,
+}
+
+impl Default for Link {
+    fn default() -> Link {
+        Link {
+            started: std::time::Instant::now(),
+            down_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Link {
+    fn up(&self) {
+        self.down_since_ms.store(0, Ordering::Release);
+    }
+
+    fn down(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        // Only the first moment of an outage counts.
+        let _ =
+            self.down_since_ms
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn state(&self) -> BusState {
+        match self.down_since_ms.load(Ordering::Acquire) {
+            0 => BusState::Connected,
+            since => {
+                let down_at = std::time::Duration::from_millis(since - 1);
+                BusState::Reconnecting(self.started.elapsed().saturating_sub(down_at))
+            }
+        }
+    }
 }
 
 impl Gauges {
@@ -158,6 +200,11 @@ impl Bridge {
     pub fn dropped(&self) -> u64 {
         self.gauges.dropped.load(Ordering::Relaxed)
     }
+
+    /// Whether NATS is connected, or since when it is not.
+    pub fn state(&self) -> BusState {
+        self.gauges.link.state()
+    }
 }
 
 impl Drop for Bridge {
@@ -248,11 +295,19 @@ async fn connect(
                 match event {
                     // Back after a disconnection, or NATS dropped messages
                     // for us: what went by meanwhile is in the database.
-                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                    async_nats::Event::Connected => {
+                        log::warn!("bus: {event}; receipts devices read from storage");
+                        gauges.link.up();
+                        gauges.gap(&done);
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
                         log::warn!("bus: {event}; receipts devices read from storage");
                         gauges.gap(&done);
                     }
-                    async_nats::Event::Disconnected => log::warn!("bus: NATS disconnected"),
+                    async_nats::Event::Disconnected => {
+                        log::warn!("bus: NATS disconnected");
+                        gauges.link.down();
+                    }
                     _ => log::info!("bus: {event}"),
                 }
             }

@@ -628,6 +628,7 @@ impl Dispatcher {
             username: username.to_owned(),
             online,
             mutual_contacts: contacts.to_vec(),
+            stamp: self.presence_stamp(),
         };
         self.publish(event, fx);
         if !self.online_elsewhere(user_id) {

@@ -12,6 +12,7 @@ use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::{Dispatcher, Effects};
+use crate::bus::BusEvent;
 use crate::completion::ConnId;
 use crate::storage::{Command, ContactRow};
 
@@ -195,11 +196,28 @@ impl Dispatcher {
         if self.online_anywhere(contact_id) {
             self.send_presence(owner_id, contact_name, now, fx);
             self.send_presence(contact_id, outcome.owner_name, now, fx);
+        } else {
+            // Cluster mode: the contact may have logged in elsewhere a
+            // moment ago, its Presence not here yet; where it is logged in,
+            // both are told (see `became_mutual_here`).
+            let event = BusEvent::BecameMutual {
+                owner_id,
+                owner_name: outcome.owner_name,
+                contact_id,
+                contact_name,
+            };
+            self.publish(event, fx);
         }
     }
 
     /// Tells every connection of `user_id` that `username` is online.
-    fn send_presence(&mut self, user_id: i64, username: String, now: i64, fx: &mut Effects) {
+    pub(super) fn send_presence(
+        &mut self,
+        user_id: i64,
+        username: String,
+        now: i64,
+        fx: &mut Effects,
+    ) {
         let presence = ServerMessage::Presence(Presence {
             username,
             online: true,

@@ -463,13 +463,16 @@ impl Dispatcher {
         }
     }
 
-    /// Once per tick: sends the Delivered receipts that came due.
+    /// Once per tick: sends the Delivered receipts that came due, and the
+    /// heartbeat of cluster mode when it is due.
     pub fn tick(&mut self, now: i64, fx: &mut Effects) {
         self.send_due_receipts(now, fx);
+        self.beat_if_due(fx);
     }
 
     /// Sends the Delivered receipts that came due since the last tick to the
-    /// senders' receipts connections (at most one per pair per tick).
+    /// senders' receipts connections (at most one per pair per tick), here
+    /// and, in cluster mode, through the bus on the other servers.
     fn send_due_receipts(&mut self, now: i64, fx: &mut Effects) {
         if self.receipts_due.is_empty() {
             return;
@@ -481,11 +484,16 @@ impl Dispatcher {
             for conn in self.receipts_connections(sender) {
                 fx.push(conn, frame.clone());
             }
+            let event = BusEvent::Delivered {
+                sender_id: sender,
+                frame,
+            };
+            self.publish(event, fx);
         }
     }
 
     /// The logged-in connections of `user_id` that use receipts.
-    fn receipts_connections(&self, user_id: i64) -> Vec<ConnId> {
+    pub(super) fn receipts_connections(&self, user_id: i64) -> Vec<ConnId> {
         self.online
             .get(&user_id)
             .into_iter()

@@ -19,14 +19,17 @@
 //! One file per group of messages: [`accounts`] (register, login, logout,
 //! presence), [`messages`] (message, history, sync), [`contacts`] (contacts,
 //! directory, keys), [`groups`] (groups and group messages), [`cluster`]
-//! (what other servers of a cluster tell this one over the bus), [`lookups`]
-//! (cluster mode: asking storage what the caches lack).
+//! (what other servers of a cluster tell this one over the bus, and the
+//! heartbeats), [`liveness`] (who is online on which other server, and
+//! which servers are dead), [`lookups`] (cluster mode: asking storage what
+//! the caches lack).
 
 mod accounts;
 mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
+mod liveness;
 mod lookups;
 mod messages;
 
@@ -46,6 +49,7 @@ use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits, Verdict};
 use crate::shared_limits::SharedLogin;
 use crate::storage::{Command, GroupRow, Reply, Snapshot, StoredMessage};
 use accounts::SessionOpened;
+pub use cluster::ClusterView;
 use contacts::ContactAdded;
 pub use delivery::Stream;
 use delivery::{AwaitingCommit, ConfirmSchedule, MessageStored};
@@ -339,9 +343,9 @@ pub struct Dispatcher {
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
     receipts_due: HashMap<(i64, i64), (String, i64)>,
-    /// Cluster mode: which other servers have each user online, as their
-    /// Presence events said.
-    remote_online: HashMap<i64, std::collections::HashSet<String>>,
+    /// Cluster mode: who is online on the other servers, and which of them
+    /// are alive (`None` when alone).
+    liveness: Option<liveness::Liveness>,
     /// Cluster mode: the tickets of lookups in storage (at most
     /// [`config::LOOKUPS_IN_FLIGHT_MAX`]).
     lookups: HashSet<u64>,
@@ -376,7 +380,7 @@ impl Dispatcher {
             storing_bytes: 0,
             confirms_due: ConfirmSchedule::default(),
             receipts_due: HashMap::new(),
-            remote_online: HashMap::new(),
+            liveness: None,
             lookups: HashSet::new(),
             misses: Misses::default(),
             shared_logins: HashMap::new(),
@@ -428,10 +432,15 @@ impl Dispatcher {
 
     /// Users with at least one logged-in connection.
     pub fn users_online(&self) -> usize {
+        self.users_logged_in().count()
+    }
+
+    /// The users with at least one logged-in connection here.
+    fn users_logged_in(&self) -> impl Iterator<Item = i64> + '_ {
         self.online
             .keys()
-            .filter(|user| self.has_logged_in_connection(**user))
-            .count()
+            .copied()
+            .filter(|user| self.has_logged_in_connection(*user))
     }
 
     /// The auth state of a connection (for tests and logs).
@@ -665,6 +674,8 @@ impl Dispatcher {
                 username,
                 mutual_contacts,
             } => self.went_offline(user_id, &username, &mutual_contacts, now, fx),
+            Reply::Beat { result } => self.beat_answered(result, fx),
+            Reply::PresenceOf { changes } => self.presence_looked_up(changes, now, fx),
             Reply::MessageStored {
                 to,
                 ticket,
@@ -780,6 +791,9 @@ impl Dispatcher {
         }
         if let Command::StoreMessage { ticket, .. } = &command {
             self.forget_delivery(*ticket);
+        }
+        if let (Command::Heartbeat { .. }, Some(liveness)) = (&command, &mut self.liveness) {
+            liveness.beat_not_sent();
         }
         if let Some((to, tag)) = command.requester() {
             let outer = fx.begin_answering(Some(to.clone()));

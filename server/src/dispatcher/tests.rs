@@ -1669,3 +1669,132 @@ fn a_cluster_login_is_checked_and_its_verdict_recorded_in_storage() {
         [Command::FetchCredentials { shared: None, .. }]
     ));
 }
+
+// Cluster mode: heartbeats and presence across servers (`liveness.rs`).
+
+/// A cluster dispatcher of node `n0` with `--timeout` 6 s (beats every
+/// 0.75 s, expiry after 3 s).
+fn beating_dispatcher() -> Dispatcher {
+    let mut d = cluster_dispatcher();
+    d.join_cluster("n0".into(), 1, std::time::Duration::from_secs(6));
+    d
+}
+
+/// The heartbeat the next tick sends, if any.
+fn tick_beat(d: &mut Dispatcher) -> Option<Command> {
+    let mut fx = Effects::default();
+    d.tick(NOW, &mut fx);
+    fx.storage
+        .into_iter()
+        .find(|command| matches!(command, Command::Heartbeat { .. }))
+}
+
+/// The names and contacts storage would answer for `changes`.
+fn presence_of(changes: &[(i64, bool)], contacts: &[i64]) -> Reply {
+    let name = |user| ["alice", "bob", "carol"][(user - 1) as usize].to_owned();
+    Reply::PresenceOf {
+        changes: changes
+            .iter()
+            .map(|&(user_id, online)| crate::storage::PresenceChange {
+                user_id,
+                username: name(user_id),
+                online,
+                mutual_contacts: contacts.to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// Answers the heartbeat in flight with `alive`: storage is asked about
+/// `change` alone, and bob (connection 2, alice's contact) is told it.
+fn beat_tells_bob(d: &mut Dispatcher, alive: Vec<crate::storage::NodeBeat>, change: (i64, bool)) {
+    let fx = complete(d, Reply::Beat { result: Ok(alive) });
+    assert!(
+        matches!(&fx.storage[..], [Command::PresenceOf { changes }] if changes == &[change]),
+        "{:?}",
+        fx.storage
+    );
+    let fx = complete(d, presence_of(&[change], &[BOB]));
+    assert!(matches!(&frames_for(&fx, conn(2))[..],
+        [ServerMessage::Presence(p)] if p.username == "alice" && p.online == change.1));
+}
+
+/// A heartbeat carries the users logged in here; its answer shows another
+/// server's users online (their contacts here are told, through a lookup
+/// of names and contacts), and a later answer without that server, once
+/// beats have gone through for the expiry, shows them offline.
+#[test]
+fn heartbeats_tell_contacts_here_who_is_online_elsewhere_and_who_died() {
+    use crate::bus::PresenceStamp;
+    use crate::storage::NodeBeat;
+    let mut d = beating_dispatcher();
+    let b = conn(2);
+    log_in(&mut d, b, "bob", vec![]);
+    let start = Instant::now();
+    d.set_clock(start);
+    let Some(Command::Heartbeat {
+        node_id, online, ..
+    }) = tick_beat(&mut d)
+    else {
+        panic!("the first tick beats");
+    };
+    assert_eq!((node_id.as_str(), online), ("n0", vec![BOB]));
+    assert!(tick_beat(&mut d).is_none(), "one beat in flight");
+
+    let n1 = NodeBeat {
+        node_id: "n1".into(),
+        stamp: PresenceStamp { run: 9, version: 1 },
+        online: Some(vec![ALICE]),
+    };
+    beat_tells_bob(&mut d, vec![n1], (ALICE, true));
+
+    // Three seconds of beats later, n1 is not listed any more.
+    d.set_clock(start + std::time::Duration::from_secs(4));
+    assert!(tick_beat(&mut d).is_some());
+    beat_tells_bob(&mut d, vec![], (ALICE, false));
+    let health = d.cluster_view().expect("in a cluster");
+    assert!(health.database_ok);
+    assert_eq!((health.node_id.as_str(), health.nodes), ("n0", 0));
+
+    // A failed beat: the database is unreachable.
+    d.set_clock(start + std::time::Duration::from_secs(5));
+    assert!(tick_beat(&mut d).is_some());
+    complete(
+        &mut d,
+        Reply::Beat {
+            result: Err("down".into()),
+        },
+    );
+    assert!(!d.cluster_view().unwrap().database_ok);
+}
+
+/// An add made elsewhere without knowing the contact online: where the
+/// contact is logged in, the contact is told the adder is online, and the
+/// adder (through the bus) that the contact is.
+#[test]
+fn an_add_made_mutual_elsewhere_is_told_where_the_contact_is() {
+    use crate::bus::{BusEvent, Inbound};
+    let mut d = beating_dispatcher();
+    let b = conn(2);
+    log_in(&mut d, b, "bob", vec![]);
+    let event = BusEvent::BecameMutual {
+        owner_id: ALICE,
+        owner_name: "alice".into(),
+        contact_id: BOB,
+        contact_name: "bob".into(),
+    };
+    let mut fx = Effects::default();
+    let inbound = Inbound::Event {
+        node: "n1".into(),
+        event,
+        bytes: 1,
+    };
+    d.complete(Completion::Bus(inbound), NOW, &mut fx);
+    assert!(matches!(&frames_for(&fx, b)[..],
+        [ServerMessage::Presence(p)] if p.username == "alice" && p.online));
+    assert!(
+        matches!(&fx.bus[..], [BusEvent::Push { user_id: ALICE, frame }] if frame.contains("bob")),
+        "{:?}",
+        fx.bus
+    );
+}

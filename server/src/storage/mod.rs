@@ -394,6 +394,31 @@ storage_table! {
             /// Cut-off.
             idle_before: i64,
         },
+        /// Cluster mode: this server's heartbeat — its row in `cluster_nodes`
+        /// gets the database's clock and the users online here — and the
+        /// other servers alive (their last beat within `expire_after_ms`,
+        /// by the same clock); replies [`Reply::Beat`], also when it fails.
+        Heartbeat {
+            /// This server's `--node-id`.
+            node_id: String,
+            /// The stamp of `online` (see [`crate::bus::PresenceStamp`]).
+            stamp: crate::bus::PresenceStamp,
+            /// The users with a logged-in connection here.
+            online: Vec<i64>,
+            /// A server whose last beat is older is not listed.
+            expire_after_ms: i64,
+            /// The stamp of each server's beat this server applied last:
+            /// a row still at that stamp is answered without its users.
+            known: Vec<(String, crate::bus::PresenceStamp)>,
+        },
+        /// Cluster mode: the names and mutual contacts of users whose
+        /// presence changed as heartbeats told (a server died, or news the
+        /// bus missed); replies [`Reply::PresenceOf`].
+        PresenceOf {
+            /// `(user_id, online)`, at most
+            /// [`crate::config::PRESENCE_LOOKUP_USERS_MAX`].
+            changes: Vec<(i64, bool)>,
+        },
         /// Cluster mode: how a password attempt charged by
         /// `FetchCredentials` ended (`shared_limits.rs`). No reply.
         EndSharedLogin {
@@ -416,6 +441,31 @@ impl Command {
             _ => None,
         }
     }
+}
+
+/// Another server of a cluster, as its last heartbeat left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeBeat {
+    /// Its `--node-id`.
+    pub node_id: String,
+    /// The stamp of `online`.
+    pub stamp: crate::bus::PresenceStamp,
+    /// The users online there at that beat; `None` when the asker has the
+    /// beat of this stamp already (it listed it in `known`).
+    pub online: Option<Vec<i64>>,
+}
+
+/// A user whose presence changed, with whom to tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The user.
+    pub user_id: i64,
+    /// Their name.
+    pub username: String,
+    /// Online now, or not.
+    pub online: bool,
+    /// Their mutual contacts.
+    pub mutual_contacts: Vec<i64>,
 }
 
 storage_table! {
@@ -586,6 +636,18 @@ storage_table! {
             username: String,
             /// `(sender_id, highest confirmed id from them)`.
             senders: Vec<(i64, i64)>,
+        },
+        /// A heartbeat is written, with the other servers alive; or why
+        /// not.
+        Beat {
+            /// The other servers whose beat is recent, or the failure.
+            result: Result<Vec<NodeBeat>, String>,
+        },
+        /// The users of a [`Command::PresenceOf`] (an unknown id is left
+        /// out).
+        PresenceOf {
+            /// Each with its name and mutual contacts.
+            changes: Vec<PresenceChange>,
         },
     }
 }

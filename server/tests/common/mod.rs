@@ -8,6 +8,7 @@
 
 pub mod nats;
 pub mod postgres_db;
+pub mod relay;
 
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{Ipv4Addr, TcpStream};

@@ -15,12 +15,14 @@
 //! `apply`, which hands each [`Command`] to its one function. The commands
 //! live in one file per family, like SQLite's: `accounts.rs`, `messages.rs`,
 //! `delivery.rs`, `contacts.rs`, `groups.rs`, `keys.rs`, `server_state.rs`,
-//! `limits.rs` (cluster mode's shared lockout and registration limit);
+//! `limits.rs` (cluster mode's shared lockout and registration limit) and
+//! `cluster.rs` (cluster mode's heartbeats);
 //! [`schema`] holds the tables and the migrations, run under an advisory
 //! lock. The pure logic both backends share (page budgets, queue takes, the
 //! client-id index) is in `storage/pages.rs` and `storage/client_ids.rs`.
 
 mod accounts;
+mod cluster;
 mod contacts;
 mod delivery;
 mod groups;
@@ -445,6 +447,12 @@ impl PostgresBackend {
             Ok(mut replies) => replies.pop(),
             Err(error) => {
                 log::error!("storage: command failed: {error}");
+                if let Command::Heartbeat { .. } = command {
+                    // The loop learns that the database is unreachable.
+                    return Some(Reply::Beat {
+                        result: Err(error.to_string()),
+                    });
+                }
                 let ticket = command.ticket();
                 command.requester().map(|(to, tag)| Reply::Failed {
                     to: to.clone(),
@@ -726,6 +734,17 @@ fn apply(batch: &mut Batch, command: &Command) -> Result<Option<Reply>, Error> {
             user_id,
             username,
         } => keys::get_key(batch, to, *user_id, username).map(Some),
+        // cluster.rs
+        Command::Heartbeat {
+            node_id,
+            stamp,
+            online,
+            expire_after_ms,
+            known,
+        } => {
+            cluster::heartbeat(batch, node_id, (*stamp, online), *expire_after_ms, known).map(Some)
+        }
+        Command::PresenceOf { changes } => cluster::presence_of(batch, changes).map(Some),
     }
 }
 

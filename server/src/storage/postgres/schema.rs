@@ -119,6 +119,21 @@ CREATE INDEX messages_by_client_id ON messages(sender_id, client_message_id)
     WHERE client_message_id IS NOT NULL;
 ";
 
+/// Version 3: cluster mode's heartbeats (`postgres/cluster.rs`). One row per
+/// server that ever ran with `--nats` (rows silent for a day are deleted by
+/// the next beat): the database's clock at its last beat, and the users
+/// online there then, stamped with the server's run and presence version
+/// (`bus::PresenceStamp`).
+const VERSION_3: &str = "
+CREATE TABLE cluster_nodes (
+    node_id      TEXT PRIMARY KEY,
+    beat_at      TIMESTAMPTZ NOT NULL,
+    run          BIGINT NOT NULL,
+    version      BIGINT NOT NULL,
+    online_users BIGINT[] NOT NULL
+);
+";
+
 /// Version 4: the failed-login lockout and the registration limit shared
 /// by the servers of a cluster (`shared_limits.rs`), in milliseconds of
 /// PostgreSQL's clock. A row may go once its `idle_after_ms` /
@@ -144,9 +159,13 @@ CREATE TABLE registration_buckets (
 CREATE INDEX registration_buckets_by_full ON registration_buckets(full_at_ms);
 ";
 
-/// Each version and the step that reaches it from the one before (3 is
-/// not this branch's).
-const MIGRATIONS: [(i32, &str); 3] = [(1, VERSION_1), (2, VERSION_2), (4, VERSION_4)];
+/// Each version and the step that reaches it from the one before.
+const MIGRATIONS: [(i32, &str); 4] = [
+    (1, VERSION_1),
+    (2, VERSION_2),
+    (3, VERSION_3),
+    (4, VERSION_4),
+];
 
 /// Brings the schema to [`SCHEMA_VERSION`] under the start lock; a
 /// database of a newer version is refused.

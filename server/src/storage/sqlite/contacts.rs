@@ -1,10 +1,10 @@
 //! Contacts (the dispatcher's `contacts.rs`): adding and removing one, the
 //! directory, and who is a mutual contact (told of presence changes).
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::completion::Requester;
-use crate::storage::{ContactRow, Reply};
+use crate::storage::{ContactRow, PresenceChange, Reply};
 
 /// `AddContact`: the contact is added (once), and the reply says whether it
 /// is new and whether the contact had added the owner already.
@@ -71,6 +71,28 @@ pub(super) fn mutual_contacts(tx: &Transaction, user_id: i64) -> rusqlite::Resul
     )?;
     let rows = statement.query_map([user_id], |row| row.get(0))?;
     rows.collect()
+}
+
+/// `PresenceOf`: each user's name and mutual contacts (PostgreSQL's
+/// `cluster.rs` has the cluster's version; this one keeps the backends
+/// alike).
+pub(super) fn presence_of(tx: &Transaction, changes: &[(i64, bool)]) -> rusqlite::Result<Reply> {
+    let mut found = Vec::with_capacity(changes.len());
+    for &(user_id, online) in changes {
+        let username: Option<String> = tx
+            .prepare_cached("SELECT username FROM users WHERE user_id = ?1")?
+            .query_row([user_id], |row| row.get(0))
+            .optional()?;
+        if let Some(username) = username {
+            found.push(PresenceChange {
+                user_id,
+                username,
+                online,
+                mutual_contacts: mutual_contacts(tx, user_id)?,
+            });
+        }
+    }
+    Ok(Reply::PresenceOf { changes: found })
 }
 
 /// Users that `owner_id` has added, with whether each added them back.

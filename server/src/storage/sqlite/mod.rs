@@ -454,6 +454,13 @@ fn apply(batch: &mut Batch, command: &Command) -> rusqlite::Result<Option<Reply>
             user_id,
             username,
         } => keys::get_key(tx, to, *user_id, username).map(Some),
+        // Cluster mode runs on PostgreSQL only (config.rs refuses --nats
+        // without it), so no server sends these to SQLite; a beat is
+        // answered as failed rather than as a cluster of one.
+        Command::Heartbeat { .. } => Ok(Some(Reply::Beat {
+            result: Err("heartbeats need cluster mode's PostgreSQL database".into()),
+        })),
+        Command::PresenceOf { changes } => contacts::presence_of(tx, changes).map(Some),
     }
 }
 
