@@ -208,7 +208,8 @@ pub const STORAGE_PAUSE_READS: usize = STORAGE_QUEUE_MAX / 2;
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the storage thread tries to reach PostgreSQL again after a
-/// COMMIT that got no answer (the connection died with it), to learn
+/// COMMIT that failed (the connection died with it, or the backend was
+/// terminated after writing its commit record), to learn
 /// whether the batch is in the database: its senders are acked if it is,
 /// told `server_busy` if it is not — or if this passes without an answer
 /// (the outcome is then unknown: a resend with the same client id is

@@ -104,18 +104,17 @@ impl std::error::Error for Error {
 
 /// How a transaction failed.
 enum TransactionFailed<T> {
-    /// Before its COMMIT was answered with success or failure: nothing of
-    /// it is in the database.
+    /// Before its COMMIT: nothing of it is in the database.
     RolledBack(Error),
-    /// The connection died with the COMMIT unanswered: it may be in the
-    /// database, and would have returned `T`.
-    NoAnswer(Error, T),
+    /// Its COMMIT did not come back as a success: it may be in the
+    /// database all the same, and would have returned `T`.
+    Uncertain(Error, T),
 }
 
 impl<T> TransactionFailed<T> {
     fn into_error(self) -> Error {
         match self {
-            TransactionFailed::RolledBack(error) | TransactionFailed::NoAnswer(error, _) => error,
+            TransactionFailed::RolledBack(error) | TransactionFailed::Uncertain(error, _) => error,
         }
     }
 }
@@ -327,7 +326,7 @@ impl PostgresBackend {
     }
 
     /// Like [`Self::in_transaction`], but tells a transaction that surely
-    /// rolled back from one whose COMMIT got no answer.
+    /// rolled back from one whose COMMIT failed (and may have committed).
     fn in_transaction_telling<T>(
         &mut self,
         work: impl FnOnce(&mut Batch) -> Result<T, Error>,
@@ -346,16 +345,16 @@ impl PostgresBackend {
         };
         let done = work(&mut batch).map_err(rolled_back)?;
         server_state::save_ids(&mut batch).map_err(rolled_back)?;
+        // Any failed COMMIT may have committed: the connection may have
+        // died before the answer, or the backend been terminated after
+        // writing its commit record (the checker's outage showed both).
         match tx.commit() {
             Ok(()) => Ok(done),
-            Err(error) if self.client.is_closed() => {
-                Err(TransactionFailed::NoAnswer(error.into(), done))
-            }
-            Err(error) => Err(rolled_back(error.into())),
+            Err(error) => Err(TransactionFailed::Uncertain(error.into(), done)),
         }
     }
 
-    /// After a COMMIT that got no answer: whether the batch that stored
+    /// After a COMMIT that failed: whether the batch that stored
     /// `commands` is in the database, once PostgreSQL answers again
     /// (within [`POSTGRES_OUTCOME_WAIT`]). `None`: no answer, or nothing in
     /// the batch to tell by (no message was stored).
@@ -466,7 +465,7 @@ impl PostgresBackend {
 
     /// Applies the commands in one transaction and commits it; the client
     /// ids the commands remembered stay only if it committed.
-    /// A COMMIT that got no answer is looked into: if the batch is in the
+    /// A COMMIT that failed is looked into: if the batch is in the
     /// database after all, its replies stand (its senders must not be told
     /// it failed while its recipients read it).
     fn execute_in_transaction(&mut self, commands: &mut [Command]) -> Result<Vec<Reply>, Error> {
@@ -484,12 +483,10 @@ impl PostgresBackend {
         });
         let replies = match replies {
             Ok(replies) => Ok(replies),
-            Err(TransactionFailed::NoAnswer(error, replies)) => {
+            Err(TransactionFailed::Uncertain(error, replies)) => {
                 match self.committed_after_all(commands) {
                     Some(true) => {
-                        log::warn!(
-                            "storage: a COMMIT got no answer ({error}) but is in the database"
-                        );
+                        log::warn!("storage: a COMMIT failed ({error}) but is in the database");
                         Ok(replies)
                     }
                     _ => Err(error),
