@@ -16,7 +16,13 @@
 //! - every acked message is held by every receipts device of every recipient
 //!   (all other members, for a group), exactly once by id;
 //! - no id names two different messages anywhere (devices, database);
-//! - no device holds a message whose sender got an error and never an Ack;
+//! - every message a device holds is in the database under its id (nothing
+//!   is delivered that will not be kept);
+//! - no device holds a message whose sender was refused for good and never
+//!   acked (`server_busy` is not for good: it says "try again", and the
+//!   devices do, with the same client id, on their next connection and at
+//!   the end — as a client must, since a resend of a message whose Ack was
+//!   lost can meet a server that cannot look it up just then);
 //! - on every device, messages from one sender arrive in increasing id order;
 //! - a client id is stored at most once, however often it was resent.
 //!
@@ -51,7 +57,7 @@ use common::nats::{own_nats_for, OwnNats};
 use common::postgres_db::TestDatabase;
 use common::{register_all, Client, Polled, TestServer, SECRET};
 use protocol::client::{Login, Logout, Received, SendMessage};
-use protocol::{ClientMessage, ServerMessage};
+use protocol::{ClientMessage, ErrorType, ServerMessage};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -166,6 +172,10 @@ struct Chaos {
     outages: Vec<(Outage, Instant)>,
     /// No outage begins before this.
     calm_until: Instant,
+    /// `server_busy` answers to sends (each sent again later).
+    busy_refusals: usize,
+    /// The end phase: every device drains and every send is answered.
+    draining: bool,
 }
 
 fn seed() -> u64 {
@@ -222,9 +232,11 @@ fn run(setup: Setup, phase: Duration) {
     chaos.finish();
     chaos.check();
     println!(
-        "chaos seed {seed}: {} messages sent, {} acked, {} faults ({})",
+        "chaos seed {seed}: {} messages sent, {} acked, {} server_busy answers (sent again), \
+         {} faults ({})",
         chaos.sent.len(),
         chaos.acked().count(),
+        chaos.busy_refusals,
         chaos.log.len(),
         chaos.fault_counts()
     );
@@ -264,6 +276,8 @@ impl Chaos {
             nats,
             outages: Vec::new(),
             calm_until: Instant::now(),
+            busy_refusals: 0,
+            draining: false,
         };
         chaos.group_id = chaos.create_group();
         for index in 0..chaos.devices.len() {
@@ -443,6 +457,15 @@ impl Chaos {
             ServerMessage::Error(error) if error.ref_tag == Some(11) => {
                 let client_id = request_id.unwrap_or_default();
                 self.devices[index].in_flight.remove(&client_id);
+                if error.error_type == ErrorType::ServerBusy {
+                    // Sent again later (still unanswered), as a client
+                    // does: on the next connection, or now at the end.
+                    self.busy_refusals += 1;
+                    if self.draining {
+                        self.send_message(index, &client_id);
+                    }
+                    return;
+                }
                 if let Some(sent) = self.sent.get_mut(&client_id) {
                     if sent.outcome == Outcome::Unanswered {
                         sent.outcome = Outcome::Refused;
@@ -714,6 +737,7 @@ impl Chaos {
     /// message is resent until answered, and every receipts device reads
     /// until it holds everything acked for its user.
     fn finish(&mut self) {
+        self.draining = true;
         self.end_outages(true);
         let node = self.rng.random_range(0..self.nodes.len());
         self.nodes[node].crash_and_restart_with_file_size_limit(None);
@@ -834,6 +858,12 @@ impl Chaos {
         }
         for (client_id, count) in per_client_id {
             assert_eq!(count, 1, "{client_id} stored {count} times");
+        }
+        for (id, content) in &names {
+            assert!(
+                stored.get(id).is_some_and(|kept| kept == content),
+                "id {id} is held by a device but not kept in the database"
+            );
         }
         for (client_id, _, id) in self.acked() {
             assert!(
