@@ -20,8 +20,8 @@ use common::nats::{nats_for, TestNats};
 use common::postgres_db::TestDatabase;
 use common::relay::TcpRelay;
 use common::{
-    group_message, logged_in, message_to, recv_until, register_all, Client, Polled, TestServer,
-    SECRET,
+    group_message, logged_in, message_to, recv_until, refused_start, register_all, Client, Polled,
+    TestServer, SECRET,
 };
 use protocol::client::{CreateGroup, Logout, Sync, UserRef};
 use protocol::{ClientMessage, ServerMessage};
@@ -543,17 +543,7 @@ fn a_cluster_server_without_its_nats_refuses_to_start() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--port", "0", "--data-dir"])
-        .arg(dir.path())
-        .arg("--log-file")
-        .arg(dir.path().join("server.log"))
-        .args(["--database", &database.url, "--nats", "nats://127.0.0.1:1"])
-        .output()
-        .expect("run chat-server");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--database", &database.url, "--nats", "nats://127.0.0.1:1"]);
     assert!(
         stderr.contains("cannot connect to NATS at nats://127.0.0.1:1"),
         "{stderr}"
@@ -565,25 +555,14 @@ fn a_cluster_server_without_its_nats_refuses_to_start() {
 /// lists in cluster mode.
 #[test]
 fn cluster_mode_needs_postgres() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let refused = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--port", "0", "--data-dir"])
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .expect("run chat-server");
-        assert!(!output.status.success());
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
-    let why = refused(&["--nats", "nats://127.0.0.1:4222"]);
+    let why = refused_start(&["--nats", "nats://127.0.0.1:4222"]);
     assert!(
         why.contains("--nats (cluster mode) needs --database postgres://"),
         "{why}"
     );
-    let why = refused(&["--node-id", "n1"]);
+    let why = refused_start(&["--node-id", "n1"]);
     assert!(why.contains("--node-id"), "{why}");
-    let why = refused(&[
+    let why = refused_start(&[
         "--database",
         "postgres://chat@127.0.0.1:1/chat",
         "--nats",

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::postgres_db::TestDatabase;
-use common::{group_message, logged_in, message_to, Client, TestServer, SECRET};
+use common::{group_message, logged_in, message_to, refused_start, Client, TestServer, SECRET};
 use protocol::client::{CreateGroup, GetHistory, LeaveGroup, PublishKey, Sync, UserRef};
 use protocol::server::GroupInfo;
 use protocol::{ClientMessage, ErrorType, ServerMessage};
@@ -444,23 +444,6 @@ fn one_server_per_database_even_when_two_start_together() {
     assert_eq!(counter, id, "the id counter commits with the message");
     alice.send(&message_to("nobody", "x", None));
     alice.expect_error(ErrorType::UnknownUser, Some(11));
-}
-
-/// Runs the server with `args` expecting it to refuse to start: its
-/// stderr, after it exited unsuccessfully.
-fn refused_start(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--port", "0", "--data-dir"])
-        .arg(dir.path())
-        .arg("--log-file")
-        .arg(dir.path().join("server.log"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run chat-server");
-    assert!(!output.status.success(), "it started: {output:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A PostgreSQL that does not answer stops the start with where it looked

@@ -22,7 +22,7 @@ use protocol::server::{Delivered, Presence};
 use protocol::ServerMessage;
 
 use super::liveness::Liveness;
-use super::{Auth, CloseReason, Dispatcher, Effects, Queued, Stream};
+use super::{Auth, CloseReason, Dispatcher, Effects};
 use crate::bus::{BusEvent, Inbound, PresenceStamp};
 use crate::completion::ConnId;
 use crate::config::{LivenessTimes, PRESENCE_LOOKUP_USERS_MAX};
@@ -202,15 +202,8 @@ impl Dispatcher {
         }
         let mut read_now = Vec::new();
         for (conn, client) in &mut self.clients {
-            if let Auth::LoggedIn {
-                stream: Stream::FromStorage { reading, again, .. },
-                ..
-            } = &mut client.auth
-            {
-                if *reading {
-                    *again = true;
-                } else {
-                    *reading = true;
+            if let Auth::LoggedIn { stream, .. } = &mut client.auth {
+                if stream.notice() {
                     read_now.push(*conn);
                 }
             }
@@ -225,13 +218,25 @@ impl Dispatcher {
     /// device without receipts that is written a 1:1 message takes it,
     /// which the read's page records).
     fn remote_message(&mut self, recipients: &[i64], message: Delivered, fx: &mut Effects) {
-        let message_id = message.message_id;
-        self.saw_message_id(message_id);
-        let group = message.group_id.is_some();
-        let frame = protocol::encode_delivered(&message);
-        for &user_id in recipients {
-            let queued = Queued::Remote { group };
-            self.push_to_user(user_id, &frame, Some((message_id, queued)), None, fx);
+        self.saw_message_id(message.message_id);
+        let mut read_now = Vec::new();
+        for user_id in recipients {
+            let Some(conns) = self.online.get(user_id) else {
+                continue;
+            };
+            for conn in conns {
+                // A connection still logging in reads once logged in.
+                if let Some(Auth::LoggedIn { stream, .. }) =
+                    self.clients.get_mut(conn).map(|client| &mut client.auth)
+                {
+                    if stream.notice() {
+                        read_now.push(*conn);
+                    }
+                }
+            }
+        }
+        for conn in read_now {
+            self.ask_catch_up_page(conn, fx);
         }
     }
 

@@ -73,6 +73,23 @@ impl Stream {
         matches!(self, Stream::Behind { .. })
     }
 
+    /// Cluster mode: something new may be in storage for a device that
+    /// reads from it. Returns whether to ask for a read now; with one on
+    /// its way, another follows it instead.
+    pub(super) fn notice(&mut self) -> bool {
+        match self {
+            Stream::FromStorage { reading, again, .. } if *reading => {
+                *again = true;
+                false
+            }
+            Stream::FromStorage { reading, .. } => {
+                *reading = true;
+                true
+            }
+            Stream::Live | Stream::Behind { .. } => false,
+        }
+    }
+
     /// Leaves message `message_id` in storage; returns whether the stream
     /// was live until now (then a catch-up page is to be asked for).
     pub(super) fn fall_behind(&mut self, message_id: i64) -> bool {

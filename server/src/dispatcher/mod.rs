@@ -908,14 +908,11 @@ impl Dispatcher {
             let output_full = client.output_full;
             match &mut client.auth {
                 Auth::LoggedIn {
-                    stream: Stream::FromStorage { reading, again, .. },
+                    stream: stream @ Stream::FromStorage { .. },
                     ..
                 } if message.is_some() => {
                     // Read from storage, in id order (see `Stream`).
-                    if *reading {
-                        *again = true;
-                    } else {
-                        *reading = true;
+                    if stream.notice() {
                         fell_behind.push(*conn);
                     }
                 }
@@ -955,12 +952,6 @@ impl Dispatcher {
                             && match queued {
                                 Queued::Direct { taken } => whole_history || !taken,
                                 Queued::Group => whole_history || *include_groups,
-                                // Committed elsewhere: perhaps after the
-                                // queue was read, so only a known bound says.
-                                Queued::Remote { group } => {
-                                    *queue_before != i64::MAX
-                                        && (whole_history || !group || *include_groups)
-                                }
                             };
                         if in_queue {
                             continue;
@@ -1023,12 +1014,6 @@ enum Queued {
     },
     /// A group message (in the queue when the login includes groups).
     Group,
-    /// A message another server of a cluster committed (whether a device
-    /// took it is not known here).
-    Remote {
-        /// A group message.
-        group: bool,
-    },
 }
 
 /// A Received on a connection whose SuccessLogin is sent and whose queue is

@@ -912,3 +912,20 @@ pub fn tcp_connect_from(
 fn is_timeout(error: &std::io::Error) -> bool {
     matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
+
+/// Runs the server with `args` expecting it to refuse to start: its
+/// stderr, after it exited unsuccessfully.
+pub fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--log-file")
+        .arg(dir.path().join("server.log"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chat-server");
+    assert!(!output.status.success(), "it started: {output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
