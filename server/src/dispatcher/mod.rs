@@ -912,9 +912,7 @@ impl Dispatcher {
                     ..
                 } if message.is_some() => {
                     // Read from storage, in id order (see `Stream`).
-                    if stream.notice() {
-                        fell_behind.push(*conn);
-                    }
+                    fell_behind.extend(stream.notice().then_some(*conn));
                 }
                 Auth::LoggedIn {
                     receipts, stream, ..
