@@ -287,14 +287,25 @@ impl Connection {
 
     /// The socket, for (de)registration with mio.
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
+        self.transport_mut().map(Transport::socket_mut)
+    }
+
+    /// The socket reported ready: what it holds is read again, even past a
+    /// short read ([`Transport::readable`]); `peer_closed` if the event said
+    /// the peer shut its side.
+    pub fn readable(&mut self, peer_closed: bool) {
+        if let Some(transport) = self.transport_mut() {
+            transport.readable(peer_closed);
+        }
+    }
+
+    fn transport_mut(&mut self) -> Option<&mut Transport> {
         match &mut self.state {
-            State::Head(head) => Some(head.transport.socket_mut()),
-            State::Routing(transport) | State::Draining { transport, .. } => {
-                Some(transport.socket_mut())
-            }
-            State::Answering(answer) => Some(answer.transport.socket_mut()),
-            State::Handshaking(mid) => Some(mid.get_mut().get_mut().socket_mut()),
-            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut().socket_mut()),
+            State::Head(head) => Some(&mut head.transport),
+            State::Routing(transport) | State::Draining { transport, .. } => Some(transport),
+            State::Answering(answer) => Some(&mut answer.transport),
+            State::Handshaking(mid) => Some(mid.get_mut().get_mut()),
+            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut()),
             State::Closed => None,
         }
     }

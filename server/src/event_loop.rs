@@ -271,7 +271,10 @@ impl Server {
                     LISTENER => self.accept_all(),
                     WAKER => {} // completions are drained below, every turn
                     SIGNALS => self.on_signals(),
-                    Token(slot) => self.connection_ready(slot, event.is_writable()),
+                    Token(slot) => {
+                        let peer_closed = event.is_read_closed() || event.is_error();
+                        self.connection_ready(slot, event.is_writable(), peer_closed)
+                    }
                 }
             }
             self.retry_throttled_reads();
@@ -359,10 +362,11 @@ impl Server {
         self.read_frames(id);
     }
 
-    fn connection_ready(&mut self, slot: usize, writable: bool) {
+    fn connection_ready(&mut self, slot: usize, writable: bool, peer_closed: bool) {
         let Some(connection) = self.connections.get_mut(slot) else {
             return; // a spurious event for a slot already removed
         };
+        connection.readable(peer_closed);
         if writable {
             connection.flush();
         }

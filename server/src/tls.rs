@@ -83,6 +83,17 @@ pub struct Transport {
     read_ahead: Vec<u8>,
     /// How much of `read_ahead` has been given back.
     read_ahead_at: usize,
+    /// The last read of the plain socket filled less than it was given, so
+    /// the socket had nothing more: the next read answers `WouldBlock`
+    /// without asking the kernel, until the socket is reported readable
+    /// again ([`Transport::readable`]). Epoll is edge-triggered: bytes that
+    /// arrive after that read raise a new readiness event, so nothing waits
+    /// unseen, and each frame read costs one `recv` instead of two.
+    drained: bool,
+    /// A readiness event said the peer closed its side: its FIN may sit
+    /// behind the bytes a short read took, and no further event comes for
+    /// it, so from then on every read asks the kernel (until end-of-stream).
+    peer_closed: bool,
 }
 
 enum Stream {
@@ -107,6 +118,8 @@ impl Transport {
             stream,
             read_ahead: Vec::new(),
             read_ahead_at: 0,
+            drained: false,
+            peer_closed: false,
         })
     }
 
@@ -116,6 +129,13 @@ impl Transport {
             Stream::Plain(socket) => socket,
             Stream::Tls(stream) => &mut stream.sock,
         }
+    }
+
+    /// The socket was reported ready (`peer_closed`: the event said the
+    /// peer shut its side): the next read asks the kernel.
+    pub fn readable(&mut self, peer_closed: bool) {
+        self.drained = false;
+        self.peer_closed |= peer_closed;
     }
 
     /// Puts bytes already read back in front of the stream: the next reads
@@ -154,7 +174,15 @@ impl Read for Transport {
             return Ok(count);
         }
         match &mut self.stream {
-            Stream::Plain(socket) => socket.read(buf),
+            Stream::Plain(socket) => {
+                if self.drained {
+                    self.drained = false;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let count = socket.read(buf)?;
+                self.drained = !self.peer_closed && count > 0 && count < buf.len();
+                Ok(count)
+            }
             Stream::Tls(stream) => stream.read(buf),
         }
     }
@@ -232,6 +260,72 @@ fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain transport over a real loopback socket, and its peer.
+    fn plain_pair() -> (Transport, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let transport = Transport::new(TcpStream::from_std(accepted), None).unwrap();
+        (transport, peer)
+    }
+
+    /// Reads until bytes come (the peer's write crosses loopback).
+    fn read_some(transport: &mut Transport, buf: &mut [u8]) -> usize {
+        for _ in 0..1000 {
+            match transport.read(buf) {
+                Ok(count) => return count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    transport.readable(false);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        panic!("nothing arrived");
+    }
+
+    #[test]
+    fn a_short_read_skips_the_next_recv_until_the_socket_is_readable_again() {
+        let (mut transport, mut peer) = plain_pair();
+        let mut buf = [0u8; 64];
+        peer.write_all(b"hello").unwrap();
+        assert_eq!(read_some(&mut transport, &mut buf), 5);
+        // Bytes that arrive after the short read wait for their readiness
+        // event: the read does not ask the kernel.
+        peer.write_all(b"world").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let skipped = transport.read(&mut buf).unwrap_err();
+        assert_eq!(skipped.kind(), io::ErrorKind::WouldBlock);
+        transport.readable(false);
+        assert_eq!(transport.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"world");
+    }
+
+    /// Bytes and the FIN behind them raise one event: the read after the
+    /// short one must still find the end of the stream.
+    #[test]
+    fn after_an_event_that_saw_the_peer_close_every_read_asks_the_kernel() {
+        let (mut transport, mut peer) = plain_pair();
+        peer.write_all(b"bye").unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        transport.readable(true);
+        let mut buf = [0u8; 64];
+        assert_eq!(transport.read(&mut buf).unwrap(), 3);
+        assert_eq!(transport.read(&mut buf).unwrap(), 0, "end of stream");
+    }
+
+    #[test]
+    fn a_full_read_asks_the_kernel_again() {
+        let (mut transport, mut peer) = plain_pair();
+        peer.write_all(&[7u8; 100]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut buf = [0u8; 64];
+        assert_eq!(read_some(&mut transport, &mut buf), 64);
+        assert_eq!(transport.read(&mut buf).unwrap(), 36);
+    }
 
     #[test]
     fn generated_certificates_load_into_a_server_config() {

@@ -79,7 +79,7 @@ pub(super) fn confirm(
     let previous = confirmed_through(tx, session_hash)?;
     set_confirmed(tx, session_hash, through)?;
     let indexed_through = batch.indexes.through(user_id);
-    let rows = batch.indexes.tail(tx)?;
+    let rows = batch.indexes.tail_to(tx, user_id)?;
     let senders = take_confirmed(tx, user_id, (previous, through), indexed_through, rows)?;
     Ok(Reply::Confirmed {
         user_id,
@@ -117,7 +117,8 @@ pub(super) fn set_confirmed(
 /// group cursors move up to `range.1`, and the senders of
 /// the 1:1 messages in the range are returned, each with its highest id, for
 /// the Delivered receipts (whether or not another device had taken them):
-/// from the per-receiver index, and from `tail` past the index watermark.
+/// from the per-receiver index, and from `tail` (the user's rows of the
+/// unindexed tail) past the index watermark.
 fn take_confirmed(
     tx: &Transaction,
     user_id: i64,

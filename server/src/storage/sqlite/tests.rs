@@ -727,6 +727,15 @@ fn confirmations_name_senders_from_the_indexes_and_the_kept_tail() {
     );
     store(&mut backend, 6, a, b, false);
     assert_eq!(confirm(&mut backend, b, 6), vec![(a, 6), (c, 5)]);
+    // The tail is read by receiver: carol's message is not bob's.
+    store(&mut backend, 7, a, c, false);
+    store(&mut backend, 8, c, b, false);
+    assert_eq!(confirm(&mut backend, b, 8), vec![(c, 8)]);
+    // Every slice indexed: the rows left the tail, the indexes answer.
+    store(&mut backend, 9, a, b, false);
+    while backend.index_pass() {}
+    store(&mut backend, 10, c, b, false);
+    assert_eq!(confirm(&mut backend, b, 10), vec![(a, 9), (c, 10)]);
 }
 
 /// A version-5 database (per-user indexes partial on `indexed`, the
