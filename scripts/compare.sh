@@ -4,14 +4,16 @@
 # scenarios against each — alternating, twice — and prints one table.
 # Each side uses its own chat-load (the protocol changed between them).
 #
-#   scripts/compare.sh BEFORE [--seconds N] [--before-target DIR]
+#   scripts/compare.sh BEFORE [--seconds N] [--before-target DIR] [--many-users]
 #
 # --before-target DIR uses binaries already built from BEFORE in DIR/release
 # instead of building them.
 #
 # Scenarios: closed loop (100 users, window 16) and open loop (100 users,
 # 10,000 msg/s); the current side once with receipts (the default) and once
-# with --no-receipts. Loopback only; every run is bounded by --seconds.
+# with --no-receipts. --many-users adds closed loops of 1,000 users (window
+# 4) and 5,000 users (window 1), receipts on both sides: how throughput
+# holds as connections grow. Loopback only; every run is bounded by --seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +21,10 @@ BEFORE=${1:?usage: scripts/compare.sh BEFORE [--seconds N]}
 shift
 SECONDS_PER_RUN=10
 BEFORE_TARGET=""
+MANY_USERS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --many-users) MANY_USERS=1 ;;
         --seconds) SECONDS_PER_RUN=${2:?--seconds needs a number}; shift ;;
         --before-target) BEFORE_TARGET=${2:?--before-target needs a directory}; shift ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 64 ;;
@@ -84,4 +88,10 @@ for round in 1 2; do
     run "$AFTER_TARGET" "after, no receipts: closed loop, window 16 ($round)" messages --users 100 --window 16 --no-receipts
     run "$BEFORE_TARGET" "before: 10,000 msg/s ($round)" messages --users 100 --rate 10000
     run "$AFTER_TARGET" "after, receipts: 10,000 msg/s ($round)" messages --users 100 --rate 10000
+    if [[ -n $MANY_USERS ]]; then
+        run "$BEFORE_TARGET" "before: 1,000 users, window 4 ($round)" messages --users 1000 --window 4
+        run "$AFTER_TARGET" "after: 1,000 users, window 4 ($round)" messages --users 1000 --window 4
+        run "$BEFORE_TARGET" "before: 5,000 users, window 1 ($round)" messages --users 5000 --window 1
+        run "$AFTER_TARGET" "after: 5,000 users, window 1 ($round)" messages --users 5000 --window 1
+    fi
 done
