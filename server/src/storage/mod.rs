@@ -743,6 +743,12 @@ pub trait Backend: Send + 'static {
     /// Called when no command is waiting (background upkeep may run).
     fn idle(&mut self) {}
 
+    /// More upkeep is due right away: the next idle moment should not wait
+    /// for the idle tick (an index catching up after a burst).
+    fn upkeep_due(&self) -> bool {
+        false
+    }
+
     /// Called after a batch's replies are on their way: upkeep that must not
     /// delay those replies (and so the Acks and deliveries) runs here.
     fn after_replies(&mut self) {}
@@ -891,7 +897,12 @@ fn run<B: Backend + ?Sized>(
             Err(_) => {
                 backend.idle();
                 shared.pulse.beat();
-                match queue.recv_timeout(IDLE_TICK) {
+                let tick = if backend.upkeep_due() {
+                    Duration::ZERO
+                } else {
+                    IDLE_TICK
+                };
+                match queue.recv_timeout(tick) {
                     Ok(command) => command,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,

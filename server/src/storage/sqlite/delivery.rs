@@ -78,9 +78,10 @@ pub(super) fn confirm(
     let tx = batch.tx;
     let previous = confirmed_through(tx, session_hash)?;
     set_confirmed(tx, session_hash, through)?;
-    let indexed_through = batch.indexes.through(user_id);
-    let rows = batch.indexes.tail_to(tx, user_id)?;
-    let senders = take_confirmed(tx, user_id, (previous, through), indexed_through, rows)?;
+    // The range past the index watermark is read from the unindexed tail.
+    let after = previous.max(batch.indexes.through(user_id));
+    let rows = batch.indexes.tail_to(tx, user_id, (after, through))?;
+    let senders = take_confirmed(tx, user_id, (previous, through), rows)?;
     Ok(Reply::Confirmed {
         user_id,
         username: username.to_owned(),
@@ -118,12 +119,11 @@ pub(super) fn set_confirmed(
 /// the 1:1 messages in the range are returned, each with its highest id, for
 /// the Delivered receipts (whether or not another device had taken them):
 /// from the per-receiver index, and from `tail` (the user's rows of the
-/// unindexed tail) past the index watermark.
+/// unindexed tail in the range past the index watermark).
 fn take_confirmed(
     tx: &Transaction,
     user_id: i64,
     (previous, through): (i64, i64),
-    indexed_through: i64,
     tail: &[TailRow],
 ) -> rusqlite::Result<Vec<(i64, i64)>> {
     let mut senders: HashMap<i64, i64> = tx
@@ -136,13 +136,10 @@ fn take_confirmed(
             Ok((row.get(0)?, row.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let lower = previous.max(indexed_through);
     for row in tail {
         let id = row.message_id;
-        if row.receiver_id == user_id && id > lower && id <= through {
-            let highest = senders.entry(row.sender_id).or_insert(id);
-            *highest = (*highest).max(id);
-        }
+        let highest = senders.entry(row.sender_id).or_insert(id);
+        *highest = (*highest).max(id);
     }
     tx.prepare_cached(
         "UPDATE users SET taken_through = MAX(taken_through, ?2) WHERE user_id = ?1",

@@ -52,10 +52,14 @@ pub(super) struct Indexes {
 }
 
 /// The unindexed tail, oldest first, and the same rows by receiver.
+///
+/// Rows arrive in id order (storage hands ids out in commit order), so every
+/// question about a range of ids is a binary search, and a pass or a
+/// confirmation costs what it covers, never the whole tail.
 #[derive(Default)]
 struct Tail {
-    rows: Vec<TailRow>,
-    by_receiver: HashMap<i64, Vec<TailRow>>,
+    rows: IdOrdered,
+    by_receiver: HashMap<i64, IdOrdered>,
 }
 
 impl Tail {
@@ -76,24 +80,77 @@ impl Tail {
     }
 
     /// Drops the rows up to `through` (every index has them now), touching
-    /// only the receivers of those rows.
+    /// only those rows and their receivers.
     fn drop_through(&mut self, through: i64) {
         let mut receivers: Vec<i64> = self
             .rows
+            .range(i64::MIN, through)
             .iter()
-            .filter(|row| row.message_id <= through)
             .map(|row| row.receiver_id)
             .collect();
         receivers.sort_unstable();
         receivers.dedup();
-        self.rows.retain(|row| row.message_id > through);
+        self.rows.drop_through(through);
         for receiver in receivers {
             if let Some(rows) = self.by_receiver.get_mut(&receiver) {
-                rows.retain(|row| row.message_id > through);
+                rows.drop_through(through);
                 if rows.is_empty() {
                     self.by_receiver.remove(&receiver);
                 }
             }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.rows.as_slice().len()
+    }
+}
+
+/// Rows in ascending `message_id` order, dropped from the front: a `Vec`
+/// with a moving start, compacted once the dropped part is at least half,
+/// so dropping costs what it drops (amortised) and reading stays a slice.
+#[derive(Default)]
+struct IdOrdered {
+    rows: Vec<TailRow>,
+    start: usize,
+}
+
+impl IdOrdered {
+    fn push(&mut self, row: TailRow) {
+        debug_assert!(self
+            .rows
+            .last()
+            .is_none_or(|last| last.message_id < row.message_id));
+        self.rows.push(row);
+    }
+
+    fn as_slice(&self) -> &[TailRow] {
+        &self.rows[self.start..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// The rows with `after < message_id <= through`.
+    fn range(&self, after: i64, through: i64) -> &[TailRow] {
+        let rows = self.as_slice();
+        let first = rows.partition_point(|row| row.message_id <= after);
+        let end = rows.partition_point(|row| row.message_id <= through);
+        &rows[first..end.max(first)]
+    }
+
+    fn drop_through(&mut self, through: i64) {
+        self.start += self
+            .as_slice()
+            .partition_point(|row| row.message_id <= through);
+        if self.start == self.rows.len() {
+            self.rows.clear();
+            self.start = 0;
+        } else if self.start * 2 >= self.rows.len() {
+            self.rows.drain(..self.start);
+            self.start = 0;
         }
     }
 }
@@ -132,23 +189,25 @@ impl Indexes {
         self.marks.iter().copied().min().unwrap_or(0)
     }
 
-    /// The 1:1 messages past the lowest watermark, read from the database
-    /// if a rolled-back batch left them unknown.
-    pub(super) fn tail(&mut self, tx: &Transaction) -> rusqlite::Result<&[TailRow]> {
-        Ok(&self.loaded_tail(tx)?.rows)
-    }
-
-    /// The tail's 1:1 messages to `receiver_id`.
+    /// The tail's 1:1 messages to `receiver_id` with `after < message_id <=
+    /// through`.
     pub(super) fn tail_to(
         &mut self,
         tx: &Transaction,
         receiver_id: i64,
+        (after, through): (i64, i64),
     ) -> rusqlite::Result<&[TailRow]> {
         let tail = self.loaded_tail(tx)?;
         Ok(tail
             .by_receiver
             .get(&receiver_id)
-            .map_or(&[], Vec::as_slice))
+            .map_or(&[], |rows| rows.range(after, through)))
+    }
+
+    /// Rows of the unindexed tail held in memory (0 while it is unknown).
+    #[cfg(test)]
+    pub(super) fn tail_rows(&self) -> usize {
+        self.tail.as_ref().map_or(0, Tail::len)
     }
 
     fn loaded_tail(&mut self, tx: &Transaction) -> rusqlite::Result<&Tail> {
@@ -190,10 +249,9 @@ impl Indexes {
             return Ok(false);
         }
         let tx = conn.transaction()?;
-        let rows = self.tail(&tx)?;
+        let rows = self.loaded_tail(&tx)?.rows.range(from, to);
         let covered = |user: fn(&TailRow) -> i64| -> Vec<TailRow> {
             rows.iter()
-                .filter(|row| row.message_id > from && row.message_id <= to)
                 .filter(|row| slice_of(user(row)) == slice)
                 .copied()
                 .collect()
@@ -303,4 +361,75 @@ fn write_mark(tx: &Transaction, slice: usize, through: i64) -> rusqlite::Result<
     )?
     .execute(params![slice as i64, through])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(message_id: i64, receiver_id: i64) -> TailRow {
+        TailRow {
+            receiver_id,
+            sender_id: 1,
+            message_id,
+        }
+    }
+
+    fn ids(rows: &[TailRow]) -> Vec<i64> {
+        rows.iter().map(|row| row.message_id).collect()
+    }
+
+    #[test]
+    fn id_ordered_rows_answer_ranges_and_drop_from_the_front() {
+        let mut rows = IdOrdered::default();
+        for id in [2, 4, 6, 8, 10] {
+            rows.push(row(id, 7));
+        }
+        assert_eq!(ids(rows.range(3, 8)), [4, 6, 8]);
+        assert_eq!(ids(rows.range(10, 20)), Vec::<i64>::new());
+        assert_eq!(ids(rows.range(8, 3)), Vec::<i64>::new(), "an empty range");
+        rows.drop_through(5);
+        assert_eq!(ids(rows.as_slice()), [6, 8, 10]);
+        assert_eq!(ids(rows.range(0, 8)), [6, 8]);
+        rows.push(row(12, 7));
+        rows.drop_through(8);
+        assert_eq!(ids(rows.as_slice()), [10, 12]);
+        assert!(
+            rows.rows.len() <= 2 * rows.as_slice().len(),
+            "the dropped part is compacted away once it is half"
+        );
+        rows.drop_through(12);
+        assert!(rows.is_empty());
+        assert_eq!(rows.start, 0, "an emptied list starts over");
+    }
+
+    #[test]
+    fn dropping_the_tail_keeps_each_receivers_rows_in_step() {
+        let mut tail = Tail::new((1..=9).map(|id| row(id, id % 3)).collect());
+        tail.drop_through(4);
+        assert_eq!(tail.len(), 5);
+        for receiver in 0..3 {
+            let rows = tail
+                .by_receiver
+                .get(&receiver)
+                .map_or(&[][..], |r| r.as_slice());
+            assert!(rows
+                .iter()
+                .all(|row| row.message_id > 4 && row.receiver_id == receiver));
+            assert_eq!(
+                rows.len(),
+                tail.rows
+                    .as_slice()
+                    .iter()
+                    .filter(|r| r.receiver_id == receiver)
+                    .count()
+            );
+        }
+        tail.drop_through(9);
+        assert_eq!(tail.len(), 0);
+        assert!(
+            tail.by_receiver.is_empty(),
+            "receivers with no rows left go"
+        );
+    }
 }

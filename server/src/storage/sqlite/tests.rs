@@ -828,3 +828,67 @@ fn a_remembered_resend_takes_no_id() {
         .unwrap();
     assert_eq!(stored(backend.execute(vec![send("c2")])), 2);
 }
+
+/// A batch of `count` 1:1 messages between `users`, round robin.
+fn burst(users: &[i64], count: usize) -> Vec<Command> {
+    (0..count)
+        .map(|i| Command::StoreMessage {
+            to: CONN,
+            ticket: i as u64,
+            client_message_id: None,
+            message: NewMessage {
+                message_id: 0,
+                sender_id: users[i % users.len()],
+                receiver_id: Some(users[(i + 1) % users.len()]),
+                group_id: None,
+                content: "x".into(),
+                is_encrypted: false,
+                time: 100,
+                delivered: true,
+            },
+        })
+        .collect()
+}
+
+/// A sustained burst cannot outrun the index passes: the unindexed tail
+/// stays under its bound after every batch, and once the burst is over
+/// the idle moments catch up without waiting for the idle tick.
+#[test]
+fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
+    let (_dir, mut backend) = open();
+    let users: Vec<i64> = (0..16)
+        .map(|i| create_user(&mut backend, &format!("u{i}")))
+        .collect();
+    let batch = 2_048;
+    let batches = INDEX_TAIL_BOUND as usize / batch + 4;
+    for _ in 0..batches {
+        let replies = backend.execute(burst(&users, batch));
+        assert_eq!(replies.len(), batch);
+        backend.after_replies();
+        assert!(
+            backend.unindexed() < INDEX_TAIL_BOUND,
+            "unindexed {} after a batch",
+            backend.unindexed()
+        );
+        assert!(backend.indexes.tail_rows() <= INDEX_TAIL_BOUND as usize);
+    }
+    assert!(backend.upkeep_due(), "behind after the burst");
+    let mut idle_moments = 0;
+    while backend.upkeep_due() {
+        backend.idle();
+        idle_moments += 1;
+        assert!(idle_moments < 10_000, "idle passes make progress");
+    }
+    assert!(backend.unindexed() < INDEX_TAIL_MAX);
+    while backend.index_pass() {}
+    assert_eq!(backend.indexes.tail_rows(), 0);
+    let stored = (batch * batches) as i64;
+    for table in ["received", "sent"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE ?1 > 0");
+        assert_eq!(
+            count(&backend, &sql, 1),
+            stored,
+            "every message once in {table}"
+        );
+    }
+}
