@@ -78,7 +78,7 @@ pub struct SqliteBackend {
     /// The recent client ids, for idempotent sends.
     client_ids: ClientIds,
     /// Copies the WAL back into the database without stalling commits.
-    _checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
     /// Keeps `users.json`/`contacts.json` current (`--json-mirror`).
     mirror: Option<Mirror>,
 }
@@ -117,7 +117,7 @@ impl SqliteBackend {
             idle_round_began: Instant::now(),
             idle_round_left: 0,
             indexes,
-            _checkpointer: checkpointer,
+            checkpointer,
             mirror: None,
         })
     }
@@ -207,7 +207,12 @@ impl SqliteBackend {
     /// Returns whether a pass was due.
     fn index_pass(&mut self) -> bool {
         match self.indexes.pass(&mut self.conn, self.highest_stored) {
-            Ok(due) => due,
+            Ok(due) => {
+                if due {
+                    self.checkpointer.committed();
+                }
+                due
+            }
             Err(error) => {
                 log::error!("storage: index pass failed (will retry): {error}");
                 self.indexes.forget();
@@ -241,6 +246,7 @@ impl Backend for SqliteBackend {
             }
         }
         let mut replies = self.execute_batch(&mut batch);
+        self.checkpointer.committed();
         super::hand_back_stored(batch, &mut replies);
         replies
     }
