@@ -5,6 +5,7 @@
 # Each side uses its own chat-load (the protocol changed between them).
 #
 #   scripts/compare.sh BEFORE [--seconds N] [--before-target DIR] [--many-users]
+#                      [--after-burst]
 #
 # --before-target DIR uses binaries already built from BEFORE in DIR/release
 # instead of building them.
@@ -13,7 +14,10 @@
 # 10,000 msg/s); the current side once with receipts (the default) and once
 # with --no-receipts. --many-users adds closed loops of 1,000 users (window
 # 4) and 5,000 users (window 1), receipts on both sides: how throughput
-# holds as connections grow. Loopback only; every run is bounded by --seconds.
+# holds as connections grow. --after-burst adds 10,000 msg/s on a server
+# that has just run a 20 s closed loop (100 users, window 16): what a burst
+# leaves behind (indexes, WAL) for the traffic after it.
+# Loopback only; every run is bounded by --seconds (the burst by 20 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +26,11 @@ shift
 SECONDS_PER_RUN=10
 BEFORE_TARGET=""
 MANY_USERS=""
+AFTER_BURST=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --many-users) MANY_USERS=1 ;;
+        --after-burst) AFTER_BURST=1 ;;
         --seconds) SECONDS_PER_RUN=${2:?--seconds needs a number}; shift ;;
         --before-target) BEFORE_TARGET=${2:?--before-target needs a directory}; shift ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 64 ;;
@@ -66,6 +72,10 @@ run() {
         [[ -n $addr ]] && break
         sleep 0.1
     done
+    if [[ -n ${BURST_SECS:-} ]]; then
+        "$target/release/chat-load" --addr "$addr" --progress-secs 0 \
+            messages --users 100 --window 16 --duration-secs "$BURST_SECS" >/dev/null || true
+    fi
     "$target/release/chat-load" --addr "$addr" --progress-secs 0 --json "$dir/result.json" \
         "$@" --duration-secs "$SECONDS_PER_RUN" >/dev/null || true
     kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -88,6 +98,10 @@ for round in 1 2; do
     run "$AFTER_TARGET" "after, no receipts: closed loop, window 16 ($round)" messages --users 100 --window 16 --no-receipts
     run "$BEFORE_TARGET" "before: 10,000 msg/s ($round)" messages --users 100 --rate 10000
     run "$AFTER_TARGET" "after, receipts: 10,000 msg/s ($round)" messages --users 100 --rate 10000
+    if [[ -n $AFTER_BURST ]]; then
+        BURST_SECS=20 run "$BEFORE_TARGET" "before: 10,000 msg/s after a burst ($round)" messages --users 100 --rate 10000
+        BURST_SECS=20 run "$AFTER_TARGET" "after: 10,000 msg/s after a burst ($round)" messages --users 100 --rate 10000
+    fi
     if [[ -n $MANY_USERS ]]; then
         run "$BEFORE_TARGET" "before: 1,000 users, window 4 ($round)" messages --users 1000 --window 4
         run "$AFTER_TARGET" "after: 1,000 users, window 4 ($round)" messages --users 1000 --window 4
