@@ -15,7 +15,8 @@
 //! same run's e2e p99 at intervals of 2 s / 250 ms / 100 ms / 50 ms / 25 ms /
 //! 10 ms was 74–91 / 2.8–3.3 / 2.6–9.6 / 1.8–2.5 / 1.7–2.0 / 1.6–2.4 ms, and
 //! p99.9 146–162 / 13–23 / 9–21 / 6–10 / 3.7–4.9 / 4.2–4.9 ms; closed-loop
-//! throughput was the same at 25 ms as at 250 ms (BENCHMARKS.md's reading).
+//! throughput was the same at 25 ms as at 250 ms (fresh release servers,
+//! `chat-load messages --users 100 --rate 10000`, builds alternating).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,9 +50,7 @@ impl Checkpointer {
             thread: Some(thread),
         })
     }
-}
 
-impl Checkpointer {
     /// Something was committed: checkpoint within [`CHECKPOINT_INTERVAL`].
     /// Costs a futex wake only when the checkpointer is asleep.
     pub fn committed(&self) {

@@ -73,6 +73,9 @@ pub struct SqliteBackend {
     idle_round_began: Instant,
     /// Passes left in that round.
     idle_round_left: usize,
+    /// The last index pass failed: idle moments wait for the idle tick
+    /// again instead of retrying back to back.
+    pass_failed: bool,
     /// Each slice of users' index watermark, and the unindexed tail.
     indexes: Indexes,
     /// The recent client ids, for idempotent sends.
@@ -116,6 +119,7 @@ impl SqliteBackend {
             highest_stored,
             idle_round_began: Instant::now(),
             idle_round_left: 0,
+            pass_failed: false,
             indexes,
             checkpointer,
             mirror: None,
@@ -208,6 +212,7 @@ impl SqliteBackend {
     fn index_pass(&mut self) -> bool {
         match self.indexes.pass(&mut self.conn, self.highest_stored) {
             Ok(due) => {
+                self.pass_failed = false;
                 if due {
                     self.checkpointer.committed();
                 }
@@ -215,6 +220,7 @@ impl SqliteBackend {
             }
             Err(error) => {
                 log::error!("storage: index pass failed (will retry): {error}");
+                self.pass_failed = true;
                 self.indexes.forget();
                 false
             }
@@ -274,7 +280,7 @@ impl Backend for SqliteBackend {
     }
 
     fn upkeep_due(&self) -> bool {
-        self.idle_round_left > 0 || self.unindexed() >= INDEX_TAIL_MAX
+        !self.pass_failed && (self.idle_round_left > 0 || self.unindexed() >= INDEX_TAIL_MAX)
     }
 
     fn after_replies(&mut self) {
