@@ -10,12 +10,21 @@ use ipnet::IpNet;
 
 use crate::rate_limit::{self, Rate, RateConfig};
 
-/// Bytes tungstenite allocates per connection for reading. Its default is
-/// 128 KiB, which for 10,000 connections would be 1.25 GiB of buffers; chat
-/// frames are a few hundred bytes, so 2 KiB holds a burst of them while keeping
-/// an idle connection well under the 4 KiB-per-connection memory budget
-/// (larger frames still arrive whole: the codec grows the buffer to the frame).
-pub const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// Bytes tungstenite's codec reads per call, and the read buffer it
+/// allocates per connection — and keeps for the connection's whole life,
+/// idle or not. Its default is 128 KiB, which for 10,000 connections would
+/// be 1.25 GiB of buffers; 256 bytes is what an idle connection is left
+/// with (larger frames still arrive whole: the codec grows the buffer to the
+/// frame). The socket is read [`READ_AHEAD_BYTES`] at a time all the same,
+/// through the transport's read-ahead (see [`crate::tls::Transport`]).
+pub const CODEC_READ_BYTES: usize = 256;
+
+/// Bytes one read of a connection's socket asks for: the codec's small reads
+/// are served from a read-ahead buffer of this size, which the transport
+/// allocates for a read and frees once the codec has taken every byte, so
+/// an idle connection holds none of it while a busy one still gets a burst
+/// of chat frames (a few hundred bytes each) from one `recv`.
+pub const READ_AHEAD_BYTES: usize = 2 * 1024;
 
 /// Outgoing bytes buffered before tungstenite writes on its own; the loop
 /// flushes every connection it wrote to once per turn anyway, so this only
@@ -245,8 +254,11 @@ pub const STORAGE_BATCH_MAX: usize = 4_096;
 /// whole queue. 64 logins at 0.3 s on one worker is 20 s: a NAT's worth.
 pub const HASH_JOBS_PER_ADDRESS_MAX: usize = 64;
 
-/// `--max-connections` by default: 10,000 idle connections cost about 40 MiB
-/// (the 4 KiB-per-connection budget of [`READ_BUFFER_BYTES`] and friends).
+/// `--max-connections` by default: 10,000 idle connections cost about 20 MiB
+/// (the 2 KiB-per-connection budget of issue 14: the slab entry, the
+/// dispatcher's entry, the codec's [`CODEC_READ_BYTES`] and what tungstenite
+/// keeps after its writes; see scripts/bench-reading.md, "Idle memory per
+/// connection").
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 
 /// The per-address connection cap is `--max-connections` divided by this

@@ -151,15 +151,17 @@ enum State {
         /// When the answer was written out.
         since: Instant,
     },
-    /// The HTTP upgrade is in progress (resumable).
-    Handshaking(Handshake),
+    /// The HTTP upgrade is in progress (resumable). Boxed, like `Closing`'s
+    /// WebSocket: both are brief, and inline they would make every
+    /// connection's state larger than an open WebSocket.
+    Handshaking(Box<Handshake>),
     /// Frames flow both ways.
     Open(WebSocket<Transport>),
     /// A close frame was sent or received; flushing and waiting for the
     /// peer's close until the close deadline, counted from `since`.
     Closing {
         /// The WebSocket.
-        ws: WebSocket<Transport>,
+        ws: Box<WebSocket<Transport>>,
         /// When the close began.
         since: Instant,
     },
@@ -305,7 +307,8 @@ impl Connection {
             State::Routing(transport) | State::Draining { transport, .. } => Some(transport),
             State::Answering(answer) => Some(&mut answer.transport),
             State::Handshaking(mid) => Some(mid.get_mut().get_mut()),
-            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut()),
+            State::Open(ws) => Some(ws.get_mut()),
+            State::Closing { ws, .. } => Some(ws.get_mut()),
             State::Closed => None,
         }
     }
@@ -324,7 +327,7 @@ impl Connection {
                 ReadEvent::WouldBlock
             }
             State::Draining { transport, since } => self.read_draining(transport, since),
-            State::Handshaking(mid) => self.resume_handshake(mid),
+            State::Handshaking(mid) => self.resume_handshake(*mid),
             State::Open(ws) => self.read_open(ws),
             State::Closing { ws, since } => self.read_closing(ws, since),
             State::Closed => ReadEvent::Closed,
@@ -479,7 +482,7 @@ impl Connection {
                 ReadEvent::Opened
             }
             Err(HandshakeError::Interrupted(mid)) => {
-                self.state = State::Handshaking(mid);
+                self.state = State::Handshaking(Box::new(mid));
                 ReadEvent::WouldBlock
             }
             Err(HandshakeError::Failure(error)) => {
@@ -541,7 +544,7 @@ impl Connection {
         }
     }
 
-    fn read_closing(&mut self, mut ws: WebSocket<Transport>, since: Instant) -> ReadEvent {
+    fn read_closing(&mut self, mut ws: Box<WebSocket<Transport>>, since: Instant) -> ReadEvent {
         loop {
             match ws.read() {
                 Ok(_) => continue, // frames after our close are discarded
@@ -606,9 +609,15 @@ impl Connection {
                 };
                 let since = Instant::now();
                 match ws.close(Some(frame)) {
-                    Ok(()) => State::Closing { ws, since },
+                    Ok(()) => State::Closing {
+                        ws: Box::new(ws),
+                        since,
+                    },
                     Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                        State::Closing { ws, since }
+                        State::Closing {
+                            ws: Box::new(ws),
+                            since,
+                        }
                     }
                     Err(_) => State::Closed,
                 }
@@ -628,7 +637,8 @@ impl Connection {
     pub fn flush(&mut self) {
         self.needs_flush = false;
         let result = match &mut self.state {
-            State::Open(ws) | State::Closing { ws, .. } => ws.flush(),
+            State::Open(ws) => ws.flush(),
+            State::Closing { ws, .. } => ws.flush(),
             State::Answering(_) => return self.write_answer(),
             State::Head(_)
             | State::Routing(_)

@@ -11,6 +11,15 @@
 //! upgrade from plain HTTP) and gives the bytes back with
 //! [`Transport::unread`], so tungstenite's handshake reads them again.
 //!
+//! Reads are buffered here, not in tungstenite: its codec keeps its read
+//! buffer for the connection's whole life, so it is given a small one
+//! ([`config::CODEC_READ_BYTES`]), and a read smaller than
+//! [`config::READ_AHEAD_BYTES`] takes that much from the socket (or rustls)
+//! into a read-ahead buffer that exists only while it holds unread bytes: it
+//! is allocated by the read and freed as the last byte is given out, so an
+//! idle connection holds none, and a busy one still asks the kernel once per
+//! 2 KiB.
+//!
 //! One adaptation: rustls buffers at most 64 KiB of unsent plaintext and then
 //! accepts zero bytes, which tungstenite would take for a broken connection,
 //! so a full rustls buffer is reported as `WouldBlock` instead — the frames
@@ -25,6 +34,8 @@ use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+use crate::config;
 
 /// Why TLS could not be set up.
 #[derive(Debug)]
@@ -73,13 +84,16 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// A connection's byte stream: plain TCP or TLS over it, and the bytes of
-/// the request head read ahead to route it, which the WebSocket handshake
-/// then reads again.
+/// A connection's byte stream: plain TCP or TLS over it, and the bytes read
+/// ahead of the reader: the request head read to route it (which the
+/// WebSocket handshake then reads again), or the rest of a
+/// [`config::READ_AHEAD_BYTES`] read that the codec's small reads have not
+/// taken yet.
 pub struct Transport {
     stream: Stream,
-    /// Bytes already read from the stream, given back first (empty once the
-    /// handshake has read them: the hot path then costs one comparison).
+    /// Bytes already read from the stream, given back first. Without
+    /// capacity (nothing allocated) whenever it is empty: it is freed as
+    /// its last byte is given out.
     read_ahead: Vec<u8>,
     /// How much of `read_ahead` has been given back.
     read_ahead_at: usize,
@@ -139,14 +153,43 @@ impl Transport {
     }
 
     /// Puts bytes already read back in front of the stream: the next reads
-    /// return them first.
-    pub fn unread(&mut self, bytes: Vec<u8>) {
-        assert!(
-            self.read_ahead_at == self.read_ahead.len(),
-            "bytes are unread once, before anything else reads them"
-        );
+    /// return them first (then what was read ahead and not yet given out).
+    pub fn unread(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.read_ahead[self.read_ahead_at..]);
         self.read_ahead = bytes;
         self.read_ahead_at = 0;
+        if self.read_ahead.is_empty() {
+            self.read_ahead = Vec::new();
+        }
+    }
+
+    /// Gives out read-ahead bytes into `buf`; frees the buffer once empty.
+    fn give_ahead(&mut self, buf: &mut [u8]) -> usize {
+        let ahead = &self.read_ahead[self.read_ahead_at..];
+        let count = ahead.len().min(buf.len());
+        buf[..count].copy_from_slice(&ahead[..count]);
+        self.read_ahead_at += count;
+        if self.read_ahead_at == self.read_ahead.len() {
+            self.read_ahead = Vec::new();
+            self.read_ahead_at = 0;
+        }
+        count
+    }
+
+    /// One read of the stream itself into `buf`.
+    fn read_stream(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Plain(socket) => {
+                if self.drained {
+                    self.drained = false;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let count = socket.read(buf)?;
+                self.drained = !self.peer_closed && count > 0 && count < buf.len();
+                Ok(count)
+            }
+            Stream::Tls(stream) => stream.read(buf),
+        }
     }
 
     /// Ends our direction of the connection after an answer (TLS:
@@ -163,28 +206,20 @@ impl Transport {
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.read_ahead_at < self.read_ahead.len() {
-            let ahead = &self.read_ahead[self.read_ahead_at..];
-            let count = ahead.len().min(buf.len());
-            buf[..count].copy_from_slice(&ahead[..count]);
-            self.read_ahead_at += count;
-            if self.read_ahead_at == self.read_ahead.len() {
-                self.read_ahead = Vec::new();
-                self.read_ahead_at = 0;
-            }
-            return Ok(count);
+            return Ok(self.give_ahead(buf));
         }
-        match &mut self.stream {
-            Stream::Plain(socket) => {
-                if self.drained {
-                    self.drained = false;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                let count = socket.read(buf)?;
-                self.drained = !self.peer_closed && count > 0 && count < buf.len();
-                Ok(count)
-            }
-            Stream::Tls(stream) => stream.read(buf),
+        if buf.len() >= config::READ_AHEAD_BYTES || buf.is_empty() {
+            return self.read_stream(buf);
         }
+        // A small read: take a whole read-ahead's worth, keep the rest. The
+        // buffer lives only while it holds bytes (an error or a read that
+        // fits in `buf` frees it at once).
+        let mut ahead = vec![0u8; config::READ_AHEAD_BYTES];
+        let count = self.read_stream(&mut ahead)?;
+        ahead.truncate(count);
+        self.read_ahead = ahead;
+        self.read_ahead_at = 0;
+        Ok(self.give_ahead(buf))
     }
 }
 
@@ -325,6 +360,69 @@ mod tests {
         let mut buf = [0u8; 64];
         assert_eq!(read_some(&mut transport, &mut buf), 64);
         assert_eq!(transport.read(&mut buf).unwrap(), 36);
+    }
+
+    /// The codec's small reads: one `recv` of up to a read-ahead's worth,
+    /// given out in pieces, and the buffer freed once the last is taken.
+    #[test]
+    fn small_reads_share_one_recv_and_the_read_ahead_is_freed_once_drained() {
+        let (mut transport, mut peer) = plain_pair();
+        let sent: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        peer.write_all(&sent).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut buf = [0u8; config::CODEC_READ_BYTES];
+        let mut got = Vec::new();
+        let first = read_some(&mut transport, &mut buf);
+        got.extend_from_slice(&buf[..first]);
+        assert_eq!(got.len(), config::CODEC_READ_BYTES);
+        assert!(transport.read_ahead.capacity() >= config::READ_AHEAD_BYTES);
+        // Bytes sent now are not read before the next readiness event: the
+        // rest comes from the one `recv` already made.
+        peer.write_all(b"later").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        while got.len() < sent.len() {
+            let count = transport.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..count]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(transport.read_ahead.capacity(), 0, "freed once drained");
+        let skipped = transport.read(&mut buf).unwrap_err();
+        assert_eq!(skipped.kind(), io::ErrorKind::WouldBlock);
+        transport.readable(false);
+        assert_eq!(transport.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"later");
+        assert_eq!(transport.read_ahead.capacity(), 0, "nothing left over");
+    }
+
+    /// A large read goes straight to the socket: no read-ahead.
+    #[test]
+    fn a_read_as_large_as_the_read_ahead_uses_no_read_ahead() {
+        let (mut transport, mut peer) = plain_pair();
+        peer.write_all(&[1u8; 3000]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut buf = vec![0u8; config::READ_AHEAD_BYTES];
+        assert_eq!(
+            read_some(&mut transport, &mut buf),
+            config::READ_AHEAD_BYTES
+        );
+        assert_eq!(transport.read_ahead.capacity(), 0);
+    }
+
+    /// Bytes given back go in front of what was read ahead.
+    #[test]
+    fn unread_bytes_come_before_the_rest_of_the_read_ahead() {
+        let (mut transport, mut peer) = plain_pair();
+        peer.write_all(b"abcdef").unwrap();
+        let mut buf = [0u8; 2];
+        assert_eq!(read_some(&mut transport, &mut buf), 2);
+        transport.unread(b"xy".to_vec());
+        let mut rest = Vec::new();
+        while rest.len() < 6 {
+            let count = transport.read(&mut buf).unwrap();
+            rest.extend_from_slice(&buf[..count]);
+        }
+        assert_eq!(rest, b"xycdef");
+        assert_eq!(transport.read_ahead.capacity(), 0);
     }
 
     #[test]

@@ -129,12 +129,12 @@ impl Dispatcher {
         });
         self.lookups.insert(ticket);
         if let Some(client) = self.clients.get_mut(&conn) {
-            client.lookup = Some(Lookup {
+            client.lookup = Some(Box::new(Lookup {
                 ticket,
                 text: text.to_owned(),
                 tag,
                 wanted,
-            });
+            }));
         }
         true
     }
@@ -297,6 +297,9 @@ impl Dispatcher {
             return None;
         }
         let client = self.clients.get_mut(&conn)?;
-        client.lookup.take_if(|lookup| lookup.ticket == ticket)
+        client
+            .lookup
+            .take_if(|lookup| lookup.ticket == ticket)
+            .map(|lookup| *lookup)
     }
 }

@@ -276,10 +276,12 @@ pub struct Client {
     /// behind a lookup (cluster mode); they run, in order, once it is done.
     deferred: Vec<String>,
     /// Cluster mode: the request waiting for storage to find what the
-    /// caches lack (`lookups.rs`).
-    lookup: Option<Lookup>,
-    /// Per-connection rate limits (`None` with `--no-rate-limits`).
-    buckets: Option<ConnectionBuckets>,
+    /// caches lack (`lookups.rs`). Boxed, as rarely there: every entry of
+    /// the clients table is the size of a `Client`.
+    lookup: Option<Box<Lookup>>,
+    /// Per-connection rate limits (`None` with `--no-rate-limits`). Boxed:
+    /// 200 bytes inline would cost every slot of the clients table.
+    buckets: Option<Box<ConnectionBuckets>>,
     /// The login in progress asked for receipts.
     receipts: bool,
     /// The loop says its unsent output is past [`config::PUSH_BYTES_MAX`].
@@ -398,7 +400,10 @@ impl Dispatcher {
                 auth: Auth::Anonymous,
                 deferred: Vec::new(),
                 lookup: None,
-                buckets: self.rate_limits.connection_buckets(self.clock),
+                buckets: self
+                    .rate_limits
+                    .connection_buckets(self.clock)
+                    .map(Box::new),
                 receipts: false,
                 output_full: false,
                 reads_in_flight: 0,
