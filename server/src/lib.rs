@@ -18,6 +18,7 @@
 //!   family of commands; [`storage::json_files`] is the original's
 //!   `users.json`/`contacts.json`: export, import, mirror.
 //! - [`hasher`] and [`password`]: PBKDF2 on worker threads, PHC strings.
+//! - [`id_map`]: the fast hash maps for keys the server hands out itself.
 //! - [`priority`]: background threads yield the CPU to the loop.
 //! - [`completion`]: how worker threads hand results back and wake the loop.
 //! - [`bus`]: cluster mode (`--nats`): what this server tells the others of
@@ -39,6 +40,7 @@ pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
 pub mod http;
+pub mod id_map;
 pub mod metrics;
 pub mod password;
 pub mod priority;

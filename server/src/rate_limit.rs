@@ -38,6 +38,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::completion::ConnId;
+use crate::id_map::{HashMapExt, IdMap};
 
 /// A bucket of `capacity` tokens refilled at `per_second`.
 #[derive(Clone, Copy, Debug)]
@@ -345,7 +346,7 @@ pub struct RateLimits {
     trusted: HashMap<String, Vec<TrustedAddress>>,
     ip_failures: HashMap<IpAddr, Failures>,
     /// Password attempts in flight, by the connection that made them.
-    attempts: HashMap<ConnId, Attempt>,
+    attempts: IdMap<ConnId, Attempt>,
 }
 
 /// The buckets each connection carries.
@@ -375,7 +376,7 @@ impl RateLimits {
             account_failures: HashMap::new(),
             trusted: HashMap::new(),
             ip_failures: HashMap::new(),
-            attempts: HashMap::new(),
+            attempts: IdMap::new(),
         }
     }
 

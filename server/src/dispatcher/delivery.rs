@@ -13,8 +13,6 @@
 //! - The offline queue (1:1 rows with `delivered = 0`, group messages past
 //!   each member's cursor) is what no device has taken.
 
-use std::collections::HashSet;
-
 use protocol::client::Received;
 use protocol::server::{Delivered, DeliveryReceipt};
 use protocol::ClientTag;
@@ -24,6 +22,7 @@ use super::{Auth, Dispatcher, Effects, Queued};
 use crate::bus::BusEvent;
 use crate::completion::{ConnId, Requester};
 use crate::config;
+use crate::id_map::{HashSetExt, IdSet};
 use crate::storage::{Command, NewMessage, StoredMessage};
 
 /// Whether a logged-in connection is pushed messages as they are committed.
@@ -571,7 +570,7 @@ pub(super) fn push_page(
 #[derive(Debug)]
 pub(super) struct ConfirmSchedule {
     /// Each phase's devices.
-    phases: Vec<HashSet<ConnId>>,
+    phases: Vec<IdSet<ConnId>>,
     /// The phase the next confirm tick writes.
     next: usize,
 }
@@ -579,7 +578,7 @@ pub(super) struct ConfirmSchedule {
 impl Default for ConfirmSchedule {
     fn default() -> Self {
         ConfirmSchedule {
-            phases: vec![HashSet::new(); config::CONFIRM_PHASES],
+            phases: vec![IdSet::new(); config::CONFIRM_PHASES],
             next: 0,
         }
     }

@@ -33,7 +33,7 @@ mod liveness;
 mod lookups;
 mod messages;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -44,6 +44,7 @@ use crate::bus::BusEvent;
 use crate::completion::{Completion, ConnId, Requester};
 use crate::config;
 use crate::hasher::{HashDone, HashJob};
+use crate::id_map::{HashMapExt, HashSetExt, IdMap, IdSet};
 use crate::metrics::FrameTally;
 use crate::rate_limit::{ConnectionBuckets, RateConfig, RateLimits, Verdict};
 use crate::shared_limits::SharedLogin;
@@ -324,10 +325,10 @@ pub struct Dispatcher {
     rate_limits: RateLimits,
     clock: Instant,
     users: HashMap<String, i64>,
-    clients: HashMap<ConnId, Client>,
-    online: HashMap<i64, Vec<ConnId>>,
+    clients: IdMap<ConnId, Client>,
+    online: IdMap<i64, Vec<ConnId>>,
     /// Every group and its members, by group id.
-    groups: HashMap<i64, GroupRow>,
+    groups: IdMap<i64, GroupRow>,
     /// The highest message id seen committed (at start: past every id
     /// stored).
     highest_message_id: i64,
@@ -337,26 +338,26 @@ pub struct Dispatcher {
     /// Messages on their way to storage, by ticket, delivered once
     /// committed (at most one per storage command in flight: bounded by the
     /// storage queue).
-    awaiting_commit: HashMap<u64, AwaitingCommit>,
+    awaiting_commit: IdMap<u64, AwaitingCommit>,
     /// Content bytes of the messages awaiting their commit.
     storing_bytes: usize,
     /// Connections whose confirmation (Received) waits to be written.
     confirms_due: ConfirmSchedule,
     /// Delivered receipts (37) waiting for the next tick, coalesced:
     /// `(sender, recipient) → (recipient's name, through)`.
-    receipts_due: HashMap<(i64, i64), (String, i64)>,
+    receipts_due: IdMap<(i64, i64), (String, i64)>,
     /// Cluster mode: who is online on the other servers, and which of them
     /// are alive (`None` when alone).
     liveness: Option<liveness::Liveness>,
     /// Cluster mode: the tickets of lookups in storage (at most
     /// [`config::LOOKUPS_IN_FLIGHT_MAX`]).
-    lookups: HashSet<u64>,
+    lookups: IdSet<u64>,
     /// Cluster mode: what lookups found missing, for a while.
     misses: Misses,
     /// Cluster mode: password attempts checked against the shared lockout
     /// (`shared_limits.rs`), by connection (one each, ended with the
     /// attempt).
-    shared_logins: HashMap<ConnId, SharedAttempt>,
+    shared_logins: IdMap<ConnId, SharedAttempt>,
     limits: DispatchLimits,
     counters: Counters,
 }
@@ -368,8 +369,8 @@ impl Dispatcher {
             rate_limits: RateLimits::new(limits.rates),
             clock: Instant::now(),
             users: snapshot.users.into_iter().collect(),
-            clients: HashMap::new(),
-            online: HashMap::new(),
+            clients: IdMap::new(),
+            online: IdMap::new(),
             groups: snapshot
                 .groups
                 .into_iter()
@@ -378,14 +379,14 @@ impl Dispatcher {
             highest_message_id: (snapshot.next_message_id - 1).max(0),
             next_ticket: 1,
             storage_backlog: 0,
-            awaiting_commit: HashMap::new(),
+            awaiting_commit: IdMap::new(),
             storing_bytes: 0,
             confirms_due: ConfirmSchedule::default(),
-            receipts_due: HashMap::new(),
+            receipts_due: IdMap::new(),
             liveness: None,
-            lookups: HashSet::new(),
+            lookups: IdSet::new(),
             misses: Misses::default(),
-            shared_logins: HashMap::new(),
+            shared_logins: IdMap::new(),
             limits,
             counters: Counters::default(),
         }

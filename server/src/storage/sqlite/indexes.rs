@@ -21,10 +21,9 @@
 //! scanned the whole tail, ~8,000 rows, per confirmation: at 5,000 devices
 //! confirming once a second that was an eighth of the storage thread).
 
-use std::collections::HashMap;
-
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use crate::id_map::IdMap;
 use crate::storage::NewMessage;
 
 /// Slices of users (by `user_id` modulo this), each indexed by its own pass.
@@ -59,7 +58,7 @@ pub(super) struct Indexes {
 #[derive(Default)]
 struct Tail {
     rows: IdOrdered,
-    by_receiver: HashMap<i64, IdOrdered>,
+    by_receiver: IdMap<i64, IdOrdered>,
 }
 
 impl Tail {
