@@ -16,7 +16,7 @@ use protocol::ClientTag;
 use protocol::{ErrorType, ServerMessage};
 
 use super::delivery::push_page;
-use super::{Auth, Client, CloseReason, Dispatcher, Effects, SharedAttempt, Stream};
+use super::{Auth, Client, CloseReason, Dispatcher, Effects, Opening, SharedAttempt, Stream};
 use crate::bus::BusEvent;
 use crate::completion::ConnId;
 use crate::hasher::HashJob;
@@ -393,7 +393,7 @@ impl Dispatcher {
         let Some(client) = self.clients.get_mut(&conn) else {
             return include_groups;
         };
-        client.auth = Auth::Opening {
+        client.auth = Auth::Opening(Box::new(Opening {
             user_id,
             username,
             session_hash: password::session_hash(&session_id),
@@ -409,7 +409,7 @@ impl Dispatcher {
             held: Vec::new(),
             held_bytes: 0,
             behind_from: None,
-        };
+        }));
         self.online.entry(user_id).or_default().push(conn);
         include_groups
     }
@@ -419,7 +419,8 @@ impl Dispatcher {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
-        if let Auth::Opening { user_id, .. } = client.auth {
+        if let Auth::Opening(opening) = &client.auth {
+            let user_id = opening.user_id;
             self.remove_from_online(user_id, conn);
         }
         if let Some(client) = self.clients.get_mut(&conn) {
@@ -455,7 +456,10 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let Some(Auth::Opening {
+        let Some(Auth::Opening(opening)) = self.clients.get_mut(&conn).map(|c| &mut c.auth) else {
+            return;
+        };
+        let Opening {
             user_id,
             username,
             session_id,
@@ -464,10 +468,7 @@ impl Dispatcher {
             confirmed_through,
             queue_before,
             ..
-        }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
-        else {
-            return;
-        };
+        } = &mut **opening;
         *queue_before = opened.queue_before;
         *mutual_contacts = opened.mutual_contacts;
         *confirmed_through = opened.confirmed_through;
@@ -492,7 +493,10 @@ impl Dispatcher {
         now: i64,
         fx: &mut Effects,
     ) {
-        let Some(Auth::Opening {
+        let Some(Auth::Opening(opening)) = self.clients.get_mut(&conn).map(|c| &mut c.auth) else {
+            return;
+        };
+        let Opening {
             user_id,
             queue_before,
             include_groups,
@@ -501,10 +505,7 @@ impl Dispatcher {
             receipts,
             confirmed_through,
             ..
-        }) = self.clients.get_mut(&conn).map(|c| &mut c.auth)
-        else {
-            return;
-        };
+        } = &mut **opening;
         let user_id = *user_id;
         let receipts = *receipts;
         // A resumed receipts session is pushed everything past its
@@ -536,7 +537,10 @@ impl Dispatcher {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
-        let Auth::Opening {
+        let Auth::Opening(opening) = std::mem::replace(&mut client.auth, Auth::Anonymous) else {
+            return;
+        };
+        let Opening {
             user_id,
             username,
             session_hash,
@@ -550,10 +554,7 @@ impl Dispatcher {
             confirmed_through,
             queue_pushed_through,
             ..
-        } = std::mem::replace(&mut client.auth, Auth::Anonymous)
-        else {
-            return;
-        };
+        } = *opening;
         let peer = client.peer;
         let first_connection = !self.has_logged_in_connection(user_id);
         // Held messages count as unflushed like any other: if the connection
@@ -780,16 +781,17 @@ impl Dispatcher {
                     (!receipts).then_some(taken),
                 )
             }
-            Auth::Opening {
-                user_id,
-                username,
-                session_hash,
-                include_groups,
-                queue_before,
-                queue_pushed_through,
-                receipts,
-                ..
-            } => {
+            Auth::Opening(opening) => {
+                let Opening {
+                    user_id,
+                    username,
+                    session_hash,
+                    include_groups,
+                    queue_before,
+                    queue_pushed_through,
+                    receipts,
+                    ..
+                } = *opening;
                 let took_groups = include_groups && queue_pushed_through > 0 && !receipts;
                 let taken = took_groups.then(|| GroupsTaken {
                     from: 0,

@@ -350,10 +350,12 @@ impl Dispatcher {
         user_id: Option<i64>,
         session_hash: &str,
     ) -> Vec<ConnId> {
-        let uses_session = |auth: &Auth| {
-            matches!(auth,
-                Auth::LoggedIn { session_hash: h, .. } | Auth::Opening { session_hash: h, .. }
-                    if h == session_hash)
+        let uses_session = |auth: &Auth| match auth {
+            Auth::LoggedIn {
+                session_hash: h, ..
+            } => h == session_hash,
+            Auth::Opening(opening) => opening.session_hash == session_hash,
+            _ => false,
         };
         match user_id {
             Some(user_id) => self

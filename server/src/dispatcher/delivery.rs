@@ -389,18 +389,14 @@ impl Dispatcher {
     pub(super) fn received(&mut self, conn: ConnId, body: Received, now: i64, fx: &mut Effects) {
         let highest_assigned = self.highest_message_id;
         let auth = self.clients.get_mut(&conn).map(|client| &mut client.auth);
-        let (Some(Auth::LoggedIn {
-            receipts,
-            confirmed_through,
-            ..
-        })
-        | Some(Auth::Opening {
-            receipts,
-            confirmed_through,
-            ..
-        })) = auth
-        else {
-            return;
+        let (receipts, confirmed_through) = match auth {
+            Some(Auth::LoggedIn {
+                receipts,
+                confirmed_through,
+                ..
+            }) => (receipts, confirmed_through),
+            Some(Auth::Opening(opening)) => (&mut opening.receipts, &mut opening.confirmed_through),
+            _ => return,
         };
         if !*receipts {
             let detail = "Received needs a login with \"receipts\": true";
@@ -434,22 +430,21 @@ impl Dispatcher {
     /// Writes the confirmation of `conn`'s session.
     fn write_confirmation(&mut self, conn: ConnId, fx: &mut Effects) {
         let auth = self.clients.get(&conn).map(|client| &client.auth);
-        let (Some(Auth::LoggedIn {
-            user_id,
-            username,
-            session_hash,
-            confirmed_through,
-            ..
-        })
-        | Some(Auth::Opening {
-            user_id,
-            username,
-            session_hash,
-            confirmed_through,
-            ..
-        })) = auth
-        else {
-            return;
+        let (user_id, username, session_hash, confirmed_through) = match auth {
+            Some(Auth::LoggedIn {
+                user_id,
+                username,
+                session_hash,
+                confirmed_through,
+                ..
+            }) => (user_id, username, session_hash, confirmed_through),
+            Some(Auth::Opening(opening)) => (
+                &opening.user_id,
+                &opening.username,
+                &opening.session_hash,
+                &opening.confirmed_through,
+            ),
+            _ => return,
         };
         fx.storage.push(Command::Confirm {
             user_id: *user_id,

@@ -192,6 +192,45 @@ impl Effects {
     }
 }
 
+/// A login in progress: see [`Auth::Opening`].
+#[derive(Debug)]
+pub struct Opening {
+    /// The user.
+    pub user_id: i64,
+    /// Their name.
+    pub username: String,
+    /// The session id (new, or the one presented).
+    pub session_id: String,
+    /// Its SHA-256.
+    pub session_hash: String,
+    /// Whether this resumes an existing session.
+    pub resumed: bool,
+    /// Messages from this id on are held here; older ones come from the
+    /// offline queue in storage.
+    pub queue_before: i64,
+    /// Whether the queue includes group messages (not when another
+    /// connection of the user was live and got them).
+    pub include_groups: bool,
+    /// SuccessLogin is sent; the offline queue is still being pushed.
+    pub success_sent: bool,
+    /// The last message id of the offline queue pushed so far (0: none).
+    pub queue_pushed_through: i64,
+    /// A receipts login (1.1): nothing counts as taken until confirmed.
+    pub receipts: bool,
+    /// The session's confirmation, once storage has told it.
+    pub confirmed_through: i64,
+    /// Mutual contacts to tell once the login completes.
+    pub mutual_contacts: Vec<i64>,
+    /// Frames that arrived meanwhile (each message's id with it).
+    pub held: Vec<(String, Option<i64>)>,
+    /// Their bytes: past [`config::HELD_BYTES_MAX`], messages are no
+    /// longer held but left in storage (see `behind_from`).
+    pub held_bytes: usize,
+    /// The first message left in storage because `held` was full: the
+    /// login ends behind, catching up from here.
+    pub behind_from: Option<i64>,
+}
+
 /// Where a connection is in logging in.
 #[derive(Debug)]
 pub enum Auth {
@@ -208,42 +247,9 @@ pub enum Auth {
     /// already counts as a recipient: frames for it are held and sent right
     /// after SuccessLogin and the offline queue, so nothing sent meanwhile is
     /// lost or reordered.
-    Opening {
-        /// The user.
-        user_id: i64,
-        /// Their name.
-        username: String,
-        /// The session id (new, or the one presented).
-        session_id: String,
-        /// Its SHA-256.
-        session_hash: String,
-        /// Whether this resumes an existing session.
-        resumed: bool,
-        /// Messages from this id on are held here; older ones come from the
-        /// offline queue in storage.
-        queue_before: i64,
-        /// Whether the queue includes group messages (not when another
-        /// connection of the user was live and got them).
-        include_groups: bool,
-        /// SuccessLogin is sent; the offline queue is still being pushed.
-        success_sent: bool,
-        /// The last message id of the offline queue pushed so far (0: none).
-        queue_pushed_through: i64,
-        /// A receipts login (1.1): nothing counts as taken until confirmed.
-        receipts: bool,
-        /// The session's confirmation, once storage has told it.
-        confirmed_through: i64,
-        /// Mutual contacts to tell once the login completes.
-        mutual_contacts: Vec<i64>,
-        /// Frames that arrived meanwhile (each message's id with it).
-        held: Vec<(String, Option<i64>)>,
-        /// Their bytes: past [`config::HELD_BYTES_MAX`], messages are no
-        /// longer held but left in storage (see `behind_from`).
-        held_bytes: usize,
-        /// The first message left in storage because `held` was full: the
-        /// login ends behind, catching up from here.
-        behind_from: Option<i64>,
-    },
+    /// Boxed: a login lasts milliseconds, and inline it would make every
+    /// connection's entry as big as this variant.
+    Opening(Box<Opening>),
     /// Logged in.
     LoggedIn {
         /// The user.
@@ -936,16 +942,17 @@ impl Dispatcher {
                     }
                     None => fx.push(*conn, frame.to_owned()),
                 },
-                Auth::Opening {
-                    held,
-                    held_bytes,
-                    behind_from,
-                    queue_before,
-                    include_groups,
-                    receipts,
-                    resumed,
-                    ..
-                } => {
+                Auth::Opening(opening) => {
+                    let Opening {
+                        held,
+                        held_bytes,
+                        behind_from,
+                        queue_before,
+                        include_groups,
+                        receipts,
+                        resumed,
+                        ..
+                    } = &mut **opening;
                     if let Some((id, queued)) = message {
                         if self.limits.cluster {
                             // Read from storage once logged in (`Stream`).
@@ -1027,10 +1034,7 @@ fn is_confirmation_while_queue_pushed(auth: &Auth, message: &ClientMessage) -> b
     matches!(message, ClientMessage::Received(_))
         && matches!(
             auth,
-            Auth::Opening {
-                success_sent: true,
-                ..
-            }
+            Auth::Opening(opening) if opening.success_sent
         )
 }
 
