@@ -883,6 +883,9 @@ impl Drop for StorageHandle {
     }
 }
 
+/// The storage thread's body. Never inlined: profiles and
+/// `scripts/callgrind.sh` find the storage thread by this function's name.
+#[inline(never)]
 fn run<B: Backend + ?Sized>(
     backend: &mut B,
     queue: &Receiver<Command>,
