@@ -28,6 +28,23 @@ pub(super) fn take_queue(
     })
 }
 
+/// An index pass covered these 1:1 messages of its slice's receivers
+/// (sorted by receiver): those still pending and untaken — past their
+/// receiver's `taken_through` — enter the undelivered index (schema.rs,
+/// version 7); the rest stay pending, taken by the mark.
+pub(super) fn queue_untaken(tx: &Transaction, rows: &[TailRow]) -> rusqlite::Result<()> {
+    let mut enqueue = tx.prepare_cached(
+        "UPDATE messages SET delivered = 0 WHERE message_id = ?1 AND delivered = 2",
+    )?;
+    for receiver_rows in rows.chunk_by(|a, b| a.receiver_id == b.receiver_id) {
+        let taken = taken_through(tx, receiver_rows[0].receiver_id)?;
+        for row in receiver_rows.iter().filter(|row| row.message_id > taken) {
+            enqueue.execute([row.message_id])?;
+        }
+    }
+    Ok(())
+}
+
 /// `MarkDelivered`: these 1:1 messages were written out to a connection of
 /// their recipient, so they leave the offline queue.
 pub(super) fn mark_delivered(
@@ -179,7 +196,7 @@ pub(super) fn read_queue(
     // whole queue, and a connection that dies mid-queue loses nothing.
     let fetch = OFFLINE_CHUNK + 1;
     let direct_after = after.max(taken_through(batch.tx, user_id)?);
-    let direct = read_page(
+    let queued = read_page(
         batch.tx,
         "SELECT message_id FROM messages
          WHERE receiver_id = ?1 AND delivered = 0 AND message_id > ?2 AND message_id < ?3
@@ -188,6 +205,25 @@ pub(super) fn read_queue(
         PageFrom::Oldest,
         QUEUE_PAGE,
     )?;
+    // Pending rows (not yet in the index) past the user's index mark: the
+    // unindexed tail, read by id range like `read_addressed` does.
+    let pending = read_page(
+        batch.tx,
+        "SELECT message_id FROM messages
+         WHERE message_id > MAX(?2, ?5) AND message_id < ?3 AND receiver_id = ?1
+           AND delivered = 2
+         ORDER BY message_id LIMIT ?4",
+        params![
+            user_id,
+            direct_after,
+            queue_before,
+            fetch,
+            batch.indexes.through(user_id)
+        ],
+        PageFrom::Oldest,
+        QUEUE_PAGE,
+    )?;
+    let direct = merge_pages(queued, pending, QUEUE_PAGE);
     if !include_groups || !is_in_any_group(batch.tx, user_id)? {
         return Ok(direct);
     }

@@ -23,6 +23,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use super::delivery::queue_untaken;
 use crate::id_map::IdMap;
 use crate::storage::NewMessage;
 
@@ -258,6 +259,7 @@ impl Indexes {
         let mut received = covered(|row| row.receiver_id);
         let mut sent = covered(|row| row.sender_id);
         insert_rows(&tx, &mut received, &mut sent)?;
+        queue_untaken(&tx, &received)?;
         write_mark(&tx, slice, to)?;
         tx.commit()?;
         self.marks[slice] = to;
@@ -304,9 +306,15 @@ fn insert_rows(
 }
 
 /// Indexes a slice's messages past `mark` straight from the table (at a
-/// start; `OR IGNORE` so a mark that lags what is indexed costs nothing).
+/// start; `OR IGNORE` so a mark that lags what is indexed costs nothing),
+/// and queues its receivers' pending ones that are still untaken, as a pass
+/// does (`delivery::queue_untaken`).
 fn catch_up(tx: &Transaction, slice: usize, mark: i64) -> rusqlite::Result<()> {
-    const CATCH_UP: [&str; 2] = [
+    const CATCH_UP: [&str; 3] = [
+        "UPDATE messages SET delivered = 0
+         WHERE message_id > ?1 AND delivered = 2 AND receiver_id IS NOT NULL
+           AND receiver_id % ?2 = ?3
+           AND message_id > (SELECT taken_through FROM users WHERE user_id = receiver_id)",
         "INSERT OR IGNORE INTO received (receiver_id, message_id, sender_id)
          SELECT receiver_id, message_id, sender_id FROM messages
          WHERE message_id > ?1 AND receiver_id IS NOT NULL AND receiver_id % ?2 = ?3",

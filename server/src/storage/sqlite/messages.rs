@@ -119,6 +119,15 @@ pub(super) fn load_client_ids(conn: &Connection, now: i64) -> rusqlite::Result<C
     Ok(loading.finish())
 }
 
+/// `messages.delivered` for a new row: taken (1), or pending (2), outside
+/// the undelivered index until a pass finds it still untaken (schema.rs).
+fn delivered_column(taken: bool) -> i64 {
+    match taken {
+        true => 1,
+        false => 2,
+    }
+}
+
 fn insert_message(
     tx: &Transaction,
     message: &NewMessage,
@@ -137,7 +146,7 @@ fn insert_message(
         message.content,
         message.is_encrypted,
         message.time,
-        message.delivered,
+        delivered_column(message.delivered),
         message.group_id,
         client_message_id,
     ])?;

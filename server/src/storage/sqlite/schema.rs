@@ -16,14 +16,20 @@
 //! written once per many rows. Queries read the indexed part through them
 //! and the short unindexed tail by `message_id` range (`indexes.rs`). The third
 //! index, of the undelivered (the offline queue), is partial on
-//! `delivered = 0`: messages written to a connection without receipts never
-//! enter it; those a receipts device confirmed stay in it but lie below the
-//! user's `taken_through` mark (version 6), where the queue is not read.
+//! `delivered = 0`, and it too is written behind (version 7): a 1:1 message
+//! nobody has taken is stored as `delivered = 2`, *pending*, outside the
+//! index; the index pass that covers its receiver moves it into the index
+//! (`delivered = 0`) only if it is still untaken then, past the receiver's
+//! `taken_through`. Messages a receipts device confirmed within the pass's
+//! lag (the common case) never enter it, and the queue reads the pending
+//! ones of the unindexed tail by id range. `delivered`: 0 queued, 1 taken by
+//! a connection without receipts, 2 pending (taken only if at or below
+//! `taken_through`).
 
 use rusqlite::Connection;
 
 /// The version this code writes; older databases are migrated step by step.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const VERSION_1: &str = "
 CREATE TABLE users (
@@ -64,7 +70,7 @@ CREATE TABLE messages (
     content      TEXT NOT NULL,
     is_encrypted BOOLEAN NOT NULL DEFAULT FALSE,
     timestamp    INTEGER NOT NULL,
-    delivered    BOOLEAN NOT NULL DEFAULT FALSE, -- pushed to a live connection
+    delivered    BOOLEAN NOT NULL DEFAULT FALSE, -- pushed to a live connection (version 7: 0, 1 or 2)
     indexed      BOOLEAN NOT NULL DEFAULT FALSE  -- in the per-user indexes yet
 );
 CREATE INDEX messages_by_sender   ON messages(sender_id, message_id)   WHERE indexed = 1;
@@ -182,14 +188,28 @@ DROP INDEX messages_by_receiver;
 ALTER TABLE messages DROP COLUMN indexed;
 ";
 
+/// Version 7: the undelivered index is written behind, like the others
+/// (module docs). A 1:1 message for a receipts device used to enter it at
+/// every insert and never leave (a confirmation moves `taken_through`, it
+/// does not touch rows): one more B-tree insert per message, measured at
+/// −15 % of closed-loop throughput with receipts. Rows already taken by the
+/// mark leave it now; group messages (never read through it) too.
+const VERSION_7: &str = "
+UPDATE messages SET delivered = 2
+WHERE delivered = 0 AND receiver_id IS NOT NULL
+  AND message_id <= (SELECT taken_through FROM users WHERE user_id = receiver_id);
+UPDATE messages SET delivered = 2 WHERE delivered = 0 AND receiver_id IS NULL;
+";
+
 /// Each version and the step that reaches it from the one before.
-pub(super) const MIGRATIONS: [(i64, &str); 6] = [
+pub(super) const MIGRATIONS: [(i64, &str); 7] = [
     (1, VERSION_1),
     (2, VERSION_2),
     (3, VERSION_3),
     (4, VERSION_4),
     (5, VERSION_5),
     (6, VERSION_6),
+    (7, VERSION_7),
 ];
 
 /// Sets the connection's pragmas and brings the schema to [`SCHEMA_VERSION`].

@@ -892,3 +892,136 @@ fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
         );
     }
 }
+
+/// `messages.delivered` of message `id` (0 queued, 1 taken, 2 pending).
+fn delivered_column(backend: &SqliteBackend, id: i64) -> i64 {
+    count(
+        backend,
+        "SELECT delivered FROM messages WHERE message_id = ?1",
+        id,
+    )
+}
+
+/// Ids in `user_id`'s offline queue, as a new login of theirs is pushed it.
+fn queue_of(backend: &mut SqliteBackend, user_id: i64, login: &str) -> Vec<i64> {
+    let replies = backend.execute(vec![Command::OpenSession {
+        to: CONN,
+        user_id,
+        session_hash: login.into(),
+        peer: "127.0.0.1:5000".parse().unwrap(),
+        include_groups: true,
+        now: 200,
+    }]);
+    match replies.as_slice() {
+        [Reply::SessionOpened { queued, .. }] => ids(queued),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Schema 7: a message nobody has taken is pending, outside the undelivered
+/// index, and still in the queue (read from the tail); the index pass moves
+/// it into the index only if it is still untaken then. A confirmed one
+/// never enters it, and a requeue puts it back.
+#[test]
+fn only_messages_untaken_at_the_pass_enter_the_undelivered_index() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let c = create_user(&mut backend, "carol");
+    store(&mut backend, 1, a, b, false);
+    store(&mut backend, 2, a, c, false);
+    store(&mut backend, 3, a, c, true);
+    confirm(&mut backend, c, 2);
+    let in_index = |backend: &SqliteBackend| {
+        count(
+            backend,
+            "SELECT COUNT(*) FROM messages INDEXED BY messages_undelivered
+             WHERE receiver_id >= ?1 AND delivered = 0",
+            0,
+        )
+    };
+    assert_eq!(in_index(&backend), 0, "pending, not indexed");
+    assert_eq!(
+        queue_of(&mut backend, b, "b1"),
+        vec![1],
+        "read from the tail"
+    );
+    assert_eq!(queue_of(&mut backend, c, "c1"), Vec::<i64>::new());
+    while backend.index_pass() {}
+    assert_eq!(backend.unindexed(), 0);
+    assert_eq!(in_index(&backend), 1, "only bob's untaken message");
+    assert_eq!(
+        queue_of(&mut backend, b, "b2"),
+        vec![1],
+        "read from the index"
+    );
+    assert_eq!(queue_of(&mut backend, c, "c2"), Vec::<i64>::new());
+    backend.execute(vec![Command::Requeue {
+        user_id: c,
+        from_message_id: 2,
+    }]);
+    assert_eq!(
+        queue_of(&mut backend, c, "c3"),
+        vec![2, 3],
+        "back in the queue"
+    );
+}
+
+/// The migration to version 7: rows a receipts device confirmed (at or
+/// below `taken_through`) and group rows leave the undelivered index;
+/// untaken ones stay queued.
+#[test]
+fn a_version_6_database_keeps_its_queue_and_sheds_the_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for (_, migration) in &schema::MIGRATIONS[..6] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 6;
+             INSERT INTO users (user_id, username, email, password_hash, salt, created_at,
+                                taken_through)
+             VALUES (1, 'alice', 'a@example.com', 'h', 's', 1, 0),
+                    (2, 'bob', 'b@example.com', 'h', 's', 1, 2);
+             INSERT INTO groups (group_id, name, creator_id, created_at)
+             VALUES (1, 'g', 1, 1);
+             INSERT INTO messages (message_id, sender_id, receiver_id, group_id, content,
+                                   timestamp, delivered)
+             VALUES (1, 1, 2, NULL, 'taken by the mark', 1, 0),
+                    (2, 1, 2, NULL, 'taken by the mark', 1, 0),
+                    (3, 1, 2, NULL, 'queued', 1, 0),
+                    (4, 2, 1, NULL, 'taken by a connection', 1, 1),
+                    (5, 1, NULL, 1, 'group', 1, 0);",
+        )
+        .unwrap();
+    }
+    let (mut backend, _) = open_at(&path);
+    let states: Vec<i64> = (1..=5).map(|id| delivered_column(&backend, id)).collect();
+    assert_eq!(states, vec![2, 2, 0, 1, 2]);
+    assert_eq!(queue_of(&mut backend, 2, "b"), vec![3]);
+}
+
+/// A start after a crash queues what no pass reached, as a pass would:
+/// pending and untaken rows enter the undelivered index, taken ones not.
+#[test]
+fn a_start_queues_the_pending_messages_no_pass_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, _) = open_at(&path);
+    let a = create_user(&mut backend, "alice");
+    let b = create_user(&mut backend, "bob");
+    let c = create_user(&mut backend, "carol");
+    store(&mut backend, 1, a, b, false);
+    store(&mut backend, 2, a, c, false);
+    confirm(&mut backend, c, 2);
+    drop(backend); // no finish(), no pass: as if killed
+    let (mut backend, _) = open_at(&path);
+    assert_eq!(
+        (delivered_column(&backend, 1), delivered_column(&backend, 2)),
+        (0, 2)
+    );
+    assert_eq!(queue_of(&mut backend, b, "b"), vec![1]);
+    assert_eq!(queue_of(&mut backend, c, "c"), Vec::<i64>::new());
+}
