@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Load test: builds release binaries, starts chat-server on a free port with a
 # temporary data directory, runs the chat-load scenarios against it, prints one
-# summary table, stops the server and cleans up.
+# summary table, stops the server and cleans up. After each scenario it
+# prints the server's CPU by thread over that scenario (`server CPU` lines,
+# from /proc/PID/task/*/stat), per acked message where the scenario acks
+# messages; setup inside the scenario (registrations, logins) is included.
 #
 #   scripts/loadtest.sh [--quick] [--results DIR]
 #
@@ -14,7 +17,7 @@
 # logins) or could not run.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 MODE=full
 RESULTS=""
@@ -95,6 +98,39 @@ start_server() {
     echo "loadtest: server '$name' on $ADDR (pid $SERVER_PID): $SERVER_CMD" >&2
 }
 
+# thread_cpu: one line per thread of the server, "tid name ticks" (user +
+# system CPU in clock ticks, from /proc/PID/task/TID/stat; the fields after
+# the ")" that ends the thread's name are fixed, utime and stime are the
+# 12th and 13th of them).
+thread_cpu() {
+    local task
+    for task in /proc/"$SERVER_PID"/task/*; do
+        [[ -r $task/stat ]] || continue
+        printf '%s %s %s\n' "${task##*/}" "$(tr ' ' '_' <"$task/comm")" \
+            "$(sed 's/.*) //' "$task/stat" | awk '{print $12 + $13}')"
+    done
+}
+
+# thread_report BEFORE AFTER RESULT_TXT: the server's CPU per thread over
+# the scenario, and per acked message where the scenario acks messages
+# (issue 14's "loop thread ≤ 3 µs per message" is the chat-server line).
+thread_report() {
+    local acked ticks_per_sec
+    acked=$(awk '$1 == "acked" {gsub(",", "", $2); print $2; exit}' "$3")
+    ticks_per_sec=$(getconf CLK_TCK)
+    awk -v acked="${acked:-0}" -v hz="$ticks_per_sec" '
+        NR == FNR { before[$1] = $3; next }
+        {
+            used = $3 - before[$1]
+            if (used <= 0) next
+            seconds = used / hz
+            if (acked > 0)
+                printf "  server CPU     %-14s %6.2f s  %6.2f µs per acked message\n", $2, seconds, seconds * 1e6 / acked
+            else
+                printf "  server CPU     %-14s %6.2f s\n", $2, seconds
+        }' "$1" "$2"
+}
+
 # run NAME chat-load-arguments…: runs one scenario, keeps its results.
 run() {
     local name=$1
@@ -107,11 +143,15 @@ run() {
     echo "loadtest: == $name: chat-load ${*}" >&2
     printf 'server: %s\nchat-load --addr ADDR %s\n' "$SERVER_CMD" "${*//@SERVER_PID@/SERVER_PID}" \
         >"$RESULTS/$name.cmd"
+    thread_cpu >"$RESULTS/$name.cpu-before"
     if ! "$LOAD_BIN" --addr "$ADDR" --progress-secs 5 --json "$RESULTS/$name.json" "${args[@]}" \
         >"$RESULTS/$name.txt"; then
         FAILED=1
         echo "loadtest: scenario $name FAILED" >&2
     fi
+    thread_cpu >"$RESULTS/$name.cpu-after"
+    thread_report "$RESULTS/$name.cpu-before" "$RESULTS/$name.cpu-after" \
+        "$RESULTS/$name.txt" >>"$RESULTS/$name.txt"
     cat "$RESULTS/$name.txt"
 }
 
