@@ -19,11 +19,12 @@ use crate::rate_limit::{self, Rate, RateConfig};
 /// through the transport's read-ahead (see [`crate::tls::Transport`]).
 pub const CODEC_READ_BYTES: usize = 256;
 
-/// Bytes one read of a connection's socket asks for: the codec's small reads
-/// are served from a read-ahead buffer of this size, which the transport
-/// allocates for a read and frees once the codec has taken every byte, so
-/// an idle connection holds none of it while a busy one still gets a burst
-/// of chat frames (a few hundred bytes each) from one `recv`.
+/// Bytes one read of a connection's socket asks for: a small read of the
+/// codec lands in the loop thread's one scratch buffer of this size, and only
+/// what the codec cannot take yet is kept by the connection (exactly that
+/// long, freed once taken), so an idle connection holds none of it while a
+/// busy one still gets a burst of chat frames from one `recv`
+/// (see [`crate::tls::Transport`]).
 pub const READ_AHEAD_BYTES: usize = 2 * 1024;
 
 /// Outgoing bytes buffered before tungstenite writes on its own; the loop
