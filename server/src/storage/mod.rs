@@ -753,6 +753,11 @@ pub trait Backend: Send + 'static {
     /// delay those replies (and so the Acks and deliveries) runs here.
     fn after_replies(&mut self) {}
 
+    /// Runs one pass of any write-behind index now, whatever its timing
+    /// rules say (the queue model interleaves passes with every step).
+    #[cfg(test)]
+    fn index_pass_now(&mut self) {}
+
     /// Called once after the last batch, on a clean shutdown: upkeep left
     /// over, then the running mark cleared.
     fn finish(&mut self);

@@ -2,7 +2,8 @@
 //! model: whatever sequence of stores, takes, put-backs, confirmations and
 //! departures, the offline queue a login is pushed is exactly "the 1:1
 //! messages no device took, and the group messages past the member's
-//! cursor", and the cursor only moves the way the model says. The same
+//! cursor", and the cursor only moves the way the model says, whenever the
+//! write-behind index passes run between the steps. The same
 //! property is checked on each backend: SQLite, and PostgreSQL where one
 //! answers (fewer cases: each needs a schema of its own).
 
@@ -34,6 +35,8 @@ enum Step {
     /// A device without receipts left, having taken group messages in
     /// `from..=through` (as picks).
     Depart { from: usize, through: usize },
+    /// This many write-behind index passes ran (one slice each on SQLite).
+    IndexPasses { passes: usize },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -44,6 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..64).prop_map(|pick| Step::PutBack { pick }),
         1 => (0usize..64).prop_map(|pick| Step::Confirm { pick }),
         1 => (0usize..64, 0usize..64).prop_map(|(from, through)| Step::Depart { from, through }),
+        1 => (1usize..=8).prop_map(|passes| Step::IndexPasses { passes }),
     ]
 }
 
@@ -261,6 +265,11 @@ fn apply(fixture: &mut Fixture, model: &mut Model, step: &Step) {
             });
             if model.cursor >= from - 1 && model.cursor < through {
                 model.cursor = through;
+            }
+        }
+        Step::IndexPasses { passes } => {
+            for _ in 0..passes {
+                fixture.backend.index_pass_now();
             }
         }
     }

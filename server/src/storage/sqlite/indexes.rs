@@ -15,8 +15,10 @@
 //! A user's 1:1 messages up to their slice's watermark are in the indexes;
 //! queries read the rest — the unindexed tail — by `message_id` range, so
 //! every answer is the same whichever passes have run. The tail's 1:1 rows
-//! are kept in memory (24 bytes each, at most about `INDEX_TAIL_MAX` plus a
-//! pass), in id order and again by receiver: passes insert from the first,
+//! are kept in memory (24 bytes each; at most `INDEX_TAIL_BOUND` rows, and
+//! while running what arrives in `INDEX_AGE` plus `INDEX_TAIL_MAX`: passes
+//! leave younger rows alone, see `stored_times.rs`), in id order and again
+//! by receiver: passes insert from the first,
 //! and a confirmation reads only its own user's rows from the second (it
 //! scanned the whole tail, ~8,000 rows, per confirmation: at 5,000 devices
 //! confirming once a second that was an eighth of the storage thread).
@@ -235,16 +237,12 @@ impl Indexes {
     }
 
     /// Moves the slice furthest behind up to `INDEX_PASS_ROWS` rows towards
-    /// `highest_stored`, in one transaction. Returns whether anything was
-    /// left to index.
-    pub(super) fn pass(
-        &mut self,
-        conn: &mut Connection,
-        highest_stored: i64,
-    ) -> rusqlite::Result<bool> {
+    /// `through` (at most the highest id stored), in one transaction.
+    /// Returns whether anything was left to index up to there.
+    pub(super) fn pass(&mut self, conn: &mut Connection, through: i64) -> rusqlite::Result<bool> {
         let slice = self.slice_furthest_behind();
         let from = self.marks[slice];
-        let to = highest_stored.min(from + INDEX_PASS_ROWS);
+        let to = through.min(from + INDEX_PASS_ROWS);
         if to <= from {
             return Ok(false);
         }

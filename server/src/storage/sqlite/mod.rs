@@ -19,6 +19,8 @@
 //! - `server_state.rs`: the running mark and the reserved ids;
 //! - `indexes.rs`: the per-user indexes of 1:1 messages, written in passes
 //!   by slice of users, and the unindexed tail kept in memory;
+//! - `stored_times.rs`: when recent ids were stored, so passes leave rows
+//!   younger than a confirm period alone;
 //! - [`schema`]: the tables and indexes, and why they are shaped so.
 
 mod accounts;
@@ -30,6 +32,7 @@ mod keys;
 mod messages;
 pub mod schema;
 mod server_state;
+mod stored_times;
 #[cfg(test)]
 mod tests;
 
@@ -48,18 +51,22 @@ use super::pages::QueueTake;
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
 use crate::config::{CLIENT_ID_RETENTION_SECS, SESSION_IDLE_SECS};
 use indexes::Indexes;
+use stored_times::StoredTimes;
 
-/// Unindexed messages past which an index pass runs right after each batch.
+/// Unindexed messages old enough to pass ([`stored_times::INDEX_AGE`]) past
+/// which an index pass runs right after each batch.
 const INDEX_TAIL_MAX: i64 = 8_192;
 /// The unindexed tail's bound: past it, passes run after each batch until
-/// the tail is back under it, however long that holds the next batch. The
+/// the tail is back under it, however long that holds the next batch, and
+/// cover rows however young. The
 /// tail's rows are 24 bytes, held twice (in id order and by receiver), so
 /// this bounds them to ~3 MiB plus the vectors' and map's slack. Without
 /// it a sustained closed loop outran the one pass per batch: after 730,000
 /// messages the indexes were 590,000 behind, and every pass then paid for
 /// the whole tail.
 const INDEX_TAIL_BOUND: i64 = 65_536;
-/// How long a small unindexed tail may wait for idle moments' passes.
+/// How long a small unindexed tail, once old enough to pass, may wait for
+/// idle moments' passes.
 const INDEX_DELAY: Duration = Duration::from_secs(1);
 
 /// The database, its prepared-statement cache, and the per-user indexes'
@@ -68,6 +75,8 @@ pub struct SqliteBackend {
     conn: Connection,
     /// The highest message id stored.
     highest_stored: i64,
+    /// When recent ids were stored: passes leave the youngest rows alone.
+    stored_times: StoredTimes,
     /// When the last round of idle passes began (one pass per slice, each
     /// in an idle moment of its own).
     idle_round_began: Instant,
@@ -117,6 +126,7 @@ impl SqliteBackend {
             client_ids,
             conn,
             highest_stored,
+            stored_times: StoredTimes::default(),
             idle_round_began: Instant::now(),
             idle_round_left: 0,
             pass_failed: false,
@@ -206,11 +216,28 @@ impl SqliteBackend {
         Ok(replies)
     }
 
-    /// One index pass: the slice of users furthest behind moves forward
-    /// (`indexes.rs`). Queries stay correct whether or not this has run.
-    /// Returns whether a pass was due.
+    /// One index pass over every stored row, however young (at a stop, and
+    /// in tests). Returns whether a pass was due.
     fn index_pass(&mut self) -> bool {
-        match self.indexes.pass(&mut self.conn, self.highest_stored) {
+        self.index_pass_through(self.highest_stored)
+    }
+
+    /// One index pass while running: over the rows old enough to pass, or
+    /// every row while the tail is at its bound.
+    fn upkeep_pass(&mut self) -> bool {
+        let through = if self.unindexed() >= INDEX_TAIL_BOUND {
+            self.highest_stored
+        } else {
+            self.stored_times.aged_through(Instant::now())
+        };
+        self.index_pass_through(through)
+    }
+
+    /// One index pass: the slice of users furthest behind moves towards
+    /// `through` (`indexes.rs`). Queries stay correct whether or not this
+    /// has run. Returns whether a pass was due.
+    fn index_pass_through(&mut self, through: i64) -> bool {
+        match self.indexes.pass(&mut self.conn, through) {
             Ok(due) => {
                 self.pass_failed = false;
                 if due {
@@ -230,6 +257,12 @@ impl SqliteBackend {
     /// The stored messages not yet in every slice's index.
     fn unindexed(&self) -> i64 {
         self.highest_stored - self.indexes.lowest()
+    }
+
+    /// The unindexed messages old enough for a pass to cover.
+    fn aged_unindexed(&self) -> i64 {
+        let aged = self.stored_times.aged_through(Instant::now());
+        (aged - self.indexes.lowest()).max(0)
     }
 }
 
@@ -252,6 +285,8 @@ impl Backend for SqliteBackend {
             }
         }
         let mut replies = self.execute_batch(&mut batch);
+        self.stored_times
+            .stored(Instant::now(), self.highest_stored);
         self.checkpointer.committed();
         super::hand_back_stored(batch, &mut replies);
         replies
@@ -264,7 +299,7 @@ impl Backend for SqliteBackend {
         // A round of passes at most every `INDEX_DELAY`, one slice per idle
         // moment, so a batch arriving meanwhile waits for one pass at most.
         if self.idle_round_left == 0
-            && self.unindexed() > 0
+            && self.aged_unindexed() > 0
             && self.idle_round_began.elapsed() >= INDEX_DELAY
         {
             self.idle_round_began = Instant::now();
@@ -272,25 +307,30 @@ impl Backend for SqliteBackend {
         }
         if self.idle_round_left > 0 {
             self.idle_round_left -= 1;
-            self.index_pass();
-        } else if self.unindexed() >= INDEX_TAIL_MAX {
+            self.upkeep_pass();
+        } else if self.aged_unindexed() >= INDEX_TAIL_MAX {
             // Behind after a burst: catch up one pass per idle moment.
-            self.index_pass();
+            self.upkeep_pass();
         }
     }
 
     fn upkeep_due(&self) -> bool {
-        !self.pass_failed && (self.idle_round_left > 0 || self.unindexed() >= INDEX_TAIL_MAX)
+        !self.pass_failed && (self.idle_round_left > 0 || self.aged_unindexed() >= INDEX_TAIL_MAX)
     }
 
     fn after_replies(&mut self) {
         // Past the tail bound, index now — one slice after each batch, and
         // only after its replies went out, so no Ack or delivery waits for
         // the pass it would have been held behind.
-        if self.unindexed() >= INDEX_TAIL_MAX {
-            self.index_pass();
+        if self.aged_unindexed() >= INDEX_TAIL_MAX {
+            self.upkeep_pass();
         }
         while self.unindexed() >= INDEX_TAIL_BOUND && self.index_pass() {}
+    }
+
+    #[cfg(test)]
+    fn index_pass_now(&mut self) {
+        self.index_pass();
     }
 
     fn finish(&mut self) {

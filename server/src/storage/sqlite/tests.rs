@@ -872,6 +872,7 @@ fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
         );
         assert!(backend.indexes.tail_rows() <= INDEX_TAIL_BOUND as usize);
     }
+    std::thread::sleep(stored_times::INDEX_AGE);
     assert!(backend.upkeep_due(), "behind after the burst");
     let mut idle_moments = 0;
     while backend.upkeep_due() {
@@ -891,6 +892,41 @@ fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
             "every message once in {table}"
         );
     }
+}
+
+/// Passes while running leave rows younger than `INDEX_AGE` alone (their
+/// receivers' devices confirm them meanwhile, so they stay out of the
+/// undelivered index); once the rows are old enough, the passes come.
+#[test]
+fn running_passes_wait_until_the_rows_are_old_enough() {
+    let (_dir, mut backend) = open();
+    let users: Vec<i64> = (0..16)
+        .map(|i| create_user(&mut backend, &format!("u{i}")))
+        .collect();
+    let batch = 2 * INDEX_TAIL_MAX as usize;
+    let indexed =
+        |backend: &SqliteBackend| count(backend, "SELECT COUNT(*) FROM received WHERE ?1 > 0", 1);
+    let stored = Instant::now();
+    backend.execute(burst(&users, batch));
+    backend.after_replies();
+    backend.idle();
+    let young = !backend.upkeep_due() && indexed(&backend) == 0;
+    assert!(
+        young || stored.elapsed() >= stored_times::INDEX_AGE,
+        "rows {:?} old were passed",
+        stored.elapsed()
+    );
+    std::thread::sleep(stored_times::INDEX_AGE);
+    assert!(backend.upkeep_due(), "old enough, and past INDEX_TAIL_MAX");
+    backend.after_replies();
+    assert!(indexed(&backend) > 0, "a pass ran once the rows aged");
+    let mut idle_moments = 0;
+    while backend.upkeep_due() {
+        backend.idle();
+        idle_moments += 1;
+        assert!(idle_moments < 1_000, "idle passes make progress");
+    }
+    assert!(backend.unindexed() < INDEX_TAIL_MAX);
 }
 
 /// `messages.delivered` of message `id` (0 queued, 1 taken, 2 pending).
