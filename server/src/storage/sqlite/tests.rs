@@ -850,15 +850,31 @@ fn burst(users: &[i64], count: usize) -> Vec<Command> {
         .collect()
 }
 
+/// Sixteen users, for bursts of messages among them.
+fn sixteen_users(backend: &mut SqliteBackend) -> Vec<i64> {
+    (0..16)
+        .map(|i| create_user(backend, &format!("u{i}")))
+        .collect()
+}
+
+/// Idle moments until no upkeep is due, each making progress (at most
+/// `most` of them).
+fn idle_until_caught_up(backend: &mut SqliteBackend, most: usize) {
+    let mut idle_moments = 0;
+    while backend.upkeep_due() {
+        backend.idle();
+        idle_moments += 1;
+        assert!(idle_moments < most, "idle passes make progress");
+    }
+}
+
 /// A sustained burst cannot outrun the index passes: the unindexed tail
 /// stays under its bound after every batch, and once the burst is over
 /// the idle moments catch up without waiting for the idle tick.
 #[test]
 fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
     let (_dir, mut backend) = open();
-    let users: Vec<i64> = (0..16)
-        .map(|i| create_user(&mut backend, &format!("u{i}")))
-        .collect();
+    let users = sixteen_users(&mut backend);
     let batch = 2_048;
     let batches = INDEX_TAIL_BOUND as usize / batch + 4;
     for _ in 0..batches {
@@ -874,12 +890,7 @@ fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
     }
     std::thread::sleep(stored_times::INDEX_AGE);
     assert!(backend.upkeep_due(), "behind after the burst");
-    let mut idle_moments = 0;
-    while backend.upkeep_due() {
-        backend.idle();
-        idle_moments += 1;
-        assert!(idle_moments < 10_000, "idle passes make progress");
-    }
+    idle_until_caught_up(&mut backend, 10_000);
     assert!(backend.unindexed() < INDEX_TAIL_MAX);
     while backend.index_pass() {}
     assert_eq!(backend.indexes.tail_rows(), 0);
@@ -900,9 +911,7 @@ fn the_unindexed_tail_stays_bounded_and_catches_up_when_idle() {
 #[test]
 fn running_passes_wait_until_the_rows_are_old_enough() {
     let (_dir, mut backend) = open();
-    let users: Vec<i64> = (0..16)
-        .map(|i| create_user(&mut backend, &format!("u{i}")))
-        .collect();
+    let users = sixteen_users(&mut backend);
     let batch = 2 * INDEX_TAIL_MAX as usize;
     let indexed =
         |backend: &SqliteBackend| count(backend, "SELECT COUNT(*) FROM received WHERE ?1 > 0", 1);
@@ -920,12 +929,7 @@ fn running_passes_wait_until_the_rows_are_old_enough() {
     assert!(backend.upkeep_due(), "old enough, and past INDEX_TAIL_MAX");
     backend.after_replies();
     assert!(indexed(&backend) > 0, "a pass ran once the rows aged");
-    let mut idle_moments = 0;
-    while backend.upkeep_due() {
-        backend.idle();
-        idle_moments += 1;
-        assert!(idle_moments < 1_000, "idle passes make progress");
-    }
+    idle_until_caught_up(&mut backend, 1_000);
     assert!(backend.unindexed() < INDEX_TAIL_MAX);
 }
 
