@@ -54,7 +54,9 @@ use indexes::Indexes;
 use stored_times::StoredTimes;
 
 /// Unindexed messages old enough to pass ([`stored_times::INDEX_AGE`]) past
-/// which an index pass runs right after each batch.
+/// which an index pass runs right after each batch (or past one pass's
+/// span, when that is larger: `Indexes::pass_span`, so each pass covers a
+/// whole span).
 const INDEX_TAIL_MAX: i64 = 8_192;
 /// The unindexed tail's bound: past it, passes run after each batch until
 /// the tail is back under it, however long that holds the next batch, and
@@ -267,6 +269,11 @@ impl SqliteBackend {
         let aged = self.stored_times.aged_through(Instant::now());
         (aged - self.indexes.lowest()).max(0)
     }
+
+    /// Enough old unindexed messages that passes run after each batch.
+    fn passes_due(&self) -> bool {
+        self.aged_unindexed() >= INDEX_TAIL_MAX.max(self.indexes.pass_span())
+    }
 }
 
 impl Backend for SqliteBackend {
@@ -311,21 +318,21 @@ impl Backend for SqliteBackend {
         if self.idle_round_left > 0 {
             self.idle_round_left -= 1;
             self.upkeep_pass();
-        } else if self.aged_unindexed() >= INDEX_TAIL_MAX {
+        } else if self.passes_due() {
             // Behind after a burst: catch up one pass per idle moment.
             self.upkeep_pass();
         }
     }
 
     fn upkeep_due(&self) -> bool {
-        !self.pass_failed && (self.idle_round_left > 0 || self.aged_unindexed() >= INDEX_TAIL_MAX)
+        !self.pass_failed && (self.idle_round_left > 0 || self.passes_due())
     }
 
     fn after_replies(&mut self) {
         // Past the tail bound, index now — one slice after each batch, and
         // only after its replies went out, so no Ack or delivery waits for
         // the pass it would have been held behind.
-        if self.aged_unindexed() >= INDEX_TAIL_MAX {
+        if self.passes_due() {
             self.upkeep_pass();
         }
         while self.unindexed() >= INDEX_TAIL_BOUND && self.index_pass() {}

@@ -47,6 +47,39 @@ fn index_passes_move_one_slice_at_a_time() {
     assert_indexed(&backend, (a, b), 3);
 }
 
+/// A pass covers more ids when the tail holds rows for more receivers, so
+/// each receiver gets several rows per index page a pass rewrites; within
+/// its floor and ceiling.
+#[test]
+fn a_pass_spans_more_ids_when_more_users_receive() {
+    use indexes::{pass_span_for, INDEX_PASS_ROWS, INDEX_PASS_ROWS_MAX};
+    assert_eq!(pass_span_for(0), INDEX_PASS_ROWS);
+    assert_eq!(pass_span_for(100), INDEX_PASS_ROWS);
+    assert_eq!(pass_span_for(512), 4_096);
+    assert_eq!(pass_span_for(usize::MAX), INDEX_PASS_ROWS_MAX);
+
+    let (_dir, mut backend) = open();
+    let users: Vec<i64> = (0..512)
+        .map(|i| create_user(&mut backend, &format!("u{i}")))
+        .collect();
+    let first_slice_user = |backend: &SqliteBackend| {
+        let user = users.iter().copied().find(|user| user % 8 == 0).unwrap();
+        backend.indexes.through(user)
+    };
+    backend.execute(burst(&users[..16], 2 * 4_096));
+    assert!(backend.index_pass());
+    assert_eq!(first_slice_user(&backend), INDEX_PASS_ROWS, "16 receivers");
+    while backend.index_pass() {}
+
+    backend.execute(burst(&users, 2 * 4_096));
+    assert!(backend.index_pass());
+    assert_eq!(
+        first_slice_user(&backend),
+        2 * 4_096 + 4_096,
+        "512 receivers: 8 rows each"
+    );
+}
+
 /// What a killed run left unindexed is indexed at the next start.
 #[test]
 fn a_start_indexes_what_the_last_run_left() {
