@@ -700,7 +700,7 @@ impl Server {
     fn confirm_tick(&mut self) {
         self.next_confirm_tick = Instant::now() + config::CONFIRM_TICK;
         let mut fx = std::mem::take(&mut self.effects);
-        self.dispatcher.confirm_tick(&mut fx);
+        self.dispatcher.confirm_tick(unix_now(), &mut fx);
         self.apply(&mut fx);
         self.effects = fx;
     }
@@ -746,7 +746,7 @@ impl Server {
             self.dispatcher.prune_rate_limits();
         }
         let mut fx = std::mem::take(&mut self.effects);
-        self.dispatcher.tick(unix_now(), &mut fx);
+        self.dispatcher.tick(&mut fx);
         fx.storage.extend(self.purge.due(unix_now()));
         self.apply(&mut fx);
         self.effects = fx;

@@ -53,7 +53,7 @@ use accounts::SessionOpened;
 pub use cluster::ClusterView;
 use contacts::ContactAdded;
 pub use delivery::Stream;
-use delivery::{AwaitingCommit, ConfirmSchedule, MessageStored};
+use delivery::{AwaitingCommit, ConfirmSchedule, MessageStored, ReceiptSchedule};
 use lookups::{Lookup, Misses};
 
 /// Why the server closes a connection; becomes the WebSocket close code.
@@ -349,9 +349,9 @@ pub struct Dispatcher {
     storing_bytes: usize,
     /// Connections whose confirmation (Received) waits to be written.
     confirms_due: ConfirmSchedule,
-    /// Delivered receipts (37) waiting for the next tick, coalesced:
-    /// `(sender, recipient) → (recipient's name, through)`.
-    receipts_due: IdMap<(i64, i64), (String, i64)>,
+    /// Delivered receipts (37) waiting for their sender's phase, coalesced
+    /// by pair.
+    receipts_due: ReceiptSchedule,
     /// Cluster mode: who is online on the other servers, and which of them
     /// are alive (`None` when alone).
     liveness: Option<liveness::Liveness>,
@@ -388,7 +388,7 @@ impl Dispatcher {
             awaiting_commit: IdMap::new(),
             storing_bytes: 0,
             confirms_due: ConfirmSchedule::default(),
-            receipts_due: IdMap::new(),
+            receipts_due: ReceiptSchedule::default(),
             liveness: None,
             lookups: IdSet::new(),
             misses: Misses::default(),

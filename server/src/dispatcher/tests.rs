@@ -1429,6 +1429,43 @@ fn bus_events_go_out_after_the_commit_and_come_in_to_local_connections() {
     assert_eq!(fx.closes, vec![(b, CloseReason::LoggedOut)]);
 }
 
+/// A confirmation earns its sender one Delivered (37), coalesced per pair
+/// and sent in the sender's phase of the confirm ticks, not on the tick.
+#[test]
+fn delivered_receipts_go_out_in_their_senders_confirm_phase() {
+    let mut d = dispatcher();
+    let a = conn(1);
+    log_in(&mut d, a, "alice", vec![]);
+    if let Some(Auth::LoggedIn { receipts, .. }) =
+        d.clients.get_mut(&a).map(|client| &mut client.auth)
+    {
+        *receipts = true;
+    }
+    for through in [10, 12, 11] {
+        complete(
+            &mut d,
+            Reply::Confirmed {
+                user_id: BOB,
+                username: "bob".into(),
+                senders: vec![(ALICE, through)],
+            },
+        );
+    }
+    let mut fx = Effects::default();
+    d.tick(&mut fx);
+    assert!(frames_for(&fx, a).is_empty(), "not on the tick");
+    let mut receipts = Vec::new();
+    for _ in 0..2 * config::CONFIRM_PHASES {
+        let mut fx = Effects::default();
+        d.confirm_tick(NOW, &mut fx);
+        receipts.extend(frames_for(&fx, a));
+    }
+    assert!(
+        matches!(&receipts[..], [ServerMessage::Delivered(r)] if r.username == "bob" && r.through == 12),
+        "{receipts:?}"
+    );
+}
+
 /// Cluster mode: when the bus may have lost events, a receipts device that
 /// reads from storage asks for a read at once (one at a time).
 #[test]
@@ -1683,7 +1720,7 @@ fn beating_dispatcher() -> Dispatcher {
 /// The heartbeat the next tick sends, if any.
 fn tick_beat(d: &mut Dispatcher) -> Option<Command> {
     let mut fx = Effects::default();
-    d.tick(NOW, &mut fx);
+    d.tick(&mut fx);
     fx.storage
         .into_iter()
         .find(|command| matches!(command, Command::Heartbeat { .. }))
