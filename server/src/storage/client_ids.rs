@@ -12,30 +12,29 @@
 //! transaction are taken back if the transaction fails, so the index never
 //! names a message that was not committed.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 
 use crate::config::{CLIENT_ID_INDEX_BYTES, CLIENT_ID_RETENTION_SECS};
-use crate::id_map::{HashMapExt, IdMap};
 
-/// What one remembered id costs besides its text: the order queue's entry,
-/// the map's entry and key, the shared string's header and the hash
-/// table's slack (an estimate, rounded up).
+/// What one remembered id costs besides its text: its entry in the order
+/// queue (32 bytes) and its slot in the table (32 bytes and a control
+/// byte), the text's allocation header, and the table's and the queue's
+/// slack (an estimate, rounded up).
 const ENTRY_OVERHEAD_BYTES: usize = 128;
 
 /// One remembered id, in the order ids were remembered.
 struct Remembered {
-    sender_id: i64,
-    client_id: Arc<str>,
+    /// The key's hash in the table, so forgetting the id reads neither its
+    /// text nor the hasher.
+    hash: u64,
     message_id: i64,
     created_at: i64,
-}
-
-impl Remembered {
-    fn bytes(&self) -> usize {
-        self.client_id.len() + ENTRY_OVERHEAD_BYTES
-    }
+    /// What the id costs (its text and [`ENTRY_OVERHEAD_BYTES`]).
+    bytes: usize,
 }
 
 /// The index being rebuilt at a start: the backend reads its messages
@@ -44,7 +43,8 @@ impl Remembered {
 /// table; the newest are kept first if they outgrow the budget.
 pub(super) struct Loading {
     oldest_kept: i64,
-    newest_first: Vec<Remembered>,
+    /// `(sender, client id, message id, stored at)`, newest first.
+    newest_first: Vec<(i64, Box<str>, i64, i64)>,
     bytes: usize,
 }
 
@@ -69,43 +69,52 @@ impl Loading {
         if self.bytes > CLIENT_ID_INDEX_BYTES {
             return false;
         }
-        self.newest_first.push(Remembered {
-            sender_id,
-            client_id: client_id.into(),
-            message_id,
-            created_at,
-        });
+        self.newest_first.push((sender_id, client_id.into(), message_id, created_at));
         true
     }
 
     /// The index of what was offered.
     pub(super) fn finish(self) -> ClientIds {
         let mut index = ClientIds::new(CLIENT_ID_INDEX_BYTES);
-        for remembered in self.newest_first.into_iter().rev() {
-            index.push(remembered);
+        for (sender_id, client_id, message_id, created_at) in self.newest_first.into_iter().rev() {
+            index.push(sender_id, client_id, message_id, created_at);
         }
         index
     }
 }
 
+/// An id in the table: its sender, its text and the message it names.
+struct Slot {
+    sender_id: i64,
+    client_id: Box<str>,
+    message_id: i64,
+}
+
 /// The recent client ids of every sender, oldest first in `order`.
 ///
-/// Senders are server-assigned ids ([`IdMap`]); the client ids are the
-/// clients' own strings, so each sender's map keeps SipHash.
+/// One hash table keyed by `(sender, client id)`: the client ids are the
+/// clients' own strings, so the key is hashed with SipHash under a random
+/// key ([`RandomState`]), once per remembered id — forgetting it uses the
+/// hash kept in its [`Remembered`] and compares message ids, not text. At
+/// the byte budget every stored message forgets the oldest id, whose entry
+/// is cold in memory; a map per sender of maps by text cost ~14 % of the
+/// storage thread at 100 users × window 16 (`perf`), most of it that.
 pub(super) struct ClientIds {
-    by_sender: IdMap<i64, HashMap<Arc<str>, i64>>,
+    table: HashTable<Slot>,
+    hasher: RandomState,
     order: VecDeque<Remembered>,
     bytes: usize,
     bytes_max: usize,
-    /// Ids remembered by the batch in progress, `(sender, client id)`.
-    uncommitted: Vec<(i64, Arc<str>)>,
+    /// Ids remembered by the batch in progress: `(hash, message id)`.
+    uncommitted: Vec<(u64, i64)>,
 }
 
 impl ClientIds {
     /// An empty index holding at most `bytes_max` bytes.
     pub(super) fn new(bytes_max: usize) -> Self {
         ClientIds {
-            by_sender: IdMap::new(),
+            table: HashTable::new(),
+            hasher: RandomState::new(),
             order: VecDeque::new(),
             bytes: 0,
             bytes_max,
@@ -125,21 +134,19 @@ impl ClientIds {
 
     /// The message the sender stored under `client_id`, if remembered.
     pub(super) fn find(&self, sender_id: i64, client_id: &str) -> Option<i64> {
-        self.by_sender.get(&sender_id)?.get(client_id).copied()
+        self.table
+            .find(self.hash(sender_id, client_id), |slot| {
+                slot.sender_id == sender_id && *slot.client_id == *client_id
+            })
+            .map(|slot| slot.message_id)
     }
 
     /// Remembers that the sender stored `message_id` under `client_id` at
     /// `now` (in the batch in progress), forgetting ids past the retention
     /// or the byte budget.
     pub(super) fn remember(&mut self, sender_id: i64, client_id: &str, message_id: i64, now: i64) {
-        let client_id: Arc<str> = client_id.into();
-        self.uncommitted.push((sender_id, client_id.clone()));
-        self.push(Remembered {
-            sender_id,
-            client_id,
-            message_id,
-            created_at: now,
-        });
+        let hash = self.push(sender_id, client_id.into(), message_id, now);
+        self.uncommitted.push((hash, message_id));
         self.forget_older_than(now - CLIENT_ID_RETENTION_SECS);
     }
 
@@ -151,8 +158,8 @@ impl ClientIds {
     /// The batch in progress failed: its ids are forgotten (their messages
     /// were not stored). Their bytes leave with the oldest entries later.
     pub(super) fn roll_back(&mut self) {
-        for (sender_id, client_id) in std::mem::take(&mut self.uncommitted) {
-            self.remove(sender_id, client_id, None);
+        for (hash, message_id) in std::mem::take(&mut self.uncommitted) {
+            self.remove(hash, message_id);
         }
     }
 
@@ -170,44 +177,59 @@ impl ClientIds {
     /// How many ids are remembered.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.by_sender.values().map(HashMap::len).sum()
+        self.table.len()
     }
 
-    fn push(&mut self, remembered: Remembered) {
-        self.bytes += remembered.bytes();
-        self.by_sender
-            .entry(remembered.sender_id)
-            .or_default()
-            .insert(remembered.client_id.clone(), remembered.message_id);
-        self.order.push_back(remembered);
+    fn hash(&self, sender_id: i64, client_id: &str) -> u64 {
+        self.hasher.hash_one((sender_id, client_id))
+    }
+
+    /// Adds the id (a newer message under the same id replaces the older
+    /// one's entry) and returns its hash.
+    fn push(&mut self, sender_id: i64, client_id: Box<str>, message_id: i64, now: i64) -> u64 {
+        let hash = self.hash(sender_id, &client_id);
+        let bytes = client_id.len() + ENTRY_OVERHEAD_BYTES;
+        let hasher = &self.hasher;
+        let same_key = |slot: &Slot| slot.sender_id == sender_id && slot.client_id == client_id;
+        let rehash = |slot: &Slot| hasher.hash_one((slot.sender_id, &*slot.client_id));
+        match self.table.entry(hash, same_key, rehash) {
+            Entry::Occupied(mut entry) => entry.get_mut().message_id = message_id,
+            Entry::Vacant(entry) => {
+                entry.insert(Slot {
+                    sender_id,
+                    client_id,
+                    message_id,
+                });
+            }
+        }
+        self.bytes += bytes;
+        self.order.push_back(Remembered {
+            hash,
+            message_id,
+            created_at: now,
+            bytes,
+        });
         while self.bytes > self.bytes_max && self.order.len() > 1 {
             self.pop_oldest();
         }
+        hash
     }
 
     fn pop_oldest(&mut self) {
         if let Some(oldest) = self.order.pop_front() {
-            self.bytes -= oldest.bytes();
-            self.remove(oldest.sender_id, oldest.client_id, Some(oldest.message_id));
+            self.bytes -= oldest.bytes;
+            self.remove(oldest.hash, oldest.message_id);
         }
     }
 
-    /// Removes the sender's `client_id` (only if it still names `message_id`,
-    /// when given). One lookup: at the byte budget every stored message
-    /// removes the oldest id, and the lookup and removal of the same key
-    /// hashed its text twice (with the sender's map, ~13 % of the storage
-    /// thread at 100 users × window 16, `perf record -t <storage tid>`).
-    fn remove(&mut self, sender_id: i64, client_id: Arc<str>, message_id: Option<i64>) {
-        let Some(ids) = self.by_sender.get_mut(&sender_id) else {
-            return;
-        };
-        if let Entry::Occupied(entry) = ids.entry(client_id) {
-            if message_id.is_none_or(|id| *entry.get() == id) {
-                entry.remove();
-            }
-        }
-        if ids.is_empty() {
-            self.by_sender.remove(&sender_id);
+    /// Removes the entry of the id with this `hash` if it still names
+    /// `message_id` (message ids are unique, so no text is compared).
+    fn remove(&mut self, hash: u64, message_id: i64) {
+        if let Ok(entry) = self
+            .table
+            .find_entry(hash, |slot| slot.message_id == message_id)
+        {
+            entry.remove();
         }
     }
 }
