@@ -69,7 +69,8 @@ impl Loading {
         if self.bytes > CLIENT_ID_INDEX_BYTES {
             return false;
         }
-        self.newest_first.push((sender_id, client_id.into(), message_id, created_at));
+        self.newest_first
+            .push((sender_id, client_id.into(), message_id, created_at));
         true
     }
 
