@@ -78,6 +78,16 @@ fn a_pass_spans_more_ids_when_more_users_receive() {
         2 * 4_096 + 4_096,
         "512 receivers: 8 rows each"
     );
+    while backend.index_pass() {}
+    assert_eq!(backend.indexes.tail_rows(), 0);
+    for table in ["received", "sent"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE ?1 > 0");
+        assert_eq!(
+            count(&backend, &sql, 1),
+            4 * 4_096,
+            "every message in {table}"
+        );
+    }
 }
 
 /// What a killed run left unindexed is indexed at the next start.
