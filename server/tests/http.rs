@@ -499,6 +499,31 @@ fn metrics_are_prometheus_text_and_count_the_traffic() {
     );
 }
 
+/// The embedded store's index passes are timed in `/metrics`: once the
+/// messages are old enough, an idle pass indexes them and its time is
+/// counted (the scrape is repeated until then, for at most 30 s).
+#[test]
+fn index_passes_are_timed_in_metrics() {
+    let server = TestServer::start(&[]);
+    register_all(&server, &["alice", "bob"]);
+    let mut alice = logged_in(&server, "alice");
+    let mut bob = logged_in(&server, "bob");
+    alice.send(&message_to("bob", "hello", None));
+    assert!(matches!(alice.recv(), ServerMessage::Ack(_)));
+    assert!(matches!(bob.recv(), ServerMessage::Message(_)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let samples = parse_exposition(&get(server.port, "/metrics", &[]).text());
+        let passes = sample(&samples, "chat_storage_index_pass_seconds_count");
+        if passes >= 1.0 {
+            assert!(sample(&samples, "chat_storage_index_pass_seconds_sum") > 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no index pass was timed in 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `/metrics` is answered only to `--metrics-allow` networks: allowed from
 /// 127.0.0.1, 403 from 127.0.0.2 — and with a network that holds no
 /// loopback address, 403 to everyone here.

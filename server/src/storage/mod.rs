@@ -743,6 +743,9 @@ pub trait Backend: Send + 'static {
     /// Called when no command is waiting (background upkeep may run).
     fn idle(&mut self) {}
 
+    /// Where the backend times its upkeep (index passes), if it has any.
+    fn time_upkeep_into(&mut self, _histograms: &Histograms) {}
+
     /// More upkeep is due right away: the next idle moment should not wait
     /// for the idle tick (an index catching up after a burst).
     fn upkeep_due(&self) -> bool {
@@ -822,6 +825,7 @@ impl StorageHandle {
         histograms: Histograms,
     ) -> std::io::Result<StorageHandle> {
         let (commands, queue) = mpsc::sync_channel(queue_max);
+        backend.time_upkeep_into(&histograms);
         let shared = Arc::new(Shared {
             backlog: AtomicUsize::new(0),
             pulse: Pulse::new(),

@@ -50,7 +50,9 @@ use super::json_files::Mirror;
 use super::pages::QueueTake;
 use super::{Backend, Command, DatabaseError, OpenError, PreviousRun, Reply};
 use crate::config::{CLIENT_ID_RETENTION_SECS, SESSION_IDLE_SECS};
+use crate::metrics::Histograms;
 use indexes::Indexes;
+use prometheus_client::metrics::histogram::Histogram;
 use stored_times::StoredTimes;
 
 /// Unindexed messages old enough to pass ([`stored_times::INDEX_AGE`]) past
@@ -96,6 +98,8 @@ pub struct SqliteBackend {
     client_ids: ClientIds,
     /// Copies the WAL back into the database without stalling commits.
     checkpointer: Checkpointer,
+    /// Each index pass's time (`/metrics`), once the storage thread starts.
+    pass_seconds: Option<Histogram>,
     /// Keeps `users.json`/`contacts.json` current (`--json-mirror`).
     mirror: Option<Mirror>,
 }
@@ -137,6 +141,7 @@ impl SqliteBackend {
             pass_failed: false,
             indexes,
             checkpointer,
+            pass_seconds: None,
             mirror: None,
         })
     }
@@ -242,11 +247,15 @@ impl SqliteBackend {
     /// `through` (`indexes.rs`). Queries stay correct whether or not this
     /// has run. Returns whether a pass was due.
     fn index_pass_through(&mut self, through: i64) -> bool {
+        let started = Instant::now();
         match self.indexes.pass(&mut self.conn, through) {
             Ok(due) => {
                 self.pass_failed = false;
                 if due {
                     self.checkpointer.committed();
+                    if let Some(pass_seconds) = &self.pass_seconds {
+                        pass_seconds.observe(started.elapsed().as_secs_f64());
+                    }
                 }
                 due
             }
@@ -300,6 +309,10 @@ impl Backend for SqliteBackend {
         self.checkpointer.committed();
         super::hand_back_stored(batch, &mut replies);
         replies
+    }
+
+    fn time_upkeep_into(&mut self, histograms: &Histograms) {
+        self.pass_seconds = Some(histograms.index_pass_seconds.clone());
     }
 
     fn idle(&mut self) {
