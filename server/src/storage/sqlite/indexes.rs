@@ -10,7 +10,20 @@
 //! into both indexes took up to 17 ms at 10,000 messages/s, and every Ack
 //! and delivery behind it waited. So the users are split into
 //! [`INDEX_SLICES`] slices by id, each with its own watermark: a pass moves
-//! one slice forward, touching an eighth of the pages (~1–2 ms).
+//! one slice forward, touching a 32nd of the pages.
+//!
+//! How many ids a pass covers ([`INDEX_PASS_ROWS`], growing with the
+//! receivers) decides how many rows each receiver's leaf page gets per
+//! rewrite; how many slices, how many pages one pass rewrites. Committed
+//! index rows, not the time a batch waits behind a pass, were what raised
+//! the 10,000 msg/s tail (BENCHMARKS.md): 8 slices of 1,024 ids gave each
+//! of 100 receivers ~10 rows per rewrite, 32 slices of 8,192 give ~80, in
+//! passes of ~0.2 ms instead of ~0.3. Measured (12 s open loops, fresh
+//! servers, alternating): e2e p99 at 100 users and 10,000 msg/s 0.77–1.57
+//! ms, median 0.93, against 1.31–1.84, median 1.57; closed loops the same
+//! or better (100 × 16: 193k and 211k msg/s against 188k and 193k, the
+//! storage thread at 63–69 % of a core against 77–78 %; at 5,000 × 1 the
+//! passes take ~3 ms each instead of ~12).
 //!
 //! A user's 1:1 messages up to their slice's watermark are in the indexes;
 //! queries read the rest — the unindexed tail — by `message_id` range, so
@@ -24,18 +37,18 @@
 //! scanned the whole tail, ~8,000 rows, per confirmation: at 5,000 devices
 //! confirming once a second that was an eighth of the storage thread).
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, Transaction};
 
 use super::delivery::queue_untaken;
 use crate::id_map::IdMap;
 use crate::storage::NewMessage;
 
 /// Slices of users (by `user_id` modulo this), each indexed by its own pass.
-pub(super) const INDEX_SLICES: usize = 8;
+pub(super) const INDEX_SLICES: usize = 32;
 
 /// Ids of the tail a pass covers for its slice, at least: what a few
-/// receivers' passes cover.
-pub(super) const INDEX_PASS_ROWS: i64 = 1_024;
+/// receivers' passes cover (with 100 receivers, ~80 rows each per pass).
+pub(super) const INDEX_PASS_ROWS: i64 = 8_192;
 
 /// Ids a pass covers at most: what many receivers' passes cover.
 pub(super) const INDEX_PASS_ROWS_MAX: i64 = 32_768;
@@ -50,8 +63,8 @@ pub(super) const INDEX_PASS_ROWS_MAX: i64 = 32_768;
 /// Measured (10 s closed loops, fresh servers, alternating with 1,024-id
 /// passes): 5,000 × 1 at 38,749 and 35,776 msg/s against 34,305 and
 /// 33,149, with half the bytes written; 1,000 × 4 at 87,069 and 86,219
-/// against 85,674 and 84,603, a third fewer bytes written. Below 128
-/// receivers nothing changes.
+/// against 85,674 and 84,603, a third fewer bytes written. Below 1,024
+/// receivers the span is the floor, [`INDEX_PASS_ROWS`].
 const PASS_ROWS_PER_RECEIVER: i64 = 8;
 
 /// A 1:1 message as the indexes hold it.
@@ -182,8 +195,8 @@ impl Indexes {
     /// an empty tail.
     pub(super) fn open(conn: &mut Connection, highest_stored: i64) -> rusqlite::Result<Indexes> {
         let tx = conn.transaction()?;
-        for slice in 0..INDEX_SLICES {
-            let mark = read_mark(&tx, slice)?;
+        let marks = read_marks(&tx)?;
+        for (slice, &mark) in marks.iter().enumerate() {
             if mark < highest_stored {
                 catch_up(&tx, slice, mark)?;
             } else if mark > highest_stored {
@@ -388,12 +401,37 @@ fn read_tail(tx: &Transaction, after: i64) -> rusqlite::Result<Vec<TailRow>> {
     .collect()
 }
 
-fn read_mark(tx: &Transaction, slice: usize) -> rusqlite::Result<i64> {
-    let mark = tx
-        .prepare_cached("SELECT indexed_through FROM index_slices WHERE slice = ?1")?
-        .query_row([slice as i64], |row| row.get(0))
-        .optional()?;
-    Ok(mark.unwrap_or(0))
+/// Each slice's stored watermark (0 for a new database).
+///
+/// A database written with another number of slices (earlier builds had
+/// 8) sliced the users differently, so a user's old mark is not
+/// their new slice's: every slice then starts from the lowest stored mark,
+/// up to which every user's rows were indexed whatever the slicing, and
+/// the rows of slices that no longer exist are dropped. The start's
+/// catch-up (`INSERT OR IGNORE`) indexes what lies past it.
+fn read_marks(tx: &Transaction) -> rusqlite::Result<[i64; INDEX_SLICES]> {
+    let stored: Vec<(i64, i64)> = tx
+        .prepare("SELECT slice, indexed_through FROM index_slices ORDER BY slice")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let lowest = stored.iter().map(|&(_, mark)| mark).min().unwrap_or(0);
+    let same_slicing = stored.len() == INDEX_SLICES
+        && stored
+            .iter()
+            .enumerate()
+            .all(|(k, &(slice, _))| slice == k as i64);
+    if same_slicing {
+        let mut marks = [0; INDEX_SLICES];
+        for (slice, mark) in stored {
+            marks[slice as usize] = mark;
+        }
+        return Ok(marks);
+    }
+    tx.execute(
+        "DELETE FROM index_slices WHERE slice >= ?1",
+        [INDEX_SLICES as i64],
+    )?;
+    Ok([lowest; INDEX_SLICES])
 }
 
 fn write_mark(tx: &Transaction, slice: usize, through: i64) -> rusqlite::Result<()> {

@@ -52,31 +52,38 @@ fn index_passes_move_one_slice_at_a_time() {
 /// its floor and ceiling.
 #[test]
 fn a_pass_spans_more_ids_when_more_users_receive() {
-    use indexes::{pass_span_for, INDEX_PASS_ROWS, INDEX_PASS_ROWS_MAX};
+    use indexes::{pass_span_for, INDEX_PASS_ROWS, INDEX_PASS_ROWS_MAX, INDEX_SLICES};
     assert_eq!(pass_span_for(0), INDEX_PASS_ROWS);
     assert_eq!(pass_span_for(100), INDEX_PASS_ROWS);
-    assert_eq!(pass_span_for(512), 4_096);
+    assert_eq!(pass_span_for(2_048), 16_384);
     assert_eq!(pass_span_for(usize::MAX), INDEX_PASS_ROWS_MAX);
 
     let (_dir, mut backend) = open();
-    let users: Vec<i64> = (0..512)
+    let users: Vec<i64> = (0..2_048)
         .map(|i| create_user(&mut backend, &format!("u{i}")))
         .collect();
     let first_slice_user = |backend: &SqliteBackend| {
-        let user = users.iter().copied().find(|user| user % 8 == 0).unwrap();
+        let slices = INDEX_SLICES as i64;
+        let user = users
+            .iter()
+            .copied()
+            .find(|user| user % slices == 0)
+            .unwrap();
         backend.indexes.through(user)
     };
-    backend.execute(burst(&users[..16], 2 * 4_096));
+    let few = 2 * INDEX_PASS_ROWS as usize;
+    backend.execute(burst(&users[..16], few));
     assert!(backend.index_pass());
     assert_eq!(first_slice_user(&backend), INDEX_PASS_ROWS, "16 receivers");
     while backend.index_pass() {}
 
-    backend.execute(burst(&users, 2 * 4_096));
+    let many = 2 * 16_384;
+    backend.execute(burst(&users, many));
     assert!(backend.index_pass());
     assert_eq!(
         first_slice_user(&backend),
-        2 * 4_096 + 4_096,
-        "512 receivers: 8 rows each"
+        (few + 16_384) as i64,
+        "2,048 receivers: 8 rows each"
     );
     while backend.index_pass() {}
     assert_eq!(backend.indexes.tail_rows(), 0);
@@ -84,10 +91,53 @@ fn a_pass_spans_more_ids_when_more_users_receive() {
         let sql = format!("SELECT COUNT(*) FROM {table} WHERE ?1 > 0");
         assert_eq!(
             count(&backend, &sql, 1),
-            4 * 4_096,
+            (few + many) as i64,
             "every message in {table}"
         );
     }
+}
+
+/// A database indexed under another slicing starts from its lowest mark:
+/// the rows past it are indexed again, each once, and the slices that no
+/// longer exist are dropped. Here 64 slices, one of them behind: its users
+/// now share a slice with users whose own mark is further on.
+#[test]
+fn a_start_under_another_slicing_indexes_from_the_lowest_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let (mut backend, _) = open_at(&path);
+    let users: Vec<i64> = (0..40)
+        .map(|i| create_user(&mut backend, &format!("u{i}")))
+        .collect();
+    backend.execute(burst(&users, 400));
+    backend.finish();
+    drop(backend);
+    // As a 64-slice build would have left it after indexing only up to 300
+    // (slice 35, which holds user 35) and 350 (the others).
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM index_slices;
+             DELETE FROM received WHERE message_id > 300;
+             DELETE FROM sent WHERE message_id > 300;",
+        )
+        .unwrap();
+        for slice in 0..64 {
+            let mark = if slice == 35 { 300 } else { 350 };
+            conn.execute(
+                "INSERT INTO index_slices (slice, indexed_through) VALUES (?1, ?2)",
+                [slice, mark],
+            )
+            .unwrap();
+        }
+    }
+    let (backend, _) = open_at(&path);
+    for table in ["received", "sent"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE ?1 > 0");
+        assert_eq!(count(&backend, &sql, 1), 400, "every message in {table}");
+    }
+    let slices = "SELECT COUNT(*) FROM index_slices WHERE ?1 > 0";
+    assert_eq!(count(&backend, slices, 1), indexes::INDEX_SLICES as i64);
 }
 
 /// What a killed run left unindexed is indexed at the next start.
@@ -970,8 +1020,13 @@ fn running_passes_wait_until_the_rows_are_old_enough() {
     );
     std::thread::sleep(stored_times::INDEX_AGE);
     assert!(backend.upkeep_due(), "old enough, and past INDEX_TAIL_MAX");
-    backend.after_replies();
-    assert!(indexed(&backend) > 0, "a pass ran once the rows aged");
+    // One slice per batch; the first slices may hold none of the 16 users.
+    let mut batches = 0;
+    while indexed(&backend) == 0 && batches < indexes::INDEX_SLICES {
+        backend.after_replies();
+        batches += 1;
+    }
+    assert!(indexed(&backend) > 0, "passes ran once the rows aged");
     idle_until_caught_up(&mut backend, 1_000);
     assert!(backend.unindexed() < INDEX_TAIL_MAX);
 }
