@@ -14,11 +14,11 @@
 //!
 //! How many ids a pass covers ([`INDEX_PASS_ROWS`], growing with the
 //! receivers) decides how many rows each receiver's leaf page gets per
-//! rewrite; how many slices, how many pages one pass rewrites. Committed
-//! index rows, not the time a batch waits behind a pass, were what raised
-//! the 10,000 msg/s tail (BENCHMARKS.md): 8 slices of 1,024 ids gave each
-//! of 100 receivers ~10 rows per rewrite, 32 slices of 8,192 give ~80, in
-//! passes of ~0.2 ms instead of ~0.3. Measured (12 s open loops, fresh
+//! rewrite; how many slices, how many pages one pass rewrites. The
+//! 10,000 msg/s tail rose with the rows passes committed more than with
+//! how long a pass held the writer (trials in BENCHMARKS.md): 8 slices of
+//! 1,024 ids gave each of 100 receivers ~10 rows per rewrite, 32 slices of
+//! 8,192 give ~80, in passes of ~0.2 ms instead of ~0.3. Measured (12 s open loops, fresh
 //! servers, alternating): e2e p99 at 100 users and 10,000 msg/s 0.77–1.57
 //! ms, median 0.93, against 1.31–1.84, median 1.57; closed loops the same
 //! or better (100 × 16: 193k and 211k msg/s against 188k and 193k, the
