@@ -43,8 +43,10 @@ DIRTY=$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')
     echo
     echo "## Summary"
     echo
-    echo "Targets from issue 4. \"met\" is \`FAILED\` when the run itself failed"
-    echo "(lost or unanswered messages, failed logins)."
+    echo "Targets from issue 14 (they supersede issue 4's; the storm's is issue 4's)."
+    echo "\"met\" is \`FAILED\` when the run itself failed (lost or unanswered"
+    echo "messages, failed logins). The loop's µs per message is in each run's"
+    echo "\"server CPU\" lines below (the \`chat-server\` thread)."
     echo
     cat "$RESULTS/summary.md" 2>/dev/null || echo "(no summary: the run failed early)"
     echo

@@ -255,11 +255,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli, common: &Common) -> Result<ExitCode, LoadError> {
     match &cli.scenario {
         Scenario::Summary(args) => {
-            let rows = args
-                .files
-                .iter()
-                .map(|path| summary::summarise(path))
-                .collect::<Result<Vec<_>, _>>()?;
+            let rows = summary::summarise_all(&args.files)?;
             summary::print(&rows);
             let failed = rows.iter().any(|row| row.met == "FAILED");
             Ok(if failed {

@@ -35,6 +35,11 @@ pub fn use_tls(ca_file: Option<&Path>) -> Result<(), TrustError> {
     Ok(())
 }
 
+/// Whether connections use TLS ([`use_tls`] was called).
+pub fn tls_in_use() -> bool {
+    TLS.get().is_some()
+}
+
 /// The byte stream under a connection's WebSocket.
 pub type Stream = crate::stream::Stream<TcpStream>;
 

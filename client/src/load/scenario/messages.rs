@@ -170,6 +170,8 @@ pub struct Outcome {
     pub run_id: String,
     /// Users exchanging messages.
     pub users: usize,
+    /// Over TLS (`wss://`).
+    pub tls: bool,
     /// How it sent.
     #[serde(flatten)]
     pub sending: Sending,
@@ -281,6 +283,7 @@ pub fn run(common: &Common, config: &Config) -> Result<Outcome, LoadError> {
         scenario: "messages",
         run_id: common.run_id.clone(),
         users,
+        tls: crate::load::conn::tls_in_use(),
         sending: Sending::new(
             config.pace,
             config.duration_secs,
