@@ -83,7 +83,7 @@ pub(super) fn look_up(
 /// `OpenSession`: a new session after a password login, its user online,
 /// and the first chunk of `queue`.
 pub(super) fn open_session(
-    batch: &Batch,
+    batch: &mut Batch,
     to: &Requester,
     session_hash: &str,
     peer: SocketAddr,
@@ -109,7 +109,7 @@ pub(super) fn open_session(
 /// `ResumeSession`: the session, if it is the user's and not expired, is
 /// used again; a receipts login's queue is everything past its confirmation.
 pub(super) fn resume_session(
-    batch: &Batch,
+    batch: &mut Batch,
     to: &Requester,
     session_hash: &str,
     receipts: bool,
@@ -232,7 +232,7 @@ enum Confirmation<'a> {
 /// Marks the user online, records the peer, and takes the first chunk of
 /// the queue.
 fn session_opened(
-    batch: &Batch,
+    batch: &mut Batch,
     to: Requester,
     queue: QueueTake,
     peer: SocketAddr,

@@ -26,8 +26,9 @@
 //! passes take ~3 ms each instead of ~12).
 //!
 //! A user's 1:1 messages up to their slice's watermark are in the indexes;
-//! queries read the rest — the unindexed tail — by `message_id` range, so
-//! every answer is the same whichever passes have run. The tail's 1:1 rows
+//! queries read the rest — the unindexed tail — from memory (a login's
+//! queue, by receiver) or by `message_id` range (Sync, History), so every
+//! answer is the same whichever passes have run. The tail's 1:1 rows
 //! are kept in memory (24 bytes each; at most `INDEX_TAIL_BOUND` rows, and
 //! while running what arrives in `INDEX_AGE` plus `INDEX_TAIL_MAX` or one
 //! pass's span, whichever is larger: passes

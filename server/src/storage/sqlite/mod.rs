@@ -573,6 +573,9 @@ fn changes_mirrored_files(command: &Command) -> bool {
 fn prepare_connection(path: &Path, synchronous_full: bool) -> rusqlite::Result<(Connection, i64)> {
     let mut conn = Connection::open(path)?;
     schema::prepare(&mut conn, synchronous_full)?;
+    // `rarray(?)`: a queue read passes its candidates from the in-memory
+    // tail as one parameter (`delivery::tail_candidates`).
+    rusqlite::vtab::array::load_module(&conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute("UPDATE users SET is_online = FALSE WHERE is_online", [])?;
     let highest_stored = messages::highest_stored_id(&conn)?;
