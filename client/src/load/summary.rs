@@ -2,8 +2,9 @@
 //! targets checked where a result matches the configuration the target
 //! names. The targets are issue 14's (they supersede issue 4's): closed
 //! loops of 100 × 16, 1,000 × 4 and 5,000 × 1, the 10,000 msg/s tail, TLS
-//! against plain, resumes, idle memory. Used by `scripts/loadtest.sh` and
-//! `scripts/bench.sh`.
+//! against plain, resumes with thousands of users, idle memory at 10,000
+//! connections; smaller login and idle runs keep issue 4's. Used by
+//! `scripts/loadtest.sh` and `scripts/bench.sh`.
 
 use std::path::{Path, PathBuf};
 
@@ -201,8 +202,15 @@ fn logins(v: &Value) -> Summary {
         flow("password_logins"),
         flow("resume_logins")
     );
-    let met = num(v, "/resume_logins/per_sec") >= 10_000.0;
-    (result, "session resumes ≥ 10,000/s".into(), Some(met))
+    // Issue 14's rate is for the full run (thousands of users, enough
+    // concurrency); a small run keeps issue 4's.
+    let (floor, target) = if num(v, "/users") >= 1_000.0 {
+        (10_000.0, "session resumes ≥ 10,000/s")
+    } else {
+        (5_000.0, "session resumes ≥ 5,000/s (issue 4; a small run)")
+    };
+    let met = num(v, "/resume_logins/per_sec") >= floor;
+    (result, target.into(), Some(met))
 }
 
 fn idle(v: &Value) -> Summary {
@@ -218,12 +226,15 @@ fn idle(v: &Value) -> Summary {
             format!("{:.2} KiB per connection", b / 1024.0)
         }),
     );
+    // Issue 14's bound is at 10,000 connections; smaller runs keep issue
+    // 4's (a fixed cost weighs more on fewer connections).
+    let (bound, target) = if num(v, "/logins/ok") >= 10_000.0 {
+        (2048.0, "RSS growth ≤ 2 KiB/connection")
+    } else {
+        (4096.0, "RSS growth ≤ 4 KiB/connection (issue 4)")
+    };
     match per_conn {
-        Some(bytes) => (
-            result,
-            "RSS growth ≤ 2 KiB/connection".into(),
-            Some(bytes <= 2048.0),
-        ),
+        Some(bytes) => (result, target.into(), Some(bytes <= bound)),
         None => (result, String::new(), None),
     }
 }
@@ -305,6 +316,26 @@ mod tests {
             .result
             .ends_with("0.90× plain"));
         assert_eq!(met(&close, &[&close, &other_shape]), "-", "no plain twin");
+    }
+
+    #[test]
+    fn resumes_and_idle_memory_are_held_to_issue_14_at_full_size_only() {
+        let logins = |users: u64, per_sec: f64| {
+            json!({ "scenario": "logins", "users": users, "passed": true,
+                    "resume_logins": { "per_sec": per_sec } })
+        };
+        let big = logins(5_000, 9_999.0);
+        let small = logins(40, 9_346.0);
+        assert_eq!(met(&big, &[&big]), "NO");
+        assert_eq!(met(&small, &[&small]), "yes", "issue 4's 5,000/s");
+        let idle = |connections: u64, bytes: f64| {
+            json!({ "scenario": "idle", "logins": { "ok": connections }, "passed": true,
+                    "bytes_per_connection": bytes })
+        };
+        let full = idle(10_000, 2_100.0);
+        let few = idle(1_000, 2_100.0);
+        assert_eq!(met(&full, &[&full]), "NO");
+        assert_eq!(met(&few, &[&few]), "yes", "issue 4's 4 KiB");
     }
 
     #[test]
