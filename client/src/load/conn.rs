@@ -1,10 +1,14 @@
-//! One WebSocket client connection over a non-blocking mio `TcpStream`.
+//! One WebSocket client connection over a non-blocking mio `TcpStream`
+//! (wrapped in a [`DrainAwareSocket`], which skips the read that would only
+//! return `EAGAIN`).
 //!
 //! The connection is an explicit state machine driven by readiness events:
 //! `Connecting` (non-blocking TCP connect issued) → `Handshaking` (tungstenite's
 //! `MidHandshake`, resumed on every event until it stops returning WouldBlock)
 //! → `Open` → `Closed`. [`Conn::on_ready`] advances it and collects what
-//! happened; it never blocks. With [`use_tls`] every connection speaks
+//! happened; it never blocks. Every event, whatever the state, first tells
+//! the socket that a new edge came ([`DrainAwareSocket::new_event`]), so
+//! reads ask the kernel again. With [`use_tls`] every connection speaks
 //! `wss://`: a rustls client session under tungstenite, whose handshake also
 //! resumes on WouldBlock; whom it trusts is [`crate::tls`]'s business.
 
@@ -23,6 +27,7 @@ use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use super::socket::DrainAwareSocket;
 use crate::tls::{self, TrustError};
 
 /// The TLS settings when connecting with `wss://` (set once by [`use_tls`]).
@@ -41,12 +46,12 @@ pub fn tls_in_use() -> bool {
 }
 
 /// The byte stream under a connection's WebSocket.
-pub type Stream = crate::stream::Stream<TcpStream>;
+pub type Stream = crate::stream::Stream<DrainAwareSocket>;
 
 /// Where a connection is in its life.
 pub enum State {
     /// TCP connect in progress; writable means it finished (or failed).
-    Connecting(TcpStream),
+    Connecting(DrainAwareSocket),
     /// HTTP upgrade in progress.
     Handshaking(Box<MidHandshake<ClientHandshake<Stream>>>),
     /// Frames flow.
@@ -93,7 +98,7 @@ pub struct Conn {
 impl Conn {
     /// Starts a non-blocking connect; the caller registers [`Conn::stream_mut`].
     pub fn connect(addr: SocketAddr, config: WebSocketConfig) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
+        let stream = DrainAwareSocket::new(TcpStream::connect(addr)?);
         let scheme = if TLS.get().is_some() { "wss" } else { "ws" };
         Ok(Conn {
             state: State::Connecting(stream),
@@ -116,8 +121,13 @@ impl Conn {
 
     /// The socket, for (de)registration; None once closed.
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
+        self.socket_mut().map(DrainAwareSocket::get_mut)
+    }
+
+    /// The wrapped socket, whatever the state; None once closed.
+    fn socket_mut(&mut self) -> Option<&mut DrainAwareSocket> {
         match &mut self.state {
-            State::Connecting(stream) => Some(stream),
+            State::Connecting(socket) => Some(socket),
             State::Handshaking(mid) => Some(mid.get_mut().get_mut().socket_mut()),
             State::Open(ws) => Some(ws.get_mut().socket_mut()),
             State::Closed => None,
@@ -175,7 +185,14 @@ impl Conn {
 
     /// Advances the machine after a readiness event, appending what happened.
     /// Spurious events are harmless: every step stops at WouldBlock.
-    pub fn on_ready(&mut self, out: &mut Vec<Happened>) {
+    /// `peer_closed`: the event said the peer closed its side or the socket
+    /// has an error (mio's `is_read_closed() || is_error()`), so reads must
+    /// reach that end (see [`DrainAwareSocket`]).
+    pub fn on_ready(&mut self, peer_closed: bool, out: &mut Vec<Happened>) {
+        // A new edge: whatever a short read concluded before, ask the kernel.
+        if let Some(socket) = self.socket_mut() {
+            socket.new_event(peer_closed);
+        }
         let state = std::mem::replace(&mut self.state, State::Closed);
         self.state = match state {
             State::Connecting(stream) => self.after_connect(stream, out),
@@ -195,15 +212,15 @@ impl Conn {
     }
 
     /// Connecting → Handshaking/Open, or stays Connecting on a spurious event.
-    fn after_connect(&self, stream: TcpStream, out: &mut Vec<Happened>) -> State {
-        match stream.take_error() {
+    fn after_connect(&self, stream: DrainAwareSocket, out: &mut Vec<Happened>) -> State {
+        match stream.get_ref().take_error() {
             Ok(Some(error)) | Err(error) => {
                 out.push(Happened::Closed(format!("connect: {error}")));
                 return State::Closed;
             }
             Ok(None) => {}
         }
-        match stream.peer_addr() {
+        match stream.get_ref().peer_addr() {
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::NotConnected => {
                 return State::Connecting(stream)
@@ -214,11 +231,12 @@ impl Conn {
             }
         }
         // Latency is the point of the exercise: never let Nagle hold a frame.
-        let _ = stream.set_nodelay(true);
+        let _ = stream.get_ref().set_nodelay(true);
         let stream = match TLS.get() {
             None => Stream::Plain(stream),
             Some(config) => {
                 let session = stream
+                    .get_ref()
                     .peer_addr()
                     .map_err(|e| e.to_string())
                     .and_then(|peer| {
@@ -266,7 +284,8 @@ impl Conn {
         }
     }
 
-    /// Reads and decodes every frame available, until WouldBlock.
+    /// Reads and decodes every frame available, until WouldBlock (from the
+    /// kernel, or from the socket after a short read: [`DrainAwareSocket`]).
     fn read_frames(&mut self, out: &mut Vec<Happened>) {
         let State::Open(ws) = &mut self.state else {
             return;

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`conn`]: one non-blocking WebSocket client connection as a state machine
 //!   (TCP connect → handshake → open → closed).
+//! - [`socket`]: the TCP socket under every connection, which skips the read
+//!   that would only return `EAGAIN` after a short read (edge-triggered).
 //! - [`pool`]: many connections on one mio `Poll`; turns readiness into
 //!   [`pool::PoolEvent`]s (opened, a decoded frame, closed). No scenario logic.
 //! - [`setup`]: the request flows every scenario needs first — register users,
@@ -47,6 +49,7 @@ pub mod receipts;
 pub mod report;
 pub mod scenario;
 pub mod setup;
+pub mod socket;
 pub mod stats;
 pub mod summary;
 pub mod traffic;

@@ -3,7 +3,8 @@
 //! The pool owns sockets and nothing else: it opens connections, writes
 //! frames, flushes, and turns readiness into [`PoolEvent`]s for the scenario to
 //! act on. It follows mio's `tcp_server` example: one `poll`, one lookup by
-//! token, every ready connection drained until WouldBlock.
+//! token, every ready connection drained until WouldBlock (after a short
+//! read, the socket's own, without a syscall: [`super::socket`]).
 //!
 //! # Request ids
 //! Every request goes out with an integer request id chosen by the caller
@@ -196,7 +197,10 @@ impl Pool {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue; // removed earlier in this batch
             };
-            conn.on_ready(&mut self.happened);
+            conn.on_ready(
+                event.is_read_closed() || event.is_error(),
+                &mut self.happened,
+            );
             let mut closed = false;
             for happened in self.happened.drain(..) {
                 out.push(match happened {
