@@ -4,14 +4,12 @@
 //! cursors, and the sessions' confirmations.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 
-use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::indexes::TailRow;
-use super::messages::read_page;
+use super::messages::{as_array, read_page};
 use super::Batch;
 use crate::completion::Requester;
 use crate::storage::pages::{merge_pages, PageFrom, QueueTake, OFFLINE_CHUNK, QUEUE_PAGE};
@@ -98,14 +96,20 @@ pub(super) fn confirm(
     let tx = batch.tx;
     let previous = confirmed_through(tx, session_hash)?;
     set_confirmed(tx, session_hash, through)?;
-    // The range past the index watermark is read from the unindexed tail.
-    let after = previous.max(batch.indexes.through(user_id));
-    let rows = batch.indexes.tail_to(tx, user_id, (after, through))?;
-    let senders = take_confirmed(tx, user_id, (previous, through), rows)?;
+    // The range up to the index watermark is read from the index, the rest
+    // from the unindexed tail.
+    let indexed_through = batch.indexes.through(user_id);
+    let mut senders = indexed_senders(tx, user_id, (previous, through.min(indexed_through)))?;
+    let after = previous.max(indexed_through);
+    for row in batch.indexes.tail_to(tx, user_id, (after, through))? {
+        let highest = senders.entry(row.sender_id).or_insert(row.message_id);
+        *highest = (*highest).max(row.message_id);
+    }
+    take_confirmed(tx, user_id, through)?;
     Ok(Reply::Confirmed {
         user_id,
         username: username.to_owned(),
-        senders,
+        senders: senders.into_iter().collect(),
     })
 }
 
@@ -132,35 +136,33 @@ pub(super) fn set_confirmed(
     Ok(())
 }
 
-/// A device of `user_id` now holds everything up to `range.1` (it held
-/// everything up to `range.0` before): the 1:1 messages no device had taken
-/// are taken now (the user's `taken_through` mark rises to `range.1`), the
-/// group cursors move up to `range.1`, and the senders of
-/// the 1:1 messages in the range are returned, each with its highest id, for
-/// the Delivered receipts (whether or not another device had taken them):
-/// from the per-receiver index, and from `tail` (the user's rows of the
-/// unindexed tail in the range past the index watermark).
-fn take_confirmed(
+/// The senders of the user's indexed 1:1 messages with `after < message_id
+/// <= through`, each with its highest id there, for the Delivered receipts
+/// (whether or not another device had taken them). An empty range (it all
+/// lies in the unindexed tail) asks nothing.
+fn indexed_senders(
     tx: &Transaction,
     user_id: i64,
-    (previous, through): (i64, i64),
-    tail: &[TailRow],
-) -> rusqlite::Result<Vec<(i64, i64)>> {
-    let mut senders: HashMap<i64, i64> = tx
-        .prepare_cached(
-            "SELECT sender_id, MAX(message_id) FROM received
-             WHERE receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
-             GROUP BY sender_id",
-        )?
-        .query_map(params![user_id, previous, through], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    for row in tail {
-        let id = row.message_id;
-        let highest = senders.entry(row.sender_id).or_insert(id);
-        *highest = (*highest).max(id);
+    (after, through): (i64, i64),
+) -> rusqlite::Result<HashMap<i64, i64>> {
+    if through <= after {
+        return Ok(HashMap::new());
     }
+    tx.prepare_cached(
+        "SELECT sender_id, MAX(message_id) FROM received
+         WHERE receiver_id = ?1 AND message_id > ?2 AND message_id <= ?3
+         GROUP BY sender_id",
+    )?
+    .query_map(params![user_id, after, through], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?
+    .collect()
+}
+
+/// A device of `user_id` now holds everything up to `through`: the 1:1
+/// messages no device had taken are taken now (the user's `taken_through`
+/// mark rises to `through`), and the group cursors move up to it.
+fn take_confirmed(tx: &Transaction, user_id: i64, through: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE users SET taken_through = MAX(taken_through, ?2) WHERE user_id = ?1",
     )?
@@ -170,7 +172,7 @@ fn take_confirmed(
          WHERE user_id = ?1",
     )?
     .execute(params![user_id, through])?;
-    Ok(senders.into_iter().collect())
+    Ok(())
 }
 
 /// Reads the next chunk of the user's offline queue below `queue_before`:
@@ -293,11 +295,7 @@ fn tail_candidates(
     let rows = batch
         .indexes
         .tail_to(batch.tx, user_id, (from, before.saturating_sub(1)))?;
-    Ok(Rc::new(
-        rows.iter()
-            .map(|row| Value::Integer(row.message_id))
-            .collect(),
-    ))
+    Ok(as_array(rows.iter().map(|row| row.message_id).collect()))
 }
 
 /// Moves the user's group cursors to `taken.through` where they already

@@ -26,17 +26,22 @@
 //! passes take ~3 ms each instead of ~12).
 //!
 //! A user's 1:1 messages up to their slice's watermark are in the indexes;
-//! queries read the rest — the unindexed tail — from memory (a login's
-//! queue, by receiver) or by `message_id` range (Sync, History), so every
-//! answer is the same whichever passes have run. The tail's 1:1 rows
-//! are kept in memory (24 bytes each; at most `INDEX_TAIL_BOUND` rows, and
-//! while running what arrives in `INDEX_AGE` plus `INDEX_TAIL_MAX` or one
-//! pass's span, whichever is larger: passes
-//! leave younger rows alone, see `stored_times.rs`), in id order and again
-//! by receiver: passes insert from the first,
-//! and a confirmation reads only its own user's rows from the second (it
-//! scanned the whole tail, ~8,000 rows, per confirmation: at 5,000 devices
-//! confirming once a second that was an eighth of the storage thread).
+//! queries read the rest — the unindexed tail — from memory, so every
+//! answer is the same whichever passes have run and none scans `messages`
+//! by id range: a login's queue by receiver, History the pair's rows,
+//! Sync the user's sent and received ones, each handed to SQL as one
+//! `rarray` of ids. The tail's 1:1 rows are kept in memory (24 bytes each,
+//! three times; at most `INDEX_TAIL_BOUND` rows, and while running what
+//! arrives in `INDEX_AGE` plus `INDEX_TAIL_MAX` or one pass's span,
+//! whichever is larger: passes leave younger rows alone, see
+//! `stored_times.rs`), in id order, by receiver and by sender: passes
+//! insert from the first, a confirmation reads only its own user's rows
+//! from the second (it scanned the whole tail, ~8,000 rows, per
+//! confirmation: at 5,000 devices confirming once a second that was an
+//! eighth of the storage thread), and History and Sync read the second and
+//! the third. Sync and History scanned `messages` by id range past the
+//! watermark until the tail was read from memory; that kept the tail, and
+//! so the pass span, short.
 
 use rusqlite::{params, Connection, Transaction};
 
@@ -52,7 +57,7 @@ pub(super) const INDEX_SLICES: usize = 32;
 pub(super) const INDEX_PASS_ROWS: i64 = 8_192;
 
 /// Ids a pass covers at most: what many receivers' passes cover.
-pub(super) const INDEX_PASS_ROWS_MAX: i64 = 32_768;
+pub(super) const INDEX_PASS_ROWS_MAX: i64 = 131_072;
 
 /// Rows a pass should give each receiver, on average, in each index.
 ///
@@ -64,9 +69,13 @@ pub(super) const INDEX_PASS_ROWS_MAX: i64 = 32_768;
 /// Measured (10 s closed loops, fresh servers, alternating with 1,024-id
 /// passes): 5,000 × 1 at 38,749 and 35,776 msg/s against 34,305 and
 /// 33,149, with half the bytes written; 1,000 × 4 at 87,069 and 86,219
-/// against 85,674 and 84,603, a third fewer bytes written. Below 1,024
-/// receivers the span is the floor, [`INDEX_PASS_ROWS`].
-const PASS_ROWS_PER_RECEIVER: i64 = 8;
+/// against 85,674 and 84,603, a third fewer bytes written. It was 8 per
+/// receiver up to 32,768 ids while Sync and History scanned the tail; at
+/// 32 up to 131,072 (and idle passes waiting while messages keep arriving,
+/// `INDEX_DELAY_BUSY`), the storage thread at 5,000 × 1 spends ~half the
+/// time in passes it did (BENCHMARKS.md). Below 256 receivers the span is
+/// the floor, [`INDEX_PASS_ROWS`].
+const PASS_ROWS_PER_RECEIVER: i64 = 32;
 
 /// A 1:1 message as the indexes hold it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,15 +95,18 @@ pub(super) struct Indexes {
     tail: Option<Tail>,
 }
 
-/// The unindexed tail, oldest first, and the same rows by receiver.
+/// The unindexed tail, oldest first, and the same rows by receiver and by
+/// sender.
 ///
 /// Rows arrive in id order (storage hands ids out in commit order), so every
-/// question about a range of ids is a binary search, and a pass or a
-/// confirmation costs what it covers, never the whole tail.
+/// question about a range of ids is a binary search, and a pass, a
+/// confirmation, a queue, a History or a Sync costs what it covers, never
+/// the whole tail.
 #[derive(Default)]
 struct Tail {
     rows: IdOrdered,
     by_receiver: IdMap<i64, IdOrdered>,
+    by_sender: IdMap<i64, IdOrdered>,
 }
 
 impl Tail {
@@ -112,33 +124,96 @@ impl Tail {
             .entry(row.receiver_id)
             .or_default()
             .push(row);
+        self.by_sender.entry(row.sender_id).or_default().push(row);
     }
 
     /// Drops the rows up to `through` (every index has them now), touching
-    /// only those rows and their receivers.
+    /// only those rows, their receivers and their senders.
     fn drop_through(&mut self, through: i64) {
-        let mut receivers: Vec<i64> = self
-            .rows
-            .range(i64::MIN, through)
-            .iter()
-            .map(|row| row.receiver_id)
-            .collect();
-        receivers.sort_unstable();
-        receivers.dedup();
+        let dropped = self.rows.range(i64::MIN, through);
+        let receivers = distinct(dropped.iter().map(|row| row.receiver_id));
+        let senders = distinct(dropped.iter().map(|row| row.sender_id));
         self.rows.drop_through(through);
-        for receiver in receivers {
-            if let Some(rows) = self.by_receiver.get_mut(&receiver) {
-                rows.drop_through(through);
-                if rows.is_empty() {
-                    self.by_receiver.remove(&receiver);
-                }
-            }
-        }
+        drop_users_through(&mut self.by_receiver, receivers, through);
+        drop_users_through(&mut self.by_sender, senders, through);
+    }
+
+    /// The rows to `receiver_id` with `after < message_id <= through`.
+    fn to(&self, receiver_id: i64, (after, through): (i64, i64)) -> &[TailRow] {
+        self.by_receiver
+            .get(&receiver_id)
+            .map_or(&[], |rows| rows.range(after, through))
+    }
+
+    /// The rows from `sender_id` with `after < message_id <= through`.
+    fn from(&self, sender_id: i64, (after, through): (i64, i64)) -> &[TailRow] {
+        self.by_sender
+            .get(&sender_id)
+            .map_or(&[], |rows| rows.range(after, through))
+    }
+
+    /// The ids of the newest `count` rows between the two users (either
+    /// way) with `after < message_id <= through`, newest first. Each
+    /// direction is read from the shorter of its sender's and its
+    /// receiver's rows.
+    fn between(&self, (user_id, peer_id): (i64, i64), range: (i64, i64), count: usize) -> Vec<i64> {
+        let one_way = |sender: i64, receiver: i64| {
+            let (from, to) = (self.from(sender, range), self.to(receiver, range));
+            let rows = if from.len() <= to.len() { from } else { to };
+            rows.iter()
+                .rev()
+                .filter(move |row| row.sender_id == sender && row.receiver_id == receiver)
+                .take(count)
+                .map(|row| row.message_id)
+        };
+        let mut ids: Vec<i64> = one_way(user_id, peer_id)
+            .chain(one_way(peer_id, user_id))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        ids.truncate(count);
+        ids
+    }
+
+    /// The ids of the oldest `count` rows the user sent or received with
+    /// `message_id > after`, oldest first.
+    fn of(&self, user_id: i64, after: i64, count: usize) -> Vec<i64> {
+        let range = (after, i64::MAX);
+        let first = |rows: &[TailRow]| -> Vec<i64> {
+            rows.iter().take(count).map(|row| row.message_id).collect()
+        };
+        let mut ids = first(self.to(user_id, range));
+        ids.extend(first(self.from(user_id, range)));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(count);
+        ids
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.rows.as_slice().len()
+    }
+}
+
+/// The distinct values, in no particular order.
+fn distinct(values: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut values: Vec<i64> = values.collect();
+    values.sort_unstable();
+    values.dedup();
+    values
+}
+
+/// Drops the rows up to `through` from each of `users`' lists, and the lists
+/// left empty.
+fn drop_users_through(lists: &mut IdMap<i64, IdOrdered>, users: Vec<i64>, through: i64) {
+    for user in users {
+        if let Some(rows) = lists.get_mut(&user) {
+            rows.drop_through(through);
+            if rows.is_empty() {
+                lists.remove(&user);
+            }
+        }
     }
 }
 
@@ -214,6 +289,16 @@ impl Indexes {
         })
     }
 
+    /// Every slice at `mark`, with the tail read from the table when first
+    /// asked: what queries see at any mark (tests).
+    #[cfg(test)]
+    pub(super) fn at(mark: i64) -> Indexes {
+        Indexes {
+            marks: [mark; INDEX_SLICES],
+            tail: None,
+        }
+    }
+
     /// The user's 1:1 messages up to here are in the indexes.
     pub(super) fn through(&self, user_id: i64) -> i64 {
         self.marks[slice_of(user_id)]
@@ -232,11 +317,34 @@ impl Indexes {
         receiver_id: i64,
         (after, through): (i64, i64),
     ) -> rusqlite::Result<&[TailRow]> {
-        let tail = self.loaded_tail(tx)?;
-        Ok(tail
-            .by_receiver
-            .get(&receiver_id)
-            .map_or(&[], |rows| rows.range(after, through)))
+        Ok(self.loaded_tail(tx)?.to(receiver_id, (after, through)))
+    }
+
+    /// The ids of the tail's newest `count` 1:1 messages between the two
+    /// users (either way) with `after < message_id < before`, newest first:
+    /// History's candidates past the indexes.
+    pub(super) fn tail_between(
+        &mut self,
+        tx: &Transaction,
+        users: (i64, i64),
+        (after, before): (i64, i64),
+        count: usize,
+    ) -> rusqlite::Result<Vec<i64>> {
+        let range = (after, before.saturating_sub(1));
+        Ok(self.loaded_tail(tx)?.between(users, range, count))
+    }
+
+    /// The ids of the tail's oldest `count` 1:1 messages the user sent or
+    /// received with `message_id > after`, oldest first: Sync's candidates
+    /// past the indexes.
+    pub(super) fn tail_of(
+        &mut self,
+        tx: &Transaction,
+        user_id: i64,
+        after: i64,
+        count: usize,
+    ) -> rusqlite::Result<Vec<i64>> {
+        Ok(self.loaded_tail(tx)?.of(user_id, after, count))
     }
 
     /// Rows of the unindexed tail held in memory (0 while it is unknown).
@@ -446,6 +554,8 @@ fn write_mark(tx: &Transaction, slice: usize, through: i64) -> rusqlite::Result<
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn row(message_id: i64, receiver_id: i64) -> TailRow {
@@ -512,5 +622,69 @@ mod tests {
             tail.by_receiver.is_empty(),
             "receivers with no rows left go"
         );
+    }
+
+    /// A tail of 1:1 messages among four users (self-messages included),
+    /// its front dropped through `dropped`.
+    fn tail_of_pairs(pairs: &[(i64, i64)], dropped: i64) -> (Tail, Vec<TailRow>) {
+        let rows: Vec<TailRow> = pairs
+            .iter()
+            .zip(1..)
+            .map(|(&(sender_id, receiver_id), message_id)| TailRow {
+                receiver_id,
+                sender_id,
+                message_id,
+            })
+            .collect();
+        let mut tail = Tail::new(rows.clone());
+        tail.drop_through(dropped);
+        let kept = rows.into_iter().filter(|row| row.message_id > dropped);
+        (tail, kept.collect())
+    }
+
+    proptest! {
+        /// History's and Sync's candidates from memory are what a scan of
+        /// the rows would pick, whichever front was dropped.
+        #[test]
+        fn candidates_are_what_a_scan_picks(
+            pairs in proptest::collection::vec((0i64..4, 0i64..4), 0..60),
+            dropped in 0i64..30,
+            users in (0i64..4, 0i64..4),
+            (after, before) in (0i64..70, 0i64..70),
+            count in 1usize..8,
+        ) {
+            let (tail, kept) = tail_of_pairs(&pairs, dropped);
+            let (user, peer) = users;
+            let between: Vec<i64> = kept
+                .iter()
+                .rev()
+                .filter(|row| row.message_id > after && row.message_id < before)
+                .filter(|row| {
+                    (row.sender_id, row.receiver_id) == (user, peer)
+                        || (row.sender_id, row.receiver_id) == (peer, user)
+                })
+                .take(count)
+                .map(|row| row.message_id)
+                .collect();
+            prop_assert_eq!(tail.between(users, (after, before - 1), count), between);
+            let of: Vec<i64> = kept
+                .iter()
+                .filter(|row| row.message_id > after)
+                .filter(|row| row.sender_id == user || row.receiver_id == user)
+                .take(count)
+                .map(|row| row.message_id)
+                .collect();
+            prop_assert_eq!(tail.of(user, after, count), of);
+        }
+    }
+
+    #[test]
+    fn dropping_the_tail_drops_each_senders_rows_too() {
+        let (mut tail, _) = tail_of_pairs(&[(1, 2), (1, 3), (2, 1), (1, 1)], 0);
+        tail.drop_through(2);
+        assert_eq!(ids(tail.from(1, (i64::MIN, i64::MAX))), [4]);
+        assert_eq!(ids(tail.from(2, (i64::MIN, i64::MAX))), [3]);
+        tail.drop_through(4);
+        assert!(tail.by_sender.is_empty(), "senders with no rows left go");
     }
 }

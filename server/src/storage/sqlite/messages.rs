@@ -4,11 +4,16 @@
 //!
 //! Every read here is right whichever part of the messages is in the
 //! per-user indexes (`sent`, `received`): the indexed part is read through
-//! them, the unindexed tail past the user's watermark by id range (see
-//! `indexes.rs`).
+//! them, the unindexed tail past the user's watermark from memory (see
+//! `indexes.rs`), as one `rarray` parameter of candidate ids.
 
+use std::rc::Rc;
+
+use rusqlite::types::Value;
+use rusqlite::vtab::array::Array;
 use rusqlite::{params, Connection, Transaction};
 
+use super::indexes::Indexes;
 use super::Batch;
 use crate::completion::Requester;
 use crate::storage::client_ids::ClientIds;
@@ -51,7 +56,7 @@ pub(super) fn store_message(
 
 /// `History`: a page of one conversation, with a peer or in a group.
 pub(super) fn history(
-    batch: &Batch,
+    batch: &mut Batch,
     to: &Requester,
     user_id: i64,
     with: Conversation,
@@ -61,10 +66,7 @@ pub(super) fn history(
 ) -> rusqlite::Result<Reply> {
     let (messages, has_more) = match with {
         Conversation::Peer(peer_id) => {
-            let pair = (user_id, peer_id);
-            let indexed_through = batch.indexes.through(user_id);
-            let indexed_through = indexed_through.min(batch.indexes.through(peer_id));
-            peer_history(batch.tx, pair, before, limit, indexed_through)?
+            peer_history(batch.tx, batch.indexes, (user_id, peer_id), before, limit)?
         }
         Conversation::Group(group_id) => group_history(batch.tx, group_id, before, limit)?,
     };
@@ -78,14 +80,13 @@ pub(super) fn history(
 
 /// `Sync`: a page of everything the user sent or received after `since`.
 pub(super) fn sync(
-    batch: &Batch,
+    batch: &mut Batch,
     to: &Requester,
     user_id: i64,
     since: i64,
     limit: u32,
 ) -> rusqlite::Result<Reply> {
-    let indexed_through = batch.indexes.through(user_id);
-    let (messages, has_more) = sync_page(batch.tx, user_id, since, limit, indexed_through)?;
+    let (messages, has_more) = sync_page(batch.tx, batch.indexes, user_id, since, limit)?;
     Ok(Reply::Synced {
         to: to.clone(),
         messages,
@@ -155,15 +156,24 @@ fn insert_message(
 
 /// The newest `limit` messages between the two users older than `before`,
 /// oldest first, and whether older ones exist. Three parts: each direction
-/// through the sender index, and the unindexed tail by id range.
+/// through the sender index, and the unindexed tail's candidates (from
+/// memory: `Indexes::tail_between`).
 pub(super) fn peer_history(
     tx: &Transaction,
+    indexes: &mut Indexes,
     (user_id, peer_id): (i64, i64),
     before: Option<i64>,
     limit: u32,
-    indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
+    let indexed_through = indexes.through(user_id).min(indexes.through(peer_id));
+    let below = before.unwrap_or(i64::MAX);
+    let tail = indexes.tail_between(
+        tx,
+        (user_id, peer_id),
+        (indexed_through, below),
+        fetch as usize,
+    )?;
     read_page(
         tx,
         "SELECT message_id FROM (
@@ -176,19 +186,9 @@ pub(super) fn peer_history(
              WHERE sender_id = ?2 AND receiver_id = ?1 AND message_id < ?3
              ORDER BY message_id DESC LIMIT ?4)
          UNION
-         SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE message_id > ?5 AND message_id < ?3
-               AND ((sender_id = ?1 AND receiver_id = ?2) OR (sender_id = ?2 AND receiver_id = ?1))
-             ORDER BY message_id DESC LIMIT ?4)
+         SELECT value FROM rarray(?5)
          ORDER BY message_id DESC LIMIT ?4",
-        params![
-            user_id,
-            peer_id,
-            before.unwrap_or(i64::MAX),
-            fetch,
-            indexed_through
-        ],
+        params![user_id, peer_id, below, fetch, as_array(tail)],
         PageFrom::Newest,
         PageBudget::read(limit),
     )
@@ -213,15 +213,18 @@ fn group_history(
 }
 
 /// The oldest `limit` messages the user sent or received after `since`:
-/// sent and received through the indexes, plus the unindexed tail.
+/// sent and received through the indexes, the unindexed tail's candidates
+/// (from memory: `Indexes::tail_of`), and the user's groups' messages.
 pub(super) fn sync_page(
     tx: &Transaction,
+    indexes: &mut Indexes,
     user_id: i64,
     since: i64,
     limit: u32,
-    indexed_through: i64,
 ) -> rusqlite::Result<(Vec<StoredMessage>, bool)> {
     let fetch = limit + 1;
+    let after = since.max(indexes.through(user_id));
+    let tail = indexes.tail_of(tx, user_id, after, fetch as usize)?;
     read_page(
         tx,
         "SELECT message_id FROM (
@@ -234,11 +237,7 @@ pub(super) fn sync_page(
              WHERE receiver_id = ?1 AND message_id > ?2
              ORDER BY message_id LIMIT ?3)
          UNION
-         SELECT message_id FROM (
-             SELECT message_id FROM messages
-             WHERE message_id > MAX(?2, ?4) AND (sender_id = ?1 OR receiver_id = ?1)
-               AND group_id IS NULL
-             ORDER BY message_id LIMIT ?3)
+         SELECT value FROM rarray(?4)
          UNION
          SELECT message_id FROM (
              SELECT m.message_id FROM group_members g
@@ -246,10 +245,15 @@ pub(super) fn sync_page(
              WHERE g.user_id = ?1
              ORDER BY m.message_id LIMIT ?3)
          ORDER BY message_id LIMIT ?3",
-        params![user_id, since, fetch, indexed_through],
+        params![user_id, since, fetch, as_array(tail)],
         PageFrom::Oldest,
         PageBudget::read(limit),
     )
+}
+
+/// Message ids as one `rarray` parameter.
+pub(super) fn as_array(ids: Vec<i64>) -> Array {
+    Rc::new(ids.into_iter().map(Value::Integer).collect())
 }
 
 /// Reads a page of the messages whose ids `ids_query` selects, from the

@@ -62,19 +62,29 @@ use stored_times::StoredTimes;
 const INDEX_TAIL_MAX: i64 = 8_192;
 /// The unindexed tail's bound: past it, passes run after each batch until
 /// the tail is back under it, however long that holds the next batch, and
-/// cover rows however young. The tail's rows are 24 bytes, held twice (in
-/// id order and by receiver), so this bounds them to ~6 MiB plus the
-/// vectors' and map's slack. Without it a sustained closed loop outran the
+/// cover rows however young. The tail's rows are 24 bytes, held three
+/// times (in id order, by receiver and by sender), so this bounds them to
+/// 18 MiB plus the vectors' and maps' slack. It must stay above the
+/// largest pass span ([`indexes::INDEX_PASS_ROWS_MAX`], 131,072) plus what
+/// arrives in `INDEX_AGE`, or passes at 5,000 users would all run at the
+/// bound, over rows however young. Without it a sustained closed loop outran the
 /// one pass per batch: after 730,000 messages the indexes were 590,000
 /// behind, and every pass then paid for the whole tail. It must stay above
 /// what arrives in `INDEX_AGE` at full speed: at 65,536 rows and a 1 s age
 /// the 100 × 16 closed loop (~130,000 msg/s) lived at the bound, and its
 /// storage thread sat idle 10–15 % of the time (101,292 and 118,464 msg/s
 /// against 129,142 and 126,813 without the age, same run).
-const INDEX_TAIL_BOUND: i64 = 131_072;
+const INDEX_TAIL_BOUND: i64 = 262_144;
 /// How long a small unindexed tail, once old enough to pass, may wait for
-/// idle moments' passes.
+/// idle moments' passes after messages stopped arriving (every row stored
+/// is old enough).
 const INDEX_DELAY: Duration = Duration::from_secs(1);
+/// How long it may wait while messages keep arriving. Until then, passes
+/// wait for a whole span of old enough rows (`passes_due`): a round of idle
+/// passes every second covered whatever a second brought, ~1,000 rows per
+/// slice at 5,000 users and ~40,000 msg/s, so each receiver got ~6 rows per
+/// index page a pass rewrote whatever the span allowed.
+const INDEX_DELAY_BUSY: Duration = Duration::from_secs(30);
 
 /// The database, its prepared-statement cache, and the per-user indexes'
 /// watermarks (see `indexes.rs`).
@@ -279,6 +289,18 @@ impl SqliteBackend {
         (aged - self.indexes.lowest()).max(0)
     }
 
+    /// A round of idle passes over the old enough rows is due: every
+    /// [`INDEX_DELAY`] once messages stopped arriving, every
+    /// [`INDEX_DELAY_BUSY`] while they keep arriving.
+    fn idle_round_due(&self) -> bool {
+        let aged = self.stored_times.aged_through(Instant::now());
+        let waited = self.idle_round_began.elapsed();
+        let all_aged = aged >= self.highest_stored;
+        aged > self.indexes.lowest()
+            && waited >= INDEX_DELAY
+            && (all_aged || waited >= INDEX_DELAY_BUSY)
+    }
+
     /// Enough old unindexed messages that passes run after each batch.
     fn passes_due(&self) -> bool {
         self.aged_unindexed() >= INDEX_TAIL_MAX.max(self.indexes.pass_span())
@@ -321,10 +343,7 @@ impl Backend for SqliteBackend {
         }
         // A round of passes at most every `INDEX_DELAY`, one slice per idle
         // moment, so a batch arriving meanwhile waits for one pass at most.
-        if self.idle_round_left == 0
-            && self.aged_unindexed() > 0
-            && self.idle_round_began.elapsed() >= INDEX_DELAY
-        {
+        if self.idle_round_left == 0 && self.idle_round_due() {
             self.idle_round_began = Instant::now();
             self.idle_round_left = indexes::INDEX_SLICES;
         }

@@ -13,13 +13,13 @@
 //! and 25,781, 8.6 KB written per message against 10.6 KB, and 53–161
 //! messages in the undelivered index at the stop against ~200,000; at
 //! 1,000 × 4 and 100 × 16 throughput the same, writes −25 % at 1,000 × 4.
-//! The cost: the tail is longer (what arrives in `INDEX_AGE`), and the
-//! queries that read its pending rows by id range (a login's queue, Sync,
-//! History) scan that much more while the server is busy.
+//! The cost: the tail is longer (what arrives in `INDEX_AGE`); the queries
+//! read it from memory (`indexes.rs`), so only its memory grows.
 //!
-//! The times are samples, one per [`SAMPLE_EVERY`], of the highest id stored
-//! then, plus the newest store: at most `INDEX_AGE / SAMPLE_EVERY + 2`
-//! entries of 16 bytes.
+//! The times are samples, each a store that a later one replaced as the
+//! newest once [`SAMPLE_EVERY`] had passed since the last sample, plus the
+//! newest store: at most `2 × INDEX_AGE / SAMPLE_EVERY + 3` entries of 16
+//! bytes (two samples may fall close together, one per period at most).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -48,14 +48,17 @@ impl StoredTimes {
         if self.newest.is_some_and(|(_, id)| id >= highest_stored) {
             return;
         }
-        self.newest = Some((now, highest_stored));
+        // The store this one replaces as the newest becomes a sample when
+        // one is due: its time is kept, so its rows never wait for a later
+        // store's (which may come much later) to age.
         let sample_due = self
             .samples
             .back()
             .is_none_or(|&(at, _)| now.saturating_duration_since(at) >= SAMPLE_EVERY);
-        if sample_due {
-            self.samples.push_back((now, highest_stored));
+        if let Some(previous) = self.newest.filter(|_| sample_due) {
+            self.samples.push_back(previous);
         }
+        self.newest = Some((now, highest_stored));
         // Keep one sample at or before the cutoff: older ones answer nothing.
         if let Some(cutoff) = now.checked_sub(INDEX_AGE) {
             while self.samples.get(1).is_some_and(|&(at, _)| at <= cutoff) {
@@ -99,14 +102,14 @@ mod tests {
         let at = |ms: u64| start + Duration::from_millis(ms);
         let age = INDEX_AGE.as_millis() as u64;
         times.stored(at(0), 10);
-        times.stored(at(1), 20); // between samples: only `newest` has it
+        times.stored(at(1), 20); // its time is kept once 30 replaces it
         times.stored(at(age / 2), 30);
         assert_eq!(times.aged_through(at(age - 1)), 0, "nothing old enough");
         assert_eq!(times.aged_through(at(age)), 10, "the first sample");
         assert_eq!(
             times.aged_through(at(age + 1)),
-            10,
-            "20 has no sample of its own: it waits for the next one"
+            20,
+            "20 ages at its own time, though 30 came within a sample period"
         );
         assert_eq!(times.aged_through(at(age + age / 2)), 30);
         assert_eq!(
@@ -123,7 +126,7 @@ mod tests {
         for ms in 0..10_000u64 {
             times.stored(start + Duration::from_millis(ms), ms as i64);
         }
-        let bound = (INDEX_AGE.as_millis() / SAMPLE_EVERY.as_millis()) as usize + 2;
+        let bound = 2 * (INDEX_AGE.as_millis() / SAMPLE_EVERY.as_millis()) as usize + 3;
         assert!(times.len() <= bound, "{} samples", times.len());
         let now = start + Duration::from_millis(10_000);
         let aged = times.aged_through(now);
