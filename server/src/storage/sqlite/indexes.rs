@@ -272,14 +272,19 @@ impl Indexes {
     pub(super) fn open(conn: &mut Connection, highest_stored: i64) -> rusqlite::Result<Indexes> {
         let tx = conn.transaction()?;
         let marks = read_marks(&tx)?;
-        for (slice, &mark) in marks.iter().enumerate() {
-            if mark < highest_stored {
-                catch_up(&tx, slice, mark)?;
-            } else if mark > highest_stored {
-                // Commits lost with the machine (synchronous = NORMAL) that
-                // a pass had indexed: their ids are not in the table.
-                forget_past(&tx, highest_stored)?;
+        if marks.iter().any(|&mark| mark > highest_stored) {
+            // Commits lost with the machine (synchronous = NORMAL) that a
+            // pass had indexed: their ids are not in the table.
+            forget_past(&tx, highest_stored)?;
+        }
+        let lowest = marks.iter().copied().min().unwrap_or(0);
+        if lowest < highest_stored {
+            for (slice, &mark) in marks.iter().enumerate() {
+                write_mark(&tx, slice, mark.min(highest_stored))?;
             }
+            catch_up(&tx, lowest)?;
+        }
+        for slice in 0..INDEX_SLICES {
             write_mark(&tx, slice, highest_stored)?;
         }
         tx.commit()?;
@@ -462,25 +467,33 @@ fn insert_rows(
     Ok(())
 }
 
-/// Indexes a slice's messages past `mark` straight from the table (at a
-/// start; `OR IGNORE` so a mark that lags what is indexed costs nothing),
-/// and queues its receivers' pending ones that are still untaken, as a pass
-/// does (`delivery::queue_untaken`).
-fn catch_up(tx: &Transaction, slice: usize, mark: i64) -> rusqlite::Result<()> {
+/// Indexes every slice's messages past its stored mark straight from the
+/// table, in one scan of the tail past the lowest mark (at a start; `OR
+/// IGNORE` so a mark that lags what is indexed costs nothing), and queues
+/// the receivers' pending ones that are still untaken, as a pass does
+/// (`delivery::queue_untaken`). One scan per statement, not one per slice:
+/// after a `kill -9` at 5,000 × 1 the tail is ~150,000 rows, and 32 scans of
+/// it made a start take ~0.8 s longer.
+fn catch_up(tx: &Transaction, lowest: i64) -> rusqlite::Result<()> {
     const CATCH_UP: [&str; 3] = [
         "UPDATE messages SET delivered = 0
          WHERE message_id > ?1 AND delivered = 2 AND receiver_id IS NOT NULL
-           AND receiver_id % ?2 = ?3
+           AND message_id > (SELECT indexed_through FROM index_slices
+                             WHERE slice = receiver_id % ?2)
            AND message_id > (SELECT taken_through FROM users WHERE user_id = receiver_id)",
         "INSERT OR IGNORE INTO received (receiver_id, message_id, sender_id)
          SELECT receiver_id, message_id, sender_id FROM messages
-         WHERE message_id > ?1 AND receiver_id IS NOT NULL AND receiver_id % ?2 = ?3",
+         WHERE message_id > ?1 AND receiver_id IS NOT NULL
+           AND message_id > (SELECT indexed_through FROM index_slices
+                             WHERE slice = receiver_id % ?2)",
         "INSERT OR IGNORE INTO sent (sender_id, message_id, receiver_id)
          SELECT sender_id, message_id, receiver_id FROM messages
-         WHERE message_id > ?1 AND receiver_id IS NOT NULL AND sender_id % ?2 = ?3",
+         WHERE message_id > ?1 AND receiver_id IS NOT NULL
+           AND message_id > (SELECT indexed_through FROM index_slices
+                             WHERE slice = sender_id % ?2)",
     ];
     for sql in CATCH_UP {
-        tx.execute(sql, params![mark, INDEX_SLICES as i64, slice as i64])?;
+        tx.execute(sql, params![lowest, INDEX_SLICES as i64])?;
     }
     Ok(())
 }
