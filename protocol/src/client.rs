@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::read_head;
+use crate::envelope::{read_head, read_tag_first};
 use crate::error::DecodeError;
 use crate::request_id::RequestId;
 use crate::table::wire_messages;
@@ -178,6 +178,17 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
 /// answers it can carry it; a `request_id` of the wrong type or over 64
 /// characters is itself a `bad_request` (and then none is echoed).
 pub fn decode_request(text: &str) -> (Option<RequestId>, Result<ClientMessage, DecodeError>) {
+    match read_tag_first(text) {
+        Some((message, request_id)) => (request_id, Ok(message)),
+        None => decode_in_two_passes(text),
+    }
+}
+
+/// [`decode_request`] by its definition: the tag first, then the body of that
+/// tag (every frame the one pass does not take, and every error).
+pub(crate) fn decode_in_two_passes(
+    text: &str,
+) -> (Option<RequestId>, Result<ClientMessage, DecodeError>) {
     let head = match read_head(text) {
         Ok(head) => head,
         Err(error) => return (None, Err(error)),

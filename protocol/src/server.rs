@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{read_head, write_framed};
+use crate::envelope::{read_head, read_tag_first, write_framed};
 use crate::error::{DecodeError, ErrorType};
 use crate::request_id::RequestId;
 use crate::table::wire_messages;
@@ -331,6 +331,17 @@ pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
 /// (none on pushes and on replies to requests that carried none). A
 /// malformed `request_id` from a server is read as none.
 pub fn decode_reply(text: &str) -> Result<(ServerMessage, Option<RequestId>), DecodeError> {
+    match read_tag_first(text) {
+        Some(decoded) => Ok(decoded),
+        None => decode_reply_in_two_passes(text),
+    }
+}
+
+/// [`decode_reply`] by its definition: the tag first, then the body of that
+/// tag (every frame the one pass does not take, and every error).
+pub(crate) fn decode_reply_in_two_passes(
+    text: &str,
+) -> Result<(ServerMessage, Option<RequestId>), DecodeError> {
     let head = read_head(text)?;
     Ok((decode_body(head.tag, text)?, head.request_id))
 }

@@ -5,7 +5,8 @@
 
 /// Declares `$message` (one variant per row), `$tag_enum` (the tag numbers,
 /// by name: the one place they are written) and, in the invoking module,
-/// `decode_body(tag, text)` and `encode_body(message, time, request_id)`.
+/// `decode_body(tag, text)` (and [`FromTaggedMap`](crate::envelope::FromTaggedMap)
+/// for the one-pass decoding) and `encode_body(message, time, request_id)`.
 macro_rules! wire_messages {
     (
         $(#[$message_doc:meta])* enum $message:ident;
@@ -61,6 +62,19 @@ macro_rules! wire_messages {
             }
         }
 
+        impl $crate::envelope::FromTaggedMap for $message {
+            fn from_map<'de, A: serde::de::MapAccess<'de>>(
+                tag: i64,
+                map: A,
+            ) -> Result<Self, A::Error> {
+                match $tag_enum::from_number(tag) {
+                    $(Some($tag_enum::$name) =>
+                        wire_messages!(@from_map $message map, $name $($body)?),)*
+                    None => Err(serde::de::Error::custom("unknown tag")),
+                }
+            }
+        }
+
         fn decode_body(tag: i64, text: &str) -> Result<$message, $crate::error::DecodeError> {
             match $tag_enum::from_number(tag) {
                 $(Some($tag_enum::$name) =>
@@ -93,6 +107,13 @@ macro_rules! wire_messages {
     }};
     (@decode $message:ident $tag:ident, $text:ident, $name:ident $body:ty) => {
         Ok($message::$name($crate::envelope::read_body($tag, $text)?))
+    };
+    (@from_map $message:ident $map:ident, $name:ident) => {{
+        $crate::envelope::body_from_map::<$crate::client::Empty, _>($map)?;
+        Ok($message::$name)
+    }};
+    (@from_map $message:ident $map:ident, $name:ident $body:ty) => {
+        $crate::envelope::body_from_map::<$body, _>($map).map($message::$name)
     };
     (@encode $tag:ident, $time:ident, $id:ident, $var:ident,) => {
         $crate::envelope::write_framed($tag, $time, $id, &$crate::client::Empty {})

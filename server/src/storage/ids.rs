@@ -66,7 +66,7 @@ impl BatchIds {
 /// none, so answering it writes nothing — with the disk full, a resend of a
 /// message stored before is still acked, not refused while its recipient
 /// already holds it (the fault-injection checker found that).
-pub(super) fn needs_id(command: &Command, client_ids: &ClientIds) -> bool {
+pub(super) fn needs_id(command: &Command, client_ids: &mut ClientIds) -> bool {
     match command {
         Command::StoreMessage {
             client_message_id,
