@@ -261,9 +261,40 @@ pub(crate) fn write_framed<T: Serialize>(
         request_id,
         body,
     };
-    // Serialising plain structs of strings and numbers into a String cannot
-    // fail: there is no I/O and no map with non-string keys.
-    serde_json::to_string(&framed).unwrap_or_else(|_| format!("{{\"tag\":{tag}}}"))
+    ENCODE_BUFFER
+        .try_with(|buffer| {
+            let mut buffer = buffer.try_borrow_mut().ok()?;
+            buffer.clear();
+            serde_json::to_writer(&mut *buffer, &framed).ok()?;
+            let text = std::str::from_utf8(&buffer).ok()?.to_owned();
+            if buffer.capacity() > ENCODE_BUFFER_KEPT_BYTES {
+                *buffer = Vec::new();
+            }
+            Some(text)
+        })
+        .ok()
+        .flatten()
+        // Serialising plain structs of strings and numbers cannot fail: there
+        // is no I/O and no map with non-string keys.
+        .unwrap_or_else(|| {
+            serde_json::to_string(&framed).unwrap_or_else(|_| format!("{{\"tag\":{tag}}}"))
+        })
+}
+
+/// What [`ENCODE_BUFFER`] keeps between frames, at most: a larger frame (a
+/// History or Sync page) is encoded in it once and the buffer let go.
+const ENCODE_BUFFER_KEPT_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Each thread's buffer frames are encoded in before being copied out at
+    /// their exact size. `serde_json::to_string` grew a fresh `Vec` from
+    /// 128 bytes for every frame (a delivered message reallocated on the
+    /// way) and left spare capacity, and a `String` with spare capacity
+    /// costs tungstenite's `Bytes` a second allocation (a shared header)
+    /// when the frame is written; a frame of exact size costs neither.
+    static ENCODE_BUFFER: std::cell::RefCell<Vec<u8>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
 }
 
 #[cfg(test)]
@@ -489,6 +520,29 @@ mod tests {
             read_tag_first(&pong),
             Some((ServerMessage::Pong, Some(RequestId::Number(3))))
         );
+    }
+
+    /// Frames come out at their exact size, whatever was encoded before
+    /// them, and a frame past the kept buffer size is whole.
+    #[test]
+    fn frames_are_encoded_at_their_exact_size() {
+        let big = "x".repeat(3 * ENCODE_BUFFER_KEPT_BYTES);
+        for content in ["hi", big.as_str(), "", "a\"b"] {
+            let message = ClientMessage::Message(crate::client::SendMessage {
+                dest_id: Some("bob".into()),
+                group_id: None,
+                content: content.into(),
+                message_id: None,
+                source_id: None,
+                is_encrypted: false,
+            });
+            let text = crate::encode_client(&message);
+            assert_eq!(text.capacity(), text.len());
+            assert_eq!(crate::decode_client(&text), Ok(message));
+        }
+        ENCODE_BUFFER.with(|buffer| {
+            assert!(buffer.borrow().capacity() <= ENCODE_BUFFER_KEPT_BYTES);
+        });
     }
 
     #[test]
