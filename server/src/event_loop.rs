@@ -595,27 +595,35 @@ impl Server {
             for event in fx.bus.drain(..) {
                 self.bus.publish(event);
             }
-            let mut refused = Effects::default();
-            for command in std::mem::take(&mut fx.storage) {
+            // What the queues refuse is answered in effects of its own, the
+            // next round's; `fx` keeps its vectors' capacity otherwise (a
+            // fresh `Effects` every round cost each turn's first frame and
+            // first command an allocation).
+            let mut refused: Option<Effects> = None;
+            for command in fx.storage.drain(..) {
                 if let Err(refusal) = self.storage.submit(command) {
                     let (error, command) = *refusal;
                     log::warn!("storage queue refused a command: {error:?}");
-                    self.dispatcher.storage_refused(command, now, &mut refused);
+                    let refused = refused.get_or_insert_with(Effects::default);
+                    self.dispatcher.storage_refused(command, now, refused);
                 }
             }
-            for job in std::mem::take(&mut fx.hashing) {
+            for job in fx.hashing.drain(..) {
                 match self.hasher.submit(job) {
                     Ok(()) => self.hash_in_flight += 1,
                     Err(refusal) => {
                         let (error, job) = *refusal;
                         log::warn!("hashing queue refused a job: {error:?}");
-                        self.dispatcher.hashing_refused(job, now, &mut refused);
+                        let refused = refused.get_or_insert_with(Effects::default);
+                        self.dispatcher.hashing_refused(job, now, refused);
                     }
                 }
             }
             // Before `fx` is replaced: what it queued this round is counted.
             self.counters.tally.absorb(&mut fx.tally);
-            *fx = refused;
+            if let Some(refused) = refused {
+                *fx = refused;
+            }
         }
         self.dispatcher.set_storage_backlog(self.storage.backlog());
     }

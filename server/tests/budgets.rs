@@ -478,3 +478,60 @@ fn logout_closes_connections_still_resuming_the_session() {
         "bob received the message pipelined behind the logged-out resume"
     );
 }
+
+/// The hashing queue's bound (`HASH_QUEUE_MAX`, 1,024 jobs waiting): with
+/// the per-address limits off, one worker and hashes slow, registrations
+/// past it are answered `rate_limited` at once — the event loop answers
+/// what the queue gives back — and the server goes on answering the same
+/// connection.
+#[test]
+fn registrations_past_the_hash_queue_are_refused_at_once() {
+    let server = TestServer::start(&[
+        "--no-rate-limits",
+        "--hash-workers",
+        "1",
+        "--pbkdf2-iterations",
+        "2000000",
+    ]);
+    let mut client = server.client();
+    let sent = 1_100;
+    for n in 0..sent {
+        client.send(&register_message(
+            &format!("user{n}"),
+            SECRET,
+            "u@example.com",
+        ));
+    }
+    // 1,024 wait and the worker may have taken one more before the queue
+    // filled. A hash takes seconds; should one finish meanwhile (a slow,
+    // busy machine), its place in the queue takes one more registration.
+    let (fewest, most) = (sent - 1_024 - 1, sent - 1_024);
+    // (refused, finished): the answers to the registrations so far.
+    let mut answers = (0, 0);
+    fn take(message: ServerMessage, (refused, finished): &mut (usize, usize)) {
+        match message {
+            ServerMessage::FailRegister(fail) => {
+                assert_eq!(fail.error_type, RegisterError::RateLimited, "{fail:?}");
+                *refused += 1;
+            }
+            ServerMessage::SuccessRegister(_) => *finished += 1,
+            other => panic!("unexpected {other:?} after {refused} refusals"),
+        }
+    }
+    while answers.0 + answers.1 < fewest {
+        take(client.recv(), &mut answers);
+    }
+    client.send(&ClientMessage::Ping);
+    loop {
+        match client.recv() {
+            ServerMessage::Pong => break,
+            other => take(other, &mut answers),
+        }
+    }
+    let (refused, finished) = answers;
+    let fewest = fewest - finished;
+    assert!(
+        (fewest..=most).contains(&refused),
+        "{refused} of {sent} refused"
+    );
+}
