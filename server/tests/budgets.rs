@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     login_with_secret, login_with_session, message_to, register_all, register_message,
-    tcp_connect_from, Client, TestServer, SECRET,
+    send_registrations, tcp_connect_from, Client, TestServer, SECRET,
 };
 use protocol::client::{AddGroupMembers, CreateGroup, Logout};
 use protocol::server::{LoginError, RegisterError};
@@ -495,13 +495,7 @@ fn registrations_past_the_hash_queue_are_refused_at_once() {
     ]);
     let mut client = server.client();
     let sent = 1_100;
-    for n in 0..sent {
-        client.send(&register_message(
-            &format!("user{n}"),
-            SECRET,
-            "u@example.com",
-        ));
-    }
+    send_registrations(&mut client, "user", sent);
     // 1,024 wait and the worker may have taken one more before the queue
     // filled. A hash takes seconds; should one finish meanwhile (a slow,
     // busy machine), its place in the queue takes one more registration.

@@ -10,8 +10,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{
-    logged_in, login_with_secret, message_to, register_all, register_message, Client, TestServer,
-    SECRET,
+    logged_in, login_with_secret, message_to, register_all, register_message, send_registrations,
+    Client, TestServer, SECRET,
 };
 use protocol::server::{LoginError, RegisterError};
 use protocol::ServerMessage;
@@ -85,13 +85,7 @@ fn a_registration_flood_is_rate_limited() {
     let server = TestServer::start(&[]);
     let mut client = server.client();
     let total = 400;
-    for i in 0..total {
-        client.send(&register_message(
-            &format!("flood{i}"),
-            SECRET,
-            "f@example.com",
-        ));
-    }
+    send_registrations(&mut client, "flood", total);
     let limited = (0..total)
         .filter(|_| matches!(client.recv(), ServerMessage::FailRegister(f) if f.error_type == RegisterError::RateLimited))
         .count();

@@ -782,6 +782,15 @@ pub fn register_message(name: &str, secret: &str, email: &str) -> ClientMessage 
     })
 }
 
+/// Sends `count` registrations of new users `{prefix}0`, `{prefix}1`, …
+/// without reading the answers.
+pub fn send_registrations(client: &mut Client, prefix: &str, count: usize) {
+    for n in 0..count {
+        let email = format!("{prefix}@example.com");
+        client.send(&register_message(&format!("{prefix}{n}"), SECRET, &email));
+    }
+}
+
 /// A Login with a password.
 pub fn login_with_secret(name: &str, secret: &str) -> ClientMessage {
     ClientMessage::Login(Login {
