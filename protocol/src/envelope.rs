@@ -7,7 +7,7 @@
 //! that pass cannot decode, goes through two passes: [`read_head`] finds the
 //! tag, [`read_body`] reads the body of that tag. The two passes are the
 //! definition; the one pass only ever returns what they would (a property
-//! test in `client.rs` checks that), and every error is worded by them.
+//! test below checks that), and every error is worded by them.
 
 use std::fmt;
 use std::marker::PhantomData;
