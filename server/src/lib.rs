@@ -39,6 +39,7 @@ pub mod connection;
 pub mod dispatcher;
 pub mod event_loop;
 pub mod hasher;
+pub mod heap;
 pub mod http;
 pub mod id_map;
 pub mod metrics;

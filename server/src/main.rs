@@ -15,6 +15,7 @@ use server::event_loop::Server;
 use server::storage::json_files::{self, JsonDatabase};
 
 fn main() -> ExitCode {
+    let heap_kept = server::heap::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(command) = &cli.command {
         return run_json_command(command, cli.database.as_deref(), &cli.data_dir);
@@ -32,6 +33,11 @@ fn main() -> ExitCode {
             cli.log_file.display()
         );
         return ExitCode::from(2);
+    }
+    if !heap_kept {
+        log::warn!(
+            "the allocator refused its thresholds (heap.rs): freed memory goes back at once"
+        );
     }
     let server = match Server::start(config) {
         Ok(server) => server,
