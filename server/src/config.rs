@@ -360,6 +360,14 @@ pub const CONFIRM_TICK: Duration =
 /// How long a session may go unused before it expires.
 pub const SESSION_IDLE_SECS: i64 = 7 * 24 * 60 * 60;
 
+/// How fresh a session's `last_used_at` is kept: a login or departure within
+/// this many seconds of the stored time leaves the row alone. Rewriting it
+/// on every resume and every departure made each a write of the session's
+/// table page and of two pages of its `last_used_at` index (BENCHMARKS.md's
+/// reading); a time good to a minute serves the 7-day expiry and the
+/// sessions list.
+pub const LAST_USED_RESOLUTION_SECS: i64 = 60;
+
 /// Sessions one GetSessions lists, the most recently created: a user may
 /// hold any number (each password login makes one), and the answer is
 /// bounded (about 200 bytes each).

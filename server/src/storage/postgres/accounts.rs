@@ -11,7 +11,7 @@ use super::delivery;
 use super::limits;
 use super::{Batch, Error};
 use crate::completion::Requester;
-use crate::config::{SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
+use crate::config::{LAST_USED_RESOLUTION_SECS, SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
 use crate::password::PasswordHash;
 use crate::shared_limits::{SharedLogin, SharedRegistration};
 use crate::storage::pages::QueueTake;
@@ -129,21 +129,33 @@ pub(super) fn resume_session(
     queue: QueueTake,
 ) -> Result<Reply, Error> {
     let idle_before = now - SESSION_IDLE_SECS;
-    let touched = batch.execute(
-        "UPDATE sessions SET last_used_at = $3
-         WHERE session_hash = $1 AND user_id = $2 AND last_used_at > $4",
-        &[&session_hash, &queue.user_id, &now, &idle_before],
+    let found = batch.query_opt(
+        "SELECT confirmed_through FROM sessions
+         WHERE session_hash = $1 AND user_id = $2 AND last_used_at > $3",
+        &[&session_hash, &queue.user_id, &idle_before],
     )?;
-    if touched != 1 {
+    let Some(row) = found else {
         return Ok(Reply::SessionInvalid { to: to.clone() });
-    }
-    let confirmed = delivery::confirmed_through(batch, session_hash)?;
+    };
+    let confirmed: i64 = row.try_get(0)?;
+    touch_session(batch, session_hash, now)?;
     let queue = QueueTake {
         since: receipts.then_some(confirmed),
         ..queue
     };
     let session = Confirmation::Existing(confirmed);
     session_opened(batch, to.clone(), queue, peer, now, session)
+}
+
+/// The session was used `now`: its `last_used_at` moves there unless it is
+/// within [`LAST_USED_RESOLUTION_SECS`] of it already (as SQLite's
+/// `touch_session`).
+fn touch_session(batch: &mut Batch, session_hash: &str, now: i64) -> Result<(), Error> {
+    batch.execute(
+        "UPDATE sessions SET last_used_at = $2 WHERE session_hash = $1 AND last_used_at <= $3",
+        &[&session_hash, &now, &(now - LAST_USED_RESOLUTION_SECS)],
+    )?;
+    Ok(())
 }
 
 /// `EndSession` (Logout): the session is deleted.
@@ -196,10 +208,7 @@ pub(super) fn connection_lost(
     groups_taken: Option<GroupsTaken>,
     now: i64,
 ) -> Result<Option<Reply>, Error> {
-    batch.execute(
-        "UPDATE sessions SET last_used_at = $2 WHERE session_hash = $1",
-        &[&session_hash, &now],
-    )?;
+    touch_session(batch, session_hash, now)?;
     if let Some(taken) = groups_taken {
         delivery::advance_group_cursors(batch, user_id, taken)?;
     }

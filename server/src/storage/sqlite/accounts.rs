@@ -11,7 +11,7 @@ use super::contacts::mutual_contacts;
 use super::delivery;
 use super::Batch;
 use crate::completion::Requester;
-use crate::config::{SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
+use crate::config::{LAST_USED_RESOLUTION_SECS, SESSIONS_LISTED_MAX, SESSION_IDLE_SECS};
 use crate::password::PasswordHash;
 use crate::storage::pages::QueueTake;
 use crate::storage::{GroupsTaken, Reply};
@@ -118,17 +118,20 @@ pub(super) fn resume_session(
     queue: QueueTake,
 ) -> rusqlite::Result<Reply> {
     let idle_before = now - SESSION_IDLE_SECS;
-    let touched = batch
+    let found = batch
         .tx
         .prepare_cached(
-            "UPDATE sessions SET last_used_at = ?3
-             WHERE session_hash = ?1 AND user_id = ?2 AND last_used_at > ?4",
+            "SELECT confirmed_through FROM sessions
+             WHERE session_hash = ?1 AND user_id = ?2 AND last_used_at > ?3",
         )?
-        .execute(params![session_hash, queue.user_id, now, idle_before])?;
-    if touched != 1 {
+        .query_row(params![session_hash, queue.user_id, idle_before], |row| {
+            row.get::<_, i64>(0)
+        })
+        .optional()?;
+    let Some(confirmed) = found else {
         return Ok(Reply::SessionInvalid { to: to.clone() });
-    }
-    let confirmed = delivery::confirmed_through(batch.tx, session_hash)?;
+    };
+    touch_session(batch.tx, session_hash, now)?;
     let queue = QueueTake {
         since: receipts.then_some(confirmed),
         ..queue
@@ -186,8 +189,7 @@ pub(super) fn connection_lost(
     groups_taken: Option<GroupsTaken>,
     now: i64,
 ) -> rusqlite::Result<Option<Reply>> {
-    tx.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE session_hash = ?1")?
-        .execute(params![session_hash, now])?;
+    touch_session(tx, session_hash, now)?;
     if let Some(taken) = groups_taken {
         delivery::advance_group_cursors(tx, user_id, taken)?;
     }
@@ -201,6 +203,17 @@ pub(super) fn connection_lost(
         username: username.to_owned(),
         mutual_contacts: mutual_contacts(tx, user_id)?,
     }))
+}
+
+/// The session was used `now`: its `last_used_at` moves there unless it is
+/// within [`LAST_USED_RESOLUTION_SECS`] of it already (then nothing is
+/// written).
+fn touch_session(tx: &Transaction, session_hash: &str, now: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE sessions SET last_used_at = ?2 WHERE session_hash = ?1 AND last_used_at <= ?3",
+    )?
+    .execute(params![session_hash, now, now - LAST_USED_RESOLUTION_SECS])?;
+    Ok(())
 }
 
 /// `PurgeSessions`: sessions unused since `idle_before` are deleted.

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::messages::{peer_history, sync_page};
 use super::*;
 use crate::completion::{ConnId, Requester};
-use crate::config::QUEUE_PAGE_BYTES;
+use crate::config::{LAST_USED_RESOLUTION_SECS, QUEUE_PAGE_BYTES, SESSION_IDLE_SECS};
 use crate::password::hash_password;
 use crate::storage::pages::{merge_pages, OFFLINE_CHUNK, QUEUE_PAGE};
 use crate::storage::{begin_run, NewMessage, Snapshot, StoredMessage};
@@ -528,6 +528,65 @@ fn sessions_resume_only_for_their_user_and_until_ended() {
     }]);
     assert!(matches!(
         backend.execute(vec![resume(a)])[..],
+        [Reply::SessionInvalid { .. }]
+    ));
+}
+
+/// A login or a departure within a minute of the session's stored
+/// `last_used_at` writes nothing; one past it moves the time; expiry still
+/// counts from the stored time.
+#[test]
+fn a_session_is_touched_at_most_once_a_minute() {
+    let (_dir, mut backend) = open();
+    let a = create_user(&mut backend, "alice");
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    backend.execute(vec![Command::OpenSession {
+        to: CONN,
+        user_id: a,
+        session_hash: "h".into(),
+        peer,
+        include_groups: true,
+        now: 1_000,
+    }]);
+    let resume = |now| Command::ResumeSession {
+        to: CONN,
+        user_id: a,
+        receipts: false,
+        session_hash: "h".into(),
+        peer,
+        include_groups: true,
+        now,
+    };
+    let lost = |now| Command::ConnectionLost {
+        user_id: a,
+        username: "alice".into(),
+        session_hash: "h".into(),
+        last: true,
+        groups_taken: None,
+        now,
+    };
+    let last_used = |backend: &SqliteBackend| {
+        count(
+            backend,
+            "SELECT last_used_at FROM sessions WHERE user_id = ?1",
+            a,
+        )
+    };
+    let soon = 1_000 + LAST_USED_RESOLUTION_SECS - 1;
+    assert!(matches!(
+        backend.execute(vec![resume(soon)])[..],
+        [Reply::SessionOpened { .. }]
+    ));
+    backend.execute(vec![lost(soon)]);
+    assert_eq!(last_used(&backend), 1_000);
+    let later = 1_000 + LAST_USED_RESOLUTION_SECS;
+    backend.execute(vec![resume(later)]);
+    assert_eq!(last_used(&backend), later);
+    backend.execute(vec![lost(later + LAST_USED_RESOLUTION_SECS)]);
+    assert_eq!(last_used(&backend), later + LAST_USED_RESOLUTION_SECS);
+    let expired = later + LAST_USED_RESOLUTION_SECS + SESSION_IDLE_SECS;
+    assert!(matches!(
+        backend.execute(vec![resume(expired)])[..],
         [Reply::SessionInvalid { .. }]
     ));
 }
