@@ -491,20 +491,27 @@ fn a_long_queue_is_taken_in_chunks() {
     assert_eq!(taken, (1..=total).collect::<Vec<_>>());
 }
 
+/// Opens session "h" for `user_id` at `now` (a password login); returns
+/// the peer address it used.
+fn open_session_h(backend: &mut SqliteBackend, user_id: i64, now: i64) -> std::net::SocketAddr {
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    backend.execute(vec![Command::OpenSession {
+        to: CONN,
+        user_id,
+        session_hash: "h".into(),
+        peer,
+        include_groups: true,
+        now,
+    }]);
+    peer
+}
+
 #[test]
 fn sessions_resume_only_for_their_user_and_until_ended() {
     let (_dir, mut backend) = open();
     let a = create_user(&mut backend, "alice");
     let b = create_user(&mut backend, "bob");
-    let peer = "127.0.0.1:5000".parse().unwrap();
-    backend.execute(vec![Command::OpenSession {
-        to: CONN,
-        user_id: a,
-        session_hash: "h".into(),
-        peer,
-        include_groups: true,
-        now: 200,
-    }]);
+    let peer = open_session_h(&mut backend, a, 200);
     let resume = |user_id| Command::ResumeSession {
         to: CONN,
         user_id,
@@ -539,15 +546,7 @@ fn sessions_resume_only_for_their_user_and_until_ended() {
 fn a_session_is_touched_at_most_once_a_minute() {
     let (_dir, mut backend) = open();
     let a = create_user(&mut backend, "alice");
-    let peer = "127.0.0.1:5000".parse().unwrap();
-    backend.execute(vec![Command::OpenSession {
-        to: CONN,
-        user_id: a,
-        session_hash: "h".into(),
-        peer,
-        include_groups: true,
-        now: 1_000,
-    }]);
+    let peer = open_session_h(&mut backend, a, 1_000);
     let resume = |now| Command::ResumeSession {
         to: CONN,
         user_id: a,
